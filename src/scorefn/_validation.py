@@ -1,0 +1,198 @@
+"""Input checks shared by the estimators.
+
+Every check works both eagerly and under ``jax.jit``: structural checks (which parameters a
+distribution depends on) run on the traced program, value checks (non-finite ``f`` values,
+``log_prob = -inf``) raise at once on concrete arrays and through ``jax.debug.callback`` on
+traced ones, so a jitted estimator still stops with the same message instead of returning NaN.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.tree_util import keystr, tree_flatten_with_path
+
+try:  # dead-code elimination tells us which inputs an output depends on, structurally.
+    from jax._src.interpreters.partial_eval import dce_jaxpr as _dce_jaxpr
+except ImportError:  # pragma: no cover - a JAX without it just skips the structural checks
+    _dce_jaxpr = None
+
+
+def is_traced(x: Any) -> bool:
+    return any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(x))
+
+
+def check_key(key: Any, name: str = "key") -> None:
+    """Raise TypeError unless ``key`` is a JAX PRNG key (typed or legacy uint32[2])."""
+    if isinstance(key, jax.Array | jax.core.Tracer):
+        if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+            return
+        if key.dtype == jnp.uint32 and key.shape[-1:] == (2,):
+            return
+        raise TypeError(
+            f"{name} must be a JAX PRNG key from jax.random.key(seed) or jax.random.PRNGKey(seed); "
+            f"got an array of dtype {key.dtype} and shape {key.shape}"
+        )
+    raise TypeError(
+        f"{name} must be a JAX PRNG key from jax.random.key(seed) or jax.random.PRNGKey(seed); "
+        f"got {type(key).__name__} {key!r}"
+    )
+
+
+def check_num_samples(num_samples: Any, minimum: int = 1) -> int:
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int | np.integer):
+        raise TypeError(f"num_samples must be a positive int, got {num_samples!r}")
+    if num_samples < minimum:
+        raise ValueError(f"num_samples must be at least {minimum}, got {num_samples}")
+    return int(num_samples)
+
+
+def raise_if(checker: Callable[..., str | None], *arrays: Any) -> None:
+    """Raise ``ValueError(checker(*arrays))`` when the checker returns a message.
+
+    Concrete arrays are checked now; traced ones at run time through a host callback.
+    """
+    if is_traced(arrays):
+
+        def callback(*host_arrays):
+            message = checker(*(np.asarray(a) for a in host_arrays))
+            if message is not None:
+                raise ValueError(message)
+
+        jax.debug.callback(callback, *arrays)
+        return
+    message = checker(*(np.asarray(a) for a in arrays))
+    if message is not None:
+        raise ValueError(message)
+
+
+def nonfinite_values_message(values: np.ndarray) -> str | None:
+    bad = ~np.isfinite(values)
+    if not bad.any():
+        return None
+    count = int(bad.sum())
+    first = np.unravel_index(int(np.argmax(bad.reshape(-1))), values.shape)
+    index = first[0] if len(first) == 1 else first
+    return (
+        f"f returned {count} non-finite value(s) (NaN or inf) out of {values.size}; the first at "
+        f"sample index {index} is {values[first]}. Fix f, or pass nan_policy='drop' to drop "
+        "those samples from the estimate."
+    )
+
+
+def neg_inf_log_prob_message(log_prob: np.ndarray) -> str | None:
+    bad = ~np.isfinite(log_prob)
+    if not bad.any():
+        return None
+    count = int(bad.sum())
+    first = int(np.argmax(bad.reshape(-1)))
+    return (
+        f"{count} sample(s) have log_prob = {log_prob.reshape(-1)[first]} under dist_fn(params) "
+        f"(first at sample index {np.unravel_index(first, log_prob.shape)[0]}): the samples lie "
+        "outside the distribution's support or were not drawn from it, so their score is undefined."
+    )
+
+
+def leaf_names(tree: Any, root: str = "params") -> list[str]:
+    return [root + keystr(path) for path, _ in tree_flatten_with_path(tree)[0]]
+
+
+def _abstract(tree: Any) -> Any:
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x)), tree)
+
+
+def _used_inputs(fn: Callable[..., Any], *args: Any) -> list[bool] | None:
+    """Which flattened inputs of ``fn(*args)`` its outputs depend on (None if unknown)."""
+    if _dce_jaxpr is None:
+        return None
+    try:
+        closed = jax.make_jaxpr(fn)(*_abstract(args))
+    except Exception:  # a dist_fn that cannot be traced abstractly: leave the checks to JAX
+        return None
+    jaxpr = closed.jaxpr
+    if not jaxpr.outvars:
+        return [False] * len(jaxpr.invars)
+    _, used = _dce_jaxpr(jaxpr, [True] * len(jaxpr.outvars))
+    return list(used)
+
+
+def check_params_used(dist_fn: Callable, params: Any, samples: Any) -> None:
+    """Raise if some leaf of ``params`` does not influence ``dist_fn(params).log_prob``."""
+    num_param_leaves = len(jax.tree.leaves(params))
+
+    def log_prob(p, x):
+        return dist_fn(p).log_prob(x)
+
+    used = _used_inputs(log_prob, params, samples)
+    if used is None:
+        return
+    unused = [name for name, u in zip(leaf_names(params), used[:num_param_leaves]) if not u]
+    if unused:
+        raise ValueError(
+            f"{', '.join(unused)} does not affect dist_fn(params).log_prob: its score is "
+            "identically zero, so its gradient would be silently zero. Remove it from params, "
+            "or check that dist_fn uses it."
+        )
+
+
+def check_support_independent(dist_fn: Callable, params: Any) -> None:
+    """Raise if the support of ``dist_fn(params)`` moves with ``params`` (e.g. Uniform(0, θ))."""
+
+    def support_arrays(p):
+        support = dist_fn(p).support
+        fields = vars(support) if hasattr(support, "__dict__") else {}
+        return [v for v in jax.tree.leaves(fields) if isinstance(v, jax.Array | jax.core.Tracer)]
+
+    num_param_leaves = len(jax.tree.leaves(params))
+    used = _used_inputs(support_arrays, params)
+    if used is None:
+        return
+    moving = [name for name, u in zip(leaf_names(params), used[:num_param_leaves]) if u]
+    if moving:
+        support = dist_fn(params).support
+        raise ValueError(
+            f"the support of dist_fn(params) ({support}) depends on {', '.join(moving)}: the "
+            "score-function (log-derivative) estimator needs a support that does not depend on "
+            "θ, because differentiating under the integral ignores the moving boundary, so the "
+            "estimate would be biased. Reparameterise (e.g. x = θ·u with u ~ Uniform(0, 1)) and "
+            "use estimator='pathwise'."
+        )
+
+
+def check_samples_shape(d: Any, samples: Any, num_samples: int | None = None) -> int:
+    """Samples must be (N, *batch_shape, *event_shape) for the distribution ``d``."""
+    expected = tuple(d.batch_shape) + tuple(d.event_shape)
+    leaves = jax.tree.leaves(samples)
+    if not leaves:
+        raise ValueError("samples is empty")
+    x = leaves[0]
+    shape = tuple(jnp.shape(x))
+    if len(leaves) == 1 and (len(shape) < 1 or shape[1:] != expected):
+        raise ValueError(
+            f"samples must have shape (num_samples, *batch_shape, *event_shape) = "
+            f"(N, {', '.join(map(str, expected))}{',' if len(expected) == 1 else ''}) for "
+            f"{type(d).__name__} with batch_shape {tuple(d.batch_shape)} and event_shape "
+            f"{tuple(d.event_shape)}; got shape {shape}"
+        )
+    return shape[0]
+
+
+def check_values_shape(values: Any, num_samples: int) -> jax.Array:
+    values = jnp.asarray(values)
+    if values.shape != (num_samples,):
+        hint = ""
+        if values.ndim == 0:
+            hint = " (f returned a scalar: it must return one value per sample)"
+        elif values.ndim > 1:
+            hint = " (f must return one scalar per sample; reduce its output, e.g. with sum(-1))"
+        raise ValueError(
+            f"values must have shape (num_samples,) = ({num_samples},), one f value per sample; "
+            f"got shape {values.shape}{hint}"
+        )
+    if not jnp.issubdtype(values.dtype, jnp.number):
+        raise TypeError(f"values must be numeric, got dtype {values.dtype}")
+    return values

@@ -1,0 +1,154 @@
+r"""Control variates for the score-function estimator.
+
+A control variate is a function h(x) whose expectation E_{p_θ}[h] is known in closed form as
+a function of θ. Since ∇θ E[h] = E[h(x) ∇θ log p_θ(x)], the term
+
+    c(x) = h(x) ∇θ log p_θ(x) - ∇θ E_{p_θ}[h]
+
+has mean zero, and subtracting β ⊙ c(x) (β one number per parameter coordinate) from the
+per-sample gradient f(x) ∇θ log p_θ(x) keeps the estimator unbiased for any β independent of
+x. The variance-minimising coefficient is
+
+    β*_j = Cov(f g_j, c_j) / Var(c_j) = E[f g_j c_j] / E[c_j²]        (because E[c] = 0),
+
+estimated per coordinate from the *other* samples (``coefficient="optimal"``, unbiased) or
+from the whole batch (``coefficient="optimal-batch"``, biased O(1/N)); a fixed number works
+too. Mohamed, Rosca, Figurnov & Mnih (2020), "Monte Carlo Gradient Estimation in Machine
+Learning", JMLR 21(132), section 7.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from numpyro.distributions import Distribution
+
+HFn = Callable[[jax.Array], jax.Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class ControlVariate:
+    r"""h(x) with a closed-form expectation, and how to choose its coefficient β.
+
+    ``h`` maps one sample (shape ``batch_shape + event_shape``) to a scalar. ``expectation``
+    maps the distribution ``dist_fn(params)`` to E[h], differentiably in its parameters.
+    ``coefficient`` is ``"optimal"`` (leave-one-out per-coordinate β*, unbiased),
+    ``"optimal-batch"`` (β* from the whole batch, biased O(1/N)) or a number.
+    """
+
+    h: HFn
+    expectation: Callable[[Distribution], jax.Array]
+    coefficient: Any = "optimal"
+    name: str = "control_variate"
+
+    def __post_init__(self):
+        if isinstance(self.coefficient, str) and self.coefficient not in (
+            "optimal",
+            "optimal-batch",
+        ):
+            raise ValueError(
+                "coefficient must be 'optimal', 'optimal-batch' or a number, "
+                f"got {self.coefficient!r}"
+            )
+
+    @property
+    def unbiased(self) -> bool:
+        return self.coefficient != "optimal-batch"
+
+    @property
+    def needs_scores(self) -> bool:
+        return isinstance(self.coefficient, str)
+
+    def prepare(self, dist_fn: Callable[[Any], Distribution], params: Any) -> tuple[HFn, Callable]:
+        """Return ``(h, mean_fn)`` with ``mean_fn(params) = E_{p_params}[h]``."""
+        return self.h, lambda p: self.expectation(dist_fn(p))
+
+
+def generic(
+    h: HFn,
+    expectation: Callable[[Distribution], jax.Array],
+    coefficient: Any = "optimal",
+) -> ControlVariate:
+    r"""A control variate from any h with known mean, e.g. for a Normal::
+
+        cv = scorefn.control_variates.generic(lambda x: x.sum(), lambda d: d.mean.sum())
+
+    Unbiased with ``coefficient="optimal"`` or a fixed number.
+    """
+    return ControlVariate(h=h, expectation=expectation, coefficient=coefficient, name="generic")
+
+
+def score(coefficient: Any = "optimal") -> ControlVariate:
+    r"""The score itself: h ≡ 1, so c(x) = ∇θ log p_θ(x), which has E[c] = 0.
+
+    With the optimal coefficient, β*_j = E[f g_j²] / E[g_j²]: this is the optimal baseline of
+    :func:`scorefn.baselines.optimal` (the tests check the two agree). Unbiased.
+    """
+    return ControlVariate(
+        h=lambda x: jnp.ones((), jnp.result_type(float)),
+        expectation=lambda d: jnp.ones((), jnp.result_type(float)),
+        coefficient=coefficient,
+        name="score",
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class DeltaMethod(ControlVariate):
+    r"""Second-order Taylor expansion of f around the mean μ₀ of p_θ (held fixed):
+
+        h(x)   = f(μ₀) + ∇f(μ₀)ᵀ(x - μ₀) + ½ (x - μ₀)ᵀ H(μ₀) (x - μ₀)
+        E_θ[h] = f(μ₀) + ∇f(μ₀)ᵀ(μ_θ - μ₀) + ½ [(μ_θ - μ₀)ᵀ H (μ_θ - μ₀) + tr(H Σ_θ)]
+
+    μ₀ is ``stop_gradient(mean)``, so h is a fixed function and the correction ∇θ E_θ[h]
+    comes from differentiating the closed form through μ_θ and Σ_θ. Needs a differentiable
+    JAX ``f`` and a distribution with ``mean`` and ``variance`` (independent coordinates) or
+    ``covariance_matrix`` (one multivariate event). Unbiased with the optimal coefficient.
+    The Hessian is dense (D × D for D = size of one sample). Mohamed et al. (2020) §7.2.
+    """
+
+    f: Callable[[jax.Array], jax.Array] | None = None
+    name: str = "delta_method"
+
+    def prepare(self, dist_fn: Callable[[Any], Distribution], params: Any) -> tuple[HFn, Callable]:
+        f = self.f
+        d = dist_fn(params)
+        shape = tuple(d.batch_shape) + tuple(d.event_shape)
+        mu0 = jax.lax.stop_gradient(jnp.broadcast_to(d.mean, shape))
+        f0, grad0 = jax.value_and_grad(f)(mu0)
+        hess0 = jax.hessian(f)(mu0).reshape(mu0.size, mu0.size)
+        grad0 = grad0.reshape(-1)
+
+        def h(x):
+            dx = (x - mu0).reshape(-1)
+            return f0 + grad0 @ dx + 0.5 * dx @ hess0 @ dx
+
+        def mean_fn(p):
+            dist = dist_fn(p)
+            dmu = (jnp.broadcast_to(dist.mean, shape) - mu0).reshape(-1)
+            return f0 + grad0 @ dmu + 0.5 * (dmu @ hess0 @ dmu + _trace_h_sigma(hess0, dist, shape))
+
+        return h, mean_fn
+
+
+def _trace_h_sigma(hess: jax.Array, d: Distribution, shape: tuple[int, ...]) -> jax.Array:
+    if len(d.event_shape) == 0:
+        variance = jnp.broadcast_to(d.variance, shape).reshape(-1)
+        return jnp.sum(jnp.diagonal(hess) * variance)
+    if len(d.batch_shape) == 0 and hasattr(d, "covariance_matrix"):
+        return jnp.sum(hess * d.covariance_matrix)
+    raise ValueError(
+        f"delta_method needs a distribution with independent coordinates (event_shape == ()) or "
+        f"one multivariate event with a covariance_matrix; got {type(d).__name__} with "
+        f"batch_shape {tuple(d.batch_shape)} and event_shape {tuple(d.event_shape)}"
+    )
+
+
+def delta_method(f: Callable[[jax.Array], jax.Array], coefficient: Any = "optimal") -> DeltaMethod:
+    """The second-order Taylor (delta-method) control variate of f. See :class:`DeltaMethod`."""
+    if not callable(f):
+        raise TypeError(f"delta_method needs the (differentiable, JAX) function f; got {f!r}")
+    return DeltaMethod(h=None, expectation=None, coefficient=coefficient, f=f)

@@ -1,0 +1,2 @@
+"""placeholder"""
+def compare(*a, **k): raise NotImplementedError

@@ -1,0 +1,322 @@
+r"""Gradient estimators of ∇θ E_{x~p_θ}[f(x)].
+
+Score function (log-derivative trick, REINFORCE)::
+
+    ∇θ E_p[f] = E_p[f(x) ∇θ log p_θ(x)]  ≈  (1/N) Σ_n (f(x_n) - b_n) ∇θ log p_θ(x_n)
+
+unbiased for any f (no differentiability needed) and any p_θ with a differentiable
+``log_prob`` whose support does not depend on θ, provided the baseline b_n is independent of
+x_n. Pathwise (reparameterisation)::
+
+    ∇θ E_p[f] = E_ε[∇θ f(T(ε, θ))]  ≈  (1/N) Σ_n ∇θ f(T(ε_n, θ)),     x = T(ε, θ)
+
+unbiased, needs a differentiable f and a distribution with a reparameterised sampler.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from numpyro.distributions import Distribution
+
+from scorefn import _validation as v
+from scorefn.baselines import Baseline, as_baseline, leave_one_out_ratio
+from scorefn.control_variates import ControlVariate
+from scorefn.sampling import sample
+from scorefn.scores import joint_log_prob, scores_and_log_prob
+
+DistFn = Callable[[Any], Distribution]
+ESTIMATORS = ("score", "pathwise")
+NAN_POLICIES = ("raise", "drop")
+
+
+def standardized(values: jax.Array, eps: float = 1e-8) -> jax.Array:
+    """(f - mean f) / (std f + eps) over the batch.
+
+    **Not unbiased** for ∇θ E[f]: it rescales the gradient by 1/std and subtracts the batch
+    mean (a baseline that includes the sample's own value). It estimates the direction of a
+    rescaled objective, the usual choice in policy-gradient methods and evolution strategies.
+    """
+    return (values - jnp.mean(values)) / (jnp.std(values) + eps)
+
+
+def evaluate(f: Callable, samples: jax.Array, vectorized: bool = False) -> jax.Array:
+    """Apply f to every sample: ``jax.vmap(f)`` for a per-sample f, or ``f(samples)`` if
+    ``vectorized``, e.g. a Python simulator that takes the whole batch."""
+    return f(samples) if vectorized else jax.vmap(f)(samples)
+
+
+def _prepare_values(values: Any, samples: Any, num_samples: int, nan_policy: str, dtype):
+    values = v.check_values_shape(values, num_samples).astype(dtype)
+    if nan_policy not in NAN_POLICIES:
+        raise ValueError(f"nan_policy must be one of {NAN_POLICIES}, got {nan_policy!r}")
+    if nan_policy == "raise":
+        v.raise_if(v.nonfinite_values_message, values)
+        return samples, values
+    if v.is_traced(values):
+        raise ValueError(
+            "nan_policy='drop' changes the number of samples, so it needs concrete values: call "
+            "score_grad outside jax.jit (evaluate f in Python), or use nan_policy='raise'"
+        )
+    keep = np.isfinite(np.asarray(values))
+    if not keep.any():
+        raise ValueError("f returned no finite value: nan_policy='drop' would drop every sample")
+    if keep.all():
+        return samples, values
+    index = np.flatnonzero(keep)
+    return jax.tree.map(lambda x: x[index], samples), values[index]
+
+
+def _float_dtype(params: Any):
+    leaves = [leaf for leaf in jax.tree.leaves(params) if jnp.issubdtype(jnp.result_type(leaf), jnp.floating)]
+    return jnp.result_type(*leaves) if leaves else jnp.result_type(float)
+
+
+def score_grad(
+    dist_fn: DistFn,
+    params: Any,
+    samples: jax.Array,
+    values: jax.Array,
+    *,
+    baseline: Any = None,
+    control_variate: ControlVariate | None = None,
+    standardize: bool = False,
+    max_norm: float | None = None,
+    nan_policy: str = "raise",
+    per_sample: bool = False,
+    validate: bool = True,
+) -> Any:
+    r"""Score-function estimate of ∇θ E_{x~p_θ}[f(x)] from samples and their f values.
+
+        ĝ = (1/N) Σ_n [ (f_n - b_n) g_n - β ⊙ (h(x_n) g_n - ∇θ E_θ[h]) ],   g_n = ∇θ log p_θ(x_n)
+
+    Unbiased when the baseline b and the control-variate coefficient β are independent of
+    x_n (every choice in :mod:`scorefn.baselines` and :mod:`scorefn.control_variates` says
+    whether it is). Step three of ``sample → f → score_grad``: ``values`` may come from
+    anywhere (a Python simulator, a remote worker).
+
+    Args:
+      dist_fn: ``params -> numpyro Distribution``.
+      params: any pytree of arrays θ.
+      samples: ``(N, *batch_shape, *event_shape)``, e.g. from :func:`scorefn.sample`.
+      values: ``(N,)``, f at each sample.
+      baseline: None, a number, an :class:`~scorefn.baselines.EmaState` or a baseline from
+        :mod:`scorefn.baselines`.
+      control_variate: a :class:`~scorefn.control_variates.ControlVariate`.
+      standardize: replace f by (f - mean)/std first (not unbiased; see
+        :func:`standardized`).
+      max_norm: clip the estimate's global norm with ``optax.clip_by_global_norm`` (biased).
+      nan_policy: ``"raise"`` (default) stops on NaN/inf values, naming how many and the
+        first index; ``"drop"`` removes those samples (outside ``jit`` only).
+      per_sample: return the N per-sample contributions (each leaf with a leading N axis)
+        whose mean is the estimate, to assess the variance yourself.
+      validate: run the checks on params, support and log_prob (structural ones cost
+        nothing at run time under ``jit``).
+
+    Returns:
+      A pytree shaped like ``params`` (with a leading N axis if ``per_sample``).
+    """
+    d = dist_fn(params)
+    num_samples = v.check_samples_shape(d, samples)
+    dtype = _float_dtype(params)
+    samples, values = _prepare_values(values, samples, num_samples, nan_policy, dtype)
+    if validate:
+        v.check_support_independent(dist_fn, params)
+        v.check_params_used(dist_fn, params, samples)
+    if standardize:
+        values = standardized(values)
+    if per_sample and max_norm is not None:
+        raise ValueError("max_norm clips the averaged estimate; it cannot be used with per_sample")
+    baseline = as_baseline(baseline)
+    cv = control_variate
+    if cv is not None and not isinstance(cv, ControlVariate):
+        raise TypeError(
+            "control_variate must come from scorefn.control_variates (generic, score, "
+            f"delta_method); got {type(cv).__name__}"
+        )
+    needs_scores = (
+        per_sample
+        or (baseline is not None and baseline.per_coordinate)
+        or (cv is not None and cv.needs_scores)
+    )
+    if needs_scores:
+        contributions, log_prob = _contributions(dist_fn, params, samples, values, baseline, cv)
+        estimate = jax.tree.map(lambda c: jnp.mean(c, axis=0), contributions)
+    else:
+        estimate, log_prob = _surrogate_grad(dist_fn, params, samples, values, baseline, cv)
+    if validate:
+        v.raise_if(v.neg_inf_log_prob_message, log_prob)
+    if per_sample:
+        return contributions
+    if max_norm is not None:
+        estimate, _ = optax.clip_by_global_norm(max_norm).update(estimate, optax.EmptyState())
+    return estimate
+
+
+def _surrogate_grad(dist_fn, params, samples, values, baseline: Baseline | None, cv):
+    """One reverse pass through mean((f - b) log p): the cheap path for scalar baselines."""
+    centred = values if baseline is None else values - baseline(values)
+    mean_fn = None
+    if cv is not None:
+        h, mean_fn = cv.prepare(dist_fn, params)
+        beta = jnp.asarray(cv.coefficient, values.dtype)
+        centred = centred - beta * jax.vmap(h)(samples)
+    weights = jax.lax.stop_gradient(centred)
+
+    def surrogate(p):
+        log_prob = joint_log_prob(dist_fn(p), samples)
+        out = jnp.mean(weights * log_prob)
+        if mean_fn is not None:
+            out = out + beta * mean_fn(p)
+        return out, log_prob
+
+    estimate, log_prob = jax.grad(surrogate, has_aux=True)(params)
+    return estimate, log_prob
+
+
+def _contributions(dist_fn, params, samples, values, baseline: Baseline | None, cv):
+    """Per-sample terms (f_n - b_n) g_n - β ⊙ c_n, each leaf with a leading N axis."""
+    scores, log_prob = scores_and_log_prob(dist_fn, params, samples)
+    n = values.shape[0]
+
+    def expand(x, leaf):
+        return x.reshape((n,) + (1,) * (leaf.ndim - 1))
+
+    if baseline is None:
+        contributions = jax.tree.map(lambda g: expand(values, g) * g, scores)
+    elif baseline.per_coordinate:
+        b = baseline(values, scores)
+        contributions = jax.tree.map(lambda g, bj: (expand(values, g) - bj) * g, scores, b)
+    else:
+        centred = values - baseline(values)
+        contributions = jax.tree.map(lambda g: expand(centred, g) * g, scores)
+    if cv is not None:
+        h, mean_fn = cv.prepare(dist_fn, params)
+        h_values = jax.vmap(h)(samples).astype(values.dtype)
+        grad_mean_h = jax.grad(mean_fn)(params)
+        controls = jax.tree.map(
+            lambda g, dh: expand(h_values, g) * g - dh[None], scores, grad_mean_h
+        )
+        # β is fitted against the plain f·g terms, which involve no other sample, so a
+        # leave-one-out β stays independent of x_n even when a batch baseline is used too.
+        raw = jax.tree.map(lambda g: expand(values, g) * g, scores)
+        if cv.coefficient == "optimal":
+            beta = jax.tree.map(lambda a, c: leave_one_out_ratio(a * c, c * c), raw, controls)
+        elif cv.coefficient == "optimal-batch":
+            beta = jax.tree.map(
+                lambda a, c: _safe_ratio(jnp.sum(a * c, 0), jnp.sum(c * c, 0))[None], raw, controls
+            )
+        else:
+            beta = jax.tree.map(lambda c: jnp.asarray(cv.coefficient, c.dtype), controls)
+        contributions = jax.tree.map(lambda t, bj, c: t - bj * c, contributions, beta, controls)
+    return contributions, log_prob
+
+
+def _safe_ratio(num, den):
+    return jnp.where(den == 0, 0.0, num / jnp.where(den == 0, 1.0, den))
+
+
+def pathwise_grad(
+    f: Callable,
+    dist_fn: DistFn,
+    params: Any,
+    key: jax.Array,
+    num_samples: int,
+    *,
+    vectorized: bool = False,
+    max_norm: float | None = None,
+    per_sample: bool = False,
+) -> Any:
+    r"""Pathwise (reparameterisation) estimate (1/N) Σ_n ∇θ f(T(ε_n, θ)); unbiased.
+
+    Needs a differentiable JAX f and a numpyro distribution with ``has_rsample``; draws with
+    ``dist_fn(params).rsample(key, (N,))``, so the same key gives the same samples as
+    :func:`scorefn.sample`.
+    """
+    v.check_key(key)
+    num_samples = v.check_num_samples(num_samples)
+    d = dist_fn(params)
+    if not d.has_rsample:
+        raise ValueError(
+            f"estimator='pathwise' needs a reparameterised sampler, but dist_fn(params) is "
+            f"{type(d).__name__}, which has none (has_rsample=False; discrete distributions never "
+            "do). Use estimator='score'."
+        )
+    if per_sample and max_norm is not None:
+        raise ValueError("max_norm clips the averaged estimate; it cannot be used with per_sample")
+
+    def values_of(p):
+        x = dist_fn(p).rsample(key, (num_samples,))
+        values = evaluate(f, x, vectorized)
+        v.check_values_shape(values, num_samples)
+        return values
+
+    if per_sample:
+        jac = jax.jacrev(values_of)(params)
+        return jac
+
+    def mean_value(p):
+        values = values_of(p)
+        return jnp.mean(values), values
+
+    estimate, values = jax.grad(mean_value, has_aux=True)(params)
+    v.raise_if(v.nonfinite_values_message, values)
+    if max_norm is not None:
+        estimate, _ = optax.clip_by_global_norm(max_norm).update(estimate, optax.EmptyState())
+    return estimate
+
+
+def grad(
+    f: Callable,
+    dist_fn: DistFn,
+    params: Any,
+    key: jax.Array,
+    num_samples: int = 1000,
+    *,
+    estimator: str = "score",
+    baseline: Any = None,
+    control_variate: ControlVariate | None = None,
+    standardize: bool = False,
+    max_norm: float | None = None,
+    nan_policy: str = "raise",
+    per_sample: bool = False,
+    vectorized: bool = False,
+    validate: bool = True,
+) -> Any:
+    r"""Estimate ∇θ E_{x~p_θ}[f(x)] in one call, for a JAX-traceable f.
+
+    ``estimator="score"`` composes :func:`scorefn.sample`, ``jax.vmap(f)`` and
+    :func:`scorefn.score_grad` (f need not be differentiable); ``estimator="pathwise"`` is
+    :func:`pathwise_grad` (f differentiable, reparameterisable distribution). jit- and
+    vmap-compatible; the same key gives the same bits. See :func:`score_grad` for the options.
+
+    Example::
+
+        g = scorefn.grad(lambda x: jnp.sum(x**2), dist_fn, params, jax.random.key(0),
+                         num_samples=1000, baseline=scorefn.baselines.leave_one_out())
+    """
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
+    if estimator == "pathwise":
+        if baseline is not None or control_variate is not None or standardize:
+            raise ValueError(
+                "baselines, control variates and standardize apply to the score-function "
+                "estimator; estimator='pathwise' differentiates f itself and takes none of them"
+            )
+        return pathwise_grad(
+            f, dist_fn, params, key, num_samples,
+            vectorized=vectorized, max_norm=max_norm, per_sample=per_sample,
+        )
+    samples = sample(dist_fn, params, key, num_samples)
+    values = evaluate(f, samples, vectorized)
+    return score_grad(
+        dist_fn, params, samples, values,
+        baseline=baseline, control_variate=control_variate,
+        standardize=standardize, max_norm=max_norm, nan_policy=nan_policy,
+        per_sample=per_sample, validate=validate,
+    )
