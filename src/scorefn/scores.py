@@ -9,6 +9,8 @@ import jax
 import jax.numpy as jnp
 from numpyro.distributions import Distribution
 
+from scorefn._numpyro_fixes import log_prob as _log_prob
+
 DistFn = Callable[[Any], Distribution]
 
 
@@ -18,7 +20,7 @@ def joint_log_prob(d: Distribution, samples: jax.Array) -> jax.Array:
     A batched distribution (say ``Normal(loc, scale)`` with ``loc.shape == (d,)``) is the
     product of its independent factors, so the log density of one sample is the sum.
     """
-    log_prob = d.log_prob(samples)
+    log_prob = _log_prob(d, samples)
     return log_prob.reshape(log_prob.shape[0], -1).sum(-1)
 
 
@@ -31,7 +33,7 @@ def per_sample_scores(dist_fn: DistFn, params: Any, samples: jax.Array) -> Any:
     """
 
     def log_prob_one(p, x):
-        return dist_fn(p).log_prob(x).sum()
+        return _log_prob(dist_fn(p), x).sum()
 
     return jax.vmap(jax.grad(log_prob_one), in_axes=(None, 0))(params, samples)
 
@@ -40,7 +42,7 @@ def scores_and_log_prob(dist_fn: DistFn, params: Any, samples: jax.Array) -> tup
     """Per-sample scores (as :func:`per_sample_scores`) and log p_θ(x_n), shape ``(N,)``."""
 
     def log_prob_one(p, x):
-        return dist_fn(p).log_prob(x).sum()
+        return _log_prob(dist_fn(p), x).sum()
 
     log_prob, scores = jax.vmap(jax.value_and_grad(log_prob_one), in_axes=(None, 0))(
         params, samples
