@@ -200,3 +200,18 @@ def assert_unbiased(estimates: np.ndarray, truth: Any, z_max: float = Z_MAX) -> 
 
 def detects_bias(estimates: np.ndarray, truth: Any, z_max: float = Z_MAX) -> bool:
     return bool(np.any(np.abs(z_scores(estimates, truth)) >= z_max))
+
+
+def log_variance(estimates: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """log of each coordinate's sample variance and its standard error √((κ - 1)/R)."""
+    centred = estimates - estimates.mean(0)
+    variance = estimates.var(0, ddof=1)
+    kurtosis = (centred**4).mean(0) / variance**2
+    return np.log(variance), np.sqrt((kurtosis - 1) / estimates.shape[0])
+
+
+def variance_z(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """z of log Var[a] - log Var[b], per coordinate (independent runs)."""
+    la, sa = log_variance(a)
+    lb, sb = log_variance(b)
+    return (la - lb) / np.hypot(sa, sb)

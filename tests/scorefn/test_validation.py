@@ -1,0 +1,140 @@
+"""Bad input gets a clear error naming the argument and what was expected."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro.distributions as dist
+import pytest
+from closed_forms import bernoulli_rebar, normal_square
+
+import scorefn
+
+
+@pytest.fixture
+def problem():
+    return normal_square()
+
+
+def test_nonfinite_values_name_count_and_first_index(problem, key):
+    x = scorefn.sample(problem.dist_fn, problem.params, key, 20)
+    values = np.ones(20)
+    values[[4, 9]] = [np.nan, np.inf]
+    with pytest.raises(ValueError, match=r"f returned 2 non-finite value\(s\).*index 4"):
+        scorefn.score_grad(problem.dist_fn, problem.params, x, values)
+
+
+def test_nonfinite_values_raise_under_jit_too(problem, key):
+    def f(x):
+        return jnp.where(x[0] > 0, jnp.nan, jnp.sum(x**2))
+
+    run = jax.jit(lambda k: scorefn.grad(f, problem.dist_fn, problem.params, k, 50))
+    with pytest.raises(Exception, match=r"non-finite value\(s\)"):
+        jax.block_until_ready(run(key))
+
+
+def test_nan_policy_errors(problem, key):
+    x = scorefn.sample(problem.dist_fn, problem.params, key, 5)
+    with pytest.raises(ValueError, match="nan_policy must be one of"):
+        scorefn.score_grad(problem.dist_fn, problem.params, x, jnp.ones(5), nan_policy="skip")
+    with pytest.raises(ValueError, match="no finite value"):
+        scorefn.score_grad(problem.dist_fn, problem.params, x, jnp.full(5, jnp.nan),
+                           nan_policy="drop")
+    run = jax.jit(lambda k: scorefn.grad(problem.f, problem.dist_fn, problem.params, k, 5,
+                                         nan_policy="drop"))
+    with pytest.raises(ValueError, match="nan_policy='drop' .* needs concrete values"):
+        run(key)
+
+
+@pytest.mark.parametrize(
+    "values, hint",
+    [(np.ones((20, 3)), "reduce its output"), (np.float32(1.0), "returned a scalar"),
+     (np.ones(19), "got shape \\(19,\\)")],
+)
+def test_values_of_the_wrong_shape(problem, key, values, hint):
+    x = scorefn.sample(problem.dist_fn, problem.params, key, 20)
+    with pytest.raises(ValueError, match=r"values must have shape \(num_samples,\) = \(20,\)"):
+        scorefn.score_grad(problem.dist_fn, problem.params, x, values)
+    with pytest.raises(ValueError, match=hint):
+        scorefn.score_grad(problem.dist_fn, problem.params, x, values)
+
+
+def test_f_returning_wrong_shape_through_grad(problem, key):
+    with pytest.raises(ValueError, match="one scalar per sample"):
+        scorefn.grad(lambda x: x**2, problem.dist_fn, problem.params, key, 8)
+
+
+def test_samples_of_the_wrong_shape(problem, key):
+    with pytest.raises(ValueError, match=r"samples must have shape \(num_samples, \*batch_shape"):
+        scorefn.score_grad(problem.dist_fn, problem.params, jnp.ones((10, 4)), jnp.ones(10))
+
+
+def test_parameter_the_distribution_does_not_use(problem, key):
+    params = dict(problem.params, temperature=jnp.ones(()))
+    with pytest.raises(ValueError, match=r"params\['temperature'\] does not affect"):
+        scorefn.grad(problem.f, problem.dist_fn, params, key, 8)
+    # Also when traced under jit: the check is structural.
+    with pytest.raises(ValueError, match=r"params\['temperature'\] does not affect"):
+        jax.jit(lambda p: scorefn.grad(problem.f, problem.dist_fn, p, key, 8))(params)
+
+
+def test_support_that_depends_on_theta(key):
+    def dist_fn(p):
+        return dist.Uniform(0.0, p["high"])
+
+    params = {"high": jnp.array(2.0)}
+    with pytest.raises(ValueError, match=r"support .* depends on params\['high'\].*pathwise"):
+        scorefn.grad(lambda x: x, dist_fn, params, key, 8)
+    # The pathwise estimator handles it: d/dθ E[x] = 1/2 for Uniform(0, θ).
+    g = scorefn.grad(lambda x: x, dist_fn, params, key, 4000, estimator="pathwise")
+    assert float(g["high"]) == pytest.approx(0.5, abs=0.03)
+
+
+@pytest.mark.filterwarnings("ignore:Out-of-support values")
+def test_samples_with_minus_infinite_log_prob(key):
+    def dist_fn(p):
+        return dist.Exponential(p["rate"])
+
+    params = {"rate": jnp.array(1.0)}
+    samples = jnp.array([0.5, -1.0, 2.0, -3.0])
+    with pytest.raises(ValueError, match=r"2 sample\(s\) have log_prob = -inf.*index 1"):
+        scorefn.score_grad(dist_fn, params, samples, jnp.ones(4))
+
+
+@pytest.mark.parametrize("bad_key", [0, np.uint32(3), jnp.array([1.0, 2.0]), "seed"])
+def test_non_key_passed_as_key(problem, bad_key):
+    with pytest.raises(TypeError, match="key must be a JAX PRNG key"):
+        scorefn.grad(problem.f, problem.dist_fn, problem.params, bad_key, 8)
+
+
+def test_legacy_uint32_keys_are_accepted(problem):
+    g = scorefn.grad(problem.f, problem.dist_fn, problem.params, jax.random.PRNGKey(0), 8)
+    assert g["loc"].shape == (3,)
+
+
+@pytest.mark.parametrize("n", [0, -3, 2.5, True])
+def test_bad_num_samples(problem, key, n):
+    with pytest.raises((TypeError, ValueError), match="num_samples must be"):
+        scorefn.grad(problem.f, problem.dist_fn, problem.params, key, n)
+
+
+def test_unknown_estimator_lists_the_known_ones(problem, key):
+    with pytest.raises(ValueError, match=r"estimator must be one of \('score', 'pathwise'\)"):
+        scorefn.grad(problem.f, problem.dist_fn, problem.params, key, 8, estimator="reinforce")
+
+
+def test_pathwise_without_reparameterised_sampler(key):
+    problem = bernoulli_rebar()
+    with pytest.raises(ValueError, match="BernoulliLogits, which has none.*estimator='score'"):
+        scorefn.grad(problem.f, problem.dist_fn, problem.params, key, 8, estimator="pathwise")
+
+
+def test_pathwise_takes_no_baseline(problem, key):
+    with pytest.raises(ValueError, match="apply to the score-function estimator"):
+        scorefn.grad(problem.f, problem.dist_fn, problem.params, key, 8, estimator="pathwise",
+                     baseline=scorefn.baselines.leave_one_out())
+
+
+def test_max_norm_with_per_sample_is_refused(problem, key):
+    with pytest.raises(ValueError, match="max_norm clips the averaged estimate"):
+        scorefn.grad(problem.f, problem.dist_fn, problem.params, key, 8, max_norm=1.0,
+                     per_sample=True)
