@@ -198,13 +198,15 @@ class ComparisonTable:
     def rich_table(self):
         from rich.table import Table
 
-        table = Table(title=self.title)
+        from rich.markup import escape
+
+        table = Table(title=escape(self.title))
         table.add_column("estimator", no_wrap=True)
         for column in ("unbiased", "‖bias‖", "max|z|", "variance", "÷ first", "SNR", "µs/est"):
             table.add_column(column, justify="right", no_wrap=True)
         for row in self.rows():
             table.add_row(
-                row["estimator"],
+                escape(row["estimator"]),
                 {True: "yes", False: "no", None: "?"}[row["unbiased"]],
                 f"{row['bias_norm']:.3g}",
                 f"{row['max_abs_z']:.2f}",
@@ -233,7 +235,10 @@ class ComparisonTable:
     def print(self, console=None) -> None:
         from rich.console import Console
 
-        (console or Console()).print(self.rich_table())
+        if console is None:
+            console = Console()
+            console = console if console.width >= 110 else Console(width=110)
+        console.print(self.rich_table())
 
 
 def default_estimators(f: Callable, dist_fn: Callable, params: Any) -> dict[str, dict[str, Any]]:

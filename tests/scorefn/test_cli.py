@@ -1,0 +1,26 @@
+"""The scorefn command."""
+
+import json
+
+import pytest
+
+from scorefn.cli import build_parser, main
+
+
+@pytest.mark.slow
+def test_demo_runs_and_saves_the_plot(tmp_path, capsys):
+    code = main(["demo", "--out", str(tmp_path), "--repeats", "50", "--sample-sizes", "10,40",
+                 "--json"])
+    assert code == 0
+    out = capsys.readouterr().out
+    result = json.loads(out.strip().splitlines()[-1])
+    assert (tmp_path / "variance_vs_samples.png").stat().st_size > 10_000
+    assert result["score_error"] < 1e-4
+    assert "f(x) = x²" in result["tables"]
+    assert "analytic vs autodiff" in out and "E[score] over 100,000 samples" in out
+
+
+def test_unknown_command_is_an_argparse_error(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train"])
+    assert "invalid choice" in capsys.readouterr().err
