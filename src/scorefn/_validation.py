@@ -51,23 +51,47 @@ def check_num_samples(num_samples: Any, minimum: int = 1) -> int:
     return int(num_samples)
 
 
-def raise_if(checker: Callable[..., str | None], *arrays: Any) -> None:
-    """Raise ``ValueError(checker(*arrays))`` when the checker returns a message.
+def finite_guard(*checks: tuple[Any, Callable[[np.ndarray], str | None]]) -> jax.Array:
+    """Raise ``ValueError`` if any array holds a non-finite number; return a scalar 0.
 
-    Concrete arrays are checked now; traced ones at run time through a host callback.
+    ``checks`` are ``(array, message_fn)`` pairs; the first failing ``message_fn`` names the
+    problem. Concrete arrays are checked now. Traced ones are checked at run time at almost
+    no cost: a ``lax.cond`` on "all finite" whose error branch alone calls back to Python.
+    The returned zero must be added to the caller's output, so the check cannot be dropped
+    by dead-code elimination.
     """
-    if is_traced(arrays):
+    arrays = [jnp.asarray(a) for a, _ in checks]
+    message_fns = [m for _, m in checks]
 
-        def callback(*host_arrays):
-            message = checker(*(np.asarray(a) for a in host_arrays))
-            if message is not None:
-                raise ValueError(message)
+    def message(*host_arrays):
+        for array, message_fn in zip(host_arrays, message_fns):
+            text = message_fn(np.asarray(array))
+            if text is not None:
+                return text
+        return None
 
-        jax.debug.callback(callback, *arrays)
-        return
-    message = checker(*(np.asarray(a) for a in arrays))
-    if message is not None:
-        raise ValueError(message)
+    dtype = jnp.result_type(float)
+    if not is_traced(arrays):
+        text = message(*arrays)
+        if text is not None:
+            raise ValueError(text)
+        return jnp.zeros((), dtype)
+
+    def on_host(*host_arrays):
+        text = message(*host_arrays)
+        if text is not None:
+            raise ValueError(text)
+        return np.zeros((), dtype)
+
+    ok = jnp.all(jnp.stack([jnp.all(jnp.isfinite(a)) for a in arrays]))
+    return jax.lax.cond(
+        ok,
+        lambda *_: jnp.zeros((), dtype),
+        lambda *a: jax.pure_callback(
+            on_host, jax.ShapeDtypeStruct((), dtype), *a, vmap_method="sequential"
+        ),
+        *arrays,
+    )
 
 
 def nonfinite_values_message(values: np.ndarray) -> str | None:

@@ -56,8 +56,7 @@ def _prepare_values(values: Any, samples: Any, num_samples: int, nan_policy: str
     if nan_policy not in NAN_POLICIES:
         raise ValueError(f"nan_policy must be one of {NAN_POLICIES}, got {nan_policy!r}")
     if nan_policy == "raise":
-        v.raise_if(v.nonfinite_values_message, values)
-        return samples, values
+        return samples, values  # checked with log_prob in one guard, see score_grad
     if v.is_traced(values):
         raise ValueError(
             "nan_policy='drop' changes the number of samples, so it needs concrete values: call "
@@ -149,13 +148,27 @@ def score_grad(
         estimate = jax.tree.map(lambda c: jnp.mean(c, axis=0), contributions)
     else:
         estimate, log_prob = _surrogate_grad(dist_fn, params, samples, values, baseline, cv)
+    checks = []
+    if nan_policy == "raise":
+        checks.append((values, v.nonfinite_values_message))
     if validate:
-        v.raise_if(v.neg_inf_log_prob_message, log_prob)
+        checks.append((log_prob, v.neg_inf_log_prob_message))
+    if checks:
+        guard = v.finite_guard(*checks)
+        estimate = _with_guard(estimate, guard)
+        if per_sample:
+            contributions = _with_guard(contributions, guard)
     if per_sample:
         return contributions
     if max_norm is not None:
         estimate, _ = optax.clip_by_global_norm(max_norm).update(estimate, optax.EmptyState())
     return estimate
+
+
+def _with_guard(tree: Any, guard: jax.Array) -> Any:
+    """Add the guard's zero to every leaf: the run-time finiteness check then cannot be
+    dead-code eliminated, and it costs one addition per parameter."""
+    return jax.tree.map(lambda x: x + guard.astype(x.dtype), tree)
 
 
 def _surrogate_grad(dist_fn, params, samples, values, baseline: Baseline | None, cv):
@@ -257,15 +270,17 @@ def pathwise_grad(
         return values
 
     if per_sample:
-        jac = jax.jacrev(values_of)(params)
-        return jac
+        values = values_of(params)
+        guard = v.finite_guard((values, v.nonfinite_values_message))
+        return _with_guard(jax.jacrev(values_of)(params), guard)
 
     def mean_value(p):
         values = values_of(p)
         return jnp.mean(values), values
 
     estimate, values = jax.grad(mean_value, has_aux=True)(params)
-    v.raise_if(v.nonfinite_values_message, values)
+    guard = v.finite_guard((values, v.nonfinite_values_message))
+    estimate = _with_guard(estimate, guard)
     if max_norm is not None:
         estimate, _ = optax.clip_by_global_norm(max_norm).update(estimate, optax.EmptyState())
     return estimate
