@@ -29,7 +29,6 @@ import numpy as np
 import numpyro
 import numpyro.distributions as dist
 from rich.console import Console
-from rich.table import Table
 
 import scorefn
 
@@ -223,7 +222,8 @@ def main():
         import torch
 
         versions += f", torch {torch.__version__} ({torch.get_num_threads()} threads)"
-    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    machine = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+               f"Python {platform.python_version()}")
     console.print(f"[bold]machine[/bold] {machine}; {versions}")
     rows = time_grid(dims, sizes, rounds, console, include_torch)
     timing = timing_markdown(rows, include_torch)

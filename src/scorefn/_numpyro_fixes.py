@@ -34,7 +34,9 @@ def log_prob(d: dist.Distribution, value: jax.Array) -> jax.Array:
     """``d.log_prob(value)``, with the logits-at-zero gradient of Bernoulli/Binomial fixed."""
     if isinstance(d, dist.Independent):
         lp = log_prob(d.base_dist, value)
-        return jnp.sum(lp, axis=tuple(range(-d.reinterpreted_batch_ndims, 0))) if d.reinterpreted_batch_ndims else lp
+        if not d.reinterpreted_batch_ndims:
+            return lp
+        return jnp.sum(lp, axis=tuple(range(-d.reinterpreted_batch_ndims, 0)))
     if isinstance(d, dist.ExpandedDistribution):
         return jnp.broadcast_to(log_prob(d.base_dist, value), jnp.shape(d.log_prob(value)))
     if isinstance(d, dist.BernoulliLogits):

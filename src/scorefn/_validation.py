@@ -51,17 +51,23 @@ def check_num_samples(num_samples: Any, minimum: int = 1) -> int:
     return int(num_samples)
 
 
-def finite_guard(*checks: tuple[Any, Callable[[np.ndarray], str | None]]) -> jax.Array:
-    """Raise ``ValueError`` if any array holds a non-finite number; return a scalar 0.
+def finite_guard(
+    *checks: tuple[Any, Callable[[np.ndarray], str | None]], ok: Any = None
+) -> jax.Array:
+    """Raise ``ValueError`` if a checked array holds a non-finite number; return a scalar 0.
 
-    ``checks`` are ``(array, message_fn)`` pairs; the first failing ``message_fn`` names the
-    problem. Concrete arrays are checked now. Traced ones are checked at run time at almost
-    no cost: a ``lax.cond`` on "all finite" whose error branch alone calls back to Python.
-    The returned zero must be added to the caller's output, so the check cannot be dropped
-    by dead-code elimination.
+    ``checks`` are ``(array_or_thunk, message_fn)`` pairs; the first ``message_fn`` that
+    returns a message names the problem. Concrete arrays are checked now. Traced ones are
+    checked at run time at almost no cost: a ``lax.cond`` on ``ok`` (default: every array is
+    finite) whose error branch alone builds the arrays (thunks are called only there) and
+    calls back to Python. The returned zero must be added to the caller's output, so the
+    check cannot be removed by dead-code elimination.
     """
-    arrays = [jnp.asarray(a) for a, _ in checks]
     message_fns = [m for _, m in checks]
+    sources = [a for a, _ in checks]
+
+    def build():
+        return [jnp.asarray(a() if callable(a) else a) for a in sources]
 
     def message(*host_arrays):
         for array, message_fn in zip(host_arrays, message_fns):
@@ -71,8 +77,9 @@ def finite_guard(*checks: tuple[Any, Callable[[np.ndarray], str | None]]) -> jax
         return None
 
     dtype = jnp.result_type(float)
-    if not is_traced(arrays):
-        text = message(*arrays)
+    arrays_now = None if ok is not None else build()
+    if not is_traced(arrays_now if arrays_now is not None else [ok]):
+        text = message(*(arrays_now if arrays_now is not None else build()))
         if text is not None:
             raise ValueError(text)
         return jnp.zeros((), dtype)
@@ -83,15 +90,16 @@ def finite_guard(*checks: tuple[Any, Callable[[np.ndarray], str | None]]) -> jax
             raise ValueError(text)
         return np.zeros((), dtype)
 
-    ok = jnp.all(jnp.stack([jnp.all(jnp.isfinite(a)) for a in arrays]))
-    return jax.lax.cond(
-        ok,
-        lambda *_: jnp.zeros((), dtype),
-        lambda *a: jax.pure_callback(
-            on_host, jax.ShapeDtypeStruct((), dtype), *a, vmap_method="sequential"
-        ),
-        *arrays,
-    )
+    if ok is None:
+        ok = jnp.all(jnp.stack([jnp.all(jnp.isfinite(a)) for a in arrays_now]))
+
+    def error_branch(_):
+        arrays = build()
+        return jax.pure_callback(
+            on_host, jax.ShapeDtypeStruct((), dtype), *arrays, vmap_method="sequential"
+        )
+
+    return jax.lax.cond(ok, lambda _: jnp.zeros((), dtype), error_branch, None)
 
 
 def nonfinite_values_message(values: np.ndarray) -> str | None:

@@ -196,9 +196,8 @@ class ComparisonTable:
         return rows
 
     def rich_table(self):
-        from rich.table import Table
-
         from rich.markup import escape
+        from rich.table import Table
 
         table = Table(title=escape(self.title))
         table.add_column("estimator", no_wrap=True)

@@ -95,17 +95,17 @@ def test_expected_score_is_zero(family):
 @pytest.mark.parametrize("logits, value", [(0.0, 0.0), (0.0, 1.0), (0.4, 1.0), (-1.2, 0.0)])
 def test_bernoulli_logits_score_is_right_at_zero(logits, value):
     """numpyro 0.22 gets ∂ log p/∂l wrong at l = 0 exactly; scorefn's log_prob must not."""
-    g = jax.grad(lambda l: patched_log_prob(dist.Bernoulli(logits=l), value))(logits)
+    g = jax.grad(lambda lg: patched_log_prob(dist.Bernoulli(logits=lg), value))(logits)
     assert float(g) == pytest.approx(value - float(jax.nn.sigmoid(logits)), abs=1e-6)
     lp = patched_log_prob(dist.Bernoulli(logits=logits), value)
     assert float(lp) == pytest.approx(float(dist.Bernoulli(logits=logits).log_prob(value)))
 
 
 def test_binomial_and_wrapped_bernoulli_scores_are_right_at_zero():
-    g = jax.grad(lambda l: patched_log_prob(dist.Binomial(5, logits=l), 2.0))(0.0)
+    g = jax.grad(lambda lg: patched_log_prob(dist.Binomial(5, logits=lg), 2.0))(0.0)
     assert float(g) == pytest.approx(2.0 - 5 * 0.5)
     wrapped = jax.grad(
-        lambda l: patched_log_prob(dist.Bernoulli(logits=l).expand((3,)).to_event(1),
+        lambda lg: patched_log_prob(dist.Bernoulli(logits=lg).expand((3,)).to_event(1),
                                    jnp.array([1.0, 0.0, 1.0]))
     )(0.0)
     assert float(wrapped) == pytest.approx(2 - 3 * 0.5)

@@ -1,0 +1,253 @@
+r"""Fisher information and natural gradients.
+
+The Fisher information of p_θ is the covariance of its score,
+
+    I(θ) = E_{x~p_θ}[∇θ log p_θ(x) ∇θ log p_θ(x)ᵀ] = ∇²_{θ'} KL(p_θ ‖ p_{θ'}) |_{θ'=θ},
+
+and the natural gradient is I(θ)⁻¹ ∇θ L: the steepest-ascent direction when distances are
+measured by KL between distributions, not by Euclidean distance between parameters, so it
+does not depend on how θ is parameterised (to first order).
+
+Parameters are flattened in ``jax.flatten_util.ravel_pytree`` order everywhere; dense
+matrices are (P, P) in that order and :func:`unravel_like` maps a flat vector back.
+
+- :func:`fisher_information` — the one entry point: exact when no key is given (the Hessian
+  of numpyro's closed-form KL, or enumeration of a finite support), empirical otherwise.
+- :func:`empirical_fisher`, :func:`exact_fisher` — the two ways explicitly.
+- :func:`fisher_vector_product` — v ↦ Î v = (1/N) Σ g_n (g_nᵀ v) by one JVP and one VJP,
+  never forming the matrix; :func:`kl_fisher_vector_product` — v ↦ ∇²KL v, the Hessian-
+  vector product of the mean KL that TRPO uses.
+- :func:`natural_gradient_dense` (damped solve) and :func:`natural_gradient_cg`
+  (conjugate gradient on a Fisher-vector product) — both return a pytree like the gradient.
+- :func:`natural_gradient` — an optax ``GradientTransformation`` that preconditions any
+  optimiser's updates with I(θ)⁻¹.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.flatten_util import ravel_pytree
+from numpyro.distributions import Distribution, kl_divergence
+
+from scorefn._numpyro_fixes import log_prob as _log_prob
+from scorefn._validation import check_key, check_num_samples
+from scorefn.sampling import sample
+from scorefn.scores import flatten_per_sample, per_sample_scores
+
+DistFn = Callable[[Any], Distribution]
+
+
+def unravel_like(tree: Any, flat: jax.Array) -> Any:
+    """Map a flat (P,) vector back to a pytree shaped like ``tree`` (ravel_pytree order)."""
+    return ravel_pytree(tree)[1](flat)
+
+
+def empirical_fisher(dist_fn: DistFn, params: Any, samples: jax.Array) -> jax.Array:
+    r"""Î = (1/N) Σ_n g_n g_nᵀ with g_n = ∇θ log p_θ(x_n), a dense (P, P) matrix.
+
+    Unbiased for I(θ) when the samples come from p_θ itself (not from the data, where it
+    would be the "empirical Fisher" of the literature's warnings).
+    """
+    scores = flatten_per_sample(per_sample_scores(dist_fn, params, samples))
+    return scores.T @ scores / scores.shape[0]
+
+
+def _kl_fisher(dist_fn: DistFn, params: Any) -> jax.Array:
+    flat, unravel = ravel_pytree(params)
+    fixed = dist_fn(jax.tree.map(jax.lax.stop_gradient, params))
+
+    def kl(flat_other):
+        return jnp.sum(kl_divergence(fixed, dist_fn(unravel(flat_other))))
+
+    return jax.hessian(kl)(flat)
+
+
+def _enumeration_fisher(dist_fn: DistFn, params: Any) -> jax.Array:
+    d = dist_fn(params)
+    support = d.enumerate_support(expand=True)  # (K, *batch_shape)
+    flat, unravel = ravel_pytree(params)
+    # For a batch of independent factors the Fisher is the sum of the factors' Fishers;
+    # enumerate each factor's support, not the product space.
+    def log_probs(flat_params):
+        return _log_prob(dist_fn(unravel(flat_params)), support)  # (K, *batch)
+
+    lp = log_probs(flat)
+    jac = jax.jacrev(log_probs)(flat)  # (K, *batch, P)
+    prob = jnp.exp(lp)[..., None]
+    weighted = (prob * jac).reshape(-1, flat.size)
+    return jac.reshape(-1, flat.size).T @ weighted
+
+
+def exact_fisher(dist_fn: DistFn, params: Any) -> jax.Array:
+    r"""I(θ) exactly, as a dense (P, P) matrix.
+
+    Uses the Hessian of numpyro's closed-form KL(p_θ ‖ p_θ') at θ' = θ when one is registered
+    (Normal, MultivariateNormal, Bernoulli, Categorical, Gamma, Beta, ...), else Σ_x p(x) g gᵀ
+    over ``enumerate_support`` for finite discrete distributions. Independent batch factors
+    add up. Raises if neither applies: then use :func:`empirical_fisher`.
+    """
+    d = dist_fn(params)
+    try:
+        return _kl_fisher(dist_fn, params)
+    except NotImplementedError:
+        pass
+    if getattr(d, "has_enumerate_support", False):
+        return _enumeration_fisher(dist_fn, params)
+    raise ValueError(
+        f"no exact Fisher for {type(d).__name__}: numpyro has no closed-form KL for it and its "
+        "support cannot be enumerated; pass key and num_samples for the empirical Fisher"
+    )
+
+
+def fisher_information(
+    dist_fn: DistFn, params: Any, key: jax.Array | None = None, num_samples: int | None = None
+) -> jax.Array:
+    r"""The Fisher information of ``dist_fn(params)`` as a dense (P, P) array.
+
+    Parameters are flattened in ``jax.flatten_util.ravel_pytree`` order. With no key the
+    result is exact (:func:`exact_fisher`); with a key it is empirical from ``num_samples``
+    scores (:func:`empirical_fisher`), unbiased.
+    """
+    if key is None:
+        if num_samples is not None:
+            raise ValueError("num_samples needs a key: pass key=jax.random.key(...) as well")
+        return exact_fisher(dist_fn, params)
+    check_key(key)
+    if num_samples is None:
+        raise ValueError("an empirical Fisher needs num_samples as well as key")
+    num_samples = check_num_samples(num_samples)
+    return empirical_fisher(dist_fn, params, sample(dist_fn, params, key, num_samples))
+
+
+def fisher_vector_product(dist_fn: DistFn, params: Any, samples: jax.Array) -> Callable[[Any], Any]:
+    r"""v ↦ Î v = (1/N) Σ_n g_n (g_nᵀ v), matrix-free, for v a pytree like ``params``.
+
+    g_nᵀ v for all n is one JVP of θ ↦ (log p_θ(x_n))_n; Σ_n g_n u_n is one VJP. Memory is
+    O(N + P), never O(P²) or O(N P).
+    """
+
+    def log_probs(p):
+        lp = _log_prob(dist_fn(p), samples)
+        return lp.reshape(lp.shape[0], -1).sum(-1)
+
+    _, vjp = jax.vjp(log_probs, params)
+    n = samples.shape[0]
+
+    def product(v):
+        _, directional = jax.jvp(log_probs, (params,), (v,))
+        (out,) = vjp(directional / n)
+        return out
+
+    return product
+
+
+def kl_fisher_vector_product(
+    dist_fn: DistFn, params: Any, reduction: str = "mean"
+) -> Callable[[Any], Any]:
+    r"""v ↦ ∇²_{θ'} KL(p_θ ‖ p_θ') v at θ' = θ, the Fisher-vector product TRPO uses.
+
+    The KL is numpyro's closed form, summed over event dims and reduced over the batch by
+    ``reduction`` ("mean": TRPO's average KL over states; "sum": the joint Fisher). A
+    forward-over-reverse Hessian-vector product; never forms the matrix.
+    """
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+    fixed = dist_fn(jax.tree.map(jax.lax.stop_gradient, params))
+
+    def kl(p):
+        value = kl_divergence(fixed, dist_fn(p))
+        return jnp.mean(value) if reduction == "mean" else jnp.sum(value)
+
+    grad_kl = jax.grad(kl)
+
+    def product(v):
+        return jax.jvp(grad_kl, (params,), (v,))[1]
+
+    return product
+
+
+def natural_gradient_dense(fisher: jax.Array, grad: Any, damping: float = 1e-4) -> Any:
+    r"""(I + λ·1)⁻¹ ∇ by a dense solve (Cholesky); for small P. Returns a pytree like grad."""
+    flat, unravel = ravel_pytree(grad)
+    if fisher.shape != (flat.size, flat.size):
+        raise ValueError(
+            f"fisher must be ({flat.size}, {flat.size}) for a gradient with {flat.size} "
+            f"parameters; got {fisher.shape}"
+        )
+    matrix = fisher + damping * jnp.eye(flat.size, dtype=fisher.dtype)
+    factor = jax.scipy.linalg.cho_factor(matrix)
+    return unravel(jax.scipy.linalg.cho_solve(factor, flat))
+
+
+def natural_gradient_cg(
+    fvp: Callable[[Any], Any],
+    grad: Any,
+    damping: float = 1e-4,
+    maxiter: int = 50,
+    tol: float = 1e-6,
+) -> Any:
+    r"""Solve (I + λ·1) x = ∇ by conjugate gradient with a Fisher-vector product.
+
+    ``fvp`` maps a pytree to a pytree (from :func:`fisher_vector_product` or
+    :func:`kl_fisher_vector_product`). Never forms I; each iteration costs one product.
+    """
+
+    def damped(v):
+        return jax.tree.map(lambda a, b: a + damping * b, fvp(v), v)
+
+    solution, _ = jax.scipy.sparse.linalg.cg(damped, grad, maxiter=maxiter, tol=tol)
+    return solution
+
+
+class NaturalGradientState(NamedTuple):
+    key: jax.Array
+
+
+def natural_gradient(
+    dist_fn: DistFn,
+    damping: float = 1e-4,
+    method: str = "exact",
+    num_samples: int = 1000,
+    key: jax.Array | None = None,
+    maxiter: int = 50,
+) -> optax.GradientTransformation:
+    r"""An optax transformation: updates ↦ (I(θ) + λ·1)⁻¹ updates, θ = the current params.
+
+    ``method``: ``"exact"`` (dense solve with :func:`exact_fisher`), ``"empirical"`` (dense,
+    :func:`empirical_fisher` from ``num_samples`` fresh samples) or ``"cg"`` (matrix-free
+    conjugate gradient on :func:`fisher_vector_product`, fresh samples). The sampling
+    methods carry a PRNG key in the state (explicit, like everything in scorefn). Chain it
+    before the optimiser, e.g. ``optax.chain(scorefn.natural_gradient(dist_fn), optax.sgd(0.1))``
+    (remember optax minimises: pass the negative of an ascent direction). ``update`` needs
+    ``params``.
+    """
+    if method not in ("exact", "empirical", "cg"):
+        raise ValueError(f"method must be 'exact', 'empirical' or 'cg', got {method!r}")
+    if method != "exact":
+        if key is None:
+            raise ValueError(f"method={method!r} samples from p_θ: pass key=jax.random.key(...)")
+        check_key(key)
+
+    def init(params):
+        del params
+        return NaturalGradientState(key=key if key is not None else jax.random.key(0))
+
+    def update(updates, state, params=None):
+        if params is None:
+            raise ValueError("natural_gradient needs params: call update(updates, state, params)")
+        if method == "exact":
+            return natural_gradient_dense(exact_fisher(dist_fn, params), updates, damping), state
+        key, subkey = jax.random.split(state.key)
+        samples = sample(dist_fn, params, subkey, num_samples)
+        if method == "empirical":
+            fisher = empirical_fisher(dist_fn, params, samples)
+            return natural_gradient_dense(fisher, updates, damping), NaturalGradientState(key)
+        fvp = fisher_vector_product(dist_fn, params, samples)
+        return natural_gradient_cg(fvp, updates, damping, maxiter), NaturalGradientState(key)
+
+    return optax.GradientTransformation(init, update)
