@@ -4,12 +4,14 @@
 
 The core: :func:`sample`, :func:`score_grad` and :func:`grad` (score-function and pathwise
 estimators), :mod:`baselines`, :mod:`control_variates`, :mod:`diagnostics` and
-:func:`compare`.
+:func:`compare`; :mod:`fisher` (Fisher information, Fisher-vector products, natural
+gradients, :func:`natural_gradient` as an optax transformation).
 """
 
-from scorefn import baselines, control_variates, diagnostics
+from scorefn import baselines, control_variates, diagnostics, fisher, importance
 from scorefn.diagnostics import compare
 from scorefn.estimators import evaluate, grad, pathwise_grad, score_grad, standardized
+from scorefn.fisher import fisher_information, natural_gradient
 from scorefn.sampling import sample
 from scorefn.scores import joint_log_prob, per_sample_scores
 
@@ -21,8 +23,12 @@ __all__ = [
     "control_variates",
     "diagnostics",
     "evaluate",
+    "fisher",
+    "fisher_information",
+    "importance",
     "grad",
     "joint_log_prob",
+    "natural_gradient",
     "pathwise_grad",
     "per_sample_scores",
     "sample",

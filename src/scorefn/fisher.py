@@ -87,8 +87,9 @@ def exact_fisher(dist_fn: DistFn, params: Any) -> jax.Array:
     r"""I(θ) exactly, as a dense (P, P) matrix.
 
     Uses the Hessian of numpyro's closed-form KL(p_θ ‖ p_θ') at θ' = θ when one is registered
-    (Normal, MultivariateNormal, Bernoulli, Categorical, Gamma, Beta, ...), else Σ_x p(x) g gᵀ
-    over ``enumerate_support`` for finite discrete distributions. Independent batch factors
+    (numpyro 0.22: Normal, MultivariateNormal, Gamma, Beta, Dirichlet, Categorical(probs), and
+    Independent / expanded versions), else Σ_x p(x) g gᵀ over ``enumerate_support`` for
+    finite discrete distributions (Bernoulli, Categorical(logits), Binomial, ...). Independent batch factors
     add up. Raises if neither applies: then use :func:`empirical_fisher`.
     """
     d = dist_fn(params)

@@ -1,0 +1,293 @@
+r"""Importance sampling for score-function gradients: samples from q, gradient under p_θ.
+
+With x_n ~ q (a behaviour or proposal distribution) and log-weights
+ℓ_n = log p_θ(x_n) - log q(x_n), computed in log space,
+
+    ordinary         ĝ = (1/N) Σ_n w_n (f_n - b_n) g_n                        unbiased
+    self-normalised  ĝ = Σ_n (w_n / Σ_m w_m) (f_n - b_n) g_n                  biased, O(1/N), consistent
+    truncated        ĝ = (1/N) Σ_n min(w_n, c) (f_n - b_n) g_n                biased (downweights where p ≫ q)
+
+where g_n = ∇θ log p_θ(x_n) and w_n = exp(ℓ_n), since E_q[w f g] = E_p[f g] = ∇θ E_p[f] when q > 0
+wherever p f > 0. Multiple importance sampling (:func:`mis_score_grad`) combines samples from
+several proposals q_i with the balance or power heuristic. :func:`per_decision_log_weights`
+gives the cumulative per-step weights of sequences (trajectories), optionally truncated per
+step as V-trace and Retrace do. :func:`effective_sample_size` measures weight degeneracy;
+the estimators warn or raise (your choice) below a threshold, and overflowing weights raise
+instead of returning NaN.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+from jax.scipy.special import logsumexp
+from numpyro.distributions import Distribution
+
+from scorefn import _validation as v
+from scorefn.baselines import as_baseline
+from scorefn.scores import joint_log_prob
+
+DistFn = Callable[[Any], Distribution]
+WEIGHTINGS = ("ordinary", "self_normalized", "truncated")
+ESS_POLICIES = ("warn", "raise", "ignore")
+
+
+def effective_sample_size(log_weights: jax.Array) -> jax.Array:
+    r"""Kish's ESS = (Σ w)² / Σ w², from log-weights, without overflow. Equals N when all
+    weights are equal (q = p) and tends to 1 when one weight dominates."""
+    log_weights = jnp.asarray(log_weights)
+    shifted = log_weights - jax.lax.stop_gradient(jnp.max(log_weights))  # keeps float32 precise
+    return jnp.exp(2 * logsumexp(shifted) - logsumexp(2 * shifted))
+
+
+def weight_diagnostics(log_weights: jax.Array) -> dict[str, jax.Array]:
+    """ESS, ESS / N, the largest normalised weight and the largest log-weight."""
+    log_weights = jnp.asarray(log_weights)
+    ess = effective_sample_size(log_weights)
+    return {
+        "ess": ess,
+        "ess_fraction": ess / log_weights.shape[0],
+        "max_normalized_weight": jnp.exp(jnp.max(log_weights) - logsumexp(log_weights)),
+        "max_log_weight": jnp.max(log_weights),
+    }
+
+
+def _behaviour_log_prob(behaviour: Any, samples: jax.Array, num_samples: int) -> jax.Array:
+    if isinstance(behaviour, Distribution):
+        return joint_log_prob(behaviour, samples)
+    log_q = jnp.asarray(behaviour)
+    if log_q.shape != (num_samples,):
+        raise ValueError(
+            "behaviour must be a numpyro Distribution (the proposal q) or the stored log q(x_n) "
+            f"of each sample, shape (num_samples,) = ({num_samples},); got shape {log_q.shape}"
+        )
+    return log_q
+
+
+def log_weights(dist_fn: DistFn, params: Any, samples: jax.Array, behaviour: Any) -> jax.Array:
+    """ℓ_n = log p_θ(x_n) - log q(x_n), shape (N,); ``behaviour`` is q or stored log q."""
+    num_samples = v.check_samples_shape(dist_fn(params), samples)
+    log_q = _behaviour_log_prob(behaviour, samples, num_samples)
+    return jax.lax.stop_gradient(joint_log_prob(dist_fn(params), samples)) - log_q
+
+
+def _ess_check(log_w: jax.Array, threshold: float | None, policy: str) -> jax.Array:
+    """Warn or raise when ESS / N < threshold; returns a zero to add to the output."""
+    dtype = jnp.result_type(float)
+    if threshold is None or policy == "ignore":
+        return jnp.zeros((), dtype)
+    n = log_w.shape[0]
+
+    def message(lw):
+        lw = np.asarray(lw, np.float64)
+        m = lw.max()
+        log_sum = m + np.log(np.exp(lw - m).sum())
+        ess = np.exp(2 * log_sum - (2 * m + np.log(np.exp(2 * (lw - m)).sum())))
+        if ess / n >= threshold:
+            return None
+        return (
+            f"importance weights are degenerate: effective sample size {ess:.1f} of {n} "
+            f"({100 * ess / n:.1f}% < threshold {100 * threshold:.0f}%); the largest weight "
+            f"carries {100 * np.exp(m - log_sum):.0f}% of the total. The proposal q "
+            "is far from p_θ: sample closer to p_θ, use self_normalized or truncated weights, or "
+            "multiple proposals (mis_score_grad)"
+        )
+
+    if not v.is_traced(log_w):
+        text = message(log_w)
+        if text is not None:
+            if policy == "raise":
+                raise ValueError(text)
+            warnings.warn(text, RuntimeWarning, stacklevel=3)
+        return jnp.zeros((), dtype)
+
+    def on_host(lw):
+        text = message(lw)
+        if text is not None:
+            if policy == "raise":
+                raise ValueError(text)
+            warnings.warn(text, RuntimeWarning, stacklevel=2)
+        return np.zeros((), dtype)
+
+    ok = effective_sample_size(log_w) >= threshold * n
+    return jax.lax.cond(
+        ok,
+        lambda lw: jnp.zeros((), dtype),
+        lambda lw: jax.pure_callback(on_host, jax.ShapeDtypeStruct((), dtype), lw,
+                                     vmap_method="sequential"),
+        log_w,
+    )
+
+
+def _overflow_message(weights_and_log_weights: np.ndarray) -> str | None:
+    weights, lw = weights_and_log_weights
+    if np.all(np.isfinite(weights)):
+        return None
+    return (
+        f"importance weights overflow: the largest log weight log p_θ(x) - log q(x) is "
+        f"{float(np.nanmax(lw)):.1f}, and exp() of it is not finite in {weights.dtype}. q puts "
+        "almost no mass where p_θ has it; use weighting='self_normalized' or 'truncated', or a "
+        "proposal closer to p_θ"
+    )
+
+
+def is_score_grad(
+    dist_fn: DistFn,
+    params: Any,
+    samples: jax.Array,
+    values: jax.Array,
+    behaviour: Any,
+    *,
+    weighting: str = "ordinary",
+    truncation: float = 1.0,
+    baseline: Any = None,
+    ess_threshold: float | None = None,
+    on_low_ess: str = "warn",
+) -> Any:
+    r"""Off-policy score-function estimate of ∇θ E_{p_θ}[f] from samples of q.
+
+    Args:
+      samples: ``(N, ...)`` drawn from the behaviour distribution q, not from p_θ.
+      values: ``(N,)``, f at each sample.
+      behaviour: q as a numpyro Distribution, or the stored log q(x_n), shape (N,).
+      weighting: ``"ordinary"`` (unbiased), ``"self_normalized"`` (biased O(1/N), lower
+        variance, immune to the scale of the weights) or ``"truncated"`` (weights clipped at
+        ``truncation`` as in PPO/V-trace/Retrace; biased towards zero where p ≫ q).
+      baseline: as in :func:`scorefn.score_grad` (per-sample baselines only); a baseline
+        independent of x_n keeps the ordinary estimator unbiased.
+      ess_threshold: warn (``on_low_ess="warn"``) or raise (``"raise"``) when ESS/N falls below it.
+
+    Overflowing weights raise a ValueError instead of returning NaN. jit- and vmap-compatible.
+    """
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+    if on_low_ess not in ESS_POLICIES:
+        raise ValueError(f"on_low_ess must be one of {ESS_POLICIES}, got {on_low_ess!r}")
+    if weighting == "truncated" and not truncation > 0:
+        raise ValueError(f"truncation must be positive, got {truncation}")
+    d = dist_fn(params)
+    num_samples = v.check_samples_shape(d, samples)
+    values = v.check_values_shape(values, num_samples).astype(jnp.result_type(float))
+    v.check_support_independent(dist_fn, params)
+    v.check_params_used(dist_fn, params, samples)
+    baseline = as_baseline(baseline)
+    if baseline is not None and baseline.per_coordinate:
+        raise ValueError("is_score_grad takes per-sample baselines (constant, ema, leave_one_out)")
+    log_q = _behaviour_log_prob(behaviour, samples, num_samples)
+    log_w = jax.lax.stop_gradient(joint_log_prob(d, samples)) - log_q
+    centred = values if baseline is None else values - baseline(values)
+    if weighting == "self_normalized":
+        weights = jnp.exp(log_w - logsumexp(log_w)) * num_samples
+    elif weighting == "truncated":
+        weights = jnp.exp(jnp.minimum(log_w, jnp.log(truncation)))
+    else:
+        weights = jnp.exp(log_w)
+    coefficients = jax.lax.stop_gradient(weights * centred)
+
+    def surrogate(p):
+        with numpyro.validation_enabled(False):
+            return jnp.mean(coefficients * joint_log_prob(dist_fn(p), samples))
+
+    estimate = jax.grad(surrogate)(params)
+    # A sample outside p_θ's support has weight 0 and contributes nothing: not an error.
+    ok = jnp.all(jnp.isfinite(values)) & jnp.all(jnp.isfinite(weights))
+    guard = v.finite_guard(
+        (values, v.nonfinite_values_message),
+        (jnp.stack([weights, log_w]), _overflow_message),
+        ok=ok,
+    )
+    guard = guard + _ess_check(log_w, ess_threshold, on_low_ess)
+    return jax.tree.map(lambda g: g + guard.astype(g.dtype), estimate)
+
+
+def mis_score_grad(
+    dist_fn: DistFn,
+    params: Any,
+    samples: Sequence[jax.Array],
+    values: Sequence[jax.Array],
+    proposals: Sequence[Distribution],
+    *,
+    heuristic: str = "balance",
+    power: float = 2.0,
+) -> Any:
+    r"""Multiple importance sampling over proposals q_1..q_J with n_j samples each:
+
+        ĝ = Σ_j (1/n_j) Σ_k h_j(x_jk) (p_θ(x_jk) / q_j(x_jk)) f(x_jk) ∇θ log p_θ(x_jk)
+
+    with the balance heuristic h_j(x) = n_j q_j(x) / Σ_i n_i q_i(x) (Veach & Guibas 1995),
+    under which each term is p_θ(x) f g / Σ_i n_i q_i(x): the mixture density; or the power
+    heuristic h_j ∝ (n_j q_j)^β. Unbiased for any heuristic whose h_j sum to one wherever
+    p f ≠ 0. All weights are formed with logsumexp.
+    """
+    if heuristic not in ("balance", "power"):
+        raise ValueError(f"heuristic must be 'balance' or 'power', got {heuristic!r}")
+    if not (len(samples) == len(values) == len(proposals)) or not proposals:
+        raise ValueError(
+            "samples, values and proposals must be sequences of the same non-zero length, one "
+            f"entry per proposal; got {len(samples)}, {len(values)} and {len(proposals)}"
+        )
+    counts = [v.check_samples_shape(dist_fn(params), x) for x in samples]
+    values = [v.check_values_shape(f, n).astype(jnp.result_type(float)) for f, n in zip(values, counts)]
+    log_counts = jnp.log(jnp.asarray(counts, jnp.result_type(float)))
+    coefficients, stacked_samples = [], []
+    for j, (x, f) in enumerate(zip(samples, values)):
+        log_q_all = jnp.stack([joint_log_prob(q, x) for q in proposals], axis=0)  # (J, n)
+        log_p = jax.lax.stop_gradient(joint_log_prob(dist_fn(params), x))
+        if heuristic == "balance":
+            # h_j p / (n_j q_j) = p / Σ_i n_i q_i: the mixture density, whatever j is.
+            log_weight = log_p - logsumexp(log_q_all + log_counts[:, None], axis=0)
+        else:
+            scaled = power * (log_q_all + log_counts[:, None])
+            log_h = scaled[j] - logsumexp(scaled, axis=0)
+            log_weight = log_h + log_p - log_q_all[j] - log_counts[j]
+        coefficients.append(jnp.exp(log_weight) * f)
+        stacked_samples.append(x)
+    coefficients = jax.lax.stop_gradient(jnp.concatenate(coefficients))
+    all_samples = jnp.concatenate(stacked_samples)
+
+    def surrogate(p):
+        with numpyro.validation_enabled(False):
+            return jnp.sum(coefficients * joint_log_prob(dist_fn(p), all_samples))
+
+    estimate = jax.grad(surrogate)(params)
+    guard = v.finite_guard(*[(f, v.nonfinite_values_message) for f in values],
+                           (coefficients, _nonfinite_weights_message))
+    return jax.tree.map(lambda g: g + guard.astype(g.dtype), estimate)
+
+
+def _nonfinite_weights_message(coefficients: np.ndarray) -> str | None:
+    if np.all(np.isfinite(coefficients)):
+        return None
+    return ("multiple-importance weights are not finite: some sample has zero density under "
+            "every proposal or overflows; check the proposals cover p_θ")
+
+
+def per_decision_log_weights(
+    log_p: jax.Array, log_q: jax.Array, truncation: float | None = None
+) -> jax.Array:
+    r"""Cumulative per-decision log-weights of sequences, shape (N, T):
+
+        log ρ_{1:t} = Σ_{k≤t} log min(c̄, π(a_k|s_k) / μ(a_k|s_k))
+
+    from per-step log-probabilities under the target π and the behaviour μ, shape (N, T).
+    Without truncation E_μ[ρ_{1:t} h(a_{1:t})] = E_π[h(a_{1:t})] for any h of the prefix, so
+    the reward at step t needs only the weights up to t (Precup et al. 2000). With
+    ``truncation`` c̄ each step's ratio is clipped at c̄, as V-trace (Espeholt et al. 2018)
+    and Retrace (Munos et al. 2016) do: lower variance, biased.
+    """
+    log_p, log_q = jnp.asarray(log_p), jnp.asarray(log_q)
+    if log_p.shape != log_q.shape or log_p.ndim != 2:
+        raise ValueError(
+            "log_p and log_q must both have shape (num_sequences, num_steps); "
+            f"got {log_p.shape} and {log_q.shape}"
+        )
+    step = log_p - log_q
+    if truncation is not None:
+        step = jnp.minimum(step, jnp.log(truncation))
+    return jnp.cumsum(step, axis=1)
