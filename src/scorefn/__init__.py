@@ -8,7 +8,14 @@ estimators), :mod:`baselines`, :mod:`control_variates`, :mod:`diagnostics` and
 gradients, :func:`natural_gradient` as an optax transformation).
 """
 
-from scorefn import baselines, control_variates, diagnostics, fisher, importance
+from scorefn import (
+    baselines,
+    control_variates,
+    diagnostics,
+    fisher,
+    importance,
+    rao_blackwell,
+)
 from scorefn.diagnostics import compare
 from scorefn.estimators import evaluate, grad, pathwise_grad, score_grad, standardized
 from scorefn.fisher import fisher_information, natural_gradient
@@ -30,6 +37,7 @@ __all__ = [
     "joint_log_prob",
     "natural_gradient",
     "pathwise_grad",
+    "rao_blackwell",
     "per_sample_scores",
     "sample",
     "score_grad",

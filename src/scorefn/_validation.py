@@ -213,17 +213,25 @@ def check_samples_shape(d: Any, samples: Any, num_samples: int | None = None) ->
     return shape[0]
 
 
-def check_values_shape(values: Any, num_samples: int) -> jax.Array:
+def check_values_shape(
+    values: Any, num_samples: int, batch_shape: tuple[int, ...] | None = None
+) -> jax.Array:
+    """Values are (N,), or (N, *batch_shape) when per-factor values are allowed."""
     values = jnp.asarray(values)
-    if values.shape != (num_samples,):
+    per_factor = batch_shape is not None and len(batch_shape) > 0
+    if values.shape != (num_samples,) and not (
+        per_factor and values.shape == (num_samples, *batch_shape)
+    ):
         hint = ""
         if values.ndim == 0:
             hint = " (f returned a scalar: it must return one value per sample)"
         elif values.ndim > 1:
             hint = " (f must return one scalar per sample; reduce its output, e.g. with sum(-1))"
+        also = (f", or (num_samples, *batch_shape) = {(num_samples, *batch_shape)} for "
+                "per-factor learning signals" if per_factor else "")
         raise ValueError(
-            f"values must have shape (num_samples,) = ({num_samples},), one f value per sample; "
-            f"got shape {values.shape}{hint}"
+            f"values must have shape (num_samples,) = ({num_samples},), one f value per sample"
+            f"{also}; got shape {values.shape}{hint}"
         )
     if not jnp.issubdtype(values.dtype, jnp.number):
         raise TypeError(f"values must be numeric, got dtype {values.dtype}")

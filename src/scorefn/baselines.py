@@ -72,7 +72,7 @@ class LeaveOneOut(Baseline):
         n = values.shape[0]
         if n < 2:
             raise ValueError("the leave_one_out baseline needs num_samples >= 2")
-        return (jnp.sum(values) - values) / (n - 1)
+        return (jnp.sum(values, axis=0) - values) / (n - 1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,7 +88,7 @@ class BatchMean(Baseline):
     unbiased: bool = False
 
     def __call__(self, values: jax.Array, scores: Any = None) -> jax.Array:
-        return jnp.broadcast_to(jnp.mean(values), values.shape)
+        return jnp.broadcast_to(jnp.mean(values, axis=0), values.shape)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -175,12 +175,15 @@ class Ema:
         if not 0.0 <= self.decay < 1.0:
             raise ValueError(f"decay must be in [0, 1), got {self.decay}")
 
-    def init(self, dtype: Any = jnp.float32) -> EmaState:
-        zero = jnp.zeros((), dtype)
+    def init(self, shape: tuple[int, ...] = (), dtype: Any = jnp.float32) -> EmaState:
+        """``shape=()`` for one baseline; ``shape=batch_shape`` for one per factor."""
+        zero = jnp.zeros(shape, dtype)
         return EmaState(average=zero, count=jnp.zeros((), jnp.int32), value=zero)
 
     def update(self, values: jax.Array, state: EmaState) -> EmaState:
-        mean = jnp.mean(jnp.asarray(values))
+        mean = jnp.mean(jnp.asarray(values), axis=0)  # over samples: per factor if any
+        if state.average.ndim == 0:
+            mean = jnp.mean(mean)
         average = self.decay * state.average + (1.0 - self.decay) * mean
         count = state.count + 1
         # Bias-corrected like Adam's moments, so early steps are not pulled towards 0.

@@ -26,6 +26,7 @@ import optax
 from numpyro.distributions import Distribution
 
 from scorefn import _validation as v
+from scorefn._numpyro_fixes import log_prob as _log_prob
 from scorefn.baselines import Baseline, as_baseline, leave_one_out_ratio
 from scorefn.control_variates import ControlVariate
 from scorefn.sampling import sample
@@ -52,8 +53,10 @@ def evaluate(f: Callable, samples: jax.Array, vectorized: bool = False) -> jax.A
     return f(samples) if vectorized else jax.vmap(f)(samples)
 
 
-def _prepare_values(values: Any, samples: Any, num_samples: int, nan_policy: str, dtype):
-    values = v.check_values_shape(values, num_samples).astype(dtype)
+def _prepare_values(
+    values: Any, samples: Any, num_samples: int, nan_policy: str, dtype, batch_shape=None
+):
+    values = v.check_values_shape(values, num_samples, batch_shape).astype(dtype)
     if nan_policy not in NAN_POLICIES:
         raise ValueError(f"nan_policy must be one of {NAN_POLICIES}, got {nan_policy!r}")
     if nan_policy == "raise":
@@ -63,7 +66,7 @@ def _prepare_values(values: Any, samples: Any, num_samples: int, nan_policy: str
             "nan_policy='drop' changes the number of samples, so it needs concrete values: call "
             "score_grad outside jax.jit (evaluate f in Python), or use nan_policy='raise'"
         )
-    keep = np.isfinite(np.asarray(values))
+    keep = np.isfinite(np.asarray(values)).reshape(num_samples, -1).all(axis=1)
     if not keep.any():
         raise ValueError("f returned no finite value: nan_policy='drop' would drop every sample")
     if keep.all():
@@ -105,7 +108,10 @@ def score_grad(
       dist_fn: ``params -> numpyro Distribution``.
       params: any pytree of arrays θ.
       samples: ``(N, *batch_shape, *event_shape)``, e.g. from :func:`scorefn.sample`.
-      values: ``(N,)``, f at each sample.
+      values: ``(N,)``, f at each sample; or ``(N, *batch_shape)``, a learning signal per
+        independent factor of a batched p_θ: factor b's score is then weighted only by its
+        own column, ĝ = (1/N) Σ_n Σ_b (L_nb - b_nb) ∇θ log p_θ(x_nb). Unbiased when each L_b
+        holds every term of f that depends on x_b (see :mod:`scorefn.rao_blackwell`).
       baseline: None, a number, an :class:`~scorefn.baselines.EmaState` or a baseline from
         :mod:`scorefn.baselines`.
       control_variate: a :class:`~scorefn.control_variates.ControlVariate`.
@@ -125,7 +131,10 @@ def score_grad(
     d = dist_fn(params)
     num_samples = v.check_samples_shape(d, samples)
     dtype = _float_dtype(params)
-    samples, values = _prepare_values(values, samples, num_samples, nan_policy, dtype)
+    samples, values = _prepare_values(
+        values, samples, num_samples, nan_policy, dtype, tuple(d.batch_shape)
+    )
+    per_factor = values.ndim > 1
     if validate:
         v.check_support_independent(dist_fn, params)
         v.check_params_used(dist_fn, params, samples)
@@ -145,6 +154,12 @@ def score_grad(
         or (baseline is not None and baseline.per_coordinate)
         or (cv is not None and cv.needs_scores)
     )
+    if per_factor and (needs_scores or cv is not None):
+        raise ValueError(
+            "per-factor values (shape (num_samples, *batch_shape)) work with per-sample baselines "
+            "(constant, ema, leave_one_out, batch_mean) only; per_sample, the optimal baseline and "
+            "control variates need values of shape (num_samples,)"
+        )
     # The gradient is traced without numpyro's per-call support mask (a where over every
     # sample, ~15% of the cost); samples drawn from p_θ are in its support, and external
     # samples are checked explicitly below.
@@ -199,7 +214,10 @@ def _surrogate_grad(dist_fn, params, samples, values, baseline: Baseline | None,
     weights = jax.lax.stop_gradient(centred)
 
     def surrogate(p):
-        out = jnp.mean(weights * joint_log_prob(dist_fn(p), samples))
+        if weights.ndim > 1:  # one learning signal per factor: weight each factor's log_prob
+            out = jnp.sum(jnp.mean(weights * _log_prob(dist_fn(p), samples), axis=0))
+        else:
+            out = jnp.mean(weights * joint_log_prob(dist_fn(p), samples))
         if mean_fn is not None:
             out = out + beta * mean_fn(p)
         return out
