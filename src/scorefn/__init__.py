@@ -14,6 +14,7 @@ from scorefn import (
     diagnostics,
     fisher,
     importance,
+    measure_valued,
     rao_blackwell,
 )
 from scorefn.diagnostics import compare
@@ -35,6 +36,7 @@ __all__ = [
     "importance",
     "grad",
     "joint_log_prob",
+    "measure_valued",
     "natural_gradient",
     "pathwise_grad",
     "rao_blackwell",

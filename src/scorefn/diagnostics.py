@@ -259,6 +259,10 @@ def default_estimators(f: Callable, dist_fn: Callable, params: Any) -> dict[str,
         pass
     if d.has_rsample:
         choices["pathwise"] = {"estimator": "pathwise"}
+    from scorefn.measure_valued import supports
+
+    if supports(d):
+        choices["measure_valued"] = {"estimator": "measure_valued"}
     return choices
 
 

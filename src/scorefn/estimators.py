@@ -29,11 +29,12 @@ from scorefn import _validation as v
 from scorefn._numpyro_fixes import log_prob as _log_prob
 from scorefn.baselines import Baseline, as_baseline, leave_one_out_ratio
 from scorefn.control_variates import ControlVariate
+from scorefn.measure_valued import measure_valued_grad
 from scorefn.sampling import sample
 from scorefn.scores import joint_log_prob, scores_and_log_prob
 
 DistFn = Callable[[Any], Distribution]
-ESTIMATORS = ("score", "pathwise")
+ESTIMATORS = ("score", "pathwise", "measure_valued")
 NAN_POLICIES = ("raise", "drop")
 
 
@@ -93,6 +94,7 @@ def score_grad(
     nan_policy: str = "raise",
     per_sample: bool = False,
     validate: bool = True,
+    per_factor: bool = False,
     _samples_from_dist: bool = False,
 ) -> Any:
     r"""Score-function estimate of ∇θ E_{x~p_θ}[f(x)] from samples and their f values.
@@ -108,10 +110,11 @@ def score_grad(
       dist_fn: ``params -> numpyro Distribution``.
       params: any pytree of arrays θ.
       samples: ``(N, *batch_shape, *event_shape)``, e.g. from :func:`scorefn.sample`.
-      values: ``(N,)``, f at each sample; or ``(N, *batch_shape)``, a learning signal per
-        independent factor of a batched p_θ: factor b's score is then weighted only by its
-        own column, ĝ = (1/N) Σ_n Σ_b (L_nb - b_nb) ∇θ log p_θ(x_nb). Unbiased when each L_b
-        holds every term of f that depends on x_b (see :mod:`scorefn.rao_blackwell`).
+      values: ``(N,)``, f at each sample; or, with ``per_factor=True``, ``(N, *batch_shape)``:
+        a learning signal per independent factor of a batched p_θ, factor b's score then
+        weighted only by its own column, ĝ = (1/N) Σ_n Σ_b (L_nb - b_nb) ∇θ log p_θ(x_nb).
+        Unbiased when each L_b holds every term of f that depends on x_b (see
+        :mod:`scorefn.rao_blackwell`).
       baseline: None, a number, an :class:`~scorefn.baselines.EmaState` or a baseline from
         :mod:`scorefn.baselines`.
       control_variate: a :class:`~scorefn.control_variates.ControlVariate`.
@@ -124,6 +127,7 @@ def score_grad(
         whose mean is the estimate, to assess the variance yourself.
       validate: run the checks on params, support and log_prob (structural ones cost
         nothing at run time under ``jit``).
+      per_factor: accept per-factor values (see ``values``).
 
     Returns:
       A pytree shaped like ``params`` (with a leading N axis if ``per_sample``).
@@ -132,7 +136,8 @@ def score_grad(
     num_samples = v.check_samples_shape(d, samples)
     dtype = _float_dtype(params)
     samples, values = _prepare_values(
-        values, samples, num_samples, nan_policy, dtype, tuple(d.batch_shape)
+        values, samples, num_samples, nan_policy, dtype,
+        tuple(d.batch_shape) if per_factor else None,
     )
     per_factor = values.ndim > 1
     if validate:
@@ -341,7 +346,9 @@ def grad(
 
     ``estimator="score"`` composes :func:`scorefn.sample`, ``jax.vmap(f)`` and
     :func:`scorefn.score_grad` (f need not be differentiable); ``estimator="pathwise"`` is
-    :func:`pathwise_grad` (f differentiable, reparameterisable distribution). jit- and
+    :func:`pathwise_grad` (f differentiable, reparameterisable distribution);
+    ``estimator="measure_valued"`` is :func:`scorefn.measure_valued.measure_valued_grad`
+    (Normal, Poisson, Bernoulli; f need not be differentiable). jit- and
     vmap-compatible; the same key gives the same bits. See :func:`score_grad` for the options.
 
     Example::
@@ -351,12 +358,18 @@ def grad(
     """
     if estimator not in ESTIMATORS:
         raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
+    if estimator != "score" and (
+        baseline is not None or control_variate is not None or standardize
+    ):
+        raise ValueError(
+            "baselines, control variates and standardize apply to the score-function "
+            f"estimator; estimator={estimator!r} takes none of them"
+        )
+    if estimator == "measure_valued":
+        if per_sample or vectorized or max_norm is not None:
+            raise ValueError("estimator='measure_valued' takes no per_sample, vectorized or max_norm")
+        return measure_valued_grad(f, dist_fn, params, key, num_samples)
     if estimator == "pathwise":
-        if baseline is not None or control_variate is not None or standardize:
-            raise ValueError(
-                "baselines, control variates and standardize apply to the score-function "
-                "estimator; estimator='pathwise' differentiates f itself and takes none of them"
-            )
         return pathwise_grad(
             f, dist_fn, params, key, num_samples,
             vectorized=vectorized, max_norm=max_norm, per_sample=per_sample,

@@ -77,7 +77,8 @@ def local_score_grad(
     """
     batch_shape = tuple(dist_fn(params).batch_shape)
     signals = local_learning_signals(term_values, dependencies, batch_shape)
-    return score_grad(dist_fn, params, samples, signals, baseline=baseline, **options)
+    return score_grad(dist_fn, params, samples, signals, baseline=baseline, per_factor=True,
+                      **options)
 
 
 def enumerate_grad(

@@ -155,16 +155,19 @@ def test_per_factor_values_in_score_grad(key):
     x = scorefn.sample(dist_fn, params, key, 8)
     signals = rao_blackwell.local_learning_signals(terms(x), dependencies, (5,))
     assert signals.shape == (8, 5)
-    a = scorefn.score_grad(dist_fn, params, x, signals)
+    a = scorefn.score_grad(dist_fn, params, x, signals, per_factor=True)
     scores_per_factor = (x - jax.nn.sigmoid(params["logits"]))  # ∂ log Bern / ∂ logit
     np.testing.assert_allclose(a["logits"], jnp.mean(signals * scores_per_factor, 0), rtol=1e-5,
                                atol=1e-6)
     with pytest.raises(ValueError, match="per-factor values .* per-sample baselines"):
-        scorefn.score_grad(dist_fn, params, x, signals, baseline=scorefn.baselines.optimal())
+        scorefn.score_grad(dist_fn, params, x, signals, baseline=scorefn.baselines.optimal(),
+                           per_factor=True)
     with pytest.raises(ValueError, match=r"dependencies must be \(num_terms, prod\(batch_shape\)\)"):
         rao_blackwell.local_learning_signals(terms(x), dependencies[:, :3], (5,))
     with pytest.raises(ValueError, match=r"or \(num_samples, \*batch_shape\) = \(8, 5\)"):
-        scorefn.score_grad(dist_fn, params, x, jnp.ones((8, 4)))
+        scorefn.score_grad(dist_fn, params, x, jnp.ones((8, 4)), per_factor=True)
+    with pytest.raises(ValueError, match="one scalar per sample"):
+        scorefn.score_grad(dist_fn, params, x, signals)  # per-factor values need the opt-in
 
 
 def test_per_factor_ema_state(key):

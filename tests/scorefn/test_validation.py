@@ -118,7 +118,8 @@ def test_bad_num_samples(problem, key, n):
 
 
 def test_unknown_estimator_lists_the_known_ones(problem, key):
-    with pytest.raises(ValueError, match=r"estimator must be one of \('score', 'pathwise'\)"):
+    known = r"estimator must be one of \('score', 'pathwise', 'measure_valued'\)"
+    with pytest.raises(ValueError, match=known):
         scorefn.grad(problem.f, problem.dist_fn, problem.params, key, 8, estimator="reinforce")
 
 

@@ -1,0 +1,136 @@
+r"""The measure-valued (weak-derivative) gradient estimator.
+
+The derivative of a density in one of its parameters θ_j can be written as a scaled
+difference of two densities, ∂_{θ_j} p_θ(x) = c_j (p⁺_j(x) - p⁻_j(x)), so
+
+    ∂_{θ_j} E_{p_θ}[f] = c_j (E_{p⁺_j}[f] - E_{p⁻_j}[f]),
+
+which needs neither a differentiable f nor the score (Pflug 1989; Mohamed et al. 2020,
+section 6). For a batched distribution each coordinate j is perturbed in turn, the others
+keeping the shared sample, so one estimate costs 2·B evaluations of f per sample (B = number
+of coordinates). The decompositions used, per coordinate:
+
+    Normal(μ, σ), ∂μ:  c = 1/(σ√(2π)),  x± = μ ± σW,  W ~ Weibull(√2, 2) (Rayleigh)
+    Normal(μ, σ), ∂σ:  c = 1/σ,         x⁺ = μ + σM,  M ~ double-sided Maxwell;  x⁻ ~ N(μ, σ²)
+    Poisson(λ),   ∂λ:  c = 1,           x⁺ = x + 1,   x⁻ = x,  x ~ Poisson(λ)
+    Bernoulli(p), ∂p:  c = 1,           x⁺ = 1,       x⁻ = 0
+
+With ``coupling=True`` the positive and negative parts share their randomness: ε = M·U with
+U ~ Uniform(0, 1), which is N(0, 1) when M is double-sided Maxwell (lowers the variance of
+the σ-derivative, tested); the same Poisson draw; and the same W for the mean's mirror-image
+points μ ± σW, which helps when f is roughly even around μ and can hurt when f is roughly
+linear there (on f = x² at μ = 2σ the coupled mean-derivative had 1.3× the variance of the
+uncoupled one). Unbiased either way. The gradient with respect to
+your ``params`` follows by the chain rule (a VJP through ``dist_fn``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpyro.distributions as dist
+
+from scorefn import _validation as v
+
+SUPPORTED = (dist.Normal, dist.Poisson, dist.BernoulliProbs, dist.BernoulliLogits)
+
+
+def supports(d: dist.Distribution) -> bool:
+    """Whether :func:`measure_valued_grad` has a decomposition for ``d``."""
+    return isinstance(d, SUPPORTED) and tuple(d.event_shape) == ()
+
+
+def _distribution_parameters(d: dist.Distribution) -> tuple[jax.Array, ...]:
+    shape = tuple(d.batch_shape)
+    if isinstance(d, dist.Normal):
+        return jnp.broadcast_to(d.loc, shape), jnp.broadcast_to(d.scale, shape)
+    if isinstance(d, dist.Poisson):
+        return (jnp.broadcast_to(d.rate, shape),)
+    return (jnp.broadcast_to(d.probs, shape),)
+
+
+def _perturbations(d, key, x, coupling):
+    """(c, x⁺, x⁻) per distribution parameter, each (N, B) for the flattened batch."""
+    n, b = x.shape
+    params = [p.reshape(-1) for p in _distribution_parameters(d)]
+    k1, k2, k3, k4 = jax.random.split(key, 4)
+    if isinstance(d, dist.Normal):
+        loc, scale = params
+        w_plus = dist.Weibull(math.sqrt(2.0), 2.0).sample(k1, (n, b))
+        w_minus = w_plus if coupling else dist.Weibull(math.sqrt(2.0), 2.0).sample(k2, (n, b))
+        c_loc = 1.0 / (scale * math.sqrt(2 * math.pi))
+        loc_parts = (c_loc, loc + scale * w_plus, loc - scale * w_minus)
+        maxwell = _double_sided_maxwell(k3, (n, b))
+        if coupling:
+            eps = maxwell * jax.random.uniform(k4, (n, b))
+        else:
+            eps = jax.random.normal(k4, (n, b))
+        scale_parts = (1.0 / scale, loc + scale * maxwell, loc + scale * eps)
+        return [loc_parts, scale_parts]
+    if isinstance(d, dist.Poisson):
+        (rate,) = params
+        base = x if coupling else dist.Poisson(rate).sample(k1, (n,)).astype(x.dtype)
+        return [(jnp.ones(b, x.dtype), base + 1, x)]
+    return [(jnp.ones(b, x.dtype), jnp.ones((n, b), x.dtype), jnp.zeros((n, b), x.dtype))]
+
+
+def _double_sided_maxwell(key, shape):
+    """M = ±‖z‖ for z ~ N(0, I₃): density m² φ(m), the weak derivative's positive part in σ."""
+    k1, k2 = jax.random.split(key)
+    radius = jnp.linalg.norm(jax.random.normal(k1, (*shape, 3)), axis=-1)
+    sign = jnp.where(jax.random.bernoulli(k2, 0.5, shape), 1.0, -1.0)
+    return sign * radius
+
+
+def measure_valued_grad(
+    f: Callable,
+    dist_fn: Callable[[Any], dist.Distribution],
+    params: Any,
+    key: jax.Array,
+    num_samples: int,
+    *,
+    coupling: bool = True,
+) -> Any:
+    r"""Measure-valued estimate of ∇θ E_{x~p_θ}[f(x)]; unbiased, f need not be differentiable.
+
+    ``dist_fn(params)`` must be a (batched) Normal, Poisson or Bernoulli. ``f`` maps one
+    sample (shape ``batch_shape``) to a scalar and is evaluated 2·B times per sample.
+    """
+    v.check_key(key)
+    num_samples = v.check_num_samples(num_samples)
+    d = dist_fn(params)
+    if not supports(d):
+        raise ValueError(
+            "estimator='measure_valued' has weak-derivative decompositions for Normal, Poisson "
+            f"and Bernoulli (event_shape ()); dist_fn(params) is {type(d).__name__} with "
+            f"event_shape {tuple(d.event_shape)}. Use estimator='score'."
+        )
+    v.check_params_used(dist_fn, params, jnp.zeros((1, *d.batch_shape), jnp.result_type(float)))
+    batch_shape = tuple(d.batch_shape)
+    key_x, key_parts = jax.random.split(key)
+    x = jax.lax.stop_gradient(d.sample(key_x, (num_samples,)))
+    flat = x.reshape(num_samples, -1).astype(jnp.result_type(float))
+    size = flat.shape[1]
+
+    def replaced(row, j, value):
+        return f(row.at[j].set(value).reshape(batch_shape))
+
+    def difference(plus, minus):
+        # f with coordinate j of sample n replaced, for every n and j: (N, B).
+        over_j = jax.vmap(lambda row, vp, vm, j: replaced(row, j, vp) - replaced(row, j, vm),
+                          in_axes=(None, 0, 0, 0))
+        return jax.vmap(lambda row, vp, vm: over_j(row, vp, vm, jnp.arange(size)))(flat, plus, minus)
+
+    estimates = []
+    for c, plus, minus in _perturbations(d, key_parts, flat, coupling):
+        diffs = jax.lax.stop_gradient(difference(plus, minus))
+        guard = v.finite_guard((diffs, v.nonfinite_values_message))
+        estimates.append((c * jnp.mean(diffs, axis=0) + guard).reshape(batch_shape))
+
+    _, vjp = jax.vjp(lambda p: _distribution_parameters(dist_fn(p)), params)
+    (grad,) = vjp(tuple(jax.lax.stop_gradient(e) for e in estimates))
+    return grad
