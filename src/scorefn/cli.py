@@ -14,8 +14,8 @@ def _demo(args: argparse.Namespace) -> int:
     result = run_demo(args.out, seed=args.seed, num_samples=args.num_samples,
                       num_repeats=args.repeats, sample_sizes=sizes)
     if args.json:
-        print(json.dumps({"plot": result["plot"], "score_error": result["score_error"],
-                          "tables": result["tables"]}))
+        keys = ("plot", "score_error", "tables", "off_policy", "mis", "natural_gradient")
+        print(json.dumps({k: result[k] for k in keys}))
     return 0
 
 

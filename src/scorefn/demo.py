@@ -25,7 +25,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from scorefn import baselines, control_variates
+from scorefn import baselines, control_variates, fisher, importance
 from scorefn.diagnostics import compare
 from scorefn.sampling import sample
 from scorefn.scores import per_sample_scores
@@ -119,6 +119,73 @@ def expected_score(console: Console, key, num_samples: int) -> dict[str, tuple[f
     return out
 
 
+def _check_table(title: str, rows: list[tuple[str, float, float]]) -> Table:
+    table = Table(title=escape(title))
+    for column in ("quantity", "estimate", "closed form", "difference"):
+        table.add_column(column, justify="right" if column != "quantity" else "left")
+    for name, got, want in rows:
+        table.add_row(escape(name), f"{got:+.4f}", f"{want:+.4f}", f"{got - want:+.4f}")
+    return table
+
+
+def off_policy_and_natural_gradient(console: Console, key) -> dict:
+    """The importance-sampling, MIS and natural-gradient examples, each checked."""
+    params = _params()
+    truth = {"mu": 2 * MU, "sigma": 2 * SIGMA}
+    k_is, k_mis1, k_mis2 = jax.random.split(key, 3)
+    out = {}
+
+    # Off-policy: samples from q = N(1, 2²), gradient under p = N(μ, σ²).
+    behaviour = dist.Normal(1.0, 2.0)
+    x = behaviour.sample(k_is, (20_000,))
+    values = square(x)
+    ordinary = importance.is_score_grad(dist_fn, params, x, values, behaviour)
+    self_normalised = importance.is_score_grad(dist_fn, params, x, values, behaviour,
+                                               weighting="self_normalized")
+    ess = float(importance.effective_sample_size(
+        importance.log_weights(dist_fn, params, x, behaviour)))
+    console.print(escape(
+        "Off-policy: ∇θ E_p[f] = E_q[w f ∇θ log p_θ],  w = exp(log p_θ(x) - log q(x)),  "
+        f"x ~ q = N(1, 2²), 20,000 samples, ESS = {ess:,.0f}"))
+    console.print(_check_table("off-policy gradient of E[x²]", [
+        ("∂μ ordinary", float(ordinary["mu"]), truth["mu"]),
+        ("∂σ ordinary", float(ordinary["sigma"]), truth["sigma"]),
+        ("∂μ self-normalised", float(self_normalised["mu"]), truth["mu"]),
+        ("∂σ self-normalised", float(self_normalised["sigma"]), truth["sigma"]),
+    ]))
+    out["off_policy"] = {"ordinary": {k: float(v) for k, v in ordinary.items()}, "ess": ess}
+
+    # Multiple importance sampling over two proposals, balance heuristic.
+    proposals = [dist.Normal(-1.0, 1.0), dist.Normal(2.0, 1.0)]
+    xs = [proposals[0].sample(k_mis1, (10_000,)), proposals[1].sample(k_mis2, (10_000,))]
+    mis = importance.mis_score_grad(dist_fn, params, xs, [square(x) for x in xs], proposals)
+    console.print(escape(
+        "MIS, balance heuristic: ∇θ E_p[f] ≈ Σ_(all samples x) p_θ(x) f(x) ∇θ log p_θ(x) / "
+        "Σ_i n_i q_i(x),  q₁ = N(-1, 1), q₂ = N(2, 1), n₁ = n₂ = 10,000"))
+    console.print(_check_table("MIS gradient of E[x²]", [
+        ("∂μ", float(mis["mu"]), truth["mu"]), ("∂σ", float(mis["sigma"]), truth["sigma"])]))
+    out["mis"] = {k: float(v) for k, v in mis.items()}
+
+    # Fisher information and the natural gradient.
+    exact = fisher.exact_fisher(dist_fn, params)
+    empirical = fisher.fisher_information(dist_fn, params, jax.random.fold_in(key, 7), 20_000)
+    natural = fisher.natural_gradient_dense(exact, {"mu": jnp.asarray(truth["mu"]),
+                                                    "sigma": jnp.asarray(truth["sigma"])}, 0.0)
+    console.print(escape(
+        "Natural gradient: I(μ, σ) = diag(1/σ², 2/σ²), so I⁻¹∇E[x²] = (σ²·2μ, (σ²/2)·2σ) "
+        "= (2μσ², σ³)"))
+    console.print(_check_table("Fisher information and natural gradient", [
+        ("I_μμ exact (KL Hessian)", float(exact[0, 0]), 1 / SIGMA**2),
+        ("I_σσ exact (KL Hessian)", float(exact[1, 1]), 2 / SIGMA**2),
+        ("I_μμ empirical, 20,000 samples", float(empirical[0, 0]), 1 / SIGMA**2),
+        ("I_σσ empirical, 20,000 samples", float(empirical[1, 1]), 2 / SIGMA**2),
+        ("natural ∂μ", float(natural["mu"]), 2 * MU * SIGMA**2),
+        ("natural ∂σ", float(natural["sigma"]), SIGMA**3),
+    ]))
+    out["natural_gradient"] = {k: float(v) for k, v in natural.items()}
+    return out
+
+
 def wide_console() -> Console:
     """A console at least 110 columns wide, so tables are not cut in logs and pipes."""
     console = Console()
@@ -193,9 +260,11 @@ def run_demo(
         "~4 is consistent with no bias); variance = total variance of one estimate; ÷ first = "
         "variance relative to the plain score estimator; SNR = mean |E ĝ| / sd(ĝ)."
     ))
-    console.print(f"[bold]saved[/bold] {plot_path}")
+    console.print(f"[bold]saved[/bold] {plot_path}\n")
+    console.rule("[bold]importance sampling, MIS and the natural gradient")
+    extras = off_policy_and_natural_gradient(console, jax.random.fold_in(key, 99))
     return {"score_error": score_error, "expected_score": mean_score, "tables": results,
-            "curves": curves, "plot": str(plot_path)}
+            "curves": curves, "plot": str(plot_path), **extras}
 
 
 def plot_variance_curves(curves, sample_sizes, path: Path) -> None:

@@ -57,14 +57,30 @@ def empirical_fisher(dist_fn: DistFn, params: Any, samples: jax.Array) -> jax.Ar
     return scores.T @ scores / scores.shape[0]
 
 
+def kl(p: Distribution, q: Distribution) -> jax.Array:
+    """KL(p ‖ q) per batch element: numpyro's closed form, or exact enumeration over a finite
+    support (Categorical(logits) and Bernoulli have no closed form registered in numpyro 0.22)."""
+    try:
+        return kl_divergence(p, q)
+    except NotImplementedError:
+        if not getattr(p, "has_enumerate_support", False):
+            raise NotImplementedError(
+                f"no KL for {type(p).__name__} ‖ {type(q).__name__}: numpyro has no closed form "
+                "and the support cannot be enumerated"
+            ) from None
+    support = p.enumerate_support(expand=True)  # (K, *batch_shape)
+    log_p = _log_prob(p, support)
+    return jnp.sum(jnp.exp(log_p) * (log_p - _log_prob(q, support)), axis=0)
+
+
 def _kl_fisher(dist_fn: DistFn, params: Any) -> jax.Array:
     flat, unravel = ravel_pytree(params)
     fixed = dist_fn(jax.tree.map(jax.lax.stop_gradient, params))
 
-    def kl(flat_other):
+    def total_kl(flat_other):
         return jnp.sum(kl_divergence(fixed, dist_fn(unravel(flat_other))))
 
-    return jax.hessian(kl)(flat)
+    return jax.hessian(total_kl)(flat)
 
 
 def _enumeration_fisher(dist_fn: DistFn, params: Any) -> jax.Array:
@@ -152,19 +168,20 @@ def kl_fisher_vector_product(
 ) -> Callable[[Any], Any]:
     r"""v ↦ ∇²_{θ'} KL(p_θ ‖ p_θ') v at θ' = θ, the Fisher-vector product TRPO uses.
 
-    The KL is numpyro's closed form, summed over event dims and reduced over the batch by
-    ``reduction`` ("mean": TRPO's average KL over states; "sum": the joint Fisher). A
+    The KL is numpyro's closed form, or exact enumeration for finite discrete distributions
+    such as a Categorical(logits) policy (:func:`kl`), summed over event dims and reduced over
+    the batch by ``reduction`` ("mean": TRPO's average KL over states; "sum": the joint Fisher). A
     forward-over-reverse Hessian-vector product; never forms the matrix.
     """
     if reduction not in ("mean", "sum"):
         raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
     fixed = dist_fn(jax.tree.map(jax.lax.stop_gradient, params))
 
-    def kl(p):
-        value = kl_divergence(fixed, dist_fn(p))
+    def reduced_kl(p):
+        value = kl(fixed, dist_fn(p))
         return jnp.mean(value) if reduction == "mean" else jnp.sum(value)
 
-    grad_kl = jax.grad(kl)
+    grad_kl = jax.grad(reduced_kl)
 
     def product(v):
         return jax.jvp(grad_kl, (params,), (v,))[1]

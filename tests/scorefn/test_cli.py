@@ -18,6 +18,11 @@ def test_demo_runs_and_saves_the_plot(tmp_path, capsys):
     assert result["score_error"] < 1e-4
     assert "f(x) = x²" in result["tables"]
     assert "analytic vs autodiff" in out and "E[score] over 100,000 samples" in out
+    assert "off-policy gradient of E[x²]" in out and "MIS gradient" in out
+    mu, sigma = 0.5, 1.5
+    assert result["natural_gradient"]["mu"] == pytest.approx(2 * mu * sigma**2, rel=1e-4)
+    assert result["natural_gradient"]["sigma"] == pytest.approx(sigma**3, rel=1e-4)
+    assert 0 < result["off_policy"]["ess"] <= 20_000
 
 
 def test_unknown_command_is_an_argparse_error(capsys):

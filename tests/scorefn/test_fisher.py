@@ -239,3 +239,24 @@ def test_natural_gradient_descent_converges_on_an_expected_loss():
         params, state = step(params, state, key)
     assert float(params["loc"]) == pytest.approx(3.0, abs=0.15)
     assert 0 < float(params["scale"]) < 0.5
+
+
+def test_kl_fisher_vector_product_for_a_categorical_logits_policy():
+    """numpyro has no Categorical(logits) KL: it is enumerated, and its Hessian is the Fisher."""
+    logits = jnp.array([[0.2, -0.5, 1.0], [0.0, 0.3, -0.2]])
+
+    def dist_fn(q):
+        return dist.Categorical(logits=q["l"])
+
+    exact = scorefn.fisher_information(dist_fn, {"l": logits})
+    v = {"l": jnp.array([[1.0, -1.0, 0.5], [0.2, 0.0, -0.3]])}
+    product = fisher.kl_fisher_vector_product(dist_fn, {"l": logits}, reduction="sum")(v)
+    np.testing.assert_allclose(ravel_pytree(product)[0], exact @ ravel_pytree(v)[0], rtol=1e-5,
+                               atol=1e-6)
+    p, q = dist.Categorical(probs=jnp.array([0.2, 0.8])), dist.Categorical(probs=jnp.array([0.5, 0.5]))
+    closed = dist.kl_divergence(p, q)
+    p_logits = dist.Categorical(logits=jnp.log(jnp.array([0.2, 0.8])))
+    q_logits = dist.Categorical(logits=jnp.zeros(2))
+    assert float(fisher.kl(p_logits, q_logits)) == pytest.approx(float(closed), rel=1e-5)
+    with pytest.raises(NotImplementedError, match="no KL for Poisson"):
+        fisher.kl(dist.Poisson(1.0), dist.Poisson(2.0))
