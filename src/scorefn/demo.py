@@ -119,68 +119,93 @@ def expected_score(console: Console, key, num_samples: int) -> dict[str, tuple[f
     return out
 
 
-def _check_table(title: str, rows: list[tuple[str, float, float]]) -> Table:
+def _check_table(title: str, rows: list[tuple[str, float, float, float | None]]) -> Table:
     table = Table(title=escape(title))
-    for column in ("quantity", "estimate", "closed form", "difference"):
+    for column in ("quantity", "estimate", "± s.e.", "closed form", "z"):
         table.add_column(column, justify="right" if column != "quantity" else "left")
-    for name, got, want in rows:
-        table.add_row(escape(name), f"{got:+.4f}", f"{want:+.4f}", f"{got - want:+.4f}")
+    for name, got, se, want in rows:
+        z = "exact" if se is None else f"{(got - want) / se:+.2f}"
+        table.add_row(escape(name), f"{got:+.4f}", "" if se is None else f"{se:.4f}",
+                      f"{want:+.4f}", z)
     return table
 
 
-def off_policy_and_natural_gradient(console: Console, key) -> dict:
-    """The importance-sampling, MIS and natural-gradient examples, each checked."""
+def _batch_means(estimates: dict, names=("mu", "sigma")) -> dict[str, tuple[float, float]]:
+    """Mean and standard error over independent batch estimates (leading axis)."""
+    out = {}
+    for name in names:
+        e = np.asarray(estimates[name], np.float64)
+        out[name] = (float(e.mean()), float(e.std(ddof=1) / math.sqrt(e.shape[0])))
+    return out
+
+
+def off_policy_and_natural_gradient(console: Console, key, batches: int = 20) -> dict:
+    """The importance-sampling, MIS and natural-gradient examples, each checked against its
+    closed form with a standard error from ``batches`` independent batches."""
     params = _params()
     truth = {"mu": 2 * MU, "sigma": 2 * SIGMA}
-    k_is, k_mis1, k_mis2 = jax.random.split(key, 3)
+    k_is, k_mis, k_fisher = jax.random.split(key, 3)
     out = {}
 
     # Off-policy: samples from q = N(1, 2²), gradient under p = N(μ, σ²).
     behaviour = dist.Normal(1.0, 2.0)
-    x = behaviour.sample(k_is, (20_000,))
-    values = square(x)
-    ordinary = importance.is_score_grad(dist_fn, params, x, values, behaviour)
-    self_normalised = importance.is_score_grad(dist_fn, params, x, values, behaviour,
-                                               weighting="self_normalized")
+    x = behaviour.sample(k_is, (batches, 1000))
+
+    def off_policy(xb, weighting):
+        return importance.is_score_grad(dist_fn, params, xb, square(xb), behaviour,
+                                        weighting=weighting)
+
+    ordinary = _batch_means(jax.vmap(lambda xb: off_policy(xb, "ordinary"))(x))
+    normalised = _batch_means(jax.vmap(lambda xb: off_policy(xb, "self_normalized"))(x))
     ess = float(importance.effective_sample_size(
-        importance.log_weights(dist_fn, params, x, behaviour)))
+        importance.log_weights(dist_fn, params, x.reshape(-1), behaviour)))
     console.print(escape(
         "Off-policy: ∇θ E_p[f] = E_q[w f ∇θ log p_θ],  w = exp(log p_θ(x) - log q(x)),  "
-        f"x ~ q = N(1, 2²), 20,000 samples, ESS = {ess:,.0f}"))
+        f"x ~ q = N(1, 2²), {batches} × 1,000 samples, ESS = {ess:,.0f} of {x.size:,}"))
     console.print(_check_table("off-policy gradient of E[x²]", [
-        ("∂μ ordinary", float(ordinary["mu"]), truth["mu"]),
-        ("∂σ ordinary", float(ordinary["sigma"]), truth["sigma"]),
-        ("∂μ self-normalised", float(self_normalised["mu"]), truth["mu"]),
-        ("∂σ self-normalised", float(self_normalised["sigma"]), truth["sigma"]),
+        ("∂μ ordinary", *ordinary["mu"], truth["mu"]),
+        ("∂σ ordinary", *ordinary["sigma"], truth["sigma"]),
+        ("∂μ self-normalised (biased, O(1/N))", *normalised["mu"], truth["mu"]),
+        ("∂σ self-normalised (biased, O(1/N))", *normalised["sigma"], truth["sigma"]),
     ]))
-    out["off_policy"] = {"ordinary": {k: float(v) for k, v in ordinary.items()}, "ess": ess}
+    out["off_policy"] = {"ordinary": ordinary, "self_normalized": normalised, "ess": ess}
 
     # Multiple importance sampling over two proposals, balance heuristic.
     proposals = [dist.Normal(-1.0, 1.0), dist.Normal(2.0, 1.0)]
-    xs = [proposals[0].sample(k_mis1, (10_000,)), proposals[1].sample(k_mis2, (10_000,))]
-    mis = importance.mis_score_grad(dist_fn, params, xs, [square(x) for x in xs], proposals)
+    k1, k2 = jax.random.split(k_mis)
+    xs = (proposals[0].sample(k1, (batches, 500)), proposals[1].sample(k2, (batches, 500)))
+
+    def mis_batch(a, b):
+        return importance.mis_score_grad(dist_fn, params, [a, b], [square(a), square(b)],
+                                         proposals)
+
+    mis = _batch_means(jax.vmap(mis_batch)(*xs))
     console.print(escape(
         "MIS, balance heuristic: ∇θ E_p[f] ≈ Σ_(all samples x) p_θ(x) f(x) ∇θ log p_θ(x) / "
-        "Σ_i n_i q_i(x),  q₁ = N(-1, 1), q₂ = N(2, 1), n₁ = n₂ = 10,000"))
+        f"Σ_i n_i q_i(x),  q₁ = N(-1, 1), q₂ = N(2, 1), {batches} × (500 + 500) samples"))
     console.print(_check_table("MIS gradient of E[x²]", [
-        ("∂μ", float(mis["mu"]), truth["mu"]), ("∂σ", float(mis["sigma"]), truth["sigma"])]))
-    out["mis"] = {k: float(v) for k, v in mis.items()}
+        ("∂μ", *mis["mu"], truth["mu"]), ("∂σ", *mis["sigma"], truth["sigma"])]))
+    out["mis"] = mis
 
     # Fisher information and the natural gradient.
     exact = fisher.exact_fisher(dist_fn, params)
-    empirical = fisher.fisher_information(dist_fn, params, jax.random.fold_in(key, 7), 20_000)
+    x = sample(dist_fn, params, k_fisher, 20_000)
+    g = np.stack([np.asarray(v, np.float64) for v in per_sample_scores(dist_fn, params, x).values()],
+                 axis=1)
+    outer = g[:, :, None] * g[:, None, :]
+    empirical, empirical_se = outer.mean(0), outer.std(0, ddof=1) / math.sqrt(g.shape[0])
     natural = fisher.natural_gradient_dense(exact, {"mu": jnp.asarray(truth["mu"]),
                                                     "sigma": jnp.asarray(truth["sigma"])}, 0.0)
     console.print(escape(
         "Natural gradient: I(μ, σ) = diag(1/σ², 2/σ²), so I⁻¹∇E[x²] = (σ²·2μ, (σ²/2)·2σ) "
         "= (2μσ², σ³)"))
     console.print(_check_table("Fisher information and natural gradient", [
-        ("I_μμ exact (KL Hessian)", float(exact[0, 0]), 1 / SIGMA**2),
-        ("I_σσ exact (KL Hessian)", float(exact[1, 1]), 2 / SIGMA**2),
-        ("I_μμ empirical, 20,000 samples", float(empirical[0, 0]), 1 / SIGMA**2),
-        ("I_σσ empirical, 20,000 samples", float(empirical[1, 1]), 2 / SIGMA**2),
-        ("natural ∂μ", float(natural["mu"]), 2 * MU * SIGMA**2),
-        ("natural ∂σ", float(natural["sigma"]), SIGMA**3),
+        ("I_μμ exact (KL Hessian)", float(exact[0, 0]), None, 1 / SIGMA**2),
+        ("I_σσ exact (KL Hessian)", float(exact[1, 1]), None, 2 / SIGMA**2),
+        ("I_μμ empirical, 20,000 samples", empirical[0, 0], empirical_se[0, 0], 1 / SIGMA**2),
+        ("I_σσ empirical, 20,000 samples", empirical[1, 1], empirical_se[1, 1], 2 / SIGMA**2),
+        ("natural ∂μ", float(natural["mu"]), None, 2 * MU * SIGMA**2),
+        ("natural ∂σ", float(natural["sigma"]), None, SIGMA**3),
     ]))
     out["natural_gradient"] = {k: float(v) for k, v in natural.items()}
     return out

@@ -23,6 +23,8 @@ def test_demo_runs_and_saves_the_plot(tmp_path, capsys):
     assert result["natural_gradient"]["mu"] == pytest.approx(2 * mu * sigma**2, rel=1e-4)
     assert result["natural_gradient"]["sigma"] == pytest.approx(sigma**3, rel=1e-4)
     assert 0 < result["off_policy"]["ess"] <= 20_000
+    for name, (mean, se) in result["mis"].items():  # printed checks carry standard errors
+        assert abs(mean - {"mu": 2 * mu, "sigma": 2 * sigma}[name]) < 4 * se
 
 
 def test_unknown_command_is_an_argparse_error(capsys):
