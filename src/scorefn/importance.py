@@ -99,21 +99,20 @@ def _ess_check(log_w: jax.Array, threshold: float | None, policy: str) -> jax.Ar
             "multiple proposals (mis_score_grad)"
         )
 
-    if not v.is_traced(log_w):
-        text = message(log_w)
-        if text is not None:
-            if policy == "raise":
-                raise ValueError(text)
-            warnings.warn(text, RuntimeWarning, stacklevel=3)
-        return jnp.zeros((), dtype)
-
-    def on_host(lw):
+    def report(lw, stacklevel):
         text = message(lw)
         if text is not None:
             if policy == "raise":
                 raise ValueError(text)
-            warnings.warn(text, RuntimeWarning, stacklevel=2)
+            warnings.warn(text, RuntimeWarning, stacklevel=stacklevel)
         return np.zeros((), dtype)
+
+    if not v.is_traced(log_w):
+        report(log_w, stacklevel=4)
+        return jnp.zeros((), dtype)
+
+    def on_host(lw):
+        return report(lw, stacklevel=3)
 
     ok = effective_sample_size(log_w) >= threshold * n
     return jax.lax.cond(
