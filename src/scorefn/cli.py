@@ -19,6 +19,40 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _optimize(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from scorefn import es
+
+    if args.function not in es.FUNCTIONS:
+        raise SystemExit(f"unknown function {args.function!r}; known: {sorted(es.FUNCTIONS)}")
+    f, binary = es.FUNCTIONS[args.function]
+    strategy = args.strategy or ("bernoulli" if binary else "xnes")
+    if binary != (strategy == "bernoulli"):
+        raise SystemExit(
+            f"{args.function} is {'binary' if binary else 'continuous'}: use "
+            f"{'--strategy bernoulli' if binary else 'a continuous strategy (xnes, snes)'}")
+    if binary:
+        x0 = np.full(args.dim, 0.5)
+    else:
+        x0 = np.random.default_rng(args.seed).uniform(-3, 3, args.dim)
+    target = args.target if args.target is not None else (0.0 if binary else 1e-8)
+    result = es.minimize(f, x0, strategy, sigma0=args.sigma0, seed=args.seed,
+                         max_evaluations=args.max_evals, target_f=target, progress=not args.json,
+                         plot=args.plot)
+    if args.json:
+        out = result.as_dict()
+        out.pop("best_x")
+        print(json.dumps({"function": args.function, "dim": args.dim, "strategy": strategy,
+                          "seed": args.seed, **out}))
+    else:
+        print(f"{strategy} on {args.function} (d = {args.dim}): best f = {result.f:.3e} after "
+              f"{result.evaluations:,} evaluations in {result.wall_s:.2f} s ({result.stop_reason})")
+        if args.plot:
+            print(f"saved {args.plot}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="scorefn",
@@ -38,6 +72,22 @@ def build_parser() -> argparse.ArgumentParser:
                       help="comma-separated N for the variance plot (default: %(default)s)")
     demo.add_argument("--json", action="store_true", help="end with one JSON line of results")
     demo.set_defaults(run=_demo)
+
+    optimize = commands.add_parser(
+        "optimize", help="minimise a standard test function with a search-gradient strategy")
+    optimize.add_argument("--function", required=True,
+                          help="sphere, ellipsoid, rosenbrock, rastrigin, ackley or onemax")
+    optimize.add_argument("--dim", type=int, default=10)
+    optimize.add_argument("--strategy", choices=["xnes", "snes", "bernoulli"], default=None,
+                          help="default: xnes (bernoulli for onemax)")
+    optimize.add_argument("--seed", type=int, default=0)
+    optimize.add_argument("--sigma0", type=float, default=0.5)
+    optimize.add_argument("--max-evals", type=int, default=200_000)
+    optimize.add_argument("--target", type=float, default=None,
+                          help="stop at f <= target (default 1e-8; 0 for onemax)")
+    optimize.add_argument("--plot", default=None, help="save a convergence PNG here")
+    optimize.add_argument("--json", action="store_true", help="end with one JSON line")
+    optimize.set_defaults(run=_optimize)
     return parser
 
 

@@ -31,3 +31,20 @@ def test_unknown_command_is_an_argparse_error(capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args(["train"])
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_optimize_json_line(tmp_path, capsys):
+    plot = tmp_path / "conv.png"
+    assert main(["optimize", "--function", "sphere", "--dim", "5", "--strategy", "snes",
+                 "--json", "--plot", str(plot)]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["best_f"] < 1e-8 and result["evaluations"] > 0 and result["wall_s"] > 0
+    assert result["stop_reason"] == "target_f"
+    assert plot.stat().st_size > 5_000
+
+
+def test_optimize_rejects_a_mismatched_strategy():
+    with pytest.raises(SystemExit, match="onemax is binary"):
+        main(["optimize", "--function", "onemax", "--strategy", "xnes"])
+    with pytest.raises(SystemExit, match="unknown function 'griewank'"):
+        main(["optimize", "--function", "griewank"])

@@ -1,0 +1,26 @@
+"""scorefn.es: black-box optimisation by search gradients (natural evolution strategies).
+
+Every strategy's search gradient is :func:`scorefn.score_grad` on its search distribution and
+its natural gradient comes from :mod:`scorefn.fisher` (closed forms where they exist).
+Strategies are ask/tell with explicit state::
+
+    strategy = scorefn.es.xnes()
+    state = strategy.init(key, x0, sigma0)
+    x, state = strategy.ask(state)
+    state = strategy.tell(state, x, fitness)      # fitness to minimise
+
+or all at once: ``scorefn.es.minimize(f, x0, strategy="xnes", target_f=1e-8)``.
+"""
+
+from scorefn.es.bernoulli import BernoulliNES, bernoulli
+from scorefn.es.fitness_shaping import centered_ranks, nes_utilities
+from scorefn.es.functions import FUNCTIONS, ackley, ellipsoid, onemax, rastrigin, rosenbrock, sphere
+from scorefn.es.minimize import STRATEGIES, OptimizeResult, minimize, plot_convergence
+from scorefn.es.snes import SNES, snes
+from scorefn.es.xnes import XNES, xnes
+
+__all__ = [
+    "FUNCTIONS", "STRATEGIES", "SNES", "XNES", "BernoulliNES", "OptimizeResult", "ackley",
+    "bernoulli", "centered_ranks", "ellipsoid", "minimize", "nes_utilities", "onemax",
+    "plot_convergence", "rastrigin", "rosenbrock", "snes", "sphere", "xnes",
+]

@@ -1,0 +1,223 @@
+"""``scorefn.es.minimize``: run a strategy until a stopping criterion, with progress and a plot."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from scorefn import _validation as v
+from scorefn.es.bernoulli import bernoulli
+from scorefn.es.snes import snes
+from scorefn.es.xnes import xnes
+
+STRATEGIES = {"snes": snes, "xnes": xnes, "bernoulli": bernoulli}
+NAN_POLICIES = ("penalize", "raise")
+
+
+@dataclasses.dataclass
+class OptimizeResult:
+    """What :func:`minimize` found, and how."""
+
+    x: np.ndarray
+    f: float
+    evaluations: int
+    generations: int
+    stop_reason: str
+    wall_s: float
+    history: list[tuple[int, float]]  # (evaluations, best f so far) after each generation
+    success: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"best_f": self.f, "evaluations": self.evaluations, "generations": self.generations,
+                "stop_reason": self.stop_reason, "wall_s": self.wall_s, "success": self.success,
+                "best_x": self.x.tolist()}
+
+
+def _strategy(strategy: Any):
+    if isinstance(strategy, str):
+        if strategy not in STRATEGIES:
+            raise ValueError(f"unknown strategy {strategy!r}; known: {sorted(STRATEGIES)}")
+        return STRATEGIES[strategy]()
+    for method in ("init", "ask", "tell"):
+        if not hasattr(strategy, method):
+            raise TypeError(f"strategy must be a name or have init/ask/tell; {strategy!r} has no {method}")
+    return strategy
+
+
+def minimize(
+    f: Callable,
+    x0: Any,
+    strategy: Any = "xnes",
+    *,
+    sigma0: float = 1.0,
+    seed: int = 0,
+    key: jax.Array | None = None,
+    max_evaluations: int = 100_000,
+    target_f: float | None = None,
+    tol_x: float = 1e-12,
+    tol_f: float = 0.0,
+    stagnation: int | None = None,
+    nan_policy: str = "penalize",
+    evaluator: str = "jax",
+    generations_per_call: int = 10,
+    progress: bool = False,
+    plot: str | None = None,
+) -> OptimizeResult:
+    """Minimise ``f`` with a search-gradient strategy.
+
+    Args:
+      f: maps one point (shape (d,)) to a scalar; a JAX function with ``evaluator="jax"``
+        (the whole generation loop is compiled, ``generations_per_call`` generations per
+        call), any Python callable with ``evaluator="python"`` (called once per candidate).
+      x0: the initial mean, shape (d,) (for ``"bernoulli"``: initial probabilities of a 1).
+      strategy: ``"xnes"``, ``"snes"``, ``"bernoulli"`` or a strategy object.
+      max_evaluations, target_f, tol_x (search scale below it), tol_f (spread of a
+        generation's fitness below it), stagnation (generations without improvement): stops.
+      nan_policy: ``"penalize"`` ranks NaN/inf fitness last; ``"raise"`` stops with an error.
+      progress: a rich progress bar; plot: save a convergence PNG there.
+    """
+    strat = _strategy(strategy)
+    x0 = jnp.asarray(x0, jnp.result_type(float))
+    if x0.ndim != 1 or x0.shape[0] < 1:
+        raise ValueError(f"x0 must be a 1-D array of length d >= 1, got shape {x0.shape}")
+    if not jnp.all(jnp.isfinite(x0)):
+        raise ValueError("x0 must be finite")
+    if nan_policy not in NAN_POLICIES:
+        raise ValueError(f"nan_policy must be one of {NAN_POLICIES}, got {nan_policy!r}")
+    if evaluator not in ("jax", "python"):
+        raise ValueError(f"evaluator must be 'jax' or 'python', got {evaluator!r}")
+    if key is None:
+        key = jax.random.key(seed)
+    v.check_key(key)
+    d = x0.shape[0]
+    state = strat.init(key, x0, sigma0)
+    popsize = strat.ask(state)[0].shape[0]
+
+    def checked(fitness, x):
+        fitness = jnp.asarray(fitness, x.dtype)
+        if fitness.shape != (x.shape[0],):
+            raise ValueError(
+                f"f must return one scalar per candidate: expected {x.shape[0]} values, got shape "
+                f"{fitness.shape}")
+        return fitness
+
+    def nan_message(fitness):
+        bad = ~np.isfinite(fitness)
+        if not bad.any():
+            return None
+        return (f"f returned {int(bad.sum())} non-finite value(s) in a generation (first at "
+                f"candidate {int(np.argmax(bad))}); pass nan_policy='penalize' to rank them last")
+
+    def generation(carry, _):
+        state, best_x, best_f = carry
+        x, state = strat.ask(state)
+        fitness = checked(jax.vmap(f)(x), x)
+        guard = v.finite_guard((fitness, nan_message)) if nan_policy == "raise" else 0.0
+        fitness = jnp.where(jnp.isfinite(fitness), fitness, jnp.inf) + guard
+        state = strat.tell(state, x, fitness)
+        i = jnp.argmin(fitness)
+        better = fitness[i] < best_f
+        best_x = jnp.where(better, x[i], best_x)
+        best_f = jnp.where(better, fitness[i], best_f)
+        spread = jnp.max(fitness) - jnp.min(fitness)
+        return (state, best_x, best_f), (best_f, strat.scale(state), spread)
+
+    if evaluator == "jax":
+        run_chunk = jax.jit(lambda carry: jax.lax.scan(generation, carry, None,
+                                                       length=generations_per_call))
+    else:
+        ask, tell = jax.jit(strat.ask), jax.jit(strat.tell)
+
+    best_x, best_f = x0, jnp.asarray(jnp.inf, x0.dtype)
+    history: list[tuple[int, float]] = []
+    stop_reason, evaluations, since_improvement, last_best = "max_evaluations", 0, 0, math.inf
+    started = time.perf_counter()
+    bar = None
+    if progress:
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+        bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
+                       TextColumn("{task.completed:,}/{task.total:,} evals  best f {task.fields[best]}"),
+                       TimeElapsedColumn())
+        task = bar.add_task(getattr(strat, "name", "es"), total=max_evaluations, best="–")
+        bar.start()
+    try:
+        while evaluations < max_evaluations:
+            if evaluator == "jax":
+                (state, best_x, best_f), (bests, scales, spreads) = run_chunk((state, best_x, best_f))
+                bests, scales, spreads = (np.asarray(a) for a in (bests, scales, spreads))
+            else:
+                x, state = ask(state)
+                values = [f(np.asarray(row)) for row in np.asarray(x)]
+                fitness = np.asarray(checked(jnp.asarray(values), x), np.float64)
+                if nan_policy == "raise" and nan_message(fitness):
+                    raise ValueError(nan_message(fitness))
+                fitness = np.where(np.isfinite(fitness), fitness, np.inf)
+                state = tell(state, x, jnp.asarray(fitness, x.dtype))
+                i = int(np.argmin(fitness))
+                if fitness[i] < float(best_f):
+                    best_x, best_f = x[i], jnp.asarray(fitness[i])
+                bests = np.array([float(best_f)])
+                scales = np.array([float(strat.scale(state))])
+                spreads = np.array([fitness.max() - fitness.min()])
+            stop = None
+            for b, s, spread in zip(bests, scales, spreads):
+                evaluations += popsize
+                history.append((evaluations, float(b)))
+                since_improvement = 0 if b < last_best else since_improvement + 1
+                last_best = min(last_best, float(b))
+                if target_f is not None and b <= target_f:
+                    stop = "target_f"
+                elif s < tol_x:
+                    stop = "tol_x"
+                elif np.isfinite(spread) and spread <= tol_f:
+                    stop = "tol_f"
+                elif stagnation is not None and since_improvement >= stagnation:
+                    stop = "stagnation"
+                elif evaluations >= max_evaluations:
+                    stop = "max_evaluations"
+                if stop:
+                    break
+            if bar is not None:
+                bar.update(task, completed=min(evaluations, max_evaluations), best=f"{last_best:.3e}")
+            if stop:
+                stop_reason = stop
+                break
+    finally:
+        if bar is not None:
+            bar.stop()
+    wall = time.perf_counter() - started
+    result = OptimizeResult(
+        x=np.asarray(best_x), f=float(best_f), evaluations=evaluations,
+        generations=len(history), stop_reason=stop_reason, wall_s=wall, history=history,
+        success=target_f is not None and float(best_f) <= target_f,
+    )
+    if plot:
+        plot_convergence(result, plot, title=f"{getattr(strat, 'name', 'es')}, d = {d}")
+    return result
+
+
+def plot_convergence(result: OptimizeResult, path: str, title: str = "") -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    evals, best = zip(*result.history) if result.history else ((), ())
+    fig, ax = plt.subplots(figsize=(6, 4))
+    positive = np.maximum(np.asarray(best, np.float64), 1e-300)
+    ax.semilogy(evals, positive)
+    ax.set_xlabel("function evaluations")
+    ax.set_ylabel("best f so far")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

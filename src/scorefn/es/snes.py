@@ -1,0 +1,93 @@
+r"""SNES: separable natural evolution strategies (Schaul, Glasmachers & Schmidhuber 2011).
+
+Search distribution N(μ, diag σ²) with parameters θ = (μ, log σ). With rank utilities u_k
+(:func:`~scorefn.es.fitness_shaping.nes_utilities`) the search gradient is the score-function
+estimate ∇θ E[u] ≈ Σ_k u_k ∇θ log p_θ(x_k) (:func:`scorefn.score_grad`), and the natural
+gradient divides by the Fisher, which is diagonal here, diag(1/σ², 2) (computed exactly by
+:func:`scorefn.fisher.elementwise_fisher`):
+
+    μ ← μ + η_μ σ Σ u_k s_k,      σ ← σ exp(η_σ/2 Σ u_k (s_k² - 1)),      s_k = (x_k - μ)/σ.
+
+Defaults (Wierstra et al. 2014, table 1): λ = 4 + ⌊3 ln d⌋, η_μ = 1, η_σ = (3 + ln d)/(5√d).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpyro.distributions as dist
+
+from scorefn import fisher
+from scorefn.es.fitness_shaping import nes_utilities
+from scorefn.estimators import score_grad
+
+
+class SNESState(NamedTuple):
+    mean: jax.Array
+    log_scale: jax.Array
+    key: jax.Array
+    generation: jax.Array
+
+
+def search_distribution(params: dict) -> dist.Distribution:
+    return dist.Normal(params["loc"], jnp.exp(params["log_scale"]))
+
+
+@dataclasses.dataclass(frozen=True)
+class SNES:
+    """Ask/tell SNES. ``popsize``, ``lr_mean`` and ``lr_scale`` default to the standard values."""
+
+    popsize: int | None = None
+    lr_mean: float = 1.0
+    lr_scale: float | None = None
+    name: str = "snes"
+
+    def sizes(self, dim: int) -> tuple[int, float, float]:
+        popsize = self.popsize or 4 + int(3 * math.log(dim))
+        lr_scale = self.lr_scale if self.lr_scale is not None else (3 + math.log(dim)) / (5 * math.sqrt(dim))
+        return popsize, self.lr_mean, lr_scale
+
+    def init(self, key: jax.Array, x0: jax.Array, sigma0: float = 1.0) -> SNESState:
+        x0 = jnp.asarray(x0, jnp.result_type(float))
+        return SNESState(x0, jnp.full_like(x0, math.log(sigma0)), key, jnp.zeros((), jnp.int32))
+
+    def mean(self, state: SNESState) -> jax.Array:
+        return state.mean
+
+    def ask(self, state: SNESState) -> tuple[jax.Array, SNESState]:
+        popsize, _, _ = self.sizes(state.mean.shape[0])
+        key, sub = jax.random.split(state.key)
+        eps = jax.random.normal(sub, (popsize, state.mean.shape[0]), state.mean.dtype)
+        x = state.mean + jnp.exp(state.log_scale) * eps
+        return x, state._replace(key=key)
+
+    def search_gradient(self, state: SNESState, x: jax.Array, values: jax.Array) -> dict:
+        """Σ_k values_k ∇θ log p_θ(x_k) for θ = (loc, log_scale), by the score function."""
+        params = {"loc": state.mean, "log_scale": state.log_scale}
+        return score_grad(search_distribution, params, x, values * x.shape[0], validate=False)
+
+    def natural_gradient(self, state: SNESState, grad: dict) -> dict:
+        params = {"loc": state.mean, "log_scale": state.log_scale}
+        blocks = fisher.elementwise_fisher(search_distribution, params)
+        return fisher.natural_gradient_elementwise(blocks, grad)
+
+    def tell(self, state: SNESState, x: jax.Array, fitness: jax.Array) -> SNESState:
+        _, lr_mean, lr_scale = self.sizes(state.mean.shape[0])
+        nat = self.natural_gradient(state, self.search_gradient(state, x, nes_utilities(fitness)))
+        return state._replace(
+            mean=state.mean + lr_mean * nat["loc"],
+            log_scale=state.log_scale + lr_scale * nat["log_scale"],
+            generation=state.generation + 1,
+        )
+
+    def scale(self, state: SNESState) -> jax.Array:
+        return jnp.max(jnp.exp(state.log_scale))
+
+
+def snes(**options: Any) -> SNES:
+    """The SNES strategy; see :class:`SNES`."""
+    return SNES(**options)

@@ -1,0 +1,112 @@
+r"""xNES: exponential natural evolution strategies (Glasmachers et al. 2010).
+
+Search distribution N(μ, σ² B Bᵀ) with det B = 1. At every generation the gradient is taken in
+local coordinates (δ, M) around the current distribution, N(μ + σBδ, σ² B expm(M) Bᵀ) at
+δ = 0, M = 0: the score-function estimate (:func:`scorefn.score_grad`) of ∇ E[u] there is
+(Σ u_k z_k, ½ Σ u_k (z_k z_kᵀ - I)) with z_k = (σB)⁻¹(x_k - μ), and the natural gradient in
+those coordinates has a closed form (:func:`scorefn.fisher.gaussian_local_natural_gradient`),
+G_δ = Σ u_k z_k, G_M = Σ u_k (z_k z_kᵀ - I). Then
+
+    μ ← μ + η_μ σ B G_δ,    σ ← σ exp(η_σ/2 · tr(G_M)/d),    B ← B expm(η_B/2 · (G_M - tr(G_M)/d · I)).
+
+Defaults (Wierstra et al. 2014, table 1): λ = 4 + ⌊3 ln d⌋, η_μ = 1,
+η_σ = η_B = 3(3 + ln d)/(5 d √d).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpyro.distributions as dist
+
+from scorefn import fisher
+from scorefn.es.fitness_shaping import nes_utilities
+from scorefn.estimators import score_grad
+
+
+class XNESState(NamedTuple):
+    mean: jax.Array
+    sigma: jax.Array
+    b: jax.Array
+    key: jax.Array
+    generation: jax.Array
+
+
+def local_distribution(state: XNESState) -> Any:
+    """``params -> Distribution`` in the local coordinates (δ, M) around ``state``."""
+    a = state.sigma * state.b
+
+    def dist_fn(params):
+        m = 0.5 * (params["m"] + params["m"].T)
+        factor = a @ jax.scipy.linalg.expm(0.5 * m)
+        return dist.MultivariateNormal(state.mean + a @ params["delta"],
+                                       covariance_matrix=factor @ factor.T)
+
+    return dist_fn
+
+
+@dataclasses.dataclass(frozen=True)
+class XNES:
+    """Ask/tell xNES with full covariance. Rates default to the standard values."""
+
+    popsize: int | None = None
+    lr_mean: float = 1.0
+    lr_sigma: float | None = None
+    lr_b: float | None = None
+    name: str = "xnes"
+
+    def sizes(self, dim: int) -> tuple[int, float, float, float]:
+        popsize = self.popsize or 4 + int(3 * math.log(dim))
+        default = 3 * (3 + math.log(dim)) / (5 * dim * math.sqrt(dim))
+        return (popsize, self.lr_mean, self.lr_sigma if self.lr_sigma is not None else default,
+                self.lr_b if self.lr_b is not None else default)
+
+    def init(self, key: jax.Array, x0: jax.Array, sigma0: float = 1.0) -> XNESState:
+        x0 = jnp.asarray(x0, jnp.result_type(float))
+        d = x0.shape[0]
+        return XNESState(x0, jnp.asarray(sigma0, x0.dtype), jnp.eye(d, dtype=x0.dtype), key,
+                         jnp.zeros((), jnp.int32))
+
+    def mean(self, state: XNESState) -> jax.Array:
+        return state.mean
+
+    def ask(self, state: XNESState) -> tuple[jax.Array, XNESState]:
+        popsize = self.sizes(state.mean.shape[0])[0]
+        key, sub = jax.random.split(state.key)
+        z = jax.random.normal(sub, (popsize, state.mean.shape[0]), state.mean.dtype)
+        return state.mean + state.sigma * z @ state.b.T, state._replace(key=key)
+
+    def search_gradient(self, state: XNESState, x: jax.Array, values: jax.Array) -> dict:
+        """Σ_k values_k ∇ log p(x_k) in the local coordinates (δ, M) at 0, by the score function."""
+        d = state.mean.shape[0]
+        local = {"delta": jnp.zeros(d, state.mean.dtype), "m": jnp.zeros((d, d), state.mean.dtype)}
+        return score_grad(local_distribution(state), local, x, values * x.shape[0], validate=False)
+
+    def natural_gradient(self, state: XNESState, grad: dict) -> dict:
+        delta, m = fisher.gaussian_local_natural_gradient(grad["delta"], grad["m"])
+        return {"delta": delta, "m": m}
+
+    def tell(self, state: XNESState, x: jax.Array, fitness: jax.Array) -> XNESState:
+        d = state.mean.shape[0]
+        _, lr_mean, lr_sigma, lr_b = self.sizes(d)
+        nat = self.natural_gradient(state, self.search_gradient(state, x, nes_utilities(fitness)))
+        g_sigma = jnp.trace(nat["m"]) / d
+        g_b = nat["m"] - g_sigma * jnp.eye(d, dtype=x.dtype)
+        return state._replace(
+            mean=state.mean + lr_mean * state.sigma * state.b @ nat["delta"],
+            sigma=state.sigma * jnp.exp(0.5 * lr_sigma * g_sigma),
+            b=state.b @ jax.scipy.linalg.expm(0.5 * lr_b * g_b),
+            generation=state.generation + 1,
+        )
+
+    def scale(self, state: XNESState) -> jax.Array:
+        return state.sigma * jnp.max(jnp.linalg.norm(state.b, axis=0))
+
+
+def xnes(**options: Any) -> XNES:
+    """The xNES strategy; see :class:`XNES`."""
+    return XNES(**options)

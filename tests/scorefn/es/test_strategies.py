@@ -1,0 +1,152 @@
+"""Search-gradient strategies: convergence, gradients against closed forms, natural gradients."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from closed_forms import assert_unbiased, detects_bias
+from jax.flatten_util import ravel_pytree
+
+from scorefn import es
+
+X0 = np.random.default_rng(0).uniform(-3, 3, 10)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["snes", "xnes"])
+@pytest.mark.parametrize("function, budget", [("sphere", 10_000), ("ellipsoid", 20_000)])
+def test_reaches_1e_8_on_sphere_and_ellipsoid_d10(strategy, function, budget):
+    result = es.minimize(es.FUNCTIONS[function][0], X0, strategy, sigma0=0.5, target_f=1e-8,
+                         max_evaluations=budget)
+    assert result.success, (result.f, result.evaluations, result.stop_reason)
+
+
+@pytest.mark.slow
+def test_xnes_solves_rosenbrock_d10():
+    result = es.minimize(es.rosenbrock, X0, "xnes", sigma0=0.5, target_f=1e-8,
+                         max_evaluations=40_000)
+    assert result.success, (result.f, result.evaluations)
+
+
+@pytest.mark.slow
+def test_bernoulli_solves_onemax_d100():
+    result = es.minimize(es.onemax, np.full(100, 0.5), "bernoulli", target_f=0.0,
+                         max_evaluations=20_000)
+    assert result.success and result.f == 0.0
+
+
+def _snes_state(mean, sigma):
+    from scorefn.es.snes import SNESState
+
+    return SNESState(jnp.asarray(mean), jnp.log(jnp.asarray(sigma)), jax.random.key(0),
+                     jnp.zeros((), jnp.int32))
+
+
+@pytest.mark.slow
+def test_snes_search_gradient_matches_the_closed_form():
+    """With raw f values (no shaping), Σ_k f_k ∇ log p / λ estimates ∇E[f]: for the sphere,
+    ∇μ = 2μ and ∇log σ = 2σ². The same check catches a planted 10% bias."""
+    mean, sigma = jnp.array([1.0, -0.5, 0.3]), jnp.array([0.5, 1.0, 0.8])
+    strategy = es.SNES(popsize=50)
+    state = _snes_state(mean, sigma)
+
+    def one_per_coordinate(k):
+        x, _ = strategy.ask(state._replace(key=k))
+        values = jnp.sum(x**2, axis=1) / x.shape[0]  # search_gradient sums over candidates
+        return ravel_pytree(strategy.search_gradient(state, x, values))[0]
+
+    estimates = np.asarray(jax.jit(lambda ks: jax.lax.map(one_per_coordinate, ks))(
+        jax.random.split(jax.random.key(1), 2000)), np.float64)
+    truth = {"loc": 2 * mean, "log_scale": 2 * sigma**2}
+    assert_unbiased(estimates, truth)
+    assert detects_bias(estimates, jax.tree.map(lambda t: 1.1 * t, truth))
+
+
+def test_snes_natural_gradient_is_the_closed_form():
+    mean, sigma = jnp.array([1.0, -0.5]), jnp.array([0.5, 2.0])
+    strategy = es.SNES(popsize=8)
+    state = _snes_state(mean, sigma)
+    x, _ = strategy.ask(state)
+    u = es.nes_utilities(jnp.sum(x**2, axis=1))
+    nat = strategy.natural_gradient(state, strategy.search_gradient(state, x, u))
+    s = (x - mean) / sigma
+    np.testing.assert_allclose(nat["loc"], sigma * (u @ s), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(nat["log_scale"], 0.5 * (u @ (s**2 - 1)), rtol=1e-4, atol=1e-6)
+
+
+def test_xnes_natural_gradient_is_the_closed_form():
+    """G_δ = Σ u z, G_M = Σ u (z zᵀ - I) (Glasmachers et al. 2010), through score_grad and
+    the Fisher's closed form; and that closed form equals the exact (KL-Hessian) Fisher's."""
+    from scorefn import fisher
+
+    strategy = es.XNES(popsize=12)
+    state = strategy.init(jax.random.key(3), jnp.array([0.5, -1.0, 2.0]), 0.7)
+    state = state._replace(b=jax.scipy.linalg.expm(jnp.array([[0.1, 0.2, 0.0], [0.2, -0.3, 0.1],
+                                                               [0.0, 0.1, 0.2]])))
+    x, _ = strategy.ask(state)
+    u = es.nes_utilities(jnp.sum(x**2, axis=1))
+    grad = strategy.search_gradient(state, x, u)
+    nat = strategy.natural_gradient(state, grad)
+    z = jnp.linalg.solve(state.sigma * state.b, (x - state.mean).T).T
+    np.testing.assert_allclose(nat["delta"], u @ z, rtol=1e-3, atol=1e-5)
+    expected_m = jnp.einsum("k,ki,kj->ij", u, z, z) - jnp.sum(u) * jnp.eye(3)
+    np.testing.assert_allclose(nat["m"], expected_m, rtol=1e-3, atol=1e-4)
+    local = {"delta": jnp.zeros(3), "m": jnp.zeros((3, 3))}
+    from scorefn.es.xnes import local_distribution
+
+    exact = fisher.natural_gradient_dense(
+        fisher.exact_fisher(local_distribution(state), local), grad, 1e-6)
+    np.testing.assert_allclose(exact["delta"], nat["delta"], rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(0.5 * (exact["m"] + exact["m"].T), nat["m"], rtol=1e-2, atol=1e-3)
+
+
+def test_same_seed_same_result():
+    a = es.minimize(es.sphere, X0, "snes", sigma0=0.5, max_evaluations=500, seed=4)
+    b = es.minimize(es.sphere, X0, "snes", sigma0=0.5, max_evaluations=500, seed=4)
+    c = es.minimize(es.sphere, X0, "snes", sigma0=0.5, max_evaluations=500, seed=5)
+    assert a.f == b.f and np.array_equal(a.x, b.x) and a.history == b.history
+    assert a.f != c.f
+
+
+def test_python_evaluator_matches_jax_evaluator():
+    def python_sphere(x):
+        return float(np.sum(np.asarray(x, np.float64) ** 2))
+
+    a = es.minimize(es.sphere, X0, "xnes", sigma0=0.5, max_evaluations=300, seed=2,
+                    generations_per_call=1)
+    b = es.minimize(python_sphere, X0, "xnes", sigma0=0.5, max_evaluations=300, seed=2,
+                    evaluator="python")
+    assert a.evaluations == b.evaluations
+    np.testing.assert_allclose(a.f, b.f, rtol=1e-4)
+
+
+def test_fitness_shaping():
+    f = jnp.array([3.0, 1.0, jnp.nan, 2.0])
+    np.testing.assert_allclose(es.centered_ranks(f), [-1 / 6, 0.5, -0.5, 1 / 6], rtol=1e-6)
+    u = es.nes_utilities(f)
+    assert abs(float(jnp.sum(u))) < 1e-6
+    assert int(jnp.argmax(u)) == 1 and int(jnp.argmin(u)) in (0, 2)
+    assert math.isclose(float(u[2]), float(jnp.min(u)))
+
+
+def test_bad_input_errors():
+    with pytest.raises(ValueError, match="x0 must be a 1-D array"):
+        es.minimize(es.sphere, np.zeros((2, 2)))
+    with pytest.raises(ValueError, match="unknown strategy 'cmaes'"):
+        es.minimize(es.sphere, X0, "cmaes")
+    with pytest.raises(ValueError, match="one scalar per candidate"):
+        es.minimize(lambda x: x**2, X0, "snes", max_evaluations=50)
+    with pytest.raises(ValueError, match="nan_policy must be one of"):
+        es.minimize(es.sphere, X0, nan_policy="ignore")
+
+
+def test_nan_fitness_is_penalised_or_raises():
+    def sometimes_nan(x):
+        return jnp.where(x[0] > 0, jnp.nan, jnp.sum(x**2))
+
+    result = es.minimize(sometimes_nan, X0, "snes", sigma0=0.5, max_evaluations=2000)
+    assert np.isfinite(result.f) and result.x[0] <= 0
+    with pytest.raises(Exception, match="non-finite value"):
+        es.minimize(sometimes_nan, X0, "snes", sigma0=0.5, max_evaluations=200, nan_policy="raise")
