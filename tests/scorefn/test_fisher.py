@@ -260,3 +260,22 @@ def test_kl_fisher_vector_product_for_a_categorical_logits_policy():
     assert float(fisher.kl(p_logits, q_logits)) == pytest.approx(float(closed), rel=1e-5)
     with pytest.raises(NotImplementedError, match="no KL for Poisson"):
         fisher.kl(dist.Poisson(1.0), dist.Poisson(2.0))
+
+
+def test_elementwise_fisher_blocks_and_solve():
+    params = {"loc": jnp.array([0.0, 1.0, -2.0]), "log_scale": jnp.log(jnp.array([0.5, 1.0, 2.0]))}
+
+    def dist_fn(q):
+        return dist.Normal(q["loc"], jnp.exp(q["log_scale"]))
+
+    blocks = fisher.elementwise_fisher(dist_fn, params)
+    sigma = np.exp(np.asarray(params["log_scale"]))
+    expected = np.stack([np.diag([1 / s**2, 2.0]) for s in sigma])
+    np.testing.assert_allclose(blocks, expected, rtol=1e-5, atol=1e-6)
+    grad = {"loc": jnp.array([1.0, 2.0, 3.0]), "log_scale": jnp.array([0.2, 0.4, -0.6])}
+    nat = fisher.natural_gradient_elementwise(blocks, grad)
+    dense = fisher.natural_gradient_dense(scorefn.fisher_information(dist_fn, params), grad, 0.0)
+    np.testing.assert_allclose(ravel_pytree(nat)[0], ravel_pytree(dense)[0], rtol=1e-4)
+    with pytest.raises(ValueError, match="every parameter leaf shaped like the batch"):
+        fisher.elementwise_fisher(lambda q: dist.Normal(q["loc"], q["s"]),
+                                  {"loc": jnp.zeros(3), "s": jnp.ones(())})

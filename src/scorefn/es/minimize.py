@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import time
 from collections.abc import Callable
@@ -100,38 +101,8 @@ def minimize(
     state = strat.init(key, x0, sigma0)
     popsize = strat.ask(state)[0].shape[0]
 
-    def checked(fitness, x):
-        fitness = jnp.asarray(fitness, x.dtype)
-        if fitness.shape != (x.shape[0],):
-            raise ValueError(
-                f"f must return one scalar per candidate: expected {x.shape[0]} values, got shape "
-                f"{fitness.shape}")
-        return fitness
-
-    def nan_message(fitness):
-        bad = ~np.isfinite(fitness)
-        if not bad.any():
-            return None
-        return (f"f returned {int(bad.sum())} non-finite value(s) in a generation (first at "
-                f"candidate {int(np.argmax(bad))}); pass nan_policy='penalize' to rank them last")
-
-    def generation(carry, _):
-        state, best_x, best_f = carry
-        x, state = strat.ask(state)
-        fitness = checked(jax.vmap(f)(x), x)
-        guard = v.finite_guard((fitness, nan_message)) if nan_policy == "raise" else 0.0
-        fitness = jnp.where(jnp.isfinite(fitness), fitness, jnp.inf) + guard
-        state = strat.tell(state, x, fitness)
-        i = jnp.argmin(fitness)
-        better = fitness[i] < best_f
-        best_x = jnp.where(better, x[i], best_x)
-        best_f = jnp.where(better, fitness[i], best_f)
-        spread = jnp.max(fitness) - jnp.min(fitness)
-        return (state, best_x, best_f), (best_f, strat.scale(state), spread)
-
     if evaluator == "jax":
-        run_chunk = jax.jit(lambda carry: jax.lax.scan(generation, carry, None,
-                                                       length=generations_per_call))
+        run_chunk = _compiled_generations(strat, f, generations_per_call, nan_policy)
     else:
         ask, tell = jax.jit(strat.ask), jax.jit(strat.tell)
 
@@ -156,9 +127,9 @@ def minimize(
             else:
                 x, state = ask(state)
                 values = [f(np.asarray(row)) for row in np.asarray(x)]
-                fitness = np.asarray(checked(jnp.asarray(values), x), np.float64)
-                if nan_policy == "raise" and nan_message(fitness):
-                    raise ValueError(nan_message(fitness))
+                fitness = np.asarray(_checked(jnp.asarray(values), x), np.float64)
+                if nan_policy == "raise" and _nan_message(fitness):
+                    raise ValueError(_nan_message(fitness))
                 fitness = np.where(np.isfinite(fitness), fitness, np.inf)
                 state = tell(state, x, jnp.asarray(fitness, x.dtype))
                 i = int(np.argmin(fitness))
@@ -202,6 +173,45 @@ def minimize(
     if plot:
         plot_convergence(result, plot, title=f"{getattr(strat, 'name', 'es')}, d = {d}")
     return result
+
+
+def _checked(fitness, x):
+    fitness = jnp.asarray(fitness, x.dtype)
+    if fitness.shape != (x.shape[0],):
+        raise ValueError(
+            f"f must return one scalar per candidate: expected {x.shape[0]} values, got shape "
+            f"{fitness.shape}")
+    return fitness
+
+
+def _nan_message(fitness):
+    bad = ~np.isfinite(fitness)
+    if not bad.any():
+        return None
+    return (f"f returned {int(bad.sum())} non-finite value(s) in a generation (first at "
+            f"candidate {int(np.argmax(bad))}); pass nan_policy='penalize' to rank them last")
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled_generations(strat, f, generations: int, nan_policy: str):
+    """One jitted function running ``generations`` generations (ask, vmap(f), tell, track the
+    best); cached so that repeated runs on the same problem compile once."""
+
+    def generation(carry, _):
+        state, best_x, best_f = carry
+        x, state = strat.ask(state)
+        fitness = _checked(jax.vmap(f)(x), x)
+        guard = v.finite_guard((fitness, _nan_message)) if nan_policy == "raise" else 0.0
+        fitness = jnp.where(jnp.isfinite(fitness), fitness, jnp.inf) + guard
+        state = strat.tell(state, x, fitness)
+        i = jnp.argmin(fitness)
+        better = fitness[i] < best_f
+        best_x = jnp.where(better, x[i], best_x)
+        best_f = jnp.where(better, fitness[i], best_f)
+        spread = jnp.max(fitness) - jnp.min(fitness)
+        return (state, best_x, best_f), (best_f, strat.scale(state), spread)
+
+    return jax.jit(lambda carry: jax.lax.scan(generation, carry, None, length=generations))
 
 
 def plot_convergence(result: OptimizeResult, path: str, title: str = "") -> None:

@@ -1,0 +1,235 @@
+"""ES benchmark: scorefn.es against pycma and evosax in one run.
+
+Protocol of ../shared/peers/cma_bbo.py and evosax_bbo.py: x0 ~ U[-3, 3]^d from numpy
+default_rng(seed); σ0 = 2 for rastrigin, 0.5 otherwise; target f < 1e-8; caps 2e5 evaluations
+(d = 10) and 1e6 (d = 100); no restarts; λ = 4 + ⌊3 ln d⌋; float64 everywhere. pycma evaluates
+candidates one by one in Python (its usual use); evosax and scorefn run jitted generation
+loops (scan chunks: 50 generations for evosax as in its peer script, 10 for scorefn), and
+their wall time excludes compilation, which is reported apart. Evaluations count up to the
+first generation whose best f is below the target.
+
+Then wall time per generation at d = 1000 and 10000 (SNES in scorefn and evosax; CMA-ES in
+evosax and pycma at d = 1000), medians of repeats after compilation.
+
+    pip install ".[bench]"
+    python benchmarks/es.py                     # about 10 minutes
+    python benchmarks/es.py --seeds 0 --quick   # d = 10 only
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import platform
+import statistics
+import time
+
+import jax
+
+jax.config.update("jax_enable_x64", True)
+
+import cma  # noqa: E402
+import evosax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from evosax import algorithms as A  # noqa: E402
+
+from scorefn import es  # noqa: E402
+
+TARGET = 1e-8
+PROBLEMS = {  # name: (function, d, sigma0, cap)
+    "sphere10": ("sphere", 10, 0.5, 200_000),
+    "ellipsoid10": ("ellipsoid", 10, 0.5, 200_000),
+    "rosenbrock10": ("rosenbrock", 10, 0.5, 200_000),
+    "rastrigin10": ("rastrigin", 10, 2.0, 200_000),
+    "sphere100": ("sphere", 100, 0.5, 1_000_000),
+}
+
+
+def numpy_function(name):
+    if name == "ellipsoid":
+        def ellipsoid(x):
+            w = 1e6 ** (np.arange(x.size) / (x.size - 1))
+            return float(np.dot(w, x * x))
+        return ellipsoid
+    jax_f = es.FUNCTIONS[name][0]
+    fn = jax.jit(jax_f)
+    return lambda x: float(fn(jnp.asarray(x)))
+
+
+def run_pycma(name, seed):
+    fname, d, sigma0, cap = PROBLEMS[name]
+    f = {"sphere": lambda x: float(np.dot(x, x)),
+         "rosenbrock": lambda x: float(np.sum(100.0 * (x[1:] - x[:-1] ** 2) ** 2 + (1 - x[:-1]) ** 2)),
+         "rastrigin": lambda x: float(10.0 * x.size + np.sum(x * x - 10.0 * np.cos(2 * np.pi * x))),
+         }.get(fname) or numpy_function(fname)
+    x0 = np.random.default_rng(seed).uniform(-3, 3, d)
+    strategy = cma.CMAEvolutionStrategy(x0, sigma0, {"seed": seed + 1, "ftarget": TARGET,
+                                                     "maxfevals": cap, "verbose": -9})
+    start = time.perf_counter()
+    while not strategy.stop():
+        x = strategy.ask()
+        strategy.tell(x, [f(xi) for xi in x])
+    wall = time.perf_counter() - start
+    best = strategy.result.fbest
+    return {"evals": int(strategy.result.evaluations), "wall": wall, "compile": 0.0,
+            "success": best < TARGET, "best": float(best)}
+
+
+def run_evosax(algo, name, seed, chunk=50):
+    fname, d, sigma0, cap = PROBLEMS[name]
+    f = es.FUNCTIONS[fname][0]
+    lam = 4 + int(3 * math.log(d))
+    strategy = getattr(A, algo)(population_size=lam, solution=jnp.zeros(d))
+    params = strategy.default_params.replace(std_init=jnp.asarray(sigma0))
+
+    def step(state, key):
+        k1, k2 = jax.random.split(key)
+        pop, state = strategy.ask(k1, state, params)
+        state, _ = strategy.tell(k2, pop, jax.vmap(f)(pop), state, params)
+        return state, state.best_fitness
+
+    run_chunk = jax.jit(lambda state, key: jax.lax.scan(step, state, jax.random.split(key, chunk)))
+    init = jax.jit(lambda key, mean: strategy.init(key, mean, params))
+    x0 = jnp.asarray(np.random.default_rng(seed).uniform(-3, 3, d))
+    key = jax.random.key(seed + 1)
+    start = time.perf_counter()
+    # Twice: the chunk's output state can differ in weak types from init's, which recompiles.
+    warm, _ = run_chunk(init(key, x0), key)
+    jax.block_until_ready(run_chunk(warm, key))
+    compile_s = time.perf_counter() - start
+    start = time.perf_counter()
+    state = init(key, x0)
+    gens, hit, best = 0, None, math.inf
+    while gens * lam < cap:
+        key, sub = jax.random.split(key)
+        state, bests = run_chunk(state, sub)
+        bests = np.asarray(bests)
+        idx = np.nonzero(bests < TARGET)[0]
+        if idx.size:
+            hit, best = gens + int(idx[0]) + 1, float(bests[idx[0]])
+            break
+        gens += chunk
+        best = float(bests[-1])
+    wall = time.perf_counter() - start
+    evals = hit * lam if hit else gens * lam
+    return {"evals": evals, "wall": wall, "compile": compile_s,
+            "success": hit is not None and evals <= cap, "best": best}
+
+
+def run_scorefn(strategy, name, seed):
+    fname, d, sigma0, cap = PROBLEMS[name]
+    f = es.FUNCTIONS[fname][0]
+    x0 = np.random.default_rng(seed).uniform(-3, 3, d)
+    strat = es.STRATEGIES[strategy]()
+    start = time.perf_counter()  # compile: one chunk of the same program
+    es.minimize(f, x0, strat, sigma0=sigma0, seed=seed, max_evaluations=1, tol_f=-1.0)
+    compile_s = time.perf_counter() - start
+    result = es.minimize(f, x0, strat, sigma0=sigma0, seed=seed, target_f=TARGET,
+                         max_evaluations=cap, tol_f=-1.0, tol_x=0.0)
+    return {"evals": result.evaluations, "wall": result.wall_s, "compile": compile_s,
+            "success": result.success, "best": result.f}
+
+
+def seconds_per_generation(d, repeats=5):
+    rows = {}
+    lam = 4 + int(3 * math.log(d))
+    x0 = jnp.asarray(np.random.default_rng(0).uniform(-3, 3, d))
+    gens = 20
+
+    # scorefn SNES: 20 generations per call
+    strat = es.SNES()
+    from scorefn.es.minimize import _compiled_generations
+
+    run = _compiled_generations(strat, es.sphere, gens, "penalize")
+    carry = (strat.init(jax.random.key(0), x0, 0.5), x0, jnp.asarray(jnp.inf))
+    rows["scorefn SNES"] = _time(lambda: run(carry), repeats) / gens
+    for algo in (["SNES", "CMA_ES"] if d <= 1000 else ["SNES"]):
+        strategy = getattr(A, algo)(population_size=lam, solution=jnp.zeros(d))
+        params = strategy.default_params.replace(std_init=jnp.asarray(0.5))
+
+        def step(state, key, strategy=strategy, params=params):
+            k1, k2 = jax.random.split(key)
+            pop, state = strategy.ask(k1, state, params)
+            state, _ = strategy.tell(k2, pop, jax.vmap(es.sphere)(pop), state, params)
+            return state, state.best_fitness
+
+        chunk = jax.jit(lambda state, key, step=step: jax.lax.scan(step, state,
+                                                                   jax.random.split(key, gens)))
+        state = strategy.init(jax.random.key(0), x0, params)
+        rows[f"evosax {algo}"] = _time(lambda chunk=chunk, state=state: chunk(state, jax.random.key(1)),
+                                       repeats) / gens
+    if d <= 1000:
+        strategy = cma.CMAEvolutionStrategy(np.asarray(x0), 0.5, {"seed": 1, "verbose": -9})
+        f = lambda x: float(np.dot(x, x))  # noqa: E731
+
+        def pycma_gens():
+            for _ in range(gens):
+                x = strategy.ask()
+                strategy.tell(x, [f(xi) for xi in x])
+
+        rows["pycma CMA-ES"] = _time(pycma_gens, repeats) / gens
+    return rows
+
+
+def _time(fn, repeats):
+    jax.block_until_ready(fn())
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--quick", action="store_true", help="d = 10 problems only, no d >= 1000")
+    parser.add_argument("--markdown", help="also write the tables to this file")
+    args = parser.parse_args()
+    problems = [p for p in PROBLEMS if not (args.quick and PROBLEMS[p][1] > 10)]
+    runners = {
+        "pycma CMA-ES": run_pycma,
+        "evosax CMA_ES": lambda n, s: run_evosax("CMA_ES", n, s),
+        "evosax SNES": lambda n, s: run_evosax("SNES", n, s),
+        "evosax xNES": lambda n, s: run_evosax("xNES", n, s),
+        "scorefn SNES": lambda n, s: run_scorefn("snes", n, s),
+        "scorefn xNES": lambda n, s: run_scorefn("xnes", n, s),
+    }
+    header = (f"machine: {platform.machine()}, {os.cpu_count()} cores, Python "
+              f"{platform.python_version()}; jax {jax.__version__} (float64), evosax "
+              f"{getattr(evosax, '__version__', '?')}, cma {cma.__version__}; seeds {args.seeds}")
+    print(header)
+    lines = [header, "", "| problem | optimiser | success | median evals (per seed) | median wall s "
+             "(compile s) | best f when failed |", "|---|---|---|---|---|---|"]
+    for name in problems:
+        for label, runner in runners.items():
+            if PROBLEMS[name][1] > 10 and label in ("evosax xNES", "scorefn xNES"):
+                continue  # full-covariance NES at d = 100 needs ~1e6 evaluations: out of budget here
+            results = [runner(name, seed) for seed in args.seeds]
+            ok = sum(r["success"] for r in results)
+            evals = [r["evals"] for r in results]
+            failed = [f"{r['best']:.3g}" for r in results if not r["success"]]
+            line = (f"| {name} | {label} | {ok}/{len(results)} | {int(statistics.median(evals)):,} "
+                    f"({', '.join(f'{e:,}' for e in evals)}) | "
+                    f"{statistics.median(r['wall'] for r in results):.3f} "
+                    f"({statistics.median(r['compile'] for r in results):.1f}) | "
+                    f"{', '.join(failed)} |")
+            print(line, flush=True)
+            lines.append(line)
+    if not args.quick:
+        lines += ["", "| d | optimiser | ms per generation |", "|---|---|---|"]
+        for d in (1000, 10000):
+            for label, seconds in seconds_per_generation(d).items():
+                line = f"| {d} | {label} | {seconds * 1e3:.3f} |"
+                print(line, flush=True)
+                lines.append(line)
+    if args.markdown:
+        with open(args.markdown, "w") as fh:
+            fh.write("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
