@@ -70,6 +70,8 @@ def minimize(
     generations_per_call: int = 10,
     progress: bool = False,
     plot: str | None = None,
+    checkpoint: str | None = None,
+    resume: bool = False,
 ) -> OptimizeResult:
     """Minimise ``f`` with a search-gradient strategy.
 
@@ -82,7 +84,14 @@ def minimize(
       max_evaluations, target_f, tol_x (search scale below it), tol_f (spread of a
         generation's fitness below it), stagnation (generations without improvement): stops.
       nan_policy: ``"penalize"`` ranks NaN/inf fitness last; ``"raise"`` stops with an error.
+      generations_per_call: generations per compiled call; ``evaluations`` in the result
+        counts up to the generation that met the stopping criterion (as the peers' scripts
+        do), while best x and f are the best of every generation run.
       progress: a rich progress bar; plot: save a convergence PNG there.
+      checkpoint: a file where the run's state (strategy state with its PRNG key, best point,
+        history) is written after every compiled chunk of generations and on Ctrl-C;
+        ``resume=True`` continues from it. A resumed run gives the same result as an
+        uninterrupted one with the same seed.
     """
     strat = _strategy(strategy)
     x0 = jnp.asarray(x0, jnp.result_type(float))
@@ -107,8 +116,21 @@ def minimize(
         ask, tell = jax.jit(strat.ask), jax.jit(strat.tell)
 
     best_x, best_f = x0, jnp.asarray(jnp.inf, x0.dtype)
-    history: list[tuple[int, float]] = []
-    stop_reason, evaluations, since_improvement, last_best = "max_evaluations", 0, 0, math.inf
+    # One record per generation run, (evaluations, best f, search scale, spread of f): always
+    # in step with the strategy state, so that a checkpoint can be resumed exactly.
+    records: list[tuple[int, float, float, float]] = []
+    if resume:
+        if checkpoint is None:
+            raise ValueError("resume=True needs checkpoint=<path of an earlier run's checkpoint>")
+        import os
+
+        if os.path.exists(checkpoint):
+            state, best_x, best_f, records = _load_checkpoint(checkpoint)
+    stop_reason, stop_at = "max_evaluations", None
+    since_improvement, last_best = 0, math.inf
+    for _, b, _, _ in records:  # replay the counters of a resumed run
+        since_improvement = 0 if b < last_best else since_improvement + 1
+        last_best = min(last_best, b)
     started = time.perf_counter()
     bar = None
     if progress:
@@ -120,7 +142,7 @@ def minimize(
         task = bar.add_task(getattr(strat, "name", "es"), total=max_evaluations, best="–")
         bar.start()
     try:
-        while evaluations < max_evaluations:
+        while (records[-1][0] if records else 0) < max_evaluations:
             if evaluator == "jax":
                 (state, best_x, best_f), (bests, scales, spreads) = run_chunk((state, best_x, best_f))
                 bests, scales, spreads = (np.asarray(a) for a in (bests, scales, spreads))
@@ -138,15 +160,21 @@ def minimize(
                 bests = np.array([float(best_f)])
                 scales = np.array([float(strat.scale(state))])
                 spreads = np.array([fitness.max() - fitness.min()])
-            stop = None
-            for b, s, spread in zip(bests, scales, spreads):
+            first_new = len(records)
+            evaluations = records[-1][0] if records else 0
+            for b, sc, spread in zip(bests, scales, spreads):
                 evaluations += popsize
-                history.append((evaluations, float(b)))
+                records.append((evaluations, float(b), float(sc), float(spread)))
+            if checkpoint is not None:
+                _save_checkpoint(checkpoint, state, best_x, best_f, records)
+            for index in range(first_new, len(records)):
+                evaluations, b, sc, spread = records[index]
                 since_improvement = 0 if b < last_best else since_improvement + 1
-                last_best = min(last_best, float(b))
+                last_best = min(last_best, b)
+                stop = None
                 if target_f is not None and b <= target_f:
                     stop = "target_f"
-                elif s < tol_x:
+                elif sc < tol_x:
                     stop = "tol_x"
                 elif np.isfinite(spread) and spread <= tol_f:
                     stop = "tol_f"
@@ -155,15 +183,19 @@ def minimize(
                 elif evaluations >= max_evaluations:
                     stop = "max_evaluations"
                 if stop:
+                    stop_reason, stop_at = stop, index
                     break
             if bar is not None:
                 bar.update(task, completed=min(evaluations, max_evaluations), best=f"{last_best:.3e}")
-            if stop:
-                stop_reason = stop
+            if stop_at is not None:
                 break
     finally:
         if bar is not None:
             bar.stop()
+    if stop_at is None:
+        stop_at = len(records) - 1
+    history = [(e, b) for e, b, _, _ in records[: stop_at + 1]]
+    evaluations = history[-1][0] if history else 0
     wall = time.perf_counter() - started
     result = OptimizeResult(
         x=np.asarray(best_x), f=float(best_f), evaluations=evaluations,
@@ -173,6 +205,45 @@ def minimize(
     if plot:
         plot_convergence(result, plot, title=f"{getattr(strat, 'name', 'es')}, d = {d}")
     return result
+
+
+def _to_host(leaf):
+    if isinstance(leaf, jax.Array) and jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+        return _Key(np.asarray(jax.random.key_data(leaf)))
+    return np.asarray(leaf)
+
+
+@dataclasses.dataclass
+class _Key:
+    data: np.ndarray
+
+
+def _save_checkpoint(path, state, best_x, best_f, records) -> None:
+    import os
+    import pickle
+
+    payload = {"state": jax.tree.map(_to_host, state), "best_x": np.asarray(best_x),
+               "best_f": np.asarray(best_f), "records": list(records), "version": 1}
+    tmp = f"{path}.tmp"
+    with open(tmp, "wb") as fh:
+        pickle.dump(payload, fh)
+    os.replace(tmp, path)  # atomic: an interrupted write never leaves a half checkpoint
+
+
+def _load_checkpoint(path):
+    import pickle
+
+    with open(path, "rb") as fh:
+        payload = pickle.load(fh)
+
+    def restore(leaf):
+        if isinstance(leaf, _Key):
+            return jax.random.wrap_key_data(jnp.asarray(leaf.data))
+        return jnp.asarray(leaf)
+
+    state = jax.tree.map(restore, payload["state"], is_leaf=lambda x: isinstance(x, _Key))
+    return (state, jnp.asarray(payload["best_x"]), jnp.asarray(payload["best_f"]),
+            [tuple(r) for r in payload["records"]])
 
 
 def _checked(fitness, x):

@@ -150,3 +150,22 @@ def test_nan_fitness_is_penalised_or_raises():
     assert np.isfinite(result.f) and result.x[0] <= 0
     with pytest.raises(Exception, match="non-finite value"):
         es.minimize(sometimes_nan, X0, "snes", sigma0=0.5, max_evaluations=200, nan_policy="raise")
+
+
+@pytest.mark.parametrize("evaluator", ["jax", "python"])
+def test_resume_equals_uninterrupted(tmp_path, evaluator):
+    def f(x):
+        return es.rosenbrock(jnp.asarray(x))
+
+    options = dict(sigma0=0.5, seed=3, evaluator=evaluator, tol_f=-1.0)
+    whole = es.minimize(f, X0, "xnes", max_evaluations=600, **options)
+    path = str(tmp_path / "run.ckpt")
+    first = es.minimize(f, X0, "xnes", max_evaluations=250, checkpoint=path, **options)
+    assert first.stop_reason == "max_evaluations" and first.evaluations < whole.evaluations
+    resumed = es.minimize(f, X0, "xnes", max_evaluations=600, checkpoint=path, resume=True,
+                          **options)
+    assert resumed.evaluations == whole.evaluations
+    assert resumed.f == whole.f and np.array_equal(resumed.x, whole.x)
+    assert resumed.history == whole.history
+    with pytest.raises(ValueError, match="resume=True needs checkpoint"):
+        es.minimize(f, X0, "xnes", resume=True)
