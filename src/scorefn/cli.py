@@ -31,7 +31,7 @@ def _optimize(args: argparse.Namespace) -> int:
     if binary != (strategy == "bernoulli"):
         raise SystemExit(
             f"{args.function} is {'binary' if binary else 'continuous'}: use "
-            f"{'--strategy bernoulli' if binary else 'a continuous strategy (xnes, snes)'}")
+            f"{'--strategy bernoulli' if binary else 'a continuous strategy (xnes, snes, openai_es)'}")
     if binary:
         x0 = np.full(args.dim, 0.5)
     else:
@@ -78,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     optimize.add_argument("--function", required=True,
                           help="sphere, ellipsoid, rosenbrock, rastrigin, ackley or onemax")
     optimize.add_argument("--dim", type=int, default=10)
-    optimize.add_argument("--strategy", choices=["xnes", "snes", "bernoulli"], default=None,
+    optimize.add_argument("--strategy", choices=["xnes", "snes", "openai_es", "bernoulli"], default=None,
                           help="default: xnes (bernoulli for onemax)")
     optimize.add_argument("--seed", type=int, default=0)
     optimize.add_argument("--sigma0", type=float, default=0.5)

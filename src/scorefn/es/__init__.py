@@ -16,11 +16,13 @@ from scorefn.es.bernoulli import BernoulliNES, bernoulli
 from scorefn.es.fitness_shaping import centered_ranks, nes_utilities
 from scorefn.es.functions import FUNCTIONS, ackley, ellipsoid, onemax, rastrigin, rosenbrock, sphere
 from scorefn.es.minimize import STRATEGIES, OptimizeResult, minimize, plot_convergence
+from scorefn.es.openai_es import OpenAIES, openai_es
 from scorefn.es.snes import SNES, snes
 from scorefn.es.xnes import XNES, xnes
 
 __all__ = [
     "FUNCTIONS", "STRATEGIES", "SNES", "XNES", "BernoulliNES", "OptimizeResult", "ackley",
-    "bernoulli", "centered_ranks", "ellipsoid", "minimize", "nes_utilities", "onemax",
+    "OpenAIES", "bernoulli", "centered_ranks", "openai_es", "ellipsoid", "minimize",
+    "nes_utilities", "onemax",
     "plot_convergence", "rastrigin", "rosenbrock", "snes", "sphere", "xnes",
 ]

@@ -15,10 +15,11 @@ import numpy as np
 
 from scorefn import _validation as v
 from scorefn.es.bernoulli import bernoulli
+from scorefn.es.openai_es import openai_es
 from scorefn.es.snes import snes
 from scorefn.es.xnes import xnes
 
-STRATEGIES = {"snes": snes, "xnes": xnes, "bernoulli": bernoulli}
+STRATEGIES = {"snes": snes, "xnes": xnes, "openai_es": openai_es, "bernoulli": bernoulli}
 NAN_POLICIES = ("penalize", "raise")
 
 
@@ -80,7 +81,8 @@ def minimize(
         (the whole generation loop is compiled, ``generations_per_call`` generations per
         call), any Python callable with ``evaluator="python"`` (called once per candidate).
       x0: the initial mean, shape (d,) (for ``"bernoulli"``: initial probabilities of a 1).
-      strategy: ``"xnes"``, ``"snes"``, ``"bernoulli"`` or a strategy object.
+      strategy: ``"xnes"``, ``"snes"``, ``"openai_es"``, ``"bernoulli"`` or a strategy
+        object.
       max_evaluations, target_f, tol_x (search scale below it), tol_f (spread of a
         generation's fitness below it), stagnation (generations without improvement): stops.
       nan_policy: ``"penalize"`` ranks NaN/inf fitness last; ``"raise"`` stops with an error.
