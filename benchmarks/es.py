@@ -19,6 +19,7 @@ evosax and pycma at d = 1000), medians of repeats after compilation.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import math
 import os
 import platform
@@ -30,7 +31,6 @@ import jax
 jax.config.update("jax_enable_x64", True)
 
 import cma  # noqa: E402
-import evosax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from evosax import algorithms as A  # noqa: E402
@@ -200,7 +200,7 @@ def main():
     }
     header = (f"machine: {platform.machine()}, {os.cpu_count()} cores, Python "
               f"{platform.python_version()}; jax {jax.__version__} (float64), evosax "
-              f"{getattr(evosax, '__version__', '?')}, cma {cma.__version__}; seeds {args.seeds}")
+              f"{importlib.metadata.version('evosax')}, cma {cma.__version__}; seeds {args.seeds}")
     print(header)
     lines = [header, "", "| problem | optimiser | success | median evals (per seed) | median wall s "
              "(first compile s) | best f when failed |", "|---|---|---|---|---|---|"]

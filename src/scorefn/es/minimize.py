@@ -19,6 +19,7 @@ from scorefn.es.openai_es import openai_es
 from scorefn.es.snes import snes
 from scorefn.es.xnes import xnes
 
+EVALUATORS = ("jax", "python", "processes", "ray")
 STRATEGIES = {"snes": snes, "xnes": xnes, "openai_es": openai_es, "bernoulli": bernoulli}
 NAN_POLICIES = ("penalize", "raise")
 
@@ -68,6 +69,8 @@ def minimize(
     stagnation: int | None = None,
     nan_policy: str = "penalize",
     evaluator: str = "jax",
+    workers: int | None = None,
+    ray_address: str | None = None,
     generations_per_call: int = 10,
     progress: bool = False,
     plot: str | None = None,
@@ -79,7 +82,11 @@ def minimize(
     Args:
       f: maps one point (shape (d,)) to a scalar; a JAX function with ``evaluator="jax"``
         (the whole generation loop is compiled, ``generations_per_call`` generations per
-        call), any Python callable with ``evaluator="python"`` (called once per candidate).
+        call); any Python callable with ``evaluator="python"`` (called once per candidate,
+        in this process), ``"processes"`` (a local pool of ``workers`` processes; f must be
+        picklable) or ``"ray"`` (Ray tasks on ``ray.init(address=ray_address)``, a local Ray
+        with ``workers`` CPUs when no address is given; a task whose worker dies is retried,
+        so no evaluation is lost; needs the ``ray`` extra).
       x0: the initial mean, shape (d,) (for ``"bernoulli"``: initial probabilities of a 1).
       strategy: ``"xnes"``, ``"snes"``, ``"openai_es"``, ``"bernoulli"`` or a strategy
         object.
@@ -103,8 +110,8 @@ def minimize(
         raise ValueError("x0 must be finite")
     if nan_policy not in NAN_POLICIES:
         raise ValueError(f"nan_policy must be one of {NAN_POLICIES}, got {nan_policy!r}")
-    if evaluator not in ("jax", "python"):
-        raise ValueError(f"evaluator must be 'jax' or 'python', got {evaluator!r}")
+    if evaluator not in EVALUATORS:
+        raise ValueError(f"evaluator must be one of {EVALUATORS}, got {evaluator!r}")
     if key is None:
         key = jax.random.key(seed)
     v.check_key(key)
@@ -116,6 +123,8 @@ def minimize(
         run_chunk = _compiled_generations(strat, f, generations_per_call, nan_policy)
     else:
         ask, tell = jax.jit(strat.ask), jax.jit(strat.tell)
+        if workers is not None and workers < 1:
+            raise ValueError(f"workers must be a positive int, got {workers}")
 
     best_x, best_f = x0, jnp.asarray(jnp.inf, x0.dtype)
     # One record per generation run, (evaluations, best f, search scale, spread of f): always
@@ -143,6 +152,8 @@ def minimize(
                        TimeElapsedColumn())
         task = bar.add_task(getattr(strat, "name", "es"), total=max_evaluations, best="–")
         bar.start()
+    batch_evaluator = None if evaluator == "jax" else _batch_evaluator(evaluator, f, workers,
+                                                                       ray_address)
     try:
         while (records[-1][0] if records else 0) < max_evaluations:
             if evaluator == "jax":
@@ -150,7 +161,7 @@ def minimize(
                 bests, scales, spreads = (np.asarray(a) for a in (bests, scales, spreads))
             else:
                 x, state = ask(state)
-                values = [f(np.asarray(row)) for row in np.asarray(x)]
+                values = batch_evaluator(np.asarray(x))
                 fitness = np.asarray(_checked(jnp.asarray(values), x), np.float64)
                 if nan_policy == "raise" and _nan_message(fitness):
                     raise ValueError(_nan_message(fitness))
@@ -194,6 +205,8 @@ def minimize(
     finally:
         if bar is not None:
             bar.stop()
+        if batch_evaluator is not None:
+            batch_evaluator.close()
     if stop_at is None:
         stop_at = len(records) - 1
     history = [(e, b) for e, b, _, _ in records[: stop_at + 1]]
@@ -207,6 +220,52 @@ def minimize(
     if plot:
         plot_convergence(result, plot, title=f"{getattr(strat, 'name', 'es')}, d = {d}")
     return result
+
+
+class _BatchEvaluator:
+    """Evaluate f at every row, in order, here, in a process pool or on Ray."""
+
+    def __init__(self, kind, f, workers, ray_address):
+        self.kind, self.f, self.close_fn = kind, f, lambda: None
+        if kind == "processes":
+            import concurrent.futures
+            import multiprocessing
+
+            # spawn, not fork: the parent holds JAX's threads, which fork would copy broken.
+            self.pool = concurrent.futures.ProcessPoolExecutor(
+                max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+            self.close_fn = lambda: self.pool.shutdown(cancel_futures=True)
+        elif kind == "ray":
+            try:
+                import ray
+            except ImportError as error:
+                raise ImportError("evaluator='ray' needs Ray: pip install 'scorefn[ray]'") from error
+            if not ray.is_initialized():
+                if ray_address is not None:
+                    ray.init(address=ray_address)
+                else:
+                    ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+            self.ray = ray
+            # A system failure (a worker process that dies) resubmits the task.
+            self.remote = ray.remote(max_retries=5, retry_exceptions=False)(_call)
+
+    def __call__(self, rows):
+        if self.kind == "python":
+            return [self.f(row) for row in rows]
+        if self.kind == "processes":
+            return list(self.pool.map(_call, [self.f] * len(rows), rows))
+        return self.ray.get([self.remote.remote(self.f, row) for row in rows])
+
+    def close(self):
+        self.close_fn()
+
+
+def _call(f, row):
+    return float(f(row))
+
+
+def _batch_evaluator(kind, f, workers, ray_address):
+    return _BatchEvaluator(kind, f, workers, ray_address)
 
 
 def _to_host(leaf):
