@@ -59,6 +59,8 @@ def minimize(
     x0: Any,
     strategy: Any = "xnes",
     *,
+    restarts: int = 0,
+    popsize_factor: float = 2.0,
     sigma0: float = 1.0,
     seed: int = 0,
     key: jax.Array | None = None,
@@ -101,7 +103,19 @@ def minimize(
         history) is written after every compiled chunk of generations and on Ctrl-C;
         ``resume=True`` continues from it. A resumed run gives the same result as an
         uninterrupted one with the same seed.
+      restarts: IPOP-style restarts (Auger & Hansen 2005): when a run stops before the target
+        and the budget (tol_x, tol_f, stagnation), start again from x0 with a fresh key and
+        the population multiplied by ``popsize_factor``, up to ``restarts`` times; the
+        result is the best over all runs, evaluations and history accumulated.
     """
+    if restarts:
+        return _minimize_with_restarts(
+            f, x0, strategy, restarts=restarts, popsize_factor=popsize_factor, sigma0=sigma0,
+            seed=seed, key=key, max_evaluations=max_evaluations, target_f=target_f,
+            tol_x=tol_x, tol_f=tol_f, stagnation=stagnation, nan_policy=nan_policy,
+            evaluator=evaluator, workers=workers, ray_address=ray_address,
+            generations_per_call=generations_per_call, progress=progress, plot=plot,
+            checkpoint=checkpoint, resume=resume)
     strat = _strategy(strategy)
     x0 = jnp.asarray(x0, jnp.result_type(float))
     if x0.ndim != 1 or x0.shape[0] < 1:
@@ -220,6 +234,44 @@ def minimize(
     if plot:
         plot_convergence(result, plot, title=f"{getattr(strat, 'name', 'es')}, d = {d}")
     return result
+
+
+def _minimize_with_restarts(f, x0, strategy, *, restarts, popsize_factor, key, seed, plot,
+                            checkpoint, resume, max_evaluations, **options):
+    if checkpoint is not None or resume:
+        raise ValueError("checkpoint/resume and restarts cannot be combined yet")
+    if restarts < 0 or popsize_factor < 1:
+        raise ValueError(f"restarts must be >= 0 and popsize_factor >= 1, got {restarts}, "
+                         f"{popsize_factor}")
+    strat = _strategy(strategy)
+    if not hasattr(strat, "popsize"):
+        raise TypeError("restarts need a strategy with a popsize field")
+    key = jax.random.key(seed) if key is None else key
+    base = strat.ask(strat.init(key, jnp.asarray(x0, jnp.result_type(float)),
+                                options["sigma0"]))[0].shape[0]
+    best, history, used, started = None, [], 0, time.perf_counter()
+    for run in range(restarts + 1):
+        popsize = int(round(base * popsize_factor**run))
+        if popsize % 2 and getattr(strat, "name", "") == "openai_es":
+            popsize += 1
+        result = minimize(f, x0, dataclasses.replace(strat, popsize=popsize),
+                          key=jax.random.fold_in(key, run), max_evaluations=max_evaluations - used,
+                          **options)
+        history += [(used + e, min(b, best.f) if best else b) for e, b in result.history]
+        used += result.evaluations
+        if best is None or result.f < best.f:
+            best = result
+        if result.stop_reason in ("target_f", "max_evaluations") or used >= max_evaluations:
+            stop_reason = result.stop_reason
+            break
+        stop_reason = result.stop_reason
+    final = OptimizeResult(
+        x=best.x, f=best.f, evaluations=used, generations=len(history),
+        stop_reason=f"{stop_reason} (after {run} restart{'s' if run != 1 else ''})",
+        wall_s=time.perf_counter() - started, history=history, success=best.success)
+    if plot:
+        plot_convergence(final, plot, title=f"{getattr(strat, 'name', 'es')} with restarts")
+    return final
 
 
 class _BatchEvaluator:

@@ -198,3 +198,19 @@ def test_openai_es_uses_mirrored_samples_and_weight_decay():
     np.testing.assert_allclose(difference, -0.1 * 0.5 * jnp.ones(3), rtol=1e-5)
     with pytest.raises(ValueError, match="popsize must be even"):
         es.openai_es(popsize=5)
+
+
+@pytest.mark.slow
+def test_ipop_restarts_solve_rastrigin_d10():
+    """Without restarts SNES stalls in a local minimum of rastrigin; growing the population
+    over restarts reaches the global one (seed 1: after 3 restarts, ~44k evaluations)."""
+    x0 = np.random.default_rng(1).uniform(-3, 3, 10)
+    plain = es.minimize(es.rastrigin, x0, "snes", sigma0=2.0, seed=1, target_f=1e-8,
+                        max_evaluations=100_000)
+    restarted = es.minimize(es.rastrigin, x0, "snes", sigma0=2.0, seed=1, target_f=1e-8,
+                            max_evaluations=100_000, restarts=8)
+    assert not plain.success
+    assert restarted.success and "restart" in restarted.stop_reason
+    assert restarted.evaluations == restarted.history[-1][0]
+    with pytest.raises(ValueError, match="cannot be combined"):
+        es.minimize(es.sphere, x0, "snes", restarts=2, checkpoint="x.ckpt")
