@@ -302,8 +302,16 @@ def natural_gradient_elementwise(blocks: jax.Array, grad: Any, damping: float = 
     shape = jnp.shape(leaves[0])
     stacked = jnp.stack([jnp.reshape(leaf, (-1,)) for leaf in leaves], axis=-1)  # (B, k)
     k = stacked.shape[-1]
-    solved = jnp.linalg.solve(blocks + damping * jnp.eye(k, dtype=blocks.dtype),
-                              stacked[..., None])[..., 0]
+    blocks = blocks + damping * jnp.eye(k, dtype=blocks.dtype)
+    if k == 1:
+        solved = stacked / blocks[..., 0]
+    elif k == 2:  # Cramer's rule: a batched LAPACK solve of 2 × 2 systems is ~6× slower on CPU
+        a, b, c, d = blocks[:, 0, 0], blocks[:, 0, 1], blocks[:, 1, 0], blocks[:, 1, 1]
+        det = a * d - b * c
+        g0, g1 = stacked[:, 0], stacked[:, 1]
+        solved = jnp.stack([(d * g0 - b * g1) / det, (a * g1 - c * g0) / det], axis=-1)
+    else:
+        solved = jnp.linalg.solve(blocks, stacked[..., None])[..., 0]
     return jax.tree.unflatten(treedef, [solved[:, i].reshape(shape) for i in range(k)])
 
 

@@ -279,3 +279,16 @@ def test_elementwise_fisher_blocks_and_solve():
     with pytest.raises(ValueError, match="every parameter leaf shaped like the batch"):
         fisher.elementwise_fisher(lambda q: dist.Normal(q["loc"], q["s"]),
                                   {"loc": jnp.zeros(3), "s": jnp.ones(())})
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_natural_gradient_elementwise_solves_general_blocks(k):
+    key1, key2 = jax.random.split(jax.random.key(5))
+    m = jax.random.normal(key1, (4, k, k))
+    blocks = m @ jnp.swapaxes(m, 1, 2) + jnp.eye(k)  # symmetric positive definite, not diagonal
+    grad = {f"g{i}": jax.random.normal(jax.random.fold_in(key2, i), (4,)) for i in range(k)}
+    got = fisher.natural_gradient_elementwise(blocks, grad, damping=0.1)
+    stacked = jnp.stack([grad[f"g{i}"] for i in range(k)], axis=-1)
+    want = jnp.linalg.solve(blocks + 0.1 * jnp.eye(k), stacked[..., None])[..., 0]
+    for i in range(k):
+        np.testing.assert_allclose(got[f"g{i}"], want[:, i], rtol=1e-4, atol=1e-5)

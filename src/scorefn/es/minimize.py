@@ -61,6 +61,8 @@ def minimize(
     *,
     restarts: int = 0,
     popsize_factor: float = 2.0,
+    bounds: tuple[Any, Any] | None = None,
+    bound_penalty: float = 1e3,
     sigma0: float = 1.0,
     seed: int = 0,
     key: jax.Array | None = None,
@@ -103,11 +105,26 @@ def minimize(
         history) is written after every compiled chunk of generations and on Ctrl-C;
         ``resume=True`` continues from it. A resumed run gives the same result as an
         uninterrupted one with the same seed.
+      bounds: ``(low, high)``, scalars or arrays of shape (d,). x0 must lie inside; f is
+        evaluated at the candidate clipped into the box plus ``bound_penalty`` times the
+        squared distance to it, so the search is pushed back inside; the best x returned is
+        inside the box.
       restarts: IPOP-style restarts (Auger & Hansen 2005): when a run stops before the target
         and the budget (tol_x, tol_f, stagnation), start again from x0 with a fresh key and
         the population multiplied by ``popsize_factor``, up to ``restarts`` times; the
         result is the best over all runs, evaluations and history accumulated.
     """
+    if bounds is not None:
+        f, box = _bounded(f, x0, bounds, bound_penalty, evaluator)
+        result = minimize(
+            f, x0, strategy, restarts=restarts, popsize_factor=popsize_factor, sigma0=sigma0,
+            seed=seed, key=key, max_evaluations=max_evaluations, target_f=target_f,
+            tol_x=tol_x, tol_f=tol_f, stagnation=stagnation, nan_policy=nan_policy,
+            evaluator=evaluator, workers=workers, ray_address=ray_address,
+            generations_per_call=generations_per_call, progress=progress, plot=plot,
+            checkpoint=checkpoint, resume=resume)
+        result.x = np.clip(result.x, *box)
+        return result
     if restarts:
         return _minimize_with_restarts(
             f, x0, strategy, restarts=restarts, popsize_factor=popsize_factor, sigma0=sigma0,
@@ -234,6 +251,41 @@ def minimize(
     if plot:
         plot_convergence(result, plot, title=f"{getattr(strat, 'name', 'es')}, d = {d}")
     return result
+
+
+def _bounded(f, x0, bounds, penalty, evaluator):
+    x0 = np.asarray(x0, np.float64)
+    try:
+        low, high = (np.broadcast_to(np.asarray(b, np.float64), x0.shape) for b in bounds)
+    except (TypeError, ValueError) as error:
+        raise ValueError(
+            f"bounds must be (low, high), each a number or an array of shape {x0.shape}") from error
+    if np.any(low >= high):
+        raise ValueError("bounds must have low < high in every coordinate")
+    outside = np.flatnonzero((x0 < low) | (x0 > high))
+    if outside.size:
+        i = int(outside[0])
+        raise ValueError(f"x0[{i}] = {x0[i]:g} is outside bounds [{low[i]:g}, {high[i]:g}] "
+                         f"({outside.size} coordinate(s) outside)")
+    if evaluator == "jax":
+        return _jax_bounded(f, tuple(low), tuple(high), float(penalty)), (low, high)
+
+    def bounded(x):
+        inside = np.clip(x, low, high)
+        return float(f(inside)) + penalty * float(np.sum((x - inside) ** 2))
+
+    return bounded, (low, high)
+
+
+@functools.lru_cache(maxsize=64)
+def _jax_bounded(f, low, high, penalty):
+    low_array, high_array = jnp.asarray(low), jnp.asarray(high)
+
+    def bounded(x):
+        inside = jnp.clip(x, low_array.astype(x.dtype), high_array.astype(x.dtype))
+        return f(inside) + penalty * jnp.sum((x - inside) ** 2)
+
+    return bounded
 
 
 def _minimize_with_restarts(f, x0, strategy, *, restarts, popsize_factor, key, seed, plot,

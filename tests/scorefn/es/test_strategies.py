@@ -214,3 +214,24 @@ def test_ipop_restarts_solve_rastrigin_d10():
     assert restarted.evaluations == restarted.history[-1][0]
     with pytest.raises(ValueError, match="cannot be combined"):
         es.minimize(es.sphere, x0, "snes", restarts=2, checkpoint="x.ckpt")
+
+
+@pytest.mark.parametrize("evaluator", ["jax", "python"])
+def test_bounds_keep_the_answer_inside_the_box(evaluator):
+    """Minimise (x - 2)² with x ≤ 1 in every coordinate: the constrained optimum is x = 1."""
+    def shifted(x):
+        return np.sum((np.asarray(x) - 2.0) ** 2) if evaluator == "python" else jnp.sum((x - 2.0) ** 2)
+
+    result = es.minimize(shifted, np.zeros(3), "snes", sigma0=0.3, bounds=(-1.0, 1.0),
+                         max_evaluations=3000, evaluator=evaluator)
+    assert np.all(result.x <= 1.0) and np.all(result.x >= -1.0)
+    np.testing.assert_allclose(result.x, 1.0, atol=1e-2)
+
+
+def test_bounds_errors():
+    with pytest.raises(ValueError, match=r"x0\[1\] = 5 is outside bounds \[-3, 3\]"):
+        es.minimize(es.sphere, np.array([0.0, 5.0]), bounds=(-3, 3))
+    with pytest.raises(ValueError, match="bounds must be \\(low, high\\)"):
+        es.minimize(es.sphere, np.zeros(2), bounds=(np.zeros(3), np.ones(3)))
+    with pytest.raises(ValueError, match="low < high"):
+        es.minimize(es.sphere, np.zeros(2), bounds=(1.0, -1.0))
