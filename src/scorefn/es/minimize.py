@@ -114,25 +114,21 @@ def minimize(
         the population multiplied by ``popsize_factor``, up to ``restarts`` times; the
         result is the best over all runs, evaluations and history accumulated.
     """
-    if bounds is not None:
-        f, box = _bounded(f, x0, bounds, bound_penalty, evaluator)
-        result = minimize(
-            f, x0, strategy, restarts=restarts, popsize_factor=popsize_factor, sigma0=sigma0,
-            seed=seed, key=key, max_evaluations=max_evaluations, target_f=target_f,
-            tol_x=tol_x, tol_f=tol_f, stagnation=stagnation, nan_policy=nan_policy,
-            evaluator=evaluator, workers=workers, ray_address=ray_address,
-            generations_per_call=generations_per_call, progress=progress, plot=plot,
-            checkpoint=checkpoint, resume=resume)
-        result.x = np.clip(result.x, *box)
-        return result
-    if restarts:
-        return _minimize_with_restarts(
-            f, x0, strategy, restarts=restarts, popsize_factor=popsize_factor, sigma0=sigma0,
-            seed=seed, key=key, max_evaluations=max_evaluations, target_f=target_f,
-            tol_x=tol_x, tol_f=tol_f, stagnation=stagnation, nan_policy=nan_policy,
-            evaluator=evaluator, workers=workers, ray_address=ray_address,
-            generations_per_call=generations_per_call, progress=progress, plot=plot,
-            checkpoint=checkpoint, resume=resume)
+    if bounds is not None or restarts:
+        options = dict(
+            sigma0=sigma0, seed=seed, key=key, max_evaluations=max_evaluations,
+            target_f=target_f, tol_x=tol_x, tol_f=tol_f, stagnation=stagnation,
+            nan_policy=nan_policy, evaluator=evaluator, workers=workers,
+            ray_address=ray_address, generations_per_call=generations_per_call,
+            progress=progress, plot=plot, checkpoint=checkpoint, resume=resume)
+        if bounds is not None:
+            f, box = _bounded(f, x0, bounds, bound_penalty, evaluator)
+            result = minimize(f, x0, strategy, restarts=restarts,
+                              popsize_factor=popsize_factor, **options)
+            result.x = np.clip(result.x, *box)
+            return result
+        return _minimize_with_restarts(f, x0, strategy, restarts=restarts,
+                                       popsize_factor=popsize_factor, **options)
     strat = _strategy(strategy)
     x0 = jnp.asarray(x0, jnp.result_type(float))
     if x0.ndim != 1 or x0.shape[0] < 1:
