@@ -25,6 +25,7 @@ matrices are (P, P) in that order and :func:`unravel_like` maps a flat vector ba
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -273,34 +274,40 @@ def natural_gradient(
 
 def elementwise_fisher(dist_fn: DistFn, params: Any) -> jax.Array:
     r"""Exact Fisher blocks of a distribution whose batch elements are independent and each
-    depend only on their own slice of every parameter leaf: shape (B, k, k) for B batch
-    elements and k leaves, in ``jax.tree.leaves(params)`` order.
+    depend only on their own slice of every parameter leaf.
 
-    The Fisher of such a distribution is block-diagonal; each block is :func:`exact_fisher`
-    of one element (vmapped), so the cost is O(B k²) instead of O((B k)²). Used by the
-    separable search distributions of :mod:`scorefn.es`.
+    Every leaf is shaped ``batch_shape + tail`` (a scalar per element, or e.g. the K logits
+    of a Categorical). Returns (B, k, k) for B batch elements, k = Σ prod(tail) over the
+    leaves in ``jax.tree.leaves`` order. The Fisher of such a distribution is
+    block-diagonal; each block is :func:`exact_fisher` of one element (vmapped), so the cost
+    is O(B k²) instead of O((B k)²). Used by the separable search distributions of
+    :mod:`scorefn.es`.
     """
     leaves, treedef = jax.tree.flatten(params)
     batch_shape = tuple(dist_fn(params).batch_shape)
+    size = math.prod(batch_shape)
     for leaf in leaves:
-        if jnp.shape(leaf) != batch_shape:
+        if tuple(jnp.shape(leaf))[: len(batch_shape)] != batch_shape:
             raise ValueError(
                 "elementwise_fisher needs every parameter leaf shaped like the batch "
-                f"{batch_shape}; got a leaf of shape {jnp.shape(leaf)}"
+                f"{batch_shape} (plus trailing dims of its own); got a leaf of shape "
+                f"{jnp.shape(leaf)}"
             )
-    flat_leaves = [jnp.reshape(leaf, (-1,)) for leaf in leaves]
+    per_element = [jnp.reshape(leaf, (size, *jnp.shape(leaf)[len(batch_shape):]))
+                   for leaf in leaves]
 
-    def one(*scalars):
-        return exact_fisher(dist_fn, jax.tree.unflatten(treedef, list(scalars)))
+    def one(*element_leaves):
+        return exact_fisher(dist_fn, jax.tree.unflatten(treedef, list(element_leaves)))
 
-    return jax.vmap(one)(*flat_leaves)
+    return jax.vmap(one)(*per_element)
 
 
 def natural_gradient_elementwise(blocks: jax.Array, grad: Any, damping: float = 0.0) -> Any:
     """Solve each k × k Fisher block from :func:`elementwise_fisher` against the gradient."""
     leaves, treedef = jax.tree.flatten(grad)
-    shape = jnp.shape(leaves[0])
-    stacked = jnp.stack([jnp.reshape(leaf, (-1,)) for leaf in leaves], axis=-1)  # (B, k)
+    size = blocks.shape[0]
+    columns = [jnp.reshape(leaf, (size, -1)) for leaf in leaves]
+    stacked = jnp.concatenate(columns, axis=-1)  # (B, k)
     k = stacked.shape[-1]
     blocks = blocks + damping * jnp.eye(k, dtype=blocks.dtype)
     if k == 1:
@@ -312,7 +319,12 @@ def natural_gradient_elementwise(blocks: jax.Array, grad: Any, damping: float = 
         solved = jnp.stack([(d * g0 - b * g1) / det, (a * g1 - c * g0) / det], axis=-1)
     else:
         solved = jnp.linalg.solve(blocks, stacked[..., None])[..., 0]
-    return jax.tree.unflatten(treedef, [solved[:, i].reshape(shape) for i in range(k)])
+    out, start = [], 0
+    for leaf, column in zip(leaves, columns):
+        width = column.shape[-1]
+        out.append(solved[:, start:start + width].reshape(jnp.shape(leaf)))
+        start += width
+    return jax.tree.unflatten(treedef, out)
 
 
 def gaussian_local_natural_gradient(grad_delta: jax.Array, grad_m: jax.Array) -> tuple:

@@ -13,8 +13,19 @@ or all at once: ``scorefn.es.minimize(f, x0, strategy="xnes", target_f=1e-8)``.
 """
 
 from scorefn.es.bernoulli import BernoulliNES, bernoulli
+from scorefn.es.categorical import CategoricalNES, categorical
 from scorefn.es.fitness_shaping import centered_ranks, nes_utilities
-from scorefn.es.functions import FUNCTIONS, ackley, ellipsoid, onemax, rastrigin, rosenbrock, sphere
+from scorefn.es.functions import (
+    FUNCTIONS,
+    ackley,
+    cycle_maxcut,
+    ellipsoid,
+    maxcut,
+    onemax,
+    rastrigin,
+    rosenbrock,
+    sphere,
+)
 from scorefn.es.minimize import STRATEGIES, OptimizeResult, minimize, plot_convergence
 from scorefn.es.openai_es import OpenAIES, openai_es
 from scorefn.es.snes import SNES, snes
@@ -23,6 +34,6 @@ from scorefn.es.xnes import XNES, xnes
 __all__ = [
     "FUNCTIONS", "STRATEGIES", "SNES", "XNES", "BernoulliNES", "OptimizeResult", "ackley",
     "OpenAIES", "bernoulli", "centered_ranks", "openai_es", "ellipsoid", "minimize",
-    "nes_utilities", "onemax",
+    "nes_utilities", "onemax", "CategoricalNES", "categorical", "cycle_maxcut", "maxcut",
     "plot_convergence", "rastrigin", "rosenbrock", "snes", "sphere", "xnes",
 ]

@@ -37,6 +37,25 @@ def onemax(x):
     return x.shape[0] - jnp.sum(x)
 
 
+def maxcut(weights) -> Callable:
+    """MaxCut on a weighted graph (symmetric ``weights``, zero diagonal), as a function of a
+    0/1 labelling x to minimise: total weight minus the weight of the edges cut."""
+    weights = jnp.asarray(weights)
+    total = jnp.sum(jnp.triu(weights, 1))
+
+    def f(x):
+        cut = jnp.sum(jnp.triu(weights, 1) * (x[:, None] != x[None, :]))
+        return total - cut
+
+    return f
+
+
+def cycle_maxcut(x):
+    """MaxCut on the cycle graph over d nodes (unit weights): 0 at an alternating labelling
+    when d is even. d minus the number of cut edges."""
+    return x.shape[0] - jnp.sum(x != jnp.roll(x, 1))
+
+
 FUNCTIONS: dict[str, tuple[Callable, bool]] = {  # name: (f, binary)
     "sphere": (sphere, False),
     "ellipsoid": (ellipsoid, False),
@@ -44,4 +63,5 @@ FUNCTIONS: dict[str, tuple[Callable, bool]] = {  # name: (f, binary)
     "rastrigin": (rastrigin, False),
     "ackley": (ackley, False),
     "onemax": (onemax, True),
+    "maxcut": (cycle_maxcut, True),
 }

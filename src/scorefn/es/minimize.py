@@ -15,12 +15,14 @@ import numpy as np
 
 from scorefn import _validation as v
 from scorefn.es.bernoulli import bernoulli
+from scorefn.es.categorical import categorical
 from scorefn.es.openai_es import openai_es
 from scorefn.es.snes import snes
 from scorefn.es.xnes import xnes
 
 EVALUATORS = ("jax", "python", "processes", "ray")
-STRATEGIES = {"snes": snes, "xnes": xnes, "openai_es": openai_es, "bernoulli": bernoulli}
+STRATEGIES = {"snes": snes, "xnes": xnes, "openai_es": openai_es, "bernoulli": bernoulli,
+              "categorical": categorical}
 NAN_POLICIES = ("penalize", "raise")
 
 
