@@ -25,12 +25,12 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import numpyro
 from jax.scipy.special import logsumexp
 from numpyro.distributions import Distribution
 
 from scorefn import _validation as v
 from scorefn.baselines import as_baseline
+from scorefn.estimators import score_grad
 from scorefn.scores import joint_log_prob
 
 DistFn = Callable[[Any], Distribution]
@@ -187,13 +187,6 @@ def is_score_grad(
         weights = jnp.exp(jnp.minimum(log_w, jnp.log(truncation)))
     else:
         weights = jnp.exp(log_w)
-    coefficients = jax.lax.stop_gradient(weights * centred)
-
-    def surrogate(p):
-        with numpyro.validation_enabled(False):
-            return jnp.mean(coefficients * joint_log_prob(dist_fn(p), samples))
-
-    estimate = jax.grad(surrogate)(params)
     # A sample outside p_θ's support has weight 0 and contributes nothing: not an error.
     ok = jnp.all(jnp.isfinite(values)) & jnp.all(jnp.isfinite(weights))
     guard = v.finite_guard(
@@ -202,6 +195,16 @@ def is_score_grad(
         ok=ok,
     )
     guard = guard + _ess_check(log_w, ess_threshold, on_low_ess)
+    return _weighted_score_grad(dist_fn, params, samples, weights * centred, guard)
+
+
+def _weighted_score_grad(dist_fn, params, samples, coefficients, guard) -> Any:
+    """(1/N) Σ_n c_n ∇θ log p_θ(x_n) through the core's :func:`scorefn.score_grad`, the
+    weights already checked by ``guard`` (non-finite ones are zeroed so that the guard's
+    message, not the core's generic one, reports them)."""
+    coefficients = jnp.where(jnp.isfinite(coefficients), coefficients, 0.0)
+    estimate = score_grad(dist_fn, params, samples, coefficients, validate=False,
+                          _samples_from_dist=True)
     return jax.tree.map(lambda g: g + guard.astype(g.dtype), estimate)
 
 
@@ -247,17 +250,13 @@ def mis_score_grad(
             log_weight = log_h + log_p - log_q_all[j] - log_counts[j]
         coefficients.append(jnp.exp(log_weight) * f)
         stacked_samples.append(x)
-    coefficients = jax.lax.stop_gradient(jnp.concatenate(coefficients))
+    coefficients = jnp.concatenate(coefficients)
     all_samples = jnp.concatenate(stacked_samples)
-
-    def surrogate(p):
-        with numpyro.validation_enabled(False):
-            return jnp.sum(coefficients * joint_log_prob(dist_fn(p), all_samples))
-
-    estimate = jax.grad(surrogate)(params)
     guard = v.finite_guard(*[(f, v.nonfinite_values_message) for f in values],
                            (coefficients, _nonfinite_weights_message))
-    return jax.tree.map(lambda g: g + guard.astype(g.dtype), estimate)
+    # The estimator is a sum over all samples, not a mean: scale by their number.
+    return _weighted_score_grad(dist_fn, params, all_samples,
+                                coefficients * all_samples.shape[0], guard)
 
 
 def _nonfinite_weights_message(coefficients: np.ndarray) -> str | None:
