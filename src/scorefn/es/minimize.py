@@ -151,7 +151,7 @@ def minimize(
     if evaluator == "jax":
         run_chunk = _compiled_generations(strat, f, generations_per_call, nan_policy)
     else:
-        ask, tell = jax.jit(strat.ask), jax.jit(strat.tell)
+        ask, tell = _compiled_ask_tell(strat)
         if workers is not None and workers < 1:
             raise ValueError(f"workers must be a positive int, got {workers}")
 
@@ -424,6 +424,12 @@ def _nan_message(fitness):
         return None
     return (f"f returned {int(bad.sum())} non-finite value(s) in a generation (first at "
             f"candidate {int(np.argmax(bad))}); pass nan_policy='penalize' to rank them last")
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled_ask_tell(strat):
+    """Jitted ask and tell, cached per strategy so repeated runs (restarts) compile once."""
+    return jax.jit(strat.ask), jax.jit(strat.tell)
 
 
 @functools.lru_cache(maxsize=64)
