@@ -195,7 +195,7 @@ def check_support_independent(dist_fn: Callable, params: Any) -> None:
         )
 
 
-def check_samples_shape(d: Any, samples: Any, num_samples: int | None = None) -> int:
+def check_samples_shape(d: Any, samples: Any) -> int:
     """Samples must be (N, *batch_shape, *event_shape) for the distribution ``d``."""
     expected = tuple(d.batch_shape) + tuple(d.event_shape)
     leaves = jax.tree.leaves(samples)
