@@ -8,7 +8,6 @@ For combinatorial objectives (OneMax, MaxCut) where nothing else in the library 
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any
 
 import jax
@@ -30,9 +29,6 @@ class BernoulliNES(LogitsSearch):
 
     name: str = "bernoulli"
     distribution: Any = dataclasses.field(default=_bernoulli, repr=False, compare=False)
-
-    def default_popsize(self, logits: jax.Array) -> int:
-        return 4 + int(3 * math.log(logits.shape[0]))
 
     def init(self, key: jax.Array, x0: jax.Array, sigma0: float = 1.0) -> LogitsState:
         """``x0`` gives the initial probabilities of a 1 (0.5 everywhere is usual)."""

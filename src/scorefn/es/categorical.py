@@ -9,7 +9,6 @@ are centred (see :mod:`scorefn.es.discrete`).
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any
 
 import jax
@@ -41,9 +40,6 @@ class CategoricalNES(LogitsSearch):
     def __post_init__(self):
         if self.num_categories < 2:
             raise ValueError(f"num_categories must be >= 2, got {self.num_categories}")
-
-    def default_popsize(self, logits: jax.Array) -> int:
-        return 4 + int(3 * math.log(logits.size))
 
     def init(self, key: jax.Array, x0: jax.Array, sigma0: float = 1.0) -> LogitsState:
         """Starts uniform over the categories; ``x0`` only gives the length d."""

@@ -10,6 +10,7 @@ enumeration (:func:`scorefn.fisher.elementwise_fisher`), damped; logits stay in
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -30,7 +31,7 @@ class LogitsState(NamedTuple):
 
 @dataclasses.dataclass(frozen=True)
 class LogitsSearch:
-    """Base class: subclasses set ``distribution`` and ``default_popsize``."""
+    """Base class: subclasses set ``distribution`` (logits -> numpyro Distribution)."""
 
     popsize: int | None = None
     learning_rate: float = 0.1
@@ -41,8 +42,9 @@ class LogitsSearch:
     distribution: Callable[[jax.Array], dist.Distribution] = dataclasses.field(
         default=None, repr=False, compare=False)
 
-    def default_popsize(self, logits: jax.Array) -> int:  # pragma: no cover - overridden
-        raise NotImplementedError
+    def default_popsize(self, logits: jax.Array) -> int:
+        """4 + ⌊3 ln n⌋ for n logits (d bits, or d positions × K categories)."""
+        return 4 + int(math.log(logits.size) * 3)
 
     def search_distribution(self, params: dict) -> dist.Distribution:
         return self.distribution(params["logits"])
