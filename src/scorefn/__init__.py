@@ -17,6 +17,7 @@ from scorefn import (
     importance,
     measure_valued,
     rao_blackwell,
+    vi,
 )
 from scorefn.diagnostics import compare
 from scorefn.estimators import evaluate, grad, pathwise_grad, score_grad, standardized
@@ -46,4 +47,5 @@ __all__ = [
     "sample",
     "score_grad",
     "standardized",
+    "vi",
 ]

@@ -134,7 +134,12 @@ def leaf_names(tree: Any, root: str = "params") -> list[str]:
 
 
 def _abstract(tree: Any) -> Any:
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x)), tree)
+    def spec(x):
+        if isinstance(x, jax.ShapeDtypeStruct):
+            return x
+        return jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x))
+
+    return jax.tree.map(spec, tree)
 
 
 def _used_inputs(fn: Callable[..., Any], *args: Any) -> list[bool] | None:
@@ -150,6 +155,22 @@ def _used_inputs(fn: Callable[..., Any], *args: Any) -> list[bool] | None:
         return [False] * len(jaxpr.invars)
     _, used = _dce_jaxpr(jaxpr, [True] * len(jaxpr.outvars))
     return list(used)
+
+
+def output_dependencies(fn: Callable[..., Any], *args: Any) -> list[list[bool]] | None:
+    """For each flattened output of ``fn(*args)``, which flattened inputs it depends on
+    (structurally: a dead-code pass over the jaxpr); None if that cannot be read."""
+    if _dce_jaxpr is None:
+        return None
+    try:
+        jaxpr = jax.make_jaxpr(fn)(*_abstract(args)).jaxpr
+    except Exception:  # leave it to the caller's conservative default
+        return None
+    rows = []
+    for i in range(len(jaxpr.outvars)):
+        _, used = _dce_jaxpr(jaxpr, [j == i for j in range(len(jaxpr.outvars))])
+        rows.append(list(used))
+    return rows
 
 
 def check_params_used(dist_fn: Callable, params: Any, samples: Any) -> None:

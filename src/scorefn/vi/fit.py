@@ -1,0 +1,292 @@
+"""``fit``: stochastic optimisation of the ELBO, compiled in chunks of steps.
+
+Each step draws K samples from the guide with ``fold_in(key, step)``, estimates ∇L with
+:func:`scorefn.vi.elbo_grad` and applies an optax update (ascent). Steps run inside one
+``lax.scan`` per chunk; between chunks the run reports progress and writes its checkpoint,
+so an interrupted run resumes at its last finished chunk and reproduces the uninterrupted
+run exactly (every step's key depends only on the step's index).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pickle
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from scorefn import _validation as v
+from scorefn.baselines import Ema
+from scorefn.vi.elbo import ESTIMATORS, elbo, elbo_grad, ema_states
+from scorefn.vi.guides import Guide, auto_guide
+from scorefn.vi.model import LatentSite, LogJoint, Model, NumPyroModel, as_model
+
+CHECKPOINT_VERSION = 1
+
+
+@dataclasses.dataclass
+class FitResult:
+    """The fitted guide and the run's record.
+
+    ``objective`` holds every step's one-sample-set estimate of the ELBO (of L_K for
+    ``iwae``/``vimco``); :attr:`final_elbo` averages the last 100.
+    """
+
+    model: Model
+    guide: Guide
+    params: dict[str, Any]
+    objective: np.ndarray
+    estimator: str
+    num_samples: int
+    wall_s: float
+
+    @property
+    def steps(self) -> int:
+        return int(self.objective.shape[0])
+
+    @property
+    def final_elbo(self) -> float:
+        return float(np.mean(self.objective[-100:]))
+
+    def elbo(self, key: jax.Array, num_samples: int = 4000) -> float:
+        """A fresh Monte Carlo ELBO of the fitted guide, with ``num_samples`` samples."""
+        return float(elbo(self.model, self.guide, self.params, key, num_samples))
+
+    def sample(self, key: jax.Array, num_samples: int = 1000) -> dict[str, jax.Array]:
+        """Posterior samples from the guide, on the model's (constrained) space."""
+        z = self.guide.to_sites(self.guide.sample(self.params, key, num_samples))
+        return jax.vmap(self.model.constrain)(z)
+
+    def means(self, key: jax.Array | None = None, num_samples: int = 4000) -> dict[str, jax.Array]:
+        """Posterior means under the guide (Monte Carlo over ``num_samples`` draws)."""
+        key = jax.random.key(0) if key is None else key
+        return {n: jnp.mean(s, axis=0) for n, s in self.sample(key, num_samples).items()}
+
+    def predictive(self, key: jax.Array, num_samples: int = 1000, *args: Any, **kwargs: Any
+                   ) -> dict[str, jax.Array]:
+        """Draws of every site of the NumPyro model under posterior samples of the latents
+        (``numpyro.infer.Predictive``); ``args``/``kwargs`` default to the fitting data."""
+        if not isinstance(self.model, NumPyroModel):
+            raise TypeError("predictive needs a NumPyro model (a LogJoint has no generative sites)")
+        from numpyro.infer import Predictive
+
+        key_z, key_x = jax.random.split(key)
+        posterior = self.sample(key_z, num_samples)
+        if not args and not kwargs:
+            args, kwargs = self.model.args, self.model.kwargs
+        return Predictive(self.model.fn, posterior_samples=posterior)(key_x, *args, **kwargs)
+
+    def plot(self, path: str, title: str = "") -> None:
+        """Save the ELBO curve (raw per-step estimates and a 100-step running mean)."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        y = self.objective
+        window = max(1, min(100, len(y) // 10))
+        smooth = np.convolve(y, np.ones(window) / window, mode="valid")
+        fig, ax = plt.subplots(figsize=(6, 4))
+        ax.plot(np.arange(1, len(y) + 1), y, alpha=0.25, lw=0.6, label="per step")
+        ax.plot(np.arange(window, len(y) + 1), smooth, lw=1.5, label=f"{window}-step mean")
+        finite = y[np.isfinite(y)]
+        if finite.size:  # the first steps can be far below the rest: show the converged part
+            lo = np.percentile(finite[len(finite) // 10:], 1) if finite.size > 10 else finite.min()
+            ax.set_ylim(lo - 0.1 * abs(lo), finite.max() + 0.05 * abs(finite.max()) + 1)
+        ax.set_xlabel("step")
+        ax.set_ylabel("ELBO" if self.estimator not in ("iwae", "vimco") else f"L_{self.num_samples}")
+        ax.set_title(title or f"{self.estimator}, K = {self.num_samples}")
+        ax.legend()
+        ax.grid(True, alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"elbo": self.final_elbo, "steps": self.steps, "wall_s": self.wall_s,
+                "estimator": self.estimator, "num_samples": self.num_samples}
+
+
+def _latents_from_guide(guide: Guide) -> dict[str, LatentSite]:
+    params = guide.init()
+    latents = {}
+    for name, block in guide.blocks.items():
+        if len(block.sites) != 1 or block.shapes:
+            raise ValueError("a LogJoint model takes a mean_field guide (one block per latent)")
+        d = block.dist_fn(params[name])
+        shape = tuple(d.batch_shape) + tuple(d.event_shape)
+        discrete = bool(getattr(d.support, "is_discrete", False))
+        latents[block.sites[0]] = LatentSite(block.sites[0], shape, discrete, len(d.batch_shape),
+                                             support=d.support)
+    return latents
+
+
+def _resolve(model: Any, guide: Any, data: Any) -> tuple[Model, Guide]:
+    if isinstance(model, LogJoint):
+        if not isinstance(guide, Guide):
+            raise ValueError("a LogJoint model needs a guide: scorefn.vi.mean_field(families={...})")
+        bound = model.bind(_latents_from_guide(guide), tuple(data) if data else ())
+        return bound, guide
+    m = as_model(model, data)
+    if guide is None or isinstance(guide, str):
+        guide = auto_guide(m, guide or "mean_field")
+    if not isinstance(guide, Guide):
+        raise TypeError(f"guide must be a scorefn.vi Guide, 'mean_field', 'full_rank' or None; "
+                        f"got {type(guide).__name__}")
+    guide.check(m)
+    return m, guide
+
+
+def fit(
+    model: Any,
+    guide: Guide | str | None,
+    data: Any,
+    key: jax.Array,
+    *,
+    estimator: str = "mixed",
+    optimizer: optax.GradientTransformation | None = None,
+    steps: int = 3000,
+    num_samples: int = 1,
+    baseline: Any = None,
+    control_variate: Any = None,
+    checkpoint: str | None = None,
+    resume: bool = False,
+    chunk_size: int = 100,
+    progress: bool = True,
+    plot: str | None = None,
+) -> FitResult:
+    """Maximise the ELBO (``iwae``/``vimco``: L_K) over the guide's parameters.
+
+    Args:
+      model: a NumPyro model function, or a :class:`~scorefn.vi.LogJoint`.
+      guide: a :class:`~scorefn.vi.guides.Guide`; ``None``/``"mean_field"`` or
+        ``"full_rank"`` for the automatic one (NumPyro models).
+      data: the model's positional arguments (a tuple) or keyword arguments (a dict).
+      key: a PRNG key; step t uses ``fold_in(key, t)``.
+      estimator: one of ``"score"``, ``"score-rb"``, ``"reparam"``, ``"mixed"``, ``"iwae"``,
+        ``"vimco"`` (see :mod:`scorefn.vi.elbo`).
+      optimizer: an optax optimiser (default ``optax.adam(0.01)``); fed ``-∇L``.
+      steps: total number of steps (a resumed run continues up to it).
+      num_samples: K, samples from the guide per step.
+      baseline: for score-function blocks: a core baseline (``leave_one_out()`` ...) or
+        ``scorefn.baselines.ema(decay)``, whose per-block state ``fit`` keeps.
+      control_variate: for ``estimator="score"``.
+      checkpoint: a file written after every chunk; ``resume=True`` continues from it.
+      chunk_size: steps per compiled chunk (progress and checkpoints happen between chunks).
+      progress: show a rich progress bar with the running ELBO.
+      plot: save the ELBO curve as a PNG there.
+    """
+    v.check_key(key)
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"unknown estimator {estimator!r}; known: {', '.join(ESTIMATORS)}")
+    if not isinstance(steps, int | np.integer) or steps < 1:
+        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    if resume and checkpoint is None:
+        raise ValueError("resume=True needs checkpoint=<path of an earlier run's checkpoint>")
+    model, guide = _resolve(model, guide, data)
+    optimizer = optax.adam(0.01) if optimizer is None else optimizer
+    params = guide.init()
+    opt_state = optimizer.init(params)
+    ema = baseline if isinstance(baseline, Ema) else None
+    baseline_state = (ema_states(guide, params, estimator, ema.init) if ema is not None else {})
+    done, history = 0, []
+    if resume and os.path.exists(checkpoint):
+        params, opt_state, baseline_state, done, history = _load(checkpoint, estimator, num_samples)
+
+    def step(carry, index):
+        params, opt_state, bstate = carry
+        out = elbo_grad(model, guide, params, jax.random.fold_in(key, index), estimator=estimator,
+                        num_samples=num_samples, baseline=bstate if ema is not None else baseline,
+                        control_variate=control_variate)
+        ascent = jax.tree.map(jnp.negative, out.grad)
+        updates, opt_state = optimizer.update(ascent, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        if ema is not None:
+            bstate = {n: ema.update(out.signals[n], s) for n, s in bstate.items()}
+        return (params, opt_state, bstate), out.objective
+
+    run_chunk = jax.jit(lambda carry, idx: jax.lax.scan(step, carry, idx))
+    bar = _progress_bar(progress, estimator, steps)
+    if bar is not None:
+        bar.update(bar.task_ids[0], completed=done)
+    started = time.perf_counter()
+    try:
+        while done < steps:
+            n = min(chunk_size, steps - done)
+            carry, values = run_chunk((params, opt_state, baseline_state),
+                                      jnp.arange(done, done + n))
+            values = np.asarray(values)
+            if not np.all(np.isfinite(values)) or not _finite(carry[0]):
+                bad = done + int(np.flatnonzero(~np.isfinite(values))[0]) if not np.all(
+                    np.isfinite(values)) else done + n
+                kept = f"; the last good state is in {checkpoint} (step {done})" if checkpoint else ""
+                raise FloatingPointError(
+                    f"the ELBO estimate became non-finite at step {bad}: lower the learning rate, "
+                    f"add a baseline or more samples{kept}")
+            params, opt_state, baseline_state = carry
+            history.extend(values.tolist())
+            done += n
+            if checkpoint is not None:
+                _save(checkpoint, params, opt_state, baseline_state, done, history, estimator,
+                      num_samples)
+            if bar is not None:
+                bar.update(bar.task_ids[0], completed=done,
+                           elbo=f"{np.mean(history[-100:]):.2f}")
+    finally:
+        if bar is not None:
+            bar.stop()
+    result = FitResult(model, guide, params, np.asarray(history), estimator, num_samples,
+                       time.perf_counter() - started)
+    if plot:
+        result.plot(plot)
+    return result
+
+
+def _finite(tree: Any) -> bool:
+    return all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(tree)
+               if jnp.issubdtype(jnp.result_type(x), jnp.floating))
+
+
+def _progress_bar(progress: bool, estimator: str, steps: int):
+    if not progress:
+        return None
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
+                   TextColumn("{task.completed:,}/{task.total:,} steps  ELBO {task.fields[elbo]}"),
+                   TimeElapsedColumn())
+    bar.add_task(f"vi {estimator}", total=steps, elbo="–")
+    bar.start()
+    return bar
+
+
+def _save(path, params, opt_state, baseline_state, done, history, estimator, num_samples) -> None:
+    payload = {"params": jax.tree.map(np.asarray, params),
+               "opt_state": jax.tree.map(np.asarray, opt_state),
+               "baseline_state": jax.tree.map(np.asarray, baseline_state),
+               "step": done, "history": list(history), "estimator": estimator,
+               "num_samples": num_samples, "version": CHECKPOINT_VERSION}
+    tmp = f"{path}.tmp"
+    with open(tmp, "wb") as fh:
+        pickle.dump(payload, fh)
+    os.replace(tmp, path)  # atomic: an interrupted write never leaves a half checkpoint
+
+
+def _load(path, estimator, num_samples):
+    with open(path, "rb") as fh:
+        payload = pickle.load(fh)
+    if payload.get("version") != CHECKPOINT_VERSION:
+        raise ValueError(f"{path} is not a scorefn.vi checkpoint (version {payload.get('version')})")
+    if (payload["estimator"], payload["num_samples"]) != (estimator, num_samples):
+        raise ValueError(
+            f"{path} was written by a run with estimator={payload['estimator']!r}, "
+            f"num_samples={payload['num_samples']}; resume it with the same settings")
+    restore = lambda tree: jax.tree.map(jnp.asarray, tree)  # noqa: E731
+    return (restore(payload["params"]), restore(payload["opt_state"]),
+            restore(payload["baseline_state"]), int(payload["step"]), list(payload["history"]))
+

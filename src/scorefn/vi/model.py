@@ -1,0 +1,236 @@
+r"""Models for variational inference: a log joint log p(x, z) split into terms.
+
+Two kinds of model are accepted:
+
+- a **NumPyro model function** ``model(*data)`` with observed sites. Its log density comes
+  from NumPyro's own tracing (``numpyro.handlers.trace`` / ``substitute``); continuous
+  latent sites live on the unconstrained space z = T(u) (``biject_to(site.support)``) with
+  the Jacobian log|det ∂T/∂u| added, discrete sites stay as they are;
+- a **log-joint function** ``log_joint(z, *data) -> scalar``, wrapped in :class:`LogJoint`,
+  with z a dict of named latents whose names and shapes come from the guide.
+
+Either way the model exposes its log joint as a sum of **terms** (one per NumPyro site, each
+an array over the site's plates) and which latent sites each term reads. The
+Rao-Blackwellised ELBO (:mod:`scorefn.vi.elbo`) uses that to give each guide factor only the
+terms that depend on it, as Pyro's TraceGraph_ELBO does with its dependency graph; the
+dependencies are read off the traced computation (a dead-code pass over its jaxpr), and
+plates localise a term's elements to the latent elements with the same plate index.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from functools import partial
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+from numpyro import handlers
+from numpyro.distributions.transforms import biject_to
+from numpyro.infer.util import _unconstrain_reparam, compute_log_probs
+
+from scorefn import _validation as v
+
+
+@dataclasses.dataclass(frozen=True)
+class Plate:
+    name: str
+    dim: int  # negative, counted from the right of the site's batch shape
+    size: int
+
+
+@dataclasses.dataclass(frozen=True)
+class LatentSite:
+    """A latent variable: ``shape`` is its (unconstrained) value's shape; ``batch_ndim`` the
+    number of leading batch dimensions of its prior (those the plates index)."""
+
+    name: str
+    shape: tuple[int, ...]
+    discrete: bool
+    batch_ndim: int
+    plates: tuple[Plate, ...] = ()
+    support: Any = None
+    num_categories: int | None = None  # for integer supports {0, ..., K-1}
+    dtype: Any = jnp.float32
+
+
+@dataclasses.dataclass(frozen=True)
+class Term:
+    """One summand array of log p(x, z): its plates and the latent sites it reads."""
+
+    name: str
+    plates: tuple[Plate, ...]
+    depends_on: frozenset[str]
+
+
+class Model:
+    """Common interface: ``latents``, ``terms`` and ``term_values(z)``."""
+
+    latents: dict[str, LatentSite]
+    terms: dict[str, Term]
+
+    def term_values(self, z: dict[str, jax.Array]) -> dict[str, jax.Array]:  # pragma: no cover
+        raise NotImplementedError
+
+    def log_joint(self, z: dict[str, jax.Array]) -> jax.Array:
+        """log p(x, z) at one (unconstrained) latent value z."""
+        return sum(jnp.sum(t) for t in self.term_values(z).values())
+
+    def constrain(self, z: dict[str, jax.Array]) -> dict[str, jax.Array]:
+        return z
+
+
+def _plates(site: dict) -> tuple[Plate, ...]:
+    return tuple(Plate(f.name, f.dim, f.size) for f in site.get("cond_indep_stack", ()))
+
+
+def _term_dependencies(fn: Callable, z: dict[str, jax.Array], names: list[str]) -> dict[str, set]:
+    """For each output term of ``fn(z)`` (a dict), the latent names it depends on."""
+    leaves_in = list(z)
+    deps = v.output_dependencies(fn, z)
+    if deps is None:  # no dependency analysis available: every term reads every latent
+        return {name: set(leaves_in) for name in names}
+    # make_jaxpr flattens dicts in sorted-key order, inputs and outputs alike.
+    in_names = sorted(leaves_in)
+    out_names = sorted(names)
+    return {out: {in_names[i] for i, used in enumerate(row) if used} for out, row in zip(out_names, deps)}
+
+
+class NumPyroModel(Model):
+    """A NumPyro model function with its data, as a sum of per-site log-probability terms.
+
+    Uses NumPyro's own machinery: ``compute_log_probs`` for the per-site log densities and
+    the unconstraining reparameterisation of its ``potential_energy`` (continuous sites are
+    given on the unconstrained space; their Jacobian terms appear as factor sites
+    ``"_<site>_log_det"``). Discrete sites are substituted as they are.
+    """
+
+    def __init__(self, fn: Callable, args: tuple = (), kwargs: dict | None = None):
+        self.fn = fn
+        self.args = tuple(args)
+        self.kwargs = dict(kwargs or {})
+        name = getattr(fn, "__name__", repr(fn))
+        # Inspect the model abstractly: running it eagerly would compile every small op.
+        found: dict[str, LatentSite] = {}
+        try:
+            jax.eval_shape(lambda: self._inspect_prior(found))
+        except Exception as error:
+            raise ValueError(
+                f"could not run the NumPyro model {name!r} with the given data "
+                f"({type(error).__name__}: {error}). A plain log-joint function "
+                "log_joint(z, *data) must be wrapped: scorefn.vi.LogJoint(log_joint)"
+            ) from error
+        if not found:
+            raise ValueError(
+                f"{name!r} has no latent numpyro.sample sites (no sites at all, or only observed "
+                "ones): is it a log-joint function? Wrap it as scorefn.vi.LogJoint(log_joint) "
+                "and pass a guide"
+            )
+        self.latents = found
+        example = {n: jax.ShapeDtypeStruct(s.shape, s.dtype) for n, s in found.items()}
+        plates: dict[str, tuple[Plate, ...]] = {}
+        jax.eval_shape(lambda z: self._record_plates(z, plates), example)
+        deps = _term_dependencies(self.term_values, example, list(plates))
+        self.terms = {n: Term(n, plates[n], frozenset(deps[n])) for n in plates}
+
+    def _inspect_prior(self, found: dict) -> None:
+        trace = handlers.trace(handlers.seed(self.fn, 0)).get_trace(*self.args, **self.kwargs)
+        for name, site in trace.items():
+            if site["type"] != "sample" or site["is_observed"]:
+                continue
+            d = site["fn"]
+            shape = tuple(jnp.shape(site["value"]))
+            discrete = bool(getattr(d.support, "is_discrete", False))
+            k = None
+            if discrete:
+                upper = getattr(d.support, "upper_bound", None)
+                if upper is not None and not v.is_traced(upper):
+                    k = int(np.max(np.asarray(upper))) + 1
+            else:
+                shape = tuple(biject_to(d.support).inverse_shape(shape))
+            dtype = jnp.result_type(site["value"])
+            batch_ndim = len(jnp.shape(site["value"])) - len(d.event_shape)
+            found[name] = LatentSite(name, shape, discrete, batch_ndim, _plates(site), d.support,
+                                     k, dtype)
+
+    def _trace(self, z: dict[str, jax.Array]):
+        missing = set(self.latents) - set(z)
+        if missing:
+            raise ValueError(f"no value for the latent site(s) {sorted(missing)}")
+        continuous = {n: x for n, x in z.items() if not self.latents[n].discrete}
+        discrete = {n: x for n, x in z.items() if self.latents[n].discrete}
+        model = handlers.substitute(handlers.seed(self.fn, 0),
+                                    substitute_fn=partial(_unconstrain_reparam, continuous))
+        return compute_log_probs(model, self.args, self.kwargs, discrete, sum_log_prob=False)
+
+    def _record_plates(self, z, plates: dict) -> None:
+        _, trace = self._trace(z)
+        for name, site in trace.items():
+            if site["type"] == "sample":
+                plates[name] = _plates(site)
+
+    def constrain(self, z: dict[str, jax.Array]) -> dict[str, jax.Array]:
+        _, trace = self._trace(z)
+        return {n: trace[n]["value"] for n in self.latents}
+
+    def term_values(self, z: dict[str, jax.Array]) -> dict[str, jax.Array]:
+        """Each sample site's log-probability array (over its batch/plate dims), the
+        Jacobian factor sites ``"_<site>_log_det"`` included."""
+        log_probs, _ = self._trace(z)
+        return log_probs
+
+
+class LogJoint(Model):
+    """A log-joint function ``log_joint(z, *data) -> scalar`` over a dict of latents.
+
+    The latents' names and shapes come from the guide (:func:`scorefn.vi.mean_field`): call
+    :meth:`bind` with them, which :func:`scorefn.vi.fit` does. The whole log joint is one
+    term that reads every latent, so Rao-Blackwellisation can only localise the guide's own
+    entropy terms; write the model in NumPyro to give it the dependency structure.
+    """
+
+    def __init__(self, fn: Callable, data: tuple = ()):
+        self.fn = fn
+        self.args = tuple(data)
+        self.latents = {}
+        self.terms = {}
+
+    def bind(self, latents: dict[str, LatentSite], data: tuple = ()) -> LogJoint:
+        bound = LogJoint(self.fn, data or self.args)
+        bound.latents = dict(latents)
+        bound.terms = {"log_joint": Term("log_joint", (), frozenset(latents))}
+        return bound
+
+    def term_values(self, z: dict[str, jax.Array]) -> dict[str, jax.Array]:
+        value = jnp.asarray(self.fn(z, *self.args))
+        if value.shape != ():
+            raise ValueError(f"log_joint(z, *data) must return a scalar; got shape {value.shape}")
+        return {"log_joint": value}
+
+
+def as_model(model: Any, data: Any = ()) -> Model:
+    """A :class:`Model` from a NumPyro model function (data: a tuple of positional arguments
+    or a dict of keyword arguments), a :class:`LogJoint` or a :class:`Model`."""
+    if isinstance(model, LogJoint):
+        return model if not data else LogJoint(model.fn, _as_args(data)[0])
+    if isinstance(model, Model):
+        return model
+    if not callable(model):
+        raise TypeError(f"model must be a NumPyro model function or a scorefn.vi.LogJoint; got "
+                        f"{type(model).__name__}")
+    args, kwargs = _as_args(data)
+    with numpyro.validation_enabled(False):
+        return NumPyroModel(model, args, kwargs)
+
+
+def _as_args(data: Any) -> tuple[tuple, dict]:
+    if data is None:
+        return (), {}
+    if isinstance(data, dict):
+        return (), dict(data)
+    if isinstance(data, tuple | list):
+        return tuple(data), {}
+    return (data,), {}
