@@ -19,6 +19,7 @@ from scorefn import (
     rao_blackwell,
     vi,
 )
+from scorefn._compilation_cache import enable_compilation_cache
 from scorefn.diagnostics import compare
 from scorefn.estimators import evaluate, grad, pathwise_grad, score_grad, standardized
 from scorefn.fisher import fisher_information, natural_gradient
@@ -32,6 +33,7 @@ __all__ = [
     "compare",
     "control_variates",
     "diagnostics",
+    "enable_compilation_cache",
     "es",
     "evaluate",
     "fisher",

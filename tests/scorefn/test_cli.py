@@ -48,3 +48,23 @@ def test_optimize_rejects_a_mismatched_strategy():
         main(["optimize", "--function", "onemax", "--strategy", "xnes"])
     with pytest.raises(SystemExit, match="unknown function 'griewank'"):
         main(["optimize", "--function", "griewank"])
+
+
+def test_fit_json_line_and_resume(tmp_path, capsys):
+    plot, ckpt = tmp_path / "elbo.png", tmp_path / "run.pkl"
+    args = ["fit", "--model", "logistic-breast-cancer", "--estimator", "score-rb", "--samples", "8",
+            "--plot", str(plot), "--checkpoint", str(ckpt), "--json"]
+    assert main([*args, "--steps", "200"]) == 0
+    first = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert first["steps"] == 200 and first["baseline"] == "leave-one-out"
+    assert main([*args, "--steps", "400", "--resume"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["steps"] == 400 and result["wall_s"] > 0
+    assert result["elbo"] > first["elbo"]  # resumed, and still rising
+    assert plot.stat().st_size > 10_000
+
+
+def test_fit_rejects_unknown_models(capsys):
+    with pytest.raises(SystemExit):
+        main(["fit", "--model", "mnist"])
+    assert "invalid choice" in capsys.readouterr().err

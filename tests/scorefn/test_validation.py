@@ -139,3 +139,13 @@ def test_max_norm_with_per_sample_is_refused(problem, key):
     with pytest.raises(ValueError, match="max_norm clips the averaged estimate"):
         scorefn.grad(problem.f, problem.dist_fn, problem.params, key, 8, max_norm=1.0,
                      per_sample=True)
+
+
+def test_compilation_cache_respects_an_existing_folder_and_the_opt_out(monkeypatch, tmp_path):
+    import jax
+
+    from scorefn import enable_compilation_cache
+
+    assert enable_compilation_cache() == jax.config.jax_compilation_cache_dir  # conftest's
+    monkeypatch.setenv("SCOREFN_COMPILATION_CACHE", "0")
+    assert enable_compilation_cache() is None

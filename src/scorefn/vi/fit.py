@@ -21,6 +21,7 @@ import numpy as np
 import optax
 
 from scorefn import _validation as v
+from scorefn._compilation_cache import enable_compilation_cache
 from scorefn.baselines import Ema
 from scorefn.vi.elbo import ESTIMATORS, elbo, elbo_grad, ema_states
 from scorefn.vi.guides import Guide, auto_guide
@@ -180,6 +181,10 @@ def fit(
       chunk_size: steps per compiled chunk (progress and checkpoints happen between chunks).
       progress: show a rich progress bar with the running ELBO.
       plot: save the ELBO curve as a PNG there.
+
+    JAX's persistent compilation cache is turned on (see
+    :func:`scorefn.enable_compilation_cache`), so a second run of the same fit does not
+    compile again.
     """
     v.check_key(key)
     if estimator not in ESTIMATORS:
@@ -188,6 +193,7 @@ def fit(
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
     if resume and checkpoint is None:
         raise ValueError("resume=True needs checkpoint=<path of an earlier run's checkpoint>")
+    enable_compilation_cache()
     model, guide = _resolve(model, guide, data)
     optimizer = optax.adam(0.01) if optimizer is None else optimizer
     params = guide.init()

@@ -1,0 +1,99 @@
+"""Models and guides: structure read off NumPyro models, and clear errors on bad input."""
+
+import jax
+import jax.numpy as jnp
+import numpyro
+import numpyro.distributions as dist
+import pytest
+from conftest import X, normal_normal
+
+from scorefn import vi
+
+
+def hierarchical(x):
+    sigma = numpyro.sample("sigma", dist.HalfNormal(1.0))
+    with numpyro.plate("groups", x.shape[0]):
+        theta = numpyro.sample("theta", dist.Normal(0.0, sigma))
+        numpyro.sample("x", dist.Normal(theta, 1.0), obs=x)
+
+
+def test_constrained_sites_live_on_the_unconstrained_space(key):
+    model = vi.as_model(hierarchical, (X,))
+    assert model.latents["sigma"].shape == ()
+    assert "_sigma_log_det" in model.terms  # numpyro's own Jacobian factor
+    assert model.terms["x"].depends_on == {"theta"}
+    assert model.terms["theta"].depends_on == {"theta", "sigma"}
+    assert model.constrain({"sigma": jnp.array(0.0), "theta": jnp.zeros(3)})["sigma"] == 1.0
+    result = vi.fit(hierarchical, None, (X,), key, estimator="mixed", steps=300, progress=False)
+    assert float(result.means()["sigma"]) > 0
+
+
+def test_discrete_sites_get_bernoulli_and_categorical_guides():
+    def model():
+        numpyro.sample("coin", dist.Bernoulli(0.3))
+        numpyro.sample("die", dist.Categorical(jnp.ones(6) / 6))
+
+    guide = vi.auto_guide(vi.as_model(model))
+    d = guide.distributions(guide.init())
+    assert isinstance(d["coin"], dist.BernoulliLogits)
+    assert isinstance(d["die"], dist.CategoricalLogits) and d["die"].logits.shape == (6,)
+
+
+def test_log_density_nan_names_the_site(key):
+    def bad(x):
+        z = numpyro.sample("z", dist.Normal(0.0, 1.0))
+        numpyro.sample("x", dist.Normal(jnp.sqrt(z), 1.0), obs=x)  # NaN for z < 0
+
+    model = vi.as_model(bad, (1.0,))
+    guide = vi.auto_guide(model)
+    with pytest.raises(ValueError, match="site 'x'.*NaN"):
+        vi.elbo_grad(model, guide, guide.init(), key, estimator="score", num_samples=16)
+    with pytest.raises(Exception, match="site 'x'"):
+        vi.fit(bad, None, (1.0,), key, estimator="score", num_samples=16, steps=10, progress=False)
+
+
+def test_guide_missing_a_latent():
+    model = vi.as_model(hierarchical, (X,))
+    guide = vi.mean_field(families={"theta": (lambda p: dist.Normal(p, 1.0), jnp.zeros(3))})
+    with pytest.raises(ValueError, match=r"no block for the latent site\(s\) \['sigma'\]"):
+        guide.check(model)
+
+
+def test_guide_with_the_wrong_shape():
+    model = vi.as_model(hierarchical, (X,))
+    guide = vi.mean_field(model, {"theta": (lambda p: dist.Normal(p, 1.0), jnp.zeros(4))})
+    with pytest.raises(ValueError, match=r"'theta' gives values of shape \(4,\).*\(3,\)"):
+        guide.check(model)
+
+
+def test_unknown_estimator_and_impossible_combinations(key):
+    x, _ = vi.models.mixture_data(num_points=10)
+    model = vi.as_model(vi.models.gaussian_mixture, (x,))
+    guide = vi.auto_guide(model)
+    params = guide.init()
+    with pytest.raises(ValueError, match="unknown estimator 'elbo'.*score-rb"):
+        vi.elbo_grad(model, guide, params, key, estimator="elbo")
+    with pytest.raises(ValueError, match=r"reparameterisable; \['z'\] \(BernoulliLogits\)"):
+        vi.elbo_grad(model, guide, params, key, estimator="reparam")
+    with pytest.raises(ValueError, match="num_samples must be >= 2"):
+        vi.elbo_grad(model, guide, params, key, estimator="vimco", num_samples=1)
+
+
+def test_a_log_joint_passed_as_a_numpyro_model():
+    def log_joint(z):
+        return -jnp.sum(z["a"] ** 2)
+
+    with pytest.raises(ValueError, match="LogJoint"):
+        vi.as_model(log_joint, ())
+    with pytest.raises(ValueError, match="needs a guide"):
+        vi.fit(vi.LogJoint(log_joint), None, (), jax.random.key(0), progress=False)
+
+
+def test_bad_fit_arguments(key):
+    with pytest.raises(ValueError, match="steps must be a positive integer"):
+        vi.fit(normal_normal, None, (X,), key, steps=0)
+    with pytest.raises(ValueError, match="resume=True needs checkpoint"):
+        vi.fit(normal_normal, None, (X,), key, resume=True)
+    with pytest.raises(TypeError, match="key"):
+        vi.fit(normal_normal, None, (X,), 0)
+
