@@ -117,7 +117,7 @@ def scorefn_mix_variance(estimator, num_samples=1, warmup=50, repeats=500):
     import jax
 
     from scorefn import baselines, vi
-    from scorefn.vi.elbo import ema_states
+    from scorefn.vi.objectives import ema_states
 
     x, _ = vi.models.mixture_data()
     model = vi.as_model(vi.models.gaussian_mixture, (x,))

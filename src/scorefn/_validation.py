@@ -8,6 +8,8 @@ traced ones, so a jitted estimator still stops with the same message instead of 
 
 from __future__ import annotations
 
+import contextlib
+
 from collections.abc import Callable
 from typing import Any
 
@@ -51,6 +53,26 @@ def check_num_samples(num_samples: Any, minimum: int = 1) -> int:
     return int(num_samples)
 
 
+_RUNTIME_CHECKS = [True]
+
+
+@contextlib.contextmanager
+def runtime_checks(enabled: bool):
+    """Turn the run-time (host-callback) finiteness checks of :func:`finite_guard` on or off
+    for computations *traced* inside the block.
+
+    Training loops trace their step with checks off: a compiled program with a host callback
+    cannot be stored in JAX's persistent compilation cache. They check the step's outputs
+    themselves and, on a non-finite value, replay the failing steps with the checks on to
+    name the cause.
+    """
+    _RUNTIME_CHECKS.append(bool(enabled))
+    try:
+        yield
+    finally:
+        _RUNTIME_CHECKS.pop()
+
+
 def finite_guard(
     *checks: tuple[Any, Callable[[np.ndarray], str | None]], ok: Any = None
 ) -> jax.Array:
@@ -82,6 +104,9 @@ def finite_guard(
         text = message(*(arrays_now if arrays_now is not None else build()))
         if text is not None:
             raise ValueError(text)
+        return jnp.zeros((), dtype)
+
+    if not _RUNTIME_CHECKS[-1]:
         return jnp.zeros((), dtype)
 
     def on_host(*host_arrays):

@@ -124,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     optimize.add_argument("--json", action="store_true", help="end with one JSON line")
     optimize.set_defaults(run=_optimize)
 
-    from scorefn.vi.elbo import ESTIMATORS
+    from scorefn.vi.objectives import ESTIMATORS
 
     fit = commands.add_parser("fit", help="variational inference on a worked model")
     fit.add_argument("--model", required=True, choices=VI_MODELS)

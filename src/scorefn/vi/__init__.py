@@ -4,14 +4,14 @@ r"""Black-box variational inference on the scorefn core.
 
 - models: a NumPyro model function with its data, or :class:`LogJoint` (``log_joint(z, *data)``);
 - guides: :func:`mean_field`, :func:`full_rank`, :func:`auto_guide`;
-- estimators (:mod:`scorefn.vi.elbo`): ``score``, ``score-rb`` (Rao-Blackwellised, local
+- estimators (:mod:`scorefn.vi.objectives`): ``score``, ``score-rb`` (Rao-Blackwellised, local
   learning signals), ``reparam``, ``mixed``, ``iwae``, ``vimco``; all through
   :func:`scorefn.score_grad` and :func:`scorefn.pathwise_grad`;
 - :func:`fit`: the training loop, with checkpoints and posterior helpers.
 """
 
 from scorefn.vi import models
-from scorefn.vi.elbo import ESTIMATORS, ElboGradient, elbo, elbo_grad, iwae_bound, local_signals
+from scorefn.vi.objectives import ESTIMATORS, ElboGradient, elbo, elbo_grad, iwae_bound, local_signals
 from scorefn.vi.fit import FitResult, fit
 from scorefn.vi.guides import Block, Guide, auto_guide, full_rank, mean_field
 from scorefn.vi.model import LogJoint, Model, NumPyroModel, as_model

@@ -23,7 +23,7 @@ import optax
 from scorefn import _validation as v
 from scorefn._compilation_cache import enable_compilation_cache
 from scorefn.baselines import Ema
-from scorefn.vi.elbo import ESTIMATORS, elbo, elbo_grad, ema_states
+from scorefn.vi.objectives import ESTIMATORS, elbo, elbo_grad, ema_states
 from scorefn.vi.guides import Guide, auto_guide
 from scorefn.vi.model import LatentSite, LogJoint, Model, NumPyroModel, as_model
 
@@ -170,7 +170,7 @@ def fit(
       data: the model's positional arguments (a tuple) or keyword arguments (a dict).
       key: a PRNG key; step t uses ``fold_in(key, t)``.
       estimator: one of ``"score"``, ``"score-rb"``, ``"reparam"``, ``"mixed"``, ``"iwae"``,
-        ``"vimco"`` (see :mod:`scorefn.vi.elbo`).
+        ``"vimco"`` (see :mod:`scorefn.vi.objectives`).
       optimizer: an optax optimiser (default ``optax.adam(0.01)``); fed ``-∇L``.
       steps: total number of steps (a resumed run continues up to it).
       num_samples: K, samples from the guide per step.
@@ -217,6 +217,7 @@ def fit(
         return (params, opt_state, bstate), out.objective
 
     run_chunk = jax.jit(lambda carry, idx: jax.lax.scan(step, carry, idx))
+    checked_step = jax.jit(step)  # with the run-time checks, to replay a failing chunk
     bar = _progress_bar(progress, estimator, steps)
     if bar is not None:
         bar.update(bar.task_ids[0], completed=done)
@@ -224,10 +225,13 @@ def fit(
     try:
         while done < steps:
             n = min(chunk_size, steps - done)
-            carry, values = run_chunk((params, opt_state, baseline_state),
-                                      jnp.arange(done, done + n))
+            start = (params, opt_state, baseline_state)
+            # Traced without host callbacks, so the compiled chunk can be cached on disk.
+            with v.runtime_checks(False):
+                carry, values = run_chunk(start, jnp.arange(done, done + n))
             values = np.asarray(values)
             if not np.all(np.isfinite(values)) or not _finite(carry[0]):
+                _replay(checked_step, start, done, n)  # raises, naming the site, if it can
                 bad = done + int(np.flatnonzero(~np.isfinite(values))[0]) if not np.all(
                     np.isfinite(values)) else done + n
                 kept = f"; the last good state is in {checkpoint} (step {done})" if checkpoint else ""
@@ -251,6 +255,15 @@ def fit(
     if plot:
         result.plot(plot)
     return result
+
+
+def _replay(checked_step, carry, start: int, n: int) -> None:
+    """Run the chunk's steps one by one with the checks on: the first non-finite log
+    density raises its error (which names the model site)."""
+    for index in range(start, start + n):
+        carry, value = checked_step(carry, jnp.asarray(index))
+        if not np.isfinite(np.asarray(value)):
+            return
 
 
 def _finite(tree: Any) -> bool:

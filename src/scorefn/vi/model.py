@@ -11,7 +11,7 @@ Two kinds of model are accepted:
 
 Either way the model exposes its log joint as a sum of **terms** (one per NumPyro site, each
 an array over the site's plates) and which latent sites each term reads. The
-Rao-Blackwellised ELBO (:mod:`scorefn.vi.elbo`) uses that to give each guide factor only the
+Rao-Blackwellised ELBO (:mod:`scorefn.vi.objectives`) uses that to give each guide factor only the
 terms that depend on it, as Pyro's TraceGraph_ELBO does with its dependency graph; the
 dependencies are read off the traced computation (a dead-code pass over its jaxpr), and
 plates localise a term's elements to the latent elements with the same plate index.
@@ -20,8 +20,8 @@ plates localise a term's elements to the latent elements with the same plate ind
 from __future__ import annotations
 
 import dataclasses
-from functools import partial
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import jax

@@ -136,3 +136,25 @@ def test_log_joint_model_with_an_explicit_guide(key):
     model = vi.as_model(normal_normal, (X,))
     auto = vi.auto_guide(model)
     assert abs(float(vi.elbo(model, auto, PARAMS, key, 20000)) - float(closed_form_elbo(PARAMS))) < 0.1
+
+
+def test_mixture_gradient_variance_per_estimator(key):
+    """At a fixed θ: Rao-Blackwellisation cuts the assignments' gradient variance by orders
+    of magnitude; pathwise μ (mixed) cuts μ's."""
+    from conftest import repeated_grads
+
+    x, _ = vi.models.mixture_data(num_points=100)
+    model = vi.as_model(vi.models.gaussian_mixture, (x,))
+    guide = vi.auto_guide(model)
+    params = guide.init()
+    size = {n: p.size for n, p in zip(["mu_loc", "mu_scale", "z"], jax.tree.leaves(params))}
+    variances = {}
+    for estimator in ("score", "score-rb", "mixed"):
+        g = repeated_grads(model, guide, params, key, 400, estimator=estimator, num_samples=4,
+                           baseline=baselines.leave_one_out())
+        variances[estimator] = g.var(0)
+    # ravel_pytree order: mu's loc and scale, then z's logits
+    z = slice(size["mu_loc"] + size["mu_scale"], None)
+    mu = slice(0, size["mu_loc"])
+    assert np.median(variances["score-rb"][z]) < 0.01 * np.median(variances["score"][z])
+    assert np.all(variances["mixed"][mu] < 0.5 * variances["score-rb"][mu])  # measured: 0.12

@@ -12,7 +12,7 @@ from conftest import PARAMS, X, closed_form_elbo, normal_normal, repeated_grads
 from jax.flatten_util import ravel_pytree
 
 from scorefn import baselines, vi
-from scorefn.vi.elbo import term_values
+from scorefn.vi.objectives import term_values
 
 TRUE_GRAD = jax.grad(closed_form_elbo)(PARAMS)
 R = 3000

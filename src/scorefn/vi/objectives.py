@@ -1,6 +1,6 @@
 r"""ELBO and importance-weighted bounds, and their gradient estimators.
 
-    L(θ) = E_{z~q_θ}[log p(x, z) - log q_θ(z)],        L_K(θ) = E[log (1/K) Σ_k w_k],  w_k = p(x, z_k)/q_θ(z_k)
+    L(θ) = E_{z~q_θ}[log p(x, z) - log q_θ(z)],    L_K(θ) = E[log (1/K) Σ_k w_k],  w_k = p(x, z_k)/q_θ(z_k)
 
 Each block j of the guide (see :mod:`scorefn.vi.guides`) gets its gradient from the core:
 

@@ -1,0 +1,37 @@
+r"""Policy-gradient reinforcement learning on the scorefn core.
+
+    J(θ) = E_{τ~p_θ}[R(τ)],   ∇θ J = E[R(τ) ∇θ log p_θ(τ)],   ∇θ log p_θ(τ) = Σ_t ∇θ log π_θ(a_t | s_t)
+
+Algorithms, one module each: :mod:`~scorefn.rl.reinforce`, :mod:`~scorefn.rl.a2c`,
+:mod:`~scorefn.rl.ppo`, :mod:`~scorefn.rl.trpo` (TRPO, and NPG with ``algo="npg"``). Their
+policy gradients all go through :func:`scorefn.score_grad`
+(:func:`~scorefn.rl.policy_gradient.policy_gradient`); TRPO/NPG use the core's
+Fisher-vector products and conjugate gradient.
+"""
+
+from scorefn.rl import a2c, defaults, envs, ppo, reinforce, returns, trpo
+from scorefn.rl.envs import THRESHOLDS, make
+from scorefn.rl.networks import ActorCritic
+from scorefn.rl.policy_gradient import policy_gradient
+from scorefn.rl.training import TrainResult, evaluate, make_config, train
+
+ALGORITHMS = ("reinforce", "a2c", "ppo", "trpo", "npg")
+
+__all__ = [
+    "ALGORITHMS",
+    "THRESHOLDS",
+    "ActorCritic",
+    "TrainResult",
+    "a2c",
+    "defaults",
+    "envs",
+    "evaluate",
+    "make",
+    "make_config",
+    "policy_gradient",
+    "ppo",
+    "reinforce",
+    "returns",
+    "train",
+    "trpo",
+]

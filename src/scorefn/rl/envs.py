@@ -1,0 +1,162 @@
+"""Environments: gymnax (pure JAX, inside jit) and gymnasium (vectorised, in Python).
+
+Both expose the same step contract, with termination and truncation kept apart:
+
+    obs, state, reward, terminated, truncated, final_obs = env.step(key, state, action)
+
+``obs`` is already reset when the episode ended; ``final_obs`` is the observation the step
+reached (before the reset), whose value bootstraps the return when the episode was
+*truncated* (a time limit), never when it *terminated*.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# Evaluation thresholds: the return at which an environment counts as solved.
+THRESHOLDS = {
+    "CartPole-v1": 475.0,
+    "Acrobot-v1": -100.0,
+    "MountainCar-v0": -110.0,
+    "MountainCarContinuous-v0": 90.0,
+    "Pendulum-v1": -200.0,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Space:
+    """What the policy must output: ``num_actions`` for discrete actions, else the ``shape``
+    and bounds of continuous ones."""
+
+    discrete: bool
+    num_actions: int = 0
+    shape: tuple[int, ...] = ()
+    low: Any = None
+    high: Any = None
+
+
+def _gymnax_ids() -> list[str]:
+    import gymnax
+
+    return list(gymnax.registered_envs)
+
+
+def _gymnasium_ids() -> list[str]:
+    import gymnasium
+
+    return sorted(k for k in gymnasium.envs.registry if "/" not in k)
+
+
+def known_envs() -> dict[str, list[str]]:
+    return {"gymnax": _gymnax_ids(), "gymnasium": _gymnasium_ids()}
+
+
+class JaxEnv:
+    """A gymnax environment, stepped inside jit; vmap it over keys for many copies."""
+
+    backend = "gymnax"
+
+    def __init__(self, env_id: str):
+        import gymnax
+
+        self.id = env_id
+        self.env, self.params = gymnax.make(env_id)
+        space = self.env.action_space(self.params)
+        obs_space = self.env.observation_space(self.params)
+        self.obs_shape = tuple(obs_space.shape)
+        if hasattr(space, "n"):
+            self.action_space = Space(True, int(space.n))
+        else:
+            self.action_space = Space(False, shape=tuple(space.shape) or (1,),
+                                      low=np.asarray(space.low, np.float32),
+                                      high=np.asarray(space.high, np.float32))
+        self.max_episode_steps = int(getattr(self.params, "max_steps_in_episode", 1000))
+
+    def reset(self, key: jax.Array):
+        obs, state = self.env.reset(key, self.params)
+        return obs.astype(jnp.float32), state
+
+    def step(self, key: jax.Array, state: Any, action: jax.Array):
+        if not self.action_space.discrete:
+            action = jnp.clip(action, self.action_space.low, self.action_space.high)
+            if self.action_space.shape == (1,) and not self._vector_action:
+                action = action[0]
+        obs, state, reward, terminated, truncated, info = self.env.step(key, state, action,
+                                                                        self.params)
+        return (obs.astype(jnp.float32), state, reward.astype(jnp.float32),
+                terminated.astype(bool), truncated.astype(bool),
+                info["final_observation"].astype(jnp.float32))
+
+    @property
+    def _vector_action(self) -> bool:
+        # gymnax's Pendulum and MountainCarContinuous take a scalar action
+        return self.id not in ("Pendulum-v1", "MountainCarContinuous-v0")
+
+
+class GymnasiumEnv:
+    """``num_envs`` copies of a gymnasium environment in one synchronous vector env, reset
+    on the same step (``AutoresetMode.SAME_STEP``) so that ``final_obs`` is at hand."""
+
+    backend = "gymnasium"
+
+    def __init__(self, env_id: str, num_envs: int = 1, seed: int = 0):
+        import gymnasium as gym
+
+        self.id = env_id
+        self.num_envs = num_envs
+        self.env = gym.make_vec(env_id, num_envs=num_envs, vectorization_mode="sync",
+                                vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP})
+        space = self.env.single_action_space
+        self.obs_shape = tuple(self.env.single_observation_space.shape)
+        if hasattr(space, "n"):
+            self.action_space = Space(True, int(space.n))
+        else:
+            self.action_space = Space(False, shape=tuple(space.shape),
+                                      low=np.asarray(space.low, np.float32),
+                                      high=np.asarray(space.high, np.float32))
+        spec = gym.spec(env_id)
+        self.max_episode_steps = int(spec.max_episode_steps or 1000)
+        self.seed = seed
+
+    def reset(self, seed: int | None = None) -> np.ndarray:
+        obs, _ = self.env.reset(seed=self.seed if seed is None else seed)
+        return np.asarray(obs, np.float32)
+
+    def step(self, action: np.ndarray):
+        if not self.action_space.discrete:
+            action = np.clip(action, self.action_space.low, self.action_space.high)
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        obs = np.asarray(obs, np.float32)
+        final = obs.copy()
+        done = np.logical_or(terminated, truncated)
+        if done.any():
+            for i in np.flatnonzero(done):
+                final[i] = info["final_obs"][i]
+        return obs, np.asarray(reward, np.float32), terminated, truncated, final
+
+    def close(self) -> None:
+        self.env.close()
+
+
+def make(env_id: str, backend: str = "auto", **options: Any) -> JaxEnv | GymnasiumEnv:
+    """An environment by id. ``backend="auto"`` prefers gymnax (the fully compiled path)."""
+    if backend not in ("auto", "gymnax", "gymnasium"):
+        raise ValueError(f"backend must be 'auto', 'gymnax' or 'gymnasium'; got {backend!r}")
+    if backend in ("auto", "gymnax") and env_id in _gymnax_ids():
+        return JaxEnv(env_id)
+    if backend in ("auto", "gymnasium"):
+        try:
+            ids = _gymnasium_ids()
+        except ImportError:
+            ids = []
+        if env_id in ids:
+            return GymnasiumEnv(env_id, **options)
+    known = known_envs() if backend == "auto" else {backend: known_envs()[backend]}
+    listing = "; ".join(f"{b}: {', '.join(v)}" for b, v in known.items())
+    raise ValueError(f"unknown environment {env_id!r} for backend {backend!r}. Known ids - "
+                     f"{listing}")

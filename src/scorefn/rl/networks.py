@@ -1,0 +1,89 @@
+"""Policies and value functions: flax MLPs whose policy head is a numpyro distribution.
+
+- discrete actions: Categorical(logits = MLP(s));
+- continuous actions: Normal(MLP(s), exp(log σ)) over the action vector (``to_event(1)``),
+  with log σ a free parameter vector (state-independent, the default) or a second head
+  of the MLP (``state_dependent_std=True``).
+
+The policy and the value function have separate parameters, ``params["policy"]`` and
+``params["value"]``, so that the policy's distribution reads only its own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro.distributions as dist
+
+from scorefn.rl.envs import Space
+
+
+class MLP(nn.Module):
+    """tanh MLP with orthogonal initialisation (gain √2 inside, ``out_scale`` at the head)."""
+
+    hidden: Sequence[int]
+    out: int
+    out_scale: float = 1.0
+
+    @nn.compact
+    def __call__(self, x):
+        for width in self.hidden:
+            x = nn.tanh(nn.Dense(width, kernel_init=nn.initializers.orthogonal(np.sqrt(2)))(x))
+        return nn.Dense(self.out, kernel_init=nn.initializers.orthogonal(self.out_scale))(x)
+
+
+@dataclasses.dataclass(frozen=True)
+class ActorCritic:
+    """A policy π_θ(a | s) and a value function V_φ(s)."""
+
+    space: Space
+    hidden: tuple[int, ...] = (64, 64)
+    state_dependent_std: bool = False
+    log_std_init: float = 0.0
+
+    @property
+    def action_dim(self) -> int:
+        return self.space.num_actions if self.space.discrete else int(np.prod(self.space.shape))
+
+    def _actor(self) -> MLP:
+        heads = 2 if (not self.space.discrete and self.state_dependent_std) else 1
+        return MLP(self.hidden, heads * self.action_dim, out_scale=0.01)
+
+    def _critic(self) -> MLP:
+        return MLP(self.hidden, 1, out_scale=1.0)
+
+    def init(self, key: jax.Array, obs_shape: tuple[int, ...]) -> dict[str, Any]:
+        k_actor, k_critic = jax.random.split(key)
+        dummy = jnp.zeros(obs_shape, jnp.float32)
+        policy = {"net": self._actor().init(k_actor, dummy)}
+        if not self.space.discrete and not self.state_dependent_std:
+            policy["log_std"] = jnp.full((self.action_dim,), self.log_std_init, jnp.float32)
+        return {"policy": policy, "value": self._critic().init(k_critic, dummy)}
+
+    def dist(self, policy_params: dict[str, Any], obs: jax.Array) -> dist.Distribution:
+        """π(· | obs) for a batch of observations ``(..., *obs_shape)``."""
+        out = self._actor().apply(policy_params["net"], obs)
+        if self.space.discrete:
+            return dist.Categorical(logits=out)
+        if self.state_dependent_std:
+            mean, log_std = jnp.split(out, 2, axis=-1)
+            log_std = jnp.clip(log_std, -5.0, 2.0)
+        else:
+            mean, log_std = out, jnp.broadcast_to(policy_params["log_std"], out.shape)
+        return dist.Normal(mean, jnp.exp(log_std)).to_event(1)
+
+    def value(self, value_params: Any, obs: jax.Array) -> jax.Array:
+        return self._critic().apply(value_params, obs)[..., 0]
+
+    def mode(self, policy_params: dict[str, Any], obs: jax.Array) -> jax.Array:
+        """The deterministic action: argmax of the logits, or the Gaussian's mean."""
+        d = self.dist(policy_params, obs)
+        if self.space.discrete:
+            return jnp.argmax(d.logits, axis=-1)
+        return d.base_dist.loc

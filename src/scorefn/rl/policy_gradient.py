@@ -1,0 +1,54 @@
+r"""The policy-gradient estimator every algorithm here uses, through :func:`scorefn.score_grad`.
+
+With dynamics independent of θ, ∇θ log p_θ(τ) = Σ_t ∇θ log π_θ(a_t | s_t), so
+
+    ∇θ J ≈ (1/Z) Σ_n w_n ∇θ log π_θ(a_n | s_n)
+
+over the N decisions of a batch, each decision one factor of the batched distribution
+π_θ(· | s_1..N) (``score_grad(per_factor=True)``), with a learning signal w_n per decision:
+
+- REINFORCE: w = G_t - b_t (reward-to-go minus a baseline);
+- A2C, TRPO/NPG: w = Â_t (an advantage estimate);
+- PPO: w = ρ Â 1[unclipped], ρ = π_θ/π_old the importance ratio: the gradient of the
+  clipped surrogate min(ρ Â, clip(ρ, 1 ± ε) Â), since ∇ρ = ρ ∇ log π_θ.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from scorefn.estimators import score_grad
+from scorefn.rl.networks import ActorCritic
+
+
+def policy_gradient(policy: ActorCritic, policy_params: Any, obs: jax.Array, actions: jax.Array,
+                    weights: jax.Array, normalizer: Any = None) -> Any:
+    """(1/Z) Σ_n w_n ∇θ log π_θ(a_n | s_n) for flat batches; Z = N by default."""
+    n = actions.shape[0]
+    z = n if normalizer is None else normalizer
+    signal = jax.lax.stop_gradient(weights / z)
+    return score_grad(lambda p: policy.dist(p, obs), policy_params, actions[None], signal[None],
+                      per_factor=True, _samples_from_dist=True)
+
+
+def entropy_grad(policy: ActorCritic, policy_params: Any, obs: jax.Array) -> tuple[Any, jax.Array]:
+    """∇θ of the mean policy entropy (closed form per state), and that mean."""
+    def mean_entropy(p):
+        return jnp.mean(policy.dist(p, obs).entropy())
+
+    value, grad = jax.value_and_grad(mean_entropy)(policy_params)
+    return grad, value
+
+
+def combine(*terms: tuple[float, Any]) -> Any:
+    """Σ_i c_i g_i over pytrees (skipping zero coefficients)."""
+    out = None
+    for coefficient, tree in terms:
+        if isinstance(coefficient, float | int) and coefficient == 0:
+            continue
+        scaled = jax.tree.map(lambda g, c=coefficient: c * g, tree)
+        out = scaled if out is None else jax.tree.map(jnp.add, out, scaled)
+    return out

@@ -1,0 +1,102 @@
+"""Rollouts: T steps of ``num_envs`` environments under the current policy.
+
+The gymnax path is a ``lax.scan`` over time of a ``vmap`` over environments, so a whole
+training run compiles into one function. The gymnasium path steps a vector environment in
+Python with the policy jitted. Both return the same :class:`Transition` batch, time first.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from scorefn.rl.envs import GymnasiumEnv, JaxEnv
+from scorefn.rl.networks import ActorCritic
+from scorefn.sampling import sample
+
+
+class Transition(NamedTuple):
+    obs: jax.Array
+    action: jax.Array
+    reward: jax.Array
+    terminated: jax.Array
+    truncated: jax.Array
+    log_prob: jax.Array  # log π_old(a | s), for importance ratios
+    value: jax.Array  # V(s)
+    next_value: jax.Array  # V(s'), s' the observation reached before any reset
+    episode_return: jax.Array  # the finished episode's undiscounted return where d, else 0
+
+
+class EnvCarry(NamedTuple):
+    state: Any
+    obs: jax.Array
+    episode_return: jax.Array
+
+
+def act(policy: ActorCritic, params: dict[str, Any], obs: jax.Array, key: jax.Array):
+    """a ~ π(· | obs) with its log-probability and V(obs), for a batch of observations."""
+    action = sample(lambda p: policy.dist(p, obs), params["policy"], key, 1)[0]
+    log_prob = policy.dist(params["policy"], obs).log_prob(action)
+    return action, log_prob, policy.value(params["value"], obs)
+
+
+def jax_reset(env: JaxEnv, key: jax.Array, num_envs: int) -> EnvCarry:
+    obs, state = jax.vmap(env.reset)(jax.random.split(key, num_envs))
+    return EnvCarry(state, obs, jnp.zeros(num_envs, jnp.float32))
+
+
+def jax_rollout(env: JaxEnv, policy: ActorCritic, params: dict[str, Any], carry: EnvCarry,
+                key: jax.Array, num_steps: int) -> tuple[EnvCarry, Transition]:
+    """``num_steps`` steps of every environment, inside jit."""
+    num_envs = carry.obs.shape[0]
+
+    def one_step(carry: EnvCarry, key):
+        key_act, key_env = jax.random.split(key)
+        action, log_prob, value = act(policy, params, carry.obs, key_act)
+        obs, state, reward, terminated, truncated, final_obs = jax.vmap(env.step)(
+            jax.random.split(key_env, num_envs), carry.state, action)
+        next_value = policy.value(params["value"], final_obs)
+        done = jnp.logical_or(terminated, truncated)
+        total = carry.episode_return + reward
+        transition = Transition(carry.obs, action, reward, terminated, truncated, log_prob, value,
+                                next_value, jnp.where(done, total, 0.0))
+        return EnvCarry(state, obs, jnp.where(done, 0.0, total)), transition
+
+    return jax.lax.scan(one_step, carry, jax.random.split(key, num_steps))
+
+
+class GymnasiumRunner:
+    """The same rollout on a gymnasium vector environment (policy calls jitted)."""
+
+    def __init__(self, env: GymnasiumEnv, policy: ActorCritic):
+        self.env = env
+        self.policy = policy
+        self.obs = env.reset()
+        self.episode_return = np.zeros(env.num_envs, np.float32)
+        self._act = jax.jit(lambda p, o, k: act(policy, p, o, k))
+        self._value = jax.jit(lambda p, o: policy.value(p["value"], o))
+
+    def rollout(self, params: dict[str, Any], key: jax.Array, num_steps: int) -> Transition:
+        fields = {name: [] for name in Transition._fields}
+        for key_t in jax.random.split(key, num_steps):
+            action, log_prob, value = self._act(params, jnp.asarray(self.obs), key_t)
+            action_np = np.asarray(action)
+            obs, reward, terminated, truncated, final = self.env.step(action_np)
+            next_value = np.asarray(self._value(params, jnp.asarray(final)))
+            done = np.logical_or(terminated, truncated)
+            total = self.episode_return + reward
+            for name, value_t in zip(Transition._fields, (
+                    self.obs, action_np, reward, terminated, truncated, np.asarray(log_prob),
+                    np.asarray(value), next_value, np.where(done, total, 0.0))):
+                fields[name].append(value_t)
+            self.episode_return = np.where(done, 0.0, total).astype(np.float32)
+            self.obs = obs
+        return Transition(**{name: jnp.asarray(np.stack(v)) for name, v in fields.items()})
+
+
+def flatten(batch: Transition) -> Transition:
+    """(T, E, ...) → (T·E, ...)."""
+    return jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:]), batch)

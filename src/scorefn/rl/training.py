@@ -1,0 +1,524 @@
+"""``train`` and ``evaluate``: the driver shared by every algorithm.
+
+On a gymnax environment the whole loop (rollout → update, repeated) is compiled: chunks of
+updates run as one ``lax.scan``; with ``seeds=[...]`` the chunk is ``vmap``-ped over seeds,
+so 16 seeds train as one program. Between chunks: a deterministic evaluation (not counted in
+the training wall time), the metrics row, the progress bar and the checkpoint. On a
+gymnasium environment the rollout steps a vector env in Python and the update is jitted.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import os
+import pickle
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from scorefn._compilation_cache import enable_compilation_cache
+from scorefn._validation import runtime_checks
+from scorefn.rl import defaults as D
+from scorefn.rl.envs import THRESHOLDS, GymnasiumEnv, JaxEnv, make
+from scorefn.rl.networks import ActorCritic
+from scorefn.rl.rollout import GymnasiumRunner, jax_reset, jax_rollout
+
+CHECKPOINT_VERSION = 1
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """Trained parameters (a leading seed axis when several seeds were trained) and the
+    metrics: one row per evaluation."""
+
+    env_id: str
+    algo: str
+    params: Any
+    history: list[dict]
+    config: Any
+    policy: ActorCritic
+    seeds: list[int]
+
+    @property
+    def env_steps(self) -> int:
+        return int(self.history[-1]["env_steps"]) if self.history else 0
+
+    @property
+    def wall_s(self) -> float:
+        return float(self.history[-1]["wall_s"]) if self.history else 0.0
+
+    @property
+    def eval_mean(self) -> float:
+        return float(np.mean(self.history[-1]["eval_mean"])) if self.history else float("nan")
+
+    def solved_at_steps(self, seed_index: int = 0) -> int | None:
+        threshold = THRESHOLDS.get(self.env_id)
+        if threshold is None:
+            return None
+        for row in self.history:
+            if np.atleast_1d(row["eval_mean"])[seed_index] >= threshold:
+                return int(row["env_steps"])
+        return None
+
+    def solved_wall_s(self, seed_index: int = 0) -> float | None:
+        steps = self.solved_at_steps(seed_index)
+        if steps is None:
+            return None
+        return next(float(r["wall_s"]) for r in self.history if r["env_steps"] == steps)
+
+    def plot(self, path: str) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        steps = np.array([r["env_steps"] for r in self.history])
+        evals = np.array([np.atleast_1d(r["eval_mean"]) for r in self.history])
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for i, seed in enumerate(self.seeds):
+            ax.plot(steps, evals[:, i], marker="o", ms=3, label=f"seed {seed}")
+        if self.env_id in THRESHOLDS:
+            ax.axhline(THRESHOLDS[self.env_id], color="k", ls="--", lw=0.8, label="solved")
+        ax.set_xlabel("env steps")
+        ax.set_ylabel("deterministic evaluation return")
+        ax.set_title(f"{self.algo} on {self.env_id}")
+        ax.grid(True, alpha=0.3)
+        if len(self.seeds) <= 8:
+            ax.legend()
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+
+
+def _algorithm(name: str):
+    from scorefn.rl import a2c, ppo, reinforce, trpo
+
+    modules = {"reinforce": reinforce, "a2c": a2c, "ppo": ppo, "trpo": trpo, "npg": trpo}
+    if name not in modules:
+        raise ValueError(f"unknown algorithm {name!r}; known: {', '.join(sorted(modules))}")
+    return modules[name]
+
+
+def make_config(algo: str, env_id: str, **hyperparameters: Any):
+    """The algorithm's Config with the per-environment defaults and the overrides."""
+    module = _algorithm(algo)
+    fields = {f.name for f in dataclasses.fields(module.Config)}
+    unknown = sorted(set(hyperparameters) - fields)
+    if unknown:
+        raise ValueError(f"unknown hyperparameter(s) {unknown} for {algo}; known: {sorted(fields)}")
+    values = {**D.defaults(algo, env_id), **hyperparameters}
+    if algo == "npg":
+        values.setdefault("line_search", False)
+    return module.Config(**values)
+
+
+def _policy(env, config) -> ActorCritic:
+    return ActorCritic(env.action_space, hidden=tuple(config.hidden),
+                       state_dependent_std=getattr(config, "state_dependent_std", False),
+                       log_std_init=getattr(config, "log_std_init", 0.0))
+
+
+def _check_policy(env, policy: ActorCritic, params) -> None:
+    d = jax.eval_shape(lambda p: policy.dist(p, jnp.zeros(env.obs_shape)).sample(jax.random.key(0)),
+                       params["policy"])
+    want = () if env.action_space.discrete else env.action_space.shape
+    if tuple(d.shape) != tuple(want):
+        raise ValueError(f"the policy's actions have shape {tuple(d.shape)} but {env.id}'s action "
+                         f"space needs {tuple(want)}")
+
+
+def evaluate_jax(env: JaxEnv, policy: ActorCritic, policy_params: Any, key: jax.Array,
+                 episodes: int = 20) -> jax.Array:
+    """Mean undiscounted return of ``episodes`` deterministic episodes (argmax / mean action)."""
+    obs, state = jax.vmap(env.reset)(jax.random.split(key, episodes))
+
+    def step(carry, key):
+        obs, state, total, alive = carry
+        action = policy.mode(policy_params, obs)
+        obs, state, reward, terminated, truncated, _ = jax.vmap(env.step)(
+            jax.random.split(key, episodes), state, action)
+        total = total + jnp.where(alive, reward, 0.0)
+        alive = alive & ~(terminated | truncated)
+        return (obs, state, total, alive), None
+
+    init = (obs, state, jnp.zeros(episodes), jnp.ones(episodes, bool))
+    (_, _, total, _), _ = jax.lax.scan(step, init, jax.random.split(key, env.max_episode_steps))
+    return jnp.mean(total)
+
+
+def evaluate_gymnasium(env_id: str, policy: ActorCritic, policy_params: Any, seed: int = 0,
+                       episodes: int = 20) -> float:
+    import gymnasium as gym
+
+    env = gym.make(env_id)
+    act = jax.jit(lambda p, o: policy.mode(p, o))
+    totals = []
+    for i in range(episodes):
+        obs, _ = env.reset(seed=seed * 1000 + i)
+        done, total = False, 0.0
+        while not done:
+            action = np.asarray(act(policy_params, jnp.asarray(obs, jnp.float32)))
+            if not policy.space.discrete:
+                action = np.clip(action, policy.space.low, policy.space.high)
+            obs, reward, terminated, truncated, _ = env.step(action)
+            total += float(reward)
+            done = terminated or truncated
+        totals.append(total)
+    env.close()
+    return float(np.mean(totals))
+
+
+def evaluate(result_or_env: Any, params: Any = None, *, policy: ActorCritic | None = None,
+             episodes: int = 20, seed: int = 0, backend: str = "auto") -> float:
+    """Deterministic evaluation: ``evaluate(result)`` or ``evaluate(env_id, params, policy=...)``."""
+    if isinstance(result_or_env, TrainResult):
+        env_id, params, policy = result_or_env.env_id, result_or_env.params, result_or_env.policy
+        if len(result_or_env.seeds) > 1:
+            params = jax.tree.map(lambda x: x[0], params)
+    else:
+        env_id = result_or_env
+        if params is None or policy is None:
+            raise ValueError("evaluate(env_id, params, policy=...) needs the params and the policy")
+    env = make(env_id, backend)
+    if isinstance(env, JaxEnv):
+        return float(jax.jit(lambda p, k: evaluate_jax(env, policy, p, k, episodes))(
+            params["policy"], jax.random.key(seed)))
+    env.close()
+    return evaluate_gymnasium(env_id, policy, params["policy"], seed, episodes)
+
+
+def train(
+    env: str = "CartPole-v1",
+    algo: str = "ppo",
+    seed: int = 0,
+    total_steps: int | None = None,
+    *,
+    seeds: list[int] | None = None,
+    backend: str = "auto",
+    eval_every: int | None = None,
+    eval_episodes: int = 20,
+    stop_when_solved: bool = False,
+    log_dir: str | None = None,
+    checkpoint: str | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    **hyperparameters: Any,
+) -> TrainResult:
+    """Train ``algo`` on ``env`` and return the parameters and metrics.
+
+    Args:
+      env: an environment id: gymnax's (compiled end to end) or gymnasium's.
+      algo: ``"reinforce"``, ``"a2c"``, ``"ppo"``, ``"trpo"`` or ``"npg"``.
+      seed / seeds: one seed, or several trained at once (vmap; gymnax only).
+      total_steps: environment steps (default per algorithm and env, :mod:`scorefn.rl.defaults`).
+      eval_every: env steps between deterministic evaluations (default ~ total / 20).
+      stop_when_solved: stop at the first evaluation at or above the env's threshold.
+      log_dir: write ``metrics.csv``, ``metrics.jsonl``, ``learning_curve.png`` (and TensorBoard
+        events when ``tensorboardX`` is installed) there.
+      checkpoint / resume: write the run state after every evaluation; continue from it.
+      hyperparameters: fields of the algorithm's ``Config`` (e.g. ``learning_rate=3e-4``).
+    """
+    enable_compilation_cache()
+    if resume and checkpoint is None:
+        raise ValueError("resume=True needs checkpoint=<path of an earlier run's checkpoint>")
+    config = make_config(algo, env, **hyperparameters)
+    module = _algorithm(algo)
+    seeds = list(seeds) if seeds is not None else [seed]
+    total_steps = total_steps or D.total_steps(algo, env)
+    if _is_gymnax(env, backend):
+        environment = make(env, "gymnax")
+    else:  # gymnasium, or an unknown id: make's error lists the known ones
+        environment = make(env, backend, num_envs=config.num_envs, seed=seeds[0])
+    policy = _policy(environment, config)
+    steps_per_update = config.num_envs * (environment.max_episode_steps if module.episodic
+                                          else config.num_steps)
+    eval_every = eval_every or max(steps_per_update, total_steps // 20)
+    updates_per_chunk = max(1, round(eval_every / steps_per_update))
+    if isinstance(environment, GymnasiumEnv):
+        if len(seeds) > 1:
+            raise ValueError("several seeds at once need a gymnax environment (vmap)")
+        runner = _GymnasiumLoop(environment, policy, module, config, seeds[0], updates_per_chunk)
+    else:
+        runner = _JaxLoop(environment, policy, module, config, seeds, updates_per_chunk,
+                          eval_episodes)
+    _check_policy(environment, policy, runner.params_of_first_seed())
+    history: list[dict] = []
+    wall = 0.0
+    if resume and os.path.exists(checkpoint):
+        history, wall = runner.load(checkpoint, algo, env, seeds)
+    logger = _Logger(log_dir, resume and bool(history))
+    bar = _progress(progress, f"{algo} {env}", total_steps)
+    try:
+        env_steps = int(history[-1]["env_steps"]) if history else 0
+        if bar is not None:
+            bar.update(bar.task_ids[0], completed=env_steps)
+        while env_steps < total_steps:
+            started = time.perf_counter()
+            metrics, used_steps = runner.run_chunk()
+            wall += time.perf_counter() - started
+            env_steps += used_steps
+            eval_mean = runner.evaluate(eval_episodes)
+            row = {"env_steps": env_steps, "wall_s": wall, "eval_mean": eval_mean,
+                   **{k: v for k, v in metrics.items()}}
+            losses = [v for k, v in metrics.items() if k.endswith("loss")]
+            if not all(np.all(np.isfinite(v)) for v in losses) or not runner.finite():
+                kept = (f"; the last good checkpoint is {checkpoint} ({history[-1]['env_steps']:,} "
+                        "env steps)") if checkpoint and history else ""
+                raise FloatingPointError(
+                    f"{algo} on {env}: a loss or the parameters became NaN/inf after "
+                    f"{env_steps:,} env steps; lower the learning rate{kept}")
+            history.append(row)
+            logger.write(row)
+            if checkpoint is not None:
+                runner.save(checkpoint, history, wall, algo, env, seeds)
+            if bar is not None:
+                bar.update(bar.task_ids[0], completed=min(env_steps, total_steps),
+                           ret=f"{np.mean(eval_mean):.1f}")
+            threshold = THRESHOLDS.get(env)
+            if stop_when_solved and threshold is not None and np.all(np.asarray(eval_mean) >= threshold):
+                break
+    finally:
+        if bar is not None:
+            bar.stop()
+        logger.close()
+    result = TrainResult(env, algo, runner.final_params(), history, config, policy, seeds)
+    if log_dir is not None and history:
+        result.plot(os.path.join(log_dir, "learning_curve.png"))
+    return result
+
+
+def _is_gymnax(env_id: str, backend: str) -> bool:
+    from scorefn.rl.envs import _gymnax_ids
+
+    return backend in ("auto", "gymnax") and env_id in _gymnax_ids()
+
+
+class _JaxLoop:
+    """Chunks of compiled updates on gymnax, vmapped over seeds."""
+
+    def __init__(self, env: JaxEnv, policy, module, config, seeds, updates_per_chunk, episodes):
+        self.env, self.policy, self.module, self.config = env, policy, module, config
+        self.seeds = seeds
+        self.single = len(seeds) == 1
+
+        def init_one(seed):
+            key = jax.random.key(seed)
+            k_init, k_env, key = jax.random.split(key, 3)
+            state = module.init(k_init, policy, env, config)
+            return state, jax_reset(env, k_env, config.num_envs), key
+
+        def one_update(carry, _):
+            state, env_carry, key = carry
+            key, k_reset, k_roll, k_update = jax.random.split(key, 4)
+            if module.episodic:  # whole episodes from fresh starts: unbiased reward-to-go
+                env_carry = jax_reset(env, k_reset, config.num_envs)
+                num_steps = env.max_episode_steps
+            else:
+                num_steps = config.num_steps
+            env_carry, batch = jax_rollout(env, policy, state.params, env_carry, k_roll, num_steps)
+            state, metrics = module.update(state, batch, k_update, policy, config)
+            done = batch.terminated | batch.truncated
+            metrics["train_return"] = jnp.sum(batch.episode_return) / jnp.maximum(jnp.sum(done), 1)
+            metrics["env_steps"] = metrics.get("env_steps", jnp.asarray(batch.reward.size))
+            return (state, env_carry, key), metrics
+
+        def chunk(carry):
+            carry, metrics = jax.lax.scan(one_update, carry, None, length=updates_per_chunk)
+            steps = jnp.sum(metrics.pop("env_steps"))
+            return carry, jax.tree.map(jnp.mean, metrics), steps
+
+        def evaluate(carry, key):
+            return evaluate_jax(env, policy, carry[0].params["policy"], key, episodes)
+
+        seeds_array = jnp.asarray(seeds)
+        self.carry = jax.jit(jax.vmap(init_one))(seeds_array)
+        self._chunk = jax.jit(jax.vmap(chunk))
+        self._evaluate = jax.jit(jax.vmap(evaluate))
+        self.eval_index = 0
+
+    def params_of_first_seed(self):
+        return jax.tree.map(lambda x: x[0], self.carry[0].params)
+
+    def run_chunk(self):
+        # Traced without host callbacks, so the compiled chunk can be cached on disk; the
+        # driver checks losses and parameters after each chunk instead.
+        with runtime_checks(False):
+            self.carry, metrics, steps = self._chunk(self.carry)
+        steps = np.asarray(steps)
+        metrics = {k: np.asarray(v) for k, v in metrics.items()}
+        return ({k: (float(v[0]) if self.single else v.tolist()) for k, v in metrics.items()},
+                int(steps[0]))
+
+    def evaluate(self, episodes):
+        keys = jax.vmap(lambda s: jax.random.fold_in(jax.random.key(s + 10_007), self.eval_index))(
+            jnp.asarray(self.seeds))
+        self.eval_index += 1
+        means = np.asarray(self._evaluate(self.carry, keys))
+        return float(means[0]) if self.single else means.tolist()
+
+    def finite(self):
+        return all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(self.carry[0].params))
+
+    def final_params(self):
+        params = self.carry[0].params
+        return jax.tree.map(lambda x: x[0], params) if self.single else params
+
+    def save(self, path, history, wall, algo, env, seeds):
+        carry = jax.tree.map(_to_host, self.carry)
+        _atomic_pickle(path, {"carry": carry, "history": history, "wall": wall, "algo": algo,
+                              "env": env, "seeds": seeds, "eval_index": self.eval_index,
+                              "version": CHECKPOINT_VERSION})
+
+    def load(self, path, algo, env, seeds):
+        payload = _read_checkpoint(path, algo, env, seeds)
+        self.carry = jax.tree.map(_from_host, payload["carry"], is_leaf=lambda x: isinstance(x, _Key))
+        self.eval_index = payload["eval_index"]
+        return payload["history"], payload["wall"]
+
+
+class _GymnasiumLoop:
+    """Python rollouts on a gymnasium vector env, jitted updates."""
+
+    def __init__(self, env: GymnasiumEnv, policy, module, config, seed, updates_per_chunk):
+        if module.episodic:
+            raise ValueError("REINFORCE's whole-episode rollouts need a gymnax environment; use "
+                             "a2c, ppo, trpo or npg on gymnasium")
+        self.env, self.policy, self.module, self.config, self.seed = env, policy, module, config, seed
+        key = jax.random.key(seed)
+        k_init, self.key = jax.random.split(key)
+        self.state = module.init(k_init, policy, env, config)
+        self.runner = GymnasiumRunner(env, policy)
+        self._update = jax.jit(lambda s, b, k: module.update(s, b, k, policy, config))
+        self.eval_index = 0
+        self.updates_per_chunk = updates_per_chunk
+
+    def params_of_first_seed(self):
+        return self.state.params
+
+    def run_chunk(self):
+        metrics_list, steps = [], 0
+        for _ in range(self.updates_per_chunk):
+            self.key, k_roll, k_update = jax.random.split(self.key, 3)
+            batch = self.runner.rollout(self.state.params, k_roll, self.config.num_steps)
+            with runtime_checks(False):
+                self.state, metrics = self._update(self.state, batch, k_update)
+            steps += int(batch.reward.size)
+            metrics_list.append({k: float(v) for k, v in metrics.items()})
+        return {k: float(np.mean([m[k] for m in metrics_list])) for k in metrics_list[0]}, steps
+
+    def evaluate(self, episodes):
+        self.eval_index += 1
+        return evaluate_gymnasium(self.env.id, self.policy, self.state.params["policy"],
+                                  seed=self.seed * 7919 + self.eval_index, episodes=episodes)
+
+    def finite(self):
+        return all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(self.state.params))
+
+    def final_params(self):
+        return self.state.params
+
+    def save(self, path, history, wall, algo, env, seeds):
+        raise ValueError("checkpoints of gymnasium runs are not supported (the environments' "
+                         "Python state cannot be saved); use a gymnax environment")
+
+    def load(self, path, algo, env, seeds):
+        raise ValueError("checkpoints of gymnasium runs are not supported")
+
+
+@dataclasses.dataclass
+class _Key:
+    data: np.ndarray
+
+
+def _to_host(x):
+    if isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+        return _Key(np.asarray(jax.random.key_data(x)))
+    return np.asarray(x)
+
+
+def _from_host(x):
+    if isinstance(x, _Key):
+        return jax.random.wrap_key_data(jnp.asarray(x.data))
+    return jnp.asarray(x)
+
+
+def _atomic_pickle(path, payload):
+    tmp = f"{path}.tmp"
+    with open(tmp, "wb") as fh:
+        pickle.dump(payload, fh)
+    os.replace(tmp, path)  # an interrupted write never leaves a half checkpoint
+
+
+def _read_checkpoint(path, algo, env, seeds):
+    with open(path, "rb") as fh:
+        payload = pickle.load(fh)
+    if payload.get("version") != CHECKPOINT_VERSION:
+        raise ValueError(f"{path} is not a scorefn.rl checkpoint")
+    if (payload["algo"], payload["env"], payload["seeds"]) != (algo, env, list(seeds)):
+        raise ValueError(f"{path} holds a run of {payload['algo']} on {payload['env']} with seeds "
+                         f"{payload['seeds']}; resume it with the same algorithm, env and seeds")
+    return payload
+
+
+class _Logger:
+    def __init__(self, log_dir, append):
+        self.log_dir = log_dir
+        self.rows = []
+        self.tensorboard = None
+        if log_dir is None:
+            return
+        os.makedirs(log_dir, exist_ok=True)
+        mode = "a" if append else "w"
+        self.jsonl = open(os.path.join(log_dir, "metrics.jsonl"), mode)
+        self.csv_path = os.path.join(log_dir, "metrics.csv")
+        self.csv_header = append and os.path.exists(self.csv_path)
+        self.csv = open(self.csv_path, mode, newline="")
+        try:
+            from tensorboardX import SummaryWriter
+
+            self.tensorboard = SummaryWriter(log_dir)
+        except ImportError:
+            pass
+
+    def write(self, row):
+        if self.log_dir is None:
+            return
+        self.jsonl.write(json.dumps(row) + "\n")
+        self.jsonl.flush()
+        flat = {k: (np.mean(v) if isinstance(v, list) else v) for k, v in row.items()}
+        writer = csv.DictWriter(self.csv, fieldnames=list(flat))
+        if not self.csv_header:
+            writer.writeheader()
+            self.csv_header = True
+        writer.writerow(flat)
+        self.csv.flush()
+        if self.tensorboard is not None:
+            for k, v in flat.items():
+                if k != "env_steps":
+                    self.tensorboard.add_scalar(k, float(v), int(flat["env_steps"]))
+
+    def close(self):
+        if self.log_dir is None:
+            return
+        self.jsonl.close()
+        self.csv.close()
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+
+
+def _progress(progress: bool, description: str, total: int):
+    if not progress:
+        return None
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
+                   TextColumn("{task.completed:,}/{task.total:,} steps  eval {task.fields[ret]}"),
+                   TimeElapsedColumn())
+    bar.add_task(description, total=total, ret="–")
+    bar.start()
+    return bar

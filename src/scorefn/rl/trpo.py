@@ -1,0 +1,130 @@
+r"""TRPO (Schulman et al. 2015) and NPG (Kakade 2001): natural policy gradients.
+
+Per update: a rollout, GAE(λ) advantages Â (standardised), the policy gradient
+g = (1/N) Σ Â_n ∇θ log π_θ(a_n | s_n) from :func:`scorefn.rl.policy_gradient.policy_gradient`,
+and the natural direction x ≈ F⁻¹ g by conjugate gradient (:func:`scorefn.fisher.natural_gradient_cg`)
+on Fisher-vector products v ↦ ∇²_θ' KL(π_θ ‖ π_θ') v, the Hessian of the mean KL over the
+batch's states (:func:`scorefn.fisher.kl_fisher_vector_product`). The step
+
+    θ ← θ + β x,   β = √(2δ / xᵀ F x)
+
+moves the mean KL by about δ (``max_kl``). NPG takes it as it is (``line_search=False``);
+TRPO backtracks β ← β/2 until the surrogate (1/N) Σ ρ Â improves and the mean
+KL(π_old ‖ π_θ) ≤ δ, or keeps θ. The value function is fitted by Adam on (Â + V)
+minibatches.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from scorefn.fisher import kl, kl_fisher_vector_product, natural_gradient_cg
+from scorefn.rl.networks import ActorCritic
+from scorefn.rl.policy_gradient import policy_gradient
+from scorefn.rl.returns import gae
+from scorefn.rl.rollout import Transition, flatten
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    num_envs: int = 8
+    num_steps: int = 128
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    max_kl: float = 0.01
+    cg_iterations: int = 10
+    cg_damping: float = 0.1
+    line_search: bool = True
+    backtracks: int = 10
+    value_learning_rate: float = 1e-3
+    value_epochs: int = 5
+    value_minibatch_size: int = 256
+    log_std_init: float = 0.0
+    hidden: tuple[int, ...] = (64, 64)
+
+
+class State(NamedTuple):
+    params: Any
+    value_opt_state: Any
+
+
+episodic = False
+
+
+def init(key: jax.Array, policy: ActorCritic, env: Any, config: Config) -> State:
+    params = policy.init(key, env.obs_shape)
+    return State(params, optax.adam(config.value_learning_rate).init(params["value"]))
+
+
+def update(state: State, batch: Transition, key: jax.Array, policy: ActorCritic,
+           config: Config) -> tuple[State, dict]:
+    advantages, targets = gae(batch.reward, batch.value, batch.next_value, batch.terminated,
+                              batch.truncated, config.gamma, config.gae_lambda)
+    flat = flatten(batch)
+    adv = advantages.reshape(-1)
+    adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+    old = state.params["policy"]
+
+    def dist_fn(p):
+        return policy.dist(p, flat.obs)
+
+    g = policy_gradient(policy, old, flat.obs, flat.action, adv)
+    fvp = kl_fisher_vector_product(dist_fn, old)
+    x = natural_gradient_cg(fvp, g, damping=config.cg_damping, maxiter=config.cg_iterations)
+    x_fx = _dot(x, fvp(x))
+    beta = jnp.sqrt(2 * config.max_kl / jnp.maximum(x_fx, 1e-12))
+    old_dist = dist_fn(old)
+
+    def surrogate_and_kl(p):
+        ratio = jnp.exp(dist_fn(p).log_prob(flat.action) - flat.log_prob)
+        return jnp.mean(ratio * adv), jnp.mean(kl(old_dist, dist_fn(p)))
+
+    def candidate(fraction):
+        return jax.tree.map(lambda a, b: a + fraction * beta * b, old, x)
+
+    if config.line_search:
+        fractions = 0.5 ** jnp.arange(config.backtracks)
+        surrogates, kls = jax.vmap(lambda f: surrogate_and_kl(candidate(f)))(fractions)
+        base, _ = surrogate_and_kl(old)
+        ok = (surrogates > base) & (kls <= config.max_kl)
+        first = jnp.argmax(ok)
+        fraction = jnp.where(jnp.any(ok), fractions[first], 0.0)
+    else:
+        fraction = jnp.asarray(1.0)
+    new_policy = candidate(fraction)
+    _, step_kl = surrogate_and_kl(new_policy)
+
+    value_opt = optax.adam(config.value_learning_rate)
+    n = adv.shape[0]
+    num_minibatches = max(1, n // config.value_minibatch_size)
+    flat_targets = targets.reshape(-1)
+
+    def value_epoch(carry, key):
+        order = jax.random.permutation(key, n)[: num_minibatches * config.value_minibatch_size]
+        obs = flat.obs[order].reshape((num_minibatches, -1) + flat.obs.shape[1:])
+        tgt = flat_targets[order].reshape(num_minibatches, -1)
+
+        def step(carry, mb):
+            p, s = carry
+            loss, grad = jax.value_and_grad(
+                lambda q: 0.5 * jnp.mean((policy.value(q, mb[0]) - mb[1]) ** 2))(p)
+            u, s = value_opt.update(grad, s, p)
+            return (optax.apply_updates(p, u), s), loss
+
+        return jax.lax.scan(step, carry, (obs, tgt))
+
+    (value_params, value_opt_state), losses = jax.lax.scan(
+        value_epoch, (state.params["value"], state.value_opt_state),
+        jax.random.split(key, config.value_epochs))
+    metrics = {"value_loss": jnp.mean(losses[-1]), "kl": step_kl, "step_fraction": fraction,
+               "entropy": jnp.mean(old_dist.entropy())}
+    return State({"policy": new_policy, "value": value_params}, value_opt_state), metrics
+
+
+def _dot(a: Any, b: Any) -> jax.Array:
+    return sum(jnp.vdot(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
