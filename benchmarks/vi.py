@@ -111,9 +111,9 @@ def scorefn_mix(estimator, k, seed):
             "mu": np.round(np.asarray(result.params["mu"]["loc"]), 3).tolist(), "z_acc": float(acc)}
 
 
-def scorefn_mix_variance(estimator, num_samples=1, warmup=50, repeats=500):
-    """Per-parameter gradient variance at the initial θ: with K = 1 an EMA baseline carried
-    along (as Pyro's), with K ≥ 2 a leave-one-out baseline."""
+def scorefn_mix_variance(estimator, num_samples=1, baseline="ema", warmup=50, repeats=500):
+    """Per-parameter gradient variance at the initial θ, an EMA baseline carried along (as
+    Pyro's decaying average) or a leave-one-out one."""
     import jax
 
     from scorefn import baselines, vi
@@ -127,11 +127,12 @@ def scorefn_mix_variance(estimator, num_samples=1, warmup=50, repeats=500):
     states = ema_states(guide, params, estimator, ema.init)
 
     def step(states, key):
-        if num_samples > 1:
+        if baseline == "leave-one-out":
             out = vi.elbo_grad(model, guide, params, key, estimator=estimator,
                                num_samples=num_samples, baseline=baselines.leave_one_out())
             return states, out.grad
-        out = vi.elbo_grad(model, guide, params, key, estimator=estimator, baseline=states)
+        out = vi.elbo_grad(model, guide, params, key, estimator=estimator,
+                           num_samples=num_samples, baseline=states)
         states = {n: ema.update(out.signals[n], s) for n, s in states.items()}
         return states, out.grad
 
@@ -246,7 +247,7 @@ def mc_elbo_of(lw, sw, lb, sb):
     return float(np.mean(np.asarray(mc)))
 
 
-def pyro_mix_parts():
+def pyro_mix_parts(baseline=True):
     import pyro
     import pyro.distributions as dist
     import torch
@@ -263,9 +264,9 @@ def pyro_mix_parts():
         ms = pyro.param("mu_scale", 0.1 * torch.ones(2), constraint=constraints.positive)
         pyro.sample("mu", dist.Normal(ml, ms).to_event(1))
         logits = pyro.param("z_logits", torch.zeros(x.shape[0]))
+        infer = {"baseline": {"use_decaying_avg_baseline": True, "baseline_beta": 0.9}} if baseline else {}
         with pyro.plate("data", x.shape[0]):
-            pyro.sample("z", dist.Bernoulli(logits=logits),
-                        infer={"baseline": {"use_decaying_avg_baseline": True, "baseline_beta": 0.9}})
+            pyro.sample("z", dist.Bernoulli(logits=logits), infer=infer)
 
     return model, guide
 
@@ -296,7 +297,7 @@ def pyro_mix(seed, steps=MIX_STEPS):
             "mu": np.round(ps["mu_loc"].detach().numpy(), 3).tolist(), "z_acc": float(acc)}
 
 
-def pyro_mix_variance(warmup=50, repeats=500):
+def pyro_mix_variance(baseline=True, warmup=50, repeats=500):
     import pyro
     import torch
     from pyro.infer import TraceGraph_ELBO
@@ -304,7 +305,7 @@ def pyro_mix_variance(warmup=50, repeats=500):
     from scorefn import vi
 
     x = torch.tensor(np.asarray(vi.models.mixture_data()[0]))
-    model, guide = pyro_mix_parts()
+    model, guide = pyro_mix_parts(baseline)
     pyro.clear_param_store()
     pyro.set_rng_seed(0)
     loss = TraceGraph_ELBO()
@@ -381,12 +382,15 @@ def main():
             _print_mix(f"scorefn {estimator} K={k} + " + ("EMA 0.9" if k == 1 else "LOO"), runs)
         variance = {f"scorefn {e}, K=1 + EMA": scorefn_mix_variance(e)
                     for e in ("mixed", "score-rb", "score")}
-        variance["scorefn mixed, K=4 + LOO"] = scorefn_mix_variance("mixed", 4)
+        variance["scorefn mixed, K=4 + EMA"] = scorefn_mix_variance("mixed", 4)
+        variance["scorefn mixed, K=4 + LOO"] = scorefn_mix_variance("mixed", 4, "leave-one-out")
         if not args.skip_pyro:
             pyro_setup()
             runs = [pyro_mix(s) for s in args.seeds]
             _print_mix("Pyro TraceGraph_ELBO", runs)
             variance["Pyro TraceGraph_ELBO, K=1 + decaying avg"] = pyro_mix_variance()
+            variance["Pyro TraceGraph_ELBO, K=1, no baseline (its default)"] = pyro_mix_variance(
+                baseline=False)
         for name, var in variance.items():
             print(f"MIX grad variance at init θ ({name}): mean over mu_loc {var['mu_loc']:.3g}, "
                   f"over z_logits {var['z_logits']:.3g}", flush=True)

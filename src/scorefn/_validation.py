@@ -9,7 +9,6 @@ traced ones, so a jitted estimator still stops with the same message instead of 
 from __future__ import annotations
 
 import contextlib
-
 from collections.abc import Callable
 from typing import Any
 

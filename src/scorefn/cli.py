@@ -88,6 +88,66 @@ def _fit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _hyperparameters(pairs: list[str]) -> dict:
+    out = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise SystemExit(f"--set takes name=value pairs; got {pair!r}")
+        name, text = pair.split("=", 1)
+        try:
+            out[name] = json.loads(text)
+        except json.JSONDecodeError:
+            out[name] = text
+        if isinstance(out[name], list):
+            out[name] = tuple(out[name])
+    return out
+
+
+def _rl_train(args: argparse.Namespace) -> int:
+    import os
+
+    from scorefn import rl
+
+    log_dir = args.log_dir or os.path.join("runs", f"{args.env}_{args.algo}_{args.seed}")
+    checkpoint = args.checkpoint or os.path.join(log_dir, "checkpoint.pkl")
+    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
+    try:
+        result = rl.train(args.env, args.algo, args.seed, args.total_steps, seeds=seeds,
+                          backend=args.backend, eval_every=args.eval_every, log_dir=log_dir,
+                          checkpoint=None if args.backend == "gymnasium" else checkpoint,
+                          resume=args.resume, stop_when_solved=args.stop_when_solved,
+                          progress=not args.json, **_hyperparameters(args.set))
+    except ValueError as error:
+        raise SystemExit(f"error: {error}") from None
+    out = {"env": args.env, "algo": args.algo, "seed": args.seed, "eval_mean": result.eval_mean,
+           "env_steps": result.env_steps, "wall_s": result.wall_s,
+           "solved_at_steps": result.solved_at_steps(), "solved_wall_s": result.solved_wall_s(),
+           "log_dir": log_dir}
+    if args.json:
+        print(json.dumps(out))
+    else:
+        solved = out["solved_at_steps"]
+        print(f"{args.algo} on {args.env}: final evaluation {result.eval_mean:.1f} after "
+              f"{result.env_steps:,} env steps, {result.wall_s:.1f} s of training"
+              + (f"; solved at {solved:,} steps" if solved else "") + f". Logs in {log_dir}")
+    return 0
+
+
+def _rl_eval(args: argparse.Namespace) -> int:
+    from scorefn import rl
+
+    result = rl.load_checkpoint(args.checkpoint, args.seed_index)
+    mean = rl.evaluate(result, episodes=args.episodes, seed=args.seed,
+                       backend=args.backend)
+    if args.json:
+        print(json.dumps({"env": result.env_id, "algo": result.algo, "eval_mean": mean,
+                          "episodes": args.episodes, "env_steps": result.env_steps}))
+    else:
+        print(f"{result.algo} on {result.env_id} ({result.env_steps:,} env steps): mean return "
+              f"{mean:.1f} over {args.episodes} deterministic episodes")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="scorefn",
@@ -142,6 +202,33 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--resume", action="store_true", help="continue from --checkpoint")
     fit.add_argument("--json", action="store_true", help="end with one JSON line")
     fit.set_defaults(run=_fit)
+
+    rl_parser = commands.add_parser("rl", help="policy-gradient reinforcement learning")
+    rl_commands = rl_parser.add_subparsers(dest="rl_command", required=True, metavar="COMMAND")
+    train = rl_commands.add_parser("train", help="train a policy")
+    train.add_argument("--env", default="CartPole-v1", help="a gymnax or gymnasium id")
+    train.add_argument("--algo", default="ppo", help="reinforce, a2c, ppo, trpo or npg")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--seeds", default=None, help="comma-separated seeds trained at once (vmap)")
+    train.add_argument("--total-steps", type=int, default=None)
+    train.add_argument("--backend", choices=["auto", "gymnax", "gymnasium"], default="auto")
+    train.add_argument("--eval-every", type=int, default=None, help="env steps between evaluations")
+    train.add_argument("--stop-when-solved", action="store_true")
+    train.add_argument("--log-dir", default=None, help="default: runs/<env>_<algo>_<seed>")
+    train.add_argument("--checkpoint", default=None, help="default: <log-dir>/checkpoint.pkl")
+    train.add_argument("--resume", action="store_true", help="continue from the checkpoint")
+    train.add_argument("--set", nargs="*", default=[], metavar="NAME=VALUE",
+                       help="hyperparameters, e.g. --set learning_rate=3e-4 num_envs=16")
+    train.add_argument("--json", action="store_true", help="end with one JSON line")
+    train.set_defaults(run=_rl_train)
+    evaluate = rl_commands.add_parser("eval", help="evaluate a checkpoint deterministically")
+    evaluate.add_argument("--checkpoint", required=True)
+    evaluate.add_argument("--episodes", type=int, default=20)
+    evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--seed-index", type=int, default=0, help="which seed of a multi-seed run")
+    evaluate.add_argument("--backend", choices=["auto", "gymnax", "gymnasium"], default="auto")
+    evaluate.add_argument("--json", action="store_true")
+    evaluate.set_defaults(run=_rl_eval)
     return parser
 
 

@@ -13,7 +13,7 @@ from scorefn.rl import a2c, defaults, envs, ppo, reinforce, returns, trpo
 from scorefn.rl.envs import THRESHOLDS, make
 from scorefn.rl.networks import ActorCritic
 from scorefn.rl.policy_gradient import policy_gradient
-from scorefn.rl.training import TrainResult, evaluate, make_config, train
+from scorefn.rl.training import TrainResult, evaluate, load_checkpoint, make_config, train
 
 ALGORITHMS = ("reinforce", "a2c", "ppo", "trpo", "npg")
 
@@ -26,6 +26,7 @@ __all__ = [
     "defaults",
     "envs",
     "evaluate",
+    "load_checkpoint",
     "make",
     "make_config",
     "policy_gradient",

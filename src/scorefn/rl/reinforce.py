@@ -79,8 +79,10 @@ def init(key: jax.Array, policy: ActorCritic, env: Any, config: Config) -> State
                  baselines.ema(config.ema_decay).init((env.max_episode_steps,)))
 
 
-def update(state: State, batch: Transition, key: jax.Array, policy: ActorCritic,
-           config: Config) -> tuple[State, dict]:
+def gradient(params: Any, ema_state: baselines.EmaState, batch: Transition, policy: ActorCritic,
+             config: Config):
+    """ĝ from a batch of whole episodes (time first); also the returns, the mask of the
+    transitions inside each environment's first episode and the updated EMA state."""
     done = batch.terminated | batch.truncated
     # Transitions up to and including each environment's first episode end.
     alive = jnp.cumprod(jnp.concatenate([jnp.ones_like(done[:1]), ~done[:-1]]), axis=0).astype(bool)
@@ -89,7 +91,6 @@ def update(state: State, batch: Transition, key: jax.Array, policy: ActorCritic,
                                  config.gamma)
     returns = jnp.where(alive, returns, 0.0)
     per_episode = returns.T  # (E, T): episodes are the samples the core's baselines average over
-    ema_state = state.ema
     if config.baseline == "leave_one_out":
         b = baselines.leave_one_out()(per_episode).T
     elif config.baseline == "ema":
@@ -102,9 +103,16 @@ def update(state: State, batch: Transition, key: jax.Array, policy: ActorCritic,
     signal = jnp.where(alive, returns - b, 0.0)
     obs = batch.obs.reshape((-1,) + batch.obs.shape[2:])
     actions = batch.action.reshape((-1,) + batch.action.shape[2:])
+    pg = policy_gradient(policy, params["policy"], obs, actions, signal.reshape(-1),
+                         normalizer=batch.reward.shape[1])
+    return pg, returns, alive, ema_state
+
+
+def update(state: State, batch: Transition, key: jax.Array, policy: ActorCritic,
+           config: Config) -> tuple[State, dict]:
+    pg, returns, alive, ema_state = gradient(state.params, state.ema, batch, policy, config)
+    obs = batch.obs.reshape((-1,) + batch.obs.shape[2:])
     num_envs = batch.reward.shape[1]
-    pg = policy_gradient(policy, state.params["policy"], obs, actions, signal.reshape(-1),
-                         normalizer=num_envs)
     ent_grad, entropy = entropy_grad(policy, state.params["policy"], obs)
     policy_opt, value_opt = _optimizers(config)
     grads = combine((-1.0, pg), (-config.entropy_coef, ent_grad))

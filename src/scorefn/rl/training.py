@@ -173,6 +173,22 @@ def evaluate_gymnasium(env_id: str, policy: ActorCritic, policy_params: Any, see
     return float(np.mean(totals))
 
 
+def load_checkpoint(path: str, seed_index: int = 0) -> TrainResult:
+    """A :class:`TrainResult` (policy parameters of one seed, history, config) from a
+    checkpoint written by :func:`train`, e.g. for :func:`evaluate`."""
+    with open(path, "rb") as fh:
+        payload = pickle.load(fh)
+    if payload.get("version") != CHECKPOINT_VERSION:
+        raise ValueError(f"{path} is not a scorefn.rl checkpoint")
+    config = _algorithm(payload["algo"]).Config(**{
+        k: tuple(v) if isinstance(v, list) else v for k, v in payload["config"].items()})
+    env = make(payload["env"])
+    policy = _policy(env, config)
+    params = jax.tree.map(lambda x: jnp.asarray(x[seed_index]), payload["carry"][0].params)
+    return TrainResult(payload["env"], payload["algo"], params, payload["history"], config, policy,
+                       [payload["seeds"][seed_index]])
+
+
 def evaluate(result_or_env: Any, params: Any = None, *, policy: ActorCritic | None = None,
              episodes: int = 20, seed: int = 0, backend: str = "auto") -> float:
     """Deterministic evaluation: ``evaluate(result)`` or ``evaluate(env_id, params, policy=...)``."""
@@ -185,6 +201,7 @@ def evaluate(result_or_env: Any, params: Any = None, *, policy: ActorCritic | No
         if params is None or policy is None:
             raise ValueError("evaluate(env_id, params, policy=...) needs the params and the policy")
     env = make(env_id, backend)
+    _check_policy(env, policy, params)
     if isinstance(env, JaxEnv):
         return float(jax.jit(lambda p, k: evaluate_jax(env, policy, p, k, episodes))(
             params["policy"], jax.random.key(seed)))
@@ -372,6 +389,7 @@ class _JaxLoop:
         carry = jax.tree.map(_to_host, self.carry)
         _atomic_pickle(path, {"carry": carry, "history": history, "wall": wall, "algo": algo,
                               "env": env, "seeds": seeds, "eval_index": self.eval_index,
+                              "config": dataclasses.asdict(self.config),
                               "version": CHECKPOINT_VERSION})
 
     def load(self, path, algo, env, seeds):

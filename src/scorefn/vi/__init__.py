@@ -11,10 +11,10 @@ r"""Black-box variational inference on the scorefn core.
 """
 
 from scorefn.vi import models
-from scorefn.vi.objectives import ESTIMATORS, ElboGradient, elbo, elbo_grad, iwae_bound, local_signals
 from scorefn.vi.fit import FitResult, fit
 from scorefn.vi.guides import Block, Guide, auto_guide, full_rank, mean_field
 from scorefn.vi.model import LogJoint, Model, NumPyroModel, as_model
+from scorefn.vi.objectives import ESTIMATORS, ElboGradient, elbo, elbo_grad, iwae_bound, local_signals
 
 __all__ = [
     "ESTIMATORS",

@@ -23,9 +23,9 @@ import optax
 from scorefn import _validation as v
 from scorefn._compilation_cache import enable_compilation_cache
 from scorefn.baselines import Ema
-from scorefn.vi.objectives import ESTIMATORS, elbo, elbo_grad, ema_states
 from scorefn.vi.guides import Guide, auto_guide
 from scorefn.vi.model import LatentSite, LogJoint, Model, NumPyroModel, as_model
+from scorefn.vi.objectives import ESTIMATORS, elbo, elbo_grad, ema_states
 
 CHECKPOINT_VERSION = 1
 

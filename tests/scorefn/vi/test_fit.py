@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro.distributions as dist
 import pytest
-from conftest import PARAMS, X, closed_form_elbo, normal_normal
+from vi_conjugate import PARAMS, X, closed_form_elbo, normal_normal
 
 from scorefn import baselines, vi
 
@@ -141,7 +141,7 @@ def test_log_joint_model_with_an_explicit_guide(key):
 def test_mixture_gradient_variance_per_estimator(key):
     """At a fixed θ: Rao-Blackwellisation cuts the assignments' gradient variance by orders
     of magnitude; pathwise μ (mixed) cuts μ's."""
-    from conftest import repeated_grads
+    from vi_conjugate import repeated_grads
 
     x, _ = vi.models.mixture_data(num_points=100)
     model = vi.as_model(vi.models.gaussian_mixture, (x,))

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpyro
 import numpyro.distributions as dist
 import pytest
-from conftest import X, normal_normal
+from vi_conjugate import X, normal_normal
 
 from scorefn import vi
 

@@ -8,8 +8,8 @@ import numpy as np
 import numpyro.distributions as dist
 import pytest
 from closed_forms import assert_unbiased, detects_bias, variance_z
-from conftest import PARAMS, X, closed_form_elbo, normal_normal, repeated_grads
 from jax.flatten_util import ravel_pytree
+from vi_conjugate import PARAMS, X, closed_form_elbo, normal_normal, repeated_grads
 
 from scorefn import baselines, vi
 from scorefn.vi.objectives import term_values

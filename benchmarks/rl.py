@@ -1,0 +1,256 @@
+"""RL benchmark: scorefn.rl against Stable-Baselines3 in one run.
+
+Protocol of ../shared/peers/sb3_cartpole.py and sb3_throughput.py: rl-zoo hyperparameters
+(PPO on CartPole: 8 envs, n_steps 32, batch 256, 20 epochs, γ 0.98, λ 0.8, lr 1e-3, clip 0.2;
+A2C: 8 envs and SB3's defaults). Both sides use the same settings. Every 5000 env steps
+(scorefn: every 20 updates = 5120) a 20-episode deterministic evaluation runs. A run is
+solved at the first evaluation with mean ≥ 475 (Acrobot: ≥ -100).
+
+Reported per seed: env steps and training wall seconds until solved. Evaluation time is
+excluded on both sides. Compilation is included in every scorefn time. Each run is in a
+fresh process:
+- cold: JAX's compilation cache is off;
+- warm: the cache was filled by an earlier run of the same program.
+
+Then:
+- raw training throughput in env steps/s (updates included);
+- 16 seeds trained at once with vmap;
+- the compiled rollout's env steps/s for an MLP policy;
+- the gymnasium path against SB3.
+
+torch runs with 1 thread, as in the peer scripts.
+
+    pip install ".[bench]"
+    python benchmarks/rl.py                     # about 15 minutes
+    python benchmarks/rl.py --only ppo --seeds 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+EVAL_EVERY_SB3 = 5000
+THRESHOLD = {"CartPole-v1": 475.0, "Acrobot-v1": -100.0}
+SB3_SETTINGS = {
+    ("ppo", "CartPole-v1"): (dict(n_steps=32, batch_size=256, gae_lambda=0.8, gamma=0.98, n_epochs=20,
+                                  ent_coef=0.0, learning_rate=1e-3, clip_range=0.2), 8, 100_000),
+    ("a2c", "CartPole-v1"): (dict(ent_coef=0.0), 8, 500_000),
+    ("ppo", "Acrobot-v1"): (dict(n_steps=256, batch_size=1024, gae_lambda=0.94, gamma=0.99, n_epochs=4,
+                                 ent_coef=0.0, learning_rate=1e-3), 16, 500_000),
+}
+
+
+# ------------------------------------------------------------------ workers (fresh processes)
+def sb3_solve(algo, env_id, seed):
+    import gymnasium as gym
+    import torch
+    from stable_baselines3 import A2C, PPO
+    from stable_baselines3.common.callbacks import BaseCallback
+    from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.evaluation import evaluate_policy
+
+    torch.set_num_threads(1)
+    kwargs, n_envs, budget = SB3_SETTINGS[(algo, env_id)]
+    env = make_vec_env(env_id, n_envs=n_envs, seed=seed)
+    model = (PPO if algo == "ppo" else A2C)("MlpPolicy", env, seed=seed, verbose=0, **kwargs)
+    eval_env = gym.make(env_id)
+
+    class Stop(BaseCallback):
+        def __init__(self):
+            super().__init__()
+            self.solved, self.t0, self.next, self.eval_time = None, time.time(), EVAL_EVERY_SB3, 0.0
+
+        def _on_step(self):
+            if self.num_timesteps >= self.next:
+                self.next += EVAL_EVERY_SB3
+                te = time.time()
+                m, _ = evaluate_policy(self.model, eval_env, n_eval_episodes=20, deterministic=True)
+                self.eval_time += time.time() - te
+                if m >= THRESHOLD[env_id]:
+                    self.solved = (self.num_timesteps, time.time() - self.t0 - self.eval_time)
+                    return False
+            return True
+
+    callback = Stop()
+    model.learn(budget, callback=callback)
+    steps, wall = callback.solved or (None, time.time() - callback.t0 - callback.eval_time)
+    return {"solved_at_steps": steps, "wall": wall}
+
+
+def sb3_throughput(algo, seed, steps=50_000):
+    import torch
+    from stable_baselines3 import A2C, PPO
+    from stable_baselines3.common.env_util import make_vec_env
+
+    torch.set_num_threads(1)
+    kwargs, n_envs, _ = SB3_SETTINGS[(algo, "CartPole-v1")]
+    model = (PPO if algo == "ppo" else A2C)("MlpPolicy", make_vec_env("CartPole-v1", n_envs=n_envs,
+                                                                      seed=seed),
+                                            seed=seed, verbose=0, **kwargs)
+    t0 = time.perf_counter()
+    model.learn(steps)
+    return {"steps_per_s": model.num_timesteps / (time.perf_counter() - t0)}
+
+
+def scorefn_solve(algo, env_id, seed, backend="auto"):
+    from scorefn import rl
+
+    steps_per_update = 256 if (algo, env_id) == ("ppo", "CartPole-v1") else None
+    eval_every = 20 * steps_per_update if steps_per_update else 5000
+    t0 = time.perf_counter()
+    result = rl.train(env_id, algo, seed, SB3_SETTINGS[(algo, env_id)][2], backend=backend,
+                      eval_every=eval_every, stop_when_solved=True, progress=False)
+    return {"solved_at_steps": result.solved_at_steps(),
+            "wall": result.solved_wall_s() if result.solved_at_steps() else result.wall_s,
+            "process_s": time.perf_counter() - t0}
+
+
+def scorefn_throughput(algo, seed, steps=200_000):
+    from scorefn import rl
+
+    result = rl.train("CartPole-v1", algo, seed, steps, eval_every=steps // 10, progress=False)
+    rows = result.history
+    first_chunk = rows[0]["wall_s"]
+    steady = (rows[-1]["env_steps"] - rows[0]["env_steps"]) / (rows[-1]["wall_s"] - first_chunk)
+    return {"steps_per_s": rows[-1]["env_steps"] / rows[-1]["wall_s"], "steady_steps_per_s": steady,
+            "first_chunk_s": first_chunk}
+
+
+def scorefn_many_seeds(num_seeds, steps=50_000):
+    from scorefn import rl
+
+    t0 = time.perf_counter()
+    result = rl.train("CartPole-v1", "ppo", seeds=list(range(num_seeds)), total_steps=steps,
+                      eval_every=steps // 5, progress=False)
+    final = result.history[-1]["eval_mean"]
+    solved = sum(result.solved_at_steps(i) is not None for i in range(num_seeds))
+    return {"wall": result.wall_s, "process_s": time.perf_counter() - t0, "solved": solved,
+            "final_eval_median": statistics.median(final)}
+
+
+def scorefn_rollout_rate(num_envs=2048, num_steps=128, repeats=5):
+    import jax
+
+    from scorefn import rl
+    from scorefn.rl.rollout import jax_reset, jax_rollout
+
+    env = rl.make("CartPole-v1")
+    policy = rl.ActorCritic(env.action_space)
+    params = policy.init(jax.random.key(0), env.obs_shape)
+    run = jax.jit(lambda c, k: jax_rollout(env, policy, params, c, k, num_steps))
+    carry = jax_reset(env, jax.random.key(1), num_envs)
+    carry, batch = run(carry, jax.random.key(2))
+    jax.block_until_ready(batch)
+    times = []
+    for i in range(repeats):
+        t0 = time.perf_counter()
+        carry, batch = run(carry, jax.random.key(3 + i))
+        jax.block_until_ready(batch)
+        times.append(time.perf_counter() - t0)
+    return {"steps_per_s": num_envs * num_steps / statistics.median(times)}
+
+
+WORKERS = {"sb3_solve": sb3_solve, "sb3_throughput": sb3_throughput, "scorefn_solve": scorefn_solve,
+           "scorefn_throughput": scorefn_throughput, "scorefn_many_seeds": scorefn_many_seeds,
+           "scorefn_rollout_rate": scorefn_rollout_rate}
+
+
+def fresh(name, *args, cache=None):
+    env = dict(os.environ)
+    env["SCOREFN_COMPILATION_CACHE"] = cache or "0"
+    done = subprocess.run([sys.executable, __file__, "--worker", name, *map(str, args)], env=env,
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{name}{args} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _convert(text):
+    try:
+        return int(text)
+    except ValueError:
+        return text
+
+
+# ------------------------------------------------------------------ main
+def solve_table(algo, env_id, seeds, backend="auto"):
+    med = statistics.median
+    with tempfile.TemporaryDirectory() as cache:
+        rows = []
+        for seed in seeds:
+            sb3 = fresh("sb3_solve", algo, env_id, seed)
+            cold = fresh("scorefn_solve", algo, env_id, seed, backend)
+            fresh("scorefn_solve", algo, env_id, seed, backend, cache=cache)
+            warm = fresh("scorefn_solve", algo, env_id, seed, backend, cache=cache)
+            rows.append((seed, sb3, cold, warm))
+            print(f"{algo} {env_id} [{backend}] seed {seed}: SB3 solved at {sb3['solved_at_steps']} "
+                  f"steps in {sb3['wall']:.2f}s; scorefn at {cold['solved_at_steps']} steps in "
+                  f"{cold['wall']:.2f}s cold, {warm['wall']:.2f}s warm", flush=True)
+    sb3_wall = med(r[1]["wall"] for r in rows)
+    cold_wall = med(r[2]["wall"] for r in rows)
+    warm_wall = med(r[3]["wall"] for r in rows)
+    print(f"{algo} {env_id} [{backend}] MEDIAN: SB3 {sb3_wall:.2f}s, scorefn cold {cold_wall:.2f}s "
+          f"({cold_wall / sb3_wall:.3f} of SB3), warm {warm_wall:.2f}s "
+          f"({warm_wall / sb3_wall:.3f} of SB3)", flush=True)
+    return sb3_wall
+
+
+def machine():
+    versions = {p: importlib.metadata.version(p) for p in
+                ("jax", "gymnax", "gymnasium", "flax", "optax", "torch", "stable-baselines3")}
+    return f"{platform.machine()}, {os.cpu_count()} cores; " + ", ".join(
+        f"{k} {v}" for k, v in versions.items())
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--only", nargs="+", default=["ppo", "throughput", "seeds", "rollout",
+                                                   "gymnasium", "a2c", "acrobot"])
+    ap.add_argument("--worker", nargs="+")
+    args = ap.parse_args()
+    if args.worker:
+        name, *rest = args.worker
+        print(json.dumps(WORKERS[name](*map(_convert, rest))))
+        return
+    print(machine(), flush=True)
+    sb3_ppo_wall = None
+    if "ppo" in args.only:
+        sb3_ppo_wall = solve_table("ppo", "CartPole-v1", args.seeds)
+    if "throughput" in args.only:
+        sb3 = statistics.median(fresh("sb3_throughput", "ppo", s)["steps_per_s"] for s in args.seeds)
+        ours = [fresh("scorefn_throughput", "ppo", s) for s in args.seeds]
+        total = statistics.median(r["steps_per_s"] for r in ours)
+        steady = statistics.median(r["steady_steps_per_s"] for r in ours)
+        print(f"PPO throughput (env steps/s, updates included): SB3 {sb3:,.0f}; scorefn "
+              f"{total:,.0f} over 200k steps with compilation ({total / sb3:.1f}x), {steady:,.0f} "
+              f"after it ({steady / sb3:.1f}x)", flush=True)
+    if "seeds" in args.only:
+        many = fresh("scorefn_many_seeds", 16)
+        reference = f" (SB3 one seed solved in {sb3_ppo_wall:.2f}s)" if sb3_ppo_wall else ""
+        print(f"16 PPO seeds at once, 50k steps each: {many['wall']:.2f}s of training "
+              f"(compilation included), {many['solved']}/16 solved, median final eval "
+              f"{many['final_eval_median']:.1f}{reference}", flush=True)
+    if "rollout" in args.only:
+        rate = fresh("scorefn_rollout_rate")
+        print(f"compiled rollout, MLP policy, 2048 CartPole envs × 128 steps: "
+              f"{rate['steps_per_s']:,.0f} env steps/s", flush=True)
+    if "gymnasium" in args.only:
+        solve_table("ppo", "CartPole-v1", args.seeds, backend="gymnasium")
+    if "a2c" in args.only:
+        solve_table("a2c", "CartPole-v1", args.seeds)
+    if "acrobot" in args.only:
+        solve_table("ppo", "Acrobot-v1", args.seeds)
+
+
+if __name__ == "__main__":
+    main()
