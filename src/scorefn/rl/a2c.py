@@ -38,6 +38,8 @@ class Config:
     rms_decay: float = 0.99
     rms_eps: float = 1e-5
     hidden: tuple[int, ...] = (64, 64)
+    log_std_init: float = 0.0
+    state_dependent_std: bool = False
 
 
 class State(NamedTuple):

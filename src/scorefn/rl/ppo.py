@@ -43,6 +43,8 @@ class Config:
     target_kl: float | None = None
     normalize_advantages: bool = True
     hidden: tuple[int, ...] = (64, 64)
+    log_std_init: float = 0.0
+    state_dependent_std: bool = False
 
 
 class State(NamedTuple):

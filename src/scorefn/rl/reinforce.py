@@ -50,6 +50,8 @@ class Config:
     max_grad_norm: float = 1.0
     value_epochs: int = 5
     hidden: tuple[int, ...] = (64, 64)
+    log_std_init: float = 0.0
+    state_dependent_std: bool = False
 
     def __post_init__(self):
         if self.baseline not in BASELINES:

@@ -184,7 +184,10 @@ def load_checkpoint(path: str, seed_index: int = 0) -> TrainResult:
         k: tuple(v) if isinstance(v, list) else v for k, v in payload["config"].items()})
     env = make(payload["env"])
     policy = _policy(env, config)
-    params = jax.tree.map(lambda x: jnp.asarray(x[seed_index]), payload["carry"][0].params)
+    params = payload["carry"][0].params
+    if payload["batched"]:
+        params = jax.tree.map(lambda x: x[seed_index], params)
+    params = jax.tree.map(jnp.asarray, params)
     return TrainResult(payload["env"], payload["algo"], params, payload["history"], config, policy,
                        [payload["seeds"][seed_index]])
 
@@ -352,44 +355,46 @@ class _JaxLoop:
         def evaluate(carry, key):
             return evaluate_jax(env, policy, carry[0].params["policy"], key, episodes)
 
-        seeds_array = jnp.asarray(seeds)
-        self.carry = jax.jit(jax.vmap(init_one))(seeds_array)
-        self._chunk = jax.jit(jax.vmap(chunk))
-        self._evaluate = jax.jit(jax.vmap(evaluate))
+        # One seed compiles without the seed axis (a smaller program); several are vmapped.
+        batch = (lambda f: f) if self.single else jax.vmap
+        self.carry = jax.jit(batch(init_one))(seeds[0] if self.single else jnp.asarray(seeds))
+        self._chunk = jax.jit(batch(chunk))
+        self._evaluate = jax.jit(batch(evaluate))
         self.eval_index = 0
 
     def params_of_first_seed(self):
-        return jax.tree.map(lambda x: x[0], self.carry[0].params)
+        params = self.carry[0].params
+        return params if self.single else jax.tree.map(lambda x: x[0], params)
 
     def run_chunk(self):
         # Traced without host callbacks, so the compiled chunk can be cached on disk; the
         # driver checks losses and parameters after each chunk instead.
         with runtime_checks(False):
             self.carry, metrics, steps = self._chunk(self.carry)
-        steps = np.asarray(steps)
+        steps = np.atleast_1d(np.asarray(steps))
         metrics = {k: np.asarray(v) for k, v in metrics.items()}
-        return ({k: (float(v[0]) if self.single else v.tolist()) for k, v in metrics.items()},
+        return ({k: (float(v) if self.single else v.tolist()) for k, v in metrics.items()},
                 int(steps[0]))
 
     def evaluate(self, episodes):
-        keys = jax.vmap(lambda s: jax.random.fold_in(jax.random.key(s + 10_007), self.eval_index))(
-            jnp.asarray(self.seeds))
+        keys = [jax.random.fold_in(jax.random.key(s + 10_007), self.eval_index) for s in self.seeds]
         self.eval_index += 1
-        means = np.asarray(self._evaluate(self.carry, keys))
-        return float(means[0]) if self.single else means.tolist()
+        if self.single:
+            return float(self._evaluate(self.carry, keys[0]))
+        return np.asarray(self._evaluate(self.carry, jnp.stack(keys))).tolist()
 
     def finite(self):
         return all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(self.carry[0].params))
 
     def final_params(self):
-        params = self.carry[0].params
-        return jax.tree.map(lambda x: x[0], params) if self.single else params
+        return self.carry[0].params
 
     def save(self, path, history, wall, algo, env, seeds):
         carry = jax.tree.map(_to_host, self.carry)
         _atomic_pickle(path, {"carry": carry, "history": history, "wall": wall, "algo": algo,
                               "env": env, "seeds": seeds, "eval_index": self.eval_index,
                               "config": dataclasses.asdict(self.config),
+                              "batched": not self.single,
                               "version": CHECKPOINT_VERSION})
 
     def load(self, path, algo, env, seeds):

@@ -44,8 +44,9 @@ class Config:
     value_learning_rate: float = 1e-3
     value_epochs: int = 5
     value_minibatch_size: int = 256
-    log_std_init: float = 0.0
     hidden: tuple[int, ...] = (64, 64)
+    log_std_init: float = 0.0
+    state_dependent_std: bool = False
 
 
 class State(NamedTuple):

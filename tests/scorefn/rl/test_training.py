@@ -72,7 +72,8 @@ def test_action_space_policy_mismatch():
     cartpole = rl.make("CartPole-v1")
     discrete_policy = rl.ActorCritic(cartpole.action_space)
     params = discrete_policy.init(jax.random.key(0), (3,))  # Pendulum's observation shape
-    with pytest.raises(ValueError, match="actions have shape \\(\\) but Pendulum-v1's action space needs \\(1,\\)"):
+    message = r"actions have shape \(\) but Pendulum-v1's action space needs \(1,\)"
+    with pytest.raises(ValueError, match=message):
         rl.evaluate("Pendulum-v1", params, policy=discrete_policy)
 
 
