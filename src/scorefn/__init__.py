@@ -28,6 +28,16 @@ from scorefn.scores import joint_log_prob, per_sample_scores
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str):
+    # scorefn.rl needs the optional `rl` extra (gymnax, gymnasium, flax): import it on use.
+    if name == "rl":
+        import importlib
+
+        return importlib.import_module("scorefn.rl")
+    raise AttributeError(f"module 'scorefn' has no attribute {name!r}")
+
+
 __all__ = [
     "baselines",
     "compare",

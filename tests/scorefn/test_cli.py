@@ -68,3 +68,22 @@ def test_fit_rejects_unknown_models(capsys):
     with pytest.raises(SystemExit):
         main(["fit", "--model", "mnist"])
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_rl_train_json_then_eval_the_checkpoint(tmp_path, capsys):
+    log_dir = tmp_path / "run"
+    assert main(["rl", "train", "--env", "CartPole-v1", "--algo", "ppo", "--seed", "0",
+                 "--total-steps", "2048", "--eval-every", "1024", "--log-dir", str(log_dir),
+                 "--set", "num_epochs=2", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert {"eval_mean", "env_steps", "wall_s", "solved_at_steps"} <= set(result)
+    assert result["env_steps"] == 2048 and result["solved_at_steps"] is None
+    assert (log_dir / "learning_curve.png").exists() and (log_dir / "metrics.csv").exists()
+    assert main(["rl", "eval", "--checkpoint", str(log_dir / "checkpoint.pkl"), "--json"]) == 0
+    evaluation = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert evaluation["env_steps"] == 2048 and evaluation["episodes"] == 20
+
+
+def test_rl_train_unknown_env_lists_known_ones(capsys):
+    with pytest.raises(SystemExit, match="unknown environment 'Nope-v0'.*CartPole-v1"):
+        main(["rl", "train", "--env", "Nope-v0", "--json"])

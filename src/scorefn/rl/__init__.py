@@ -9,11 +9,18 @@ policy gradients all go through :func:`scorefn.score_grad`
 Fisher-vector products and conjugate gradient.
 """
 
-from scorefn.rl import a2c, defaults, envs, ppo, reinforce, returns, trpo
-from scorefn.rl.envs import THRESHOLDS, make
-from scorefn.rl.networks import ActorCritic
-from scorefn.rl.policy_gradient import policy_gradient
-from scorefn.rl.training import TrainResult, evaluate, load_checkpoint, make_config, train
+try:
+    import flax  # noqa: F401
+    import gymnasium  # noqa: F401
+    import gymnax  # noqa: F401
+except ImportError as error:  # pragma: no cover - the extra is part of the test install
+    raise ImportError(f"scorefn.rl needs the rl extra: pip install 'scorefn[rl]' ({error})") from error
+
+from scorefn.rl import a2c, defaults, envs, ppo, reinforce, returns, trpo  # noqa: E402
+from scorefn.rl.envs import THRESHOLDS, make  # noqa: E402
+from scorefn.rl.networks import ActorCritic  # noqa: E402
+from scorefn.rl.policy_gradient import policy_gradient  # noqa: E402
+from scorefn.rl.training import TrainResult, evaluate, load_checkpoint, make_config, train  # noqa: E402
 
 ALGORITHMS = ("reinforce", "a2c", "ppo", "trpo", "npg")
 
