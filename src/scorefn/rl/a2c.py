@@ -71,10 +71,12 @@ def update(state: State, batch: Transition, key: jax.Array, policy: ActorCritic,
         adv = (adv - adv.mean()) / (adv.std() + 1e-8)
     params = state.params
     pg = policy_gradient(policy, params["policy"], flat.obs, flat.action, adv)
-    ent_grad, entropy = entropy_grad(policy, params["policy"], flat.obs)
+    ent_grad, entropy = entropy_grad(policy, params["policy"], flat.obs,
+                                     config.entropy_coef)
 
     def value_loss(p):
-        return 0.5 * jnp.mean((policy.value(p, flat.obs) - targets.reshape(-1)) ** 2)
+        # SB3's convention (no ½), which the peer benchmark uses
+        return jnp.mean((policy.value(p, flat.obs) - targets.reshape(-1)) ** 2)
 
     v_loss, v_grad = jax.value_and_grad(value_loss)(params["value"])
     grads = {"policy": combine((-1.0, pg), (-config.entropy_coef, ent_grad)),

@@ -46,6 +46,7 @@ class ActorCritic:
     hidden: tuple[int, ...] = (64, 64)
     state_dependent_std: bool = False
     log_std_init: float = 0.0
+    obs_ndim: int = 1  # trailing observation dims, flattened for the MLP (e.g. MinAtar's 10×10×C)
 
     @property
     def action_dim(self) -> int:
@@ -58,9 +59,14 @@ class ActorCritic:
     def _critic(self) -> MLP:
         return MLP(self.hidden, 1, out_scale=1.0)
 
+    def _flat(self, obs: jax.Array) -> jax.Array:
+        if self.obs_ndim == 1:
+            return obs
+        return obs.reshape(obs.shape[: obs.ndim - self.obs_ndim] + (-1,))
+
     def init(self, key: jax.Array, obs_shape: tuple[int, ...]) -> dict[str, Any]:
         k_actor, k_critic = jax.random.split(key)
-        dummy = jnp.zeros(obs_shape, jnp.float32)
+        dummy = self._flat(jnp.zeros(obs_shape, jnp.float32))
         policy = {"net": self._actor().init(k_actor, dummy)}
         if not self.space.discrete and not self.state_dependent_std:
             policy["log_std"] = jnp.full((self.action_dim,), self.log_std_init, jnp.float32)
@@ -68,7 +74,7 @@ class ActorCritic:
 
     def dist(self, policy_params: dict[str, Any], obs: jax.Array) -> dist.Distribution:
         """π(· | obs) for a batch of observations ``(..., *obs_shape)``."""
-        out = self._actor().apply(policy_params["net"], obs)
+        out = self._actor().apply(policy_params["net"], self._flat(obs))
         if self.space.discrete:
             return dist.Categorical(logits=out)
         if self.state_dependent_std:
@@ -79,7 +85,7 @@ class ActorCritic:
         return dist.Normal(mean, jnp.exp(log_std)).to_event(1)
 
     def value(self, value_params: Any, obs: jax.Array) -> jax.Array:
-        return self._critic().apply(value_params, obs)[..., 0]
+        return self._critic().apply(value_params, self._flat(obs))[..., 0]
 
     def mode(self, policy_params: dict[str, Any], obs: jax.Array) -> jax.Array:
         """The deterministic action: argmax of the logits, or the Gaussian's mean."""

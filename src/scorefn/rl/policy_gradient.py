@@ -34,11 +34,15 @@ def policy_gradient(policy: ActorCritic, policy_params: Any, obs: jax.Array, act
                       per_factor=True, _samples_from_dist=True)
 
 
-def entropy_grad(policy: ActorCritic, policy_params: Any, obs: jax.Array) -> tuple[Any, jax.Array]:
-    """∇θ of the mean policy entropy (closed form per state), and that mean."""
+def entropy_grad(policy: ActorCritic, policy_params: Any, obs: jax.Array,
+                 coefficient: float = 1.0) -> tuple[Any, jax.Array]:
+    """∇θ of the mean policy entropy (closed form per state), and that mean. With a zero
+    ``coefficient`` only the mean is computed (the gradient would be multiplied by 0)."""
     def mean_entropy(p):
         return jnp.mean(policy.dist(p, obs).entropy())
 
+    if isinstance(coefficient, float | int) and coefficient == 0:
+        return None, mean_entropy(policy_params)
     value, grad = jax.value_and_grad(mean_entropy)(policy_params)
     return grad, value
 
@@ -47,7 +51,7 @@ def combine(*terms: tuple[float, Any]) -> Any:
     """Σ_i c_i g_i over pytrees (skipping zero coefficients)."""
     out = None
     for coefficient, tree in terms:
-        if isinstance(coefficient, float | int) and coefficient == 0:
+        if tree is None or (isinstance(coefficient, float | int) and coefficient == 0):
             continue
         scaled = jax.tree.map(lambda g, c=coefficient: c * g, tree)
         out = scaled if out is None else jax.tree.map(jnp.add, out, scaled)

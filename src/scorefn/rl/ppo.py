@@ -78,7 +78,8 @@ def _minibatch_step(policy: ActorCritic, config: Config, state: State, mb: dict)
     active = ratio * adv <= clipped * adv
     pg = policy_gradient(policy, params["policy"], mb["obs"], mb["action"],
                          jnp.where(active, ratio * adv, 0.0))
-    ent_grad, entropy = entropy_grad(policy, params["policy"], mb["obs"])
+    ent_grad, entropy = entropy_grad(policy, params["policy"], mb["obs"],
+                                     config.entropy_coef)
 
     def value_loss(p):
         v = policy.value(p, mb["obs"])
@@ -86,7 +87,7 @@ def _minibatch_step(policy: ActorCritic, config: Config, state: State, mb: dict)
         if config.clip_value is not None:
             v_clipped = mb["value"] + jnp.clip(v - mb["value"], -config.clip_value, config.clip_value)
             loss = jnp.maximum(loss, (v_clipped - mb["target"]) ** 2)
-        return 0.5 * jnp.mean(loss)
+        return jnp.mean(loss)  # SB3's convention (no ½), which the peer benchmark uses
 
     v_loss, v_grad = jax.value_and_grad(value_loss)(params["value"])
     grads = {"policy": combine((-1.0, pg), (-config.entropy_coef, ent_grad)),

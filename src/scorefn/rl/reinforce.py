@@ -115,7 +115,8 @@ def update(state: State, batch: Transition, key: jax.Array, policy: ActorCritic,
     pg, returns, alive, ema_state = gradient(state.params, state.ema, batch, policy, config)
     obs = batch.obs.reshape((-1,) + batch.obs.shape[2:])
     num_envs = batch.reward.shape[1]
-    ent_grad, entropy = entropy_grad(policy, state.params["policy"], obs)
+    ent_grad, entropy = entropy_grad(policy, state.params["policy"], obs,
+                                     config.entropy_coef)
     policy_opt, value_opt = _optimizers(config)
     grads = combine((-1.0, pg), (-config.entropy_coef, ent_grad))
     updates, opt_state = policy_opt.update(grads, state.opt_state, state.params["policy"])

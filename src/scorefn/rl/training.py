@@ -119,8 +119,8 @@ def make_config(algo: str, env_id: str, **hyperparameters: Any):
 
 def _policy(env, config) -> ActorCritic:
     return ActorCritic(env.action_space, hidden=tuple(config.hidden),
-                       state_dependent_std=getattr(config, "state_dependent_std", False),
-                       log_std_init=getattr(config, "log_std_init", 0.0))
+                       state_dependent_std=config.state_dependent_std,
+                       log_std_init=config.log_std_init, obs_ndim=len(env.obs_shape))
 
 
 def _check_policy(env, policy: ActorCritic, params) -> None:
