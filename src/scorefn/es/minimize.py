@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from scorefn import _validation as v
+from scorefn._runs import from_host, load_checkpoint, progress_bar, save_checkpoint, to_host
 from scorefn.es.bernoulli import bernoulli
 from scorefn.es.categorical import categorical
 from scorefn.es.openai_es import openai_es
@@ -172,15 +173,7 @@ def minimize(
         since_improvement = 0 if b < last_best else since_improvement + 1
         last_best = min(last_best, b)
     started = time.perf_counter()
-    bar = None
-    if progress:
-        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-        bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
-                       TextColumn("{task.completed:,}/{task.total:,} evals  best f {task.fields[best]}"),
-                       TimeElapsedColumn())
-        task = bar.add_task(getattr(strat, "name", "es"), total=max_evaluations, best="–")
-        bar.start()
+    bar = progress_bar(progress, getattr(strat, "name", "es"), max_evaluations, "evals", "best f")
     batch_evaluator = None if evaluator == "jax" else _batch_evaluator(evaluator, f, workers,
                                                                        ray_address)
     try:
@@ -228,7 +221,8 @@ def minimize(
                     stop_reason, stop_at = stop, index
                     break
             if bar is not None:
-                bar.update(task, completed=min(evaluations, max_evaluations), best=f"{last_best:.3e}")
+                bar.update(bar.task_ids[0], completed=min(evaluations, max_evaluations),
+                           value=f"{last_best:.3e}")
             if stop_at is not None:
                 break
     finally:
@@ -370,43 +364,15 @@ def _batch_evaluator(kind, f, workers, ray_address):
     return _BatchEvaluator(kind, f, workers, ray_address)
 
 
-def _to_host(leaf):
-    if isinstance(leaf, jax.Array) and jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key):
-        return _Key(np.asarray(jax.random.key_data(leaf)))
-    return np.asarray(leaf)
-
-
-@dataclasses.dataclass
-class _Key:
-    data: np.ndarray
-
-
 def _save_checkpoint(path, state, best_x, best_f, records) -> None:
-    import os
-    import pickle
-
-    payload = {"state": jax.tree.map(_to_host, state), "best_x": np.asarray(best_x),
-               "best_f": np.asarray(best_f), "records": list(records), "version": 1}
-    tmp = f"{path}.tmp"
-    with open(tmp, "wb") as fh:
-        pickle.dump(payload, fh)
-    os.replace(tmp, path)  # atomic: an interrupted write never leaves a half checkpoint
+    save_checkpoint(path, {"state": to_host(state), "best_x": np.asarray(best_x),
+                           "best_f": np.asarray(best_f), "records": list(records), "version": 1})
 
 
 def _load_checkpoint(path):
-    import pickle
-
-    with open(path, "rb") as fh:
-        payload = pickle.load(fh)
-
-    def restore(leaf):
-        if isinstance(leaf, _Key):
-            return jax.random.wrap_key_data(jnp.asarray(leaf.data))
-        return jnp.asarray(leaf)
-
-    state = jax.tree.map(restore, payload["state"], is_leaf=lambda x: isinstance(x, _Key))
-    return (state, jnp.asarray(payload["best_x"]), jnp.asarray(payload["best_f"]),
-            [tuple(r) for r in payload["records"]])
+    payload = load_checkpoint(path, 1, "scorefn.es")
+    return (from_host(payload["state"]), jnp.asarray(payload["best_x"]),
+            jnp.asarray(payload["best_f"]), [tuple(r) for r in payload["records"]])
 
 
 def _checked(fitness, x):

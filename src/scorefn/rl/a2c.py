@@ -18,14 +18,14 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from scorefn.rl.networks import ActorCritic
+from scorefn.rl.networks import ActorCritic, NetworkConfig
 from scorefn.rl.policy_gradient import combine, entropy_grad, policy_gradient
 from scorefn.rl.returns import gae
 from scorefn.rl.rollout import Transition, flatten
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
+class Config(NetworkConfig):
     num_envs: int = 8
     num_steps: int = 5
     learning_rate: float = 7e-4
@@ -37,9 +37,6 @@ class Config:
     normalize_advantages: bool = False
     rms_decay: float = 0.99
     rms_eps: float = 1e-5
-    hidden: tuple[int, ...] = (64, 64)
-    log_std_init: float = 0.0
-    state_dependent_std: bool = False
 
 
 class State(NamedTuple):

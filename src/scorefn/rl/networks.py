@@ -39,6 +39,15 @@ class MLP(nn.Module):
 
 
 @dataclasses.dataclass(frozen=True)
+class NetworkConfig:
+    """The network fields every algorithm's ``Config`` shares (it subclasses this)."""
+
+    hidden: tuple[int, ...] = (64, 64)
+    log_std_init: float = 0.0  # continuous actions: initial log σ
+    state_dependent_std: bool = False  # continuous actions: log σ from the MLP, not a vector
+
+
+@dataclasses.dataclass(frozen=True)
 class ActorCritic:
     """A policy π_θ(a | s) and a value function V_φ(s)."""
 

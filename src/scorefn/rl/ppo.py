@@ -20,14 +20,14 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from scorefn.rl.networks import ActorCritic
+from scorefn.rl.networks import ActorCritic, NetworkConfig
 from scorefn.rl.policy_gradient import combine, entropy_grad, policy_gradient
 from scorefn.rl.returns import gae
 from scorefn.rl.rollout import Transition, flatten
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
+class Config(NetworkConfig):
     num_envs: int = 8
     num_steps: int = 32
     num_epochs: int = 20
@@ -42,9 +42,6 @@ class Config:
     max_grad_norm: float = 0.5
     target_kl: float | None = None
     normalize_advantages: bool = True
-    hidden: tuple[int, ...] = (64, 64)
-    log_std_init: float = 0.0
-    state_dependent_std: bool = False
 
 
 class State(NamedTuple):

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import optax
 
 from scorefn import baselines
-from scorefn.rl.networks import ActorCritic
+from scorefn.rl.networks import ActorCritic, NetworkConfig
 from scorefn.rl.policy_gradient import combine, entropy_grad, policy_gradient
 from scorefn.rl.returns import discounted_returns
 from scorefn.rl.rollout import Transition
@@ -38,7 +38,7 @@ BASELINES = ("none", "ema", "leave_one_out", "value")
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
+class Config(NetworkConfig):
     num_envs: int = 16
     num_steps: int = 0  # unused: rollouts are whole episodes
     learning_rate: float = 3e-3
@@ -49,9 +49,6 @@ class Config:
     entropy_coef: float = 0.0
     max_grad_norm: float = 1.0
     value_epochs: int = 5
-    hidden: tuple[int, ...] = (64, 64)
-    log_std_init: float = 0.0
-    state_dependent_std: bool = False
 
     def __post_init__(self):
         if self.baseline not in BASELINES:

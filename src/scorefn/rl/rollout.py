@@ -80,21 +80,37 @@ class GymnasiumRunner:
         self._value = jax.jit(lambda p, o: policy.value(p["value"], o))
 
     def rollout(self, params: dict[str, Any], key: jax.Array, num_steps: int) -> Transition:
-        fields = {name: [] for name in Transition._fields}
-        for key_t in jax.random.split(key, num_steps):
+        fields = {name: [] for name in Transition._fields if name != "next_value"}
+        finals = {}  # (t, env) -> the observation an episode ended on
+        for t, key_t in enumerate(jax.random.split(key, num_steps)):
             action, log_prob, value = self._act(params, jnp.asarray(self.obs), key_t)
             action_np = np.asarray(action)
             obs, reward, terminated, truncated, final = self.env.step(action_np)
-            next_value = np.asarray(self._value(params, jnp.asarray(final)))
             done = np.logical_or(terminated, truncated)
+            for i in np.flatnonzero(done):
+                finals[(t, i)] = final[i]
             total = self.episode_return + reward
-            for name, value_t in zip(Transition._fields, (
+            for name, value_t in zip(fields, (
                     self.obs, action_np, reward, terminated, truncated, np.asarray(log_prob),
-                    np.asarray(value), next_value, np.where(done, total, 0.0))):
+                    np.asarray(value), np.where(done, total, 0.0))):
                 fields[name].append(value_t)
             self.episode_return = np.where(done, 0.0, total).astype(np.float32)
             self.obs = obs
-        return Transition(**{name: jnp.asarray(np.stack(v)) for name, v in fields.items()})
+        # V(s'_t) is the next step's V(s_{t+1}) inside an episode (already computed when
+        # acting): only episode ends and the window's last step need the critic again, in
+        # one call, instead of one jitted call per step.
+        values = np.stack(fields["value"])
+        next_values = np.concatenate([values[1:], np.zeros_like(values[:1])])
+        extra = [(num_steps - 1, i, self.obs[i]) for i in range(self.env.num_envs)
+                 if (num_steps - 1, i) not in finals]
+        extra += [(t, i, o) for (t, i), o in finals.items()]
+        if extra:
+            computed = np.asarray(self._value(params, jnp.asarray(np.stack([o for _, _, o in extra]))))
+            for (t, i, _), v in zip(extra, computed):
+                next_values[t, i] = v
+        batch = {name: np.stack(v) for name, v in fields.items()}
+        batch["next_value"] = next_values
+        return Transition(**{name: jnp.asarray(batch[name]) for name in Transition._fields})
 
 
 def flatten(batch: Transition) -> Transition:

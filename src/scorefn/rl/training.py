@@ -13,7 +13,6 @@ import csv
 import dataclasses
 import json
 import os
-import pickle
 import time
 from typing import Any
 
@@ -21,7 +20,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from scorefn import _runs
 from scorefn._compilation_cache import enable_compilation_cache
+from scorefn._runs import from_host, progress_bar, save_checkpoint, to_host
 from scorefn._validation import runtime_checks
 from scorefn.rl import defaults as D
 from scorefn.rl.envs import THRESHOLDS, GymnasiumEnv, JaxEnv, make
@@ -176,10 +177,7 @@ def evaluate_gymnasium(env_id: str, policy: ActorCritic, policy_params: Any, see
 def load_checkpoint(path: str, seed_index: int = 0) -> TrainResult:
     """A :class:`TrainResult` (policy parameters of one seed, history, config) from a
     checkpoint written by :func:`train`, e.g. for :func:`evaluate`."""
-    with open(path, "rb") as fh:
-        payload = pickle.load(fh)
-    if payload.get("version") != CHECKPOINT_VERSION:
-        raise ValueError(f"{path} is not a scorefn.rl checkpoint")
+    payload = _runs.load_checkpoint(path, CHECKPOINT_VERSION, "scorefn.rl")
     config = _algorithm(payload["algo"]).Config(**{
         k: tuple(v) if isinstance(v, list) else v for k, v in payload["config"].items()})
     env = make(payload["env"])
@@ -272,7 +270,7 @@ def train(
     if resume and os.path.exists(checkpoint):
         history, wall = runner.load(checkpoint, algo, env, seeds)
     logger = _Logger(log_dir, resume and bool(history))
-    bar = _progress(progress, f"{algo} {env}", total_steps)
+    bar = progress_bar(progress, f"{algo} {env}", total_steps, "steps", "eval")
     try:
         env_steps = int(history[-1]["env_steps"]) if history else 0
         if bar is not None:
@@ -298,7 +296,7 @@ def train(
                 runner.save(checkpoint, history, wall, algo, env, seeds)
             if bar is not None:
                 bar.update(bar.task_ids[0], completed=min(env_steps, total_steps),
-                           ret=f"{np.mean(eval_mean):.1f}")
+                           value=f"{np.mean(eval_mean):.1f}")
             threshold = THRESHOLDS.get(env)
             if stop_when_solved and threshold is not None and np.all(np.asarray(eval_mean) >= threshold):
                 break
@@ -390,8 +388,7 @@ class _JaxLoop:
         return self.carry[0].params
 
     def save(self, path, history, wall, algo, env, seeds):
-        carry = jax.tree.map(_to_host, self.carry)
-        _atomic_pickle(path, {"carry": carry, "history": history, "wall": wall, "algo": algo,
+        save_checkpoint(path, {"carry": to_host(self.carry), "history": history, "wall": wall, "algo": algo,
                               "env": env, "seeds": seeds, "eval_index": self.eval_index,
                               "config": dataclasses.asdict(self.config),
                               "batched": not self.single,
@@ -399,7 +396,7 @@ class _JaxLoop:
 
     def load(self, path, algo, env, seeds):
         payload = _read_checkpoint(path, algo, env, seeds)
-        self.carry = jax.tree.map(_from_host, payload["carry"], is_leaf=lambda x: isinstance(x, _Key))
+        self.carry = from_host(payload["carry"])
         self.eval_index = payload["eval_index"]
         return payload["history"], payload["wall"]
 
@@ -453,35 +450,8 @@ class _GymnasiumLoop:
         raise ValueError("checkpoints of gymnasium runs are not supported")
 
 
-@dataclasses.dataclass
-class _Key:
-    data: np.ndarray
-
-
-def _to_host(x):
-    if isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
-        return _Key(np.asarray(jax.random.key_data(x)))
-    return np.asarray(x)
-
-
-def _from_host(x):
-    if isinstance(x, _Key):
-        return jax.random.wrap_key_data(jnp.asarray(x.data))
-    return jnp.asarray(x)
-
-
-def _atomic_pickle(path, payload):
-    tmp = f"{path}.tmp"
-    with open(tmp, "wb") as fh:
-        pickle.dump(payload, fh)
-    os.replace(tmp, path)  # an interrupted write never leaves a half checkpoint
-
-
 def _read_checkpoint(path, algo, env, seeds):
-    with open(path, "rb") as fh:
-        payload = pickle.load(fh)
-    if payload.get("version") != CHECKPOINT_VERSION:
-        raise ValueError(f"{path} is not a scorefn.rl checkpoint")
+    payload = _runs.load_checkpoint(path, CHECKPOINT_VERSION, "scorefn.rl")
     if (payload["algo"], payload["env"], payload["seeds"]) != (algo, env, list(seeds)):
         raise ValueError(f"{path} holds a run of {payload['algo']} on {payload['env']} with seeds "
                          f"{payload['seeds']}; resume it with the same algorithm, env and seeds")
@@ -532,16 +502,3 @@ class _Logger:
         self.csv.close()
         if self.tensorboard is not None:
             self.tensorboard.close()
-
-
-def _progress(progress: bool, description: str, total: int):
-    if not progress:
-        return None
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-    bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
-                   TextColumn("{task.completed:,}/{task.total:,} steps  eval {task.fields[ret]}"),
-                   TimeElapsedColumn())
-    bar.add_task(description, total=total, ret="–")
-    bar.start()
-    return bar

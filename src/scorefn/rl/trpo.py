@@ -24,14 +24,14 @@ import jax.numpy as jnp
 import optax
 
 from scorefn.fisher import kl, kl_fisher_vector_product, natural_gradient_cg
-from scorefn.rl.networks import ActorCritic
+from scorefn.rl.networks import ActorCritic, NetworkConfig
 from scorefn.rl.policy_gradient import policy_gradient
 from scorefn.rl.returns import gae
 from scorefn.rl.rollout import Transition, flatten
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
+class Config(NetworkConfig):
     num_envs: int = 8
     num_steps: int = 128
     gamma: float = 0.99
@@ -44,9 +44,6 @@ class Config:
     value_learning_rate: float = 1e-3
     value_epochs: int = 5
     value_minibatch_size: int = 256
-    hidden: tuple[int, ...] = (64, 64)
-    log_std_init: float = 0.0
-    state_dependent_std: bool = False
 
 
 class State(NamedTuple):

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import pickle
 import time
 from typing import Any
 
@@ -22,6 +21,7 @@ import optax
 
 from scorefn import _validation as v
 from scorefn._compilation_cache import enable_compilation_cache
+from scorefn._runs import from_host, load_checkpoint, progress_bar, save_checkpoint, to_host
 from scorefn.baselines import Ema
 from scorefn.vi.guides import Guide, auto_guide
 from scorefn.vi.model import LatentSite, LogJoint, Model, NumPyroModel, as_model
@@ -218,7 +218,7 @@ def fit(
 
     run_chunk = jax.jit(lambda carry, idx: jax.lax.scan(step, carry, idx))
     checked_step = jax.jit(step)  # with the run-time checks, to replay a failing chunk
-    bar = _progress_bar(progress, estimator, steps)
+    bar = progress_bar(progress, f"vi {estimator}", steps, "steps", "ELBO")
     if bar is not None:
         bar.update(bar.task_ids[0], completed=done)
     started = time.perf_counter()
@@ -245,8 +245,7 @@ def fit(
                 _save(checkpoint, params, opt_state, baseline_state, done, history, estimator,
                       num_samples)
             if bar is not None:
-                bar.update(bar.task_ids[0], completed=done,
-                           elbo=f"{np.mean(history[-100:]):.2f}")
+                bar.update(bar.task_ids[0], completed=done, value=f"{np.mean(history[-100:]):.2f}")
     finally:
         if bar is not None:
             bar.stop()
@@ -271,41 +270,18 @@ def _finite(tree: Any) -> bool:
                if jnp.issubdtype(jnp.result_type(x), jnp.floating))
 
 
-def _progress_bar(progress: bool, estimator: str, steps: int):
-    if not progress:
-        return None
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-    bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
-                   TextColumn("{task.completed:,}/{task.total:,} steps  ELBO {task.fields[elbo]}"),
-                   TimeElapsedColumn())
-    bar.add_task(f"vi {estimator}", total=steps, elbo="–")
-    bar.start()
-    return bar
-
-
 def _save(path, params, opt_state, baseline_state, done, history, estimator, num_samples) -> None:
-    payload = {"params": jax.tree.map(np.asarray, params),
-               "opt_state": jax.tree.map(np.asarray, opt_state),
-               "baseline_state": jax.tree.map(np.asarray, baseline_state),
-               "step": done, "history": list(history), "estimator": estimator,
-               "num_samples": num_samples, "version": CHECKPOINT_VERSION}
-    tmp = f"{path}.tmp"
-    with open(tmp, "wb") as fh:
-        pickle.dump(payload, fh)
-    os.replace(tmp, path)  # atomic: an interrupted write never leaves a half checkpoint
+    save_checkpoint(path, {"params": to_host(params), "opt_state": to_host(opt_state),
+                           "baseline_state": to_host(baseline_state), "step": done,
+                           "history": list(history), "estimator": estimator,
+                           "num_samples": num_samples, "version": CHECKPOINT_VERSION})
 
 
 def _load(path, estimator, num_samples):
-    with open(path, "rb") as fh:
-        payload = pickle.load(fh)
-    if payload.get("version") != CHECKPOINT_VERSION:
-        raise ValueError(f"{path} is not a scorefn.vi checkpoint (version {payload.get('version')})")
+    payload = load_checkpoint(path, CHECKPOINT_VERSION, "scorefn.vi")
     if (payload["estimator"], payload["num_samples"]) != (estimator, num_samples):
         raise ValueError(
             f"{path} was written by a run with estimator={payload['estimator']!r}, "
             f"num_samples={payload['num_samples']}; resume it with the same settings")
-    restore = lambda tree: jax.tree.map(jnp.asarray, tree)  # noqa: E731
-    return (restore(payload["params"]), restore(payload["opt_state"]),
-            restore(payload["baseline_state"]), int(payload["step"]), list(payload["history"]))
-
+    return (from_host(payload["params"]), from_host(payload["opt_state"]),
+            from_host(payload["baseline_state"]), int(payload["step"]), list(payload["history"]))

@@ -85,3 +85,45 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
         rl.train("CartPole-v1", "a2c", seed=0, total_steps=2000, eval_every=400, progress=False,
                  checkpoint=path, resume=True, learning_rate=float("nan"))
     assert rl.load_checkpoint(path).env_steps == 800
+
+
+@pytest.mark.parametrize("backend", ["gymnax", "gymnasium"])
+def test_next_value_is_the_value_of_the_observation_before_the_reset(backend):
+    """Inside an episode V(s'_t) = V(s_{t+1}); at an episode end s_{t+1} is the reset
+    observation, and next_value must be the value of the final one instead."""
+    import jax.numpy as jnp
+
+    from scorefn.rl.rollout import GymnasiumRunner, jax_reset, jax_rollout
+
+    env = rl.make("CartPole-v1", backend, **({"num_envs": 2} if backend == "gymnasium" else {}))
+    policy = rl.ActorCritic(env.action_space)
+    params = policy.init(jax.random.key(0), env.obs_shape)
+    if backend == "gymnax":
+        _, batch = jax_rollout(env, policy, params, jax_reset(env, jax.random.key(1), 2),
+                               jax.random.key(2), 200)
+    else:
+        batch = GymnasiumRunner(env, policy).rollout(params, jax.random.key(2), 200)
+    done = np.asarray(batch.terminated | batch.truncated)[:-1]
+    following = np.asarray(batch.value)[1:]
+    next_value = np.asarray(batch.next_value)[:-1]
+    assert done.sum() >= 4  # a random policy ends several episodes in 200 steps
+    np.testing.assert_allclose(next_value[~done], following[~done], rtol=1e-5, atol=1e-6)
+    assert np.all(np.abs(next_value[done] - following[done]) > 1e-6)
+    recomputed = policy.value(params["value"], jnp.asarray(np.asarray(batch.obs)[1:][~done]))
+    np.testing.assert_allclose(next_value[~done], recomputed, rtol=1e-5, atol=1e-6)
+
+
+def test_ppo_options_value_clipping_and_kl_early_stop():
+    stopped = rl.train("CartPole-v1", "ppo", seed=0, target_kl=1e-9, clip_value=0.2, **SMALL)
+    assert all(row["early_stopped"] == 1.0 for row in stopped.history)
+    free = rl.train("CartPole-v1", "ppo", seed=0, **SMALL)
+    assert all(row["early_stopped"] == 0.0 for row in free.history)
+
+
+@pytest.mark.parametrize("backend,std", [("gymnax", True), ("gymnasium", False)])
+def test_continuous_actions_on_both_paths(backend, std):
+    result = rl.train("Pendulum-v1", "ppo", seed=0, total_steps=2048, eval_every=2048,
+                      backend=backend, progress=False, num_envs=2, num_steps=512,
+                      num_epochs=1, state_dependent_std=std)
+    assert np.isfinite(result.eval_mean) and -2000 < result.eval_mean < 0
+    assert ("log_std" in result.params["policy"]) == (not std)
