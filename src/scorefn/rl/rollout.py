@@ -76,14 +76,15 @@ class GymnasiumRunner:
         self.policy = policy
         self.obs = env.reset()
         self.episode_return = np.zeros(env.num_envs, np.float32)
-        self._act = jax.jit(lambda p, o, k: act(policy, p, o, k))
+        self._act = jax.jit(lambda p, o, k, t: act(policy, p, o, jax.random.fold_in(k, t)))
         self._value = jax.jit(lambda p, o: policy.value(p["value"], o))
 
     def rollout(self, params: dict[str, Any], key: jax.Array, num_steps: int) -> Transition:
         fields = {name: [] for name in Transition._fields if name != "next_value"}
         finals = {}  # (t, env) -> the observation an episode ended on
-        for t, key_t in enumerate(jax.random.split(key, num_steps)):
-            action, log_prob, value = self._act(params, jnp.asarray(self.obs), key_t)
+        for t in range(num_steps):
+            action, log_prob, value = jax.device_get(
+                self._act(params, self.obs, key, np.int32(t)))
             action_np = np.asarray(action)
             obs, reward, terminated, truncated, final = self.env.step(action_np)
             done = np.logical_or(terminated, truncated)
@@ -100,14 +101,15 @@ class GymnasiumRunner:
         # acting): only episode ends and the window's last step need the critic again, in
         # one call, instead of one jitted call per step.
         values = np.stack(fields["value"])
-        next_values = np.concatenate([values[1:], np.zeros_like(values[:1])])
-        extra = [(num_steps - 1, i, self.obs[i]) for i in range(self.env.num_envs)
-                 if (num_steps - 1, i) not in finals]
-        extra += [(t, i, o) for (t, i), o in finals.items()]
-        if extra:
-            computed = np.asarray(self._value(params, jnp.asarray(np.stack([o for _, _, o in extra]))))
-            for (t, i, _), v in zip(extra, computed):
-                next_values[t, i] = v
+        ends = np.zeros((num_steps,) + self.obs.shape, np.float32)
+        ends[-1] = self.obs  # the window's last step continues from here
+        for (t, i), o in finals.items():
+            ends[t, i] = o
+        # one fixed-shape call (no recompilation), for the few entries that need it
+        end_values = np.asarray(self._value(params, jnp.asarray(ends)))
+        next_values = np.concatenate([values[1:], end_values[-1:]])
+        for (t, i) in finals:
+            next_values[t, i] = end_values[t, i]
         batch = {name: np.stack(v) for name, v in fields.items()}
         batch["next_value"] = next_values
         return Transition(**{name: jnp.asarray(batch[name]) for name in Transition._fields})
