@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -107,7 +108,8 @@ def minimize(
       checkpoint: a file where the run's state (strategy state with its PRNG key, best point,
         history) is written after every compiled chunk of generations and on Ctrl-C;
         ``resume=True`` continues from it. A resumed run gives the same result as an
-        uninterrupted one with the same seed.
+        uninterrupted one with the same seed. With ``restarts``, this file records the
+        finished runs and each run checkpoints itself in ``<checkpoint>.run<k>``.
       bounds: ``(low, high)``, scalars or arrays of shape (d,). x0 must lie inside; f is
         evaluated at the candidate clipped into the box plus ``bound_penalty`` times the
         squared distance to it, so the search is pushed back inside; the best x returned is
@@ -280,35 +282,55 @@ def _jax_bounded(f, low, high, penalty):
     return bounded
 
 
+RESTARTS_CHECKPOINT_VERSION = 1
+STALLS = ("tol_x", "tol_f", "stagnation")  # stop reasons after which a restart follows
+
+
 def _minimize_with_restarts(f, x0, strategy, *, restarts, popsize_factor, key, seed, plot,
                             checkpoint, resume, max_evaluations, **options):
-    if checkpoint is not None or resume:
-        raise ValueError("checkpoint/resume and restarts cannot be combined yet")
+    """IPOP restarts. With ``checkpoint``, the finished runs are recorded in that file and
+    the current run checkpoints itself in ``<checkpoint>.run<k>``; ``resume=True`` replays
+    the finished runs from the record and continues the current one exactly."""
     if restarts < 0 or popsize_factor < 1:
         raise ValueError(f"restarts must be >= 0 and popsize_factor >= 1, got {restarts}, "
                          f"{popsize_factor}")
+    if resume and checkpoint is None:
+        raise ValueError("resume=True needs checkpoint=<path of an earlier run's checkpoint>")
     strat = _strategy(strategy)
     if not hasattr(strat, "popsize"):
         raise TypeError("restarts need a strategy with a popsize field")
     key = jax.random.key(seed) if key is None else key
     base = strat.ask(strat.init(key, jnp.asarray(x0, jnp.result_type(float)),
                                 options["sigma0"]))[0].shape[0]
+    finished: list[dict] = []  # one entry per run that ended in a stall (a restart followed)
+    if resume and os.path.exists(checkpoint):
+        finished = load_checkpoint(checkpoint, RESTARTS_CHECKPOINT_VERSION, "scorefn.es restarts")["runs"]
     best, history, used, started = None, [], 0, time.perf_counter()
     for run in range(restarts + 1):
-        popsize = int(round(base * popsize_factor**run))
-        if popsize % 2 and getattr(strat, "name", "") == "openai_es":
-            popsize += 1
-        result = minimize(f, x0, dataclasses.replace(strat, popsize=popsize),
-                          key=jax.random.fold_in(key, run), max_evaluations=max_evaluations - used,
-                          **options)
+        if run < len(finished):  # replay a finished run from the record
+            result = OptimizeResult(**{**finished[run], "x": np.asarray(finished[run]["x"])})
+        else:
+            popsize = int(round(base * popsize_factor**run))
+            if popsize % 2 and getattr(strat, "name", "") == "openai_es":
+                popsize += 1
+            run_checkpoint = None if checkpoint is None else f"{checkpoint}.run{run}"
+            result = minimize(f, x0, dataclasses.replace(strat, popsize=popsize),
+                              key=jax.random.fold_in(key, run),
+                              max_evaluations=max_evaluations - used, checkpoint=run_checkpoint,
+                              resume=resume and run_checkpoint is not None
+                              and os.path.exists(run_checkpoint), **options)
+            if checkpoint is not None and result.stop_reason in STALLS:
+                finished.append({k: (np.asarray(v) if k == "x" else v)
+                                 for k, v in dataclasses.asdict(result).items()})
+                save_checkpoint(checkpoint, {"runs": finished,
+                                             "version": RESTARTS_CHECKPOINT_VERSION})
         history += [(used + e, min(b, best.f) if best else b) for e, b in result.history]
         used += result.evaluations
         if best is None or result.f < best.f:
             best = result
-        if result.stop_reason in ("target_f", "max_evaluations") or used >= max_evaluations:
-            stop_reason = result.stop_reason
-            break
         stop_reason = result.stop_reason
+        if stop_reason not in STALLS or used >= max_evaluations:
+            break
     final = OptimizeResult(
         x=best.x, f=best.f, evaluations=used, generations=len(history),
         stop_reason=f"{stop_reason} (after {run} restart{'s' if run != 1 else ''})",

@@ -1,6 +1,8 @@
 """Search-gradient strategies: convergence, gradients against closed forms, natural gradients."""
 
 import math
+import pickle
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -212,8 +214,38 @@ def test_ipop_restarts_solve_rastrigin_d10():
     assert not plain.success
     assert restarted.success and "restart" in restarted.stop_reason
     assert restarted.evaluations == restarted.history[-1][0]
-    with pytest.raises(ValueError, match="cannot be combined"):
-        es.minimize(es.sphere, x0, "snes", restarts=2, checkpoint="x.ckpt")
+
+
+def test_restarts_resume_equals_uninterrupted(tmp_path):
+    """Interrupted in the third run (two runs recorded as finished), resumed: the same
+    result, history and evaluations as the uninterrupted run."""
+    x0 = np.random.default_rng(0).uniform(-3, 3, 5)
+    options = dict(sigma0=2.0, seed=0, target_f=1e-8, restarts=4, stagnation=30)
+    whole = es.minimize(es.rastrigin, x0, "snes", max_evaluations=8000, **options)
+    assert "after 2 restarts" in whole.stop_reason
+    path = str(tmp_path / "run.ckpt")
+    first = es.minimize(es.rastrigin, x0, "snes", max_evaluations=3000, checkpoint=path,
+                        **options)
+    assert first.evaluations < whole.evaluations
+    assert first.stop_reason == "max_evaluations (after 2 restarts)"
+    # The record of finished runs is replayed, not recomputed: a planted value shows through.
+    planted = str(tmp_path / "planted.ckpt")
+    for suffix in ("", ".run2"):
+        shutil.copy(path + suffix, planted + suffix)
+    with open(planted, "rb") as fh:
+        record = pickle.load(fh)
+    assert len(record["runs"]) == 2
+    record["runs"][0]["f"] = -123.0
+    with open(planted, "wb") as fh:
+        pickle.dump(record, fh)
+    replayed = es.minimize(es.rastrigin, x0, "snes", max_evaluations=8000, checkpoint=planted,
+                           resume=True, **options)
+    assert replayed.f == -123.0
+    resumed = es.minimize(es.rastrigin, x0, "snes", max_evaluations=8000, checkpoint=path,
+                          resume=True, **options)
+    assert resumed.evaluations == whole.evaluations and resumed.f == whole.f
+    assert np.array_equal(resumed.x, whole.x) and resumed.history == whole.history
+    assert resumed.stop_reason == whole.stop_reason
 
 
 @pytest.mark.parametrize("evaluator", ["jax", "python"])
