@@ -149,6 +149,10 @@ def seconds_per_generation(d, repeats=5):
     run = _compiled_generations(strat, es.sphere, gens, "penalize")
     carry = (strat.init(jax.random.key(0), x0, 0.5), x0, jnp.asarray(jnp.inf))
     rows["scorefn SNES"] = _time(lambda: run(carry), repeats) / gens
+    strat = es.openai_es(popsize=lam + lam % 2)  # mirrored sampling needs an even population
+    run = _compiled_generations(strat, es.sphere, gens, "penalize")
+    carry = (strat.init(jax.random.key(0), x0, 0.5), x0, jnp.asarray(jnp.inf))
+    rows["scorefn OpenAI-ES"] = _time(lambda: run(carry), repeats) / gens
     for algo in (["SNES", "CMA_ES"] if d <= 1000 else ["SNES"]):
         strategy = getattr(A, algo)(population_size=lam, solution=jnp.zeros(d))
         params = strategy.default_params.replace(std_init=jnp.asarray(0.5))
@@ -193,6 +197,10 @@ def main():
     parser.add_argument("--quick", action="store_true", help="d = 10 problems only, no d >= 1000")
     parser.add_argument("--only", nargs="+", default=None, help="problem names, e.g. rastrigin10")
     parser.add_argument("--markdown", help="also write the tables to this file")
+    parser.add_argument("--runners", nargs="+", default=None,
+                        help="optimiser labels to run, e.g. 'scorefn OpenAI-ES' (default: all)")
+    parser.add_argument("--timing", action="store_true",
+                        help="with --only or --runners, still time generations at d >= 1000")
     args = parser.parse_args()
     problems = [p for p in PROBLEMS if not (args.quick and PROBLEMS[p][1] > 10)]
     if args.only:
@@ -204,9 +212,12 @@ def main():
         "evosax xNES": lambda n, s: run_evosax("xNES", n, s),
         "scorefn SNES": lambda n, s: run_scorefn("snes", n, s),
         "scorefn xNES": lambda n, s: run_scorefn("xnes", n, s),
+        "scorefn OpenAI-ES": lambda n, s: run_scorefn("openai_es", n, s),
         "scorefn SNES + IPOP restarts": lambda n, s: run_scorefn("snes", n, s, restarts=8),
         "scorefn xNES + IPOP restarts": lambda n, s: run_scorefn("xnes", n, s, restarts=8),
     }
+    if args.runners:
+        runners = {k: v for k, v in runners.items() if k in args.runners}
     header = (f"machine: {platform.machine()}, {os.cpu_count()} cores, Python "
               f"{platform.python_version()}; jax {jax.__version__} (float64), evosax "
               f"{importlib.metadata.version('evosax')}, cma {cma.__version__}; seeds {args.seeds}")
@@ -230,7 +241,7 @@ def main():
                     f"{', '.join(failed)} |")
             print(line, flush=True)
             lines.append(line)
-    if not args.quick and not args.only:
+    if not args.quick and ((not args.only and not args.runners) or args.timing):
         lines += ["", "| d | optimiser | ms per generation |", "|---|---|---|"]
         for d in (1000, 10000):
             for label, seconds in seconds_per_generation(d).items():
