@@ -159,9 +159,21 @@ def scorefn_rollout_rate(num_envs=2048, num_steps=128, repeats=5):
     return {"steps_per_s": num_envs * num_steps / statistics.median(times)}
 
 
+def sample_efficiency(num_seeds=10):
+    """Steps to solve PPO CartPole for seeds 0..n-1: scorefn (all seeds in one vmapped run,
+    evaluations every 5120 steps) and SB3 (one run per seed, every 5000 steps)."""
+    from scorefn import rl
+
+    result = rl.train("CartPole-v1", "ppo", seeds=list(range(num_seeds)), total_steps=61_440,
+                      eval_every=5120, progress=False)
+    ours = [result.solved_at_steps(i) for i in range(num_seeds)]
+    sb3 = [sb3_solve("ppo", "CartPole-v1", s)["solved_at_steps"] for s in range(num_seeds)]
+    return {"scorefn": ours, "sb3": sb3}
+
+
 WORKERS = {"sb3_solve": sb3_solve, "sb3_throughput": sb3_throughput, "scorefn_solve": scorefn_solve,
            "scorefn_throughput": scorefn_throughput, "scorefn_many_seeds": scorefn_many_seeds,
-           "scorefn_rollout_rate": scorefn_rollout_rate}
+           "scorefn_rollout_rate": scorefn_rollout_rate, "sample_efficiency": sample_efficiency}
 
 
 def fresh(name, *args, cache=None):
@@ -215,7 +227,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--only", nargs="+", default=["ppo", "throughput", "seeds", "rollout",
-                                                   "gymnasium", "a2c", "acrobot"])
+                                                   "gymnasium", "a2c", "acrobot", "efficiency"])
     ap.add_argument("--worker", nargs="+")
     args = ap.parse_args()
     if args.worker:
@@ -250,6 +262,12 @@ def main():
         solve_table("a2c", "CartPole-v1", args.seeds)
     if "acrobot" in args.only:
         solve_table("ppo", "Acrobot-v1", args.seeds)
+    if "efficiency" in args.only:
+        steps = fresh("sample_efficiency")
+        med = lambda xs: statistics.median(x if x else float("inf") for x in xs)  # noqa: E731
+        print(f"PPO CartPole env steps to solve, seeds 0-9: scorefn {steps['scorefn']} (median "
+              f"{med(steps['scorefn']):,.0f}); SB3 {steps['sb3']} (median {med(steps['sb3']):,.0f})",
+              flush=True)
 
 
 if __name__ == "__main__":
