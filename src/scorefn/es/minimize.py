@@ -176,8 +176,7 @@ def minimize(
         last_best = min(last_best, b)
     started = time.perf_counter()
     bar = progress_bar(progress, getattr(strat, "name", "es"), max_evaluations, "evals", "best f")
-    batch_evaluator = None if evaluator == "jax" else _batch_evaluator(evaluator, f, workers,
-                                                                       ray_address)
+    batch_evaluator = None if evaluator == "jax" else _BatchEvaluator(evaluator, f, workers, ray_address)
     try:
         while (records[-1][0] if records else 0) < max_evaluations:
             if evaluator == "jax":
@@ -380,10 +379,6 @@ class _BatchEvaluator:
 
 def _call(f, row):
     return float(f(row))
-
-
-def _batch_evaluator(kind, f, workers, ray_address):
-    return _BatchEvaluator(kind, f, workers, ray_address)
 
 
 def _save_checkpoint(path, state, best_x, best_f, records) -> None:

@@ -25,7 +25,7 @@ from scorefn._compilation_cache import enable_compilation_cache
 from scorefn._runs import from_host, progress_bar, save_checkpoint, to_host
 from scorefn._validation import runtime_checks
 from scorefn.rl import defaults as D
-from scorefn.rl.envs import THRESHOLDS, GymnasiumEnv, JaxEnv, make
+from scorefn.rl.envs import THRESHOLDS, GymnasiumEnv, JaxEnv, _gymnax_ids, make
 from scorefn.rl.networks import ActorCritic
 from scorefn.rl.rollout import GymnasiumRunner, jax_reset, jax_rollout
 
@@ -260,6 +260,9 @@ def train(
     if isinstance(environment, GymnasiumEnv):
         if len(seeds) > 1:
             raise ValueError("several seeds at once need a gymnax environment (vmap)")
+        if checkpoint is not None:
+            raise ValueError("checkpoints need a gymnax environment: a gymnasium environment's "
+                             "Python state cannot be saved")
         runner = _GymnasiumLoop(environment, policy, module, config, seeds[0], updates_per_chunk)
     else:
         runner = _JaxLoop(environment, policy, module, config, seeds, updates_per_chunk,
@@ -280,9 +283,6 @@ def train(
             metrics, used_steps = runner.run_chunk()
             wall += time.perf_counter() - started
             env_steps += used_steps
-            eval_mean = runner.evaluate(eval_episodes)
-            row = {"env_steps": env_steps, "wall_s": wall, "eval_mean": eval_mean,
-                   **{k: v for k, v in metrics.items()}}
             losses = [v for k, v in metrics.items() if k.endswith("loss")]
             if not all(np.all(np.isfinite(v)) for v in losses) or not runner.finite():
                 kept = (f"; the last good checkpoint is {checkpoint} ({history[-1]['env_steps']:,} "
@@ -290,6 +290,8 @@ def train(
                 raise FloatingPointError(
                     f"{algo} on {env}: a loss or the parameters became NaN/inf after "
                     f"{env_steps:,} env steps; lower the learning rate{kept}")
+            eval_mean = runner.evaluate(eval_episodes)
+            row = {"env_steps": env_steps, "wall_s": wall, "eval_mean": eval_mean, **metrics}
             history.append(row)
             logger.write(row)
             if checkpoint is not None:
@@ -311,8 +313,6 @@ def train(
 
 
 def _is_gymnax(env_id: str, backend: str) -> bool:
-    from scorefn.rl.envs import _gymnax_ids
-
     return backend in ("auto", "gymnax") and env_id in _gymnax_ids()
 
 
@@ -442,12 +442,6 @@ class _GymnasiumLoop:
     def final_params(self):
         return self.state.params
 
-    def save(self, path, history, wall, algo, env, seeds):
-        raise ValueError("checkpoints of gymnasium runs are not supported (the environments' "
-                         "Python state cannot be saved); use a gymnax environment")
-
-    def load(self, path, algo, env, seeds):
-        raise ValueError("checkpoints of gymnasium runs are not supported")
 
 
 def _read_checkpoint(path, algo, env, seeds):

@@ -19,6 +19,7 @@ plates localise a term's elements to the latent elements with the same plate ind
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 from collections.abc import Callable
 from functools import partial
@@ -66,14 +67,15 @@ class Term:
     depends_on: frozenset[str]
 
 
-class Model:
+class Model(abc.ABC):
     """Common interface: ``latents``, ``terms`` and ``term_values(z)``."""
 
     latents: dict[str, LatentSite]
     terms: dict[str, Term]
 
-    def term_values(self, z: dict[str, jax.Array]) -> dict[str, jax.Array]:  # pragma: no cover
-        raise NotImplementedError
+    @abc.abstractmethod
+    def term_values(self, z: dict[str, jax.Array]) -> dict[str, jax.Array]:
+        """Every term of log p(x, z) at one (unconstrained) latent value z."""
 
     def log_joint(self, z: dict[str, jax.Array]) -> jax.Array:
         """log p(x, z) at one (unconstrained) latent value z."""

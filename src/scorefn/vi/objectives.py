@@ -25,6 +25,7 @@ takes control variates). w̃_k = w_k / Σ_m w_m.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -63,6 +64,12 @@ def _log_density(terms: dict[str, jax.Array]) -> jax.Array:
     return sum(_per_sample(t) for t in terms.values())
 
 
+def log_weights(model: Model, guide: Guide, params: dict[str, Any],
+                block_values: dict[str, jax.Array]) -> jax.Array:
+    """log w_k = log p(x, z_k) - log q_θ(z_k) per sample, ``(K,)``."""
+    return _log_density(term_values(model, guide, block_values)) - guide.log_prob(params, block_values)
+
+
 def _nonfinite_term_message(name: str):
     def message(values: np.ndarray) -> str | None:
         per_sample = values.reshape(values.shape[0], -1)
@@ -86,16 +93,14 @@ def elbo(model: Model, guide: Guide, params: dict[str, Any], key: jax.Array,
          num_samples: int = 1000) -> jax.Array:
     """Monte Carlo estimate (1/K) Σ_k [log p(x, z_k) - log q_θ(z_k)], z_k ~ q_θ; unbiased."""
     v.check_key(key)
-    z = guide.sample(params, key, num_samples)
-    return jnp.mean(_log_density(term_values(model, guide, z)) - guide.log_prob(params, z))
+    return jnp.mean(log_weights(model, guide, params, guide.sample(params, key, num_samples)))
 
 
 def iwae_bound(model: Model, guide: Guide, params: dict[str, Any], key: jax.Array,
                num_samples: int) -> jax.Array:
     """log (1/K) Σ_k w_k for one set of K samples: an unbiased estimate of L_K ≥ L."""
     v.check_key(key)
-    z = guide.sample(params, key, num_samples)
-    log_w = _log_density(term_values(model, guide, z)) - guide.log_prob(params, z)
+    log_w = log_weights(model, guide, params, guide.sample(params, key, num_samples))
     return jax.nn.logsumexp(log_w) - jnp.log(num_samples)
 
 
@@ -259,7 +264,7 @@ def _pathwise_block(model: Model, guide: Guide, params: dict[str, Any], z: dict[
     def integrand(x):
         values = dict(z)
         values[name] = x
-        log_w = _log_density(term_values(model, guide, values)) - guide.log_prob(fixed, values)
+        log_w = log_weights(model, guide, fixed, values)
         if not multi_sample:
             return log_w
         # DReG: Σ_k w̃_k² ∇ log w_k, written as a mean over the K samples.
@@ -270,7 +275,8 @@ def _pathwise_block(model: Model, guide: Guide, params: dict[str, Any], z: dict[
                          vectorized=True)
 
 
-def ema_states(guide: Guide, params: dict[str, Any], estimator: str, decay_init) -> dict[str, EmaState]:
+def ema_states(guide: Guide, params: dict[str, Any], estimator: str,
+               init: Callable[[tuple[int, ...]], EmaState]) -> dict[str, EmaState]:
     """One EMA baseline state per score-function block: shape () for ``score``, the block's
     batch_shape (one per factor) for ``score-rb``/``mixed``."""
     out = {}
@@ -278,5 +284,5 @@ def ema_states(guide: Guide, params: dict[str, Any], estimator: str, decay_init)
         if estimator in ("reparam", "mixed", "iwae") and d.has_rsample:
             continue
         shape = () if estimator == "score" else tuple(d.batch_shape)
-        out[name] = decay_init(shape)
+        out[name] = init(shape)
     return out

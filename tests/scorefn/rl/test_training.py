@@ -127,3 +127,10 @@ def test_continuous_actions_on_both_paths(backend, std):
                       num_epochs=1, state_dependent_std=std)
     assert np.isfinite(result.eval_mean) and -2000 < result.eval_mean < 0
     assert ("log_std" in result.params["policy"]) == (not std)
+
+
+def test_gymnasium_runs_refuse_checkpoints_before_training(tmp_path):
+    with pytest.raises(ValueError, match="checkpoints need a gymnax environment"):
+        rl.train("CartPole-v1", "ppo", backend="gymnasium", checkpoint=str(tmp_path / "c.pkl"),
+                 total_steps=256, progress=False)
+    assert not (tmp_path / "c.pkl").exists()
