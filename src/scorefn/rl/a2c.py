@@ -48,9 +48,10 @@ episodic = False
 
 
 def optimizer(config: Config) -> optax.GradientTransformation:
-    return optax.chain(optax.clip_by_global_norm(config.max_grad_norm),
-                       optax.rmsprop(config.learning_rate, decay=config.rms_decay,
-                                     eps=config.rms_eps))
+    # Flattened: one vector instead of a dozen small leaves (less to compile).
+    return optax.flatten(optax.chain(optax.clip_by_global_norm(config.max_grad_norm),
+                                     optax.rmsprop(config.learning_rate, decay=config.rms_decay,
+                                                   eps=config.rms_eps)))
 
 
 def init(key: jax.Array, policy: ActorCritic, env: Any, config: Config) -> State:

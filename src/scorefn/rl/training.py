@@ -22,6 +22,7 @@ import numpy as np
 
 from scorefn import _runs
 from scorefn._compilation_cache import enable_compilation_cache
+from scorefn._program_cache import cached_jit
 from scorefn._runs import from_host, progress_bar, save_checkpoint, to_host
 from scorefn._validation import runtime_checks
 from scorefn.rl import defaults as D
@@ -29,7 +30,7 @@ from scorefn.rl.envs import THRESHOLDS, GymnasiumEnv, JaxEnv, _gymnax_ids, make
 from scorefn.rl.networks import ActorCritic
 from scorefn.rl.rollout import GymnasiumRunner, jax_reset, jax_rollout
 
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2
 
 
 @dataclasses.dataclass
@@ -355,9 +356,14 @@ class _JaxLoop:
 
         # One seed compiles without the seed axis (a smaller program); several are vmapped.
         batch = (lambda f: f) if self.single else jax.vmap
-        self.carry = jax.jit(batch(init_one))(seeds[0] if self.single else jnp.asarray(seeds))
-        self._chunk = jax.jit(batch(chunk))
-        self._evaluate = jax.jit(batch(evaluate))
+        # The traced programs are cached on disk: everything they close over is named here.
+        key = ("scorefn.rl", module.__name__, env.id, repr(config), policy, updates_per_chunk,
+               episodes, self.single)
+        packages = ("flax", "gymnax", "numpyro", "optax")
+        self.carry = cached_jit(batch(init_one), key=key + ("init",), packages=packages)(
+            seeds[0] if self.single else jnp.asarray(seeds))
+        self._chunk = cached_jit(batch(chunk), key=key + ("chunk",), packages=packages)
+        self._evaluate = cached_jit(batch(evaluate), key=key + ("evaluate",), packages=packages)
         self.eval_index = 0
 
     def params_of_first_seed(self):

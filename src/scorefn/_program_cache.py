@@ -1,0 +1,168 @@
+"""Traced programs cached on disk with ``jax.export``, next to the compilation cache.
+
+JAX's persistent compilation cache skips XLA's compile on a second run, but every run still
+traces the Python function and lowers it to StableHLO before it can look the cache up. For a
+training loop that is most of a warm start (0.6 s of PPO's 1 s on a CPU). :func:`cached_jit`
+stores the lowered program itself, serialised by ``jax.export``, under a digest of everything
+that determines it: the caller's ``key`` (which must name every value the function closes
+over), the argument shapes and dtypes, the versions of jax and of the libraries the program
+is built from, and the source of scorefn. A later process with the same digest deserialises
+the program and only compiles it (a compilation-cache hit) without tracing.
+
+The programs live in ``<compilation cache>/scorefn-programs`` and follow the same switch:
+``SCOREFN_COMPILATION_CACHE=0`` turns both off. Any failure to export, save or load falls
+back to plain ``jax.jit``.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib.metadata
+import os
+import pickle
+import tempfile
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from scorefn import _validation
+from scorefn._compilation_cache import enable_compilation_cache
+
+FORMAT = 1
+
+
+@functools.cache
+def _environment_digest(packages: tuple[str, ...]) -> str:
+    """scorefn's own source and the versions of the libraries a program is traced from."""
+    h = hashlib.sha256()
+    root = os.path.dirname(os.path.abspath(__file__))
+    for folder, _, files in sorted(os.walk(root)):
+        for name in sorted(files):
+            if name.endswith(".py"):
+                path = os.path.join(folder, name)
+                h.update(os.path.relpath(path, root).encode())
+                with open(path, "rb") as f:
+                    h.update(f.read())
+    for package in ("jax", "jaxlib", *packages):
+        try:
+            version = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            version = "-"
+        h.update(f"{package}={version};".encode())
+    h.update(f"x64={jax.config.jax_enable_x64};prng={jax.config.jax_default_prng_impl};"
+             f"backend={jax.default_backend()}".encode())
+    return h.hexdigest()
+
+
+def _is_key(x: Any) -> bool:
+    return jnp.issubdtype(x.dtype, jax.dtypes.prng_key)
+
+
+def _to_raw(leaves: Sequence[Any]) -> list[Any]:
+    # Typed PRNG keys cross the exported boundary as their raw uint32 data.
+    return [jax.random.key_data(x) if _is_key(x) else x for x in leaves]
+
+
+def _from_raw(raw: Sequence[Any], key_impls: Sequence[Any]) -> list[Any]:
+    return [x if impl is None else jax.random.wrap_key_data(x, impl=impl)
+            for x, impl in zip(raw, key_impls)]
+
+
+def _key_impls(leaves: Sequence[Any]) -> list[Any]:
+    return [jax.random.key_impl(x) if _is_key(x) else None for x in leaves]
+
+
+class _Program:
+    """One exported program: flat raw arrays in, flat raw arrays out, and the trees."""
+
+    def __init__(self, exported: Any, in_impls: list, out_tree: Any, out_impls: list):
+        self.call = jax.jit(exported.call)
+        self.in_impls, self.out_tree, self.out_impls = in_impls, out_tree, out_impls
+
+    def __call__(self, leaves: list[Any]) -> Any:
+        out = self.call(*_to_raw(leaves))
+        return jax.tree.unflatten(self.out_tree, _from_raw(out, self.out_impls))
+
+
+def cached_jit(fn: Callable, *, key: tuple, packages: Sequence[str] = ()) -> Callable:
+    """``jax.jit(fn)`` whose traced program is cached on disk across processes.
+
+    ``key`` must determine everything ``fn`` closes over (e.g. an algorithm's name and its
+    frozen config); ``packages`` names the libraries ``fn`` is traced from besides jax and
+    scorefn, whose versions join the digest.
+    """
+    jitted = jax.jit(fn)
+    programs: dict[str, Any] = {}
+
+    def call(*args: Any) -> Any:
+        folder = _programs_dir()
+        if folder is None:
+            return jitted(*args)
+        leaves, in_tree = jax.tree.flatten(args)
+        leaves = [x if hasattr(x, "dtype") else jnp.asarray(x) for x in leaves]
+        args = jax.tree.unflatten(in_tree, leaves)
+        signature = (str(in_tree), tuple((tuple(x.shape), str(x.dtype)) for x in leaves))
+        # Host-callback checks change the program (and cannot be exported): part of the key.
+        checks = _validation._RUNTIME_CHECKS[-1]
+        digest = hashlib.sha256(repr((FORMAT, key, signature, checks,
+                                      _environment_digest(tuple(packages)))).encode()).hexdigest()
+        program = programs.get(digest)
+        if program is None:
+            program = _load(folder, digest) or _export(fn, args, folder, digest)
+            programs[digest] = program or jitted
+            program = programs[digest]
+        if program is jitted:
+            return jitted(*args)
+        return program(leaves)
+
+    return call
+
+
+def _programs_dir() -> str | None:
+    cache = enable_compilation_cache()
+    if cache is None:
+        return None
+    return os.path.join(cache, "scorefn-programs")
+
+
+def _load(folder: str, digest: str) -> _Program | None:
+    path = os.path.join(folder, digest + ".pkl")
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path, "rb") as f:
+            payload = pickle.load(f)
+        exported = jax.export.deserialize(bytearray(payload["exported"]))
+        return _Program(exported, payload["in_impls"], payload["out_tree"], payload["out_impls"])
+    except Exception:  # a corrupt or incompatible file: trace again and overwrite it
+        return None
+
+
+def _export(fn: Callable, args: tuple, folder: str, digest: str) -> _Program | None:
+    leaves, in_tree = jax.tree.flatten(args)
+    in_impls = _key_impls(leaves)
+    out_info: dict[str, Any] = {}
+
+    def flat_fn(*raw):
+        out = fn(*jax.tree.unflatten(in_tree, _from_raw(raw, in_impls)))
+        out_leaves, out_info["tree"] = jax.tree.flatten(out)
+        out_info["impls"] = _key_impls(out_leaves)
+        return _to_raw(out_leaves)
+
+    try:
+        exported = jax.export.export(jax.jit(flat_fn))(*_to_raw(leaves))
+        payload = {"exported": exported.serialize(), "in_impls": in_impls,
+                   "out_tree": out_info["tree"], "out_impls": out_info["impls"]}
+        blob = pickle.dumps(payload)
+    except Exception:  # not exportable (e.g. a host callback, no flatbuffers): plain jit
+        return None
+    os.makedirs(folder, exist_ok=True)
+    # Written atomically: a concurrent reader sees the old file or the whole new one.
+    handle, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
+    with os.fdopen(handle, "wb") as f:
+        f.write(blob)
+    os.replace(tmp, os.path.join(folder, digest + ".pkl"))
+    return _Program(exported, in_impls, out_info["tree"], out_info["impls"])

@@ -1,0 +1,97 @@
+"""The on-disk cache of traced programs (jax.export): same results, no tracing on a hit."""
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from scorefn import _program_cache
+
+
+class Carry(NamedTuple):
+    x: jax.Array
+    key: jax.Array
+
+
+@pytest.fixture
+def folder(tmp_path, monkeypatch):
+    monkeypatch.setattr(_program_cache, "_programs_dir", lambda: str(tmp_path))
+    return tmp_path
+
+
+def _step_counting(traces):
+    def step(carry, scale):
+        traces.append(1)
+        key, sub = jax.random.split(carry.key)
+        y = carry.x * scale + jax.random.normal(sub, carry.x.shape)
+        return Carry(y, key), {"mean": jnp.mean(y)}
+    return step
+
+
+def _carry():
+    return Carry(jnp.arange(3.0), jax.random.key(7))
+
+
+def _same(a, b):
+    a, b = jax.tree.leaves(a), jax.tree.leaves(b)
+    assert len(a) == len(b)
+    for u, v in zip(a, b):
+        if jnp.issubdtype(u.dtype, jax.dtypes.prng_key):
+            u, v = jax.random.key_data(u), jax.random.key_data(v)
+        np.testing.assert_array_equal(np.asarray(u), np.asarray(v))
+
+
+def test_a_cached_program_equals_jit_and_is_not_traced_again(folder):
+    traces = []
+    expected = jax.jit(_step_counting([]))(_carry(), 2.0)
+    first = _program_cache.cached_jit(_step_counting(traces), key=("test", 1))(_carry(), 2.0)
+    _same(first, expected)
+    assert len(list(folder.glob("*.pkl"))) == 1
+    traced = len(traces)
+    assert traced >= 1
+    # A new cached_jit (as in a new process) loads the program: no Python tracing at all.
+    again = _program_cache.cached_jit(_step_counting(traces), key=("test", 1))
+    second = again(_carry(), 2.0)
+    assert len(traces) == traced
+    _same(second, expected)
+    assert isinstance(second, tuple) and isinstance(second[0], Carry)
+    assert jnp.issubdtype(second[0].key.dtype, jax.dtypes.prng_key)
+    # and the loaded program chains: its output carry is a valid input
+    _same(again(*second[:1], 2.0), jax.jit(_step_counting([]))(expected[0], 2.0))
+
+
+def test_key_and_shapes_select_different_programs(folder):
+    traces = []
+    _program_cache.cached_jit(_step_counting(traces), key=("a",))(_carry(), 2.0)
+    _program_cache.cached_jit(_step_counting(traces), key=("b",))(_carry(), 2.0)
+    bigger = Carry(jnp.arange(5.0), jax.random.key(7))
+    _program_cache.cached_jit(_step_counting(traces), key=("a",))(bigger, 2.0)
+    assert len(list(folder.glob("*.pkl"))) == 3
+    assert len(traces) >= 3
+
+
+def test_a_corrupt_file_is_traced_again_and_replaced(folder):
+    _program_cache.cached_jit(_step_counting([]), key=("c",))(_carry(), 2.0)
+    (path,) = folder.glob("*.pkl")
+    path.write_bytes(b"not a program")
+    traces = []
+    out = _program_cache.cached_jit(_step_counting(traces), key=("c",))(_carry(), 2.0)
+    assert len(traces) >= 1
+    _same(out, jax.jit(_step_counting([]))(_carry(), 2.0))
+    assert path.read_bytes() != b"not a program"
+
+
+def test_off_and_unexportable_programs_fall_back_to_jit(folder, monkeypatch):
+    def with_callback(x):
+        jax.debug.callback(lambda v: None, x)
+        return x * 2
+
+    out = _program_cache.cached_jit(with_callback, key=("cb",))(jnp.ones(2))
+    np.testing.assert_array_equal(out, 2 * np.ones(2))
+    assert not list(folder.glob("*.pkl"))
+    monkeypatch.setattr(_program_cache, "_programs_dir", lambda: None)
+    out = _program_cache.cached_jit(_step_counting([]), key=("off",))(_carry(), 2.0)
+    _same(out, jax.jit(_step_counting([]))(_carry(), 2.0))
+    assert not list(folder.glob("*.pkl"))
