@@ -118,11 +118,11 @@ def run_evosax(algo, name, seed, chunk=50):
             "success": hit is not None and evals <= cap, "best": best}
 
 
-def run_scorefn(strategy, name, seed, restarts=0):
+def run_scorefn(strategy, name, seed, restarts=0, **options):
     fname, d, sigma0, cap = PROBLEMS[name]
     f = es.FUNCTIONS[fname][0]
     x0 = np.random.default_rng(seed).uniform(-3, 3, d)
-    strat = es.STRATEGIES[strategy]()
+    strat = es.STRATEGIES[strategy](**options)
     start = time.perf_counter()  # compile: one chunk of the same program
     es.minimize(f, x0, strat, sigma0=sigma0, seed=seed, max_evaluations=1, tol_f=-1.0)
     compile_s = time.perf_counter() - start
@@ -212,6 +212,8 @@ def main():
         "evosax xNES": lambda n, s: run_evosax("xNES", n, s),
         "scorefn SNES": lambda n, s: run_scorefn("snes", n, s),
         "scorefn xNES": lambda n, s: run_scorefn("xnes", n, s),
+        "scorefn xNES + adaptation sampling": lambda n, s: run_scorefn(
+            "xnes", n, s, adaptation_sampling=True),
         "scorefn OpenAI-ES": lambda n, s: run_scorefn("openai_es", n, s),
         "scorefn SNES + IPOP restarts": lambda n, s: run_scorefn("snes", n, s, restarts=8),
         "scorefn xNES + IPOP restarts": lambda n, s: run_scorefn("xnes", n, s, restarts=8),
@@ -226,7 +228,7 @@ def main():
              "(first compile s) | best f when failed |", "|---|---|---|---|---|---|"]
     for name in problems:
         for label, runner in runners.items():
-            if PROBLEMS[name][1] > 10 and label in ("evosax xNES", "scorefn xNES"):
+            if PROBLEMS[name][1] > 10 and "xNES" in label:
                 continue  # full-covariance NES at d = 100 needs ~1e6 evaluations: out of budget here
             if "IPOP" in label and not name.startswith("rastrigin"):
                 continue  # restarts matter only where the single runs stall

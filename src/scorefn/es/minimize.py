@@ -282,6 +282,7 @@ def _jax_bounded(f, low, high, penalty):
 
 
 RESTARTS_CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2  # 2: xNES state carries its (adapted) η_σ
 STALLS = ("tol_x", "tol_f", "stagnation")  # stop reasons after which a restart follows
 
 
@@ -383,11 +384,12 @@ def _call(f, row):
 
 def _save_checkpoint(path, state, best_x, best_f, records) -> None:
     save_checkpoint(path, {"state": to_host(state), "best_x": np.asarray(best_x),
-                           "best_f": np.asarray(best_f), "records": list(records), "version": 1})
+                           "best_f": np.asarray(best_f), "records": list(records),
+                           "version": CHECKPOINT_VERSION})
 
 
 def _load_checkpoint(path):
-    payload = load_checkpoint(path, 1, "scorefn.es")
+    payload = load_checkpoint(path, CHECKPOINT_VERSION, "scorefn.es")
     return (from_host(payload["state"]), jnp.asarray(payload["best_x"]),
             jnp.asarray(payload["best_f"]), [tuple(r) for r in payload["records"]])
 

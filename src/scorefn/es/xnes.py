@@ -11,6 +11,13 @@ G_δ = Σ u_k z_k, G_M = Σ u_k (z_k z_kᵀ - I). Then
 
 Defaults (Wierstra et al. 2014, table 1): λ = 4 + ⌊3 ln d⌋, η_μ = 1,
 η_σ = η_B = 3(3 + ln d)/(5 d √d).
+
+Adaptation sampling (``adaptation_sampling=True``; Wierstra et al. 2014, section 3.2.2) adapts
+η_σ online. The last σ update made again with 1.5 η_σ gives a hypothetical σ' =
+σ √(σ/σ_prev); the current samples, importance-weighted by N(x; μ, σ'²BBᵀ) / N(x; μ, σ²BBᵀ)
+(:func:`scorefn.importance.log_weights`), enter a weighted Mann-Whitney test of whether σ'
+would have ranked them better. If its normal approximation p falls below ρ = ½ - 1/(3(d+1)),
+η_σ ← (1 - c) η_σ + c η_σ,init, else η_σ ← min(1, (1 + c) η_σ), with c = 1/10.
 """
 
 from __future__ import annotations
@@ -23,8 +30,8 @@ import jax
 import jax.numpy as jnp
 import numpyro.distributions as dist
 
-from scorefn import fisher
-from scorefn.es.fitness_shaping import nes_utilities
+from scorefn import fisher, importance
+from scorefn.es.fitness_shaping import _ranks, nes_utilities
 from scorefn.estimators import score_grad
 
 
@@ -34,6 +41,8 @@ class XNESState(NamedTuple):
     b: jax.Array
     key: jax.Array
     generation: jax.Array
+    lr_sigma: jax.Array  # η_σ in use (adapted with adaptation sampling)
+    prev_sigma: jax.Array  # σ before the last update
 
 
 def local_distribution(state: XNESState) -> Any:
@@ -57,6 +66,7 @@ class XNES:
     lr_mean: float = 1.0
     lr_sigma: float | None = None
     lr_b: float | None = None
+    adaptation_sampling: bool = False
     name: str = "xnes"
 
     def sizes(self, dim: int) -> tuple[int, float, float, float]:
@@ -68,8 +78,9 @@ class XNES:
     def init(self, key: jax.Array, x0: jax.Array, sigma0: float = 1.0) -> XNESState:
         x0 = jnp.asarray(x0, jnp.result_type(float))
         d = x0.shape[0]
-        return XNESState(x0, jnp.asarray(sigma0, x0.dtype), jnp.eye(d, dtype=x0.dtype), key,
-                         jnp.zeros((), jnp.int32))
+        sigma = jnp.asarray(sigma0, x0.dtype)
+        return XNESState(x0, sigma, jnp.eye(d, dtype=x0.dtype), key, jnp.zeros((), jnp.int32),
+                         jnp.asarray(self.sizes(d)[2], x0.dtype), sigma)
 
     def mean(self, state: XNESState) -> jax.Array:
         return state.mean
@@ -92,7 +103,11 @@ class XNES:
 
     def tell(self, state: XNESState, x: jax.Array, fitness: jax.Array) -> XNESState:
         d = state.mean.shape[0]
-        _, lr_mean, lr_sigma, lr_b = self.sizes(d)
+        _, lr_mean, lr_sigma_init, lr_b = self.sizes(d)
+        lr_sigma = state.lr_sigma
+        if self.adaptation_sampling:
+            lr_sigma = jnp.where(state.generation > 0,
+                                 self._adapted_lr_sigma(state, x, fitness, lr_sigma_init), lr_sigma)
         nat = self.natural_gradient(state, self.search_gradient(state, x, nes_utilities(fitness)))
         g_sigma = jnp.trace(nat["m"]) / d
         g_b = nat["m"] - g_sigma * jnp.eye(d, dtype=x.dtype)
@@ -101,7 +116,28 @@ class XNES:
             sigma=state.sigma * jnp.exp(0.5 * lr_sigma * g_sigma),
             b=state.b @ jax.scipy.linalg.expm(0.5 * lr_b * g_b),
             generation=state.generation + 1,
+            lr_sigma=lr_sigma,
+            prev_sigma=state.sigma,
         )
+
+    def _adapted_lr_sigma(self, state: XNESState, x: jax.Array, fitness: jax.Array,
+                          lr_sigma_init: float) -> jax.Array:
+        """Adaptation sampling: the weighted Mann-Whitney test described in the module."""
+        d = state.mean.shape[0]
+        n = x.shape[0]
+        local = {"delta": jnp.zeros(d, x.dtype), "m": jnp.zeros((d, d), x.dtype)}
+        hypothetical = state._replace(sigma=state.sigma * jnp.sqrt(state.sigma / state.prev_sigma))
+        w = jnp.exp(importance.log_weights(local_distribution(hypothetical), local, x,
+                                           local_distribution(state)(local)))
+        rank = (n - 1 - _ranks(fitness)) + 0.5  # the best candidate has the highest rank
+        total = jnp.sum(w)
+        u = jnp.sum(w * rank)
+        u_mean = n * total / 2
+        u_sd = jnp.sqrt(n * total * (n + total + 1) / 12)
+        p = jax.scipy.stats.norm.cdf(u, u_mean, u_sd)
+        c, rho = 0.1, 0.5 - 1 / (3 * (d + 1))
+        return jnp.where(p < rho, (1 - c) * state.lr_sigma + c * lr_sigma_init,
+                         jnp.minimum(1.0, (1 + c) * state.lr_sigma))
 
     def scale(self, state: XNESState) -> jax.Array:
         return state.sigma * jnp.max(jnp.linalg.norm(state.b, axis=0))

@@ -315,3 +315,35 @@ def test_bernoulli_gets_within_ten_percent_of_the_cycle_maxcut():
     result = es.minimize(es.cycle_maxcut, np.full(40, 0.5), "bernoulli", target_f=0.0,
                          max_evaluations=30_000, restarts=2)
     assert result.f <= 4
+
+
+def test_xnes_adaptation_sampling_raises_the_rate_only_when_the_larger_step_ranks_better():
+    strategy = es.XNES(adaptation_sampling=True)
+    d = 10
+    state = strategy.init(jax.random.key(0), jnp.zeros(d), 1.0)
+    # the last update grew σ: the hypothetical σ' is larger still, so it weights far samples up
+    init = strategy.sizes(d)[2]
+    state = state._replace(prev_sigma=jnp.asarray(0.8), generation=jnp.asarray(1),
+                           lr_sigma=jnp.asarray(2 * init))
+    x, state = strategy.ask(state)
+    norms = jnp.sum(x**2, axis=1)
+    far_is_better = strategy.tell(state, x, -norms).lr_sigma
+    near_is_better = strategy.tell(state, x, norms).lr_sigma
+    assert far_is_better == pytest.approx(1.1 * 2 * init)  # (1 + c) η
+    assert near_is_better == pytest.approx(0.9 * 2 * init + 0.1 * init)  # (1 - c) η + c η_init
+    # and off, the rate never moves
+    plain = es.XNES()
+    assert plain.tell(plain.init(jax.random.key(0), jnp.zeros(d), 1.0), x, -norms).lr_sigma == \
+        pytest.approx(init)
+
+
+@pytest.mark.slow
+def test_xnes_adaptation_sampling_halves_the_evaluations_on_sphere():
+    def evaluations(**options):
+        result = es.minimize(es.sphere, X0, es.XNES(**options), sigma0=0.5, target_f=1e-8,
+                             max_evaluations=20_000, seed=0)
+        assert result.success
+        return result.evaluations
+
+    adapted, plain = evaluations(adaptation_sampling=True), evaluations()
+    assert adapted < 0.5 * plain, (adapted, plain)
