@@ -101,6 +101,74 @@ def sb3_throughput(algo, seed, steps=50_000):
     return {"steps_per_s": model.num_timesteps / (time.perf_counter() - t0)}
 
 
+def update_equivalence(algo, num_updates=5, seed=0):
+    """Feed SB3's own rollouts to scorefn's update, starting from SB3's initial weights, and
+    compare the parameters after each update with SB3's: the same algorithm gives the same
+    numbers up to float32 rounding."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import torch
+    from stable_baselines3 import A2C, PPO
+    from stable_baselines3.common.env_util import make_vec_env
+
+    from scorefn.rl import training
+    from scorefn.rl.envs import make
+    from scorefn.rl.rollout import Transition
+
+    torch.set_num_threads(1)
+    kwargs, n_envs, _ = SB3_SETTINGS[(algo, "CartPole-v1")]
+    model = (PPO if algo == "ppo" else A2C)("MlpPolicy", make_vec_env("CartPole-v1", n_envs=n_envs,
+                                                                      seed=seed),
+                                            seed=seed, verbose=0, **kwargs)
+    sb3 = model.policy
+
+    def weights():
+        def net(layers):
+            return {"params": {f"Dense_{i}": {"kernel": jnp.asarray(layer.weight.detach().numpy().T),
+                                              "bias": jnp.asarray(layer.bias.detach().numpy())}
+                               for i, layer in enumerate(layers)}}
+        extractor = sb3.mlp_extractor
+        return {"policy": {"net": net([extractor.policy_net[0], extractor.policy_net[2],
+                                       sb3.action_net])},
+                "value": net([extractor.value_net[0], extractor.value_net[2], sb3.value_net])}
+
+    config = training.make_config(algo, "CartPole-v1")
+    module = training._algorithm(algo)
+    policy = training._policy(make("CartPole-v1", "gymnax"), config)
+    params = weights()
+    state = module.State(params, module.optimizer(config).init(params))
+    update = jax.jit(lambda s, b: module.update(s, b, jax.random.key(0), policy, config))
+    _, callback = model._setup_learn(num_updates * model.n_steps * n_envs, None)
+    callback.on_training_start(locals(), globals())
+    worst = 0.0
+    for _ in range(num_updates):
+        model.collect_rollouts(model.env, callback, model.rollout_buffer, model.n_steps)
+        buf = model.rollout_buffer
+        # SB3 stores episode starts; a step terminated if the next one starts an episode (no
+        # time-limit truncation happens this early).
+        terminated = np.concatenate([buf.episode_starts[1:], model._last_episode_starts[None]]).astype(bool)
+        with torch.no_grad():
+            last_value = sb3.predict_values(torch.as_tensor(model._last_obs)).numpy().reshape(-1)
+        batch = Transition(
+            obs=jnp.asarray(buf.observations), action=jnp.asarray(buf.actions[..., 0].astype(np.int32)),
+            reward=jnp.asarray(buf.rewards), terminated=jnp.asarray(terminated),
+            truncated=jnp.zeros(terminated.shape, bool), log_prob=jnp.asarray(buf.log_probs),
+            value=jnp.asarray(buf.values), next_value=jnp.asarray(np.concatenate([buf.values[1:],
+                                                                               last_value[None]])),
+            episode_return=jnp.zeros(terminated.shape))
+        before = weights()
+        state, _ = update(state, batch)
+        model.train()
+        after = weights()
+        step = max(float(jnp.abs(a - b).max()) for a, b in zip(jax.tree.leaves(after),
+                                                                jax.tree.leaves(before)))
+        gap = max(float(jnp.abs(a - b).max()) for a, b in zip(jax.tree.leaves(state.params),
+                                                               jax.tree.leaves(after)))
+        worst = max(worst, gap / step)
+    return {"max_relative_gap": worst, "updates": num_updates}
+
+
 def scorefn_solve(algo, env_id, seed, backend="auto"):
     from scorefn import rl
 
@@ -173,7 +241,8 @@ def sample_efficiency(num_seeds=10):
 
 WORKERS = {"sb3_solve": sb3_solve, "sb3_throughput": sb3_throughput, "scorefn_solve": scorefn_solve,
            "scorefn_throughput": scorefn_throughput, "scorefn_many_seeds": scorefn_many_seeds,
-           "scorefn_rollout_rate": scorefn_rollout_rate, "sample_efficiency": sample_efficiency}
+           "scorefn_rollout_rate": scorefn_rollout_rate, "sample_efficiency": sample_efficiency,
+           "update_equivalence": update_equivalence}
 
 
 def fresh(name, *args, cache=None):
@@ -226,8 +295,9 @@ def machine():
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--only", nargs="+", default=["ppo", "throughput", "seeds", "rollout",
-                                                   "gymnasium", "a2c", "acrobot", "efficiency"])
+    ap.add_argument("--only", nargs="+", default=["equivalence", "ppo", "throughput", "seeds",
+                                                   "rollout", "gymnasium", "a2c", "acrobot",
+                                                   "efficiency"])
     ap.add_argument("--worker", nargs="+")
     args = ap.parse_args()
     if args.worker:
@@ -236,6 +306,12 @@ def main():
         return
     print(machine(), flush=True)
     sb3_ppo_wall = None
+    if "equivalence" in args.only:
+        for algo in ("ppo", "a2c"):
+            gap = fresh("update_equivalence", algo)
+            print(f"{algo} update vs SB3's on SB3's rollouts and weights, {gap['updates']} updates: "
+                  f"largest parameter gap {gap['max_relative_gap']:.1e} of the update's size",
+                  flush=True)
     if "ppo" in args.only:
         sb3_ppo_wall = solve_table("ppo", "CartPole-v1", args.seeds)
     if "throughput" in args.only:

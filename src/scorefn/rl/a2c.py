@@ -50,8 +50,9 @@ episodic = False
 def optimizer(config: Config) -> optax.GradientTransformation:
     # Flattened: one vector instead of a dozen small leaves (less to compile).
     return optax.flatten(optax.chain(optax.clip_by_global_norm(config.max_grad_norm),
+                                     # eps outside the square root, as torch's RMSprop (SB3)
                                      optax.rmsprop(config.learning_rate, decay=config.rms_decay,
-                                                   eps=config.rms_eps)))
+                                                   eps=config.rms_eps, eps_in_sqrt=False)))
 
 
 def init(key: jax.Array, policy: ActorCritic, env: Any, config: Config) -> State:

@@ -70,7 +70,7 @@ def _minibatch_step(policy: ActorCritic, config: Config, state: State, mb: dict)
     ratio = jnp.exp(log_ratio)
     adv = mb["advantage"]
     if config.normalize_advantages:
-        adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+        adv = (adv - adv.mean()) / (adv.std(ddof=1) + 1e-8)  # torch's unbiased std, as SB3
     clipped = jnp.clip(ratio, 1 - config.clip_eps, 1 + config.clip_eps)
     # The min picks ρÂ (gradient ρÂ∇log π) unless clipping binds, where the gradient is 0.
     active = ratio * adv <= clipped * adv
