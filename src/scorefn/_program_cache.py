@@ -78,8 +78,9 @@ def _key_impls(leaves: Sequence[Any]) -> list[Any]:
 class _Program:
     """One exported program: flat raw arrays in, flat raw arrays out, and the trees."""
 
-    def __init__(self, exported: Any, in_impls: list, out_tree: Any, out_impls: list):
-        self.call = jax.jit(exported.call)
+    def __init__(self, exported: Any, in_impls: list, out_tree: Any, out_impls: list,
+                 options: dict[str, Any] | None):
+        self.call = jax.jit(exported.call, compiler_options=options)
         self.in_impls, self.out_tree, self.out_impls = in_impls, out_tree, out_impls
 
     def __call__(self, leaves: list[Any]) -> Any:
@@ -87,14 +88,24 @@ class _Program:
         return jax.tree.unflatten(self.out_tree, _from_raw(out, self.out_impls))
 
 
-def cached_jit(fn: Callable, *, key: tuple, packages: Sequence[str] = ()) -> Callable:
+# For programs that run once or a few times (initialisation, evaluation): XLA's CPU backend
+# spends most of a small program's compile in LLVM optimisation and fusion emitters. Without
+# them PPO's init compiles in 0.4 s instead of 1.5 s and its evaluation in 0.2 s instead of
+# 1.0 s; both still run in milliseconds.
+FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False}
+
+
+def cached_jit(fn: Callable, *, key: tuple, packages: Sequence[str] = (),
+               compiler_options: dict[str, Any] | None = None) -> Callable:
     """``jax.jit(fn)`` whose traced program is cached on disk across processes.
 
     ``key`` must determine everything ``fn`` closes over (e.g. an algorithm's name and its
     frozen config); ``packages`` names the libraries ``fn`` is traced from besides jax and
-    scorefn, whose versions join the digest.
+    scorefn, whose versions join the digest. ``compiler_options`` go to XLA on CPU only
+    (e.g. :data:`FAST_COMPILE`).
     """
-    jitted = jax.jit(fn)
+    options = compiler_options if jax.default_backend() == "cpu" else None
+    jitted = jax.jit(fn, compiler_options=options)
     programs: dict[str, Any] = {}
 
     def call(*args: Any) -> Any:
@@ -107,11 +118,12 @@ def cached_jit(fn: Callable, *, key: tuple, packages: Sequence[str] = ()) -> Cal
         signature = (str(in_tree), tuple((tuple(x.shape), str(x.dtype)) for x in leaves))
         # Host-callback checks change the program (and cannot be exported): part of the key.
         checks = _validation._RUNTIME_CHECKS[-1]
-        digest = hashlib.sha256(repr((FORMAT, key, signature, checks,
+        digest = hashlib.sha256(repr((FORMAT, key, signature, checks, options,
                                       _environment_digest(tuple(packages)))).encode()).hexdigest()
         program = programs.get(digest)
         if program is None:
-            program = _load(folder, digest) or _export(fn, args, folder, digest)
+            program = (_load(folder, digest, options)
+                       or _export(fn, args, folder, digest, options))
             programs[digest] = program or jitted
             program = programs[digest]
         if program is jitted:
@@ -128,7 +140,7 @@ def _programs_dir() -> str | None:
     return os.path.join(cache, "scorefn-programs")
 
 
-def _load(folder: str, digest: str) -> _Program | None:
+def _load(folder: str, digest: str, options: dict[str, Any] | None) -> _Program | None:
     path = os.path.join(folder, digest + ".pkl")
     if not os.path.exists(path):
         return None
@@ -136,12 +148,14 @@ def _load(folder: str, digest: str) -> _Program | None:
         with open(path, "rb") as f:
             payload = pickle.load(f)
         exported = jax.export.deserialize(bytearray(payload["exported"]))
-        return _Program(exported, payload["in_impls"], payload["out_tree"], payload["out_impls"])
+        return _Program(exported, payload["in_impls"], payload["out_tree"], payload["out_impls"],
+                        options)
     except Exception:  # a corrupt or incompatible file: trace again and overwrite it
         return None
 
 
-def _export(fn: Callable, args: tuple, folder: str, digest: str) -> _Program | None:
+def _export(fn: Callable, args: tuple, folder: str, digest: str,
+            options: dict[str, Any] | None) -> _Program | None:
     leaves, in_tree = jax.tree.flatten(args)
     in_impls = _key_impls(leaves)
     out_info: dict[str, Any] = {}
@@ -165,4 +179,4 @@ def _export(fn: Callable, args: tuple, folder: str, digest: str) -> _Program | N
     with os.fdopen(handle, "wb") as f:
         f.write(blob)
     os.replace(tmp, os.path.join(folder, digest + ".pkl"))
-    return _Program(exported, in_impls, out_info["tree"], out_info["impls"])
+    return _Program(exported, in_impls, out_info["tree"], out_info["impls"], options)

@@ -95,3 +95,15 @@ def test_off_and_unexportable_programs_fall_back_to_jit(folder, monkeypatch):
     out = _program_cache.cached_jit(_step_counting([]), key=("off",))(_carry(), 2.0)
     _same(out, jax.jit(_step_counting([]))(_carry(), 2.0))
     assert not list(folder.glob("*.pkl"))
+
+
+def test_compiler_options_are_part_of_the_program(folder):
+    traces = []
+    fast = _program_cache.cached_jit(_step_counting(traces), key=("o",),
+                                     compiler_options=_program_cache.FAST_COMPILE)
+    out = fast(_carry(), 2.0)
+    default = _program_cache.cached_jit(_step_counting(traces), key=("o",))(_carry(), 2.0)
+    assert len(list(folder.glob("*.pkl"))) == 2
+    np.testing.assert_allclose(np.asarray(out[0].x), np.asarray(default[0].x), rtol=1e-6)
+    _same(_program_cache.cached_jit(_step_counting([]), key=("o",),
+                                    compiler_options=_program_cache.FAST_COMPILE)(_carry(), 2.0), out)

@@ -2,8 +2,9 @@
 
 On a gymnax environment the whole loop (rollout → update, repeated) is compiled: chunks of
 updates run as one ``lax.scan``; with ``seeds=[...]`` the chunk is ``vmap``-ped over seeds,
-so 16 seeds train as one program. Between chunks: a deterministic evaluation (not counted in
-the training wall time), the metrics row, the progress bar and the checkpoint. On a
+so 16 seeds train as one program. The training wall time counts the setup (environments,
+networks, compilation) and the chunks. Between chunks: a deterministic evaluation (not
+counted in it), the metrics row, the progress bar and the checkpoint. On a
 gymnasium environment the rollout steps a vector env in Python and the update is jitted.
 """
 
@@ -22,7 +23,7 @@ import numpy as np
 
 from scorefn import _runs
 from scorefn._compilation_cache import enable_compilation_cache
-from scorefn._program_cache import cached_jit
+from scorefn._program_cache import FAST_COMPILE, cached_jit
 from scorefn._runs import from_host, progress_bar, save_checkpoint, to_host
 from scorefn._validation import runtime_checks
 from scorefn.rl import defaults as D
@@ -243,6 +244,8 @@ def train(
       hyperparameters: fields of the algorithm's ``Config`` (e.g. ``learning_rate=3e-4``).
     """
     enable_compilation_cache()
+    # The wall time counts the setup too (environment, networks, compiling their init).
+    setup_started = time.perf_counter()
     if resume and checkpoint is None:
         raise ValueError("resume=True needs checkpoint=<path of an earlier run's checkpoint>")
     config = make_config(algo, env, **hyperparameters)
@@ -270,9 +273,10 @@ def train(
                           eval_episodes)
     _check_policy(environment, policy, runner.params_of_first_seed())
     history: list[dict] = []
-    wall = 0.0
+    wall = time.perf_counter() - setup_started
     if resume and os.path.exists(checkpoint):
-        history, wall = runner.load(checkpoint, algo, env, seeds)
+        history, earlier = runner.load(checkpoint, algo, env, seeds)
+        wall += earlier
     logger = _Logger(log_dir, resume and bool(history))
     bar = progress_bar(progress, f"{algo} {env}", total_steps, "steps", "eval")
     try:
@@ -351,7 +355,8 @@ class _JaxLoop:
             steps = jnp.sum(metrics.pop("env_steps"))
             return carry, jax.tree.map(jnp.mean, metrics), steps
 
-        def evaluate(carry, key):
+        def evaluate(carry, seed, index):
+            key = jax.random.fold_in(jax.random.key(seed + 10_007), index)
             return evaluate_jax(env, policy, carry[0].params["policy"], key, episodes)
 
         # One seed compiles without the seed axis (a smaller program); several are vmapped.
@@ -360,10 +365,12 @@ class _JaxLoop:
         key = ("scorefn.rl", module.__name__, env.id, repr(config), policy, updates_per_chunk,
                episodes, self.single)
         packages = ("flax", "gymnax", "numpyro", "optax")
-        self.carry = cached_jit(batch(init_one), key=key + ("init",), packages=packages)(
+        self.carry = cached_jit(batch(init_one), key=key + ("init",), packages=packages,
+                                compiler_options=FAST_COMPILE)(
             seeds[0] if self.single else jnp.asarray(seeds))
         self._chunk = cached_jit(batch(chunk), key=key + ("chunk",), packages=packages)
-        self._evaluate = cached_jit(batch(evaluate), key=key + ("evaluate",), packages=packages)
+        self._evaluate = cached_jit(batch(evaluate), key=key + ("evaluate",), packages=packages,
+                                    compiler_options=FAST_COMPILE)
         self.eval_index = 0
 
     def params_of_first_seed(self):
@@ -381,14 +388,15 @@ class _JaxLoop:
                 int(steps[0]))
 
     def evaluate(self, episodes):
-        keys = [jax.random.fold_in(jax.random.key(s + 10_007), self.eval_index) for s in self.seeds]
+        index = np.int32(self.eval_index)
         self.eval_index += 1
         if self.single:
-            return float(self._evaluate(self.carry, keys[0]))
-        return np.asarray(self._evaluate(self.carry, jnp.stack(keys))).tolist()
+            return float(self._evaluate(self.carry, np.int32(self.seeds[0]), index))
+        return np.asarray(self._evaluate(self.carry, np.asarray(self.seeds, np.int32),
+                                         np.full(len(self.seeds), index))).tolist()
 
     def finite(self):
-        return all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(self.carry[0].params))
+        return all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(self.carry[0].params))
 
     def final_params(self):
         return self.carry[0].params
@@ -443,7 +451,7 @@ class _GymnasiumLoop:
                                   seed=self.seed * 7919 + self.eval_index, episodes=episodes)
 
     def finite(self):
-        return all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(self.state.params))
+        return all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(self.state.params))
 
     def final_params(self):
         return self.state.params
