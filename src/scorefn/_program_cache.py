@@ -114,20 +114,20 @@ def cached_jit(fn: Callable, *, key: tuple, packages: Sequence[str] = (),
             return jitted(*args)
         leaves, in_tree = jax.tree.flatten(args)
         leaves = [x if hasattr(x, "dtype") else jnp.asarray(x) for x in leaves]
-        args = jax.tree.unflatten(in_tree, leaves)
-        signature = (str(in_tree), tuple((tuple(x.shape), str(x.dtype)) for x in leaves))
         # Host-callback checks change the program (and cannot be exported): part of the key.
         checks = _validation._RUNTIME_CHECKS[-1]
-        digest = hashlib.sha256(repr((FORMAT, key, signature, checks, options,
-                                      _environment_digest(tuple(packages)))).encode()).hexdigest()
-        program = programs.get(digest)
+        signature = (in_tree, tuple((x.shape, x.dtype) for x in leaves), checks)
+        program = programs.get(signature)  # the per-call path: no hashing of the digest
         if program is None:
+            described = (str(in_tree), tuple((tuple(x.shape), str(x.dtype)) for x in leaves))
+            digest = hashlib.sha256(repr((FORMAT, key, described, checks, options,
+                                          _environment_digest(tuple(packages)))).encode()).hexdigest()
+            args = jax.tree.unflatten(in_tree, leaves)
             program = (_load(folder, digest, options)
-                       or _export(fn, args, folder, digest, options))
-            programs[digest] = program or jitted
-            program = programs[digest]
+                       or _export(fn, args, folder, digest, options)) or jitted
+            programs[signature] = program
         if program is jitted:
-            return jitted(*args)
+            return jitted(*jax.tree.unflatten(in_tree, leaves))
         return program(leaves)
 
     return call

@@ -425,9 +425,15 @@ class _GymnasiumLoop:
         self.env, self.policy, self.module, self.config, self.seed = env, policy, module, config, seed
         key = jax.random.key(seed)
         k_init, self.key = jax.random.split(key)
-        self.state = module.init(k_init, policy, env, config)
+        # The traced programs are cached on disk: everything they close over is named here.
+        cache_key = ("scorefn.rl gymnasium", module.__name__, env.id, repr(config), policy)
+        packages = ("flax", "numpyro", "optax")
+        self.state = cached_jit(lambda k: module.init(k, policy, env, config),
+                                key=cache_key + ("init",), packages=packages,
+                                compiler_options=FAST_COMPILE)(k_init)
         self.runner = GymnasiumRunner(env, policy)
-        self._update = jax.jit(lambda s, b, k: module.update(s, b, k, policy, config))
+        self._update = cached_jit(lambda s, b, k: module.update(s, b, k, policy, config),
+                                  key=cache_key + ("update",), packages=packages)
         self.eval_index = 0
         self.updates_per_chunk = updates_per_chunk
 
@@ -437,7 +443,7 @@ class _GymnasiumLoop:
     def run_chunk(self):
         metrics_list, steps = [], 0
         for _ in range(self.updates_per_chunk):
-            self.key, k_roll, k_update = jax.random.split(self.key, 3)
+            self.key, k_roll, k_update = _split3(self.key)
             batch = self.runner.rollout(self.state.params, k_roll, self.config.num_steps)
             with runtime_checks(False):
                 self.state, metrics = self._update(self.state, batch, k_update)
@@ -456,6 +462,9 @@ class _GymnasiumLoop:
     def final_params(self):
         return self.state.params
 
+
+
+_split3 = jax.jit(lambda key: tuple(jax.random.split(key, 3)))
 
 
 def _read_checkpoint(path, algo, env, seeds):
