@@ -106,7 +106,7 @@ def cached_jit(fn: Callable, *, key: tuple, packages: Sequence[str] = (),
     """
     options = compiler_options if jax.default_backend() == "cpu" else None
     jitted = jax.jit(fn, compiler_options=options)
-    programs: dict[str, Any] = {}
+    programs: dict[tuple, Any] = {}
 
     def call(*args: Any) -> Any:
         folder = _programs_dir()
