@@ -271,7 +271,7 @@ def train(
     else:
         runner = _JaxLoop(environment, policy, module, config, seeds, updates_per_chunk,
                           eval_episodes)
-    _check_policy(environment, policy, runner.params_of_first_seed())
+    # No _check_policy here: train builds the policy from the environment's action space.
     history: list[dict] = []
     wall = time.perf_counter() - setup_started
     if resume and os.path.exists(checkpoint):
