@@ -195,7 +195,8 @@ def fit(
         raise ValueError("resume=True needs checkpoint=<path of an earlier run's checkpoint>")
     enable_compilation_cache()
     model, guide = _resolve(model, guide, data)
-    optimizer = optax.adam(0.01) if optimizer is None else optimizer
+    # The default is flattened into one vector (the same steps; a smaller program to compile).
+    optimizer = optax.flatten(optax.adam(0.01)) if optimizer is None else optimizer
     params = guide.init()
     opt_state = optimizer.init(params)
     ema = baseline if isinstance(baseline, Ema) else None
