@@ -95,6 +95,11 @@ class _Program:
 FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False}
 
 
+def cpu_options(options: dict[str, Any] | None) -> dict[str, Any] | None:
+    """``options`` on the CPU backend, None elsewhere (they are tuned for XLA's CPU compiler)."""
+    return options if jax.default_backend() == "cpu" else None
+
+
 def cached_jit(fn: Callable, *, key: tuple, packages: Sequence[str] = (),
                compiler_options: dict[str, Any] | None = None) -> Callable:
     """``jax.jit(fn)`` whose traced program is cached on disk across processes.
@@ -104,7 +109,7 @@ def cached_jit(fn: Callable, *, key: tuple, packages: Sequence[str] = (),
     scorefn, whose versions join the digest. ``compiler_options`` go to XLA on CPU only
     (e.g. :data:`FAST_COMPILE`).
     """
-    options = compiler_options if jax.default_backend() == "cpu" else None
+    options = cpu_options(compiler_options)
     jitted = jax.jit(fn, compiler_options=options)
     programs: dict[tuple, Any] = {}
 

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from scorefn._program_cache import FAST_COMPILE, cpu_options
 from scorefn.rl.envs import GymnasiumEnv, JaxEnv
 from scorefn.rl.networks import ActorCritic
 from scorefn.sampling import sample
@@ -77,8 +78,12 @@ class GymnasiumRunner:
         self.obs = env.reset()
         self.episode_return = np.zeros(env.num_envs, np.float32)
         # Plain jit: called every env step, where cached_jit's ~50 µs per call would show.
-        self._act = jax.jit(lambda p, o, k, t: act(policy, p, o, jax.random.fold_in(k, t)))
-        self._value = jax.jit(lambda p, o: policy.value(p["value"], o))
+        # Fast-compile options: 0.15 s instead of 0.46 s to compile, the same per-call time
+        # (dispatch dominates such a small program).
+        options = cpu_options(FAST_COMPILE)
+        self._act = jax.jit(lambda p, o, k, t: act(policy, p, o, jax.random.fold_in(k, t)),
+                            compiler_options=options)
+        self._value = jax.jit(lambda p, o: policy.value(p["value"], o), compiler_options=options)
 
     def rollout(self, params: dict[str, Any], key: jax.Array, num_steps: int) -> Transition:
         fields = {name: [] for name in Transition._fields if name != "next_value"}

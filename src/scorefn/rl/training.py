@@ -23,7 +23,7 @@ import numpy as np
 
 from scorefn import _runs
 from scorefn._compilation_cache import enable_compilation_cache
-from scorefn._program_cache import FAST_COMPILE, cached_jit
+from scorefn._program_cache import FAST_COMPILE, cached_jit, cpu_options
 from scorefn._runs import from_host, progress_bar, save_checkpoint, to_host
 from scorefn._validation import runtime_checks
 from scorefn.rl import defaults as D
@@ -159,7 +159,7 @@ def evaluate_gymnasium(env_id: str, policy: ActorCritic, policy_params: Any, see
     import gymnasium as gym
 
     env = gym.make(env_id)
-    act = jax.jit(lambda p, o: policy.mode(p, o))
+    act = jax.jit(lambda p, o: policy.mode(p, o), compiler_options=cpu_options(FAST_COMPILE))
     totals = []
     for i in range(episodes):
         obs, _ = env.reset(seed=seed * 1000 + i)
