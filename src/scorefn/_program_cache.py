@@ -20,8 +20,6 @@ import functools
 import hashlib
 import importlib.metadata
 import os
-import pickle
-import tempfile
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -30,6 +28,7 @@ import jax.numpy as jnp
 
 from scorefn import _validation
 from scorefn._compilation_cache import enable_compilation_cache
+from scorefn._runs import load_checkpoint, save_checkpoint
 
 FORMAT = 1
 
@@ -150,8 +149,7 @@ def _load(folder: str, digest: str, options: dict[str, Any] | None) -> _Program 
     if not os.path.exists(path):
         return None
     try:
-        with open(path, "rb") as f:
-            payload = pickle.load(f)
+        payload = load_checkpoint(path, FORMAT, "scorefn program")
         exported = jax.export.deserialize(bytearray(payload["exported"]))
         return _Program(exported, payload["in_impls"], payload["out_tree"], payload["out_impls"],
                         options)
@@ -174,14 +172,9 @@ def _export(fn: Callable, args: tuple, folder: str, digest: str,
     try:
         exported = jax.export.export(jax.jit(flat_fn))(*_to_raw(leaves))
         payload = {"exported": exported.serialize(), "in_impls": in_impls,
-                   "out_tree": out_info["tree"], "out_impls": out_info["impls"]}
-        blob = pickle.dumps(payload)
+                   "out_tree": out_info["tree"], "out_impls": out_info["impls"],
+                   "version": FORMAT}
     except Exception:  # not exportable (e.g. a host callback, no flatbuffers): plain jit
         return None
-    os.makedirs(folder, exist_ok=True)
-    # Written atomically: a concurrent reader sees the old file or the whole new one.
-    handle, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-    with os.fdopen(handle, "wb") as f:
-        f.write(blob)
-    os.replace(tmp, os.path.join(folder, digest + ".pkl"))
+    save_checkpoint(os.path.join(folder, digest + ".pkl"), payload)
     return _Program(exported, in_impls, out_info["tree"], out_info["impls"], options)

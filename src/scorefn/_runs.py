@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import pickle
+import tempfile
 from typing import Any
 
 import jax
@@ -39,13 +40,27 @@ def from_host(tree: Any) -> Any:
     return jax.tree.map(leaf, tree, is_leaf=lambda x: isinstance(x, _Key))
 
 
+def all_finite(tree: Any) -> bool:
+    """Every floating leaf finite, checked on the host: an eager jnp check would compile two
+    small programs per leaf shape."""
+    return all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(tree)
+               if jnp.issubdtype(jnp.result_type(x), jnp.floating))
+
+
 def save_checkpoint(path: str, payload: dict) -> None:
     """Pickle ``payload`` to ``path`` atomically: an interrupted write never leaves a half
-    checkpoint (write to a temporary file, then rename)."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "wb") as fh:
-        pickle.dump(payload, fh)
-    os.replace(tmp, path)
+    file, and a concurrent reader sees the old file or the whole new one (a unique
+    temporary file in the same folder, then a rename)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as fh:
+            pickle.dump(payload, fh)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
 
 
 def load_checkpoint(path: str, version: int, kind: str) -> dict:

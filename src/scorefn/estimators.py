@@ -38,14 +38,15 @@ ESTIMATORS = ("score", "pathwise", "measure_valued")
 NAN_POLICIES = ("raise", "drop")
 
 
-def standardized(values: jax.Array, eps: float = 1e-8) -> jax.Array:
-    """(f - mean f) / (std f + eps) over the batch.
+def standardized(values: jax.Array, eps: float = 1e-8, ddof: int = 0) -> jax.Array:
+    """(f - mean f) / (std f + eps) over the batch (``ddof=1``: the unbiased std, torch's
+    convention, which policy-gradient libraries such as Stable-Baselines3 use).
 
     **Not unbiased** for ∇θ E[f]: it rescales the gradient by 1/std and subtracts the batch
     mean (a baseline that includes the sample's own value). It estimates the direction of a
     rescaled objective, the usual choice in policy-gradient methods and evolution strategies.
     """
-    return (values - jnp.mean(values)) / (jnp.std(values) + eps)
+    return (values - jnp.mean(values)) / (jnp.std(values, ddof=ddof) + eps)
 
 
 def evaluate(f: Callable, samples: jax.Array, vectorized: bool = False) -> jax.Array:

@@ -201,6 +201,9 @@ def test_standardize_equals_score_grad_on_standardized_values(key):
     np.testing.assert_allclose(a["loc"], b["loc"], rtol=1e-6)
     z = scorefn.standardized(values)
     assert abs(float(z.mean())) < 1e-5 and abs(float(z.std()) - 1) < 1e-4
+    unbiased = scorefn.standardized(values, ddof=1)  # torch's convention (SB3's advantages)
+    assert abs(float(unbiased.std(ddof=1)) - 1) < 1e-4
+    np.testing.assert_allclose(unbiased, z * np.sqrt(99 / 100), rtol=1e-4)
 
 
 def test_max_norm_clips_through_optax(key):

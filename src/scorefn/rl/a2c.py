@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from scorefn.estimators import standardized
 from scorefn.rl.networks import ActorCritic, NetworkConfig
 from scorefn.rl.policy_gradient import combine, entropy_grad, policy_gradient
 from scorefn.rl.returns import gae
@@ -67,7 +68,7 @@ def update(state: State, batch: Transition, key: jax.Array, policy: ActorCritic,
     flat = flatten(batch)
     adv = advantages.reshape(-1)
     if config.normalize_advantages:
-        adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+        adv = standardized(adv, ddof=1)  # torch's unbiased std, as SB3
     params = state.params
     pg = policy_gradient(policy, params["policy"], flat.obs, flat.action, adv)
     ent_grad, entropy = entropy_grad(policy, params["policy"], flat.obs,

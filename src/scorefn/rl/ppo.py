@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from scorefn.estimators import standardized
 from scorefn.rl.networks import ActorCritic, NetworkConfig
 from scorefn.rl.policy_gradient import combine, entropy_grad, policy_gradient
 from scorefn.rl.returns import gae
@@ -70,7 +71,7 @@ def _minibatch_step(policy: ActorCritic, config: Config, state: State, mb: dict)
     ratio = jnp.exp(log_ratio)
     adv = mb["advantage"]
     if config.normalize_advantages:
-        adv = (adv - adv.mean()) / (adv.std(ddof=1) + 1e-8)  # torch's unbiased std, as SB3
+        adv = standardized(adv, ddof=1)  # torch's unbiased std, as SB3
     clipped = jnp.clip(ratio, 1 - config.clip_eps, 1 + config.clip_eps)
     # The min picks ρÂ (gradient ρÂ∇log π) unless clipping binds, where the gradient is 0.
     active = ratio * adv <= clipped * adv

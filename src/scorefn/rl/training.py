@@ -24,7 +24,7 @@ import numpy as np
 from scorefn import _runs
 from scorefn._compilation_cache import enable_compilation_cache
 from scorefn._program_cache import FAST_COMPILE, cached_jit, cpu_options
-from scorefn._runs import from_host, progress_bar, save_checkpoint, to_host
+from scorefn._runs import all_finite, from_host, progress_bar, save_checkpoint, to_host
 from scorefn._validation import runtime_checks
 from scorefn.rl import defaults as D
 from scorefn.rl.envs import THRESHOLDS, GymnasiumEnv, JaxEnv, _gymnax_ids, make
@@ -396,7 +396,7 @@ class _JaxLoop:
                                          np.full(len(self.seeds), index))).tolist()
 
     def finite(self):
-        return all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(self.carry[0].params))
+        return all_finite(self.carry[0].params)
 
     def final_params(self):
         return self.carry[0].params
@@ -457,7 +457,7 @@ class _GymnasiumLoop:
                                   seed=self.seed * 7919 + self.eval_index, episodes=episodes)
 
     def finite(self):
-        return all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(self.state.params))
+        return all_finite(self.state.params)
 
     def final_params(self):
         return self.state.params

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from scorefn.estimators import standardized
 from scorefn.fisher import kl, kl_fisher_vector_product, natural_gradient_cg
 from scorefn.rl.networks import ActorCritic, NetworkConfig
 from scorefn.rl.policy_gradient import policy_gradient
@@ -65,7 +66,7 @@ def update(state: State, batch: Transition, key: jax.Array, policy: ActorCritic,
                               batch.truncated, config.gamma, config.gae_lambda)
     flat = flatten(batch)
     adv = advantages.reshape(-1)
-    adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+    adv = standardized(adv, ddof=1)  # torch's unbiased std, as SB3
     old = state.params["policy"]
 
     def dist_fn(p):

@@ -21,7 +21,7 @@ import optax
 
 from scorefn import _validation as v
 from scorefn._compilation_cache import enable_compilation_cache
-from scorefn._runs import from_host, load_checkpoint, progress_bar, save_checkpoint, to_host
+from scorefn._runs import all_finite, from_host, load_checkpoint, progress_bar, save_checkpoint, to_host
 from scorefn.baselines import Ema
 from scorefn.vi.guides import Guide, auto_guide
 from scorefn.vi.model import LatentSite, LogJoint, Model, NumPyroModel, as_model
@@ -231,7 +231,7 @@ def fit(
             with v.runtime_checks(False):
                 carry, values = run_chunk(start, jnp.arange(done, done + n))
             values = np.asarray(values)
-            if not np.all(np.isfinite(values)) or not _finite(carry[0]):
+            if not np.all(np.isfinite(values)) or not all_finite(carry[0]):
                 _replay(checked_step, start, done, n)  # raises, naming the site, if it can
                 bad = done + int(np.flatnonzero(~np.isfinite(values))[0]) if not np.all(
                     np.isfinite(values)) else done + n
@@ -264,12 +264,6 @@ def _replay(checked_step, carry, start: int, n: int) -> None:
         carry, value = checked_step(carry, jnp.asarray(index))
         if not np.isfinite(np.asarray(value)):
             return
-
-
-def _finite(tree: Any) -> bool:
-    # On the host: eager jnp checks would compile two small programs per parameter shape.
-    return all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(tree)
-               if jnp.issubdtype(jnp.result_type(x), jnp.floating))
 
 
 def _save(path, params, opt_state, baseline_state, done, history, estimator, num_samples) -> None:
