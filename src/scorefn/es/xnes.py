@@ -16,8 +16,13 @@ Adaptation sampling (``adaptation_sampling=True``; Wierstra et al. 2014, section
 η_σ online. The last σ update made again with 1.5 η_σ gives a hypothetical σ' =
 σ √(σ/σ_prev); the current samples, importance-weighted by N(x; μ, σ'²BBᵀ) / N(x; μ, σ²BBᵀ)
 (:func:`scorefn.importance.log_weights`), enter a weighted Mann-Whitney test of whether σ'
-would have ranked them better. If its normal approximation p falls below ρ = ½ - 1/(3(d+1)),
-η_σ ← (1 - c) η_σ + c η_σ,init, else η_σ ← min(1, (1 + c) η_σ), with c = 1/10.
+would have ranked them better. η_σ grows, η_σ ← min(1, (1 + c) η_σ), only when that test is
+significant at level ρ = ½ - 1/(3(d+1)): its one-sided p-value 1 - Φ(z_U) (normal
+approximation) is below ρ. Otherwise it decays towards the default, η_σ ← (1 - c) η_σ + c η_σ,init,
+with c = 1/10. Under fitness that carries no information the p-value is uniform, so η_σ grows
+with probability ρ < ½ and stays near η_σ,init; reading the test the other way round (growing
+unless Φ(z_U) < ρ, as some implementations do) grows it with probability 1 - ρ > ½ and drives it
+to 1 on pure noise and on ill-conditioned functions.
 """
 
 from __future__ import annotations
@@ -134,10 +139,10 @@ class XNES:
         u = jnp.sum(w * rank)
         u_mean = n * total / 2
         u_sd = jnp.sqrt(n * total * (n + total + 1) / 12)
-        p = jax.scipy.stats.norm.cdf(u, u_mean, u_sd)
+        p_value = jax.scipy.stats.norm.sf(u, u_mean, u_sd)  # H0: σ' ranks no better than σ
         c, rho = 0.1, 0.5 - 1 / (3 * (d + 1))
-        return jnp.where(p < rho, (1 - c) * state.lr_sigma + c * lr_sigma_init,
-                         jnp.minimum(1.0, (1 + c) * state.lr_sigma))
+        return jnp.where(p_value < rho, jnp.minimum(1.0, (1 + c) * state.lr_sigma),
+                         (1 - c) * state.lr_sigma + c * lr_sigma_init)
 
     def scale(self, state: XNESState) -> jax.Array:
         return state.sigma * jnp.max(jnp.linalg.norm(state.b, axis=0))
