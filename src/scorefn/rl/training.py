@@ -237,7 +237,8 @@ def train(
       seed / seeds: one seed, or several trained at once (vmap; gymnax only).
       total_steps: environment steps (default per algorithm and env, :mod:`scorefn.rl.defaults`).
       eval_every: env steps between deterministic evaluations (default ~ total / 20).
-      stop_when_solved: stop at the first evaluation at or above the env's threshold.
+      stop_when_solved: stop once every seed has reached the env's threshold at an evaluation
+        (with one seed: at its first evaluation at or above it).
       log_dir: write ``metrics.csv``, ``metrics.jsonl``, ``learning_curve.png`` (and TensorBoard
         events when ``tensorboardX`` is installed) there.
       checkpoint / resume: write the run state after every evaluation; continue from it.
@@ -305,7 +306,8 @@ def train(
                 bar.update(bar.task_ids[0], completed=min(env_steps, total_steps),
                            value=f"{np.mean(eval_mean):.1f}")
             threshold = THRESHOLDS.get(env)
-            if stop_when_solved and threshold is not None and np.all(np.asarray(eval_mean) >= threshold):
+            if stop_when_solved and threshold is not None and np.all(np.max(
+                    [np.atleast_1d(r["eval_mean"]) for r in history], axis=0) >= threshold):
                 break
     finally:
         if bar is not None:

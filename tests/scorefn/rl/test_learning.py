@@ -46,3 +46,13 @@ def test_npg_solves_cartpole():
     # NPG has no line search: a fixed KL step. Measured: 500 at 71,680 steps.
     result = _solve("CartPole-v1", "npg", 150_000, eval_every=10_240)
     assert result.solved_at_steps() is not None, result.history[-1]
+
+
+@pytest.mark.slow
+def test_several_seeds_stop_once_every_seed_has_solved():
+    result = rl.train("CartPole-v1", "ppo", seeds=[0, 1, 2], total_steps=100_000, eval_every=5120,
+                      stop_when_solved=True, progress=False)
+    solved = [result.solved_at_steps(i) for i in range(3)]
+    assert None not in solved, result.history[-1]
+    # it stops at the evaluation where the last seed first solves, not later, not earlier
+    assert result.history[-1]["env_steps"] == max(solved)
