@@ -214,6 +214,8 @@ def main():
         "scorefn xNES": lambda n, s: run_scorefn("xnes", n, s),
         "scorefn xNES + adaptation sampling": lambda n, s: run_scorefn(
             "xnes", n, s, adaptation_sampling=True),
+        "scorefn xNES + adaptation sampling + mirrored": lambda n, s: run_scorefn(
+            "xnes", n, s, adaptation_sampling=True, mirrored=True),
         "scorefn OpenAI-ES": lambda n, s: run_scorefn("openai_es", n, s),
         "scorefn SNES + IPOP restarts": lambda n, s: run_scorefn("snes", n, s, restarts=8),
         "scorefn xNES + IPOP restarts": lambda n, s: run_scorefn("xnes", n, s, restarts=8),

@@ -6,6 +6,7 @@ import dataclasses
 import functools
 import math
 import os
+import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -168,7 +169,7 @@ def minimize(
         import os
 
         if os.path.exists(checkpoint):
-            state, best_x, best_f, records = _load_checkpoint(checkpoint)
+            state, best_x, best_f, records = _load_checkpoint(checkpoint, strat)
     stop_reason, stop_at = "max_evaluations", None
     since_improvement, last_best = 0, math.inf
     for _, b, _, _ in records:  # replay the counters of a resumed run
@@ -202,7 +203,7 @@ def minimize(
                 evaluations += popsize
                 records.append((evaluations, float(b), float(sc), float(spread)))
             if checkpoint is not None:
-                _save_checkpoint(checkpoint, state, best_x, best_f, records)
+                _save_checkpoint(checkpoint, strat, state, best_x, best_f, records)
             for index in range(first_new, len(records)):
                 evaluations, b, sc, spread = records[index]
                 since_improvement = 0 if b < last_best else since_improvement + 1
@@ -282,7 +283,7 @@ def _jax_bounded(f, low, high, penalty):
 
 
 RESTARTS_CHECKPOINT_VERSION = 1
-CHECKPOINT_VERSION = 2  # 2: xNES state carries its (adapted) η_σ
+CHECKPOINT_VERSION = 3  # 2: xNES state carries its (adapted) η_σ; 3: the strategy's options
 STALLS = ("tol_x", "tol_f", "stagnation")  # stop reasons after which a restart follows
 
 
@@ -382,14 +383,24 @@ def _call(f, row):
     return float(f(row))
 
 
-def _save_checkpoint(path, state, best_x, best_f, records) -> None:
+def _save_checkpoint(path, strat, state, best_x, best_f, records) -> None:
     save_checkpoint(path, {"state": to_host(state), "best_x": np.asarray(best_x),
                            "best_f": np.asarray(best_f), "records": list(records),
-                           "version": CHECKPOINT_VERSION})
+                           "strategy": _strategy_id(strat), "version": CHECKPOINT_VERSION})
 
 
-def _load_checkpoint(path):
+def _strategy_id(strat) -> str:
+    """The strategy's options, without the memory addresses of functions (e.g. in an optax
+    optimizer), which differ between processes."""
+    return re.sub(r" at 0x[0-9a-fA-F]+", "", repr(strat))
+
+
+def _load_checkpoint(path, strat):
     payload = load_checkpoint(path, CHECKPOINT_VERSION, "scorefn.es")
+    if payload["strategy"] != _strategy_id(strat):
+        # the same state under other options would continue as a different algorithm
+        raise ValueError(f"checkpoint {path} was written by strategy {payload['strategy']}; "
+                         f"resume it with that strategy, not {_strategy_id(strat)}")
     return (from_host(payload["state"]), jnp.asarray(payload["best_x"]),
             jnp.asarray(payload["best_f"]), [tuple(r) for r in payload["records"]])
 
