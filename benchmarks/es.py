@@ -211,11 +211,11 @@ def main():
         "evosax SNES": lambda n, s: run_evosax("SNES", n, s),
         "evosax xNES": lambda n, s: run_evosax("xNES", n, s),
         "scorefn SNES": lambda n, s: run_scorefn("snes", n, s),
-        "scorefn xNES": lambda n, s: run_scorefn("xnes", n, s),
-        "scorefn xNES + adaptation sampling": lambda n, s: run_scorefn(
-            "xnes", n, s, adaptation_sampling=True),
-        "scorefn xNES + adaptation sampling + mirrored": lambda n, s: run_scorefn(
-            "xnes", n, s, adaptation_sampling=True, mirrored=True),
+        "scorefn xNES": lambda n, s: run_scorefn("xnes", n, s),  # adaptation + mirrored sampling
+        "scorefn xNES, plain": lambda n, s: run_scorefn(
+            "xnes", n, s, adaptation_sampling=False, mirrored=False),
+        "scorefn xNES + adaptation sampling, unmirrored": lambda n, s: run_scorefn(
+            "xnes", n, s, mirrored=False),
         "scorefn OpenAI-ES": lambda n, s: run_scorefn("openai_es", n, s),
         "scorefn SNES + IPOP restarts": lambda n, s: run_scorefn("snes", n, s, restarts=8),
         "scorefn xNES + IPOP restarts": lambda n, s: run_scorefn("xnes", n, s, restarts=8),
