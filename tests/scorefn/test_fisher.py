@@ -281,6 +281,21 @@ def test_elementwise_fisher_blocks_and_solve():
                                   {"loc": jnp.zeros(3), "s": jnp.ones(())})
 
 
+def test_diagonal_gaussian_natural_gradient_is_the_elementwise_fisher_solve():
+    log_scale = jnp.log(jnp.array([0.05, 0.5, 1.0, 3.0]))
+    params = {"loc": jnp.array([0.0, 1.0, -2.0, 4.0]), "log_scale": log_scale}
+    grad = {"loc": jnp.array([1.0, 2.0, 3.0, -1.0]), "log_scale": jnp.array([0.2, 0.4, -0.6, 1.0])}
+
+    def dist_fn(q):
+        return dist.Normal(q["loc"], jnp.exp(q["log_scale"]))
+
+    blocks = fisher.elementwise_fisher(dist_fn, params)
+    expected = fisher.natural_gradient_elementwise(blocks, grad)
+    loc, scale = fisher.diagonal_gaussian_natural_gradient(grad["loc"], grad["log_scale"], log_scale)
+    np.testing.assert_allclose(loc, expected["loc"], rtol=1e-5)
+    np.testing.assert_allclose(scale, expected["log_scale"], rtol=1e-5)
+
+
 @pytest.mark.parametrize("k", [1, 2, 3])
 def test_natural_gradient_elementwise_solves_general_blocks(k):
     key1, key2 = jax.random.split(jax.random.key(5))

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from scorefn import _validation as v
+from scorefn._program_cache import WIDE_REDUCTIONS, cpu_options
 from scorefn._runs import from_host, load_checkpoint, progress_bar, save_checkpoint, to_host
 from scorefn.es.bernoulli import bernoulli
 from scorefn.es.categorical import categorical
@@ -425,7 +426,9 @@ def _nan_message(fitness):
 @functools.lru_cache(maxsize=64)
 def _compiled_ask_tell(strat):
     """Jitted ask and tell, cached per strategy so repeated runs (restarts) compile once."""
-    return jax.jit(strat.ask), jax.jit(strat.tell)
+    options = cpu_options(WIDE_REDUCTIONS)
+    return (jax.jit(strat.ask, compiler_options=options),
+            jax.jit(strat.tell, compiler_options=options))
 
 
 @functools.lru_cache(maxsize=64)
@@ -447,7 +450,8 @@ def _compiled_generations(strat, f, generations: int, nan_policy: str):
         spread = jnp.max(fitness) - jnp.min(fitness)
         return (state, best_x, best_f), (best_f, strat.scale(state), spread)
 
-    return jax.jit(lambda carry: jax.lax.scan(generation, carry, None, length=generations))
+    return jax.jit(lambda carry: jax.lax.scan(generation, carry, None, length=generations),
+                   compiler_options=cpu_options(WIDE_REDUCTIONS))
 
 
 def plot_convergence(result: OptimizeResult, path: str, title: str = "") -> None:

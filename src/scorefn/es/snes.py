@@ -3,8 +3,9 @@ r"""SNES: separable natural evolution strategies (Schaul, Glasmachers & Schmidhu
 Search distribution N(μ, diag σ²) with parameters θ = (μ, log σ). With rank utilities u_k
 (:func:`~scorefn.es.fitness_shaping.nes_utilities`) the search gradient is the score-function
 estimate ∇θ E[u] ≈ Σ_k u_k ∇θ log p_θ(x_k) (:func:`scorefn.score_grad`), and the natural
-gradient divides by the Fisher, which is diagonal here, diag(1/σ², 2) (computed exactly by
-:func:`scorefn.fisher.elementwise_fisher`):
+gradient divides by the Fisher, which is diagonal here, diag(1/σ², 2) (in closed form,
+:func:`scorefn.fisher.diagonal_gaussian_natural_gradient`; the tests check it against the
+KL-Hessian blocks of :func:`scorefn.fisher.elementwise_fisher`):
 
     μ ← μ + η_μ σ Σ u_k s_k,      σ ← σ exp(η_σ/2 Σ u_k (s_k² - 1)),      s_k = (x_k - μ)/σ.
 
@@ -71,9 +72,9 @@ class SNES:
         return score_grad(search_distribution, params, x, values * x.shape[0], validate=False)
 
     def natural_gradient(self, state: SNESState, grad: dict) -> dict:
-        params = {"loc": state.mean, "log_scale": state.log_scale}
-        blocks = fisher.elementwise_fisher(search_distribution, params)
-        return fisher.natural_gradient_elementwise(blocks, grad)
+        loc, log_scale = fisher.diagonal_gaussian_natural_gradient(
+            grad["loc"], grad["log_scale"], state.log_scale)
+        return {"loc": loc, "log_scale": log_scale}
 
     def tell(self, state: SNESState, x: jax.Array, fitness: jax.Array) -> SNESState:
         _, lr_mean, lr_scale = self.sizes(state.mean.shape[0])
