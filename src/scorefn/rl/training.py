@@ -23,7 +23,7 @@ import numpy as np
 
 from scorefn import _runs
 from scorefn._compilation_cache import enable_compilation_cache
-from scorefn._program_cache import FAST_COMPILE, cached_jit, cpu_options
+from scorefn._program_cache import BACKEND_O2, FAST_COMPILE, cached_jit, cpu_options
 from scorefn._runs import all_finite, from_host, progress_bar, save_checkpoint, to_host
 from scorefn._validation import runtime_checks
 from scorefn.rl import defaults as D
@@ -370,7 +370,8 @@ class _JaxLoop:
         self.carry = cached_jit(batch(init_one), key=key + ("init",), packages=packages,
                                 compiler_options=FAST_COMPILE)(
             seeds[0] if self.single else jnp.asarray(seeds))
-        self._chunk = cached_jit(batch(chunk), key=key + ("chunk",), packages=packages)
+        self._chunk = cached_jit(batch(chunk), key=key + ("chunk",), packages=packages,
+                                 compiler_options=BACKEND_O2)
         self._evaluate = cached_jit(batch(evaluate), key=key + ("evaluate",), packages=packages,
                                     compiler_options=FAST_COMPILE)
         self.eval_index = 0
@@ -435,7 +436,8 @@ class _GymnasiumLoop:
                                 compiler_options=FAST_COMPILE)(k_init)
         self.runner = GymnasiumRunner(env, policy)
         self._update = cached_jit(lambda s, b, k: module.update(s, b, k, policy, config),
-                                  key=cache_key + ("update",), packages=packages)
+                                  key=cache_key + ("update",), packages=packages,
+                                  compiler_options=BACKEND_O2)
         self.eval_index = 0
         self.updates_per_chunk = updates_per_chunk
 

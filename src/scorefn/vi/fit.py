@@ -21,6 +21,7 @@ import optax
 
 from scorefn import _validation as v
 from scorefn._compilation_cache import enable_compilation_cache
+from scorefn._program_cache import BACKEND_O2, cpu_options
 from scorefn._runs import all_finite, from_host, load_checkpoint, progress_bar, save_checkpoint, to_host
 from scorefn.baselines import Ema
 from scorefn.vi.guides import Guide, auto_guide
@@ -217,7 +218,8 @@ def fit(
             bstate = {n: ema.update(out.signals[n], s) for n, s in bstate.items()}
         return (params, opt_state, bstate), out.objective
 
-    run_chunk = jax.jit(lambda carry, idx: jax.lax.scan(step, carry, idx))
+    run_chunk = jax.jit(lambda carry, idx: jax.lax.scan(step, carry, idx),
+                        compiler_options=cpu_options(BACKEND_O2))
     checked_step = jax.jit(step)  # with the run-time checks, to replay a failing chunk
     bar = progress_bar(progress, f"vi {estimator}", steps, "steps", "ELBO")
     if bar is not None:
