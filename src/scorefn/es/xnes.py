@@ -13,9 +13,10 @@ Defaults (Wierstra et al. 2014, table 1): λ = 4 + ⌊3 ln d⌋, η_μ = 1,
 η_σ = η_B = 3(3 + ln d)/(5 d √d).
 
 Mirrored sampling (``mirrored=True``; Brockhoff et al. 2010) draws the population in pairs
-μ ± σBz. G_δ and G_M stay unbiased estimates of the same gradient, with less variance in G_δ.
-It matters most with adaptation sampling, whose test it steadies: alone, adaptation sampling
-stalls 2 in 5 runs on rosenbrock d = 10; with mirrored pairs, none in 10.
+μ ± σBz. Each sample is still distributed as the search distribution, so G_δ and G_M
+estimate the same gradient; the symmetric pairs cut the variance of G_δ. It matters most
+with adaptation sampling, whose test it steadies: alone, adaptation sampling stalls 2 in 5
+runs on rosenbrock d = 10; with mirrored pairs, none in 10.
 
 Adaptation sampling (``adaptation_sampling=True``; Wierstra et al. 2014, section 3.2.2) adapts
 η_σ online. The last σ update made again with 1.5 η_σ gives a hypothetical σ' =
