@@ -149,6 +149,11 @@ def seconds_per_generation(d, repeats=5):
     run = _compiled_generations(strat, es.sphere, gens, "penalize")
     carry = (strat.init(jax.random.key(0), x0, 0.5), x0, jnp.asarray(jnp.inf))
     rows["scorefn SNES"] = _time(lambda: run(carry), repeats) / gens
+    strat = es.SNES(mirrored=True)
+    run = _compiled_generations(strat, es.sphere, gens, "penalize")
+    carry = (strat.init(jax.random.key(0), x0, 0.5), x0, jnp.asarray(jnp.inf))
+    rows["scorefn SNES, mirrored"] = _time(lambda: run(carry), repeats) / gens
+
     strat = es.openai_es(popsize=lam + lam % 2)  # mirrored sampling needs an even population
     run = _compiled_generations(strat, es.sphere, gens, "penalize")
     carry = (strat.init(jax.random.key(0), x0, 0.5), x0, jnp.asarray(jnp.inf))
@@ -211,6 +216,7 @@ def main():
         "evosax SNES": lambda n, s: run_evosax("SNES", n, s),
         "evosax xNES": lambda n, s: run_evosax("xNES", n, s),
         "scorefn SNES": lambda n, s: run_scorefn("snes", n, s),
+        "scorefn SNES, mirrored": lambda n, s: run_scorefn("snes", n, s, mirrored=True),
         "scorefn xNES": lambda n, s: run_scorefn("xnes", n, s),  # adaptation + mirrored sampling
         "scorefn xNES, plain": lambda n, s: run_scorefn(
             "xnes", n, s, adaptation_sampling=False, mirrored=False),

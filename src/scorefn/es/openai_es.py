@@ -22,6 +22,7 @@ import optax
 
 from scorefn import fisher
 from scorefn.es.fitness_shaping import centered_ranks
+from scorefn.es.sampling import standard_normal
 from scorefn.estimators import score_grad
 
 
@@ -65,8 +66,7 @@ class OpenAIES:
 
     def ask(self, state: OpenAIESState) -> tuple[jax.Array, OpenAIESState]:
         key, sub = jax.random.split(state.key)
-        eps = jax.random.normal(sub, (self.popsize // 2, state.mean.shape[0]), state.mean.dtype)
-        eps = jnp.concatenate([eps, -eps])
+        eps = standard_normal(sub, self.popsize, state.mean.shape[0], state.mean.dtype, True)
         return state.mean + state.sigma * eps, state._replace(key=key)
 
     def _dist_fn(self, sigma):

@@ -43,6 +43,7 @@ import numpyro.distributions as dist
 
 from scorefn import fisher, importance
 from scorefn.es.fitness_shaping import _ranks, nes_utilities
+from scorefn.es.sampling import standard_normal
 from scorefn.estimators import score_grad
 
 
@@ -105,10 +106,7 @@ class XNES:
     def ask(self, state: XNESState) -> tuple[jax.Array, XNESState]:
         popsize = self.sizes(state.mean.shape[0])[0]
         key, sub = jax.random.split(state.key)
-        z = jax.random.normal(sub, (popsize, state.mean.shape[0]), state.mean.dtype)
-        if self.mirrored:  # pairs z, -z (an odd λ leaves its last sample unpaired)
-            half = popsize // 2
-            z = z.at[half:2 * half].set(-z[:half])
+        z = standard_normal(sub, popsize, state.mean.shape[0], state.mean.dtype, self.mirrored)
         return state.mean + state.sigma * z @ state.b.T, state._replace(key=key)
 
     def search_gradient(self, state: XNESState, x: jax.Array, values: jax.Array) -> dict:

@@ -341,17 +341,18 @@ def test_xnes_adaptation_sampling_raises_the_rate_only_when_the_larger_step_rank
         pytest.approx(init)
 
 
-@pytest.mark.parametrize("d", [10, 3])  # λ = 10 (five pairs), λ = 7 (three pairs, one single)
-def test_xnes_mirrored_sampling_draws_pairs_about_the_mean(d):
-    strategy = es.XNES(mirrored=True)
+@pytest.mark.parametrize("make", [es.XNES, es.SNES])
+def test_mirrored_strategies_draw_pairs_about_the_mean(make):
+    d = 10
+    strategy = make(mirrored=True)
     state = strategy.init(jax.random.key(0), jnp.arange(d, dtype=float), 0.3)
-    state = state._replace(b=jnp.eye(d) + 0.1)  # any shape
     x, _ = strategy.ask(state)
     half = x.shape[0] // 2
+    mean = np.asarray(strategy.mean(state))
     np.testing.assert_allclose(x[:half] + x[half:2 * half],
-                               np.broadcast_to(2 * state.mean, (half, d)), atol=1e-5)
-    unpaired = es.XNES(mirrored=False).ask(state)[0]
-    assert not np.allclose(unpaired[:half] + unpaired[half:2 * half], 2 * state.mean)
+                               np.broadcast_to(2 * mean, (half, d)), atol=1e-5)
+    unpaired = make(mirrored=False).ask(state)[0]
+    assert not np.allclose(unpaired[:half] + unpaired[half:2 * half], 2 * mean)
 
 
 def test_xnes_adaptation_sampling_keeps_the_default_rate_when_fitness_is_noise():
