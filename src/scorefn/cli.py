@@ -39,7 +39,7 @@ def _optimize(args: argparse.Namespace) -> int:
     target = args.target if args.target is not None else (0.0 if binary else 1e-8)
     result = es.minimize(f, x0, strategy, sigma0=args.sigma0, seed=args.seed,
                          max_evaluations=args.max_evals, target_f=target, progress=not args.json,
-                         plot=args.plot)
+                         plot=args.plot, restarts=args.restarts)
     if args.json:
         out = result.as_dict()
         out.pop("best_x")
@@ -178,6 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
     optimize.add_argument("--seed", type=int, default=0)
     optimize.add_argument("--sigma0", type=float, default=0.5)
     optimize.add_argument("--max-evals", type=int, default=200_000)
+    optimize.add_argument("--restarts", type=int, default=0,
+                          help="IPOP restarts with a doubled population when a run stalls "
+                               "(multimodal functions such as rastrigin)")
     optimize.add_argument("--target", type=float, default=None,
                           help="stop at f <= target (default 1e-8; 0 for onemax)")
     optimize.add_argument("--plot", default=None, help="save a convergence PNG here")

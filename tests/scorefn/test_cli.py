@@ -43,6 +43,15 @@ def test_optimize_json_line(tmp_path, capsys):
     assert plot.stat().st_size > 5_000
 
 
+@pytest.mark.slow
+def test_optimize_restarts_solve_rastrigin(capsys):
+    # Without restarts xNES stalls in a local minimum here (measured: stops at f = 2.98).
+    assert main(["optimize", "--function", "rastrigin", "--dim", "10", "--sigma0", "2",
+                 "--restarts", "8", "--seed", "1", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["success"] and "restart" in result["stop_reason"], result
+
+
 def test_optimize_rejects_a_mismatched_strategy():
     with pytest.raises(SystemExit, match="onemax is binary"):
         main(["optimize", "--function", "onemax", "--strategy", "xnes"])
