@@ -28,6 +28,7 @@ import jax.numpy as jnp
 
 from scorefn import _validation
 from scorefn._compilation_cache import enable_compilation_cache
+from scorefn._compiler_options import cpu_options
 from scorefn._runs import load_checkpoint, save_checkpoint
 
 FORMAT = 1
@@ -87,29 +88,6 @@ class _Program:
         return jax.tree.unflatten(self.out_tree, _from_raw(out, self.out_impls))
 
 
-# For programs that run once or a few times (initialisation, evaluation): XLA's CPU backend
-# spends most of a small program's compile in LLVM optimisation and fusion emitters. Without
-# them PPO's init compiles in 0.4 s instead of 1.5 s and its evaluation in 0.2 s instead of
-# 1.0 s; both still run in milliseconds.
-FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False}
-
-# For programs that run many times: LLVM at -O2 instead of XLA's default -O3. Measured on the
-# training programs here: 0.3-0.5 s less compile time (PPO's chunk: 3.6 s -> 3.1 s to the end
-# of its first chunk), the same time per update.
-BACKEND_O2 = {"xla_backend_optimization_level": 2}
-
-# XLA's CPU backend hands reductions to YNNPACK by default, and YNNPACK's reduce is slow when
-# a short leading axis is summed out of a wide array, the shape of a search gradient (λ
-# samples × d coordinates): 1.0 ms instead of 0.07 ms for 31 × 10000 float64, 5.8 ms instead
-# of 0.15 ms for 10 × 100000 float32. These options keep YNNPACK for single matmuls only.
-WIDE_REDUCTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
-
-
-def cpu_options(options: dict[str, Any] | None) -> dict[str, Any] | None:
-    """``options`` on the CPU backend, None elsewhere (they are tuned for XLA's CPU compiler)."""
-    return options if jax.default_backend() == "cpu" else None
-
-
 def cached_jit(fn: Callable, *, key: tuple, packages: Sequence[str] = (),
                compiler_options: dict[str, Any] | None = None) -> Callable:
     """``jax.jit(fn)`` whose traced program is cached on disk across processes.
@@ -117,7 +95,7 @@ def cached_jit(fn: Callable, *, key: tuple, packages: Sequence[str] = (),
     ``key`` must determine everything ``fn`` closes over (e.g. an algorithm's name and its
     frozen config); ``packages`` names the libraries ``fn`` is traced from besides jax and
     scorefn, whose versions join the digest. ``compiler_options`` go to XLA on CPU only
-    (e.g. :data:`FAST_COMPILE`).
+    (e.g. :data:`scorefn._compiler_options.FAST_COMPILE`).
     """
     options = cpu_options(compiler_options)
     jitted = jax.jit(fn, compiler_options=options)

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from scorefn import _program_cache
+from scorefn import _compiler_options, _program_cache
 
 
 class Carry(NamedTuple):
@@ -100,10 +100,10 @@ def test_off_and_unexportable_programs_fall_back_to_jit(folder, monkeypatch):
 def test_compiler_options_are_part_of_the_program(folder):
     traces = []
     fast = _program_cache.cached_jit(_step_counting(traces), key=("o",),
-                                     compiler_options=_program_cache.FAST_COMPILE)
+                                     compiler_options=_compiler_options.FAST_COMPILE)
     out = fast(_carry(), 2.0)
     default = _program_cache.cached_jit(_step_counting(traces), key=("o",))(_carry(), 2.0)
     assert len(list(folder.glob("*.pkl"))) == 2
     np.testing.assert_allclose(np.asarray(out[0].x), np.asarray(default[0].x), rtol=1e-6)
     _same(_program_cache.cached_jit(_step_counting([]), key=("o",),
-                                    compiler_options=_program_cache.FAST_COMPILE)(_carry(), 2.0), out)
+                                    compiler_options=_compiler_options.FAST_COMPILE)(_carry(), 2.0), out)

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from scorefn import _validation as v
-from scorefn._program_cache import WIDE_REDUCTIONS, cpu_options
+from scorefn._compiler_options import WIDE_REDUCTIONS, cpu_options
 from scorefn._runs import from_host, load_checkpoint, progress_bar, save_checkpoint, to_host
 from scorefn.es.bernoulli import bernoulli
 from scorefn.es.categorical import categorical

@@ -66,7 +66,8 @@ class OpenAIES:
 
     def ask(self, state: OpenAIESState) -> tuple[jax.Array, OpenAIESState]:
         key, sub = jax.random.split(state.key)
-        eps = standard_normal(sub, self.popsize, state.mean.shape[0], state.mean.dtype, True)
+        eps = standard_normal(sub, self.popsize, state.mean.shape[0], state.mean.dtype,
+                              mirrored=True)
         return state.mean + state.sigma * eps, state._replace(key=key)
 
     def _dist_fn(self, sigma):

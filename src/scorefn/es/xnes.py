@@ -57,6 +57,12 @@ class XNESState(NamedTuple):
     prev_sigma: jax.Array  # σ before the last update
 
 
+def _origin(state: XNESState) -> dict:
+    """(δ, M) = (0, 0): the current distribution in its local coordinates."""
+    d, dtype = state.mean.shape[0], state.mean.dtype
+    return {"delta": jnp.zeros(d, dtype), "m": jnp.zeros((d, d), dtype)}
+
+
 def local_distribution(state: XNESState) -> Any:
     """``params -> Distribution`` in the local coordinates (δ, M) around ``state``."""
     a = state.sigma * state.b
@@ -111,9 +117,8 @@ class XNES:
 
     def search_gradient(self, state: XNESState, x: jax.Array, values: jax.Array) -> dict:
         """Σ_k values_k ∇ log p(x_k) in the local coordinates (δ, M) at 0, by the score function."""
-        d = state.mean.shape[0]
-        local = {"delta": jnp.zeros(d, state.mean.dtype), "m": jnp.zeros((d, d), state.mean.dtype)}
-        return score_grad(local_distribution(state), local, x, values * x.shape[0], validate=False)
+        return score_grad(local_distribution(state), _origin(state), x, values * x.shape[0],
+                          validate=False)
 
     def natural_gradient(self, state: XNESState, grad: dict) -> dict:
         delta, m = fisher.gaussian_local_natural_gradient(grad["delta"], grad["m"])
@@ -143,10 +148,10 @@ class XNES:
         """Adaptation sampling: the weighted Mann-Whitney test described in the module."""
         d = state.mean.shape[0]
         n = x.shape[0]
-        local = {"delta": jnp.zeros(d, x.dtype), "m": jnp.zeros((d, d), x.dtype)}
+        origin = _origin(state)
         hypothetical = state._replace(sigma=state.sigma * jnp.sqrt(state.sigma / state.prev_sigma))
-        w = jnp.exp(importance.log_weights(local_distribution(hypothetical), local, x,
-                                           local_distribution(state)(local)))
+        w = jnp.exp(importance.log_weights(local_distribution(hypothetical), origin, x,
+                                           local_distribution(state)(origin)))
         rank = (n - 1 - _ranks(fitness)) + 0.5  # the best candidate has the highest rank
         total = jnp.sum(w)
         u = jnp.sum(w * rank)

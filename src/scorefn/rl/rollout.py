@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from scorefn._program_cache import FAST_COMPILE, cpu_options
+from scorefn._compiler_options import FAST_COMPILE, cpu_options
 from scorefn.rl.envs import GymnasiumEnv, JaxEnv
 from scorefn.rl.networks import ActorCritic
 from scorefn.sampling import sample

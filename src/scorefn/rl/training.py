@@ -23,7 +23,8 @@ import numpy as np
 
 from scorefn import _runs
 from scorefn._compilation_cache import enable_compilation_cache
-from scorefn._program_cache import BACKEND_O2, FAST_COMPILE, cached_jit, cpu_options
+from scorefn._compiler_options import BACKEND_O2, FAST_COMPILE, cpu_options
+from scorefn._program_cache import cached_jit
 from scorefn._runs import all_finite, from_host, progress_bar, save_checkpoint, to_host
 from scorefn._validation import runtime_checks
 from scorefn.rl import defaults as D

@@ -21,7 +21,7 @@ import optax
 
 from scorefn import _validation as v
 from scorefn._compilation_cache import enable_compilation_cache
-from scorefn._program_cache import BACKEND_O2, cpu_options
+from scorefn._compiler_options import BACKEND_O2, cpu_options
 from scorefn._runs import all_finite, from_host, load_checkpoint, progress_bar, save_checkpoint, to_host
 from scorefn.baselines import Ema
 from scorefn.vi.guides import Guide, auto_guide
