@@ -209,12 +209,13 @@ def test_openai_es_uses_mirrored_samples_and_weight_decay():
 @pytest.mark.slow
 def test_ipop_restarts_solve_rastrigin_d10():
     """Without restarts SNES stalls in a local minimum of rastrigin; growing the population
-    over restarts reaches the global one (seed 1: after 3 restarts, ~44k evaluations)."""
+    over restarts reaches the global one (seeds 0-5 all do within 2e5 evaluations, after 2-4
+    restarts; seed 1 after 3 restarts, ~116k evaluations)."""
     x0 = np.random.default_rng(1).uniform(-3, 3, 10)
     plain = es.minimize(es.rastrigin, x0, "snes", sigma0=2.0, seed=1, target_f=1e-8,
                         max_evaluations=100_000)
     restarted = es.minimize(es.rastrigin, x0, "snes", sigma0=2.0, seed=1, target_f=1e-8,
-                            max_evaluations=100_000, restarts=8)
+                            max_evaluations=200_000, restarts=8)
     assert not plain.success
     assert restarted.success and "restart" in restarted.stop_reason
     assert restarted.evaluations == restarted.history[-1][0]
