@@ -4,7 +4,7 @@ Protocol of ../shared/peers/cma_bbo.py and evosax_bbo.py: x0 ~ U[-3, 3]^d from n
 default_rng(seed); σ0 = 2 for rastrigin, 0.5 otherwise; target f < 1e-8; caps 2e5 evaluations
 (d = 10) and 1e6 (d = 100); no restarts; λ = 4 + ⌊3 ln d⌋; float64 everywhere. pycma evaluates
 candidates one by one in Python (its usual use); evosax and scorefn run jitted generation
-loops (scan chunks: 50 generations for evosax as in its peer script, 10 for scorefn), and
+loops (scan chunks of 50 generations: evosax's peer script's, and scorefn's default), and
 their wall time excludes compilation, which is reported apart. Evaluations count up to the
 first generation whose best f is below the target.
 

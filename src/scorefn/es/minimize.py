@@ -81,7 +81,7 @@ def minimize(
     evaluator: str = "jax",
     workers: int | None = None,
     ray_address: str | None = None,
-    generations_per_call: int = 10,
+    generations_per_call: int = 50,
     progress: bool = False,
     plot: str | None = None,
     checkpoint: str | None = None,
@@ -103,9 +103,12 @@ def minimize(
       max_evaluations, target_f, tol_x (search scale below it), tol_f (spread of a
         generation's fitness below it), stagnation (generations without improvement): stops.
       nan_policy: ``"penalize"`` ranks NaN/inf fitness last; ``"raise"`` stops with an error.
-      generations_per_call: generations per compiled call; ``evaluations`` in the result
-        counts up to the generation that met the stopping criterion (as the peers' scripts
-        do), while best x and f are the best of every generation run.
+      generations_per_call: generations per compiled call (``evaluator="jax"``). Each call
+        costs about 0.1 ms on the host (progress, stopping tests), as much as ten
+        generations at d = 10; lower it when one generation is slow and you want progress
+        and checkpoints more often. ``evaluations`` in the result counts up to the
+        generation that met the stopping criterion (as the peers' scripts do), while best x
+        and f are the best of every generation run.
       progress: a rich progress bar; plot: save a convergence PNG there.
       checkpoint: a file where the run's state (strategy state with its PRNG key, best point,
         history) is written after every compiled chunk of generations and on Ctrl-C;
