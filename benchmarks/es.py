@@ -8,8 +8,9 @@ loops (scan chunks of 50 generations: evosax's peer script's, and scorefn's defa
 their wall time excludes compilation, which is reported apart. Evaluations count up to the
 first generation whose best f is below the target.
 
-Then wall time per generation at d = 1000 and 10000 (SNES in scorefn and evosax; CMA-ES in
-evosax and pycma at d = 1000), medians of repeats after compilation.
+Then wall time per generation, medians of 3 interleaved rounds of 5 repeats after
+compilation: xNES at d = 10 and 100 (scorefn and evosax); at d = 1000 and 10000 SNES and
+OpenAI-ES (scorefn), SNES (evosax) and CMA-ES (evosax and pycma, d = 1000 only).
 
     pip install ".[bench]"
     python benchmarks/es.py                     # about 10 minutes
@@ -133,48 +134,30 @@ def run_scorefn(strategy, name, seed, restarts=0, **options):
     else:
         result = es.minimize(f, x0, strat, sigma0=sigma0, seed=seed, target_f=TARGET,
                              max_evaluations=cap, tol_f=-1.0, tol_x=0.0)
+    # A run may end a generation past the cap (restarts grow λ); as for the peers, that fails.
     return {"evals": result.evaluations, "wall": result.wall_s, "compile": compile_s,
-            "success": result.success, "best": result.f}
+            "success": result.success and result.evaluations <= cap, "best": result.f}
 
 
-def seconds_per_generation(d, repeats=5):
-    rows = {}
+def seconds_per_generation(d, rounds=3, repeats=5):
+    """Seconds per generation on the sphere, scorefn and peers at dimension d: SNES and
+    OpenAI-ES against SNES and CMA-ES at d >= 1000, xNES against xNES below. evosax's xNES
+    updates B with an elementwise exp instead of expm: not quite the same algorithm."""
     lam = 4 + int(3 * math.log(d))
     x0 = jnp.asarray(np.random.default_rng(0).uniform(-3, 3, d))
     gens = 20
-
-    # scorefn SNES: 20 generations per call
-    strat = es.SNES()
-    from scorefn.es.minimize import _compiled_generations
-
-    run = _compiled_generations(strat, es.sphere, gens, "penalize")
-    carry = (strat.init(jax.random.key(0), x0, 0.5), x0, jnp.asarray(jnp.inf))
-    rows["scorefn SNES"] = _time(lambda: run(carry), repeats) / gens
-    strat = es.SNES(mirrored=True)
-    run = _compiled_generations(strat, es.sphere, gens, "penalize")
-    carry = (strat.init(jax.random.key(0), x0, 0.5), x0, jnp.asarray(jnp.inf))
-    rows["scorefn SNES, mirrored"] = _time(lambda: run(carry), repeats) / gens
-
-    strat = es.openai_es(popsize=lam + lam % 2)  # mirrored sampling needs an even population
-    run = _compiled_generations(strat, es.sphere, gens, "penalize")
-    carry = (strat.init(jax.random.key(0), x0, 0.5), x0, jnp.asarray(jnp.inf))
-    rows["scorefn OpenAI-ES"] = _time(lambda: run(carry), repeats) / gens
-    for algo in (["SNES", "CMA_ES"] if d <= 1000 else ["SNES"]):
-        strategy = getattr(A, algo)(population_size=lam, solution=jnp.zeros(d))
-        params = strategy.default_params.replace(std_init=jnp.asarray(0.5))
-
-        def step(state, key, strategy=strategy, params=params):
-            k1, k2 = jax.random.split(key)
-            pop, state = strategy.ask(k1, state, params)
-            state, _ = strategy.tell(k2, pop, jax.vmap(es.sphere)(pop), state, params)
-            return state, state.best_fitness
-
-        chunk = jax.jit(lambda state, key, step=step: jax.lax.scan(step, state,
-                                                                   jax.random.split(key, gens)))
-        state = strategy.init(jax.random.key(0), x0, params)
-        rows[f"evosax {algo}"] = _time(lambda chunk=chunk, state=state: chunk(state, jax.random.key(1)),
-                                       repeats) / gens
-    if d <= 1000:
+    if d >= 1000:
+        ours = {"scorefn SNES": es.SNES(), "scorefn SNES, mirrored": es.SNES(mirrored=True),
+                # mirrored sampling needs an even population
+                "scorefn OpenAI-ES": es.openai_es(popsize=lam + lam % 2)}
+        peers = ["SNES", "CMA_ES"] if d <= 1000 else ["SNES"]
+    else:
+        ours = {"scorefn xNES": es.XNES(),
+                "scorefn xNES, plain": es.XNES(adaptation_sampling=False, mirrored=False)}
+        peers = ["xNES"]
+    calls = {label: _scorefn_generations(strat, x0, gens) for label, strat in ours.items()}
+    calls.update({f"evosax {algo}": _evosax_generations(algo, lam, x0, gens) for algo in peers})
+    if d == 1000:
         strategy = cma.CMAEvolutionStrategy(np.asarray(x0), 0.5, {"seed": 1, "verbose": -9})
         f = lambda x: float(np.dot(x, x))  # noqa: E731
 
@@ -183,8 +166,37 @@ def seconds_per_generation(d, repeats=5):
                 x = strategy.ask()
                 strategy.tell(x, [f(xi) for xi in x])
 
-        rows["pycma CMA-ES"] = _time(pycma_gens, repeats) / gens
-    return rows
+        calls["pycma CMA-ES"] = pycma_gens
+    # Rounds over every optimiser in turn, so that a change in the shared machine's load
+    # affects each of them, not only the one being timed.
+    times = {label: [] for label in calls}
+    for _ in range(rounds):
+        for label, call in calls.items():
+            times[label].append(_time(call, repeats) / gens)
+    return {label: statistics.median(t) for label, t in times.items()}
+
+
+def _scorefn_generations(strat, x0, gens):
+    from scorefn.es.minimize import _compiled_generations
+
+    run = _compiled_generations(strat, es.sphere, gens, "penalize")
+    carry = (strat.init(jax.random.key(0), x0, 0.5), x0, jnp.asarray(jnp.inf))
+    return lambda: run(carry)
+
+
+def _evosax_generations(algo, lam, x0, gens):
+    strategy = getattr(A, algo)(population_size=lam, solution=jnp.zeros(x0.shape[0]))
+    params = strategy.default_params.replace(std_init=jnp.asarray(0.5))
+
+    def step(state, key):
+        k1, k2 = jax.random.split(key)
+        pop, state = strategy.ask(k1, state, params)
+        state, _ = strategy.tell(k2, pop, jax.vmap(es.sphere)(pop), state, params)
+        return state, state.best_fitness
+
+    chunk = jax.jit(lambda state, key: jax.lax.scan(step, state, jax.random.split(key, gens)))
+    state = strategy.init(jax.random.key(0), x0, params)
+    return lambda: chunk(state, jax.random.key(1))
 
 
 def _time(fn, repeats):
@@ -206,7 +218,7 @@ def main():
     parser.add_argument("--runners", nargs="+", default=None,
                         help="optimiser labels to run, e.g. 'scorefn OpenAI-ES' (default: all)")
     parser.add_argument("--timing", action="store_true",
-                        help="with --only or --runners, still time generations at d >= 1000")
+                        help="with --only or --runners, still time generations")
     args = parser.parse_args()
     problems = [p for p in PROBLEMS if not (args.quick and PROBLEMS[p][1] > 10)]
     if args.only:
@@ -259,7 +271,7 @@ def main():
             lines.append(line)
     if not args.quick and ((not args.only and not args.runners) or args.timing):
         lines += ["", "| d | optimiser | ms per generation |", "|---|---|---|"]
-        for d in (1000, 10000):
+        for d in (10, 100, 1000, 10000):
             for label, seconds in seconds_per_generation(d).items():
                 line = f"| {d} | {label} | {seconds * 1e3:.3f} |"
                 print(line, flush=True)

@@ -154,7 +154,7 @@ def minimize(
     v.check_key(key)
     d = x0.shape[0]
     state = strat.init(key, x0, sigma0)
-    popsize = strat.ask(state)[0].shape[0]
+    popsize = _popsize(strat, state)
 
     if evaluator == "jax":
         run_chunk = _compiled_generations(strat, f, generations_per_call, nan_policy)
@@ -251,6 +251,11 @@ def minimize(
     return result
 
 
+def _popsize(strat, state) -> int:
+    """λ from the shape ``ask`` would return, without drawing (an eager ``ask`` compiles)."""
+    return jax.eval_shape(strat.ask, state)[0].shape[0]
+
+
 def _bounded(f, x0, bounds, penalty, evaluator):
     x0 = np.asarray(x0, np.float64)
     try:
@@ -305,8 +310,8 @@ def _minimize_with_restarts(f, x0, strategy, *, restarts, popsize_factor, key, s
     if not hasattr(strat, "popsize"):
         raise TypeError("restarts need a strategy with a popsize field")
     key = jax.random.key(seed) if key is None else key
-    base = strat.ask(strat.init(key, jnp.asarray(x0, jnp.result_type(float)),
-                                options["sigma0"]))[0].shape[0]
+    base = _popsize(strat, strat.init(key, jnp.asarray(x0, jnp.result_type(float)),
+                                      options["sigma0"]))
     finished: list[dict] = []  # one entry per run that ended in a stall (a restart followed)
     if resume and os.path.exists(checkpoint):
         finished = load_checkpoint(checkpoint, RESTARTS_CHECKPOINT_VERSION, "scorefn.es restarts")["runs"]
