@@ -122,7 +122,9 @@ def minimize(
       restarts: IPOP-style restarts (Auger & Hansen 2005): when a run stops before the target
         and the budget (tol_x, tol_f, stagnation), start again from x0 with a fresh key and
         the population multiplied by ``popsize_factor``, up to ``restarts`` times; the
-        result is the best over all runs, evaluations and history accumulated.
+        result is the best over all runs, evaluations and history accumulated. Unless
+        ``stagnation`` is given, each run also stops after pycma's ``tolstagnation``,
+        100 + 100 d^1.5/λ generations without a new best.
     """
     if bounds is not None or restarts:
         options = dict(
@@ -324,11 +326,16 @@ def _minimize_with_restarts(f, x0, strategy, *, restarts, popsize_factor, key, s
             if popsize % 2 and getattr(strat, "name", "") == "openai_es":
                 popsize += 1
             run_checkpoint = None if checkpoint is None else f"{checkpoint}.run{run}"
+            run_options = dict(options)
+            if run_options.get("stagnation") is None:
+                # pycma's tolstagnation: a run circling a local minimum at the resolution of
+                # the float type (its ranks are noise) reaches neither tol_x nor tol_f.
+                run_options["stagnation"] = int(100 + 100 * len(x0) ** 1.5 / popsize)
             result = minimize(f, x0, dataclasses.replace(strat, popsize=popsize),
                               key=jax.random.fold_in(key, run),
                               max_evaluations=max_evaluations - used, checkpoint=run_checkpoint,
                               resume=resume and run_checkpoint is not None
-                              and os.path.exists(run_checkpoint), **options)
+                              and os.path.exists(run_checkpoint), **run_options)
             if checkpoint is not None and result.stop_reason in STALLS:
                 finished.append({k: (np.asarray(v) if k == "x" else v)
                                  for k, v in dataclasses.asdict(result).items()})
