@@ -8,8 +8,8 @@ loops (scan chunks of 50 generations: evosax's peer script's, and scorefn's defa
 their wall time excludes compilation, which is reported apart. Evaluations count up to the
 first generation whose best f is below the target.
 
-Then wall time per generation, medians of 3 interleaved rounds of 5 repeats after
-compilation: xNES at d = 10 and 100 (scorefn and evosax); at d = 1000 and 10000 SNES and
+Then wall time per generation, medians of 3 interleaved rounds (each the median of 5 to 50
+calls) after compilation: xNES at d = 10 and 100 (scorefn and evosax); at d = 1000 and 10000 SNES and
 OpenAI-ES (scorefn), SNES (evosax) and CMA-ES (evosax and pycma, d = 1000 only).
 
     pip install ".[bench]"
@@ -200,9 +200,13 @@ def _evosax_generations(algo, lam, x0, gens):
 
 
 def _time(fn, repeats):
+    """Median seconds per call. Fast calls are repeated until about 0.3 s has passed (at
+    most 50 times): right after another program has run, the first few calls are slower."""
+    start = time.perf_counter()
     jax.block_until_ready(fn())
+    first = time.perf_counter() - start
     times = []
-    for _ in range(repeats):
+    for _ in range(max(repeats, min(50, math.ceil(0.3 / max(first, 1e-6))))):
         start = time.perf_counter()
         jax.block_until_ready(fn())
         times.append(time.perf_counter() - start)
