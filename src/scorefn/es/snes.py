@@ -14,7 +14,7 @@ Defaults (Wierstra et al. 2014, table 1): λ = 4 + ⌊3 ln d⌋, η_μ = 1, η_�
 A diagonal Gaussian cannot turn into a curved valley that runs across the axes, such as
 rosenbrock's (near its minimum the valley points along (1, 2, 4, …, 2^{d-1})). There the
 rank utilities favour the shortest steps, and with the default η_σ the scales shrink faster
-than the mean moves along the valley: at d = 10 SNES is still at f ≈ 1e-3 to 1e-2 after 2·10⁵
+than the mean moves along the valley: at d = 10 SNES is still at f ≈ 2e-4 to 3e-2 after 2·10⁵
 evaluations, as evosax's SNES is. A slow scale rate, ``SNES(lr_scale=0.01, mirrored=True)``,
 reaches 1e-8 there in about 10⁵ evaluations, but needs about 30 times the default's
 evaluations on sphere and ellipsoid (see BENCHMARKS.md).
