@@ -153,6 +153,11 @@ def test_bad_input_errors():
         es.minimize(lambda x: x**2, X0, "snes", max_evaluations=50)
     with pytest.raises(ValueError, match="nan_policy must be one of"):
         es.minimize(es.sphere, X0, nan_policy="ignore")
+    for sigma0 in (0.0, -1.0, float("nan"), np.ones(10)):
+        with pytest.raises(ValueError, match="sigma0 must be a positive finite number"):
+            es.minimize(es.sphere, X0, sigma0=sigma0)
+    with pytest.raises(ValueError, match="sigma0 must be a positive finite number"):
+        es.minimize(es.sphere, X0, "snes", sigma0=-1.0, restarts=2)
 
 
 def test_nan_fitness_is_penalised_or_raises():
