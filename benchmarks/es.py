@@ -78,10 +78,9 @@ def run_pycma(name, seed):
             "success": best < TARGET, "best": float(best)}
 
 
-def run_evosax(algo, name, seed, chunk=50, **params_overrides):
-    fname, d, sigma0, cap = PROBLEMS[name]
-    f = es.FUNCTIONS[fname][0]
-    lam = 4 + int(3 * math.log(d))
+def evosax_loop(algo, f, lam, d, sigma0, generations, **params_overrides):
+    """evosax's strategy and params, and one jitted chunk of ``generations`` ask/f/tell steps
+    (the peer script's loop) returning the best fitness after each."""
     strategy = getattr(A, algo)(population_size=lam, solution=jnp.zeros(d))
     params = strategy.default_params.replace(std_init=jnp.asarray(sigma0), **{
         k: jnp.asarray(v) for k, v in params_overrides.items()})
@@ -92,7 +91,15 @@ def run_evosax(algo, name, seed, chunk=50, **params_overrides):
         state, _ = strategy.tell(k2, pop, jax.vmap(f)(pop), state, params)
         return state, state.best_fitness
 
-    run_chunk = jax.jit(lambda state, key: jax.lax.scan(step, state, jax.random.split(key, chunk)))
+    chunk = jax.jit(lambda state, key: jax.lax.scan(step, state, jax.random.split(key, generations)))
+    return strategy, params, chunk
+
+
+def run_evosax(algo, name, seed, chunk=50, **params_overrides):
+    fname, d, sigma0, cap = PROBLEMS[name]
+    f = es.FUNCTIONS[fname][0]
+    lam = 4 + int(3 * math.log(d))
+    strategy, params, run_chunk = evosax_loop(algo, f, lam, d, sigma0, chunk, **params_overrides)
     init = jax.jit(lambda key, mean: strategy.init(key, mean, params))
     x0 = jnp.asarray(np.random.default_rng(seed).uniform(-3, 3, d))
     key = jax.random.key(seed + 1)
@@ -185,16 +192,7 @@ def _scorefn_generations(strat, x0, gens):
 
 
 def _evosax_generations(algo, lam, x0, gens):
-    strategy = getattr(A, algo)(population_size=lam, solution=jnp.zeros(x0.shape[0]))
-    params = strategy.default_params.replace(std_init=jnp.asarray(0.5))
-
-    def step(state, key):
-        k1, k2 = jax.random.split(key)
-        pop, state = strategy.ask(k1, state, params)
-        state, _ = strategy.tell(k2, pop, jax.vmap(es.sphere)(pop), state, params)
-        return state, state.best_fitness
-
-    chunk = jax.jit(lambda state, key: jax.lax.scan(step, state, jax.random.split(key, gens)))
+    strategy, params, chunk = evosax_loop(algo, es.sphere, lam, x0.shape[0], 0.5, gens)
     state = strategy.init(jax.random.key(0), x0, params)
     return lambda: chunk(state, jax.random.key(1))
 

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpyro.distributions as dist
 
 from scorefn import fisher
-from scorefn.es.fitness_shaping import nes_utilities
+from scorefn.es.fitness_shaping import nes_utilities, shaped_natural_gradient
 from scorefn.estimators import score_grad
 
 
@@ -72,7 +72,7 @@ class LogitsSearch:
         return logits
 
     def tell(self, state: LogitsState, x: jax.Array, fitness: jax.Array) -> LogitsState:
-        nat = self.natural_gradient(state, self.search_gradient(state, x, nes_utilities(fitness)))
+        nat = shaped_natural_gradient(self, state, x, nes_utilities(fitness))
         logits = self.normalise(state.logits + self.learning_rate * nat["logits"])
         logits = jnp.clip(logits, -self.max_logit, self.max_logit)
         return state._replace(logits=logits, generation=state.generation + 1)

@@ -453,16 +453,7 @@ def _compiled_ask_tell(strat):
     """Jitted ask and tell, cached per strategy so repeated runs (restarts) compile once."""
     options = cpu_options(WIDE_REDUCTIONS)
     return (jax.jit(strat.ask, compiler_options=options),
-            jax.jit(functools.partial(_tell_unchecked, strat), compiler_options=options))
-
-
-def _tell_unchecked(strat, state, x, fitness):
-    """``strat.tell`` traced without the estimator's run-time finiteness guard. The guard
-    checks the values given to ``score_grad``, here rank utilities, finite by construction,
-    so it can never fire; without its host callback JAX's persistent compilation cache can
-    keep the program (a second ``scorefn optimize`` then skips compiling)."""
-    with v.runtime_checks(False):
-        return strat.tell(state, x, fitness)
+            jax.jit(strat.tell, compiler_options=options))
 
 
 @functools.lru_cache(maxsize=64)
@@ -476,7 +467,7 @@ def _compiled_generations(strat, f, generations: int, nan_policy: str):
         fitness = _checked(jax.vmap(f)(x), x)
         guard = v.finite_guard((fitness, _nan_message)) if nan_policy == "raise" else 0.0
         fitness = jnp.where(jnp.isfinite(fitness), fitness, jnp.inf) + guard
-        state = _tell_unchecked(strat, state, x, fitness)
+        state = strat.tell(state, x, fitness)
         i = jnp.argmin(fitness)
         better = fitness[i] < best_f
         best_x = jnp.where(better, x[i], best_x)

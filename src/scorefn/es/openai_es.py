@@ -21,7 +21,7 @@ import numpyro.distributions as dist
 import optax
 
 from scorefn import fisher
-from scorefn.es.fitness_shaping import centered_ranks
+from scorefn.es.fitness_shaping import centered_ranks, shaped_natural_gradient
 from scorefn.es.sampling import standard_normal
 from scorefn.estimators import score_grad
 
@@ -83,7 +83,7 @@ class OpenAIES:
         return fisher.natural_gradient_elementwise(blocks, grad)
 
     def tell(self, state: OpenAIESState, x: jax.Array, fitness: jax.Array) -> OpenAIESState:
-        nat = self.natural_gradient(state, self.search_gradient(state, x, centered_ranks(fitness)))
+        nat = shaped_natural_gradient(self, state, x, centered_ranks(fitness))
         updates, opt_state = self._tx().update(-nat["loc"], state.opt_state, state.mean)
         sigma = jnp.maximum(state.sigma * self.sigma_decay, self.sigma_min)
         return state._replace(mean=optax.apply_updates(state.mean, updates), sigma=sigma,

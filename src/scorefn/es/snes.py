@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpyro.distributions as dist
 
 from scorefn import fisher
-from scorefn.es.fitness_shaping import nes_utilities
+from scorefn.es.fitness_shaping import nes_utilities, shaped_natural_gradient
 from scorefn.es.sampling import standard_normal
 from scorefn.estimators import score_grad
 
@@ -93,7 +93,7 @@ class SNES:
 
     def tell(self, state: SNESState, x: jax.Array, fitness: jax.Array) -> SNESState:
         _, lr_mean, lr_scale = self.sizes(state.mean.shape[0])
-        nat = self.natural_gradient(state, self.search_gradient(state, x, nes_utilities(fitness)))
+        nat = shaped_natural_gradient(self, state, x, nes_utilities(fitness))
         return state._replace(
             mean=state.mean + lr_mean * nat["loc"],
             log_scale=state.log_scale + lr_scale * nat["log_scale"],

@@ -42,7 +42,7 @@ import jax.numpy as jnp
 import numpyro.distributions as dist
 
 from scorefn import fisher, importance
-from scorefn.es.fitness_shaping import _ranks, nes_utilities
+from scorefn.es.fitness_shaping import _ranks, nes_utilities, shaped_natural_gradient
 from scorefn.es.sampling import standard_normal
 from scorefn.estimators import score_grad
 
@@ -138,7 +138,7 @@ class XNES:
         if self.adaptation_sampling:
             lr_sigma = jnp.where(state.generation > 0,
                                  self._adapted_lr_sigma(state, x, fitness, lr_sigma_init), lr_sigma)
-        nat = self.natural_gradient(state, self.search_gradient(state, x, nes_utilities(fitness)))
+        nat = shaped_natural_gradient(self, state, x, nes_utilities(fitness))
         g_sigma = jnp.trace(nat["m"]) / d
         g_b = nat["m"] - g_sigma * jnp.eye(d, dtype=x.dtype)
         return state._replace(
