@@ -1,0 +1,4 @@
+"""placeholder"""
+def compare(): pass
+def site_contributions(): pass
+def site_variances(): pass

@@ -1,0 +1,416 @@
+r"""The surrogate objective of a stochastic program: any-order gradient estimates.
+
+A program's objective is J(θ) = E[Σ_t c_t], the terms c_t being its ``numpyro.factor`` values
+and observed sites' log-probabilities. With K particles (independent runs of the program), the
+surrogate is the DiCE construction (Foerster et al. 2018) with per-site baselines that keep
+every order unbiased (Mao et al. 2019; Farquhar et al. 2019):
+
+    S(θ) = (1/K) Σ_k Σ_m w_km [ Σ_t Σ_i □(W_kt,i) c_kt,i
+                                + Σ_{s ∈ score sites} Σ_i (1 - □(log p(x_ks,i))) □(U_ks,i) b_ks,i ]
+
+    □(τ) = exp(τ - stop_gradient(τ))        (the "magic box": value 1, ∇□(τ) = □(τ) ∇τ)
+
+- W_t: the sum of log p(x_s) over the score-function sites s upstream of term t (those whose
+  value t reads, directly or through other sites' distributions): **credit assignment**
+  (Schulman et al. 2015); U_s likewise for site s's own upstream score sites. Inside a
+  ``numpyro.plate``, element i of a term is weighted only by the site elements with the same
+  plate index (sites outside the plate: all their elements).
+- b_s: a baseline per score site (default: leave-one-out over the K particles,
+  :func:`scorefn.baselines.leave_one_out`) for the learning signal L_s = Σ_{t downstream of s} c_t.
+  It must not depend on the particle's own x_s; it is held constant (stop-gradient).
+- w_km = Π_e p_θ(v_e,m | ...): the probability of the m-th joint value of the enumerated
+  sites (summed exactly); m runs over one value when there are none.
+- Pathwise sites pass their reparameterised value (differentiable in θ) to the program, score
+  sites a ``stop_gradient`` one.
+
+The value of S is the Monte-Carlo estimate (1/K) Σ_k Σ_m w_km Σ_t c_kt of J (□ is 1 and the
+baseline terms are 0); ∇S is an unbiased estimate of ∇J, and ∇ⁿS of ∇ⁿJ for every n (each
+derivative of □(W) c has the expectation of the derivative of E[c]; each derivative of the
+baseline term has zero mean given x_s's upstream, because E_s[∇ⁿ □(log p(x_s))] = ∇ⁿ Σ p = 0).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+
+from scorefn import _validation as v
+from scorefn.baselines import Baseline, as_baseline, leave_one_out
+from scorefn.programs.tracing import (
+    Plate,
+    Recorder,
+    SiteInfo,
+    analyse,
+    canonical,
+    enumeration_grid,
+    inspect_sites,
+    run,
+    support_moving_params,
+)
+
+MAX_ENUMERATION = 4096
+
+
+@dataclasses.dataclass(frozen=True)
+class SiteEstimator:
+    """A per-site gradient estimator of the program registry.
+
+    ``role`` says how the site enters the surrogate: ``"score"`` (its log-probability in the
+    magic boxes of the terms downstream, its value detached), ``"pathwise"`` (its
+    reparameterised value carries the gradient) or ``"enumerate"`` (its finite support summed
+    exactly, weighted by the probabilities).
+    """
+
+    name: str
+    role: str
+    unbiased: bool
+    formula: str
+
+    def check(self, site: SiteInfo) -> None:
+        if self.role == "pathwise" and not site.has_rsample:
+            raise ValueError(
+                f"site {site.name!r}: estimator 'pathwise' needs a reparameterised sampler, but "
+                f"its distribution {site.distribution} has none (has_rsample=False; discrete "
+                "distributions never do). Use 'score' or, for a finite support, 'enumerate'"
+            )
+        if self.role == "enumerate" and site.support_values is None:
+            raise ValueError(
+                f"site {site.name!r}: estimator 'enumerate' needs a finite support known when "
+                f"tracing (Bernoulli, Categorical, integer intervals with fixed bounds); "
+                f"{site.distribution} has none. Use 'score'"
+            )
+
+
+ESTIMATORS: dict[str, SiteEstimator] = {
+    e.name: e
+    for e in (
+        SiteEstimator("score", "score", True,
+                      "(L_s - b_s) ∇θ log p_θ(x_s), L_s the terms downstream of s"),
+        SiteEstimator("pathwise", "pathwise", True, "∇θ Σ_t c_t(T(ε, θ)), x_s = T(ε, θ)"),
+        SiteEstimator("enumerate", "enumerate", True,
+                      "∇θ Σ_v p_θ(x_s = v) E[Σ_t c_t | x_s = v], summed exactly"),
+    )
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """Everything static about one program: estimators, baselines, credit assignment."""
+
+    sites: dict[str, SiteInfo]
+    estimators: dict[str, str]
+    roles: dict[str, str]
+    baselines: dict[str, Baseline | None]
+    upstream: dict[str, frozenset[str]]  # score sites upstream of each term and latent site
+    term_names: tuple[str, ...]
+    score_names: tuple[str, ...]
+    enumerate_names: tuple[str, ...]
+    plates: tuple[Plate, ...]
+    grid: dict[str, np.ndarray]
+    credit_assignment: bool
+
+
+def _closure(parents: dict[str, frozenset[str]]) -> dict[str, frozenset[str]]:
+    ancestors: dict[str, frozenset[str]] = {}
+
+    def visit(s, path=()):
+        if s not in ancestors:
+            found = set()
+            for p in parents[s]:
+                if p in path:
+                    continue
+                found |= {p} | visit(p, path + (s,))
+            ancestors[s] = frozenset(found)
+        return ancestors[s]
+
+    for s in parents:
+        visit(s)
+    return ancestors
+
+
+def plan(
+    program: Callable,
+    params: Any,
+    args: tuple,
+    *,
+    num_particles: int,
+    estimators: Mapping[str, str] | None = None,
+    baselines: Mapping[str, Any] | None = None,
+    credit_assignment: bool = True,
+    validate: bool = True,
+    max_enumeration: int = MAX_ENUMERATION,
+) -> Plan:
+    """Trace the program abstractly and decide how each site is estimated (checks included)."""
+    name = getattr(program, "__name__", repr(program))
+    if not callable(program):
+        raise TypeError(f"program must be a function program(params, *args); got {type(program).__name__}")
+    sites = inspect_sites(program, params, args)
+    terms = tuple(sorted(n for n, s in sites.items() if s.is_term))
+    latents = sorted(n for n, s in sites.items() if not s.is_term)
+    if not terms:
+        raise ValueError(
+            f"the program {name!r} has no term: J(θ) = E[Σ terms] would be a constant. Add the "
+            "objective with numpyro.factor(name, value) (or an observed numpyro.sample site)"
+        )
+    estimators = dict(estimators or {})
+    for n, e in estimators.items():
+        if n not in sites:
+            raise ValueError(f"estimators names the site {n!r}, which the program does not have; "
+                             f"its latent sites are {latents}")
+        if sites[n].is_term:
+            raise ValueError(f"estimators names {n!r}, an observed site or factor (a term); "
+                             f"only latent sites get estimators: {latents}")
+        if e not in ESTIMATORS:
+            raise ValueError(f"site {n!r}: unknown estimator {e!r}; the known ones are "
+                             f"{sorted(ESTIMATORS)}")
+    structure = analyse(program, params, args, sites)
+    chosen = {}
+    for n in latents:
+        if n in estimators:
+            chosen[n] = estimators[n]
+        elif sites[n].has_rsample and structure.differentiable[n]:
+            chosen[n] = "pathwise"
+        else:
+            chosen[n] = "score"
+        ESTIMATORS[chosen[n]].check(sites[n])
+    roles = {n: ESTIMATORS[e].role for n, e in chosen.items()}
+    score_names = tuple(n for n in latents if roles[n] == "score")
+    enumerate_names = tuple(n for n in latents if roles[n] == "enumerate")
+
+    baselines = dict(baselines or {})
+    chosen_baselines: dict[str, Baseline | None] = {}
+    for n, b in baselines.items():
+        if n not in sites or sites[n].is_term:
+            raise ValueError(f"baselines names {n!r}, which is not a latent site of the program "
+                             f"(latent sites: {latents})")
+        if roles[n] != "score":
+            raise ValueError(f"baselines names site {n!r}, whose estimator is {chosen[n]!r}: "
+                             "baselines apply to score-function sites only")
+    for n in score_names:
+        b = as_baseline(baselines[n]) if n in baselines else (
+            leave_one_out() if num_particles >= 2 else None)
+        if b is not None and b.per_coordinate:
+            raise ValueError(f"site {n!r}: the {b.name} baseline is per parameter coordinate; a "
+                             "program's surrogate takes baselines per site element (constant, "
+                             "ema state, leave_one_out, batch_mean)")
+        if b is not None and b.name in ("leave_one_out", "batch_mean") and num_particles < 2:
+            raise ValueError(f"site {n!r}: the {b.name} baseline needs num_particles >= 2, got "
+                             f"{num_particles}")
+        chosen_baselines[n] = b
+
+    if validate:
+        leaves = v.leaf_names(params)
+        unused = [leaf for leaf, used in zip(leaves, structure.params_used) if not used]
+        if unused:
+            raise ValueError(
+                f"{', '.join(unused)} does not affect any sample site or term of the program "
+                f"{name!r}: its gradient would be silently zero. Remove it from params, or check "
+                "that the program uses it"
+            )
+        if score_names:
+            moving = support_moving_params(program, params, args, sites, list(score_names))
+            for n, indices in moving.items():
+                if indices:
+                    raise ValueError(
+                        f"site {n!r}: the support of its distribution ({sites[n].distribution}) "
+                        f"depends on {', '.join(leaves[i] for i in indices)}, so the "
+                        "score-function estimator would be biased (differentiating under the "
+                        "integral ignores the moving boundary). Use 'pathwise' (reparameterise, "
+                        "e.g. x = θ·u with u ~ Uniform(0, 1))"
+                    )
+
+    ancestors = _closure(structure.parents)
+    score_set = set(score_names)
+    upstream = {}
+    for t in terms:
+        reads = set(structure.term_reads[t])
+        for s in list(reads):
+            reads |= ancestors[s]
+        upstream[t] = frozenset(reads & score_set) if credit_assignment else frozenset(score_set)
+    for s in latents:
+        upstream[s] = frozenset(ancestors[s] & score_set)
+
+    order: dict[str, Plate] = {}
+    for s in sites.values():
+        for p in s.plates:
+            order.setdefault(p.name, p)
+    grid = enumeration_grid(sites, list(enumerate_names), max_enumeration) if enumerate_names else {}
+    return Plan(sites, chosen, roles, chosen_baselines, upstream, terms, score_names,
+                enumerate_names, tuple(order.values()), grid, credit_assignment)
+
+
+def magic_box(tau: jax.Array) -> jax.Array:
+    r"""□(τ) = exp(τ - stop_gradient(τ)): value 1, and ∇□(τ) = □(τ) ∇τ at every order."""
+    return jnp.exp(tau - jax.lax.stop_gradient(tau))
+
+
+def _nonfinite_term_message(name: str):
+    def message(values: np.ndarray) -> str | None:
+        per_particle = values.reshape(values.shape[0], -1)
+        bad = ~np.isfinite(per_particle).all(axis=1)
+        if not bad.any():
+            return None
+        first = int(np.flatnonzero(bad)[0])
+        kind = "NaN" if np.isnan(per_particle[first]).any() else "inf"
+        return (f"term {name!r} of the program is {kind} at particle {first} ({int(bad.sum())} "
+                f"of {len(bad)} particles): J = E[Σ terms] needs finite terms. Check the factor's "
+                "value (or the observed site's log-probability) for the sampled values")
+
+    return message
+
+
+def _particles(program, params, key, args, p: Plan, num_particles: int, cut: frozenset):
+    """Every particle's terms and log-probabilities, canonical: (K, M, *plates)."""
+    order = p.plates
+
+    def one(k, forced):
+        rec = run(program, params, k, args, Recorder(p.roles, forced, cut))
+        terms = {t: canonical(rec.terms[t]["value"], p.sites[t].plates, order) for t in p.term_names}
+        scores = {s: canonical(rec.latent_log_prob(s), p.sites[s].plates, order)
+                  for s in p.score_names}
+        enum = sum((jnp.sum(rec.latent_log_prob(e)) for e in p.enumerate_names), jnp.zeros(()))
+        return terms, scores, enum
+
+    def particle(k):
+        if not p.grid:
+            return jax.tree.map(lambda x: x[None], one(k, {}))
+        grid = {n: jnp.asarray(x) for n, x in p.grid.items()}
+        return jax.vmap(lambda forced: one(k, forced))(grid)
+
+    keys = jax.random.split(key, num_particles)
+    with numpyro.validation_enabled(False):
+        return jax.vmap(particle)(keys)
+
+
+def _sum_plates(x: jax.Array, order: tuple[Plate, ...], keep: set[str]) -> jax.Array:
+    """Sum the plate axes (after the leading K, M axes) of plates not in ``keep``."""
+    axes = tuple(2 + i for i, pl in enumerate(order) if pl.name not in keep)
+    return jnp.sum(x, axis=axes, keepdims=True) if axes else x
+
+
+def surrogate_parts(program, params, key, args, p: Plan, num_particles: int,
+                    cut: frozenset = frozenset()):
+    """The surrogate's value and each score site's learning signal, (K, M, *plates)."""
+    terms, scores, enum_log_prob = _particles(program, params, key, args, p, num_particles, cut)
+    order = p.plates
+    plates_of = {n: {pl.name for pl in s.plates} for n, s in p.sites.items()}
+    if not p.credit_assignment:
+        plates_of = {n: set() for n in p.sites}
+    scores = {s: jax.lax.stop_gradient(r) if s in cut else r for s, r in scores.items()}
+    if any(e in cut for e in p.enumerate_names):
+        enum_log_prob = jax.lax.stop_gradient(enum_log_prob)
+    guard = v.finite_guard(*[(jax.lax.stop_gradient(terms[t]), _nonfinite_term_message(t))
+                             for t in p.term_names])
+
+    total = jnp.zeros(enum_log_prob.shape)
+    for t in p.term_names:
+        w = sum((_sum_plates(scores[s], order, plates_of[t]) for s in p.upstream[t]), 0.0)
+        total = total + jnp.sum(magic_box(w) * terms[t], axis=tuple(range(2, 2 + len(order))))
+    signals = {}
+    for s in p.score_names:
+        keep = plates_of[s]
+        shape = scores[s].shape
+        signal = jnp.zeros(shape, scores[s].dtype)
+        for t in p.term_names:
+            if s in p.upstream[t]:
+                signal = signal + jnp.broadcast_to(_sum_plates(terms[t], order, keep), shape)
+        signal = jax.lax.stop_gradient(signal)
+        signals[s] = signal
+        b = p.baselines[s]
+        if b is None:
+            continue
+        baseline = jax.lax.stop_gradient(b(signal))
+        up = sum((_sum_plates(scores[u], order, keep) for u in p.upstream[s]), 0.0)
+        term = (1.0 - magic_box(scores[s])) * magic_box(up) * baseline
+        total = total + jnp.sum(term, axis=tuple(range(2, 2 + len(order))))
+    weights = jnp.exp(enum_log_prob)
+    value = jnp.mean(jnp.sum(weights * total, axis=1))
+    return value + guard.astype(value.dtype), signals
+
+
+def _check_call(params, key, num_particles):
+    v.check_key(key)
+    if isinstance(num_particles, bool) or not isinstance(num_particles, int | np.integer) or num_particles < 1:
+        raise ValueError(f"num_particles must be a positive int, got {num_particles!r}")
+    for leaf_name, leaf in zip(v.leaf_names(params), jax.tree.leaves(params)):
+        if not jnp.issubdtype(jnp.result_type(leaf), jnp.floating):
+            raise TypeError(f"{leaf_name} must be a floating-point array (its gradient is "
+                            f"estimated); got dtype {jnp.result_type(leaf)}")
+
+
+def surrogate(
+    program: Callable,
+    params: Any,
+    key: jax.Array,
+    *args: Any,
+    num_particles: int = 8,
+    estimators: Mapping[str, str] | None = None,
+    baselines: Mapping[str, Any] | None = None,
+    credit_assignment: bool = True,
+    validate: bool = True,
+    max_enumeration: int = MAX_ENUMERATION,
+    return_signals: bool = False,
+) -> Any:
+    r"""The surrogate objective S(θ) of ``program(params, *args)`` (see the module docstring).
+
+    Its value is the Monte-Carlo estimate of J(θ) = E[Σ terms] from ``num_particles``
+    independent runs; ``jax.grad`` of it is an unbiased estimate of ∇J (the same as
+    :func:`grad`), ``jax.hessian`` of ∇²J, ``jax.jvp`` of ``jax.grad`` of Hessian-vector
+    products. Maximise it (or minimise ``-surrogate``) in any optax/flax loop::
+
+        loss = lambda p, k: -scorefn.programs.surrogate(program, p, k, x, num_particles=8)
+        g = jax.grad(loss)(params, key)
+
+    Args:
+      program: ``program(params, *args)`` with ``numpyro.sample`` and ``numpyro.factor``.
+      params: the pytree θ the gradient is taken with respect to (floating arrays).
+      key: a JAX PRNG key; the same key gives the same bits.
+      num_particles: K, independent runs of the program.
+      estimators: site name -> ``"score" | "pathwise" | "enumerate"``. Default: pathwise for
+        sites with ``rsample`` that every reader uses differentiably, score otherwise.
+      baselines: score site name -> a baseline from :mod:`scorefn.baselines` (or a number,
+        an ``EmaState``, None). Default: leave-one-out over the particles (K ≥ 2).
+      credit_assignment: weight each score site by the terms downstream of it only (and by
+        the same plate index); False weights every site by the whole objective.
+      validate: structural checks (unused params, a support that moves with θ).
+      max_enumeration: the largest number of joint values enumerated per particle.
+      return_signals: also return ``{site: L_s}``, each score site's learning signal
+        (K, M, *plates), to update an EMA baseline: ``state = ema.update(L, state)``.
+    """
+    _check_call(params, key, num_particles)
+    p = plan(program, params, args, num_particles=int(num_particles), estimators=estimators,
+             baselines=baselines, credit_assignment=credit_assignment, validate=validate,
+             max_enumeration=max_enumeration)
+    value, signals = surrogate_parts(program, params, key, args, p, int(num_particles))
+    return (value, signals) if return_signals else value
+
+
+def grad(
+    program: Callable,
+    params: Any,
+    key: jax.Array,
+    *args: Any,
+    num_particles: int = 8,
+    estimators: Mapping[str, str] | None = None,
+    baselines: Mapping[str, Any] | None = None,
+    credit_assignment: bool = True,
+    validate: bool = True,
+    max_enumeration: int = MAX_ENUMERATION,
+) -> Any:
+    r"""Unbiased estimate of ∇θ E[Σ terms] of ``program(params, *args)``, shaped like params.
+
+    Exactly ``jax.grad`` of :func:`surrogate` with the same arguments; see there.
+    """
+    fn = functools.partial(
+        surrogate, program, num_particles=num_particles, estimators=estimators,
+        baselines=baselines, credit_assignment=credit_assignment, validate=validate,
+        max_enumeration=max_enumeration,
+    )
+    return jax.grad(lambda p: fn(p, key, *args))(params)

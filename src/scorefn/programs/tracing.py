@@ -1,0 +1,317 @@
+r"""Running a stochastic program under scorefn's control, and reading its structure.
+
+A program is ``program(params, *args)``, plain JAX code with ``numpyro.sample`` for stochastic
+nodes and ``numpyro.factor`` (or observed ``numpyro.sample``) for objective terms. One
+:class:`Recorder` handler, inside numpyro's ``seed``, does everything scorefn needs from a run:
+
+- it records every latent site (its distribution, value, plates) and every term (its
+  log-probability array, scaled and masked as numpyro would);
+- it applies the site's estimator to the value the program sees: ``stop_gradient`` for a
+  score-function site (its gradient flows through the log-probability instead), the value as
+  sampled for a pathwise site (numpyro's samplers are reparameterised where ``has_rsample``),
+  a given value for an enumerated site.
+
+The structure (which terms read which sites, which sites' distributions read which other
+sites, which parameters anything reads) comes from a dead-code pass over the traced program
+with every latent value substituted, the same structural analysis the core's validation uses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+from numpyro import handlers
+from numpyro.distributions import constraints
+from numpyro.primitives import Messenger
+
+from scorefn import _validation as v
+from scorefn._numpyro_fixes import log_prob as fixed_log_prob
+
+
+@dataclasses.dataclass(frozen=True)
+class Plate:
+    """A ``numpyro.plate`` a site sits in: ``dim`` counts from the right of its batch shape."""
+
+    name: str
+    dim: int
+    size: int
+
+
+@dataclasses.dataclass(frozen=True)
+class SiteInfo:
+    """What a first, abstract run of the program says about one site."""
+
+    name: str
+    is_term: bool
+    plates: tuple[Plate, ...]
+    shape: tuple[int, ...]
+    dtype: Any
+    distribution: str
+    has_rsample: bool
+    discrete: bool
+    support_values: tuple | None  # a finite support known at trace time, else None
+
+
+def _support_values(support: Any) -> tuple | None:
+    """The values of a finite support that is known when tracing (bool, integer interval)."""
+    while isinstance(support, constraints.independent):
+        support = support.base_constraint
+    if support is constraints.boolean:
+        return (0, 1)
+    if isinstance(support, constraints.integer_interval):
+        low, high = support.lower_bound, support.upper_bound
+        if v.is_traced([low, high]) or np.ndim(low) or np.ndim(high):
+            return None
+        return tuple(range(int(low), int(high) + 1))
+    return None
+
+
+def _plates(msg: dict) -> tuple[Plate, ...]:
+    return tuple(Plate(f.name, f.dim, f.size) for f in msg.get("cond_indep_stack", ()))
+
+
+def _masked(log_prob: jax.Array, msg: dict) -> jax.Array:
+    mask = msg.get("mask")
+    if mask is not None and mask is not True:
+        log_prob = jnp.where(mask, log_prob, 0.0)
+    return log_prob
+
+
+class Recorder(Messenger):
+    """Records a program's sites and applies each latent site's estimator to its value.
+
+    Args:
+      roles: site name -> ``"score" | "pathwise" | "enumerate"`` (None: record only).
+      forced: site name -> value to use instead of sampling (enumerated sites, or every site
+        in the structural analysis).
+      cut: sites whose pathwise value is detached (for per-site diagnostics).
+    """
+
+    def __init__(self, roles: dict[str, str] | None = None, forced: dict | None = None,
+                 cut: frozenset = frozenset()):
+        super().__init__()
+        self.roles = roles
+        self.forced = forced or {}
+        self.cut = cut
+        self.latents: dict[str, dict] = {}
+        self.terms: dict[str, dict] = {}
+
+    def process_message(self, msg):
+        if msg["type"] == "sample" and not msg["is_observed"] and msg["name"] in self.forced:
+            msg["value"] = self.forced[msg["name"]]
+
+    def postprocess_message(self, msg):
+        if msg["type"] != "sample":
+            return
+        name = msg["name"]
+        if name in self.latents or name in self.terms:
+            raise ValueError(f"the program has two sample sites named {name!r}")
+        d = msg["fn"]
+        if msg["is_observed"]:
+            log_prob = _masked(fixed_log_prob(d, msg["value"]), msg)
+            scale = msg.get("scale")
+            if scale is not None:
+                log_prob = log_prob * scale
+            self.terms[name] = {"value": log_prob, "plates": _plates(msg), "fn": d}
+            return
+        role = None if self.roles is None else self.roles[name]
+        if role == "score" or (role == "pathwise" and name in self.cut):
+            msg["value"] = jax.lax.stop_gradient(msg["value"])
+        self.latents[name] = {"value": msg["value"], "plates": _plates(msg), "fn": d,
+                              "mask": msg.get("mask")}
+
+    def latent_log_prob(self, name: str) -> jax.Array:
+        site = self.latents[name]
+        return _masked(fixed_log_prob(site["fn"], site["value"]), site)
+
+
+def run(program: Callable, params: Any, key: jax.Array, args: tuple, recorder: Recorder) -> Recorder:
+    """Run ``program(params, *args)`` once under ``recorder``, seeded with ``key``."""
+    with handlers.seed(rng_seed=key), recorder:
+        program(params, *args)
+    return recorder
+
+
+def inspect_sites(program: Callable, params: Any, args: tuple) -> dict[str, SiteInfo]:
+    """Every site of the program, from one abstract run (nothing is computed)."""
+    infos: dict[str, SiteInfo] = {}
+
+    def abstract_run(p, a):
+        rec = run(program, p, jax.random.key(0), a, Recorder())
+        for name, site in rec.latents.items():
+            d = site["fn"]
+            infos[name] = SiteInfo(
+                name, False, site["plates"], tuple(jnp.shape(site["value"])),
+                jnp.result_type(site["value"]), type(d).__name__, bool(d.has_rsample),
+                bool(getattr(d.support, "is_discrete", False)), _support_values(d.support),
+            )
+        for name, site in rec.terms.items():
+            infos[name] = SiteInfo(name, True, site["plates"], tuple(jnp.shape(site["value"])),
+                                   jnp.result_type(site["value"]), type(site["fn"]).__name__,
+                                   False, False, None)
+        return 0
+
+    name = getattr(program, "__name__", repr(program))
+    try:
+        with numpyro.validation_enabled(False):
+            jax.eval_shape(abstract_run, params, args)
+    except ValueError:
+        raise
+    except Exception as error:
+        raise ValueError(
+            f"could not trace the program {name!r} as program(params, *args) "
+            f"({type(error).__name__}: {error})"
+        ) from error
+    return infos
+
+
+@dataclasses.dataclass(frozen=True)
+class Structure:
+    """Structural dependencies read off the traced program.
+
+    ``term_reads[t]``: latent sites whose value term t reads directly; ``parents[s]``: the
+    latent sites whose values the distribution of s reads; ``params_used``: for each params
+    leaf, whether any term or site reads it; ``differentiable[s]``: whether every term and
+    site that reads s's value does so through differentiable operations.
+    """
+
+    term_reads: dict[str, frozenset[str]]
+    parents: dict[str, frozenset[str]]
+    params_used: tuple[bool, ...]
+    differentiable: dict[str, bool]
+
+
+def _example_values(latents: dict[str, SiteInfo]) -> dict[str, jax.ShapeDtypeStruct]:
+    return {n: jax.ShapeDtypeStruct(s.shape, s.dtype) for n, s in latents.items()}
+
+
+def analyse(program: Callable, params: Any, args: tuple, sites: dict[str, SiteInfo]) -> Structure:
+    """Read the program's dependency structure (see :class:`Structure`)."""
+    latents = {n: s for n, s in sites.items() if not s.is_term}
+    term_names = sorted(n for n, s in sites.items() if s.is_term)
+    latent_names = sorted(latents)
+    num_params = len(jax.tree.leaves(params))
+
+    def substituted(p, values):
+        rec = run(program, p, jax.random.key(0), args, Recorder(forced=values))
+        return ({n: rec.terms[n]["value"] for n in term_names},
+                {n: rec.latent_log_prob(n) for n in latent_names})
+
+    example = _example_values(latents)
+    with numpyro.validation_enabled(False):
+        rows = v.output_dependencies(substituted, params, example)
+    outputs = term_names + latent_names  # dicts flatten in sorted-key order
+    if rows is None:  # no structural analysis: assume everything reads everything
+        everything = frozenset(latent_names)
+        return Structure({t: everything for t in term_names},
+                         {s: everything - {s} for s in latent_names},
+                         (True,) * num_params, {s: True for s in latent_names})
+    reads = {}
+    for out, row in zip(outputs, rows):
+        reads[out] = frozenset(latent_names[i] for i, used in enumerate(row[num_params:]) if used)
+    params_used = tuple(any(row[i] for row in rows) for i in range(num_params))
+    float_names = [n for n in latent_names if jnp.issubdtype(latents[n].dtype, jnp.floating)]
+
+    def tangent_outputs(p, values, tangents):
+        def of_values(vals):
+            return substituted(p, {**values, **vals})
+
+        floats = {n: values[n] for n in float_names}
+        return jax.jvp(of_values, (floats,), (tangents,))[1]
+
+    differentiable = {s: False for s in latent_names}
+    if float_names:
+        with numpyro.validation_enabled(False):
+            tangent_rows = v.output_dependencies(
+                tangent_outputs, params, example, {n: example[n] for n in float_names})
+        offset = num_params + len(latent_names)
+        for j, s in enumerate(float_names):
+            ok = True
+            for out, row, trow in zip(outputs, rows, tangent_rows or rows):
+                if out == s or s not in reads[out]:
+                    continue
+                if tangent_rows is not None and not trow[offset + j]:
+                    ok = False
+            differentiable[s] = ok
+    return Structure(
+        {t: reads[t] for t in term_names},
+        {s: reads[s] - {s} for s in latent_names},
+        params_used,
+        differentiable,
+    )
+
+
+def support_moving_params(program: Callable, params: Any, args: tuple,
+                          sites: dict[str, SiteInfo], names: list[str]) -> dict[str, list[int]]:
+    """For each named latent site, the params leaves its support's arrays depend on."""
+    latents = {n: s for n, s in sites.items() if not s.is_term}
+
+    def support_arrays(p, values):
+        rec = run(program, p, jax.random.key(0), args, Recorder(forced=values))
+        out = []
+        for n in names:
+            support = rec.latents[n]["fn"].support
+            fields = vars(support) if hasattr(support, "__dict__") else {}
+            leaves = [x for x in jax.tree.leaves(fields) if isinstance(x, jax.Array | jax.core.Tracer)]
+            out.append(sum((jnp.sum(x) for x in leaves), jnp.zeros(())))
+        return out
+
+    num_params = len(jax.tree.leaves(params))
+    with numpyro.validation_enabled(False):
+        rows = v.output_dependencies(support_arrays, params, _example_values(latents))
+    if rows is None:
+        return {}
+    return {n: [i for i in range(num_params) if row[i]] for n, row in zip(names, rows)}
+
+
+def enumeration_grid(sites: dict[str, SiteInfo], names: list[str], limit: int) -> dict[str, np.ndarray]:
+    """Every joint value of the enumerated sites: ``{site: (M, *shape)}``, M = Π supports."""
+    per_site = []
+    for n in names:
+        info = sites[n]
+        size = math.prod(info.shape)
+        count = len(info.support_values) ** size
+        if count > limit:
+            raise ValueError(
+                f"estimator 'enumerate' for site {n!r} would sum over {len(info.support_values)}^"
+                f"{size} = {count} joint values (shape {info.shape}), more than the limit of "
+                f"{limit}. Use 'score' for this site (it scales with the site's size), or pass "
+                "max_enumeration= to allow more"
+            )
+        values = np.array(list(itertools.product(info.support_values, repeat=size)))
+        per_site.append(values.reshape((count,) + info.shape).astype(np.dtype(info.dtype)))
+    total = math.prod(len(x) for x in per_site)
+    if total > limit:
+        raise ValueError(
+            f"enumerating sites {names} jointly needs {total} program runs per particle, more "
+            f"than the limit of {limit}; enumerate fewer sites or pass max_enumeration="
+        )
+    index = np.indices([len(x) for x in per_site]).reshape(len(per_site), -1)
+    return {n: x[i] for n, x, i in zip(names, per_site, index)}
+
+
+def canonical(x: jax.Array, plates: tuple[Plate, ...], order: tuple[Plate, ...]) -> jax.Array:
+    """A site's array (its batch shape) summed over every axis but its plates, laid out with
+    one axis per plate of the program in ``order`` (size 1 for plates it is not in)."""
+    x = jnp.asarray(x)
+    depth = max((-p.dim for p in plates), default=0)
+    if x.ndim < depth:
+        x = x.reshape((1,) * (depth - x.ndim) + x.shape)
+    axis_of = {p.name: x.ndim + p.dim for p in plates}
+    target = list(x.shape)
+    for p in plates:
+        target[axis_of[p.name]] = p.size
+    x = jnp.broadcast_to(x, target)
+    kept = sorted(axis_of.values())
+    x = jnp.sum(x, axis=tuple(a for a in range(x.ndim) if a not in kept))
+    mine = [p for p in order if p.name in axis_of]
+    x = jnp.transpose(x, [kept.index(axis_of[p.name]) for p in mine])
+    return x.reshape([p.size if p.name in axis_of else 1 for p in order])
