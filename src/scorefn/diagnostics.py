@@ -122,7 +122,7 @@ def summarize(
     )
 
 
-def _timed(fn: Callable[[], Any], repeats: int = 3) -> tuple[Any, float]:
+def timed(fn: Callable[[], Any], repeats: int = 3) -> tuple[Any, float]:
     out = jax.block_until_ready(fn())  # compile and warm up
     times = []
     for _ in range(repeats):
@@ -161,7 +161,7 @@ def evaluate_estimator(
     bias, variance, SNR and the median wall time per estimate against ``reference``."""
     v.check_key(key)
     thunk = repeated_estimates(estimator, key, num_repeats)
-    estimates, seconds = _timed(thunk, timing_repeats)
+    estimates, seconds = timed(thunk, timing_repeats)
     return summarize(
         name,
         estimates,
@@ -344,7 +344,7 @@ def compare(
 
             thunk = repeated_estimates(estimator, k, num_repeats)
             unbiased = _claimed_unbiased(options)
-        estimates, seconds = _timed(thunk)
+        estimates, seconds = timed(thunk)
         reports.append(
             summarize(name, estimates, reference, num_samples=num_samples,
                       seconds_per_estimate=seconds / num_repeats,

@@ -14,11 +14,19 @@ terms downstream of it, and inside a plate by those with its plate index.
 :func:`site_variances` and :func:`compare` measure the choices on your own program.
 """
 
-from scorefn.programs.diagnostics import compare, site_contributions, site_variances
+from scorefn.programs.diagnostics import (
+    ProgramComparison,
+    SiteVariances,
+    compare,
+    site_contributions,
+    site_variances,
+)
 from scorefn.programs.surrogate import ESTIMATORS, SiteEstimator, grad, magic_box, plan, surrogate
 
 __all__ = [
     "ESTIMATORS",
+    "ProgramComparison",
+    "SiteVariances",
     "SiteEstimator",
     "compare",
     "grad",

@@ -113,7 +113,8 @@ class Plan:
     score_names: tuple[str, ...]
     enumerate_names: tuple[str, ...]
     plates: tuple[Plate, ...]
-    grid: dict[str, np.ndarray]
+    grid: dict[str, np.ndarray]  # enumerated site -> its values, one branch axis each
+    enumerated_below: dict[str, tuple[int, ...]]  # score site -> branch axes of its descendants
     credit_assignment: bool
 
 
@@ -242,8 +243,10 @@ def plan(
         for p in s.plates:
             order.setdefault(p.name, p)
     grid = enumeration_grid(sites, list(enumerate_names), max_enumeration) if enumerate_names else {}
+    below = {s: tuple(i for i, e in enumerate(enumerate_names) if s in ancestors[e])
+             for s in score_names}
     return Plan(sites, chosen, roles, chosen_baselines, upstream, terms, score_names,
-                enumerate_names, tuple(order.values()), grid, credit_assignment)
+                enumerate_names, tuple(order.values()), grid, below, credit_assignment)
 
 
 def magic_box(tau: jax.Array) -> jax.Array:
@@ -267,7 +270,9 @@ def _nonfinite_term_message(name: str):
 
 
 def _particles(program, params, key, args, p: Plan, num_particles: int, cut: frozenset):
-    """Every particle's terms and log-probabilities, canonical: (K, M, *plates)."""
+    """Every particle's terms and score sites' log-probabilities, canonical, shaped
+    (K, *branches, *plates): one branch axis per enumerated site (one of size 1 if none);
+    and each enumerated site's log-probability, (K, *branches)."""
     order = p.plates
 
     def one(k, forced):
@@ -275,44 +280,53 @@ def _particles(program, params, key, args, p: Plan, num_particles: int, cut: fro
         terms = {t: canonical(rec.terms[t]["value"], p.sites[t].plates, order) for t in p.term_names}
         scores = {s: canonical(rec.latent_log_prob(s), p.sites[s].plates, order)
                   for s in p.score_names}
-        enum = sum((jnp.sum(rec.latent_log_prob(e)) for e in p.enumerate_names), jnp.zeros(()))
+        enum = {e: jnp.sum(rec.latent_log_prob(e)) for e in p.enumerate_names}
         return terms, scores, enum
 
     def particle(k):
         if not p.grid:
             return jax.tree.map(lambda x: x[None], one(k, {}))
-        grid = {n: jnp.asarray(x) for n, x in p.grid.items()}
-        return jax.vmap(lambda forced: one(k, forced))(grid)
+
+        def branches(i, forced):
+            if i == len(p.enumerate_names):
+                return one(k, forced)
+            name = p.enumerate_names[i]
+            return jax.vmap(lambda value: branches(i + 1, {**forced, name: value}))(
+                jnp.asarray(p.grid[name]))
+
+        return branches(0, {})
 
     keys = jax.random.split(key, num_particles)
     with numpyro.validation_enabled(False):
         return jax.vmap(particle)(keys)
 
 
-def _sum_plates(x: jax.Array, order: tuple[Plate, ...], keep: set[str]) -> jax.Array:
-    """Sum the plate axes (after the leading K, M axes) of plates not in ``keep``."""
-    axes = tuple(2 + i for i, pl in enumerate(order) if pl.name not in keep)
-    return jnp.sum(x, axis=axes, keepdims=True) if axes else x
-
-
 def surrogate_parts(program, params, key, args, p: Plan, num_particles: int,
                     cut: frozenset = frozenset()):
-    """The surrogate's value and each score site's learning signal, (K, M, *plates)."""
-    terms, scores, enum_log_prob = _particles(program, params, key, args, p, num_particles, cut)
+    """The surrogate's value and each score site's learning signal (K, *branches, *plates)."""
+    terms, scores, enum = _particles(program, params, key, args, p, num_particles, cut)
     order = p.plates
+    first_plate = 1 + max(len(p.enumerate_names), 1)
+    plate_axes = tuple(range(first_plate, first_plate + len(order)))
+
+    def sum_plates(x, keep):
+        axes = tuple(a for a, pl in zip(plate_axes, order) if pl.name not in keep)
+        return jnp.sum(x, axis=axes, keepdims=True) if axes else x
+
     plates_of = {n: {pl.name for pl in s.plates} for n, s in p.sites.items()}
     if not p.credit_assignment:
         plates_of = {n: set() for n in p.sites}
     scores = {s: jax.lax.stop_gradient(r) if s in cut else r for s, r in scores.items()}
-    if any(e in cut for e in p.enumerate_names):
-        enum_log_prob = jax.lax.stop_gradient(enum_log_prob)
+    enum = {e: jax.lax.stop_gradient(x) if e in cut else x for e, x in enum.items()}
     guard = v.finite_guard(*[(jax.lax.stop_gradient(terms[t]), _nonfinite_term_message(t))
                              for t in p.term_names])
+    branch_shape = terms[p.term_names[0]].shape[:first_plate]
+    enum_log_prob = sum(enum.values(), jnp.zeros(branch_shape))
 
-    total = jnp.zeros(enum_log_prob.shape)
+    total = jnp.zeros(branch_shape)
     for t in p.term_names:
-        w = sum((_sum_plates(scores[s], order, plates_of[t]) for s in p.upstream[t]), 0.0)
-        total = total + jnp.sum(magic_box(w) * terms[t], axis=tuple(range(2, 2 + len(order))))
+        w = sum((sum_plates(scores[s], plates_of[t]) for s in p.upstream[t]), 0.0)
+        total = total + jnp.sum(magic_box(w) * terms[t], axis=plate_axes)
     signals = {}
     for s in p.score_names:
         keep = plates_of[s]
@@ -320,19 +334,29 @@ def surrogate_parts(program, params, key, args, p: Plan, num_particles: int,
         signal = jnp.zeros(shape, scores[s].dtype)
         for t in p.term_names:
             if s in p.upstream[t]:
-                signal = signal + jnp.broadcast_to(_sum_plates(terms[t], order, keep), shape)
+                signal = signal + jnp.broadcast_to(sum_plates(terms[t], keep), shape)
         signal = jax.lax.stop_gradient(signal)
+        below = p.enumerated_below[s]
+        if below:
+            # Enumerated sites below s weight its branches by probabilities that depend on
+            # x_s: the baseline must not vary across those branches, so it is fitted to the
+            # signal summed over them (E[L_s | x_s, upstream branches]).
+            log_w = sum(enum[p.enumerate_names[i]] for i in below)
+            w = jax.lax.stop_gradient(jnp.exp(log_w)).reshape(branch_shape + (1,) * len(order))
+            signal = jnp.sum(w * signal, axis=tuple(1 + i for i in below), keepdims=True)
         signals[s] = signal
         b = p.baselines[s]
         if b is None:
             continue
         baseline = jax.lax.stop_gradient(b(signal))
-        up = sum((_sum_plates(scores[u], order, keep) for u in p.upstream[s]), 0.0)
+        up = sum((sum_plates(scores[u], keep) for u in p.upstream[s]), 0.0)
         term = (1.0 - magic_box(scores[s])) * magic_box(up) * baseline
-        total = total + jnp.sum(term, axis=tuple(range(2, 2 + len(order))))
+        total = total + jnp.sum(term, axis=plate_axes)
     weights = jnp.exp(enum_log_prob)
-    value = jnp.mean(jnp.sum(weights * total, axis=1))
-    return value + guard.astype(value.dtype), signals
+    value = jnp.mean(jnp.sum(weights * total, axis=tuple(range(1, first_plate))))
+    # A product, not a sum: the reverse pass needs the guard's value, so the run-time check
+    # stays in a program that only computes jax.grad of the surrogate.
+    return value * (1.0 + guard.astype(value.dtype)), signals
 
 
 def _check_call(params, key, num_particles):

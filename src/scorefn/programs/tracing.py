@@ -273,8 +273,9 @@ def support_moving_params(program: Callable, params: Any, args: tuple,
 
 
 def enumeration_grid(sites: dict[str, SiteInfo], names: list[str], limit: int) -> dict[str, np.ndarray]:
-    """Every joint value of the enumerated sites: ``{site: (M, *shape)}``, M = Π supports."""
-    per_site = []
+    """Every joint value of each enumerated site: ``{site: (M_e, *shape)}``; the program runs
+    once per combination, Π_e M_e times per particle, which must not exceed ``limit``."""
+    grids = {}
     for n in names:
         info = sites[n]
         size = math.prod(info.shape)
@@ -287,15 +288,14 @@ def enumeration_grid(sites: dict[str, SiteInfo], names: list[str], limit: int) -
                 "max_enumeration= to allow more"
             )
         values = np.array(list(itertools.product(info.support_values, repeat=size)))
-        per_site.append(values.reshape((count,) + info.shape).astype(np.dtype(info.dtype)))
-    total = math.prod(len(x) for x in per_site)
+        grids[n] = values.reshape((count,) + info.shape).astype(np.dtype(info.dtype))
+    total = math.prod(len(x) for x in grids.values())
     if total > limit:
         raise ValueError(
             f"enumerating sites {names} jointly needs {total} program runs per particle, more "
             f"than the limit of {limit}; enumerate fewer sites or pass max_enumeration="
         )
-    index = np.indices([len(x) for x in per_site]).reshape(len(per_site), -1)
-    return {n: x[i] for n, x, i in zip(names, per_site, index)}
+    return grids
 
 
 def canonical(x: jax.Array, plates: tuple[Plate, ...], order: tuple[Plate, ...]) -> jax.Array:
