@@ -5,7 +5,8 @@
 The core: :func:`sample`, :func:`score_grad` and :func:`grad` (score-function and pathwise
 estimators), :mod:`baselines`, :mod:`control_variates`, :mod:`diagnostics` and
 :func:`compare`; :mod:`fisher` (Fisher information, Fisher-vector products, natural
-gradients, :func:`natural_gradient` as an optax transformation).
+gradients, :func:`natural_gradient` as an optax transformation); :mod:`programs` (stochastic programs:
+several sampling sites, the surrogate objective for any training loop).
 """
 
 from scorefn import (
@@ -16,6 +17,7 @@ from scorefn import (
     fisher,
     importance,
     measure_valued,
+    programs,
     rao_blackwell,
     vi,
 )
@@ -54,6 +56,7 @@ __all__ = [
     "measure_valued",
     "natural_gradient",
     "pathwise_grad",
+    "programs",
     "rao_blackwell",
     "per_sample_scores",
     "sample",

@@ -432,6 +432,7 @@ def grad(
 
     Exactly ``jax.grad`` of :func:`surrogate` with the same arguments; see there.
     """
+    _check_call(params, key, num_particles)
     fn = functools.partial(
         surrogate, program, num_particles=num_particles, estimators=estimators,
         baselines=baselines, credit_assignment=credit_assignment, validate=validate,
