@@ -187,7 +187,7 @@ def plan(
 
     baselines = dict(baselines or {})
     chosen_baselines: dict[str, Baseline | None] = {}
-    for n, b in baselines.items():
+    for n in baselines:
         if n not in sites or sites[n].is_term:
             raise ValueError(f"baselines names {n!r}, which is not a latent site of the program "
                              f"(latent sites: {latents})")
@@ -361,7 +361,8 @@ def surrogate_parts(program, params, key, args, p: Plan, num_particles: int,
 
 def _check_call(params, key, num_particles):
     v.check_key(key)
-    if isinstance(num_particles, bool) or not isinstance(num_particles, int | np.integer) or num_particles < 1:
+    if (isinstance(num_particles, bool) or not isinstance(num_particles, int | np.integer)
+            or num_particles < 1):
         raise ValueError(f"num_particles must be a positive int, got {num_particles!r}")
     for leaf_name, leaf in zip(v.leaf_names(params), jax.tree.leaves(params)):
         if not jnp.issubdtype(jnp.result_type(leaf), jnp.floating):

@@ -235,7 +235,7 @@ def analyse(program: Callable, params: Any, args: tuple, sites: dict[str, SiteIn
         offset = num_params + len(latent_names)
         for j, s in enumerate(float_names):
             ok = True
-            for out, row, trow in zip(outputs, rows, tangent_rows or rows):
+            for out, trow in zip(outputs, tangent_rows or rows):
                 if out == s or s not in reads[out]:
                     continue
                 if tangent_rows is not None and not trow[offset + j]:
