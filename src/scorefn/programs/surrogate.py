@@ -275,8 +275,12 @@ def _particles(program, params, key, args, p: Plan, num_particles: int, cut: fro
     and each enumerated site's log-probability, (K, *branches)."""
     order = p.plates
 
+    num_latents = len(p.estimators)
+
     def one(k, forced):
-        rec = run(program, params, k, args, Recorder(p.roles, forced, cut))
+        site_keys = jax.random.split(k, num_latents + 1)
+        rec = run(program, params, site_keys[-1], args,
+                  Recorder(p.roles, forced, cut, site_keys[:num_latents]))
         terms = {t: canonical(rec.terms[t]["value"], p.sites[t].plates, order) for t in p.term_names}
         scores = {s: canonical(rec.latent_log_prob(s), p.sites[s].plates, order)
                   for s in p.score_names}
@@ -396,7 +400,10 @@ def surrogate(
     Args:
       program: ``program(params, *args)`` with ``numpyro.sample`` and ``numpyro.factor``.
       params: the pytree θ the gradient is taken with respect to (floating arrays).
-      key: a JAX PRNG key; the same key gives the same bits.
+      key: a JAX PRNG key; the same key gives the same bits. Particle k's i-th latent site
+        (in the order the program reaches them) draws with
+        ``split(split(key, K)[k], num_sites + 1)[i]``; the last key seeds anything else
+        that asks numpyro for randomness (a subsampled plate).
       num_particles: K, independent runs of the program.
       estimators: site name -> ``"score" | "pathwise" | "enumerate"``. Default: pathwise for
         sites with ``rsample`` that every reader uses differentiably, score otherwise.

@@ -93,20 +93,30 @@ class Recorder(Messenger):
       forced: site name -> value to use instead of sampling (enumerated sites, or every site
         in the structural analysis).
       cut: sites whose pathwise value is detached (for per-site diagnostics).
+      site_keys: one PRNG key per latent site, in the order the program reaches them (from
+        one batched split); None leaves the keys to numpyro's ``seed`` (one split per site,
+        in sequence: about 1.4x the time of a whole small program on CPU).
     """
 
     def __init__(self, roles: dict[str, str] | None = None, forced: dict | None = None,
-                 cut: frozenset = frozenset()):
+                 cut: frozenset = frozenset(), site_keys: jax.Array | None = None):
         super().__init__()
         self.roles = roles
         self.forced = forced or {}
         self.cut = cut
+        self.site_keys = site_keys
         self.latents: dict[str, dict] = {}
         self.terms: dict[str, dict] = {}
+        self._count = 0
 
     def process_message(self, msg):
-        if msg["type"] == "sample" and not msg["is_observed"] and msg["name"] in self.forced:
+        if msg["type"] != "sample" or msg["is_observed"]:
+            return
+        if msg["name"] in self.forced:
             msg["value"] = self.forced[msg["name"]]
+        elif self.site_keys is not None and msg["kwargs"].get("rng_key") is None:
+            msg["kwargs"]["rng_key"] = self.site_keys[self._count]
+        self._count += 1
 
     def postprocess_message(self, msg):
         if msg["type"] != "sample":
