@@ -17,8 +17,11 @@ Protocol of ../shared/peers/dice_chain.py and storchastic_methods.py. Two progra
   the variance.
 
 Reported, K = 8 particles:
-- µs per gradient estimate after compilation: a jitted call for JAX, a forward and backward
-  pass for PyTorch (1 torch thread); median over interleaved rounds;
+- µs per gradient estimate after compilation: a jitted call for JAX (dispatch included), a
+  forward and backward pass for PyTorch (1 torch thread); median over interleaved rounds;
+- for the JAX runners also µs per estimate inside one compiled loop of 100 estimates
+  (``lax.map``): the program's own cost without dispatch, for the ratio to the hand-written
+  surrogate;
 - the gradient variance per parameter at a fixed θ, over R independent estimates (the peers'
   costs are negated terms: the variance is the same). Storchastic's chain takes ~0.4 s per
   estimate, so it gets fewer repeats.
@@ -48,6 +51,7 @@ from jax.flatten_util import ravel_pytree
 import scorefn
 
 K, T, C = 8, 20, 5
+LOOP = 100  # estimates per compiled call for the dispatch-free JAX timing
 TARGET = 1.5
 REWARDS = np.array([1.0, -2.0, 0.5], np.float32)
 SHIFT = np.array([1.0, -0.5, 0.0], np.float32)
@@ -281,19 +285,27 @@ def main(argv=None):
                 f", torch {torch_version}, dice-mc {importlib.metadata.version('dice-mc')}, "
                 f"storchastic {importlib.metadata.version('storchastic')}") + f"; K = {K}.", ""]
     for problem in ("three-site", "chain"):
-        calls = {}
+        calls, loops = {}, {}
+        loop_keys = jax.random.split(key, LOOP)
         for name, (g, _) in jaxr[problem].items():
             jax.block_until_ready(g(key))  # compile
             calls[name] = lambda g=g: jax.block_until_ready(g(key))
+            loop = jax.jit(lambda ks, g=g: jax.lax.map(g, ks))
+            jax.block_until_ready(loop(loop_keys))
+            loops[name] = lambda loop=loop: jax.block_until_ready(loop(loop_keys))
         for name, fn in peers.get(problem, {}).items():
             fn()
             calls[name] = fn
         times = {name: [] for name in calls}
+        loop_times = {name: [] for name in loops}
         for _ in range(args.rounds):
             for name, fn in calls.items():
                 slow = "Storchastic" in name and problem == "chain"
                 times[name].append(time_call(fn, 0.3 if not slow else 1.0))
+            for name, fn in loops.items():
+                loop_times[name].append(time_call(fn, 0.3) / LOOP)
         med = {name: statistics.median(t) for name, t in times.items()}
+        loop_med = {name: statistics.median(t) for name, t in loop_times.items()}
         hand = next(n for n in med if n.startswith("hand-written"))
         reference = next(n for n in med if n.startswith("scorefn"))
         # variances are compared with scorefn's leave-one-out setting, the best of each peer
@@ -314,15 +326,17 @@ def main(argv=None):
             var[name] = variance(np.stack([fn() for _ in range(n)]))
             var[name + " R"] = n
         lines += [f"### {problem}", "",
-                  "| runner | µs / gradient (median) | × scorefn | ÷ hand-written JAX | total variance | "
+                  "| runner | µs / gradient, one call | ÷ first scorefn row | µs / gradient in a "
+                  f"compiled loop of {LOOP} | ÷ hand-written JAX (loop) | total variance | "
                   "max per-parameter variance ÷ scorefn (LOO) | R |",
-                  "|---|---|---|---|---|---|---|"]
+                  "|---|---|---|---|---|---|---|---|"]
         for name in calls:
             ratio = var[name] / np.maximum(var[var_reference], 1e-30)
+            looped = (f"{loop_med[name]:.1f} | {loop_med[name] / loop_med[hand]:.2f}"
+                      if name in loop_med else "- | -")
             lines.append(
-                f"| {name} | {med[name]:.0f} | {med[name] / med[reference]:.2f} | "
-                f"{med[name] / med[hand]:.2f} | {var[name].sum():.4g} | {ratio.max():.3g} | "
-                f"{var.get(name + ' R', args.repeats)} |")
+                f"| {name} | {med[name]:.0f} | {med[name] / med[reference]:.2f} | {looped} | "
+                f"{var[name].sum():.4g} | {ratio.max():.3g} | {var.get(name + ' R', args.repeats)} |")
         lines.append("")
     text = "\n".join(lines)
     print(text)

@@ -141,9 +141,9 @@ def test_one_site_program_matches_the_core_score_grad():
 
     key, k = jax.random.key(4), 16
     g = scorefn.programs.grad(program, params, key, num_particles=k, estimators={"x": "score"})
-    keys = jax.random.split(key, k)
-    # particle k's i-th latent site draws with split(split(key, K)[k], num_sites + 1)[i]
-    x = jax.vmap(lambda kk: dist_fn(params).sample(jax.random.split(kk, 2)[0]))(keys)
+    # particle k's i-th latent site draws with split(key, (K, num_sites + 1))[k, i]
+    keys = jax.random.split(key, (k, 2))[:, 0]
+    x = jax.vmap(lambda kk: dist_fn(params).sample(kk))(keys)
     core = scorefn.score_grad(dist_fn, params, x, f(x), baseline=scorefn.baselines.leave_one_out())
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), g, core)
 
