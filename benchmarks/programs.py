@@ -292,7 +292,7 @@ def main(argv=None):
             calls[name] = lambda g=g: jax.block_until_ready(g(key))
             loop = jax.jit(lambda ks, g=g: jax.lax.map(g, ks))
             jax.block_until_ready(loop(loop_keys))
-            loops[name] = lambda loop=loop: jax.block_until_ready(loop(loop_keys))
+            loops[name] = lambda loop=loop, ks=loop_keys: jax.block_until_ready(loop(ks))
         for name, fn in peers.get(problem, {}).items():
             fn()
             calls[name] = fn

@@ -44,7 +44,26 @@ def supports(d: dist.Distribution) -> bool:
     return isinstance(d, SUPPORTED) and tuple(d.event_shape) == ()
 
 
-def _distribution_parameters(d: dist.Distribution) -> tuple[jax.Array, ...]:
+def as_supported(d: dist.Distribution, shape: tuple[int, ...]) -> dist.Distribution | None:
+    """``d`` as one of the supported families with batch shape ``shape`` (a site's value
+    shape), looking through ``Independent`` (``to_event``) and ``ExpandedDistribution``
+    (numpyro plates) wrappers; None if its base family has no decomposition here."""
+    while isinstance(d, dist.Independent | dist.ExpandedDistribution):
+        d = d.base_dist
+    if not supports(d):
+        return None
+    if isinstance(d, dist.Normal):
+        return dist.Normal(jnp.broadcast_to(d.loc, shape), jnp.broadcast_to(d.scale, shape))
+    if isinstance(d, dist.Poisson):
+        return dist.Poisson(jnp.broadcast_to(d.rate, shape))
+    if isinstance(d, dist.BernoulliLogits):
+        return dist.BernoulliLogits(jnp.broadcast_to(d.logits, shape))
+    return dist.BernoulliProbs(jnp.broadcast_to(d.probs, shape))
+
+
+def distribution_parameters(d: dist.Distribution) -> tuple[jax.Array, ...]:
+    """The parameters the weak derivatives are taken in (Normal: loc, scale; Poisson: rate;
+    Bernoulli: probs), broadcast to the batch shape."""
     shape = tuple(d.batch_shape)
     if isinstance(d, dist.Normal):
         return jnp.broadcast_to(d.loc, shape), jnp.broadcast_to(d.scale, shape)
@@ -53,10 +72,11 @@ def _distribution_parameters(d: dist.Distribution) -> tuple[jax.Array, ...]:
     return (jnp.broadcast_to(d.probs, shape),)
 
 
-def _perturbations(d, key, x, coupling):
-    """(c, x⁺, x⁻) per distribution parameter, each (N, B) for the flattened batch."""
+def perturbations(d: dist.Distribution, key: jax.Array, x: jax.Array, coupling: bool = True) -> list:
+    """(c, x⁺, x⁻) per distribution parameter (as :func:`distribution_parameters`): c of
+    shape (B,), x± of shape (N, B), for N samples ``x`` of shape (N, B), the batch flattened."""
     n, b = x.shape
-    params = [p.reshape(-1) for p in _distribution_parameters(d)]
+    params = [p.reshape(-1) for p in distribution_parameters(d)]
     k1, k2, k3, k4 = jax.random.split(key, 4)
     if isinstance(d, dist.Normal):
         loc, scale = params
@@ -126,11 +146,11 @@ def measure_valued_grad(
         return jax.vmap(lambda row, vp, vm: over_j(row, vp, vm, jnp.arange(size)))(flat, plus, minus)
 
     estimates = []
-    for c, plus, minus in _perturbations(d, key_parts, flat, coupling):
+    for c, plus, minus in perturbations(d, key_parts, flat, coupling):
         diffs = jax.lax.stop_gradient(difference(plus, minus))
         guard = v.finite_guard((diffs, v.nonfinite_values_message))
         estimates.append((c * jnp.mean(diffs, axis=0) + guard).reshape(batch_shape))
 
-    _, vjp = jax.vjp(lambda p: _distribution_parameters(dist_fn(p)), params)
+    _, vjp = jax.vjp(lambda p: distribution_parameters(dist_fn(p)), params)
     (grad,) = vjp(tuple(jax.lax.stop_gradient(e) for e in estimates))
     return grad

@@ -24,7 +24,8 @@ from scorefn import _validation as v
 from scorefn.diagnostics import ComparisonTable, repeated_estimates, summarize, timed
 from scorefn.programs.surrogate import plan, surrogate_parts
 
-_OPTIONS = ("num_particles", "estimators", "baselines", "credit_assignment", "max_enumeration")
+_OPTIONS = ("num_particles", "estimators", "baselines", "credit_assignment", "max_enumeration",
+            "runtime_checks")
 
 
 def _planned(program, params, args, options):

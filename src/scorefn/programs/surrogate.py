@@ -43,6 +43,7 @@ import numpyro
 
 from scorefn import _validation as v
 from scorefn.baselines import Baseline, as_baseline, leave_one_out
+from scorefn.measure_valued import as_supported, distribution_parameters, perturbations
 from scorefn.programs.tracing import (
     Plate,
     Recorder,
@@ -80,6 +81,12 @@ class SiteEstimator:
                 f"its distribution {site.distribution} has none (has_rsample=False; discrete "
                 "distributions never do). Use 'score' or, for a finite support, 'enumerate'"
             )
+        if self.role == "measure_valued" and not site.measure_valued:
+            raise ValueError(
+                f"site {site.name!r}: estimator 'measure_valued' has weak-derivative "
+                f"decompositions for Normal, Poisson and Bernoulli (also inside to_event and "
+                f"plates); {site.distribution} has none. Use 'score' or 'pathwise'"
+            )
         if self.role == "enumerate" and site.support_values is None:
             raise ValueError(
                 f"site {site.name!r}: estimator 'enumerate' needs a finite support known when "
@@ -96,6 +103,9 @@ ESTIMATORS: dict[str, SiteEstimator] = {
         SiteEstimator("pathwise", "pathwise", True, "∇θ Σ_t c_t(T(ε, θ)), x_s = T(ε, θ)"),
         SiteEstimator("enumerate", "enumerate", True,
                       "∇θ Σ_v p_θ(x_s = v) E[Σ_t c_t | x_s = v], summed exactly"),
+        SiteEstimator("measure_valued", "measure_valued", True,
+                      "Σ_ij c_ij (L_s(x with x_j ~ p⁺_ij) - L_s(x with x_j ~ p⁻_ij)) ∇θ φ_i,j "
+                      "(first order only)"),
     )
 }
 
@@ -115,7 +125,10 @@ class Plan:
     plates: tuple[Plate, ...]
     grid: dict[str, np.ndarray]  # enumerated site -> its values, one branch axis each
     enumerated_below: dict[str, tuple[int, ...]]  # score site -> branch axes of its descendants
+    measure_valued_names: tuple[str, ...]
+    downstream_terms: dict[str, tuple[str, ...]]  # measure-valued site -> the terms it reaches
     credit_assignment: bool
+    runtime_checks: bool = True
 
 
 def _closure(parents: dict[str, frozenset[str]]) -> dict[str, frozenset[str]]:
@@ -147,6 +160,7 @@ def plan(
     credit_assignment: bool = True,
     validate: bool = True,
     max_enumeration: int = MAX_ENUMERATION,
+    runtime_checks: bool = True,
 ) -> Plan:
     """Trace the program abstractly and decide how each site is estimated (checks included)."""
     name = getattr(program, "__name__", repr(program))
@@ -229,11 +243,12 @@ def plan(
 
     ancestors = _closure(structure.parents)
     score_set = set(score_names)
-    upstream = {}
+    upstream, reaches = {}, {}
     for t in terms:
         reads = set(structure.term_reads[t])
         for s in list(reads):
             reads |= ancestors[s]
+        reaches[t] = reads if credit_assignment else set(latents)
         upstream[t] = frozenset(reads & score_set) if credit_assignment else frozenset(score_set)
     for s in latents:
         upstream[s] = frozenset(ancestors[s] & score_set)
@@ -245,8 +260,11 @@ def plan(
     grid = enumeration_grid(sites, list(enumerate_names), max_enumeration) if enumerate_names else {}
     below = {s: tuple(i for i, e in enumerate(enumerate_names) if s in ancestors[e])
              for s in score_names}
+    measure_valued_names = tuple(n for n in latents if roles[n] == "measure_valued")
+    downstream = {s: tuple(t for t in terms if s in reaches[t]) for s in measure_valued_names}
     return Plan(sites, chosen, roles, chosen_baselines, upstream, terms, score_names,
-                enumerate_names, tuple(order.values()), grid, below, credit_assignment)
+                enumerate_names, tuple(order.values()), grid, below, measure_valued_names,
+                downstream, credit_assignment, bool(runtime_checks))
 
 
 def magic_box(tau: jax.Array) -> jax.Array:
@@ -269,6 +287,55 @@ def _nonfinite_term_message(name: str):
     return message
 
 
+def _measure_valued_term(program, params, args, p: Plan, rec: Recorder, site_keys, forced,
+                         index: int, site: str) -> jax.Array:
+    """Σ_ij stop_gradient(c_ij (L⁺_ij - L⁻_ij)) · (φ_ij - stop_gradient(φ_ij)): value 0, its
+    gradient the weak-derivative estimate for site s, by the chain rule through its
+    distribution parameters φ (Pflug 1989; Mohamed et al. 2020, section 6). L± are the
+    terms s reaches, from runs of the program with element j of x_s replaced by a draw from
+    p±_ij and every other site drawing with the same keys (common random numbers, so the
+    terms element j does not reach cancel exactly)."""
+    x = jax.lax.stop_gradient(rec.latents[site]["value"])
+    d = as_supported(rec.latents[site]["fn"], tuple(jnp.shape(x)))
+    flat = x.reshape(1, -1).astype(jnp.result_type(float))
+    key = jax.random.fold_in(site_keys[-1], index + 1)
+    quiet = jax.lax.stop_gradient(params)
+
+    def reached(value):
+        again = run(program, quiet, site_keys[-1], args,
+                    Recorder(p.roles, {**forced, site: value.reshape(x.shape).astype(x.dtype)},
+                             frozenset(), site_keys[:len(p.estimators)]))
+        return sum(jnp.sum(again.terms[t]["value"]) for t in p.downstream_terms[site])
+
+    def difference(plus, minus, j):
+        return reached(flat[0].at[j].set(plus)) - reached(flat[0].at[j].set(minus))
+
+    phis = distribution_parameters(d)
+    out = jnp.zeros(())
+    for phi, (c, plus, minus) in zip(phis, perturbations(d, key, flat)):
+        if not p.downstream_terms[site]:
+            break
+        diffs = jax.vmap(difference)(plus[0], minus[0], jnp.arange(flat.shape[1]))
+        with v.runtime_checks(p.runtime_checks):
+            guard = v.finite_guard((diffs, _nonfinite_reached_message(site)))
+        estimate = jax.lax.stop_gradient(c * diffs)
+        phi = phi.reshape(-1)
+        # times (1 + guard): the check stays in a program that only computes the gradient
+        out = out + jnp.sum(estimate * (phi - jax.lax.stop_gradient(phi))) * (1.0 + guard)
+    return out
+
+
+def _nonfinite_reached_message(site: str):
+    def message(values: np.ndarray) -> str | None:
+        if np.isfinite(values).all():
+            return None
+        return (f"measure-valued site {site!r}: the terms it reaches are not finite when one of "
+                "its elements is replaced by a draw from the weak derivative's parts; check "
+                "that the program is defined on the whole support of the site")
+
+    return message
+
+
 def _particles(program, params, key, args, p: Plan, num_particles: int, cut: frozenset):
     """Every particle's terms and score sites' log-probabilities, canonical, shaped
     (K, *branches, *plates): one branch axis per enumerated site (one of size 1 if none);
@@ -284,7 +351,9 @@ def _particles(program, params, key, args, p: Plan, num_particles: int, cut: fro
         scores = {s: canonical(rec.latent_log_prob(s), p.sites[s].plates, order)
                   for s in p.score_names}
         enum = {e: jnp.sum(rec.latent_log_prob(e)) for e in p.enumerate_names}
-        return terms, scores, enum
+        weak = sum((_measure_valued_term(program, params, args, p, rec, site_keys, forced, i, s)
+                    for i, s in enumerate(p.measure_valued_names) if s not in cut), jnp.zeros(()))
+        return terms, scores, enum, weak
 
     def particle(k):
         if not p.grid:
@@ -309,7 +378,7 @@ def _particles(program, params, key, args, p: Plan, num_particles: int, cut: fro
 def surrogate_parts(program, params, key, args, p: Plan, num_particles: int,
                     cut: frozenset = frozenset()):
     """The surrogate's value and each score site's learning signal (K, *branches, *plates)."""
-    terms, scores, enum = _particles(program, params, key, args, p, num_particles, cut)
+    terms, scores, enum, weak = _particles(program, params, key, args, p, num_particles, cut)
     order = p.plates
     first_plate = 1 + max(len(p.enumerate_names), 1)
     plate_axes = tuple(range(first_plate, first_plate + len(order)))
@@ -323,12 +392,13 @@ def surrogate_parts(program, params, key, args, p: Plan, num_particles: int,
         plates_of = {n: set() for n in p.sites}
     scores = {s: jax.lax.stop_gradient(r) if s in cut else r for s, r in scores.items()}
     enum = {e: jax.lax.stop_gradient(x) if e in cut else x for e, x in enum.items()}
-    guard = v.finite_guard(*[(jax.lax.stop_gradient(terms[t]), _nonfinite_term_message(t))
-                             for t in p.term_names])
+    with v.runtime_checks(p.runtime_checks):
+        guard = v.finite_guard(*[(jax.lax.stop_gradient(terms[t]), _nonfinite_term_message(t))
+                                 for t in p.term_names])
     branch_shape = terms[p.term_names[0]].shape[:first_plate]
     enum_log_prob = sum(enum.values(), jnp.zeros(branch_shape))
 
-    total = jnp.zeros(branch_shape)
+    total = weak
     for t in p.term_names:
         w = sum((sum_plates(scores[s], plates_of[t]) for s in p.upstream[t]), 0.0)
         total = total + jnp.sum(magic_box(w) * terms[t], axis=plate_axes)
@@ -386,6 +456,7 @@ def surrogate(
     credit_assignment: bool = True,
     validate: bool = True,
     max_enumeration: int = MAX_ENUMERATION,
+    runtime_checks: bool = True,
     return_signals: bool = False,
 ) -> Any:
     r"""The surrogate objective S(θ) of ``program(params, *args)`` (see the module docstring).
@@ -414,13 +485,20 @@ def surrogate(
         the same plate index); False weights every site by the whole objective.
       validate: structural checks (unused params, a support that moves with θ).
       max_enumeration: the largest number of joint values enumerated per particle.
+      runtime_checks: under ``jit``, stop with a ValueError naming the term and particle when
+        a term is not finite. The check is a ``lax.cond`` whose error branch calls back to
+        Python; a program with a host callback leaves jax's fast C++ dispatch path, which
+        costs ~25 µs per call on CPU (measured in benchmarks/programs.py). False drops it
+        for tight loops of small programs, at a price: a non-finite term then makes the
+        surrogate's value NaN, but its gradient can look finite (log y at y < 0 has the
+        gradient 1/y), so check the value yourself.
       return_signals: also return ``{site: L_s}``, each score site's learning signal
         (K, M, *plates), to update an EMA baseline: ``state = ema.update(L, state)``.
     """
     _check_call(params, key, num_particles)
     p = plan(program, params, args, num_particles=int(num_particles), estimators=estimators,
              baselines=baselines, credit_assignment=credit_assignment, validate=validate,
-             max_enumeration=max_enumeration)
+             max_enumeration=max_enumeration, runtime_checks=runtime_checks)
     value, signals = surrogate_parts(program, params, key, args, p, int(num_particles))
     return (value, signals) if return_signals else value
 
@@ -436,6 +514,7 @@ def grad(
     credit_assignment: bool = True,
     validate: bool = True,
     max_enumeration: int = MAX_ENUMERATION,
+    runtime_checks: bool = True,
 ) -> Any:
     r"""Unbiased estimate of ∇θ E[Σ terms] of ``program(params, *args)``, shaped like params.
 
@@ -445,6 +524,6 @@ def grad(
     fn = functools.partial(
         surrogate, program, num_particles=num_particles, estimators=estimators,
         baselines=baselines, credit_assignment=credit_assignment, validate=validate,
-        max_enumeration=max_enumeration,
+        max_enumeration=max_enumeration, runtime_checks=runtime_checks,
     )
     return jax.grad(lambda p: fn(p, key, *args))(params)

@@ -34,6 +34,7 @@ from numpyro.primitives import Messenger
 
 from scorefn import _validation as v
 from scorefn._numpyro_fixes import log_prob as fixed_log_prob
+from scorefn.measure_valued import as_supported
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +59,7 @@ class SiteInfo:
     has_rsample: bool
     discrete: bool
     support_values: tuple | None  # a finite support known at trace time, else None
+    measure_valued: bool = False  # a weak-derivative decomposition exists for its family
 
 
 def _support_values(support: Any) -> tuple | None:
@@ -133,7 +135,7 @@ class Recorder(Messenger):
             self.terms[name] = {"value": log_prob, "plates": _plates(msg), "fn": d}
             return
         role = None if self.roles is None else self.roles[name]
-        if role == "score" or (role == "pathwise" and name in self.cut):
+        if role in ("score", "measure_valued") or (role == "pathwise" and name in self.cut):
             msg["value"] = jax.lax.stop_gradient(msg["value"])
         self.latents[name] = {"value": msg["value"], "plates": _plates(msg), "fn": d,
                               "mask": msg.get("mask")}
@@ -162,6 +164,7 @@ def inspect_sites(program: Callable, params: Any, args: tuple) -> dict[str, Site
                 name, False, site["plates"], tuple(jnp.shape(site["value"])),
                 jnp.result_type(site["value"]), type(d).__name__, bool(d.has_rsample),
                 bool(getattr(d.support, "is_discrete", False)), _support_values(d.support),
+                as_supported(d, tuple(jnp.shape(site["value"]))) is not None,
             )
         for name, site in rec.terms.items():
             infos[name] = SiteInfo(name, True, site["plates"], tuple(jnp.shape(site["value"])),

@@ -56,6 +56,10 @@ def test_default_estimators_and_credit_structure():
 COMBOS = [
     {"b": b, "y": y, "c": c}
     for b in ("score", "enumerate") for y in ("score", "pathwise") for c in ("score", "enumerate")
+] + [
+    {"b": "measure_valued", "y": "pathwise", "c": "score"},
+    {"b": "score", "y": "measure_valued", "c": "enumerate"},
+    {"b": "measure_valued", "y": "measure_valued", "c": "score"},
 ]
 
 
@@ -123,6 +127,13 @@ def test_plate_elements_get_only_their_own_terms():
     assert_unbiased(whole, true)
     a = slice(0, 6)  # ravel order: a (6), mu
     assert np.all(variance_z(local[:, a], whole[:, a]) < -4)
+
+
+def test_measure_valued_sites_inside_a_plate_are_unbiased():
+    true = jax.grad(plated_objective)(PLATED_PARAMS)
+    estimates = repeated_grads(plated, PLATED_PARAMS, jax.random.key(17), 2000, num_particles=4,
+                               estimators={"g": "measure_valued", "z": "measure_valued"})
+    assert_unbiased(estimates, true)
 
 
 def test_one_site_program_matches_the_core_score_grad():

@@ -1,5 +1,7 @@
 """Reading a program's structure, and the errors a bad program or call gets."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -81,6 +83,11 @@ def test_pathwise_without_rsample():
         scorefn.programs.grad(three_site, THREE_SITE_PARAMS, KEY, estimators={"b": "pathwise"})
 
 
+def test_measure_valued_needs_a_supported_family():
+    with pytest.raises(ValueError, match="site 'c': estimator 'measure_valued' has weak-derivative"):
+        scorefn.programs.grad(three_site, THREE_SITE_PARAMS, KEY, estimators={"c": "measure_valued"})
+
+
 def test_nonfinite_term_names_the_term_and_particle_eagerly_and_under_jit():
     def program(p):
         y = numpyro.sample("y", dist.Normal(p["m"], 1.0))
@@ -95,6 +102,27 @@ def test_nonfinite_term_names_the_term_and_particle_eagerly_and_under_jit():
         jax.block_until_ready(jax.jit(lambda k: scorefn.programs.grad(program, params, k))(KEY))
 
 
+def test_runtime_checks_off_leaves_no_callback_and_a_nan():
+    def program(p):
+        y = numpyro.sample("y", dist.Normal(p["m"], 1.0))
+        numpyro.factor("logy", jnp.log(y))
+
+    params = {"m": jnp.array(0.5)}
+
+    def g(k, checks):
+        return scorefn.programs.grad(program, params, k, runtime_checks=checks)["m"]
+
+    def callbacks(checks):
+        text = jax.jit(lambda k: g(k, checks)).lower(KEY).compile().as_text()
+        return re.findall(r'custom_call_target="[^"]*callback[^"]*"', text)
+
+    assert callbacks(True) and not callbacks(False)
+    # Unchecked, the objective is NaN while the gradient (1/y) looks finite: why the check is on
+    # by default.
+    value = jax.jit(lambda k: scorefn.programs.surrogate(program, params, k, runtime_checks=False))(KEY)
+    assert np.isnan(value) and np.isfinite(jax.jit(lambda k: g(k, False))(KEY))
+
+
 def test_program_without_terms():
     def program(p):
         numpyro.sample("x", dist.Normal(p["m"], 1.0))
@@ -104,7 +132,7 @@ def test_program_without_terms():
 
 
 def test_unknown_estimator_lists_the_known_ones():
-    with pytest.raises(ValueError, match=r"unknown estimator 'reinforce'.*\['enumerate', 'pathwise',"):
+    with pytest.raises(ValueError, match=r"unknown estimator 'reinforce'.*\['enumerate', 'measure_valued',"):
         scorefn.programs.grad(three_site, THREE_SITE_PARAMS, KEY, estimators={"b": "reinforce"})
 
 
