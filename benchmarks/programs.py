@@ -19,6 +19,8 @@ Protocol of ../shared/peers/dice_chain.py and storchastic_methods.py. Two progra
 Reported, K = 8 particles:
 - µs per gradient estimate after compilation: a jitted call for JAX (dispatch included), a
   forward and backward pass for PyTorch (1 torch thread); median over interleaved rounds;
+- scorefn with ``runtime_checks=False`` too: its run-time finiteness check is a host
+  callback, and a program with one leaves jax's C++ dispatch fast path (~25 µs per call);
 - for the JAX runners also µs per estimate inside one compiled loop of 100 estimates
   (``lax.map``): the program's own cost without dispatch, for the ratio to the hand-written
   surrogate;
@@ -236,6 +238,9 @@ def jax_runners():
         "three-site": {
             "scorefn (defaults: LOO, y pathwise)": (jitted(
                 lambda p, k: scorefn.programs.grad(three_site, p, k, num_particles=K), three), three),
+            "scorefn (defaults, runtime_checks=False)": (jitted(
+                lambda p, k: scorefn.programs.grad(three_site, p, k, num_particles=K,
+                                                   runtime_checks=False), three), three),
             "scorefn (b, c enumerated)": (jitted(
                 lambda p, k: scorefn.programs.grad(three_site, p, k, num_particles=K,
                                                    estimators={"b": "enumerate", "c": "enumerate"}),
@@ -245,6 +250,10 @@ def jax_runners():
         "chain": {
             "scorefn (no baseline)": (jitted(
                 lambda p, k: scorefn.programs.grad(chain, p, k, num_particles=K,
+                                                   baselines={f"c{t}": None for t in range(T)}),
+                chain_p), chain_p),
+            "scorefn (no baseline, runtime_checks=False)": (jitted(
+                lambda p, k: scorefn.programs.grad(chain, p, k, num_particles=K, runtime_checks=False,
                                                    baselines={f"c{t}": None for t in range(T)}),
                 chain_p), chain_p),
             "scorefn (LOO)": (jitted(
