@@ -8,7 +8,7 @@ import numpy as np
 import numpyro
 import numpyro.distributions as dist
 import pytest
-from conftest import THREE_SITE_PARAMS, three_site
+from program_cases import THREE_SITE_PARAMS, three_site
 
 import scorefn
 from scorefn.programs.tracing import Plate, analyse, canonical, enumeration_grid, inspect_sites

@@ -4,8 +4,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import THREE_SITE_PARAMS, three_site, three_site_objective
 from jax.flatten_util import ravel_pytree
+from program_cases import THREE_SITE_PARAMS, three_site, three_site_objective
 
 import scorefn
 

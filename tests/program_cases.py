@@ -1,4 +1,4 @@
-"""Stochastic programs with closed-form objectives J(θ), shared by the programs tests.
+"""Stochastic programs with closed-form objectives J(θ), shared by tests/scorefn/programs.
 
 The closed forms are written in JAX, so ∇J and ∇²J come from autodiff of the exact J.
 """
@@ -8,7 +8,6 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro
 import numpyro.distributions as dist
-import pytest
 from jax.flatten_util import ravel_pytree
 
 import scorefn
@@ -78,7 +77,3 @@ def repeated_grads(program, params, key, num_repeats, *args, **options) -> np.nd
     out = jax.jit(lambda ks: jax.lax.map(one, ks))(jax.random.split(key, num_repeats))
     return np.asarray(out, np.float64)
 
-
-@pytest.fixture
-def three_site_problem():
-    return three_site, THREE_SITE_PARAMS, three_site_objective
