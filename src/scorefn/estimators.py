@@ -27,14 +27,18 @@ from numpyro.distributions import Distribution
 
 from scorefn import _validation as v
 from scorefn._numpyro_fixes import log_prob as _log_prob
-from scorefn.baselines import Baseline, as_baseline, leave_one_out_ratio
+from scorefn.baselines import Baseline, as_baseline, leave_one_out, leave_one_out_ratio
 from scorefn.control_variates import ControlVariate
+from scorefn.discrete import antithetic_grad, relaxed_grad
 from scorefn.measure_valued import measure_valued_grad
 from scorefn.sampling import sample
 from scorefn.scores import joint_log_prob, scores_and_log_prob
 
 DistFn = Callable[[Any], Distribution]
-ESTIMATORS = ("score", "pathwise", "measure_valued")
+ESTIMATORS = ("score", "pathwise", "measure_valued", "rloo", "arm", "disarm", "gumbel_softmax",
+              "straight_through")
+#: Estimators that are biased for ∇θ E[f] by construction (relaxations).
+BIASED_ESTIMATORS = ("gumbel_softmax", "straight_through")
 NAN_POLICIES = ("raise", "drop")
 
 
@@ -342,6 +346,7 @@ def grad(
     per_sample: bool = False,
     vectorized: bool = False,
     validate: bool = True,
+    temperature: float = 0.5,
 ) -> Any:
     r"""Estimate ∇θ E_{x~p_θ}[f(x)] in one call, for a JAX-traceable f.
 
@@ -349,7 +354,11 @@ def grad(
     :func:`scorefn.score_grad` (f need not be differentiable); ``estimator="pathwise"`` is
     :func:`pathwise_grad` (f differentiable, reparameterisable distribution);
     ``estimator="measure_valued"`` is :func:`scorefn.measure_valued.measure_valued_grad`
-    (Normal, Poisson, Bernoulli; f need not be differentiable). jit- and
+    (Normal, Poisson, Bernoulli; f need not be differentiable). For discrete distributions
+    (:mod:`scorefn.discrete`): ``"rloo"`` is ``"score"`` with the leave-one-out baseline;
+    ``"arm"`` and ``"disarm"`` are the antithetic Bernoulli estimators (unbiased,
+    ``num_samples`` evaluations = ``num_samples // 2`` pairs); ``"gumbel_softmax"`` and
+    ``"straight_through"`` are the **biased** relaxations with ``temperature``. jit- and
     vmap-compatible; the same key gives the same bits. See :func:`score_grad` for the options.
 
     Example::
@@ -359,6 +368,11 @@ def grad(
     """
     if estimator not in ESTIMATORS:
         raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
+    if estimator == "rloo":
+        if baseline is not None:
+            raise ValueError("estimator='rloo' is 'score' with the leave-one-out baseline: pass no "
+                             "baseline (or use estimator='score' with your baseline)")
+        estimator, baseline = "score", leave_one_out()
     if estimator != "score" and (
         baseline is not None or control_variate is not None or standardize
     ):
@@ -366,6 +380,14 @@ def grad(
             "baselines, control variates and standardize apply to the score-function "
             f"estimator; estimator={estimator!r} takes none of them"
         )
+    if estimator in ("arm", "disarm", *BIASED_ESTIMATORS):
+        if per_sample or max_norm is not None:
+            raise ValueError(f"estimator={estimator!r} takes no per_sample or max_norm")
+        if estimator in BIASED_ESTIMATORS:
+            return relaxed_grad(f, dist_fn, params, key, num_samples, estimator=estimator,
+                                temperature=temperature, vectorized=vectorized)
+        return antithetic_grad(f, dist_fn, params, key, num_samples, estimator=estimator,
+                               vectorized=vectorized)
     if estimator == "measure_valued":
         if per_sample or vectorized or max_norm is not None:
             raise ValueError("estimator='measure_valued' takes no per_sample, vectorized or max_norm")

@@ -22,10 +22,10 @@ from jax.flatten_util import ravel_pytree
 
 from scorefn import _validation as v
 from scorefn.diagnostics import ComparisonTable, repeated_estimates, summarize, timed
-from scorefn.programs.surrogate import plan, surrogate_parts
+from scorefn.programs.surrogate import ESTIMATORS, plan, surrogate_parts
 
 _OPTIONS = ("num_particles", "estimators", "baselines", "credit_assignment", "max_enumeration",
-            "runtime_checks")
+            "runtime_checks", "temperature")
 
 
 def _planned(program, params, args, options):
@@ -166,7 +166,8 @@ def compare(
             return jax.grad(lambda q: surrogate_parts(program, q, kr, args, p, k)[0])(params)
 
         estimates, seconds = timed(repeated_estimates(estimator, kk, num_repeats))
-        unbiased = all(b is None or b.unbiased for b in p.baselines.values())
+        unbiased = (all(b is None or b.unbiased for b in p.baselines.values())
+                    and all(ESTIMATORS[e].unbiased for e in p.estimators.values()))
         reports.append(summarize(name, estimates, reference, num_samples=k,
                                  seconds_per_estimate=seconds / num_repeats,
                                  reference_se=reference_se, unbiased=unbiased))

@@ -43,6 +43,7 @@ import numpyro
 
 from scorefn import _validation as v
 from scorefn.baselines import Baseline, as_baseline, leave_one_out
+from scorefn.discrete import antithetic_weights, bernoulli_logits
 from scorefn.measure_valued import as_supported, distribution_parameters, perturbations
 from scorefn.programs.tracing import (
     Plate,
@@ -87,6 +88,18 @@ class SiteEstimator:
                 f"decompositions for Normal, Poisson and Bernoulli (also inside to_event and "
                 f"plates); {site.distribution} has none. Use 'score' or 'pathwise'"
             )
+        if self.role == "antithetic" and site.family not in ("BernoulliLogits", "BernoulliProbs"):
+            raise ValueError(
+                f"site {site.name!r}: estimator {self.name!r} is for Bernoulli sites (batched, "
+                f"to_event or in plates); {site.distribution} is not one. Use 'score' (with "
+                "'rloo', the leave-one-out baseline) or 'enumerate'"
+            )
+        if self.role == "relaxed" and site.family not in ("BernoulliLogits", "BernoulliProbs"):
+            raise ValueError(
+                f"site {site.name!r}: in a program the {self.name!r} relaxation is for Bernoulli "
+                f"sites (a relaxed Categorical would change the value's shape to one-hot; use "
+                f"scorefn.grad for that); {site.distribution} is not one"
+            )
         if self.role == "enumerate" and site.support_values is None:
             raise ValueError(
                 f"site {site.name!r}: estimator 'enumerate' needs a finite support known when "
@@ -106,6 +119,17 @@ ESTIMATORS: dict[str, SiteEstimator] = {
         SiteEstimator("measure_valued", "measure_valued", True,
                       "Σ_ij c_ij (L_s(x with x_j ~ p⁺_ij) - L_s(x with x_j ~ p⁻_ij)) ∇θ φ_i,j "
                       "(first order only)"),
+        SiteEstimator("rloo", "score", True, "'score' with the leave-one-out baseline over the "
+                      "K particles (Kool et al. 2019)"),
+        SiteEstimator("arm", "antithetic", True,
+                      "(L_s(b⁽¹⁾) - L_s(b⁽²⁾)) (u - ½) ∇θ φ (Yin & Zhou 2019; first order only)"),
+        SiteEstimator("disarm", "antithetic", True,
+                      "½ (L_s(b) - L_s(b̃)) (-1)^b̃ 1[b ≠ b̃] σ(|φ|) ∇θ φ (Dong et al. 2020; first "
+                      "order only)"),
+        SiteEstimator("gumbel_softmax", "relaxed", False,
+                      "∇θ of the terms at x = σ((φ + logistic noise)/τ); biased"),
+        SiteEstimator("straight_through", "relaxed", False,
+                      "hard b forward, the relaxed sample's gradient; biased"),
     )
 }
 
@@ -129,6 +153,9 @@ class Plan:
     downstream_terms: dict[str, tuple[str, ...]]  # measure-valued site -> the terms it reaches
     credit_assignment: bool
     runtime_checks: bool = True
+    antithetic_names: tuple[str, ...] = ()
+    temperature: float = 0.5
+    enumerated_descendants: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
 
 
 def _closure(parents: dict[str, frozenset[str]]) -> dict[str, frozenset[str]]:
@@ -161,6 +188,7 @@ def plan(
     validate: bool = True,
     max_enumeration: int = MAX_ENUMERATION,
     runtime_checks: bool = True,
+    temperature: float = 0.5,
 ) -> Plan:
     """Trace the program abstractly and decide how each site is estimated (checks included)."""
     name = getattr(program, "__name__", repr(program))
@@ -185,6 +213,8 @@ def plan(
         if e not in ESTIMATORS:
             raise ValueError(f"site {n!r}: unknown estimator {e!r}; the known ones are "
                              f"{sorted(ESTIMATORS)}")
+    if not (isinstance(temperature, int | float) and temperature > 0):
+        raise ValueError(f"temperature must be a positive number, got {temperature!r}")
     structure = analyse(program, params, args, sites)
     chosen = {}
     for n in latents:
@@ -209,6 +239,11 @@ def plan(
             raise ValueError(f"baselines names site {n!r}, whose estimator is {chosen[n]!r}: "
                              "baselines apply to score-function sites only")
     for n in score_names:
+        if chosen[n] == "rloo":
+            if n in baselines:
+                raise ValueError(f"site {n!r}: estimator 'rloo' is 'score' with the leave-one-out "
+                                 "baseline; give it no baseline (or use 'score' with yours)")
+            baselines[n] = leave_one_out()
         b = as_baseline(baselines[n]) if n in baselines else (
             leave_one_out() if num_particles >= 2 else None)
         if b is not None and b.per_coordinate:
@@ -261,10 +296,13 @@ def plan(
     below = {s: tuple(i for i, e in enumerate(enumerate_names) if s in ancestors[e])
              for s in score_names}
     measure_valued_names = tuple(n for n in latents if roles[n] == "measure_valued")
-    downstream = {s: tuple(t for t in terms if s in reaches[t]) for s in measure_valued_names}
+    antithetic_names = tuple(n for n in latents if roles[n] == "antithetic")
+    downstream = {s: tuple(t for t in terms if s in reaches[t]) for s in latents}
     return Plan(sites, chosen, roles, chosen_baselines, upstream, terms, score_names,
                 enumerate_names, tuple(order.values()), grid, below, measure_valued_names,
-                downstream, credit_assignment, bool(runtime_checks))
+                downstream, credit_assignment, bool(runtime_checks), antithetic_names,
+                float(temperature),
+                {s: tuple(e for e in enumerate_names if s in ancestors[e]) for s in latents})
 
 
 def magic_box(tau: jax.Array) -> jax.Array:
@@ -302,10 +340,8 @@ def _measure_valued_term(program, params, args, p: Plan, rec: Recorder, site_key
     quiet = jax.lax.stop_gradient(params)
 
     def reached(value):
-        again = run(program, quiet, site_keys[-1], args,
-                    Recorder(p.roles, {**forced, site: value.reshape(x.shape).astype(x.dtype)},
-                             frozenset(), site_keys[:len(p.estimators)]))
-        return sum(jnp.sum(again.terms[t]["value"]) for t in p.downstream_terms[site])
+        return _reached(program, quiet, args, p, site_keys, forced, site,
+                        value.reshape(x.shape).astype(x.dtype))
 
     def difference(plus, minus, j):
         return reached(flat[0].at[j].set(plus)) - reached(flat[0].at[j].set(minus))
@@ -325,13 +361,61 @@ def _measure_valued_term(program, params, args, p: Plan, rec: Recorder, site_key
     return out
 
 
+def _reached(program, params, args, p: Plan, site_keys, forced, site: str, value) -> jax.Array:
+    """E[Σ terms reached from s | x_s = value]: one rerun with s forced (every other site
+    drawing with the same keys), summed exactly over the enumerated sites below s."""
+    below = p.enumerated_descendants.get(site, ())
+
+    def once(values):
+        rec = run(program, params, site_keys[-1], args,
+                  Recorder(p.roles, {**forced, **values, site: value}, frozenset(),
+                           site_keys[:len(p.estimators)], p.estimators, p.temperature))
+        total = sum(jnp.sum(rec.terms[t]["value"]) for t in p.downstream_terms[site])
+        log_w = sum((jnp.sum(rec.latent_log_prob(e)) for e in below), jnp.zeros(()))
+        return total, log_w
+
+    if not below:
+        return jax.lax.stop_gradient(once({})[0])
+
+    def branches(i, values):
+        if i == len(below):
+            return once(values)
+        return jax.vmap(lambda x: branches(i + 1, {**values, below[i]: x}))(jnp.asarray(p.grid[below[i]]))
+
+    totals, log_w = branches(0, {})
+    return jax.lax.stop_gradient(jnp.sum(jnp.exp(log_w) * totals))
+
+
+def _antithetic_term(program, params, args, p: Plan, rec: Recorder, site_keys, forced,
+                     site: str) -> jax.Array:
+    """Σ_i stop_gradient((L_s(first) - L_s(second)) w_i) · (φ_i - stop_gradient(φ_i)) for an
+    ARM or DisARM site: value 0, its gradient the antithetic estimate, through the logits φ
+    (see :mod:`scorefn.discrete`). The particle's run used the pair's first sample; the
+    second comes from a rerun with every other site drawing with the same keys."""
+    if not p.downstream_terms[site]:
+        return jnp.zeros(())
+    u, logits, first, second = rec.antithetic[site]
+    # The particle's own run is one branch of the enumerated sites below s, weighted by its
+    # probability given the first sample outside; the second sample's signal is summed over
+    # those branches here.
+    mine = sum(jnp.sum(jax.lax.stop_gradient(rec.terms[t]["value"])) for t in p.downstream_terms[site])
+    other = _reached(program, jax.lax.stop_gradient(params), args, p, site_keys, forced, site, second)
+    diff = mine - other
+    with v.runtime_checks(p.runtime_checks):
+        guard = v.finite_guard((diff, _nonfinite_reached_message(site)))
+    weights = antithetic_weights(logits, u, first, second, p.estimators[site])
+    phi = bernoulli_logits(rec.latents[site]["fn"], tuple(jnp.shape(u)), p.estimators[site])
+    estimate = jax.lax.stop_gradient(diff * weights)
+    return jnp.sum(estimate * (phi - jax.lax.stop_gradient(phi))) * (1.0 + guard)
+
+
 def _nonfinite_reached_message(site: str):
     def message(values: np.ndarray) -> str | None:
         if np.isfinite(values).all():
             return None
-        return (f"measure-valued site {site!r}: the terms it reaches are not finite when one of "
-                "its elements is replaced by a draw from the weak derivative's parts; check "
-                "that the program is defined on the whole support of the site")
+        return (f"site {site!r}: the terms it reaches are not finite when its value is replaced "
+                "(a measure-valued part or the antithetic sample); check that the program is "
+                "defined on the whole support of the site")
 
     return message
 
@@ -346,13 +430,16 @@ def _particles(program, params, key, args, p: Plan, num_particles: int, cut: fro
 
     def one(site_keys, forced):
         rec = run(program, params, site_keys[-1], args,
-                  Recorder(p.roles, forced, cut, site_keys[:num_latents]))
+                  Recorder(p.roles, forced, cut, site_keys[:num_latents], p.estimators,
+                           p.temperature))
         terms = {t: canonical(rec.terms[t]["value"], p.sites[t].plates, order) for t in p.term_names}
         scores = {s: canonical(rec.latent_log_prob(s), p.sites[s].plates, order)
                   for s in p.score_names}
         enum = {e: jnp.sum(rec.latent_log_prob(e)) for e in p.enumerate_names}
         weak = sum((_measure_valued_term(program, params, args, p, rec, site_keys, forced, i, s)
                     for i, s in enumerate(p.measure_valued_names) if s not in cut), jnp.zeros(()))
+        weak = weak + sum((_antithetic_term(program, params, args, p, rec, site_keys, forced, s)
+                           for s in p.antithetic_names if s not in cut), jnp.zeros(()))
         return terms, scores, enum, weak
 
     def particle(k):
@@ -457,6 +544,7 @@ def surrogate(
     validate: bool = True,
     max_enumeration: int = MAX_ENUMERATION,
     runtime_checks: bool = True,
+    temperature: float = 0.5,
     return_signals: bool = False,
 ) -> Any:
     r"""The surrogate objective S(θ) of ``program(params, *args)`` (see the module docstring).
@@ -477,14 +565,18 @@ def surrogate(
         ``split(key, (K, num_sites + 1))[k, i]``; the last key of each row seeds anything
         else that asks numpyro for randomness (a subsampled plate).
       num_particles: K, independent runs of the program.
-      estimators: site name -> ``"score" | "pathwise" | "enumerate"``. Default: pathwise for
-        sites with ``rsample`` that every reader uses differentiably, score otherwise.
+      estimators: site name -> a name in :data:`ESTIMATORS` (``"score"``, ``"rloo"``,
+        ``"pathwise"``, ``"enumerate"``, ``"measure_valued"``, ``"arm"``, ``"disarm"``,
+        ``"gumbel_softmax"``, ``"straight_through"``). Default: pathwise for sites with
+        ``rsample`` that every reader uses differentiably, score otherwise.
       baselines: score site name -> a baseline from :mod:`scorefn.baselines` (or a number,
         an ``EmaState``, None). Default: leave-one-out over the particles (K ≥ 2).
       credit_assignment: weight each score site by the terms downstream of it only (and by
         the same plate index); False weights every site by the whole objective.
       validate: structural checks (unused params, a support that moves with θ).
       max_enumeration: the largest number of joint values enumerated per particle.
+      temperature: the relaxations' temperature τ (``"gumbel_softmax"``,
+        ``"straight_through"`` sites).
       runtime_checks: under ``jit``, stop with a ValueError naming the term and particle when
         a term is not finite. The check is a ``lax.cond`` whose error branch calls back to
         Python; a program with a host callback leaves jax's fast C++ dispatch path, which
@@ -498,7 +590,8 @@ def surrogate(
     _check_call(params, key, num_particles)
     p = plan(program, params, args, num_particles=int(num_particles), estimators=estimators,
              baselines=baselines, credit_assignment=credit_assignment, validate=validate,
-             max_enumeration=max_enumeration, runtime_checks=runtime_checks)
+             max_enumeration=max_enumeration, runtime_checks=runtime_checks,
+             temperature=temperature)
     value, signals = surrogate_parts(program, params, key, args, p, int(num_particles))
     return (value, signals) if return_signals else value
 
@@ -515,6 +608,7 @@ def grad(
     validate: bool = True,
     max_enumeration: int = MAX_ENUMERATION,
     runtime_checks: bool = True,
+    temperature: float = 0.5,
 ) -> Any:
     r"""Unbiased estimate of ∇θ E[Σ terms] of ``program(params, *args)``, shaped like params.
 
@@ -524,6 +618,6 @@ def grad(
     fn = functools.partial(
         surrogate, program, num_particles=num_particles, estimators=estimators,
         baselines=baselines, credit_assignment=credit_assignment, validate=validate,
-        max_enumeration=max_enumeration, runtime_checks=runtime_checks,
+        max_enumeration=max_enumeration, runtime_checks=runtime_checks, temperature=temperature,
     )
     return jax.grad(lambda p: fn(p, key, *args))(params)

@@ -34,7 +34,14 @@ from numpyro.primitives import Messenger
 
 from scorefn import _validation as v
 from scorefn._numpyro_fixes import log_prob as fixed_log_prob
+from scorefn.discrete import antithetic_pair, bernoulli_logits, relaxed_sample
 from scorefn.measure_valued import as_supported
+
+
+def _unwrap(d):
+    while hasattr(d, "base_dist"):
+        d = d.base_dist
+    return d
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +67,7 @@ class SiteInfo:
     discrete: bool
     support_values: tuple | None  # a finite support known at trace time, else None
     measure_valued: bool = False  # a weak-derivative decomposition exists for its family
+    family: str = ""  # the distribution under to_event / plate wrappers
 
 
 def _support_values(support: Any) -> tuple | None:
@@ -98,27 +106,52 @@ class Recorder(Messenger):
       site_keys: one PRNG key per latent site, in the order the program reaches them (from
         one batched split); None leaves the keys to numpyro's ``seed`` (one split per site,
         in sequence: about 1.4x the time of a whole small program on CPU).
+      estimators: site name -> estimator name, for the sites whose value the estimator
+        draws itself (ARM and DisARM pairs, relaxations).
+      temperature: the relaxations' temperature.
     """
 
     def __init__(self, roles: dict[str, str] | None = None, forced: dict | None = None,
-                 cut: frozenset = frozenset(), site_keys: jax.Array | None = None):
+                 cut: frozenset = frozenset(), site_keys: jax.Array | None = None,
+                 estimators: dict[str, str] | None = None, temperature: float = 0.5):
         super().__init__()
         self.roles = roles
         self.forced = forced or {}
         self.cut = cut
         self.site_keys = site_keys
+        self.estimators = estimators or {}
+        self.temperature = temperature
         self.latents: dict[str, dict] = {}
         self.terms: dict[str, dict] = {}
+        self.antithetic: dict[str, tuple] = {}
         self._count = 0
 
     def process_message(self, msg):
         if msg["type"] != "sample" or msg["is_observed"]:
             return
-        if msg["name"] in self.forced:
-            msg["value"] = self.forced[msg["name"]]
-        elif self.site_keys is not None and msg["kwargs"].get("rng_key") is None:
-            msg["kwargs"]["rng_key"] = self.site_keys[self._count]
+        name = msg["name"]
+        key = None if self.site_keys is None else self.site_keys[self._count]
         self._count += 1
+        role = None if self.roles is None else self.roles[name]
+        if name in self.forced:
+            msg["value"] = self.forced[name]
+        elif role == "antithetic" and key is not None:
+            d = msg["fn"]
+            shape = tuple(d.shape(msg["kwargs"].get("sample_shape", ())))
+            logits = jax.lax.stop_gradient(bernoulli_logits(d, shape, self.estimators[name]))
+            u = jax.random.uniform(key, shape, dtype=logits.dtype)
+            first, second = antithetic_pair(logits, u, self.estimators[name])
+            sample_shape = tuple(msg["kwargs"].get("sample_shape", ()))
+            dtype = jax.eval_shape(lambda: d.sample(jax.random.key(0), sample_shape)).dtype
+            msg["value"] = first.astype(dtype)
+            self.antithetic[name] = (u, logits, first, second.astype(dtype))
+        elif role == "relaxed" and key is not None:
+            d = msg["fn"]
+            sample_shape = tuple(msg["kwargs"].get("sample_shape", ()))
+            msg["value"] = relaxed_sample(d, key, sample_shape, self.temperature,
+                                          self.estimators[name] == "straight_through")
+        elif key is not None and msg["kwargs"].get("rng_key") is None:
+            msg["kwargs"]["rng_key"] = key
 
     def postprocess_message(self, msg):
         if msg["type"] != "sample":
@@ -165,6 +198,7 @@ def inspect_sites(program: Callable, params: Any, args: tuple) -> dict[str, Site
                 jnp.result_type(site["value"]), type(d).__name__, bool(d.has_rsample),
                 bool(getattr(d.support, "is_discrete", False)), _support_values(d.support),
                 as_supported(d, tuple(jnp.shape(site["value"]))) is not None,
+                type(_unwrap(d)).__name__,
             )
         for name, site in rec.terms.items():
             infos[name] = SiteInfo(name, True, site["plates"], tuple(jnp.shape(site["value"])),
