@@ -282,6 +282,8 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=1000, help="estimates for the variance")
     parser.add_argument("--storch-chain-repeats", type=int, default=100)
     parser.add_argument("--skip-torch", action="store_true")
+    parser.add_argument("--timing-only", action="store_true",
+                        help="skip the variances (for repeated timing runs)")
     parser.add_argument("--markdown", help="also write the tables to this file")
     args = parser.parse_args(argv)
 
@@ -322,11 +324,11 @@ def main(argv=None):
 
         # variances at the fixed θ
         var = {}
-        for name, (g, _) in jaxr[problem].items():
+        for name, (g, _) in ([] if args.timing_only else jaxr[problem].items()):
             keys = jax.random.split(jax.random.fold_in(key, hash(name) % 1000), args.repeats)
             out = jax.jit(lambda ks, g=g: jax.lax.map(g, ks))(keys)
             var[name] = variance(out)
-        for name, fn in peers.get(problem, {}).items():
+        for name, fn in ({} if args.timing_only else peers.get(problem, {})).items():
             n = args.storch_chain_repeats if ("Storchastic" in name and problem == "chain") else args.repeats
             torch_seed = abs(hash(name)) % 1000
             import torch
@@ -340,6 +342,8 @@ def main(argv=None):
                   "max per-parameter variance ÷ scorefn (LOO) | R |",
                   "|---|---|---|---|---|---|---|---|"]
         for name in calls:
+            if args.timing_only:
+                var[name] = var[var_reference] = np.full(1, np.nan)
             ratio = var[name] / np.maximum(var[var_reference], 1e-30)
             looped = (f"{loop_med[name]:.1f} | {loop_med[name] / loop_med[hand]:.2f}"
                       if name in loop_med else "- | -")

@@ -32,8 +32,9 @@ not indices.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -190,3 +191,159 @@ def relaxed_grad(
     grad, values = jax.grad(mean_value, has_aux=True)(params)
     guard = v.finite_guard((values, v.nonfinite_values_message))
     return jax.tree.map(lambda g: g + guard.astype(g.dtype), grad)
+
+
+# REBAR and RELAX ----------------------------------------------------------------------------
+
+
+class RelaxState(NamedTuple):
+    """The control variate's parameters (``log_temperature``, ``eta`` and, for RELAX, the
+    network's ``net``) and their optimiser's state."""
+
+    params: Any
+    opt_state: Any
+
+
+def _logistic(logits: jax.Array, u: jax.Array) -> jax.Array:
+    return logits + jnp.log(u) - jnp.log1p(-u)
+
+
+@dataclasses.dataclass(frozen=True)
+class Relax:
+    r"""REBAR (``network=None``; Tucker et al. 2017) and RELAX (a flax ``network``;
+    Grathwohl et al. 2018) for Bernoulli distributions with logits φ, unbiased for any
+    control-variate parameters ψ::
+
+        ĝ = (f(b) - c_ψ(z̃)) ∇φ log p_φ(b) + ∇φ c_ψ(z) - ∇φ c_ψ(z̃),
+        z = φ + log u - log(1 - u),  b = 1[z > 0],  z̃ ~ p(z | b) (reparameterised),
+        c_ψ(z) = η f(σ(z/τ)) + r_ψ(σ(z/τ))
+
+    (REBAR: r ≡ 0, ψ = (η, log τ); RELAX adds the network r_ψ.) ``rebar_term=False`` drops
+    η f(σ(z/τ)) so that f need not be differentiable or accept relaxed inputs (RELAX with the
+    network alone). ψ is trained to minimise the estimator's variance: since E[ĝ] does not
+    depend on ψ, ∇ψ E[ĝ²] = ∇ψ Var[ĝ], a gradient through ĝ itself (second order). State is
+    explicit, optax style::
+
+        relax = scorefn.discrete.Relax(network=MLP(), optimizer=optax.adam(1e-2))
+        state = relax.init(jax.random.key(0), dist_fn(params))
+        g, state = relax.grad(f, dist_fn, params, key, num_samples, state)   # and one ψ step
+    """
+
+    network: Any = None
+    optimizer: Any = None  # an optax GradientTransformation (default optax.adam(1e-2))
+    temperature: float = 0.5
+    eta: float = 1.0
+    rebar_term: bool = True
+
+    def __post_init__(self):
+        if self.network is None and not self.rebar_term:
+            raise ValueError("with network=None (REBAR) the control variate is the η f(σ(z/τ)) term: "
+                             "rebar_term must be True")
+        if not (isinstance(self.temperature, int | float) and self.temperature > 0):
+            raise ValueError(f"temperature must be a positive number, got {self.temperature!r}")
+
+    @property
+    def name(self) -> str:
+        return "rebar" if self.network is None else "relax"
+
+    def _optimizer(self):
+        import optax
+
+        return self.optimizer if self.optimizer is not None else optax.adam(1e-2)
+
+    def init(self, key: jax.Array, d: dist.Distribution) -> RelaxState:
+        """ψ at its initial values (the network initialised with ``key`` on d's sample shape)."""
+        v.check_key(key)
+        shape = tuple(d.batch_shape) + tuple(d.event_shape)
+        bernoulli_logits(d, shape, self.name)
+        params = {"log_temperature": jnp.log(jnp.asarray(self.temperature, jnp.float32)),
+                  "eta": jnp.asarray(self.eta if self.rebar_term else 0.0, jnp.float32)}
+        if self.network is not None:
+            params["net"] = self.network.init(key, jnp.zeros(shape, jnp.float32))
+        return RelaxState(params, self._optimizer().init(params))
+
+    def _control(self, f, psi, z):
+        relaxed = jax.nn.sigmoid(z / jnp.exp(psi["log_temperature"]))
+        out = psi["eta"] * f(relaxed) if self.rebar_term else 0.0
+        if self.network is not None:
+            out = out + jnp.reshape(self.network.apply(psi["net"], relaxed), ())
+        return out
+
+    def per_sample_logit_grads(self, f, logits, psi, key, num_samples, correction=True):
+        """ĝ in the logits for each of ``num_samples`` samples, shape (N, *logits.shape)."""
+        k_u, k_v = jax.random.split(key)
+        shape = (num_samples,) + logits.shape
+        u = jax.random.uniform(k_u, shape, minval=1e-6, maxval=1 - 1e-6)
+        v_ = jax.random.uniform(k_v, shape, minval=1e-6, maxval=1 - 1e-6)
+
+        def one(u1, v1):
+            def surrogate(phi):
+                z = _logistic(phi, u1)
+                b = jax.lax.stop_gradient((z > 0).astype(phi.dtype))
+                theta = jax.nn.sigmoid(phi)
+                u_cond = b * (1 - theta + v1 * theta) + (1 - b) * v1 * (1 - theta)
+                u_cond = jnp.clip(u_cond, 1e-6, 1 - 1e-6)
+                z_cond = _logistic(phi, u_cond)
+                log_p = jnp.sum(b * jax.nn.log_sigmoid(phi) + (1 - b) * jax.nn.log_sigmoid(-phi))
+                c_cond = self._control(f, psi, z_cond)
+                learning_signal = jax.lax.stop_gradient(f(b) - c_cond)
+                out = learning_signal * log_p + self._control(f, psi, z)
+                if correction:
+                    out = out - c_cond
+                return out
+
+            return jax.grad(surrogate)(logits)
+
+        return jax.vmap(one)(u, v_)
+
+    def grad(self, f: Callable, dist_fn: Callable[[Any], dist.Distribution], params: Any,
+             key: jax.Array, num_samples: int, state: RelaxState, *,
+             train: bool = True) -> tuple[Any, RelaxState]:
+        """The estimate of ∇θ E[f(b)] (a pytree like params) and the state after one step of
+        ψ on the same samples' variance (``train=False``: the state unchanged)."""
+        v.check_key(key)
+        num_samples = v.check_num_samples(num_samples)
+        d = dist_fn(params)
+        shape = tuple(d.batch_shape) + tuple(d.event_shape)
+        logits = jax.lax.stop_gradient(bernoulli_logits(d, shape, self.name))
+
+        def mean_square(psi):
+            per = self.per_sample_logit_grads(f, logits, psi, key, num_samples)
+            return jnp.mean(jnp.sum(per.reshape(num_samples, -1) ** 2, axis=1)), per
+
+        if train:
+            (_, per), psi_grad = jax.value_and_grad(mean_square, has_aux=True)(state.params)
+            import optax
+
+            updates, opt_state = self._optimizer().update(psi_grad, state.opt_state, state.params)
+            state = RelaxState(optax.apply_updates(state.params, updates), opt_state)
+        else:
+            per = self.per_sample_logit_grads(f, logits, state.params, key, num_samples)
+        guard = v.finite_guard((per, _nonfinite_relax_message(self.name)))
+        g_logits = jnp.mean(per, axis=0) + guard
+        _, vjp = jax.vjp(lambda p: bernoulli_logits(dist_fn(p), shape, self.name), params)
+        (grad,) = vjp(jax.lax.stop_gradient(g_logits))
+        return grad, state
+
+
+def _nonfinite_relax_message(name: str):
+    def message(values):
+        import numpy as np
+
+        if np.isfinite(values).all():
+            return None
+        return (f"the {name} estimate is not finite: f, or the control variate, returned NaN/inf "
+                "at a (relaxed) sample")
+
+    return message
+
+
+def rebar(temperature: float = 0.5, eta: float = 1.0, optimizer: Any = None) -> Relax:
+    """REBAR (Tucker et al. 2017) with learned η and temperature. See :class:`Relax`."""
+    return Relax(None, optimizer, temperature, eta, True)
+
+
+def relax(network: Any, optimizer: Any = None, temperature: float = 0.5, eta: float = 1.0,
+          rebar_term: bool = True) -> Relax:
+    """RELAX (Grathwohl et al. 2018) with a flax control-variate network. See :class:`Relax`."""
+    return Relax(network, optimizer, temperature, eta, rebar_term)

@@ -148,3 +148,84 @@ def test_categorical_relaxation_feeds_one_hot_vectors():
     assert g["logits"].shape == (3,) and np.all(np.isfinite(g["logits"]))
     # straight-through is biased but points the same way here
     assert np.sign(g["logits"][np.argmax(np.abs(true))]) == np.sign(true[np.argmax(np.abs(true))])
+
+
+# REBAR and RELAX ------------------------------------------------------------------------------
+
+def _relax_estimates(estimator, state, f, key, num_repeats=2000, **options):
+    dist_fn, params = (lambda q: dist.Bernoulli(logits=q["logits"])), {"logits": LOGITS}
+
+    def one(k):
+        g, _ = estimator.grad(f, dist_fn, params, k, 1, state, train=False)
+        return g["logits"]
+
+    return np.asarray(jax.jit(lambda ks: jax.lax.map(one, ks))(jax.random.split(key, num_repeats)),
+                      np.float64)
+
+
+class _Net:
+    """A small flax MLP c_ψ(σ(z/τ)) -> scalar for RELAX."""
+
+    def __new__(cls):
+        import flax.linen as nn
+
+        class MLP(nn.Module):
+            @nn.compact
+            def __call__(self, x):
+                return nn.Dense(1)(nn.tanh(nn.Dense(16)(x)))[..., 0]
+
+        return MLP()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["rebar", "relax"])
+def test_rebar_and_relax_are_unbiased_for_fixed_and_trained_control_variates(kind):
+    dist_fn, params, f, true = rebar_toy(0.45)
+    estimator = scorefn.discrete.rebar() if kind == "rebar" else scorefn.discrete.relax(_Net())
+    state = estimator.init(jax.random.key(0), dist_fn(params))
+    assert_unbiased(_relax_estimates(estimator, state, f, jax.random.key(41)), true)
+
+    @jax.jit
+    def train(state, k):
+        return estimator.grad(f, dist_fn, params, k, 4, state)[1]
+
+    for k in jax.random.split(jax.random.key(42), 100):
+        state = train(state, k)
+    assert_unbiased(_relax_estimates(estimator, state, f, jax.random.key(43)), true)
+
+
+def test_planted_bias_relax_without_the_conditional_correction_is_detected():
+    """REBAR without its -∇c(z̃) term is biased by E[∇c(z̃)]: caught (t = 0, where the
+    gradient and so the planted bias are large against the noise)."""
+    dist_fn, params, f, true = rebar_toy(0.0)
+    estimator = scorefn.discrete.rebar()
+    state = estimator.init(jax.random.key(0), dist_fn(params))
+    keys = jax.random.split(jax.random.key(44), 4000)
+    planted = jax.jit(jax.vmap(lambda k: estimator.per_sample_logit_grads(
+        f, LOGITS, state.params, k, 1, correction=False)[0]))(keys)
+    assert detects_bias(np.asarray(planted, np.float64), true)
+
+
+@pytest.mark.slow
+def test_relax_variance_falls_as_its_control_variate_trains():
+    dist_fn, params, f, _ = rebar_toy(0.45)
+    estimator = scorefn.discrete.relax(_Net(), rebar_term=False)  # RELAX with the network alone
+    state = estimator.init(jax.random.key(0), dist_fn(params))
+    before = _relax_estimates(estimator, state, f, jax.random.key(45))
+
+    @jax.jit
+    def train(state, k):
+        return estimator.grad(f, dist_fn, params, k, 8, state)[1]
+
+    for k in jax.random.split(jax.random.key(46), 300):
+        state = train(state, k)
+    after = _relax_estimates(estimator, state, f, jax.random.key(47))
+    assert after.var(0).sum() < 0.7 * before.var(0).sum()
+    assert np.median(variance_z(after, before)) < -4
+
+
+def test_relax_checks():
+    with pytest.raises(ValueError, match="rebar_term must be True"):
+        scorefn.discrete.Relax(None, rebar_term=False)
+    with pytest.raises(ValueError, match="'relax' is for Bernoulli"):
+        scorefn.discrete.relax(_Net()).init(jax.random.key(0), dist.Categorical(logits=jnp.zeros(3)))
