@@ -7,9 +7,10 @@ the data plate, so each image's latents are credited only with that image's term
 discrete, so its gradient is the score function with a leave-one-out baseline over the K
 particles (scorefn's default); the networks' direct paths are differentiated as usual.
 
-    python examples/discrete_vae_program.py           # about 2 minutes on 2 cores
+    python examples/discrete_vae_program.py           # about 30 seconds on 2 cores
 
-Prints the training ELBO per image every 250 steps and saves discrete_vae_program.png.
+Prints the training ELBO per image every 250 steps (here: -26.4 after 250 steps, -19.4
+after 2000) and saves discrete_vae_program.png.
 """
 
 import flax.linen as nn
