@@ -29,14 +29,14 @@ from scorefn import _validation as v
 from scorefn._numpyro_fixes import log_prob as _log_prob
 from scorefn.baselines import Baseline, as_baseline, leave_one_out, leave_one_out_ratio
 from scorefn.control_variates import ControlVariate
-from scorefn.discrete import antithetic_grad, relaxed_grad, sum_and_sample_grad
+from scorefn.discrete import antithetic_grad, rebar, relaxed_grad, sum_and_sample_grad
 from scorefn.measure_valued import measure_valued_grad
 from scorefn.sampling import sample
 from scorefn.scores import joint_log_prob, scores_and_log_prob
 
 DistFn = Callable[[Any], Distribution]
 ESTIMATORS = ("score", "pathwise", "measure_valued", "rloo", "arm", "disarm", "sum_and_sample",
-              "gumbel_softmax", "straight_through")
+              "rebar", "relax", "gumbel_softmax", "straight_through")
 #: Estimators that are biased for ∇θ E[f] by construction (relaxations).
 BIASED_ESTIMATORS = ("gumbel_softmax", "straight_through")
 NAN_POLICIES = ("raise", "drop")
@@ -359,7 +359,9 @@ def grad(
     ``"arm"`` and ``"disarm"`` are the antithetic Bernoulli estimators (unbiased,
     ``num_samples`` evaluations = ``num_samples // 2`` pairs); ``"sum_and_sample"`` sums the
     k - 1 most probable classes of a Categorical and samples one more (unbiased, k =
-    ``num_samples`` evaluations); ``"gumbel_softmax"`` and
+    ``num_samples`` evaluations); ``"rebar"`` is REBAR with its control variate's η = 1 and
+    τ = ``temperature`` held fixed (unbiased; to learn them, or RELAX's network, use
+    :class:`scorefn.discrete.Relax` with its state); ``"gumbel_softmax"`` and
     ``"straight_through"`` are the **biased** relaxations with ``temperature``. jit- and
     vmap-compatible; the same key gives the same bits. See :func:`score_grad` for the options.
 
@@ -382,9 +384,21 @@ def grad(
             "baselines, control variates and standardize apply to the score-function "
             f"estimator; estimator={estimator!r} takes none of them"
         )
-    if estimator in ("arm", "disarm", "sum_and_sample", *BIASED_ESTIMATORS):
+    if estimator == "relax":
+        raise ValueError(
+            "estimator='relax' learns a control-variate network, which needs state: use "
+            "r = scorefn.discrete.relax(network); state = r.init(key, dist_fn(params)); "
+            "g, state = r.grad(f, dist_fn, params, key, num_samples, state)"
+        )
+    if estimator in ("arm", "disarm", "sum_and_sample", "rebar", *BIASED_ESTIMATORS):
         if per_sample or max_norm is not None:
             raise ValueError(f"estimator={estimator!r} takes no per_sample or max_norm")
+        if estimator == "rebar":
+            if vectorized:
+                raise ValueError("estimator='rebar' evaluates f per sample: vectorized=False")
+            rebar_cv = rebar(temperature=temperature)
+            state = rebar_cv.init(key, dist_fn(params))
+            return rebar_cv.grad(f, dist_fn, params, key, num_samples, state, train=False)[0]
         if estimator == "sum_and_sample":
             if vectorized:
                 raise ValueError("estimator='sum_and_sample' evaluates f per class: vectorized=False")

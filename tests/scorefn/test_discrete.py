@@ -284,3 +284,10 @@ def test_sum_and_sample_checks():
     with pytest.raises(ValueError, match="is for one Categorical"):
         scorefn.grad(lambda k: jnp.sum(CAT_TABLE[k]), lambda q: dist.Categorical(logits=q["l"]),
                      {"l": jnp.zeros((2, 10))}, jax.random.key(0), 4, estimator="sum_and_sample")
+
+
+def test_rebar_through_scorefn_grad_with_fixed_control_variate():
+    dist_fn, params, f, true = rebar_toy(0.3)
+    assert_unbiased(estimates(dist_fn, params, f, jax.random.key(61), 2, 2000, estimator="rebar"), true)
+    with pytest.raises(ValueError, match="estimator='relax' learns a control-variate network"):
+        scorefn.grad(f, dist_fn, params, jax.random.key(0), 2, estimator="relax")
