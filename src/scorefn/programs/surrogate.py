@@ -361,16 +361,43 @@ def _measure_valued_term(program, params, args, p: Plan, rec: Recorder, site_key
     return out
 
 
-def _reached(program, params, args, p: Plan, site_keys, forced, site: str, value) -> jax.Array:
+def _reached_terms(rec: Recorder, p: Plan, site: str, by_plate: bool) -> jax.Array:
+    """Σ of the terms s reaches: a scalar, or (``by_plate``, with credit assignment) one sum
+    per element of s's plates, laid out to broadcast against s's value."""
+    if not by_plate or not p.credit_assignment or not p.sites[site].plates:
+        return sum(jnp.sum(rec.terms[t]["value"]) for t in p.downstream_terms[site])
+    order = p.plates
+    plates = p.sites[site].plates
+    keep = {pl.name for pl in plates}
+    axes = tuple(i for i, pl in enumerate(order) if pl.name not in keep)
+    total = sum(jnp.sum(canonical(rec.terms[t]["value"], p.sites[t].plates, order), axis=axes,
+                        keepdims=True) for t in p.downstream_terms[site])
+    kept = [pl for pl in order if pl.name in keep]
+    total = jnp.broadcast_to(total, [pl.size if pl.name in keep else 1 for pl in order])
+    total = total.reshape([pl.size for pl in kept])
+    site_info = rec.latents[site]
+    batch_ndim = len(site_info["fn"].batch_shape)
+    ndim = jnp.ndim(site_info["value"])
+    axis_of = {pl.name: batch_ndim + pl.dim for pl in plates}
+    total = jnp.transpose(total, sorted(range(len(kept)), key=lambda i: axis_of[kept[i].name]))
+    shape = [1] * ndim
+    for pl in kept:
+        shape[axis_of[pl.name]] = pl.size
+    return total.reshape(shape)
+
+
+def _reached(program, params, args, p: Plan, site_keys, forced, site: str, value,
+             by_plate: bool = False) -> jax.Array:
     """E[Σ terms reached from s | x_s = value]: one rerun with s forced (every other site
-    drawing with the same keys), summed exactly over the enumerated sites below s."""
+    drawing with the same keys), summed exactly over the enumerated sites below s; per
+    element of s's plates if ``by_plate``."""
     below = p.enumerated_descendants.get(site, ())
 
     def once(values):
         rec = run(program, params, site_keys[-1], args,
                   Recorder(p.roles, {**forced, **values, site: value}, frozenset(),
                            site_keys[:len(p.estimators)], p.estimators, p.temperature))
-        total = sum(jnp.sum(rec.terms[t]["value"]) for t in p.downstream_terms[site])
+        total = _reached_terms(rec, p, site, by_plate)
         log_w = sum((jnp.sum(rec.latent_log_prob(e)) for e in below), jnp.zeros(()))
         return total, log_w
 
@@ -383,7 +410,8 @@ def _reached(program, params, args, p: Plan, site_keys, forced, site: str, value
         return jax.vmap(lambda x: branches(i + 1, {**values, below[i]: x}))(jnp.asarray(p.grid[below[i]]))
 
     totals, log_w = branches(0, {})
-    return jax.lax.stop_gradient(jnp.sum(jnp.exp(log_w) * totals))
+    weights = jnp.exp(log_w).reshape(log_w.shape + (1,) * (totals.ndim - log_w.ndim))
+    return jax.lax.stop_gradient(jnp.sum(weights * totals, axis=tuple(range(log_w.ndim))))
 
 
 def _antithetic_term(program, params, args, p: Plan, rec: Recorder, site_keys, forced,
@@ -398,8 +426,11 @@ def _antithetic_term(program, params, args, p: Plan, rec: Recorder, site_keys, f
     # The particle's own run is one branch of the enumerated sites below s, weighted by its
     # probability given the first sample outside; the second sample's signal is summed over
     # those branches here.
-    mine = sum(jnp.sum(jax.lax.stop_gradient(rec.terms[t]["value"])) for t in p.downstream_terms[site])
-    other = _reached(program, jax.lax.stop_gradient(params), args, p, site_keys, forced, site, second)
+    # Inside a plate, element i's pair is weighted by the terms with its plate index only
+    # (the others' difference has mean zero given b_i, b̃_i): credit assignment.
+    mine = jax.lax.stop_gradient(_reached_terms(rec, p, site, by_plate=True))
+    other = _reached(program, jax.lax.stop_gradient(params), args, p, site_keys, forced, site,
+                     second, by_plate=True)
     diff = mine - other
     with v.runtime_checks(p.runtime_checks):
         guard = v.finite_guard((diff, _nonfinite_reached_message(site)))
