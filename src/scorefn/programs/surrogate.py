@@ -21,12 +21,18 @@ every order unbiased (Mao et al. 2019; Farquhar et al. 2019):
 - w_km = Π_e p_θ(v_e,m | ...): the probability of the m-th joint value of the enumerated
   sites (summed exactly); m runs over one value when there are none.
 - Pathwise sites pass their reparameterised value (differentiable in θ) to the program, score
-  sites a ``stop_gradient`` one.
+  sites a ``stop_gradient`` one; relaxed sites (Gumbel-softmax, straight-through) a relaxed,
+  differentiable one (biased).
+- Measure-valued and ARM/DisARM sites add a term of value 0 whose first derivative is their
+  estimate, Σ stop_gradient(ĝ_φ) · (φ - stop_gradient(φ)) through the distribution's
+  parameters φ, from reruns of the program with the site's value replaced and every other
+  site drawing with the same keys: first order only.
 
 The value of S is the Monte-Carlo estimate (1/K) Σ_k Σ_m w_km Σ_t c_kt of J (□ is 1 and the
 baseline terms are 0); ∇S is an unbiased estimate of ∇J, and ∇ⁿS of ∇ⁿJ for every n (each
 derivative of □(W) c has the expectation of the derivative of E[c]; each derivative of the
-baseline term has zero mean given x_s's upstream, because E_s[∇ⁿ □(log p(x_s))] = ∇ⁿ Σ p = 0).
+baseline term has zero mean given x_s's upstream, because E_s[∇ⁿ □(log p(x_s))] = ∇ⁿ Σ p = 0),
+as long as every site is score, pathwise or enumerated.
 """
 
 from __future__ import annotations
