@@ -211,14 +211,16 @@ def _logistic(logits: jax.Array, u: jax.Array) -> jax.Array:
 @dataclasses.dataclass(frozen=True)
 class Relax:
     r"""REBAR (``network=None``; Tucker et al. 2017) and RELAX (a flax ``network``;
-    Grathwohl et al. 2018) for Bernoulli distributions with logits φ, unbiased for any
-    control-variate parameters ψ::
+    Grathwohl et al. 2018) for Bernoulli and Categorical distributions with logits φ,
+    unbiased for any control-variate parameters ψ::
 
         ĝ = (f(b) - c_ψ(z̃)) ∇φ log p_φ(b) + ∇φ c_ψ(z) - ∇φ c_ψ(z̃),
         z = φ + log u - log(1 - u),  b = 1[z > 0],  z̃ ~ p(z | b) (reparameterised),
         c_ψ(z) = η f(σ(z/τ)) + r_ψ(σ(z/τ))
 
-    (REBAR: r ≡ 0, ψ = (η, log τ); RELAX adds the network r_ψ.) ``rebar_term=False`` drops
+    (REBAR: r ≡ 0, ψ = (η, log τ); RELAX adds the network r_ψ. For a Categorical, z are
+    Gumbel-perturbed log-probabilities, b = argmax z reaches f as a one-hot vector, and
+    σ(z/τ) is softmax(z/τ).) ``rebar_term=False`` drops
     η f(σ(z/τ)) so that f need not be differentiable or accept relaxed inputs (RELAX with the
     network alone). ψ is trained to minimise the estimator's variance: since E[ĝ] does not
     depend on ψ, ∇ψ E[ĝ²] = ∇ψ Var[ĝ], a gradient through ĝ itself (second order). State is
@@ -251,30 +253,66 @@ class Relax:
 
         return self.optimizer if self.optimizer is not None else optax.adam(1e-2)
 
-    def init(self, key: jax.Array, d: dist.Distribution) -> RelaxState:
-        """ψ at its initial values (the network initialised with ``key`` on d's sample shape)."""
-        v.check_key(key)
+    def logits(self, d: dist.Distribution) -> tuple[jax.Array, bool]:
+        """The logits the estimator works in (Bernoulli: the shape of a sample; Categorical:
+        a sample's shape + (K,)), and whether d is a Categorical."""
         shape = tuple(d.batch_shape) + tuple(d.event_shape)
-        bernoulli_logits(d, shape, self.name)
+        base = _unwrap(d)
+        if isinstance(base, dist.CategoricalLogits | dist.CategoricalProbs):
+            return jnp.broadcast_to(base.logits, shape + base.logits.shape[-1:]), True
+        try:
+            return bernoulli_logits(d, shape, self.name), False
+        except ValueError:
+            raise ValueError(f"{self.name} is for Bernoulli and Categorical distributions "
+                             f"(batched, under to_event or in plates); got {type(base).__name__}"
+                             ) from None
+
+    def init(self, key: jax.Array, d: dist.Distribution) -> RelaxState:
+        """ψ at its initial values (the network initialised with ``key`` on the relaxed
+        sample's shape: a sample's shape, + (K,) for a Categorical)."""
+        v.check_key(key)
+        logits, _ = self.logits(d)
         params = {"log_temperature": jnp.log(jnp.asarray(self.temperature, jnp.float32)),
                   "eta": jnp.asarray(self.eta if self.rebar_term else 0.0, jnp.float32)}
         if self.network is not None:
-            params["net"] = self.network.init(key, jnp.zeros(shape, jnp.float32))
+            params["net"] = self.network.init(key, jnp.zeros(logits.shape, jnp.float32))
         return RelaxState(params, self._optimizer().init(params))
 
-    def _control(self, f, psi, z):
-        relaxed = jax.nn.sigmoid(z / jnp.exp(psi["log_temperature"]))
+    def _control(self, f, psi, z, categorical=False):
+        temperature = jnp.exp(psi["log_temperature"])
+        relaxed = jax.nn.softmax(z / temperature, -1) if categorical else jax.nn.sigmoid(z / temperature)
         out = psi["eta"] * f(relaxed) if self.rebar_term else 0.0
         if self.network is not None:
             out = out + jnp.reshape(self.network.apply(psi["net"], relaxed), ())
         return out
 
-    def per_sample_logit_grads(self, f, logits, psi, key, num_samples, correction=True):
-        """ĝ in the logits for each of ``num_samples`` samples, shape (N, *logits.shape)."""
+    def per_sample_logit_grads(self, f, logits, psi, key, num_samples, correction=True,
+                               categorical=False):
+        """ĝ in the logits for each of ``num_samples`` samples, shape (N, *logits.shape).
+
+        A Categorical's hard sample reaches f as a one-hot vector; z̃ | b is the Gumbel-max
+        conditional (Tucker et al. 2017): z̃_b = -log(-log v_b), z̃_i = -log(-log v_i / p_i -
+        log v_b) for i ≠ b."""
         k_u, k_v = jax.random.split(key)
         shape = (num_samples,) + logits.shape
         u = jax.random.uniform(k_u, shape, minval=1e-6, maxval=1 - 1e-6)
         v_ = jax.random.uniform(k_v, shape, minval=1e-6, maxval=1 - 1e-6)
+
+        def one_categorical(u1, v1):
+            def surrogate(phi):
+                log_p_all = jax.nn.log_softmax(phi, -1)
+                z = log_p_all - jnp.log(-jnp.log(u1))
+                hard = jax.lax.stop_gradient(jax.nn.one_hot(jnp.argmax(z, -1), phi.shape[-1],
+                                                            dtype=phi.dtype))
+                v_b = jnp.sum(hard * v1, -1, keepdims=True)
+                z_other = -jnp.log(-jnp.log(v1) / jnp.exp(log_p_all) - jnp.log(v_b))
+                z_cond = jnp.where(hard > 0, -jnp.log(-jnp.log(v_b)), z_other)
+                log_p = jnp.sum(hard * log_p_all)
+                c_cond = self._control(f, psi, z_cond, True)
+                out = jax.lax.stop_gradient(f(hard) - c_cond) * log_p + self._control(f, psi, z, True)
+                return out - c_cond if correction else out
+
+            return jax.grad(surrogate)(logits)
 
         def one(u1, v1):
             def surrogate(phi):
@@ -294,7 +332,7 @@ class Relax:
 
             return jax.grad(surrogate)(logits)
 
-        return jax.vmap(one)(u, v_)
+        return jax.vmap(one_categorical if categorical else one)(u, v_)
 
     def grad(self, f: Callable, dist_fn: Callable[[Any], dist.Distribution], params: Any,
              key: jax.Array, num_samples: int, state: RelaxState, *,
@@ -303,12 +341,12 @@ class Relax:
         ψ on the same samples' variance (``train=False``: the state unchanged)."""
         v.check_key(key)
         num_samples = v.check_num_samples(num_samples)
-        d = dist_fn(params)
-        shape = tuple(d.batch_shape) + tuple(d.event_shape)
-        logits = jax.lax.stop_gradient(bernoulli_logits(d, shape, self.name))
+        logits, categorical = self.logits(dist_fn(params))
+        logits = jax.lax.stop_gradient(logits)
 
         def mean_square(psi):
-            per = self.per_sample_logit_grads(f, logits, psi, key, num_samples)
+            per = self.per_sample_logit_grads(f, logits, psi, key, num_samples,
+                                              categorical=categorical)
             return jnp.mean(jnp.sum(per.reshape(num_samples, -1) ** 2, axis=1)), per
 
         if train:
@@ -318,10 +356,11 @@ class Relax:
             updates, opt_state = self._optimizer().update(psi_grad, state.opt_state, state.params)
             state = RelaxState(optax.apply_updates(state.params, updates), opt_state)
         else:
-            per = self.per_sample_logit_grads(f, logits, state.params, key, num_samples)
+            per = self.per_sample_logit_grads(f, logits, state.params, key, num_samples,
+                                              categorical=categorical)
         guard = v.finite_guard((per, _nonfinite_relax_message(self.name)))
         g_logits = jnp.mean(per, axis=0) + guard
-        _, vjp = jax.vjp(lambda p: bernoulli_logits(dist_fn(p), shape, self.name), params)
+        _, vjp = jax.vjp(lambda p: self.logits(dist_fn(p))[0], params)
         (grad,) = vjp(jax.lax.stop_gradient(g_logits))
         return grad, state
 

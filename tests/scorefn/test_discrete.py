@@ -227,8 +227,8 @@ def test_relax_variance_falls_as_its_control_variate_trains():
 def test_relax_checks():
     with pytest.raises(ValueError, match="rebar_term must be True"):
         scorefn.discrete.Relax(None, rebar_term=False)
-    with pytest.raises(ValueError, match="'relax' is for Bernoulli"):
-        scorefn.discrete.relax(_Net()).init(jax.random.key(0), dist.Categorical(logits=jnp.zeros(3)))
+    with pytest.raises(ValueError, match="relax is for Bernoulli and Categorical"):
+        scorefn.discrete.relax(_Net()).init(jax.random.key(0), dist.Poisson(jnp.ones(3)))
 
 
 # Sum-and-sample ------------------------------------------------------------------------------
@@ -291,3 +291,43 @@ def test_rebar_through_scorefn_grad_with_fixed_control_variate():
     assert_unbiased(estimates(dist_fn, params, f, jax.random.key(61), 2, 2000, estimator="rebar"), true)
     with pytest.raises(ValueError, match="estimator='relax' learns a control-variate network"):
         scorefn.grad(f, dist_fn, params, jax.random.key(0), 2, estimator="relax")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["rebar", "relax"])
+def test_rebar_and_relax_for_a_categorical(kind):
+    """10 classes; f sees one-hot vectors. Unbiased before and after training ψ."""
+    params = {"logits": CAT_LOGITS}
+
+    def f(x):
+        return x @ CAT_TABLE
+
+    estimator = scorefn.discrete.rebar() if kind == "rebar" else scorefn.discrete.relax(_Net())
+    state = estimator.init(jax.random.key(0), _categorical(params))
+
+    def draws(state, key):
+        def one(k):
+            return estimator.grad(f, _categorical, params, k, 1, state, train=False)[0]["logits"]
+
+        return np.asarray(jax.jit(lambda ks: jax.lax.map(one, ks))(jax.random.split(key, 3000)),
+                          np.float64)
+
+    assert_unbiased(draws(state, jax.random.key(71)), CAT_TRUE)
+
+    @jax.jit
+    def train(state, k):
+        return estimator.grad(f, _categorical, params, k, 4, state)[1]
+
+    for k in jax.random.split(jax.random.key(72), 100):
+        state = train(state, k)
+    assert_unbiased(draws(state, jax.random.key(73)), CAT_TRUE)
+
+
+def test_planted_bias_categorical_rebar_without_the_correction_is_detected():
+    estimator = scorefn.discrete.rebar()
+    state = estimator.init(jax.random.key(0), _categorical({"logits": CAT_LOGITS}))
+    keys = jax.random.split(jax.random.key(74), 4000)
+    planted = jax.jit(jax.vmap(lambda k: estimator.per_sample_logit_grads(
+        lambda x: x @ CAT_TABLE, CAT_LOGITS, state.params, k, 1, correction=False,
+        categorical=True)[0]))(keys)
+    assert detects_bias(np.asarray(planted, np.float64), CAT_TRUE)
