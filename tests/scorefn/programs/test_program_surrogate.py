@@ -313,3 +313,18 @@ def test_ema_baseline_with_returned_signals():
     state, estimates = jax.jit(lambda ks: jax.lax.scan(step, ema.init(), ks))(keys)
     assert abs(float(state.value) - float(categorical_objective(CAT_PARAMS))) < 0.3
     assert_unbiased(np.asarray(estimates, np.float64), jax.grad(categorical_objective)(CAT_PARAMS))
+
+
+def test_subsampled_plate_is_unbiased_for_the_full_data_gradient():
+    """plate(subsample_size=5) of 20: each particle draws its own minibatch from its key, and
+    the terms carry numpyro's N/B scale."""
+    x = jnp.linspace(-1.0, 1.0, 20)
+
+    def program(p, x):
+        with numpyro.plate("data", x.shape[0], subsample_size=5) as idx:
+            z = numpyro.sample("z", dist.Bernoulli(logits=p["a"][idx]))
+            numpyro.factor("t", z * x[idx])
+
+    params = {"a": jnp.linspace(-1.0, 1.0, 20)}
+    true = jax.grad(lambda p: jnp.sum(jax.nn.sigmoid(p["a"]) * x))(params)
+    assert_unbiased(repeated_grads(program, params, jax.random.key(18), 3000, x, num_particles=4), true)
