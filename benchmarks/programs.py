@@ -20,7 +20,7 @@ Reported, K = 8 particles:
 - µs per gradient estimate after compilation: a jitted call for JAX (dispatch included), a
   forward and backward pass for PyTorch (1 torch thread); median over interleaved rounds;
 - scorefn with ``runtime_checks=False`` too: its run-time finiteness check is a host
-  callback, and a program with one leaves jax's C++ dispatch fast path (~25 µs per call);
+  callback, and a program with one leaves jax's C++ dispatch fast path (about 20 µs per call);
 - for the JAX runners also µs per estimate inside one compiled loop of 100 estimates
   (``lax.map``): the program's own cost without dispatch, for the ratio to the hand-written
   surrogate;

@@ -617,7 +617,7 @@ def surrogate(
       runtime_checks: under ``jit``, stop with a ValueError naming the term and particle when
         a term is not finite. The check is a ``lax.cond`` whose error branch calls back to
         Python; a program with a host callback leaves jax's fast C++ dispatch path, which
-        costs ~25 µs per call on CPU (measured in benchmarks/programs.py). False drops it
+        costs about 20 µs per call on CPU (measured in benchmarks/programs.py). False drops it
         for tight loops of small programs, at a price: a non-finite term then makes the
         surrogate's value NaN, but its gradient can look finite (log y at y < 0 has the
         gradient 1/y), so check the value yourself.
