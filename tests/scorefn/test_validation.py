@@ -118,7 +118,8 @@ def test_bad_num_samples(problem, key, n):
 
 
 def test_unknown_estimator_lists_the_known_ones(problem, key):
-    known = r"estimator must be one of \('score', 'pathwise', 'measure_valued'\)"
+    known = (r"estimator must be one of \('score', 'pathwise', 'measure_valued', 'rloo', 'arm', "
+             r"'disarm', 'sum_and_sample', 'rebar', 'relax', 'gumbel_softmax', 'straight_through'\)")
     with pytest.raises(ValueError, match=known):
         scorefn.grad(problem.f, problem.dist_fn, problem.params, key, 8, estimator="reinforce")
 
