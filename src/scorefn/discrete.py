@@ -38,7 +38,9 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import numpyro.distributions as dist
+import optax
 
 from scorefn import _validation as v
 
@@ -249,8 +251,6 @@ class Relax:
         return "rebar" if self.network is None else "relax"
 
     def _optimizer(self):
-        import optax
-
         return self.optimizer if self.optimizer is not None else optax.adam(1e-2)
 
     def logits(self, d: dist.Distribution) -> tuple[jax.Array, bool]:
@@ -351,8 +351,6 @@ class Relax:
 
         if train:
             (_, per), psi_grad = jax.value_and_grad(mean_square, has_aux=True)(state.params)
-            import optax
-
             updates, opt_state = self._optimizer().update(psi_grad, state.opt_state, state.params)
             state = RelaxState(optax.apply_updates(state.params, updates), opt_state)
         else:
@@ -367,8 +365,6 @@ class Relax:
 
 def _nonfinite_relax_message(name: str):
     def message(values):
-        import numpy as np
-
         if np.isfinite(values).all():
             return None
         return (f"the {name} estimate is not finite: f, or the control variate, returned NaN/inf "
