@@ -26,7 +26,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from scorefn import _validation
+from scorefn import validation
 from scorefn._compilation_cache import enable_compilation_cache
 from scorefn._compiler_options import cpu_options
 from scorefn._runs import load_checkpoint, save_checkpoint
@@ -108,7 +108,7 @@ def cached_jit(fn: Callable, *, key: tuple, packages: Sequence[str] = (),
         leaves, in_tree = jax.tree.flatten(args)
         leaves = [x if hasattr(x, "dtype") else jnp.asarray(x) for x in leaves]
         # Host-callback checks change the program (and cannot be exported): part of the key.
-        checks = _validation._RUNTIME_CHECKS[-1]
+        checks = validation.runtime_checks_enabled()
         signature = (in_tree, tuple((x.shape, x.dtype) for x in leaves), checks)
         program = programs.get(signature)  # the per-call path: no hashing of the digest
         if program is None:

@@ -25,9 +25,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from scorefn import _validation as v
 from scorefn import baselines as baselines_lib
 from scorefn import control_variates as cv_lib
+from scorefn import validation as v
 from scorefn.estimators import BIASED_ESTIMATORS, grad, score_grad
 from scorefn.sampling import sample
 

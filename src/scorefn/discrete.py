@@ -42,13 +42,15 @@ import numpy as np
 import numpyro.distributions as dist
 import optax
 
-from scorefn import _validation as v
+from scorefn import validation as v
 
 RELAXATIONS = ("gumbel_softmax", "straight_through")
 
 
-def _unwrap(d: dist.Distribution) -> dist.Distribution:
-    while isinstance(d, dist.Independent | dist.ExpandedDistribution):
+def base_distribution(d: dist.Distribution) -> dist.Distribution:
+    """The family under numpyro's ``to_event`` (Independent), plate (Expanded) and mask
+    wrappers."""
+    while isinstance(d, dist.Independent | dist.ExpandedDistribution | dist.MaskedDistribution):
         d = d.base_dist
     return d
 
@@ -57,7 +59,7 @@ def bernoulli_logits(d: dist.Distribution, shape: tuple[int, ...] | None = None,
                      estimator: str = "arm") -> jax.Array:
     """The logits φ of a (batched, ``to_event`` or plate-expanded) Bernoulli, broadcast to
     ``shape`` (default: its batch + event shape); a ValueError for any other family."""
-    base = _unwrap(d)
+    base = base_distribution(d)
     if not isinstance(base, dist.BernoulliLogits | dist.BernoulliProbs):
         raise ValueError(
             f"estimator={estimator!r} is for Bernoulli distributions (logits or probs, batched, "
@@ -136,7 +138,7 @@ def relaxed_sample(d: dist.Distribution, key: jax.Array, sample_shape: tuple[int
     """A relaxed sample of a Bernoulli (values in (0, 1)) or a Categorical (one-hot, last axis
     K), differentiable in the distribution's parameters; hard forward values with the relaxed
     gradient if ``straight_through``."""
-    base = _unwrap(d)
+    base = base_distribution(d)
     shape = tuple(sample_shape) + tuple(d.batch_shape) + tuple(d.event_shape)
     if isinstance(base, dist.BernoulliLogits | dist.BernoulliProbs):
         logits = jnp.broadcast_to(base.logits, shape)
@@ -257,7 +259,7 @@ class Relax:
         """The logits the estimator works in (Bernoulli: the shape of a sample; Categorical:
         a sample's shape + (K,)), and whether d is a Categorical."""
         shape = tuple(d.batch_shape) + tuple(d.event_shape)
-        base = _unwrap(d)
+        base = base_distribution(d)
         if isinstance(base, dist.CategoricalLogits | dist.CategoricalProbs):
             return jnp.broadcast_to(base.logits, shape + base.logits.shape[-1:]), True
         try:
@@ -413,7 +415,7 @@ def sum_and_sample_grad(
     v.check_key(key)
     k = v.check_num_samples(num_samples, minimum=2)
     d = dist_fn(params)
-    base = _unwrap(d)
+    base = base_distribution(d)
     if not isinstance(base, dist.CategoricalLogits | dist.CategoricalProbs) or d.batch_shape != ():
         raise ValueError(
             "estimator='sum_and_sample' is for one Categorical (batch_shape ()); got "
@@ -436,7 +438,7 @@ def sum_and_sample_grad(
     f_top, f_x = jax.lax.stop_gradient(f_top), jax.lax.stop_gradient(f_x)
 
     def surrogate(p):
-        log_p = jax.nn.log_softmax(_unwrap(dist_fn(p)).logits)
+        log_p = jax.nn.log_softmax(base_distribution(dist_fn(p)).logits)
         p_top = jnp.exp(log_p[top])
         rest = 1.0 - jnp.sum(p_top)
         log_tail = log_p[x] - jnp.log(rest)

@@ -25,7 +25,7 @@ import numpyro
 import optax
 from numpyro.distributions import Distribution
 
-from scorefn import _validation as v
+from scorefn import validation as v
 from scorefn._numpyro_fixes import log_prob as _log_prob
 from scorefn.baselines import Baseline, as_baseline, leave_one_out, leave_one_out_ratio
 from scorefn.control_variates import ControlVariate

@@ -36,9 +36,9 @@ from jax.flatten_util import ravel_pytree
 from numpyro.distributions import Distribution, kl_divergence
 
 from scorefn._numpyro_fixes import log_prob as _log_prob
-from scorefn._validation import check_key, check_num_samples
 from scorefn.sampling import sample
 from scorefn.scores import flatten_per_sample, per_sample_scores
+from scorefn.validation import check_key, check_num_samples
 
 DistFn = Callable[[Any], Distribution]
 

@@ -28,7 +28,7 @@ import numpy as np
 from jax.scipy.special import logsumexp
 from numpyro.distributions import Distribution
 
-from scorefn import _validation as v
+from scorefn import validation as v
 from scorefn.baselines import as_baseline
 from scorefn.estimators import score_grad
 from scorefn.scores import joint_log_prob

@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpyro.distributions as dist
 
-from scorefn import _validation as v
+from scorefn import validation as v
 
 SUPPORTED = (dist.Normal, dist.Poisson, dist.BernoulliProbs, dist.BernoulliLogits)
 

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpyro
 from numpyro.distributions import Distribution
 
-from scorefn import _validation as v
+from scorefn import validation as v
 from scorefn._numpyro_fixes import log_prob as _log_prob
 from scorefn.baselines import as_baseline
 from scorefn.estimators import score_grad

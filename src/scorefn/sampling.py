@@ -8,7 +8,7 @@ from typing import Any
 import jax
 from numpyro.distributions import Distribution
 
-from scorefn._validation import check_key, check_num_samples
+from scorefn.validation import check_key, check_num_samples
 
 DistFn = Callable[[Any], Distribution]
 

@@ -14,6 +14,13 @@ from scorefn._numpyro_fixes import log_prob as _log_prob
 DistFn = Callable[[Any], Distribution]
 
 
+def log_prob(d: Distribution, value: jax.Array) -> jax.Array:
+    """``d.log_prob(value)``, one number per factor (the batch shape), with the gradient of
+    numpyro's Bernoulli/Binomial logits-at-zero kink corrected (``scorefn/_numpyro_fixes.py``,
+    which every log-probability in scorefn goes through)."""
+    return _log_prob(d, value)
+
+
 def joint_log_prob(d: Distribution, samples: jax.Array) -> jax.Array:
     """log p(x_n) summed over the batch dimensions: shape ``(N,)`` for N samples.
 

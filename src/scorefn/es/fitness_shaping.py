@@ -12,7 +12,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from scorefn._validation import runtime_checks
+from scorefn.validation import runtime_checks
 
 
 def _ranks(fitness: jax.Array) -> jax.Array:

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from scorefn import _validation as v
+from scorefn import validation as v
 from scorefn._compiler_options import WIDE_REDUCTIONS, cpu_options
 from scorefn._runs import from_host, load_checkpoint, progress_bar, save_checkpoint, to_host
 from scorefn.es.bernoulli import bernoulli

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from scorefn import _validation as v
+from scorefn import validation as v
 from scorefn.diagnostics import ComparisonTable, repeated_estimates, summarize, timed
 from scorefn.programs.surrogate import ESTIMATORS, plan, surrogate_parts
 

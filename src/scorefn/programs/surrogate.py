@@ -47,7 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro
 
-from scorefn import _validation as v
+from scorefn import validation as v
 from scorefn.baselines import Baseline, as_baseline, leave_one_out
 from scorefn.discrete import antithetic_weights, bernoulli_logits
 from scorefn.measure_valued import as_supported, distribution_parameters, perturbations
@@ -362,8 +362,7 @@ def _measure_valued_term(program, params, args, p: Plan, rec: Recorder, site_key
             guard = v.finite_guard((diffs, _nonfinite_reached_message(site)))
         estimate = jax.lax.stop_gradient(c * diffs)
         phi = phi.reshape(-1)
-        # times (1 + guard): the check stays in a program that only computes the gradient
-        out = out + jnp.sum(estimate * (phi - jax.lax.stop_gradient(phi))) * (1.0 + guard)
+        out = out + v.guarded(jnp.sum(estimate * (phi - jax.lax.stop_gradient(phi))), guard)
     return out
 
 
@@ -443,7 +442,7 @@ def _antithetic_term(program, params, args, p: Plan, rec: Recorder, site_keys, f
     weights = antithetic_weights(logits, u, first, second, p.estimators[site])
     phi = bernoulli_logits(rec.latents[site]["fn"], tuple(jnp.shape(u)), p.estimators[site])
     estimate = jax.lax.stop_gradient(diff * weights)
-    return jnp.sum(estimate * (phi - jax.lax.stop_gradient(phi))) * (1.0 + guard)
+    return v.guarded(jnp.sum(estimate * (phi - jax.lax.stop_gradient(phi))), guard)
 
 
 def _nonfinite_reached_message(site: str):
@@ -553,9 +552,7 @@ def surrogate_parts(program, params, key, args, p: Plan, num_particles: int,
         total = total + jnp.sum(term, axis=plate_axes)
     weights = jnp.exp(enum_log_prob)
     value = jnp.mean(jnp.sum(weights * total, axis=tuple(range(1, first_plate))))
-    # A product, not a sum: the reverse pass needs the guard's value, so the run-time check
-    # stays in a program that only computes jax.grad of the surrogate.
-    return value * (1.0 + guard.astype(value.dtype)), signals
+    return v.guarded(value, guard), signals
 
 
 def _check_call(params, key, num_particles):

@@ -30,18 +30,12 @@ import numpy as np
 import numpyro
 from numpyro import handlers
 from numpyro.distributions import constraints
-from numpyro.primitives import Messenger
+from numpyro.handlers import Messenger
 
-from scorefn import _validation as v
-from scorefn._numpyro_fixes import log_prob as fixed_log_prob
-from scorefn.discrete import antithetic_pair, bernoulli_logits, relaxed_sample
+from scorefn import validation as v
+from scorefn.discrete import antithetic_pair, base_distribution, bernoulli_logits, relaxed_sample
 from scorefn.measure_valued import as_supported
-
-
-def _unwrap(d):
-    while hasattr(d, "base_dist"):
-        d = d.base_dist
-    return d
+from scorefn.scores import log_prob as fixed_log_prob
 
 
 @dataclasses.dataclass(frozen=True)
@@ -198,7 +192,7 @@ def inspect_sites(program: Callable, params: Any, args: tuple) -> dict[str, Site
                 jnp.result_type(site["value"]), type(d).__name__, bool(d.has_rsample),
                 bool(getattr(d.support, "is_discrete", False)), _support_values(d.support),
                 as_supported(d, tuple(jnp.shape(site["value"]))) is not None,
-                type(_unwrap(d)).__name__,
+                type(base_distribution(d)).__name__,
             )
         for name, site in rec.terms.items():
             infos[name] = SiteInfo(name, True, site["plates"], tuple(jnp.shape(site["value"])),

@@ -26,11 +26,11 @@ from scorefn._compilation_cache import enable_compilation_cache
 from scorefn._compiler_options import BACKEND_O2, FAST_COMPILE, cpu_options
 from scorefn._program_cache import cached_jit
 from scorefn._runs import all_finite, from_host, progress_bar, save_checkpoint, to_host
-from scorefn._validation import runtime_checks
 from scorefn.rl import defaults as D
 from scorefn.rl.envs import THRESHOLDS, GymnasiumEnv, JaxEnv, _gymnax_ids, make
 from scorefn.rl.networks import ActorCritic
 from scorefn.rl.rollout import GymnasiumRunner, jax_reset, jax_rollout
+from scorefn.validation import runtime_checks
 
 CHECKPOINT_VERSION = 2
 

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from scorefn import _validation as v
+from scorefn import validation as v
 from scorefn._compilation_cache import enable_compilation_cache
 from scorefn._compiler_options import BACKEND_O2, cpu_options
 from scorefn._runs import all_finite, from_host, load_checkpoint, progress_bar, save_checkpoint, to_host

@@ -33,7 +33,7 @@ from numpyro import handlers
 from numpyro.distributions.transforms import biject_to
 from numpyro.infer.util import _unconstrain_reparam, compute_log_probs
 
-from scorefn import _validation as v
+from scorefn import validation as v
 
 
 @dataclasses.dataclass(frozen=True)

@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from scorefn import _validation as v
+from scorefn import validation as v
 from scorefn.baselines import EmaState
 from scorefn.estimators import pathwise_grad, score_grad
 from scorefn.vi.guides import Block, Guide

@@ -1,4 +1,4 @@
-"""Input checks shared by the estimators.
+"""Input checks shared by the estimators, the programs and the applications.
 
 Every check works both eagerly and under ``jax.jit``: structural checks (which parameters a
 distribution depends on) run on the traced program, value checks (non-finite ``f`` values,
@@ -72,6 +72,21 @@ def runtime_checks(enabled: bool):
         _RUNTIME_CHECKS.pop()
 
 
+def runtime_checks_enabled() -> bool:
+    """Whether computations traced now get the run-time checks (see :func:`runtime_checks`)."""
+    return _RUNTIME_CHECKS[-1]
+
+
+def guarded(value: jax.Array, guard: jax.Array) -> jax.Array:
+    """``value`` with the zero of :func:`finite_guard` joined as a factor, value · (1 + guard).
+
+    Adding the guard to a value whose *gradient* is the result (a surrogate objective) would
+    not keep the check: the reverse pass never needs the sum's other operand, so dead-code
+    elimination removes the check from a program that computes only ``jax.grad``. As a
+    factor its value is needed, and the product is exactly ``value``."""
+    return value * (1.0 + guard.astype(value.dtype))
+
+
 def finite_guard(
     *checks: tuple[Any, Callable[[np.ndarray], str | None]], ok: Any = None
 ) -> jax.Array:
@@ -105,7 +120,7 @@ def finite_guard(
             raise ValueError(text)
         return jnp.zeros((), dtype)
 
-    if not _RUNTIME_CHECKS[-1]:
+    if not runtime_checks_enabled():
         return jnp.zeros((), dtype)
 
     def on_host(*host_arrays):
