@@ -324,16 +324,16 @@ def main(argv=None):
 
         # variances at the fixed θ
         var = {}
-        for name, (g, _) in ([] if args.timing_only else jaxr[problem].items()):
-            keys = jax.random.split(jax.random.fold_in(key, hash(name) % 1000), args.repeats)
+        # Seeds by position, not hash(name): Python salts string hashes per process.
+        for index, (name, (g, _)) in enumerate([] if args.timing_only else jaxr[problem].items()):
+            keys = jax.random.split(jax.random.fold_in(key, index + 1), args.repeats)
             out = jax.jit(lambda ks, g=g: jax.lax.map(g, ks))(keys)
             var[name] = variance(out)
-        for name, fn in ({} if args.timing_only else peers.get(problem, {})).items():
+        for index, (name, fn) in enumerate(({} if args.timing_only else peers.get(problem, {})).items()):
             n = args.storch_chain_repeats if ("Storchastic" in name and problem == "chain") else args.repeats
-            torch_seed = abs(hash(name)) % 1000
             import torch
 
-            torch.manual_seed(torch_seed)
+            torch.manual_seed(index + 1)
             var[name] = variance(np.stack([fn() for _ in range(n)]))
             var[name + " R"] = n
         lines += [f"### {problem}", "",

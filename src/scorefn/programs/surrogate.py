@@ -38,7 +38,6 @@ as long as every site is score, pathwise or enumerated.
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -145,23 +144,43 @@ class Plan:
     """Everything static about one program: estimators, baselines, credit assignment."""
 
     sites: dict[str, SiteInfo]
-    estimators: dict[str, str]
-    roles: dict[str, str]
-    baselines: dict[str, Baseline | None]
+    estimators: dict[str, str]  # latent site -> estimator name, in sorted site order
+    baselines: dict[str, Baseline | None]  # score site -> its baseline
     upstream: dict[str, frozenset[str]]  # score sites upstream of each term and latent site
-    term_names: tuple[str, ...]
-    score_names: tuple[str, ...]
-    enumerate_names: tuple[str, ...]
+    downstream_terms: dict[str, tuple[str, ...]]  # latent site -> the terms it reaches
+    enumerated_descendants: dict[str, tuple[str, ...]]  # latent site -> enumerated sites below
     plates: tuple[Plate, ...]
     grid: dict[str, np.ndarray]  # enumerated site -> its values, one branch axis each
-    enumerated_below: dict[str, tuple[int, ...]]  # score site -> branch axes of its descendants
-    measure_valued_names: tuple[str, ...]
-    downstream_terms: dict[str, tuple[str, ...]]  # measure-valued site -> the terms it reaches
     credit_assignment: bool
-    runtime_checks: bool = True
-    antithetic_names: tuple[str, ...] = ()
-    temperature: float = 0.5
-    enumerated_descendants: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+    runtime_checks: bool
+    temperature: float
+
+    @property
+    def roles(self) -> dict[str, str]:
+        return {n: ESTIMATORS[e].role for n, e in self.estimators.items()}
+
+    def _with_role(self, role: str) -> tuple[str, ...]:
+        return tuple(n for n, e in self.estimators.items() if ESTIMATORS[e].role == role)
+
+    @property
+    def term_names(self) -> tuple[str, ...]:
+        return tuple(sorted(n for n, s in self.sites.items() if s.is_term))
+
+    @property
+    def score_names(self) -> tuple[str, ...]:
+        return self._with_role("score")
+
+    @property
+    def enumerate_names(self) -> tuple[str, ...]:
+        return self._with_role("enumerate")
+
+    @property
+    def measure_valued_names(self) -> tuple[str, ...]:
+        return self._with_role("measure_valued")
+
+    @property
+    def antithetic_names(self) -> tuple[str, ...]:
+        return self._with_role("antithetic")
 
 
 def _closure(parents: dict[str, frozenset[str]]) -> dict[str, frozenset[str]]:
@@ -299,16 +318,20 @@ def plan(
         for p in s.plates:
             order.setdefault(p.name, p)
     grid = enumeration_grid(sites, list(enumerate_names), max_enumeration) if enumerate_names else {}
-    below = {s: tuple(i for i, e in enumerate(enumerate_names) if s in ancestors[e])
-             for s in score_names}
-    measure_valued_names = tuple(n for n in latents if roles[n] == "measure_valued")
-    antithetic_names = tuple(n for n in latents if roles[n] == "antithetic")
-    downstream = {s: tuple(t for t in terms if s in reaches[t]) for s in latents}
-    return Plan(sites, chosen, roles, chosen_baselines, upstream, terms, score_names,
-                enumerate_names, tuple(order.values()), grid, below, measure_valued_names,
-                downstream, credit_assignment, bool(runtime_checks), antithetic_names,
-                float(temperature),
-                {s: tuple(e for e in enumerate_names if s in ancestors[e]) for s in latents})
+    return Plan(
+        sites=sites,
+        estimators=chosen,
+        baselines=chosen_baselines,
+        upstream=upstream,
+        downstream_terms={s: tuple(t for t in terms if s in reaches[t]) for s in latents},
+        enumerated_descendants={s: tuple(e for e in enumerate_names if s in ancestors[e])
+                                for s in latents},
+        plates=tuple(order.values()),
+        grid=grid,
+        credit_assignment=credit_assignment,
+        runtime_checks=bool(runtime_checks),
+        temperature=float(temperature),
+    )
 
 
 def magic_box(tau: jax.Array) -> jax.Array:
@@ -339,6 +362,8 @@ def _measure_valued_term(program, params, args, p: Plan, rec: Recorder, site_key
     terms s reaches, from runs of the program with element j of x_s replaced by a draw from
     p±_ij and every other site drawing with the same keys (common random numbers, so the
     terms element j does not reach cancel exactly)."""
+    if not p.downstream_terms[site]:
+        return jnp.zeros(())
     x = jax.lax.stop_gradient(rec.latents[site]["value"])
     d = as_supported(rec.latents[site]["fn"], tuple(jnp.shape(x)))
     flat = x.reshape(1, -1).astype(jnp.result_type(float))
@@ -355,8 +380,6 @@ def _measure_valued_term(program, params, args, p: Plan, rec: Recorder, site_key
     phis = distribution_parameters(d)
     out = jnp.zeros(())
     for phi, (c, plus, minus) in zip(phis, perturbations(d, key, flat)):
-        if not p.downstream_terms[site]:
-            break
         diffs = jax.vmap(difference)(plus[0], minus[0], jnp.arange(flat.shape[1]))
         with v.runtime_checks(p.runtime_checks):
             guard = v.finite_guard((diffs, _nonfinite_reached_message(site)))
@@ -364,6 +387,18 @@ def _measure_valued_term(program, params, args, p: Plan, rec: Recorder, site_key
         phi = phi.reshape(-1)
         out = out + v.guarded(jnp.sum(estimate * (phi - jax.lax.stop_gradient(phi))), guard)
     return out
+
+
+def _over_branches(fn: Callable, names: tuple[str, ...], grid: dict[str, np.ndarray]) -> Any:
+    """``fn(forced)`` for every joint value of the enumerated sites ``names``: one vmapped
+    axis per site, in that order."""
+
+    def branches(i, forced):
+        if i == len(names):
+            return fn(forced)
+        return jax.vmap(lambda x: branches(i + 1, {**forced, names[i]: x}))(jnp.asarray(grid[names[i]]))
+
+    return branches(0, {})
 
 
 def _reached_terms(rec: Recorder, p: Plan, site: str, by_plate: bool) -> jax.Array:
@@ -408,13 +443,7 @@ def _reached(program, params, args, p: Plan, site_keys, forced, site: str, value
 
     if not below:
         return jax.lax.stop_gradient(once({})[0])
-
-    def branches(i, values):
-        if i == len(below):
-            return once(values)
-        return jax.vmap(lambda x: branches(i + 1, {**values, below[i]: x}))(jnp.asarray(p.grid[below[i]]))
-
-    totals, log_w = branches(0, {})
+    totals, log_w = _over_branches(once, below, p.grid)
     weights = jnp.exp(log_w).reshape(log_w.shape + (1,) * (totals.ndim - log_w.ndim))
     return jax.lax.stop_gradient(jnp.sum(weights * totals, axis=tuple(range(log_w.ndim))))
 
@@ -481,15 +510,7 @@ def _particles(program, params, key, args, p: Plan, num_particles: int, cut: fro
     def particle(k):
         if not p.grid:
             return jax.tree.map(lambda x: x[None], one(k, {}))
-
-        def branches(i, forced):
-            if i == len(p.enumerate_names):
-                return one(k, forced)
-            name = p.enumerate_names[i]
-            return jax.vmap(lambda value: branches(i + 1, {**forced, name: value}))(
-                jnp.asarray(p.grid[name]))
-
-        return branches(0, {})
+        return _over_branches(lambda forced: one(k, forced), p.enumerate_names, p.grid)
 
     # All particles' site keys in one split (a split per particle inside the vmap costs
     # ~10% more on CPU for a small program).
@@ -530,18 +551,18 @@ def surrogate_parts(program, params, key, args, p: Plan, num_particles: int,
         keep = plates_of[s]
         shape = scores[s].shape
         signal = jnp.zeros(shape, scores[s].dtype)
-        for t in p.term_names:
-            if s in p.upstream[t]:
-                signal = signal + jnp.broadcast_to(sum_plates(terms[t], keep), shape)
+        for t in p.downstream_terms[s]:
+            signal = signal + jnp.broadcast_to(sum_plates(terms[t], keep), shape)
         signal = jax.lax.stop_gradient(signal)
-        below = p.enumerated_below[s]
+        below = p.enumerated_descendants[s]
         if below:
             # Enumerated sites below s weight its branches by probabilities that depend on
             # x_s: the baseline must not vary across those branches, so it is fitted to the
             # signal summed over them (E[L_s | x_s, upstream branches]).
-            log_w = sum(enum[p.enumerate_names[i]] for i in below)
+            log_w = sum(enum[e] for e in below)
             w = jax.lax.stop_gradient(jnp.exp(log_w)).reshape(branch_shape + (1,) * len(order))
-            signal = jnp.sum(w * signal, axis=tuple(1 + i for i in below), keepdims=True)
+            axes = tuple(1 + p.enumerate_names.index(e) for e in below)
+            signal = jnp.sum(w * signal, axis=axes, keepdims=True)
         signals[s] = signal
         b = p.baselines[s]
         if b is None:
@@ -630,28 +651,17 @@ def surrogate(
     return (value, signals) if return_signals else value
 
 
-def grad(
-    program: Callable,
-    params: Any,
-    key: jax.Array,
-    *args: Any,
-    num_particles: int = 8,
-    estimators: Mapping[str, str] | None = None,
-    baselines: Mapping[str, Any] | None = None,
-    credit_assignment: bool = True,
-    validate: bool = True,
-    max_enumeration: int = MAX_ENUMERATION,
-    runtime_checks: bool = True,
-    temperature: float = 0.5,
-) -> Any:
+def grad(program: Callable, params: Any, key: jax.Array, *args: Any, num_particles: int = 8,
+         **options: Any) -> Any:
     r"""Unbiased estimate of ∇θ E[Σ terms] of ``program(params, *args)``, shaped like params.
 
-    Exactly ``jax.grad`` of :func:`surrogate` with the same arguments; see there.
+    Exactly ``jax.grad`` of :func:`surrogate` with the same arguments; ``options`` are
+    :func:`surrogate`'s (``estimators``, ``baselines``, ``credit_assignment``, ``validate``,
+    ``max_enumeration``, ``runtime_checks``, ``temperature``).
     """
+    if "return_signals" in options:
+        raise TypeError("grad returns the gradient only; for the learning signals use "
+                        "jax.grad(surrogate(..., return_signals=True), has_aux=True)")
     _check_call(params, key, num_particles)
-    fn = functools.partial(
-        surrogate, program, num_particles=num_particles, estimators=estimators,
-        baselines=baselines, credit_assignment=credit_assignment, validate=validate,
-        max_enumeration=max_enumeration, runtime_checks=runtime_checks, temperature=temperature,
-    )
-    return jax.grad(lambda p: fn(p, key, *args))(params)
+    return jax.grad(lambda p: surrogate(program, p, key, *args, num_particles=num_particles,
+                                        **options))(params)
