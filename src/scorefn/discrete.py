@@ -55,6 +55,11 @@ def base_distribution(d: dist.Distribution) -> dist.Distribution:
     return d
 
 
+def sample_dtype_of(d: dist.Distribution) -> Any:
+    """The dtype numpyro's sampler gives ``d``'s samples (read abstractly: nothing is drawn)."""
+    return jax.eval_shape(lambda: d.sample(jax.random.key(0))).dtype
+
+
 def bernoulli_logits(d: dist.Distribution, shape: tuple[int, ...] | None = None,
                      estimator: str = "arm") -> jax.Array:
     """The logits φ of a (batched, ``to_event`` or plate-expanded) Bernoulli, broadcast to
@@ -116,7 +121,7 @@ def antithetic_grad(
     pairs = num_samples // 2
     u = jax.random.uniform(key, (pairs, *shape), dtype=logits.dtype)
     first, second = antithetic_pair(logits, u, estimator)
-    sample_dtype = jnp.result_type(d.sample(jax.random.key(0)))
+    sample_dtype = sample_dtype_of(d)
 
     def evaluate(b):
         b = b.astype(sample_dtype)
@@ -431,7 +436,7 @@ def sum_and_sample_grad(
     in_top = jnp.zeros(num_classes, bool).at[top].set(True)
     tail_logits = jnp.where(in_top, -jnp.inf, logits_now)
     x = jax.random.categorical(key, tail_logits)
-    dtype = jnp.result_type(d.sample(jax.random.key(0)))
+    dtype = sample_dtype_of(d)
     f_top = jax.vmap(f)(top.astype(dtype))
     f_x = f(x.astype(dtype))
     guard = v.finite_guard((jnp.append(f_top, f_x), v.nonfinite_values_message))

@@ -33,7 +33,13 @@ from numpyro.distributions import constraints
 from numpyro.handlers import Messenger
 
 from scorefn import validation as v
-from scorefn.discrete import antithetic_pair, base_distribution, bernoulli_logits, relaxed_sample
+from scorefn.discrete import (
+    antithetic_pair,
+    base_distribution,
+    bernoulli_logits,
+    relaxed_sample,
+    sample_dtype_of,
+)
 from scorefn.measure_valued import as_supported
 from scorefn.scores import log_prob as fixed_log_prob
 
@@ -135,8 +141,7 @@ class Recorder(Messenger):
             logits = jax.lax.stop_gradient(bernoulli_logits(d, shape, self.estimators[name]))
             u = jax.random.uniform(key, shape, dtype=logits.dtype)
             first, second = antithetic_pair(logits, u, self.estimators[name])
-            sample_shape = tuple(msg["kwargs"].get("sample_shape", ()))
-            dtype = jax.eval_shape(lambda: d.sample(jax.random.key(0), sample_shape)).dtype
+            dtype = sample_dtype_of(d)
             msg["value"] = first.astype(dtype)
             self.antithetic[name] = (u, logits, first, second.astype(dtype))
         elif role == "relaxed" and key is not None:
