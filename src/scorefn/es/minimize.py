@@ -81,6 +81,7 @@ def minimize(
     evaluator: str = "jax",
     workers: int | None = None,
     ray_address: str | None = None,
+    evaluation_timeout: float | None = None,
     generations_per_call: int = 50,
     progress: bool = False,
     plot: str | None = None,
@@ -96,7 +97,13 @@ def minimize(
         in this process), ``"processes"`` (a local pool of ``workers`` processes; f must be
         picklable) or ``"ray"`` (Ray tasks on ``ray.init(address=ray_address)``, a local Ray
         with ``workers`` CPUs when no address is given; a task whose worker dies is retried,
-        so no evaluation is lost; needs the ``ray`` extra).
+        so no evaluation is lost; needs the ``ray`` extra). For ``"processes"``, f is
+        checked to pickle before any worker starts (a closure, a lambda or a function typed
+        into ``python -c`` is a TypeError, not a pool that never answers).
+      evaluation_timeout: seconds to wait for one generation's evaluations with
+        ``"processes"`` or ``"ray"``; past it the run raises TimeoutError (the checkpoint
+        keeps every finished generation) and the workers are stopped. None waits as long
+        as f takes.
       x0: the initial mean, shape (d,) (for ``"bernoulli"``: initial probabilities of a 1).
       strategy: ``"xnes"``, ``"snes"``, ``"openai_es"``, ``"bernoulli"`` or a strategy
         object.
@@ -133,8 +140,8 @@ def minimize(
             sigma0=sigma0, seed=seed, key=key, max_evaluations=max_evaluations,
             target_f=target_f, tol_x=tol_x, tol_f=tol_f, stagnation=stagnation,
             nan_policy=nan_policy, evaluator=evaluator, workers=workers,
-            ray_address=ray_address, generations_per_call=generations_per_call,
-            progress=progress, plot=plot, checkpoint=checkpoint, resume=resume)
+            ray_address=ray_address, evaluation_timeout=evaluation_timeout,
+            generations_per_call=generations_per_call, progress=progress, plot=plot, checkpoint=checkpoint, resume=resume)
         if bounds is not None:
             f, box = _bounded(f, x0, bounds, bound_penalty, evaluator)
             result = minimize(f, x0, strategy, restarts=restarts,
@@ -166,6 +173,11 @@ def minimize(
         ask, tell = _compiled_ask_tell(strat)
         if workers is not None and workers < 1:
             raise ValueError(f"workers must be a positive int, got {workers}")
+        if evaluation_timeout is not None and not (
+                np.ndim(evaluation_timeout) == 0 and evaluation_timeout > 0):
+            raise ValueError(
+                f"evaluation_timeout must be a positive number of seconds or None, "
+                f"got {evaluation_timeout!r}")
 
     best_x, best_f = x0, jnp.asarray(jnp.inf, x0.dtype)
     # One record per generation run, (evaluations, best f, search scale, spread of f): always
@@ -185,7 +197,8 @@ def minimize(
         last_best = min(last_best, b)
     started = time.perf_counter()
     bar = progress_bar(progress, getattr(strat, "name", "es"), max_evaluations, "evals", "best f")
-    batch_evaluator = None if evaluator == "jax" else _BatchEvaluator(evaluator, f, workers, ray_address)
+    batch_evaluator = None if evaluator == "jax" else _BatchEvaluator(
+        evaluator, f, workers, ray_address, evaluation_timeout)
     try:
         while (records[-1][0] if records else 0) < max_evaluations:
             if evaluator == "jax":
@@ -277,11 +290,22 @@ def _bounded(f, x0, bounds, penalty, evaluator):
     if evaluator == "jax":
         return _jax_bounded(f, tuple(low), tuple(high), float(penalty)), (low, high)
 
-    def bounded(x):
-        inside = np.clip(x, low, high)
-        return float(f(inside)) + penalty * float(np.sum((x - inside) ** 2))
+    return _BoxPenalty(f, low, high, float(penalty)), (low, high)
 
-    return bounded, (low, high)
+
+@dataclasses.dataclass(frozen=True)
+class _BoxPenalty:
+    """f at x clipped into the box plus ``penalty`` times the squared distance to it; a
+    class rather than a closure so that a process pool can pickle it (when f pickles)."""
+
+    f: Callable
+    low: np.ndarray
+    high: np.ndarray
+    penalty: float
+
+    def __call__(self, x):
+        inside = np.clip(x, self.low, self.high)
+        return float(self.f(inside)) + self.penalty * float(np.sum((x - inside) ** 2))
 
 
 @functools.lru_cache(maxsize=64)
@@ -361,18 +385,21 @@ def _minimize_with_restarts(f, x0, strategy, *, restarts, popsize_factor, key, s
 
 
 class _BatchEvaluator:
-    """Evaluate f at every row, in order, here, in a process pool or on Ray."""
+    """Evaluate f at every row, in order, here, in a process pool or on Ray; a batch that
+    takes longer than ``timeout`` seconds raises TimeoutError, and the workers are stopped
+    on every way out (a finished run, an error, a timeout, Ctrl-C)."""
 
-    def __init__(self, kind, f, workers, ray_address):
-        self.kind, self.f, self.close_fn = kind, f, lambda: None
+    def __init__(self, kind, f, workers, ray_address, timeout):
+        self.kind, self.f, self.timeout, self.close_fn = kind, f, timeout, lambda: None
         if kind == "processes":
             import concurrent.futures
             import multiprocessing
 
+            _check_sendable(f)
             # spawn, not fork: the parent holds JAX's threads, which fork would copy broken.
             self.pool = concurrent.futures.ProcessPoolExecutor(
                 max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
-            self.close_fn = lambda: self.pool.shutdown(cancel_futures=True)
+            self.close_fn = self._stop_pool
         elif kind == "ray":
             try:
                 import ray
@@ -386,16 +413,79 @@ class _BatchEvaluator:
             self.ray = ray
             # A system failure (a worker process that dies) resubmits the task.
             self.remote = ray.remote(max_retries=5, retry_exceptions=False)(_call)
+            self.pending = []
+            self.close_fn = self._cancel_ray_tasks
 
     def __call__(self, rows):
         if self.kind == "python":
             return [self.f(row) for row in rows]
         if self.kind == "processes":
-            return list(self.pool.map(_call, [self.f] * len(rows), rows))
-        return self.ray.get([self.remote.remote(self.f, row) for row in rows])
+            import concurrent.futures
+
+            futures = [self.pool.submit(_call, self.f, row) for row in rows]
+            done, waiting = concurrent.futures.wait(futures, timeout=self.timeout)
+            if waiting:
+                raise TimeoutError(self._timeout_message(len(waiting), len(rows)))
+            return [future.result() for future in futures]
+        self.pending = [self.remote.remote(self.f, row) for row in rows]
+        try:
+            values = self.ray.get(self.pending, timeout=self.timeout)
+        except self.ray.exceptions.GetTimeoutError:
+            waiting = len(self.ray.wait(self.pending, num_returns=len(rows), timeout=0)[1])
+            raise TimeoutError(self._timeout_message(waiting, len(rows))) from None
+        self.pending = []
+        return values
+
+    def _timeout_message(self, waiting, total):
+        return (f"evaluation_timeout: {waiting} of this generation's {total} evaluations of f "
+                f"did not finish within {self.timeout} s on evaluator={self.kind!r}; the workers "
+                "were stopped (raise evaluation_timeout if f is that slow)")
+
+    def _stop_pool(self):
+        # An evaluation still running (a timeout, Ctrl-C, a hung f) would keep its worker
+        # alive after we return: stop them. Python 3.14 has a public method for this; before
+        # it, the pool's processes are read before shutdown forgets them.
+        terminate = getattr(self.pool, "terminate_workers", None)
+        if terminate is not None:
+            terminate()
+            return
+        processes = list((getattr(self.pool, "_processes", None) or {}).values())
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        for process in processes:
+            if process.is_alive():
+                process.terminate()
+        for process in processes:
+            process.join(timeout=5)
+
+    def _cancel_ray_tasks(self):
+        for ref in self.pending:
+            self.ray.cancel(ref, force=True)
+        self.pending = []
 
     def close(self):
         self.close_fn()
+
+
+def _check_sendable(f) -> None:
+    """A process pool sends f by pickle, by reference to its module: fail here, with the
+    reason, instead of workers that never start (a spawned worker cannot import a function
+    typed into an interactive session or ``python -c``)."""
+    import pickle
+    import sys
+
+    try:
+        pickle.dumps(f)
+    except Exception as error:
+        raise TypeError(
+            "evaluator='processes' sends f to its workers by pickle, and f cannot be pickled "
+            f"({type(error).__name__}: {error}); define f with def at the top level of a "
+            "module, or use evaluator='ray' (which pickles closures and lambdas)") from error
+    module = getattr(f, "__module__", None)
+    if module == "__main__" and not getattr(sys.modules.get("__main__"), "__file__", None):
+        raise TypeError(
+            "evaluator='processes' cannot run an f defined in an interactive session or "
+            "`python -c` (its workers cannot import it); define f in a file, or use "
+            "evaluator='ray'")
 
 
 def _call(f, row):
