@@ -141,7 +141,8 @@ def minimize(
             target_f=target_f, tol_x=tol_x, tol_f=tol_f, stagnation=stagnation,
             nan_policy=nan_policy, evaluator=evaluator, workers=workers,
             ray_address=ray_address, evaluation_timeout=evaluation_timeout,
-            generations_per_call=generations_per_call, progress=progress, plot=plot, checkpoint=checkpoint, resume=resume)
+            generations_per_call=generations_per_call, progress=progress, plot=plot,
+            checkpoint=checkpoint, resume=resume)
         if bounds is not None:
             f, box = _bounded(f, x0, bounds, bound_penalty, evaluator)
             result = minimize(f, x0, strategy, restarts=restarts,
