@@ -97,7 +97,9 @@ def minimize(
         in this process), ``"processes"`` (a local pool of ``workers`` processes; f must be
         picklable) or ``"ray"`` (Ray tasks on ``ray.init(address=ray_address)``, a local Ray
         with ``workers`` CPUs when no address is given; a task whose worker dies is retried,
-        so no evaluation is lost; needs the ``ray`` extra). For ``"processes"``, f is
+        so no evaluation is lost; needs the ``ray`` extra; a local Ray starts its processes
+        by fork with Python code in the child, which can deadlock once JAX's threads run,
+        so call ``ray.init()`` before any JAX computation or give ``ray_address``). For ``"processes"``, f is
         checked to pickle before any worker starts (a closure, a lambda or a function typed
         into ``python -c`` is a TypeError, not a pool that never answers).
       evaluation_timeout: seconds to wait for one generation's evaluations with
