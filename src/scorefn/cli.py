@@ -53,7 +53,7 @@ def _optimize(args: argparse.Namespace) -> int:
     return 0
 
 
-VI_MODELS = ("logistic-breast-cancer", "gaussian-mixture")
+VI_MODELS = ("logistic-breast-cancer", "gaussian-mixture", "discrete-vae-digits")
 BASELINES = ("auto", "none", "ema", "leave-one-out", "optimal")
 
 
@@ -63,6 +63,15 @@ def _fit(args: argparse.Namespace) -> int:
 
     from scorefn import baselines, vi
 
+    if args.model == "discrete-vae-digits":
+        return _fit_discrete_vae(args)
+    from scorefn.vi.objectives import ESTIMATORS
+
+    args.estimator = args.estimator or "mixed"
+    if args.estimator not in ESTIMATORS:
+        raise SystemExit(f"scorefn fit: error: --estimator {args.estimator} is not one of "
+                         f"{', '.join(ESTIMATORS)} for --model {args.model}")
+    args.lr = 0.01 if args.lr is None else args.lr
     if args.model == "logistic-breast-cancer":
         model, data = vi.models.logistic_regression, vi.models.breast_cancer()
     else:
@@ -85,6 +94,40 @@ def _fit(args: argparse.Namespace) -> int:
         print(f"{args.model}, {args.estimator} (K = {args.samples}, baseline {name}): ELBO "
               f"{result.final_elbo:.2f} (mean of the last 100 steps) after {result.steps:,} steps "
               f"in {result.wall_s:.2f} s; saved {plot}")
+    return 0
+
+
+def _fit_discrete_vae(args: argparse.Namespace) -> int:
+    import jax
+
+    from scorefn.vi import discrete_vae
+
+    estimator = args.estimator or "disarm"
+    if estimator not in discrete_vae.ESTIMATORS:
+        raise SystemExit(f"scorefn fit: error: --estimator {estimator} is not one of "
+                         f"{', '.join(discrete_vae.ESTIMATORS)} for --model discrete-vae-digits")
+    if args.baseline not in ("auto", "ema"):
+        raise SystemExit("scorefn fit: error: --model discrete-vae-digits sets its baselines per "
+                         "estimator (score: ema, rloo: leave-one-out); leave --baseline out")
+    model = discrete_vae.DiscreteVAE(latents=args.latents, hidden=args.hidden)
+    plot = args.plot or f"elbo_{args.model}_{estimator}.png"
+    try:
+        result = discrete_vae.fit(
+            model, discrete_vae.binarized_digits(), jax.random.key(args.seed),
+            estimator=estimator, num_particles=args.samples, steps=args.steps,
+            learning_rate=1e-3 if args.lr is None else args.lr, checkpoint=args.checkpoint,
+            resume=args.resume, progress=not args.json)
+    except ValueError as error:
+        raise SystemExit(f"scorefn fit: error: {error}") from None
+    result.plot(plot)
+    if args.json:
+        print(json.dumps({"model": args.model, "seed": args.seed, "latents": args.latents,
+                          "hidden": args.hidden, "plot": plot, **result.as_dict()}))
+    else:
+        print(f"{args.model}, {estimator} (K = {args.samples}): train ELBO {result.final_elbo:.2f} "
+              f"(mean of the last 100 steps), test ELBO {result.test['elbo']:.2f}, test "
+              f"log-likelihood {result.test['log_likelihood']:.2f} (importance-sampled, S = 100) "
+              f"per image after {result.steps:,} steps in {result.wall_s:.1f} s; saved {plot}")
     return 0
 
 
@@ -187,18 +230,27 @@ def build_parser() -> argparse.ArgumentParser:
     optimize.add_argument("--json", action="store_true", help="end with one JSON line")
     optimize.set_defaults(run=_optimize)
 
+    from scorefn.vi.discrete_vae import ESTIMATORS as DISCRETE_ESTIMATORS
     from scorefn.vi.objectives import ESTIMATORS
 
     fit = commands.add_parser("fit", help="variational inference on a worked model")
     fit.add_argument("--model", required=True, choices=VI_MODELS)
-    fit.add_argument("--estimator", choices=ESTIMATORS, default="mixed",
-                     help="ELBO gradient estimator (default: %(default)s)")
+    fit.add_argument("--estimator", choices=list(dict.fromkeys(ESTIMATORS + DISCRETE_ESTIMATORS)),
+                     default=None,
+                     help=f"ELBO gradient estimator (default: mixed; for discrete-vae-digits, one of "
+                          f"{', '.join(DISCRETE_ESTIMATORS)}, default disarm)")
     fit.add_argument("--guide", choices=["mean_field", "full_rank"], default="mean_field")
     fit.add_argument("--steps", type=int, default=3000)
     fit.add_argument("--samples", type=int, default=1, help="K, guide samples per step")
     fit.add_argument("--baseline", choices=BASELINES, default="auto",
                      help="for score-function blocks (auto: leave-one-out if K >= 2, else ema)")
-    fit.add_argument("--lr", type=float, default=0.01, help="Adam's learning rate")
+    fit.add_argument("--lr", type=float, default=None,
+                     help="Adam's learning rate (default 0.01; 0.001 for discrete-vae-digits)")
+    fit.add_argument("--latents", type=int, default=32,
+                     help="discrete-vae-digits: Bernoulli latents (default: %(default)s)")
+    fit.add_argument("--hidden", type=int, default=0,
+                     help="discrete-vae-digits: units of the encoder's and decoder's hidden layer "
+                          "(default: %(default)s, linear)")
     fit.add_argument("--seed", type=int, default=0)
     fit.add_argument("--plot", default=None, help="ELBO-curve PNG (default: elbo_<model>_<estimator>.png)")
     fit.add_argument("--checkpoint", default=None, help="checkpoint file, written every 100 steps")
