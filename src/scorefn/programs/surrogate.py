@@ -99,6 +99,13 @@ class SiteEstimator:
                 f"to_event or in plates); {site.distribution} is not one. Use 'score' (with "
                 "'rloo', the leave-one-out baseline) or 'enumerate'"
             )
+        if self.role == "control_variate" and site.family not in ("BernoulliLogits",
+                                                                    "BernoulliProbs"):
+            raise ValueError(
+                f"site {site.name!r}: in a program 'rebar' is for Bernoulli sites (batched, "
+                f"to_event or in plates); {site.distribution} is not one (for one Categorical "
+                "distribution, scorefn.grad(..., estimator='rebar') and scorefn.discrete.rebar())"
+            )
         if self.role == "relaxed" and site.family not in ("BernoulliLogits", "BernoulliProbs"):
             raise ValueError(
                 f"site {site.name!r}: in a program the {self.name!r} relaxation is for Bernoulli "
@@ -130,6 +137,10 @@ ESTIMATORS: dict[str, SiteEstimator] = {
                       "(L_s(b⁽¹⁾) - L_s(b⁽²⁾)) (u - ½) ∇θ φ (Yin & Zhou 2019; first order only)"),
         SiteEstimator("disarm", "antithetic", True,
                       "½ (L_s(b) - L_s(b̃)) (-1)^b̃ 1[b ≠ b̃] σ(|φ|) ∇θ φ (Dong et al. 2020; first "
+                      "order only)"),
+        SiteEstimator("rebar", "control_variate", True,
+                      "(L_s(b) - η c(z̃)) ∇θ log p(b) + η ∇θ c(z) - η ∇θ c(z̃), c(z) = L_s(σ(z/τ)), "
+                      "z logistic-perturbed logits, z̃ ~ z | b, η = 1 (Tucker et al. 2017; first "
                       "order only)"),
         SiteEstimator("gumbel_softmax", "relaxed", False,
                       "∇θ of the terms at x = σ((φ + logistic noise)/τ); biased"),
@@ -181,6 +192,10 @@ class Plan:
     @property
     def antithetic_names(self) -> tuple[str, ...]:
         return self._with_role("antithetic")
+
+    @property
+    def control_variate_names(self) -> tuple[str, ...]:
+        return self._with_role("control_variate")
 
 
 def _closure(parents: dict[str, frozenset[str]]) -> dict[str, frozenset[str]]:
@@ -302,6 +317,16 @@ def plan(
                     )
 
     ancestors = _closure(structure.parents)
+    for s in latents:
+        if roles[s] != "control_variate":
+            continue
+        for d in latents:
+            if s in ancestors[d] and roles[d] not in ("pathwise", "enumerate"):
+                raise ValueError(
+                    f"site {s!r}: estimator 'rebar' differentiates the terms below s through a "
+                    f"relaxed value of s, so every latent site below it must be 'pathwise' or "
+                    f"'enumerate' (a sampled discrete value has no derivative); site {d!r} is "
+                    f"{chosen[d]!r}")
     score_set = set(score_names)
     upstream, reaches = {}, {}
     for t in terms:
@@ -427,10 +452,12 @@ def _reached_terms(rec: Recorder, p: Plan, site: str, by_plate: bool) -> jax.Arr
 
 
 def _reached(program, params, args, p: Plan, site_keys, forced, site: str, value,
-             by_plate: bool = False) -> jax.Array:
+             by_plate: bool = False, differentiable: bool = False) -> jax.Array:
     """E[Σ terms reached from s | x_s = value]: one rerun with s forced (every other site
     drawing with the same keys), summed exactly over the enumerated sites below s; per
-    element of s's plates if ``by_plate``."""
+    element of s's plates if ``by_plate``; detached unless ``differentiable`` (then its
+    gradient flows through ``value``, and through ``params`` if they are not detached)."""
+    maybe_stop = (lambda x: x) if differentiable else jax.lax.stop_gradient
     below = p.enumerated_descendants.get(site, ())
 
     def once(values):
@@ -442,10 +469,10 @@ def _reached(program, params, args, p: Plan, site_keys, forced, site: str, value
         return total, log_w
 
     if not below:
-        return jax.lax.stop_gradient(once({})[0])
+        return maybe_stop(once({})[0])
     totals, log_w = _over_branches(once, below, p.grid)
     weights = jnp.exp(log_w).reshape(log_w.shape + (1,) * (totals.ndim - log_w.ndim))
-    return jax.lax.stop_gradient(jnp.sum(weights * totals, axis=tuple(range(log_w.ndim))))
+    return maybe_stop(jnp.sum(weights * totals, axis=tuple(range(log_w.ndim))))
 
 
 def _antithetic_term(program, params, args, p: Plan, rec: Recorder, site_keys, forced,
@@ -472,6 +499,53 @@ def _antithetic_term(program, params, args, p: Plan, rec: Recorder, site_keys, f
     phi = bernoulli_logits(rec.latents[site]["fn"], tuple(jnp.shape(u)), p.estimators[site])
     estimate = jax.lax.stop_gradient(diff * weights)
     return v.guarded(jnp.sum(estimate * (phi - jax.lax.stop_gradient(phi))), guard)
+
+
+def conditional_uniform(b: jax.Array, prob: jax.Array, w: jax.Array) -> jax.Array:
+    """u' ~ Uniform(0, 1) given 1[u' > 1 - p] = b, from w ~ Uniform(0, 1): the uniform whose
+    logistic perturbation z̃ = φ + log u' - log(1 - u') is z | b (differentiable in p)."""
+    return jnp.clip(b * (1 - prob + w * prob) + (1 - b) * w * (1 - prob), 1e-6, 1 - 1e-6)
+
+
+def _rebar_term(program, params, args, p: Plan, rec: Recorder, site_keys, forced,
+                site: str) -> jax.Array:
+    """Value 0, its gradient REBAR's estimate for a Bernoulli site's sampling path (η = 1,
+    τ = the plan's temperature; see :class:`scorefn.discrete.Relax`):
+
+        (L_s(b) - c(z̃)) ∇θ log p(b) + ∇θ c(z) - ∇θ c(z̃),   c(z) = L_s(σ(z/τ)),
+
+    z = φ + log u - log(1 - u) (so b = 1[z > 0] is the particle's value), z̃ ~ z | b
+    reparameterised with a second uniform. c reruns the program with s set to the relaxed
+    value and θ detached, so c's gradient reaches θ only through φ, by z. Inside a plate,
+    element i's score is weighted by its own terms (credit assignment)."""
+    if not p.downstream_terms[site]:
+        return jnp.zeros(())
+    u, w = rec.control_variate[site]
+    d = rec.latents[site]["fn"]
+    phi = bernoulli_logits(d, tuple(jnp.shape(u)), "rebar")
+    b = jax.lax.stop_gradient(jnp.asarray(rec.latents[site]["value"], phi.dtype))
+    prob = jax.nn.sigmoid(phi)
+    z, z_given_b = (phi + jnp.log(x) - jnp.log1p(-x) for x in (u, conditional_uniform(b, prob, w)))
+    frozen = jax.lax.stop_gradient(params)
+
+    def control(zz):
+        value = jax.nn.sigmoid(zz / p.temperature).astype(phi.dtype)
+        return _reached(program, frozen, args, p, site_keys, forced, site, value, by_plate=True,
+                        differentiable=True)
+
+    c_z, c_given_b = control(z), control(z_given_b)
+    signal = jax.lax.stop_gradient(_reached_terms(rec, p, site, by_plate=True) - c_given_b)
+    with v.runtime_checks(p.runtime_checks):
+        guard = v.finite_guard((jax.lax.stop_gradient(jnp.stack([jnp.sum(signal), jnp.sum(c_z)])),
+                                _nonfinite_reached_message(site)))
+    log_p = b * jax.nn.log_sigmoid(phi) + (1 - b) * jax.nn.log_sigmoid(-phi)
+
+    def zero_valued(x):
+        return x - jax.lax.stop_gradient(x)
+
+    estimate = (jnp.sum(signal * zero_valued(log_p)) + zero_valued(jnp.sum(c_z))
+                - zero_valued(jnp.sum(c_given_b)))
+    return v.guarded(estimate, guard)
 
 
 def _nonfinite_reached_message(site: str):
@@ -505,6 +579,8 @@ def _particles(program, params, key, args, p: Plan, num_particles: int, cut: fro
                     for i, s in enumerate(p.measure_valued_names) if s not in cut), jnp.zeros(()))
         weak = weak + sum((_antithetic_term(program, params, args, p, rec, site_keys, forced, s)
                            for s in p.antithetic_names if s not in cut), jnp.zeros(()))
+        weak = weak + sum((_rebar_term(program, params, args, p, rec, site_keys, forced, s)
+                           for s in p.control_variate_names if s not in cut), jnp.zeros(()))
         return terms, scores, enum, weak
 
     def particle(k):
@@ -622,7 +698,7 @@ def surrogate(
       num_particles: K, independent runs of the program.
       estimators: site name -> a name in :data:`ESTIMATORS` (``"score"``, ``"rloo"``,
         ``"pathwise"``, ``"enumerate"``, ``"measure_valued"``, ``"arm"``, ``"disarm"``,
-        ``"gumbel_softmax"``, ``"straight_through"``). Default: pathwise for sites with
+        ``"rebar"``, ``"gumbel_softmax"``, ``"straight_through"``). Default: pathwise for sites with
         ``rsample`` that every reader uses differentiably, score otherwise.
       baselines: score site name -> a baseline from :mod:`scorefn.baselines` (or a number,
         an ``EmaState``, None). Default: leave-one-out over the particles (K ≥ 2).

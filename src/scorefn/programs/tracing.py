@@ -124,6 +124,7 @@ class Recorder(Messenger):
         self.latents: dict[str, dict] = {}
         self.terms: dict[str, dict] = {}
         self.antithetic: dict[str, tuple] = {}
+        self.control_variate: dict[str, tuple] = {}
         self._count = 0
 
     def process_message(self, msg):
@@ -144,6 +145,16 @@ class Recorder(Messenger):
             dtype = sample_dtype_of(d)
             msg["value"] = first.astype(dtype)
             self.antithetic[name] = (u, logits, first, second.astype(dtype))
+        elif role == "control_variate" and key is not None:
+            # REBAR: b = 1[z > 0] for logistic-perturbed logits z = φ + log u - log(1 - u);
+            # the second uniform draws z̃ | b (scorefn.programs.surrogate's _rebar_term).
+            d = msg["fn"]
+            shape = tuple(d.shape(msg["kwargs"].get("sample_shape", ())))
+            logits = jax.lax.stop_gradient(bernoulli_logits(d, shape, "rebar"))
+            k_u, k_w = jax.random.split(key)
+            u, w = (jax.random.uniform(k, shape, logits.dtype, 1e-6, 1 - 1e-6) for k in (k_u, k_w))
+            msg["value"] = (u > jax.nn.sigmoid(-logits)).astype(sample_dtype_of(d))
+            self.control_variate[name] = (u, w)
         elif role == "relaxed" and key is not None:
             d = msg["fn"]
             sample_shape = tuple(msg["kwargs"].get("sample_shape", ()))

@@ -63,6 +63,34 @@ def test_planted_bias_antithetic_pair_sharing_no_noise_is_detected(monkeypatch):
     assert detects_bias(out, TRUE)
 
 
+@pytest.mark.slow
+def test_rebar_site_is_unbiased_and_its_planted_bias_is_caught(monkeypatch):
+    """REBAR per site (η = 1, τ = 0.5) with the Categorical below it enumerated; the planted
+    twin detaches z̃'s conditional uniform from φ, so ∇c(z̃) misses how z̃ | b moves with φ."""
+    import importlib
+
+    # the module, not the function of the same name that scorefn.programs exports
+    surrogate_module = importlib.import_module("scorefn.programs.surrogate")
+
+    options = dict(num_particles=1, estimators={"z": "rebar", "c": "enumerate"})
+    out = repeated_grads(two_site, PARAMS, jax.random.key(34), 3000, **options)
+    assert_unbiased(out, TRUE)
+    exact = surrogate_module.conditional_uniform
+    monkeypatch.setattr(surrogate_module, "conditional_uniform",
+                        lambda b, prob, w: jax.lax.stop_gradient(exact(b, prob, w)))
+    planted = repeated_grads(two_site, PARAMS, jax.random.key(34), 3000, **options)
+    assert detects_bias(planted, TRUE)
+
+
+def test_rebar_needs_differentiable_sites_below():
+    with pytest.raises(ValueError, match="'rebar' differentiates the terms below s.*site 'c' is 'rloo'"):
+        scorefn.programs.grad(two_site, PARAMS, jax.random.key(0), num_particles=2,
+                              estimators={"z": "rebar", "c": "rloo"})
+    with pytest.raises(ValueError, match="site 'c': in a program 'rebar' is for Bernoulli"):
+        scorefn.programs.grad(two_site, PARAMS, jax.random.key(0), num_particles=2,
+                              estimators={"c": "rebar"})
+
+
 def test_disarm_site_has_lower_variance_than_rloo_at_the_same_cost():
     key = jax.random.key(33)
     # one particle of DisARM runs the program twice; two RLOO particles run it twice too

@@ -42,7 +42,8 @@ def exact_elbo(model, params, x):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("estimator,particles", [("disarm", 1), ("rloo", 2), ("score", 1)])
+@pytest.mark.parametrize("estimator,particles",
+                         [("disarm", 1), ("rloo", 2), ("score", 1), ("rebar", 1)])
 def test_program_gradient_is_unbiased_for_the_enumerated_elbo(digits, estimator, particles):
     x = jnp.asarray(digits[0][:2])
     params = SMALL.init(jax.random.key(3))
