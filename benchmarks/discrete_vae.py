@@ -32,7 +32,7 @@ its parameters, 64 estimates on a fixed batch) at the start, middle and end of t
 torch runs with 1 thread (as in ../shared/peers); JAX uses the machine's 2 cores.
 
     pip install ".[bench]"
-    python benchmarks/discrete_vae.py                        # about 25 minutes
+    python benchmarks/discrete_vae.py                        # about 15 minutes
     python benchmarks/discrete_vae.py --steps 300 --seeds 0  # a quick look
     python benchmarks/discrete_vae.py --markdown table.md --plot variance.png
 """

@@ -7,16 +7,21 @@ r"""Black-box variational inference on the scorefn core.
 - estimators (:mod:`scorefn.vi.objectives`): ``score``, ``score-rb`` (Rao-Blackwellised, local
   learning signals), ``reparam``, ``mixed``, ``iwae``, ``vimco``; all through
   :func:`scorefn.score_grad` and :func:`scorefn.pathwise_grad`;
-- :func:`fit`: the training loop, with checkpoints and posterior helpers.
+- :func:`fit`: the training loop, with checkpoints and posterior helpers;
+- :class:`ELBO`: the same estimators as the loss of ``numpyro.infer.SVI`` (any guide program,
+  networks and subsampled plates included), built on :mod:`scorefn.programs`;
+- :mod:`scorefn.vi.discrete_vae`: a discrete VAE on digits with the discrete estimators.
 """
 
 from scorefn.vi import models
 from scorefn.vi.fit import FitResult, fit
 from scorefn.vi.guides import Block, Guide, auto_guide, full_rank, mean_field
 from scorefn.vi.model import LogJoint, Model, NumPyroModel, as_model
+from scorefn.vi.numpyro_loss import ELBO, elbo_program
 from scorefn.vi.objectives import ESTIMATORS, ElboGradient, elbo, elbo_grad, iwae_bound, local_signals
 
 __all__ = [
+    "ELBO",
     "ESTIMATORS",
     "Block",
     "ElboGradient",
@@ -29,6 +34,7 @@ __all__ = [
     "auto_guide",
     "elbo",
     "elbo_grad",
+    "elbo_program",
     "fit",
     "full_rank",
     "iwae_bound",
