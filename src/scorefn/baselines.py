@@ -33,11 +33,14 @@ def leave_one_out_ratio(numerator: jax.Array, denominator: jax.Array) -> jax.Arr
 
 
 class Baseline:
-    """Base class. ``per_coordinate`` baselines need the per-sample scores."""
+    """Base class. ``per_coordinate`` baselines need the per-sample scores; ``min_samples``
+    is the smallest N the baseline is defined for (the estimators check it)."""
 
     name: str = "baseline"
     unbiased: bool = True
     per_coordinate: bool = False
+    # Not a dataclass field: a property of the kind of baseline, not an option.
+    min_samples = 1
 
     def __call__(self, values: jax.Array, scores: Any = None) -> Any:  # pragma: no cover
         raise NotImplementedError
@@ -67,6 +70,7 @@ class LeaveOneOut(Baseline):
     """
 
     name: str = "leave_one_out"
+    min_samples = 2  # with one sample it is that sample's own value, or nothing
 
     def __call__(self, values: jax.Array, scores: Any = None) -> jax.Array:
         n = values.shape[0]
@@ -85,6 +89,7 @@ class BatchMean(Baseline):
     """
 
     name: str = "batch_mean"
+    min_samples = 2  # with one sample it is that sample's own value, or nothing
     unbiased: bool = False
 
     def __call__(self, values: jax.Array, scores: Any = None) -> jax.Array:
@@ -112,6 +117,7 @@ class Optimal(Baseline):
 
     mode: str = "leave_one_out"
     name: str = "optimal"
+    min_samples = 2  # with one sample it is that sample's own value, or nothing
     per_coordinate: bool = True
 
     def __post_init__(self):

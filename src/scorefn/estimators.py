@@ -137,7 +137,9 @@ def score_grad(
     Returns:
       A pytree shaped like ``params`` (with a leading N axis if ``per_sample``).
     """
+    v.check_float_params(params)
     d = dist_fn(params)
+    v.check_distribution(d)
     num_samples = v.check_samples_shape(d, samples)
     dtype = _float_dtype(params)
     samples, values = _prepare_values(
@@ -149,10 +151,17 @@ def score_grad(
         v.check_support_independent(dist_fn, params)
         v.check_params_used(dist_fn, params, samples)
     if standardize:
+        if num_samples < 2:
+            raise ValueError("standardize=True divides by the standard deviation of the N values, "
+                             f"which needs num_samples >= 2; got {num_samples}")
         values = standardized(values)
     if per_sample and max_norm is not None:
         raise ValueError("max_norm clips the averaged estimate; it cannot be used with per_sample")
     baseline = as_baseline(baseline)
+    if baseline is not None and num_samples < baseline.min_samples:
+        raise ValueError(f"the {baseline.name} baseline needs num_samples >= "
+                         f"{baseline.min_samples} (with one sample it would be built from that "
+                         f"sample's own value); got {num_samples}")
     cv = control_variate
     if cv is not None and not isinstance(cv, ControlVariate):
         raise TypeError(
@@ -372,6 +381,8 @@ def grad(
     """
     if estimator not in ESTIMATORS:
         raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
+    v.check_float_params(params)
+    v.check_distribution(dist_fn(params))
     if estimator == "rloo":
         if baseline is not None:
             raise ValueError("estimator='rloo' is 'score' with the leave-one-out baseline: pass no "

@@ -77,50 +77,69 @@ def log_weights(dist_fn: DistFn, params: Any, samples: jax.Array, behaviour: Any
     return jax.lax.stop_gradient(joint_log_prob(dist_fn(params), samples)) - log_q
 
 
-def _ess_check(log_w: jax.Array, threshold: float | None, policy: str) -> jax.Array:
-    """Warn or raise when ESS / N < threshold; returns a zero to add to the output."""
+def _ess_check(log_w: jax.Array, threshold: float | None, policy: str,
+               weights: jax.Array | None = None) -> jax.Array:
+    """Warn or raise (``policy``) when the weights are degenerate: ESS / N < threshold, every
+    weight zero, or (``weights`` given: the weights the estimate uses) every weight
+    underflowing to 0, where the estimate would be an exact, meaningless 0. Returns a zero
+    to add to the output."""
     dtype = jnp.result_type(float)
-    if threshold is None or policy == "ignore":
+    if policy == "ignore":
         return jnp.zeros((), dtype)
     n = log_w.shape[0]
+    threshold = 0.0 if threshold is None else threshold
 
-    def message(lw):
+    def message(lw, w):
         lw = np.asarray(lw, np.float64)
         m = lw.max()
+        if not np.isfinite(m):
+            return ("every importance weight is zero: p_θ(x) = 0 at all of the "
+                    f"{n} samples of q (log p_θ(x) - log q(x) = -inf), so the estimate would be "
+                    "an exact 0. q and p_θ do not overlap: sample closer to p_θ")
+        if w is not None and not (np.asarray(w) > 0).any():
+            return (f"every importance weight underflows to 0 in {np.asarray(w).dtype} (the "
+                    f"largest log weight log p_θ(x) - log q(x) is {m:.1f}), so the estimate "
+                    "would be an exact 0: use weighting='self_normalized', or a proposal closer "
+                    "to p_θ")
         log_sum = m + np.log(np.exp(lw - m).sum())
         ess = np.exp(2 * log_sum - (2 * m + np.log(np.exp(2 * (lw - m)).sum())))
         if ess / n >= threshold:
             return None
         return (
             f"importance weights are degenerate: effective sample size {ess:.1f} of {n} "
-            f"({100 * ess / n:.1f}% < threshold {100 * threshold:.0f}%); the largest weight "
+            f"({100 * ess / n:.1f}% < threshold {100 * threshold:g}%); the largest weight "
             f"carries {100 * np.exp(m - log_sum):.0f}% of the total. The proposal q "
             "is far from p_θ: sample closer to p_θ, use self_normalized or truncated weights, or "
-            "multiple proposals (mis_score_grad)"
+            "multiple proposals (mis_score_grad); ess_threshold sets the level, "
+            "on_low_ess='raise' makes it an error"
         )
 
-    def report(lw, stacklevel):
-        text = message(lw)
+    def report(lw, w, stacklevel):
+        text = message(lw, w)
         if text is not None:
             if policy == "raise":
                 raise ValueError(text)
             warnings.warn(text, RuntimeWarning, stacklevel=stacklevel)
         return np.zeros((), dtype)
 
-    if not v.is_traced(log_w):
-        report(log_w, stacklevel=4)
+    if not v.is_traced(log_w) and not v.is_traced(weights):
+        report(log_w, weights, stacklevel=4)
         return jnp.zeros((), dtype)
 
-    def on_host(lw):
-        return report(lw, stacklevel=3)
+    def on_host(lw, w):
+        return report(lw, None if w.ndim == 0 else w, stacklevel=3)
 
-    ok = effective_sample_size(log_w) >= threshold * n
+    ess = effective_sample_size(log_w)
+    ok = jnp.isfinite(ess) & (ess >= threshold * n)
+    if weights is not None:
+        ok = ok & jnp.any(weights > 0)
+    w_arg = jnp.zeros((), dtype) if weights is None else jax.lax.stop_gradient(weights)
     return jax.lax.cond(
         ok,
-        lambda lw: jnp.zeros((), dtype),
-        lambda lw: jax.pure_callback(on_host, jax.ShapeDtypeStruct((), dtype), lw,
-                                     vmap_method="sequential"),
-        log_w,
+        lambda lw, w: jnp.zeros((), dtype),
+        lambda lw, w: jax.pure_callback(on_host, jax.ShapeDtypeStruct((), dtype), lw, w,
+                                        vmap_method="sequential"),
+        log_w, w_arg,
     )
 
 
@@ -146,7 +165,7 @@ def is_score_grad(
     weighting: str = "ordinary",
     truncation: float = 1.0,
     baseline: Any = None,
-    ess_threshold: float | None = None,
+    ess_threshold: float | None = 0.05,
     on_low_ess: str = "warn",
 ) -> Any:
     r"""Off-policy score-function estimate of ∇θ E_{p_θ}[f] from samples of q.
@@ -160,7 +179,10 @@ def is_score_grad(
         ``truncation`` as in PPO/V-trace/Retrace; biased towards zero where p ≫ q).
       baseline: as in :func:`scorefn.score_grad` (per-sample baselines only); a baseline
         independent of x_n keeps the ordinary estimator unbiased.
-      ess_threshold: warn (``on_low_ess="warn"``) or raise (``"raise"``) when ESS/N falls below it.
+      ess_threshold: warn (``on_low_ess="warn"``, the default) or raise (``"raise"``) when
+        ESS/N falls below it (default 5%); every weight zero, or every weight underflowing to
+        0 with ordinary or truncated weighting, is reported the same way at any threshold
+        (the estimate would be an exact 0). ``on_low_ess="ignore"`` turns both off.
 
     Overflowing weights raise a ValueError instead of returning NaN. jit- and vmap-compatible.
     """
@@ -194,7 +216,8 @@ def is_score_grad(
         (jnp.stack([weights, log_w]), _overflow_message),
         ok=ok,
     )
-    guard = guard + _ess_check(log_w, ess_threshold, on_low_ess)
+    guard = guard + _ess_check(log_w, ess_threshold, on_low_ess,
+                               None if weighting == "self_normalized" else weights)
     return _weighted_score_grad(dist_fn, params, samples, weights * centred, guard)
 
 

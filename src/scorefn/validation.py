@@ -255,6 +255,23 @@ def check_support_independent(dist_fn: Callable, params: Any) -> None:
         )
 
 
+def check_distribution(d: Any, name: str = "dist_fn(params)") -> None:
+    """``d`` must be a numpyro Distribution (what every estimator samples and scores)."""
+    import numpyro.distributions as dist
+
+    if not isinstance(d, dist.Distribution):
+        raise TypeError(f"{name} must return a numpyro.distributions.Distribution; got "
+                        f"{type(d).__name__}")
+
+
+def check_float_params(params: Any) -> None:
+    """Every leaf of ``params`` floating-point: their gradient is what is estimated."""
+    for leaf_name, leaf in zip(leaf_names(params), jax.tree.leaves(params)):
+        if not jnp.issubdtype(jnp.result_type(leaf), jnp.floating):
+            raise TypeError(f"{leaf_name} must be a floating-point array (its gradient is "
+                            f"estimated); got dtype {jnp.result_type(leaf)}")
+
+
 def check_samples_shape(d: Any, samples: Any) -> int:
     """Samples must be (N, *batch_shape, *event_shape) for the distribution ``d``."""
     expected = tuple(d.batch_shape) + tuple(d.event_shape)
@@ -270,6 +287,8 @@ def check_samples_shape(d: Any, samples: Any) -> int:
             f"{type(d).__name__} with batch_shape {tuple(d.batch_shape)} and event_shape "
             f"{tuple(d.event_shape)}; got shape {shape}"
         )
+    if shape[0] < 1:
+        raise ValueError("samples holds no sample (N = 0); an estimate needs N >= 1")
     return shape[0]
 
 

@@ -138,6 +138,37 @@ def test_low_ess_warns_or_raises(key):
         jax.block_until_ready(jitted(x, values))
 
 
+def test_degenerate_weights_warn_by_default_and_never_return_a_silent_zero():
+    """q far from p: the weights underflow (ordinary, truncated: the estimate would be an
+    exact 0) or one weight takes everything (self-normalised: a huge number)."""
+    def dist_fn(p):
+        return dist.Normal(p["mu"], 0.1)
+
+    params, q = {"mu": jnp.asarray(0.0)}, dist.Normal(55.0, 3.0)
+    x = jnp.linspace(50.0, 60.0, 100)
+    for weighting in ("ordinary", "truncated"):
+        with pytest.warns(RuntimeWarning, match="every importance weight underflows to 0"):
+            importance.is_score_grad(dist_fn, params, x, x**2, q, weighting=weighting)
+        with pytest.raises(ValueError, match="every importance weight underflows to 0"):
+            importance.is_score_grad(dist_fn, params, x, x**2, q, weighting=weighting,
+                                     on_low_ess="raise")
+    with pytest.warns(RuntimeWarning, match=r"effective sample size 1.0 of 100 \(1.0% < threshold 5%\)"):
+        importance.is_score_grad(dist_fn, params, x, x**2, q, weighting="self_normalized")
+    jitted = jax.jit(lambda p: importance.is_score_grad(dist_fn, p, x, x**2, q, on_low_ess="raise"))
+    with pytest.raises(Exception, match="every importance weight underflows to 0"):
+        jax.block_until_ready(jitted(params))
+
+
+def test_every_weight_zero_is_reported():
+    def dist_fn(p):
+        return dist.Normal(p["mu"], 1.0)
+
+    log_q = jnp.full((10,), jnp.inf)  # stored log q(x) = +inf: every weight exp(-inf) = 0
+    with pytest.raises(ValueError, match="every importance weight is zero"):
+        importance.is_score_grad(dist_fn, {"mu": jnp.asarray(0.0)}, jnp.zeros(10), jnp.ones(10),
+                                 log_q, on_low_ess="raise")
+
+
 def test_overflowing_weights_raise_instead_of_nan(key):
     params = {"loc": jnp.array([0.0])}
 

@@ -150,3 +150,34 @@ def test_compilation_cache_respects_an_existing_folder_and_the_opt_out(monkeypat
     assert enable_compilation_cache() == jax.config.jax_compilation_cache_dir  # conftest's
     monkeypatch.setenv("SCOREFN_COMPILATION_CACHE", "0")
     assert enable_compilation_cache() is None
+
+
+def test_sample_count_errors_name_what_needs_more_samples():
+    import numpyro.distributions as dist
+
+    def dist_fn(p):
+        return dist.Normal(p["mu"], 1.0)
+
+    params, key = {"mu": jnp.asarray(0.5)}, jax.random.key(0)
+    one = jnp.ones((1,))
+    for baseline in (scorefn.baselines.optimal(), scorefn.baselines.batch_mean(),
+                     scorefn.baselines.leave_one_out()):
+        with pytest.raises(ValueError, match=f"the {baseline.name} baseline needs num_samples >= 2"):
+            scorefn.grad(lambda x: x**2, dist_fn, params, key, 1, baseline=baseline)
+        with pytest.raises(ValueError, match=f"the {baseline.name} baseline needs num_samples >= 2"):
+            scorefn.score_grad(dist_fn, params, one, one, baseline=baseline)
+    with pytest.raises(ValueError, match="standardize=True .* needs num_samples >= 2"):
+        scorefn.score_grad(dist_fn, params, one, one, standardize=True)
+    with pytest.raises(ValueError, match=r"samples holds no sample \(N = 0\)"):
+        scorefn.score_grad(dist_fn, params, jnp.zeros((0,)), jnp.zeros((0,)))
+
+
+def test_dist_fn_and_params_type_errors_name_the_argument():
+    import numpyro.distributions as dist
+
+    key = jax.random.key(0)
+    with pytest.raises(TypeError, match=r"dist_fn\(params\) must return a numpyro.distributions"):
+        scorefn.grad(lambda x: x, lambda p: p["mu"], {"mu": jnp.asarray(0.5)}, key, 8)
+    with pytest.raises(TypeError, match=r"params\['mu'\] must be a floating-point array"):
+        scorefn.grad(lambda x: x, lambda p: dist.Normal(p["mu"], 1.0), {"mu": jnp.asarray(1)},
+                     key, 8)
