@@ -24,8 +24,14 @@ def _optimize(args: argparse.Namespace) -> int:
 
     from scorefn import es
 
-    if args.function not in es.FUNCTIONS:
-        raise SystemExit(f"unknown function {args.function!r}; known: {sorted(es.FUNCTIONS)}")
+    bounds = None
+    if args.bounds is not None:
+        try:
+            low, high = (float(b) for b in args.bounds.split(","))
+        except ValueError:
+            raise SystemExit(f"scorefn optimize: error: --bounds takes LOW,HIGH; got "
+                             f"{args.bounds!r}") from None
+        bounds = (low, high)
     f, binary = es.FUNCTIONS[args.function]
     strategy = args.strategy or ("bernoulli" if binary else "xnes")
     if binary != (strategy == "bernoulli"):
@@ -36,10 +42,18 @@ def _optimize(args: argparse.Namespace) -> int:
         x0 = np.full(args.dim, 0.5)
     else:
         x0 = np.random.default_rng(args.seed).uniform(-3, 3, args.dim)
+        if bounds is not None:  # the start inside the box
+            x0 = np.clip(x0, *(b + 1e-3 * (bounds[1] - bounds[0]) * s
+                               for b, s in zip(bounds, (1, -1))))
     target = args.target if args.target is not None else (0.0 if binary else 1e-8)
-    result = es.minimize(f, x0, strategy, sigma0=args.sigma0, seed=args.seed,
-                         max_evaluations=args.max_evals, target_f=target, progress=not args.json,
-                         plot=args.plot, restarts=args.restarts)
+    try:
+        result = es.minimize(f, x0, strategy, sigma0=args.sigma0, seed=args.seed,
+                             max_evaluations=args.max_evals, target_f=target,
+                             progress=not args.json, plot=args.plot, restarts=args.restarts,
+                             bounds=bounds, evaluator=args.evaluator, workers=args.workers,
+                             checkpoint=args.checkpoint, resume=args.resume)
+    except (ValueError, TypeError) as error:
+        raise SystemExit(f"scorefn optimize: error: {error}") from None
     if args.json:
         out = result.as_dict()
         out.pop("best_x")
@@ -131,6 +145,44 @@ def _fit_discrete_vae(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive int, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive int, got {value}")
+    return value
+
+
+def _nonnegative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an int >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an int >= 0, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not (value > 0 and value < float("inf")):
+        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text}")
+    return value
+
+
+def _existing_file(text: str) -> str:
+    import os
+
+    if not os.path.isfile(text):
+        raise argparse.ArgumentTypeError(f"no such file: {text!r}")
+    return text
+
+
 def _hyperparameters(pairs: list[str]) -> dict:
     out = {}
     for pair in pairs:
@@ -161,7 +213,7 @@ def _rl_train(args: argparse.Namespace) -> int:
                           resume=args.resume, stop_when_solved=args.stop_when_solved,
                           progress=not args.json, **_hyperparameters(args.set))
     except ValueError as error:
-        raise SystemExit(f"error: {error}") from None
+        raise SystemExit(f"scorefn rl train: error: {error}") from None
     out = {"env": args.env, "algo": args.algo, "seed": args.seed, "eval_mean": result.eval_mean,
            "env_steps": result.env_steps, "wall_s": result.wall_s,
            "solved_at_steps": result.solved_at_steps(), "solved_wall_s": result.solved_wall_s(),
@@ -196,15 +248,18 @@ def build_parser() -> argparse.ArgumentParser:
         prog="scorefn",
         description="Score-function (REINFORCE) gradient estimation on JAX.",
     )
+    from scorefn import __version__
+
+    parser.add_argument("--version", action="version", version=f"scorefn {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     demo = commands.add_parser(
         "demo", help="the log-derivative trick on a Gaussian: scores, estimators, variance plot"
     )
     demo.add_argument("--out", default="scorefn-demo", help="folder for the PNG (default: %(default)s)")
     demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--num-samples", type=int, default=100,
+    demo.add_argument("--num-samples", type=_positive_int, default=100,
                       help="samples per estimate in the tables (default: %(default)s)")
-    demo.add_argument("--repeats", type=int, default=400,
+    demo.add_argument("--repeats", type=_positive_int, default=400,
                       help="independent estimates per estimator (default: %(default)s)")
     demo.add_argument("--sample-sizes", default="10,30,100,300,1000",
                       help="comma-separated N for the variance plot (default: %(default)s)")
@@ -213,19 +268,31 @@ def build_parser() -> argparse.ArgumentParser:
 
     optimize = commands.add_parser(
         "optimize", help="minimise a standard test function with a search-gradient strategy")
-    optimize.add_argument("--function", required=True,
-                          help="sphere, ellipsoid, rosenbrock, rastrigin, ackley or onemax")
-    optimize.add_argument("--dim", type=int, default=10)
+    from scorefn.es.functions import FUNCTIONS
+    from scorefn.es.minimize import EVALUATORS
+
+    optimize.add_argument("--function", required=True, choices=sorted(FUNCTIONS),
+                          help="a built-in test function (onemax and maxcut are binary)")
+    optimize.add_argument("--dim", type=_positive_int, default=10)
     optimize.add_argument("--strategy", choices=["xnes", "snes", "openai_es", "bernoulli"], default=None,
                           help="default: xnes (bernoulli for onemax)")
     optimize.add_argument("--seed", type=int, default=0)
-    optimize.add_argument("--sigma0", type=float, default=0.5)
-    optimize.add_argument("--max-evals", type=int, default=200_000)
-    optimize.add_argument("--restarts", type=int, default=0,
+    optimize.add_argument("--sigma0", type=_positive_float, default=0.5)
+    optimize.add_argument("--max-evals", type=_positive_int, default=200_000)
+    optimize.add_argument("--restarts", type=_nonnegative_int, default=0,
                           help="IPOP restarts with a doubled population when a run stalls "
                                "(multimodal functions such as rastrigin)")
     optimize.add_argument("--target", type=float, default=None,
                           help="stop at f <= target (default 1e-8; 0 for onemax)")
+    optimize.add_argument("--bounds", default=None, metavar="LOW,HIGH",
+                          help="keep the search in the box [LOW, HIGH]^d (continuous functions; "
+                               "write --bounds=-5,5 when LOW is negative)")
+    optimize.add_argument("--evaluator", choices=EVALUATORS, default="jax",
+                          help="where f is evaluated (default: %(default)s)")
+    optimize.add_argument("--workers", type=_positive_int, default=None,
+                          help="processes or Ray CPUs for --evaluator processes/ray")
+    optimize.add_argument("--checkpoint", default=None, help="checkpoint file, written as it runs")
+    optimize.add_argument("--resume", action="store_true", help="continue from --checkpoint")
     optimize.add_argument("--plot", default=None, help="save a convergence PNG here")
     optimize.add_argument("--json", action="store_true", help="end with one JSON line")
     optimize.set_defaults(run=_optimize)
@@ -240,15 +307,15 @@ def build_parser() -> argparse.ArgumentParser:
                      help=f"ELBO gradient estimator (default: mixed; for discrete-vae-digits, one of "
                           f"{', '.join(DISCRETE_ESTIMATORS)}, default disarm)")
     fit.add_argument("--guide", choices=["mean_field", "full_rank"], default="mean_field")
-    fit.add_argument("--steps", type=int, default=3000)
-    fit.add_argument("--samples", type=int, default=1, help="K, guide samples per step")
+    fit.add_argument("--steps", type=_positive_int, default=3000)
+    fit.add_argument("--samples", type=_positive_int, default=1, help="K, guide samples per step")
     fit.add_argument("--baseline", choices=BASELINES, default="auto",
                      help="for score-function blocks (auto: leave-one-out if K >= 2, else ema)")
-    fit.add_argument("--lr", type=float, default=None,
+    fit.add_argument("--lr", type=_positive_float, default=None,
                      help="Adam's learning rate (default 0.01; 0.001 for discrete-vae-digits)")
-    fit.add_argument("--latents", type=int, default=32,
+    fit.add_argument("--latents", type=_positive_int, default=32,
                      help="discrete-vae-digits: Bernoulli latents (default: %(default)s)")
-    fit.add_argument("--hidden", type=int, default=0,
+    fit.add_argument("--hidden", type=_nonnegative_int, default=0,
                      help="discrete-vae-digits: units of the encoder's and decoder's hidden layer "
                           "(default: %(default)s, linear)")
     fit.add_argument("--seed", type=int, default=0)
@@ -265,9 +332,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--algo", default="ppo", help="reinforce, a2c, ppo, trpo or npg")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--seeds", default=None, help="comma-separated seeds trained at once (vmap)")
-    train.add_argument("--total-steps", type=int, default=None)
+    train.add_argument("--total-steps", type=_positive_int, default=None)
     train.add_argument("--backend", choices=["auto", "gymnax", "gymnasium"], default="auto")
-    train.add_argument("--eval-every", type=int, default=None, help="env steps between evaluations")
+    train.add_argument("--eval-every", type=_positive_int, default=None, help="env steps between evaluations")
     train.add_argument("--stop-when-solved", action="store_true")
     train.add_argument("--log-dir", default=None, help="default: runs/<env>_<algo>_<seed>")
     train.add_argument("--checkpoint", default=None, help="default: <log-dir>/checkpoint.pkl")
@@ -277,8 +344,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--json", action="store_true", help="end with one JSON line")
     train.set_defaults(run=_rl_train)
     evaluate = rl_commands.add_parser("eval", help="evaluate a checkpoint deterministically")
-    evaluate.add_argument("--checkpoint", required=True)
-    evaluate.add_argument("--episodes", type=int, default=20)
+    evaluate.add_argument("--checkpoint", required=True, type=_existing_file)
+    evaluate.add_argument("--episodes", type=_positive_int, default=20)
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.add_argument("--seed-index", type=int, default=0, help="which seed of a multi-seed run")
     evaluate.add_argument("--backend", choices=["auto", "gymnax", "gymnasium"], default="auto")

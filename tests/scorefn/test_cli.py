@@ -99,3 +99,41 @@ def test_rl_train_json_then_eval_the_checkpoint(tmp_path, capsys):
 def test_rl_train_unknown_env_lists_known_ones(capsys):
     with pytest.raises(SystemExit, match="unknown environment 'Nope-v0'.*CartPole-v1"):
         main(["rl", "train", "--env", "Nope-v0", "--json"])
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["rl", "train", "--total-steps", "0"], "--total-steps: expected a positive int, got 0"),
+    (["fit", "--model", "gaussian-mixture", "--steps", "0"], "--steps: expected a positive int"),
+    (["optimize", "--function", "sphere", "--dim", "0"], "--dim: expected a positive int"),
+    (["optimize", "--function", "sphere", "--sigma0", "-1"], "--sigma0: expected a positive"),
+    (["rl", "eval", "--checkpoint", "/no/such/file.pkl"], "--checkpoint: no such file"),
+    (["optimize", "--function", "maxcutt"], "invalid choice: 'maxcutt'"),
+])
+def test_out_of_range_numbers_are_argparse_errors(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_version_and_hyperparameter_types(capsys):
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert capsys.readouterr().out.strip().startswith("scorefn 0.")
+    with pytest.raises(SystemExit, match="hyperparameter num_envs of ppo must be an int"):
+        main(["rl", "train", "--set", "num_envs=abc", "--total-steps", "1000", "--json"])
+
+
+def test_optimize_bounds_checkpoint_and_resume(tmp_path, capsys):
+    path = str(tmp_path / "run.ckpt")
+    common = ["optimize", "--function", "rastrigin", "--dim", "3", "--bounds=-2,2", "--json",
+              "--checkpoint", path]
+    assert main(common + ["--max-evals", "300"]) == 0
+    assert main(common + ["--max-evals", "600", "--resume"]) == 0
+    resumed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert main(["optimize", "--function", "rastrigin", "--dim", "3", "--bounds=-2,2", "--json",
+                 "--max-evals", "600"]) == 0
+    whole = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert resumed["best_f"] == whole["best_f"] and resumed["evaluations"] == whole["evaluations"]
+    with pytest.raises(SystemExit, match="other settings.*sigma0"):
+        main(common + ["--max-evals", "600", "--resume", "--sigma0", "0.9"])

@@ -192,8 +192,10 @@ def minimize(
         import os
 
         if os.path.exists(checkpoint):
-            state, best_x, best_f, records = _load_checkpoint(checkpoint, strat)
+            state, best_x, best_f, records = _load_checkpoint(
+                checkpoint, strat, _run_settings(f, x0, key, sigma0, nan_policy, evaluator))
     stop_reason, stop_at = "max_evaluations", None
+    settings = None  # what determines the run, recorded in the checkpoint (computed once)
     since_improvement, last_best = 0, math.inf
     for _, b, _, _ in records:  # replay the counters of a resumed run
         since_improvement = 0 if b < last_best else since_improvement + 1
@@ -227,7 +229,9 @@ def minimize(
                 evaluations += popsize
                 records.append((evaluations, float(b), float(sc), float(spread)))
             if checkpoint is not None:
-                _save_checkpoint(checkpoint, strat, state, best_x, best_f, records)
+                if settings is None:
+                    settings = _run_settings(f, x0, key, sigma0, nan_policy, evaluator)
+                _save_checkpoint(checkpoint, strat, state, best_x, best_f, records, settings)
             for index in range(first_new, len(records)):
                 evaluations, b, sc, spread = records[index]
                 since_improvement = 0 if b < last_best else since_improvement + 1
@@ -322,8 +326,8 @@ def _jax_bounded(f, low, high, penalty):
     return bounded
 
 
-RESTARTS_CHECKPOINT_VERSION = 1
-CHECKPOINT_VERSION = 3  # 2: xNES state carries its (adapted) η_σ; 3: the strategy's options
+RESTARTS_CHECKPOINT_VERSION = 2  # 2: the settings
+CHECKPOINT_VERSION = 4  # 2: xNES state carries its (adapted) η_σ; 3: the strategy's options; 4: the settings
 STALLS = ("tol_x", "tol_f", "stagnation")  # stop reasons after which a restart follows
 
 
@@ -345,8 +349,16 @@ def _minimize_with_restarts(f, x0, strategy, *, restarts, popsize_factor, key, s
     base = _popsize(strat, jax.eval_shape(lambda k, x: strat.init(k, x, sigma0), key,
                                           jnp.asarray(x0, jnp.result_type(float))))
     finished: list[dict] = []  # one entry per run that ended in a stall (a restart followed)
+    settings = None
+    if checkpoint is not None:
+        settings = {**_run_settings(f, x0, key, sigma0, options["nan_policy"],
+                                    options["evaluator"]),
+                    "strategy": _strategy_id(strat), "restarts": restarts,
+                    "popsize_factor": float(popsize_factor)}
     if resume and os.path.exists(checkpoint):
-        finished = load_checkpoint(checkpoint, RESTARTS_CHECKPOINT_VERSION, "scorefn.es restarts")["runs"]
+        payload = load_checkpoint(checkpoint, RESTARTS_CHECKPOINT_VERSION, "scorefn.es restarts")
+        _refuse_changed(checkpoint, payload.get("settings", {}), settings)
+        finished = payload["runs"]
     best, history, used, started = None, [], 0, time.perf_counter()
     for run in range(restarts + 1):
         if run < len(finished):  # replay a finished run from the record
@@ -369,7 +381,7 @@ def _minimize_with_restarts(f, x0, strategy, *, restarts, popsize_factor, key, s
             if checkpoint is not None and result.stop_reason in STALLS:
                 finished.append({k: (np.asarray(v) if k == "x" else v)
                                  for k, v in dataclasses.asdict(result).items()})
-                save_checkpoint(checkpoint, {"runs": finished,
+                save_checkpoint(checkpoint, {"runs": finished, "settings": settings,
                                              "version": RESTARTS_CHECKPOINT_VERSION})
         history += [(used + e, min(b, best.f) if best else b) for e, b in result.history]
         used += result.evaluations
@@ -495,10 +507,11 @@ def _call(f, row):
     return float(f(row))
 
 
-def _save_checkpoint(path, strat, state, best_x, best_f, records) -> None:
+def _save_checkpoint(path, strat, state, best_x, best_f, records, settings) -> None:
     save_checkpoint(path, {"state": to_host(state), "best_x": np.asarray(best_x),
                            "best_f": np.asarray(best_f), "records": list(records),
-                           "strategy": _strategy_id(strat), "version": CHECKPOINT_VERSION})
+                           "strategy": _strategy_id(strat), "settings": settings,
+                           "version": CHECKPOINT_VERSION})
 
 
 def _strategy_id(strat) -> str:
@@ -507,12 +520,51 @@ def _strategy_id(strat) -> str:
     return re.sub(r" at 0x[0-9a-fA-F]+", "", repr(strat))
 
 
-def _load_checkpoint(path, strat):
+def _objective_digest(f, x0) -> list[str]:
+    """f at x0, at two fixed points near it and at one far out (where bounds' penalties
+    act), to 10 significant digits: a changed objective (another function, other bounds) is
+    told apart even when it has no name."""
+    x0 = np.asarray(x0, np.float64)
+    step = 0.1 * np.cos(np.arange(x0.size) + 1.0)
+    points = (x0, x0 + step, x0 - 2 * step, x0 + 1e3 * np.sign(step))
+    values = []
+    for point in points:
+        try:
+            values.append(f"{float(f(jnp.asarray(point, jnp.result_type(float)))):.10g}")
+        except Exception as error:  # noqa: BLE001 - f may be unusable outside the evaluator
+            values.append(f"unavailable ({type(error).__name__})")
+    return values
+
+
+def _run_settings(f, x0, key, sigma0, nan_policy, evaluator) -> dict:
+    """What determines a run's trajectory (the strategy aside, recorded on its own); the
+    stopping criteria and max_evaluations may change on resume (a run can be extended)."""
+    return {"x0": np.asarray(x0, np.float64).tolist(),
+            "key": np.asarray(jax.random.key_data(key)).tolist(),
+            "sigma0": float(sigma0), "nan_policy": nan_policy,
+            "evaluator": "jax" if evaluator == "jax" else "python-side",
+            "objective": _objective_digest(f, x0)}
+
+
+def _refuse_changed(path: str, recorded: dict | None, settings: dict) -> None:
+    if recorded is None:
+        return
+    changed = sorted(k for k in settings if recorded.get(k) != settings[k])
+    if changed:
+        detail = "; ".join(f"{k}: {recorded.get(k)!r} then, {settings[k]!r} now"
+                           if k != "key" else "key (the seed)" for k in changed)
+        raise ValueError(f"checkpoint {path} was written by a run with other settings "
+                         f"({detail}); resume it with the same ones (max_evaluations and the "
+                         "stopping criteria may change)")
+
+
+def _load_checkpoint(path, strat, settings):
     payload = load_checkpoint(path, CHECKPOINT_VERSION, "scorefn.es")
     if payload["strategy"] != _strategy_id(strat):
         # the same state under other options would continue as a different algorithm
         raise ValueError(f"checkpoint {path} was written by strategy {payload['strategy']}; "
                          f"resume it with that strategy, not {_strategy_id(strat)}")
+    _refuse_changed(path, payload.get("settings"), settings)
     return (from_host(payload["state"]), jnp.asarray(payload["best_x"]),
             jnp.asarray(payload["best_f"]), [tuple(r) for r in payload["records"]])
 

@@ -115,10 +115,36 @@ def make_config(algo: str, env_id: str, **hyperparameters: Any):
     unknown = sorted(set(hyperparameters) - fields)
     if unknown:
         raise ValueError(f"unknown hyperparameter(s) {unknown} for {algo}; known: {sorted(fields)}")
+    defaults = {f.name: f.default for f in dataclasses.fields(module.Config)}
+    defaults.update(D.defaults(algo, env_id))
+    for name, value in hyperparameters.items():
+        _check_hyperparameter_type(algo, name, value, defaults.get(name, dataclasses.MISSING))
     values = {**D.defaults(algo, env_id), **hyperparameters}
     if algo == "npg":
         values.setdefault("line_search", False)
     return module.Config(**values)
+
+
+def _check_hyperparameter_type(algo: str, name: str, value: Any, default: Any) -> None:
+    """An override must have its default's type (an int may stand for a float), so that
+    ``--set num_envs=abc`` is an error here, not a traceback deep in the algorithm."""
+    if default is dataclasses.MISSING or default is None or value is None:
+        return
+    if isinstance(default, bool):
+        ok, kind = isinstance(value, bool), "a bool (true or false)"
+    elif isinstance(default, int):
+        ok, kind = isinstance(value, int) and not isinstance(value, bool), "an int"
+    elif isinstance(default, float):
+        ok, kind = isinstance(value, int | float) and not isinstance(value, bool), "a number"
+    elif isinstance(default, tuple | list):
+        ok, kind = isinstance(value, tuple | list), "a list, e.g. [64, 64]"
+    elif isinstance(default, str):
+        ok, kind = isinstance(value, str), "a string"
+    else:
+        return
+    if not ok:
+        raise ValueError(f"hyperparameter {name} of {algo} must be {kind} (its default is "
+                         f"{default!r}); got {value!r}")
 
 
 def _policy(env, config) -> ActorCritic:
@@ -413,7 +439,7 @@ class _JaxLoop:
                               "version": CHECKPOINT_VERSION})
 
     def load(self, path, algo, env, seeds):
-        payload = _read_checkpoint(path, algo, env, seeds)
+        payload = _read_checkpoint(path, algo, env, seeds, self.config)
         self.carry = from_host(payload["carry"])
         self.eval_index = payload["eval_index"]
         return payload["history"], payload["wall"]
@@ -472,11 +498,22 @@ class _GymnasiumLoop:
 _split3 = jax.jit(lambda key: tuple(jax.random.split(key, 3)))
 
 
-def _read_checkpoint(path, algo, env, seeds):
+def _read_checkpoint(path, algo, env, seeds, config=None):
     payload = _runs.load_checkpoint(path, CHECKPOINT_VERSION, "scorefn.rl")
     if (payload["algo"], payload["env"], payload["seeds"]) != (algo, env, list(seeds)):
         raise ValueError(f"{path} holds a run of {payload['algo']} on {payload['env']} with seeds "
                          f"{payload['seeds']}; resume it with the same algorithm, env and seeds")
+    if config is not None and "config" in payload:
+        def plain(values):  # tuples come back from JSON-like settings as lists
+            return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
+
+        recorded, now = plain(payload["config"]), plain(dataclasses.asdict(config))
+        changed = sorted(k for k in now if recorded.get(k) != now[k])
+        if changed:
+            raise ValueError(
+                f"{path} was written with other hyperparameters ("
+                + ", ".join(f"{k}={recorded.get(k)!r}, now {now[k]!r}" for k in changed)
+                + "); resume it with the same ones, or start a new run")
     return payload
 
 

@@ -170,6 +170,36 @@ def test_nan_fitness_is_penalised_or_raises():
         es.minimize(sometimes_nan, X0, "snes", sigma0=0.5, max_evaluations=200, nan_policy="raise")
 
 
+def test_resume_refuses_changed_settings(tmp_path):
+    """A checkpoint resumes only the run that wrote it: another seed, sigma0, x0, objective
+    (also one without a name: the same lambda with other bounds), restart count or
+    strategy is refused with what changed; max_evaluations may grow."""
+    x0 = np.random.default_rng(0).uniform(-3, 3, 4)
+    path = str(tmp_path / "run.ckpt")
+    base = dict(sigma0=1.0, seed=0, tol_f=-1.0)
+    es.minimize(es.rastrigin, x0, "snes", max_evaluations=200, checkpoint=path, **base)
+    es.minimize(es.rastrigin, x0, "snes", max_evaluations=400, checkpoint=path, resume=True,
+                **base)
+    for change, match in ((dict(seed=1), "key"), (dict(sigma0=0.5), "sigma0"),
+                          (dict(x0=x0 + 1.0), "x0"), (dict(f=es.sphere), "objective"),
+                          (dict(bounds=(-4.0, 4.0), x0=np.clip(x0, -3.9, 3.9)), "objective")):
+        options = {**base, **{k: v for k, v in change.items() if k not in ("f", "x0")}}
+        with pytest.raises(ValueError, match=f"other settings.*{match}"):
+            es.minimize(change.get("f", es.rastrigin), change.get("x0", x0), "snes",
+                        max_evaluations=400, checkpoint=path, resume=True, **options)
+    restarts = str(tmp_path / "restarts.ckpt")
+    options = dict(sigma0=2.0, seed=0, target_f=1e-8, restarts=3, stagnation=20)
+    es.minimize(es.rastrigin, x0, "snes", max_evaluations=1500, checkpoint=restarts, **options)
+    for change, match in ((dict(restarts=2), "restarts"), (dict(seed=5), "key"),
+                          (dict(sigma0=1.0), "sigma0")):
+        with pytest.raises(ValueError, match=f"other settings.*{match}"):
+            es.minimize(es.rastrigin, x0, "snes", max_evaluations=3000, checkpoint=restarts,
+                        resume=True, **{**options, **change})
+    with pytest.raises(ValueError, match="other settings.*strategy"):
+        es.minimize(es.rastrigin, x0, "xnes", max_evaluations=3000, checkpoint=restarts,
+                    resume=True, **options)
+
+
 @pytest.mark.parametrize("evaluator", ["jax", "python"])
 def test_resume_equals_uninterrupted(tmp_path, evaluator):
     def f(x):

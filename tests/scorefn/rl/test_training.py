@@ -38,6 +38,10 @@ def test_resume_equals_uninterrupted(tmp_path):
     with pytest.raises(ValueError, match="resume it with the same"):
         rl.train("CartPole-v1", "a2c", seed=1, checkpoint=path, resume=True, total_steps=4096,
                  progress=False)
+    # another learning rate would continue as a different run: refused, naming it
+    with pytest.raises(ValueError, match=r"other hyperparameters \(learning_rate="):
+        rl.train("CartPole-v1", "ppo", seed=1, checkpoint=path, resume=True,
+                 **{**SMALL, "learning_rate": 1e-2})
 
 
 def test_several_seeds_train_at_once():
