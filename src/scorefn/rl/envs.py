@@ -98,6 +98,40 @@ class JaxEnv:
         return self.id not in ("Pendulum-v1", "MountainCarContinuous-v0")
 
 
+def observation_encoder(space: Any, env_id: str = "the environment"):
+    """``(obs_shape, encode)`` for a gymnasium observation space: a Box keeps its shape; a
+    Discrete, MultiDiscrete, MultiBinary or a Tuple/Dict of supported spaces becomes one
+    flat float vector through gymnasium's own ``spaces.flatten`` (a Discrete one-hot:
+    FrozenLake, Taxi, CliffWalking; Blackjack's Tuple concatenated). ``encode`` maps one
+    observation to float32."""
+    from gymnasium import spaces
+
+    def supported(sp):
+        if isinstance(sp, spaces.Tuple):
+            return all(supported(s) for s in sp.spaces)
+        if isinstance(sp, spaces.Dict):
+            return all(supported(s) for s in sp.spaces.values())
+        return isinstance(sp, spaces.Box | spaces.Discrete | spaces.MultiDiscrete |
+                          spaces.MultiBinary)
+
+    if not supported(space):
+        raise ValueError(f"{env_id}: observation space {space} is not supported; scorefn's "
+                         "policies take Box, Discrete, MultiDiscrete, MultiBinary and Tuples or "
+                         "Dicts of them")
+    if isinstance(space, spaces.Box):
+        return tuple(space.shape), lambda obs: np.asarray(obs, np.float32)
+    flat = spaces.flatten_space(space)
+    return tuple(flat.shape), lambda obs: np.asarray(spaces.flatten(space, obs), np.float32)
+
+
+def _missing_extra_message(env_id: str, error: Exception) -> str:
+    text = str(error)
+    extra = next((e for e in ("box2d", "mujoco", "atari", "toy-text", "classic-control")
+                  if e in text.lower()), None)
+    hint = f"pip install 'gymnasium[{extra}]'" if extra else "install what the message names"
+    return f"gymnasium's {env_id} needs a package that is not installed ({text}): {hint}"
+
+
 class GymnasiumEnv:
     """``num_envs`` copies of a gymnasium environment in one synchronous vector env, reset
     on the same step (``AutoresetMode.SAME_STEP``) so that ``final_obs`` is at hand."""
@@ -109,10 +143,22 @@ class GymnasiumEnv:
 
         self.id = env_id
         self.num_envs = num_envs
-        self.env = gym.make_vec(env_id, num_envs=num_envs, vectorization_mode="sync",
-                                vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP})
+        try:
+            self.env = gym.make_vec(env_id, num_envs=num_envs, vectorization_mode="sync",
+                                    vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP})
+        except gym.error.DependencyNotInstalled as error:
+            raise ImportError(_missing_extra_message(env_id, error)) from None
         space = self.env.single_action_space
-        self.obs_shape = tuple(self.env.single_observation_space.shape)
+        single = self.env.single_observation_space
+        self.obs_shape, encode_one = observation_encoder(single, env_id)
+        from gymnasium import spaces
+
+        if isinstance(single, spaces.Box):
+            self._encode_batch = lambda obs: np.asarray(obs, np.float32)
+        else:
+            self._encode_batch = lambda obs: np.stack([encode_one(o) for o in gym.vector.utils.iterate(
+                self.env.observation_space, obs)])
+        self._encode_one = encode_one
         if hasattr(space, "n"):
             self.action_space = Space(True, int(space.n))
         else:
@@ -125,18 +171,18 @@ class GymnasiumEnv:
 
     def reset(self, seed: int | None = None) -> np.ndarray:
         obs, _ = self.env.reset(seed=self.seed if seed is None else seed)
-        return np.asarray(obs, np.float32)
+        return self._encode_batch(obs)
 
     def step(self, action: np.ndarray):
         if not self.action_space.discrete:
             action = np.clip(action, self.action_space.low, self.action_space.high)
         obs, reward, terminated, truncated, info = self.env.step(action)
-        obs = np.asarray(obs, np.float32)
+        obs = self._encode_batch(obs)
         final = obs.copy()
         done = np.logical_or(terminated, truncated)
         if done.any():
             for i in np.flatnonzero(done):
-                final[i] = info["final_obs"][i]
+                final[i] = self._encode_one(info["final_obs"][i])
         return obs, np.asarray(reward, np.float32), terminated, truncated, final
 
     def close(self) -> None:

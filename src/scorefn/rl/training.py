@@ -27,7 +27,14 @@ from scorefn._compiler_options import BACKEND_O2, FAST_COMPILE, cpu_options
 from scorefn._program_cache import cached_jit
 from scorefn._runs import all_finite, from_host, progress_bar, save_checkpoint, to_host
 from scorefn.rl import defaults as D
-from scorefn.rl.envs import THRESHOLDS, GymnasiumEnv, JaxEnv, _gymnax_ids, make
+from scorefn.rl.envs import (
+    THRESHOLDS,
+    GymnasiumEnv,
+    JaxEnv,
+    _gymnax_ids,
+    make,
+    observation_encoder,
+)
 from scorefn.rl.networks import ActorCritic
 from scorefn.rl.rollout import GymnasiumRunner, jax_reset, jax_rollout
 from scorefn.validation import runtime_checks
@@ -186,14 +193,21 @@ def evaluate_gymnasium(env_id: str, policy: ActorCritic, policy_params: Any, see
     import gymnasium as gym
 
     env = gym.make(env_id)
+    _, encode = observation_encoder(env.observation_space, env_id)
+    # Some gymnasium envs (CliffWalking) have no time limit, and a deterministic policy can
+    # walk in circles: cap the episode as training's rollouts do.
+    limit = int(env.spec.max_episode_steps or 1000) if env.spec is not None else 1000
     act = jax.jit(lambda p, o: policy.mode(p, o), compiler_options=cpu_options(FAST_COMPILE))
     totals = []
     for i in range(episodes):
         obs, _ = env.reset(seed=seed * 1000 + i)
-        done, total = False, 0.0
-        while not done:
-            action = np.asarray(act(policy_params, jnp.asarray(obs, jnp.float32)))
-            if not policy.space.discrete:
+        done, total, steps = False, 0.0, 0
+        while not done and steps < limit:
+            steps += 1
+            action = np.asarray(act(policy_params, jnp.asarray(encode(obs))))
+            if policy.space.discrete:
+                action = int(action)  # toy-text envs index tables with it
+            else:
                 action = np.clip(action, policy.space.low, policy.space.high)
             obs, reward, terminated, truncated, _ = env.step(action)
             total += float(reward)

@@ -1,0 +1,50 @@
+"""gymnasium environments beyond Box observations: encoded with gymnasium's own flatten,
+trained and evaluated; unsupported spaces and missing extras are clear errors."""
+
+import importlib.util
+
+import numpy as np
+import pytest
+
+from scorefn import rl
+from scorefn.rl.envs import GymnasiumEnv, observation_encoder
+
+gym = pytest.importorskip("gymnasium")
+spaces = gym.spaces
+
+
+def test_observation_encoder_shapes():
+    shape, encode = observation_encoder(spaces.Discrete(16))
+    assert shape == (16,) and np.array_equal(encode(3), np.eye(16, dtype=np.float32)[3])
+    blackjack = spaces.Tuple((spaces.Discrete(32), spaces.Discrete(11), spaces.Discrete(2)))
+    shape, encode = observation_encoder(blackjack)
+    assert shape == (45,) and encode((14, 10, 0)).sum() == 3
+    shape, encode = observation_encoder(spaces.Box(-1, 1, (2, 3)))
+    assert shape == (2, 3) and encode(np.zeros((2, 3))).dtype == np.float32
+    with pytest.raises(ValueError, match="observation space Text.*is not supported"):
+        observation_encoder(spaces.Text(5), "SomeEnv")
+
+
+def test_vector_env_one_hot_observations_and_final_obs():
+    env = GymnasiumEnv("FrozenLake-v1", num_envs=3, seed=0)
+    obs = env.reset()
+    assert obs.shape == (3, 16) and np.all(obs.sum(1) == 1)
+    for _ in range(30):
+        obs, reward, terminated, truncated, final = env.step(np.zeros(3, np.int64))
+        assert obs.shape == final.shape == (3, 16) and np.all(final.sum(1) == 1)
+    env.close()
+
+
+@pytest.mark.parametrize("env_id", ["FrozenLake-v1", "Blackjack-v1", "CliffWalking-v1"])
+def test_toy_text_envs_train_and_evaluate(env_id):
+    result = rl.train(env_id, "ppo", seed=0, total_steps=2048, backend="gymnasium",
+                      eval_every=1024, progress=False)
+    assert result.env_steps >= 2048 and np.isfinite(result.eval_mean)
+
+
+def test_missing_extra_names_the_pip_extra():
+    if importlib.util.find_spec("Box2D") is not None:
+        pytest.skip("Box2D is installed here")
+    with pytest.raises(ImportError, match=r"pip install 'gymnasium\[box2d\]'"):
+        rl.train("LunarLander-v3", "ppo", seed=0, total_steps=1000, backend="gymnasium",
+                 progress=False)
