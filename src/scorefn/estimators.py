@@ -325,7 +325,12 @@ def pathwise_grad(
     if per_sample:
         values = values_of(params)
         guard = v.finite_guard((values, v.nonfinite_values_message))
-        return _with_guard(jax.jacrev(values_of)(params), guard)
+        # The N × P Jacobian of the values: forward mode costs P passes over the N samples
+        # and O(N·P) memory; reverse mode (jacrev) would vmap N cotangents, an N × N
+        # intermediate (1.6 GB at N = 20,000). Reverse only when P exceeds N.
+        size = sum(int(np.size(leaf)) for leaf in jax.tree.leaves(params))
+        jacobian = jax.jacfwd if size <= num_samples else jax.jacrev
+        return _with_guard(jacobian(values_of)(params), guard)
 
     def mean_value(p):
         values = values_of(p)
