@@ -29,6 +29,8 @@ import jax
 import jax.numpy as jnp
 from numpyro.distributions import Distribution
 
+from scorefn.discrete import base_distribution
+
 HFn = Callable[[jax.Array], jax.Array]
 
 
@@ -107,7 +109,8 @@ class DeltaMethod(ControlVariate):
 
     μ₀ is ``stop_gradient(mean)``, so h is a fixed function and the correction ∇θ E_θ[h]
     comes from differentiating the closed form through μ_θ and Σ_θ. Needs a differentiable
-    JAX ``f`` and a distribution with ``mean`` and ``variance`` (independent coordinates) or
+    JAX ``f`` and a distribution with ``mean`` and ``variance`` (independent coordinates,
+    batched or under ``to_event``) or
     ``covariance_matrix`` (one multivariate event). Unbiased with the optimal coefficient.
     The Hessian is dense (D × D for D = size of one sample). Mohamed et al. (2020) §7.2.
     """
@@ -137,13 +140,15 @@ class DeltaMethod(ControlVariate):
 
 
 def _trace_h_sigma(hess: jax.Array, d: Distribution, shape: tuple[int, ...]) -> jax.Array:
-    if len(d.event_shape) == 0:
+    # Independent (to_event) and expanded wrappers keep the coordinates independent.
+    if len(base_distribution(d).event_shape) == 0:
         variance = jnp.broadcast_to(d.variance, shape).reshape(-1)
         return jnp.sum(jnp.diagonal(hess) * variance)
     if len(d.batch_shape) == 0 and hasattr(d, "covariance_matrix"):
         return jnp.sum(hess * d.covariance_matrix)
     raise ValueError(
-        f"delta_method needs a distribution with independent coordinates (event_shape == ()) or "
+        f"delta_method needs a distribution with independent coordinates (event_shape == (), "
+        f"also under to_event) or "
         f"one multivariate event with a covariance_matrix; got {type(d).__name__} with "
         f"batch_shape {tuple(d.batch_shape)} and event_shape {tuple(d.event_shape)}"
     )

@@ -117,20 +117,25 @@ def measure_valued_grad(
 ) -> Any:
     r"""Measure-valued estimate of ∇θ E_{x~p_θ}[f(x)]; unbiased, f need not be differentiable.
 
-    ``dist_fn(params)`` must be a (batched) Normal, Poisson or Bernoulli. ``f`` maps one
+    ``dist_fn(params)`` must be a (batched) Normal, Poisson or Bernoulli, also under
+    ``to_event`` (``Independent``) or expanded. ``f`` maps one
     sample (shape ``batch_shape``) to a scalar and is evaluated 2·B times per sample.
     """
     v.check_key(key)
     num_samples = v.check_num_samples(num_samples)
-    d = dist_fn(params)
-    if not supports(d):
+    outer = dist_fn(params)
+    # A sample's shape; Independent (to_event) and expanded wrappers are looked through.
+    batch_shape = tuple(outer.batch_shape) + tuple(outer.event_shape)
+    d = as_supported(outer, batch_shape)
+    if d is None:
         raise ValueError(
             "estimator='measure_valued' has weak-derivative decompositions for Normal, Poisson "
-            f"and Bernoulli (event_shape ()); dist_fn(params) is {type(d).__name__} with "
-            f"event_shape {tuple(d.event_shape)}. Use estimator='score'."
+            "and Bernoulli (batched, or under to_event); dist_fn(params) is "
+            f"{type(outer).__name__} with event_shape {tuple(outer.event_shape)}. Use "
+            "estimator='score'."
         )
-    v.check_params_used(dist_fn, params, jnp.zeros((1, *d.batch_shape), jnp.result_type(float)))
-    batch_shape = tuple(d.batch_shape)
+    v.check_params_used(dist_fn, params, jnp.zeros((1, *outer.batch_shape, *outer.event_shape),
+                                                   jnp.result_type(float)))
     key_x, key_parts = jax.random.split(key)
     x = jax.lax.stop_gradient(d.sample(key_x, (num_samples,)))
     flat = x.reshape(num_samples, -1).astype(jnp.result_type(float))
@@ -151,6 +156,7 @@ def measure_valued_grad(
         guard = v.finite_guard((diffs, v.nonfinite_values_message))
         estimates.append((c * jnp.mean(diffs, axis=0) + guard).reshape(batch_shape))
 
-    _, vjp = jax.vjp(lambda p: distribution_parameters(dist_fn(p)), params)
+    _, vjp = jax.vjp(lambda p: distribution_parameters(as_supported(dist_fn(p), batch_shape)),
+                     params)
     (grad,) = vjp(tuple(jax.lax.stop_gradient(e) for e in estimates))
     return grad

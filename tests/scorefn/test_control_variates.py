@@ -134,3 +134,17 @@ def test_control_variate_argument_errors(key):
         cv.score(coefficient="best")
     with pytest.raises(TypeError, match="delta_method needs"):
         cv.delta_method(None)
+
+
+def test_delta_method_accepts_to_event_distributions():
+    params = {"loc": jnp.array([0.5, -1.0, 2.0])}
+
+    def f(x):
+        return jnp.sum(x**2) + jnp.prod(x)
+
+    cv = scorefn.control_variates.delta_method(f)
+    batched = scorefn.grad(f, lambda p: dist.Normal(p["loc"], 1.0), params, jax.random.key(4),
+                           500, control_variate=cv)
+    event = scorefn.grad(f, lambda p: dist.Normal(p["loc"], 1.0).to_event(1), params,
+                         jax.random.key(4), 500, control_variate=cv)
+    np.testing.assert_allclose(batched["loc"], event["loc"], rtol=1e-5, atol=1e-6)
