@@ -9,6 +9,8 @@ traced ones, so a jitted estimator still stops with the same message instead of 
 from __future__ import annotations
 
 import contextlib
+import logging
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -70,6 +72,67 @@ def runtime_checks(enabled: bool):
         yield
     finally:
         _RUNTIME_CHECKS.pop()
+
+
+class _ScorefnCheckFilter(logging.Filter):
+    """Drops jax's log record of a failed host callback when the exception is one of
+    scorefn's run-time checks: that error reaches the caller (see :func:`runtime_errors`),
+    and the logged copy of its traceback would only repeat it."""
+
+    _here = os.path.dirname(os.path.abspath(__file__))
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.exc_info or record.exc_info[2] is None:
+            return True
+        tb = record.exc_info[2]
+        while tb is not None:
+            if os.path.abspath(tb.tb_frame.f_code.co_filename).startswith(self._here):
+                return False
+            tb = tb.tb_next
+        return True
+
+
+logging.getLogger("jax._src.callback").addFilter(_ScorefnCheckFilter())
+
+_ERROR_KINDS = {"ValueError": ValueError, "TypeError": TypeError,
+                "FloatingPointError": FloatingPointError}
+
+
+def original_error(error: BaseException) -> Exception | None:
+    """The ValueError (or TypeError) a run-time check raised in its host callback, rebuilt
+    from the ``JaxRuntimeError`` that jax wraps it in when the check fires inside a compiled
+    program; None if ``error`` is no such wrapper."""
+    text = str(error)
+    if "allback" not in text:  # CpuCallback / CUDA callback errors only
+        return None
+    best = None
+    for name, kind in _ERROR_KINDS.items():
+        at = text.rfind(f"\n{name}: ")
+        if at >= 0 and (best is None or at > best[0]):
+            best = (at, kind, text[at + len(name) + 3:].strip())
+    return None if best is None else best[1](best[2])
+
+
+@contextlib.contextmanager
+def runtime_errors(context: str | None = None):
+    """Inside, a run-time check that fires in a compiled program reaches the caller as the
+    ValueError or TypeError scorefn wrote (prefixed with ``context``, e.g. the step),
+    instead of jax's ``JaxRuntimeError: INTERNAL: CpuCallback error ...``. Wrap your own
+    call of a jitted function that uses scorefn with it::
+
+        with scorefn.validation.runtime_errors():
+            g = jitted_step(params, key)
+            g = jax.block_until_ready(g)   # errors surface when the result is ready
+    """
+    try:
+        yield
+    except jax.errors.JaxRuntimeError as error:
+        original = original_error(error)
+        if original is None:
+            raise
+        if context:
+            original = type(original)(f"{context}: {original}")
+        raise original from None
 
 
 def runtime_checks_enabled() -> bool:

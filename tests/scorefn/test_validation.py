@@ -181,3 +181,23 @@ def test_dist_fn_and_params_type_errors_name_the_argument():
     with pytest.raises(TypeError, match=r"params\['mu'\] must be a floating-point array"):
         scorefn.grad(lambda x: x, lambda p: dist.Normal(p["mu"], 1.0), {"mu": jnp.asarray(1)},
                      key, 8)
+
+
+def test_runtime_errors_unwraps_a_check_that_fires_under_jit(caplog):
+    """Under the user's own jit, a run-time check arrives as jax's JaxRuntimeError; inside
+    scorefn.validation.runtime_errors it is the ValueError scorefn wrote, and jax logs no
+    second copy of its traceback."""
+    import logging
+
+    def dist_fn(p):
+        return dist.Normal(p["mu"], 1.0)
+
+    step = jax.jit(lambda p, k: scorefn.grad(lambda x: jnp.log(x), dist_fn, p, k, 64))
+    params, key = {"mu": jnp.asarray(0.0)}, jax.random.key(0)
+    with pytest.raises(jax.errors.JaxRuntimeError):
+        jax.block_until_ready(step(params, key))
+    with caplog.at_level(logging.ERROR):
+        with pytest.raises(ValueError, match="my step: f returned .* non-finite"):
+            with scorefn.validation.runtime_errors("my step"):
+                jax.block_until_ready(step(params, key))
+    assert not [r for r in caplog.records if "callback failed" in r.getMessage()]

@@ -348,9 +348,10 @@ def fit(
             # Calls end at the variance checkpoints so that each is measured at its step.
             end = min([done + steps_per_call, steps] + [s for s in variance_at if s > done])
             tic = time.perf_counter()
-            carry, values = run_steps(carry, step_keys[done:end],
-                                      _batches(batch_seed, train.shape[0], batch_size, done, end))
-            values = np.asarray(values)
+            with v.runtime_errors(f"fit steps {done} to {end - 1}"):
+                carry, values = run_steps(carry, step_keys[done:end], _batches(
+                    batch_seed, train.shape[0], batch_size, done, end))
+                values = np.asarray(values)
             timings.append(((time.perf_counter() - tic) / (end - done), end - done))
             if not np.isfinite(values).all():
                 bad = done + int(np.argmax(~np.isfinite(values)))

@@ -263,8 +263,10 @@ def _replay(checked_step, carry, start: int, n: int) -> None:
     """Run the chunk's steps one by one with the checks on: the first non-finite log
     density raises its error (which names the model site)."""
     for index in range(start, start + n):
-        carry, value = checked_step(carry, jnp.asarray(index))
-        if not np.isfinite(np.asarray(value)):
+        with v.runtime_errors(f"fit step {index}"):
+            carry, value = checked_step(carry, jnp.asarray(index))
+            finite = np.isfinite(np.asarray(value))
+        if not finite:
             return
 
 
