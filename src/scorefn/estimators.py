@@ -193,6 +193,11 @@ def score_grad(
             finite_log_prob = jnp.isfinite(surrogate)
     ok = jnp.all(jnp.isfinite(values))
     checks = [(values, v.nonfinite_values_message)] if nan_policy == "raise" else []
+    if validate:
+        # A zero scale or a probability outside [0, 1] gives NaN or a wrong gradient quietly.
+        arguments_ok, argument_checks = v.argument_checks(d)
+        ok = ok & arguments_ok
+        checks = argument_checks + checks
     if validate and not _samples_from_dist:
         # Samples from elsewhere: in the support, and a finite log_prob at each. Costs one
         # forward pass; log_prob itself is recomputed (with numpyro's mask) only on error.

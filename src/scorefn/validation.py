@@ -204,6 +204,66 @@ def finite_guard(
     return jax.lax.cond(ok, lambda _: jnp.zeros((), dtype), error_branch, None)
 
 
+def argument_checks(d: Any, name: str = "dist_fn(params)") -> tuple[Any, list]:
+    """Whether every argument given to ``d`` (and to the distributions it wraps) satisfies
+    its numpyro constraint (a positive scale, probabilities in [0, 1], a positive Dirichlet
+    concentration, finite locations), as ``(ok, checks)`` for :func:`finite_guard`: the
+    validity masks are computed in the program, the message on the host names the argument,
+    its constraint and the first bad value."""
+    import numpyro.distributions as dist
+    from numpyro.distributions import constraints
+
+    oks, checks = [], []
+    layer, path = d, name
+    while True:
+        given = vars(layer)
+        for arg, constraint in getattr(layer, "arg_constraints", {}).items():
+            value = given.get(arg)
+            if value is None or not (hasattr(value, "shape") or isinstance(value, float | int)):
+                continue  # not given (a lazily derived argument) or not numeric
+            # Through an event-wise constraint to the elementwise one, so that the message
+            # can point at the bad element (a Dirichlet's zero concentration).
+            while isinstance(constraint, constraints.independent):
+                constraint = constraint.base_constraint
+            valid = jnp.asarray(constraint.check(jnp.asarray(value)))
+            oks.append(jnp.all(valid))
+            checks.append((_validity_array(valid, value),
+                           _argument_message(f"{path}.{arg}", constraint)))
+        if isinstance(layer, dist.Independent | dist.ExpandedDistribution | dist.MaskedDistribution):
+            layer, path = layer.base_dist, f"{path}.base_dist"
+        else:
+            break
+    ok = jnp.all(jnp.stack(oks)) if oks else jnp.asarray(True)
+    return ok, checks
+
+
+def _validity_array(valid: Any, value: Any) -> jax.Array:
+    """One row of the validity mask and one of the values (broadcast to a common shape), for
+    the host-side message."""
+    valid, value = jnp.asarray(valid), jnp.asarray(value, jnp.result_type(float))
+    if valid.shape != value.shape:  # event constraints (simplex, ...) reduce the last axis
+        valid = jnp.broadcast_to(valid[..., None], value.shape) if valid.ndim < value.ndim else valid
+    shape = jnp.broadcast_shapes(valid.shape, value.shape)
+    return jnp.stack([jnp.broadcast_to(valid, shape).astype(value.dtype),
+                      jnp.broadcast_to(value, shape)])
+
+
+def _argument_message(label: str, constraint: Any) -> Callable[[np.ndarray], str | None]:
+    def message(valid_and_value: np.ndarray) -> str | None:
+        valid, value = valid_and_value[0].astype(bool), valid_and_value[1]
+        if valid.all():
+            return None
+        bad = ~valid
+        first = np.unravel_index(int(np.argmax(bad.reshape(-1))), bad.shape) if bad.ndim else ()
+        return (f"{label} is outside its constraint {type(constraint).__name__.lstrip('_')}: "
+                f"{int(bad.sum())} of {bad.size} value(s) invalid, the first "
+                f"{float(value[first]):g}" + (f" at index {tuple(int(i) for i in first)}"
+                                               if bad.ndim else "")
+                + "; the estimate would be NaN or wrong. Check the params that build it")
+
+    return message
+
+
 def nonfinite_values_message(values: np.ndarray) -> str | None:
     bad = ~np.isfinite(values)
     if not bad.any():

@@ -58,7 +58,7 @@ def test_optimize_restarts_solve_rastrigin(capsys):
 def test_optimize_rejects_a_mismatched_strategy():
     with pytest.raises(SystemExit, match="onemax is binary"):
         main(["optimize", "--function", "onemax", "--strategy", "xnes"])
-    with pytest.raises(SystemExit, match="unknown function 'griewank'"):
+    with pytest.raises(SystemExit):  # an argparse choice: lists the built-in functions
         main(["optimize", "--function", "griewank"])
 
 

@@ -201,3 +201,28 @@ def test_runtime_errors_unwraps_a_check_that_fires_under_jit(caplog):
             with scorefn.validation.runtime_errors("my step"):
                 jax.block_until_ready(step(params, key))
     assert not [r for r in caplog.records if "callback failed" in r.getMessage()]
+
+
+@pytest.mark.parametrize("case", ["normal_scale_0", "probs_above_1", "dirichlet_zero", "to_event"])
+def test_invalid_distribution_arguments_are_errors_under_jit(case):
+    """Outside its constraint a distribution's argument makes the estimate NaN or wrong
+    without a word; under jit the run-time guard names the argument and the constraint
+    (eagerly numpyro's own validation says it first)."""
+    dist_fn, params, match = {
+        "normal_scale_0": (lambda p: dist.Normal(p["a"], p["b"]),
+                           {"a": jnp.asarray(0.0), "b": jnp.asarray(0.0)},
+                           r"dist_fn\(params\).scale is outside its constraint Positive"),
+        "probs_above_1": (lambda p: dist.Bernoulli(probs=p["a"]), {"a": jnp.asarray(1.5)},
+                          r"\.probs is outside its constraint UnitInterval.*the first 1.5"),
+        "dirichlet_zero": (lambda p: dist.Dirichlet(p["a"]), {"a": jnp.array([1.0, 0.0, 2.0])},
+                           r"\.concentration .* Positive: 1 of 3 .* at index \(1,\)"),
+        "to_event": (lambda p: dist.Normal(p["a"], p["b"]).to_event(1),
+                     {"a": jnp.zeros(3), "b": -jnp.ones(3)}, r"base_dist.scale .* 3 of 3"),
+    }[case]
+    step = jax.jit(lambda p: scorefn.grad(lambda x: jnp.sum(x**2), dist_fn, p,
+                                          jax.random.key(0), 16))
+    with pytest.raises(ValueError, match=match):
+        with scorefn.validation.runtime_errors():
+            jax.block_until_ready(step(params))
+    with pytest.raises(ValueError):
+        scorefn.grad(lambda x: jnp.sum(x**2), dist_fn, params, jax.random.key(0), 16)

@@ -521,8 +521,11 @@ def _read_checkpoint(path, algo, env, seeds, config=None):
         def plain(values):  # tuples come back from JSON-like settings as lists
             return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
 
+        def same(a, b):  # NaN equals NaN here: the same setting
+            return a == b or (isinstance(a, float) and isinstance(b, float) and a != a and b != b)
+
         recorded, now = plain(payload["config"]), plain(dataclasses.asdict(config))
-        changed = sorted(k for k in now if recorded.get(k) != now[k])
+        changed = sorted(k for k in now if not same(recorded.get(k), now[k]))
         if changed:
             raise ValueError(
                 f"{path} was written with other hyperparameters ("

@@ -85,6 +85,15 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     path = str(tmp_path / "run.pkl")
     rl.train("CartPole-v1", "a2c", seed=0, total_steps=800, eval_every=400, progress=False,
              checkpoint=path)
+    # A resume refuses other hyperparameters: record the NaN learning rate in the checkpoint,
+    # so that the resumed run is accepted and diverges on its first update.
+    import pickle
+
+    with open(path, "rb") as fh:
+        payload = pickle.load(fh)
+    payload["config"]["learning_rate"] = float("nan")
+    with open(path, "wb") as fh:
+        pickle.dump(payload, fh)
     with pytest.raises(FloatingPointError, match="NaN/inf.*last good checkpoint.*800 env steps"):
         rl.train("CartPole-v1", "a2c", seed=0, total_steps=2000, eval_every=400, progress=False,
                  checkpoint=path, resume=True, learning_rate=float("nan"))
