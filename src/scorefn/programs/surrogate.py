@@ -657,10 +657,7 @@ def _check_call(params, key, num_particles):
     if (isinstance(num_particles, bool) or not isinstance(num_particles, int | np.integer)
             or num_particles < 1):
         raise ValueError(f"num_particles must be a positive int, got {num_particles!r}")
-    for leaf_name, leaf in zip(v.leaf_names(params), jax.tree.leaves(params)):
-        if not jnp.issubdtype(jnp.result_type(leaf), jnp.floating):
-            raise TypeError(f"{leaf_name} must be a floating-point array (its gradient is "
-                            f"estimated); got dtype {jnp.result_type(leaf)}")
+    v.check_float_params(params)
 
 
 def surrogate(
