@@ -32,6 +32,25 @@ def leave_one_out_ratio(numerator: jax.Array, denominator: jax.Array) -> jax.Arr
     return jnp.where(den == 0, 0.0, num / safe)
 
 
+def leave_one_out_log_mean(log_w: jax.Array) -> jax.Array:
+    r"""VIMCO's baseline for sample k of a multi-sample bound (Mnih & Rezende 2016):
+
+        L̂_{-k} = log (1/K) (Σ_{m≠k} w_m + ŵ_k),    log ŵ_k = (1/(K-1)) Σ_{m≠k} log w_m,
+
+    the bound L̂ = log (1/K) Σ_m w_m with w_k replaced by the geometric mean of the others.
+    It does not depend on sample k, so L̂ - L̂_{-k} is an unbiased learning signal for
+    ∇ log q(z_k). ``log_w``: (K, ...), K >= 2; the result has its shape.
+    """
+    k = log_w.shape[0]
+    if k < 2:
+        raise ValueError(f"the leave-one-out bound needs K >= 2 samples, got {k}")
+    others_mean = (jnp.sum(log_w, axis=0, keepdims=True) - log_w) / (k - 1)
+    # log Σ_{m≠k} w_m, stably: logsumexp with sample k masked out
+    mask = jnp.eye(k, dtype=bool).reshape((k, k) + (1,) * (log_w.ndim - 1))
+    rest = jax.nn.logsumexp(jnp.where(mask, -jnp.inf, log_w[None]), axis=1)
+    return jnp.logaddexp(rest, others_mean) - jnp.log(k)
+
+
 class Baseline:
     """Base class. ``per_coordinate`` baselines need the per-sample scores; ``min_samples``
     is the smallest N the baseline is defined for (the estimators check it)."""

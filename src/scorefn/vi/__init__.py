@@ -9,7 +9,9 @@ r"""Black-box variational inference on the scorefn core.
   :func:`scorefn.score_grad` and :func:`scorefn.pathwise_grad`;
 - :func:`fit`: the training loop, with checkpoints and posterior helpers;
 - :class:`ELBO`: the same estimators as the loss of ``numpyro.infer.SVI`` (any guide program,
-  networks and subsampled plates included), built on :mod:`scorefn.programs`;
+  networks and subsampled plates included), built on :mod:`scorefn.programs`; :class:`IWAE`
+  (DReG) and :class:`VIMCO` for the multi-sample bound; :func:`amortized_posterior` for
+  q(z | x_new);
 - :mod:`scorefn.vi.discrete_vae`: a discrete VAE on digits with the discrete estimators.
 """
 
@@ -17,19 +19,22 @@ from scorefn.vi import models
 from scorefn.vi.fit import FitResult, fit
 from scorefn.vi.guides import Block, Guide, auto_guide, full_rank, mean_field
 from scorefn.vi.model import LogJoint, Model, NumPyroModel, as_model
-from scorefn.vi.numpyro_loss import ELBO, elbo_program
+from scorefn.vi.numpyro_loss import ELBO, IWAE, VIMCO, amortized_posterior, elbo_program
 from scorefn.vi.objectives import ESTIMATORS, ElboGradient, elbo, elbo_grad, iwae_bound, local_signals
 
 __all__ = [
     "ELBO",
     "ESTIMATORS",
+    "IWAE",
     "Block",
     "ElboGradient",
+    "VIMCO",
     "FitResult",
     "Guide",
     "LogJoint",
     "Model",
     "NumPyroModel",
+    "amortized_posterior",
     "as_model",
     "auto_guide",
     "elbo",

@@ -15,21 +15,45 @@ sites and ``numpyro.plate(..., subsample_size=B)``: each step's key draws a fres
 and the terms carry the plate's N/B scale once, so the gradient is unbiased for the
 full-data ELBO (numpyro 0.22's ``TraceGraph_ELBO`` applies the scale twice to its score
 term; tested here against the closed form).
+
+:class:`IWAE` and :class:`VIMCO` are the multi-sample bound L_K = E[log (1/K) Σ_k w_k],
+w_k = p(x, z_k) / q(z_k), as losses of the same kind: IWAE with the doubly reparameterised
+gradient (DReG) for reparameterisable guides, VIMCO with its leave-one-out learning signal
+(:func:`scorefn.baselines.leave_one_out_log_mean`) for any guide. Their K particles share
+one minibatch: the bound is a log-mean over particles of the same data.
+
+:func:`amortized_posterior` gives q(z | x_new) of a trained guide for new data.
 """
 
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpyro
 from numpyro import handlers
 from numpyro.infer.elbo import ELBO as NumPyroELBO
+from numpyro.primitives import Messenger, mutable
 
 from scorefn import programs
+from scorefn import validation as v
+from scorefn.baselines import Ema, EmaState, leave_one_out_log_mean
 from scorefn.scores import log_prob
+from scorefn.vi.objectives import nonfinite_term_message
+
+#: Prefix of the mutable-state sites that carry :class:`ELBO`'s EMA baselines.
+STATE_PREFIX = "scorefn/ema/"
+
+
+def _check_particles(num_particles: Any, minimum: int = 1) -> int:
+    if (isinstance(num_particles, bool) or not isinstance(num_particles, int)
+            or num_particles < minimum):
+        raise ValueError(f"num_particles must be an int >= {minimum}, got {num_particles!r}")
+    return num_particles
 
 
 class ELBO(NumPyroELBO):
@@ -41,7 +65,9 @@ class ELBO(NumPyroELBO):
         :data:`scorefn.programs.ESTIMATORS`); default pathwise where the guide's
         distribution has ``rsample`` and every reader is differentiable, else ``"score"``.
       baselines: score site -> a baseline of :mod:`scorefn.baselines` (default leave-one-out
-        over the particles when K >= 2).
+        over the particles when K >= 2). ``scorefn.baselines.ema(decay)`` keeps one moving
+        average of the site's learning signal in numpyro's mutable state: give SVI the guide
+        ``loss.with_baseline_state(guide)`` so that SVI carries it from step to step.
       temperature: τ of ``"rebar"``, ``"gumbel_softmax"`` and ``"straight_through"`` sites.
       runtime_checks: stop with a ValueError naming the term when a log density is not
         finite (see :func:`scorefn.programs.surrogate`).
@@ -58,21 +84,55 @@ class ELBO(NumPyroELBO):
     def __init__(self, num_particles: int = 1, *, estimators: Mapping[str, str] | None = None,
                  baselines: Mapping[str, Any] | None = None, temperature: float = 0.5,
                  runtime_checks: bool = True):
-        if isinstance(num_particles, bool) or not isinstance(num_particles, int) or num_particles < 1:
-            raise ValueError(f"num_particles must be a positive int, got {num_particles!r}")
-        super().__init__(num_particles=num_particles)
+        super().__init__(num_particles=_check_particles(num_particles))
         self.estimators = dict(estimators or {})
         self.baselines = dict(baselines or {})
         self.temperature = temperature
         self.runtime_checks = runtime_checks
+        self.emas = {site: b for site, b in self.baselines.items() if isinstance(b, Ema)}
+
+    def with_baseline_state(self, guide: Callable) -> Callable:
+        """``guide`` with one ``numpyro.mutable`` site per EMA baseline, so that ``SVI.init``
+        creates the baselines' state and ``SVI.update`` passes it back each step."""
+        if not self.emas:
+            raise ValueError("with_baseline_state: this loss has no ema baseline (baselines="
+                             f"{self.baselines!r})")
+        emas = dict(self.emas)
+
+        def guide_with_state(*args, **kwargs):
+            for site, ema in emas.items():
+                mutable(STATE_PREFIX + site, ema.init())
+            return guide(*args, **kwargs)
+
+        guide_with_state.guide_without_state = guide
+        return guide_with_state
 
     def loss_with_mutable_state(self, rng_key, param_map, model, guide, *args, **kwargs):
-        program = elbo_program(model, guide, kwargs)
-        value = programs.surrogate(
-            program, param_map, rng_key, *args, num_particles=self.num_particles,
-            estimators=self.estimators, baselines=self.baselines or None,
-            temperature=self.temperature, runtime_checks=self.runtime_checks, validate=False)
-        return {"loss": -value, "mutable_state": None}
+        guide = getattr(guide, "guide_without_state", guide)
+        params = {k: p for k, p in param_map.items() if not k.startswith(STATE_PREFIX)}
+        baselines = dict(self.baselines)
+        states = {}
+        for site, ema in self.emas.items():
+            state = param_map.get(STATE_PREFIX + site)
+            if state is None:
+                warnings.warn(
+                    f"the ema baseline of site {site!r} found no state in numpyro's mutable "
+                    "state and uses 0 (still unbiased): give SVI the guide "
+                    "loss.with_baseline_state(guide) to carry it (SVI.evaluate passes no "
+                    "state; its value does not depend on the baseline)", stacklevel=2)
+                state = ema.init()
+            states[site] = EmaState(*state)
+            baselines[site] = states[site]
+        value, signals = programs.surrogate(
+            elbo_program(model, guide, kwargs), params, rng_key, *args,
+            num_particles=self.num_particles, estimators=self.estimators,
+            baselines=baselines or None, temperature=self.temperature,
+            runtime_checks=self.runtime_checks, validate=False, return_signals=True)
+        mutable_state = {
+            STATE_PREFIX + site: self.emas[site].update(
+                jax.lax.stop_gradient(signals[site]), state)
+            for site, state in states.items()} or None
+        return {"loss": -value, "mutable_state": mutable_state}
 
 
 def elbo_program(model: Callable, guide: Callable, kwargs: Mapping[str, Any] | None = None
@@ -91,15 +151,10 @@ def elbo_program(model: Callable, guide: Callable, kwargs: Mapping[str, Any] | N
             model_trace = handlers.trace(handlers.replay(
                 handlers.substitute(model, data=params), trace=guide_trace)).get_trace(
                 *args, **kwargs)
-        latents = {n for n, s in guide_trace.items() if s["type"] == "sample"
-                   and not s["is_observed"]}
+        latents = _check_traces(model_trace, guide_trace)
         for name, site in model_trace.items():
-            if site["type"] != "sample":
-                continue
-            if not site["is_observed"] and name not in latents:
-                raise ValueError(f"the model's latent site {name!r} has no site in the guide: "
-                                 "the guide must sample every latent of the model")
-            _emit(f"model/{name}", site, log_prob(site["fn"], site["value"]))
+            if site["type"] == "sample":
+                _emit(f"model/{name}", site, log_prob(site["fn"], site["value"]))
         for name in latents:
             site = guide_trace[name]
             _emit(f"guide/{name}", site, -log_prob(site["fn"], site["value"]))
@@ -107,17 +162,231 @@ def elbo_program(model: Callable, guide: Callable, kwargs: Mapping[str, Any] | N
     return program
 
 
+def _check_traces(model_trace: Mapping, guide_trace: Mapping) -> list[str]:
+    """The guide's latent sites, after the checks that model and guide agree."""
+    latents = [n for n, s in guide_trace.items() if s["type"] == "sample"
+               and not s["is_observed"]]
+    model_latents = [n for n, s in model_trace.items() if s["type"] == "sample"
+                     and not s["is_observed"]]
+    for name in model_latents:
+        if name not in latents:
+            raise ValueError(f"the model's latent site {name!r} has no site in the guide: "
+                             "the guide must sample every latent of the model")
+    for name in latents:
+        if name not in model_trace:
+            raise ValueError(f"the guide's site {name!r} is not a site of the model: every "
+                             "latent the guide samples must be a latent of the model "
+                             f"(the model's latents: {model_latents})")
+        if model_trace[name]["type"] != "sample" or model_trace[name]["is_observed"]:
+            raise ValueError(f"the guide samples {name!r}, which the model observes")
+    for trace, who in ((guide_trace, "guide"), (model_trace, "model")):
+        for name, site in trace.items():
+            if site["type"] == "mutable":
+                raise ValueError(
+                    f"the {who} has the mutable site {name!r} (e.g. flax batch statistics): "
+                    "scorefn.vi's losses do not update a model's or guide's own mutable state")
+            if site["type"] == "plate":
+                size, subsample_size = site["args"]
+                if subsample_size is not None and subsample_size > size:
+                    raise ValueError(
+                        f"{who}'s plate {name!r}: subsample_size={subsample_size} is larger "
+                        f"than the plate's size {size}")
+    return latents
+
+
 def _emit(name: str, site: dict, value: Any) -> None:
     """``numpyro.factor(name, value)`` inside the site's plates (so that credit assignment
     sees its plate index), with the site's mask and subsample scale applied once."""
+    with contextlib.ExitStack() as plates:
+        for frame in site["cond_indep_stack"]:
+            plates.enter_context(numpyro.plate(frame.name, frame.size, dim=frame.dim))
+        numpyro.factor(name, _scaled(site, value))
+
+
+def _scaled(site: dict, value: Any) -> jax.Array:
+    """A site's log density with its mask and its plates' subsample scale."""
     value = jnp.asarray(value)  # one number per batch element: events are summed already
     mask = site.get("mask")
     if mask is not None and mask is not True:
         value = jnp.where(mask, value, 0.0)
     scale = site.get("scale")
-    if scale is not None:
-        value = value * scale
-    with contextlib.ExitStack() as plates:
-        for frame in site["cond_indep_stack"]:
-            plates.enter_context(numpyro.plate(frame.name, frame.size, dim=frame.dim))
-        numpyro.factor(name, value)
+    return value if scale is None else value * scale
+
+
+class _DetachSamples(Messenger):
+    """The score-function view of a guide: its draws carry no gradient, also into the
+    distributions of the sites after them."""
+
+    def postprocess_message(self, msg):
+        if msg["type"] == "sample" and not msg["is_observed"]:
+            msg["value"] = jax.lax.stop_gradient(msg["value"])
+
+
+def _site_log_densities(trace: Mapping, names: list[str] | None = None) -> dict[str, jax.Array]:
+    """Σ over each sample site's elements of its scaled, masked log density."""
+    names = names if names is not None else [n for n, s in trace.items() if s["type"] == "sample"]
+    return {n: jnp.sum(_scaled(trace[n], log_prob(trace[n]["fn"], trace[n]["value"])))
+            for n in names}
+
+
+class _MultiSampleBound(NumPyroELBO):
+    """Shared by :class:`IWAE` and :class:`VIMCO`: K particles of guide and model on one
+    minibatch, the bound L̂ = log (1/K) Σ_k w_k and the run-time finiteness check."""
+
+    can_infer_discrete = True
+    name = "bound"
+
+    def __init__(self, num_particles: int = 8, *, runtime_checks: bool = True):
+        super().__init__(num_particles=_check_particles(num_particles, minimum=2))
+        self.runtime_checks = runtime_checks
+
+    def _particles(self, rng_key, particle: Callable) -> Any:
+        plate_key, particles_key = jax.random.split(rng_key)
+
+        def one(key):
+            # One minibatch for all particles: the plates draw from the shared key.
+            with handlers.seed(rng_seed=plate_key), handlers.seed(rng_seed=key,
+                                                                   hide_types=["plate"]):
+                return particle()
+
+        return jax.vmap(one)(jax.random.split(particles_key, self.num_particles))
+
+    def _guard(self, model_terms: Mapping[str, jax.Array], log_q: Mapping[str, jax.Array]
+               ) -> jax.Array:
+        if not self.runtime_checks:
+            return jnp.zeros(())
+        checks = [(jax.lax.stop_gradient(t), nonfinite_term_message(n))
+                  for n, t in model_terms.items()]
+        checks += [(jax.lax.stop_gradient(t), nonfinite_term_message(f"guide {n}"))
+                   for n, t in log_q.items()]
+        return v.finite_guard(*checks)
+
+    def loss_with_mutable_state(self, rng_key, param_map, model, guide, *args, **kwargs):
+        return {"loss": -self.surrogate(rng_key, param_map, model, guide, *args, **kwargs),
+                "mutable_state": None}
+
+    def surrogate(self, rng_key, params, model, guide, *args, **kwargs) -> jax.Array:
+        raise NotImplementedError
+
+
+class IWAE(_MultiSampleBound):
+    r"""The importance-weighted bound (Burda et al. 2016) as a numpyro SVI loss, with the
+    doubly reparameterised gradient (DReG, Tucker et al. 2019):
+
+        L_K = E[log (1/K) Σ_k w_k],   w_k = p_θ(x, z_k) / q_φ(z_k),   z_k = z_φ(ε_k)
+        ∇_φ L_K = E[Σ_k w̃_k² ∂log w_k/∂z_k ∂z_k/∂φ],   ∇_θ L_K = E[Σ_k w̃_k ∇_θ log p_θ(x, z_k)]
+
+    with w̃_k = w_k / Σ_m w_m and log q's own dependence on φ held fixed. **Unbiased** for
+    ∇L_K; its φ-gradient's signal does not vanish as K grows, unlike the plain
+    reparameterised one (Rainforth et al. 2018). Every latent site of the guide must be
+    reparameterisable (``rsample``); for discrete guides use :class:`VIMCO`. A param may
+    belong to the model or to the guide, not both. ``SVI`` reports the loss -L̂.
+    """
+
+    name = "IWAE"
+
+    def surrogate(self, rng_key, params, model, guide, *args, **kwargs) -> jax.Array:
+        detached = jax.lax.stop_gradient(params)
+
+        def particle():
+            guide_trace = handlers.trace(handlers.substitute(guide, data=params)).get_trace(
+                *args, **kwargs)
+            # log p_θ(x, z) at fixed z: θ's gradient
+            fixed_z = {n: ({**s, "value": jax.lax.stop_gradient(s["value"])}
+                           if s["type"] == "sample" else s) for n, s in guide_trace.items()}
+            p_theta = _model_trace(model, params, fixed_z, args, kwargs)
+            latents = _check_traces(p_theta, guide_trace)
+            self._check_guide(guide_trace, p_theta, latents)
+            # log q_{φ fixed}(z_φ(ε)) and log p_{θ fixed}(x, z_φ(ε)): their z-path is DReG's
+            q_path = handlers.trace(handlers.replay(handlers.substitute(guide, data=detached),
+                                                    trace=guide_trace)).get_trace(*args, **kwargs)
+            p_path = _model_trace(model, detached, guide_trace, args, kwargs)
+            return (_site_log_densities(p_path), _site_log_densities(q_path, latents),
+                    _site_log_densities(p_theta))
+
+        p_path, q_path, p_theta = self._particles(rng_key, particle)
+        log_w_path = sum(p_path.values()) - sum(q_path.values())
+        log_p_theta = sum(p_theta.values())
+        log_w = jax.lax.stop_gradient(log_w_path)
+        weights = jax.nn.softmax(log_w)
+        bound = jax.nn.logsumexp(log_w) - jnp.log(self.num_particles)
+        surrogate = (bound + jnp.sum(_path_weights(weights) * (log_w_path - log_w))
+                     + jnp.sum(weights * (log_p_theta - jax.lax.stop_gradient(log_p_theta))))
+        return v.guarded(surrogate, self._guard(p_theta, q_path))
+
+    @staticmethod
+    def _check_guide(guide_trace: Mapping, model_trace: Mapping, latents: list[str]) -> None:
+        for name in latents:
+            if not guide_trace[name]["fn"].has_rsample:
+                raise ValueError(
+                    f"IWAE's DReG gradient needs reparameterisable guide sites; site {name!r} "
+                    f"({type(guide_trace[name]['fn']).__name__}) has no rsample: use "
+                    "scorefn.vi.VIMCO, the score-function gradient of the same bound")
+        shared = sorted(n for n, s in guide_trace.items() if s["type"] == "param"
+                        and n in model_trace and model_trace[n]["type"] == "param")
+        if shared:
+            raise ValueError(f"IWAE: the params {shared} belong to both the model and the guide; "
+                             "DReG weighs the guide's and the model's gradients differently, so "
+                             "each param must belong to one of them")
+
+
+class VIMCO(_MultiSampleBound):
+    r"""The importance-weighted bound with VIMCO's score-function gradient (Mnih & Rezende
+    2016), as a numpyro SVI loss, for any guide (discrete sites included):
+
+        L̂ = log (1/K) Σ_k w_k,   ∇_φ L_K = E[Σ_k (L̂ - L̂_{-k} - w̃_k) ∇_φ log q_φ(z_k)],
+        ∇_θ L_K = E[Σ_k w̃_k ∇_θ log p_θ(x, z_k)]
+
+    L̂_{-k} is :func:`scorefn.baselines.leave_one_out_log_mean` (w_k replaced by the
+    geometric mean of the others): independent of z_k, so the gradient is **unbiased** for
+    ∇L_K. Every guide site goes through the score function (its draws carry no gradient).
+    """
+
+    name = "VIMCO"
+
+    def surrogate(self, rng_key, params, model, guide, *args, **kwargs) -> jax.Array:
+        def particle():
+            guide_trace = handlers.trace(_DetachSamples(handlers.substitute(
+                guide, data=params))).get_trace(*args, **kwargs)
+            model_trace = _model_trace(model, params, guide_trace, args, kwargs)
+            latents = _check_traces(model_trace, guide_trace)
+            return _site_log_densities(model_trace), _site_log_densities(guide_trace, latents)
+
+        log_p, log_q = self._particles(rng_key, particle)
+        log_q_total = sum(log_q.values())
+        log_w_live = sum(log_p.values()) - log_q_total
+        log_w = jax.lax.stop_gradient(log_w_live)
+        bound = jax.nn.logsumexp(log_w) - jnp.log(self.num_particles)
+        signal = jax.lax.stop_gradient(bound - leave_one_out_log_mean(log_w))
+        surrogate = (bound + jnp.sum(jax.nn.softmax(log_w) * (log_w_live - log_w))
+                     + jnp.sum(signal * (log_q_total - jax.lax.stop_gradient(log_q_total))))
+        return v.guarded(surrogate, self._guard(log_p, log_q))
+
+
+def _path_weights(weights: jax.Array) -> jax.Array:
+    """DReG's weights of the path term: w̃_k² (Tucker et al. 2019, eq. 7)."""
+    return weights**2
+
+
+def _model_trace(model: Callable, params: Any, guide_trace: Mapping, args: tuple,
+                 kwargs: Mapping) -> Mapping:
+    return handlers.trace(handlers.replay(handlers.substitute(model, data=params),
+                                          trace=guide_trace)).get_trace(*args, **kwargs)
+
+
+def amortized_posterior(guide: Callable, params: Mapping[str, Any], key: jax.Array, *args: Any,
+                        **kwargs: Any) -> dict[str, Any]:
+    """q(z | x_new): the trained guide's distribution at each latent site, for new data.
+
+    Runs ``guide(*args, **kwargs)`` with ``params`` (``svi.get_params(state)`` or
+    ``svi.run(...).params``; an encoder registered with ``flax_module`` included) and returns
+    ``{site: distribution}``. A site whose distribution depends on earlier sites' draws is
+    conditional on the draws made with ``key``. Plates run whole (pass no subsample size
+    for new data). For posterior samples of every site, numpyro's
+    ``Predictive(model, guide=guide, params=params, num_samples=S)`` is the recipe.
+    """
+    v.check_key(key)
+    guide = getattr(guide, "guide_without_state", guide)
+    trace = handlers.trace(handlers.seed(handlers.substitute(guide, data=dict(params)),
+                                         rng_seed=key)).get_trace(*args, **kwargs)
+    return {n: s["fn"] for n, s in trace.items() if s["type"] == "sample" and not s["is_observed"]}

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from scorefn import validation as v
-from scorefn.baselines import EmaState
+from scorefn.baselines import EmaState, leave_one_out_log_mean
 from scorefn.estimators import pathwise_grad, score_grad
 from scorefn.vi.guides import Block, Guide
 from scorefn.vi.model import Model, Term
@@ -70,7 +70,10 @@ def log_weights(model: Model, guide: Guide, params: dict[str, Any],
     return _log_density(term_values(model, guide, block_values)) - guide.log_prob(params, block_values)
 
 
-def _nonfinite_term_message(name: str):
+def nonfinite_term_message(name: str):
+    """The message of :func:`scorefn.validation.finite_guard` for a term ``(K, ...)`` of the
+    model's log density: the site, NaN or inf, and the first bad sample."""
+
     def message(values: np.ndarray) -> str | None:
         per_sample = values.reshape(values.shape[0], -1)
         bad = ~np.isfinite(per_sample).all(axis=1)
@@ -156,16 +159,11 @@ def local_signals(model: Model, guide: Guide, params: dict[str, Any],
 
 def _vimco_coefficients(log_w: jax.Array) -> jax.Array:
     """K (L̂ - L̂_{-k} - w̃_k): score_grad averages over samples, VIMCO sums."""
-    k = log_w.shape[0]
-    if k < 2:
+    if log_w.shape[0] < 2:
         raise ValueError("estimator='vimco' needs num_samples >= 2")
-    log_k = jnp.log(k)
-    bound = jax.nn.logsumexp(log_w) - log_k
-    others_mean = (jnp.sum(log_w) - log_w) / (k - 1)
-    replaced = jnp.where(jnp.eye(k, dtype=bool), others_mean[:, None], log_w[None, :])
-    bound_without = jax.nn.logsumexp(replaced, axis=1) - log_k
-    normalized = jax.nn.softmax(log_w)
-    return k * (bound - bound_without - normalized)
+    k = log_w.shape[0]
+    bound = jax.nn.logsumexp(log_w) - jnp.log(k)
+    return k * (bound - leave_one_out_log_mean(log_w) - jax.nn.softmax(log_w))
 
 
 def _block_baseline(baseline: Any, name: str) -> Any:
@@ -223,7 +221,7 @@ def elbo_grad(
     factor_log_q = guide.factor_log_probs(params, z)
     log_q = sum(_per_sample(lq) for lq in factor_log_q.values())
     log_w = _log_density(terms) - log_q
-    guard = v.finite_guard(*[(t, _nonfinite_term_message(n)) for n, t in terms.items()])
+    guard = v.finite_guard(*[(t, nonfinite_term_message(n)) for n, t in terms.items()])
     multi_sample = estimator in ("iwae", "vimco")
     objective = (jax.nn.logsumexp(log_w) - jnp.log(num_samples)) if multi_sample else jnp.mean(log_w)
 

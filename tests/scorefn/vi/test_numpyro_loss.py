@@ -115,5 +115,124 @@ def test_errors():
     with pytest.raises(ValueError, match="model's latent site 'z' has no site in the guide"):
         scorefn.vi.ELBO().loss(jax.random.key(0), {"a": jnp.asarray(0.5)}, model,
                                partial_guide, X)
-    with pytest.raises(ValueError, match="num_particles must be a positive int"):
+    with pytest.raises(ValueError, match="num_particles must be an int >= 1, got 0"):
         scorefn.vi.ELBO(num_particles=0)
+
+
+@pytest.mark.slow
+def test_ema_baseline_from_svi_mutable_state_is_unbiased():
+    """An EMA baseline whose state is far from the signal (b = 50) keeps the gradient
+    unbiased; SVI carries the state from step to step."""
+    loss = scorefn.vi.ELBO(num_particles=2, baselines={"z": scorefn.baselines.ema(0.9)})
+    state = scorefn.baselines.EmaState(jnp.asarray(45.0), jnp.asarray(1, jnp.int32),
+                                       jnp.asarray(50.0))
+    stateful = loss.with_baseline_state(guide)
+
+    def one(k):
+        p = {**PARAMS, numpyro_loss.STATE_PREFIX + "z": state}
+        g = jax.grad(lambda q: -loss.loss(k, {**p, **q}, model, stateful, X))(PARAMS)
+        return jnp.stack([g["a"], g["b"]])
+
+    estimates = np.asarray(jax.jit(jax.vmap(one))(jax.random.split(jax.random.key(4), 4000)),
+                           np.float64)
+    truth = jax.grad(exact_elbo)(PARAMS)
+    assert_unbiased(estimates, np.array([truth["a"], truth["b"]]))
+
+    svi = SVI(model, stateful, optax.adam(0.05), loss=loss)
+    result = svi.run(jax.random.key(5), 200, X, batch=10, progress_bar=False)
+    carried = result.state.mutable_state[numpyro_loss.STATE_PREFIX + "z"]
+    assert int(carried.count) == 200 and np.isfinite(float(carried.value))
+    assert float(exact_elbo(result.params)) > float(exact_elbo(PARAMS))
+    with pytest.warns(UserWarning, match="found no state in numpyro's mutable state"):
+        loss.loss(jax.random.key(0), PARAMS, model, guide, X)
+    with pytest.raises(ValueError, match="has no ema baseline"):
+        scorefn.vi.ELBO(num_particles=2).with_baseline_state(guide)
+
+
+# --- a mixture with per-point assignments and an encoder guide, against exact enumeration --
+MIX_N = 200
+MIX_Z = np.random.default_rng(2).random(MIX_N) < 0.5
+MIX_X = jnp.asarray(np.where(MIX_Z, 2.0, -2.0) + np.random.default_rng(3).normal(size=MIX_N))
+
+
+def mixture_model(x, batch=None):
+    mu = numpyro.param("mu", jnp.array([-0.5, 0.5]))
+    with numpyro.plate("data", MIX_N, subsample_size=batch) as i:
+        z = numpyro.sample("z", dist.Categorical(probs=jnp.array([0.5, 0.5])))
+        numpyro.sample("x", dist.Normal(mu[z], 1.0), obs=x[i])
+
+
+def encoder_guide(x, batch=None):
+    """q(z_i | x_i): logits (0, a x_i + b), which can represent the exact posterior."""
+    a, b = numpyro.param("a", 0.0), numpyro.param("b", 0.0)
+    with numpyro.plate("data", x.shape[0], subsample_size=batch) as i:
+        logits = jnp.stack([jnp.zeros_like(x[i]), a * x[i] + b], -1)
+        numpyro.sample("z", dist.Categorical(logits=logits))
+
+
+def exact_assignment(mu, x):
+    """p(z = 1 | x, μ) with equal weights and unit variances."""
+    return jax.nn.sigmoid(x * (mu[1] - mu[0]) - (mu[1] ** 2 - mu[0] ** 2) / 2)
+
+
+def exact_mu(steps, opt):
+    """The maximum-likelihood μ by Adam on the marginal likelihood, z summed out exactly."""
+    def nll(mu):
+        return -jnp.sum(jax.nn.logsumexp(dist.Normal(mu, 1.0).log_prob(MIX_X[:, None]), -1))
+
+    def step(carry, _):
+        mu, state = carry
+        updates, state = opt.update(jax.grad(nll)(mu), state)
+        return (optax.apply_updates(mu, updates), state), None
+
+    mu = jnp.array([-0.5, 0.5])
+    return jax.jit(lambda c: jax.lax.scan(step, c, length=steps))((mu, opt.init(mu)))[0][0]
+
+
+@pytest.mark.slow
+def test_mixture_recovers_components_and_assignments_like_exact_enumeration():
+    steps, opt = 1500, optax.adam(0.03)
+    exact = {"mu": exact_mu(steps, opt)}
+    ours = SVI(mixture_model, encoder_guide, opt,
+               loss=scorefn.vi.ELBO(num_particles=4, estimators={"z": "rloo"})).run(
+        jax.random.key(1), steps, MIX_X, batch=50, progress_bar=False).params
+    assert np.allclose(np.sort(ours["mu"]), np.sort(exact["mu"]), atol=0.15)
+    assert np.allclose(np.sort(exact["mu"]), [-2.0, 2.0], atol=0.3)
+    # the amortised posterior for new points against the exact one at the exact μ
+    x_new = jnp.linspace(-4.0, 4.0, 17)
+    q = scorefn.vi.amortized_posterior(encoder_guide, ours, jax.random.key(2), x_new)["z"]
+    assert q.batch_shape == (17,)
+    # the guide's target is the posterior at the model's own μ; minibatch noise in μ
+    # (B = 50, constant step size) moves it a little from the exact one
+    assert np.max(np.abs(q.probs[:, 1] - exact_assignment(ours["mu"], x_new))) < 0.05
+    assert np.max(np.abs(q.probs[:, 1] - exact_assignment(exact["mu"], x_new))) < 0.1
+
+
+def test_model_and_guide_mismatches_are_errors():
+    def guide_with_extra(x, batch=None):
+        guide(x, batch)
+        numpyro.sample("extra", dist.Normal(0.0, 1.0))
+
+    with pytest.raises(ValueError, match="guide's site 'extra' is not a site of the model"):
+        scorefn.vi.ELBO(2).loss(jax.random.key(0), PARAMS, model, guide_with_extra, X)
+    with pytest.raises(ValueError, match="plate 'data': subsample_size=50 is larger than the "
+                                         "plate's size 40"), pytest.warns(UserWarning):
+        scorefn.vi.ELBO(2).loss(jax.random.key(0), PARAMS, model, guide, X, batch=50)
+
+    def observing_guide(x, batch=None):
+        guide(x, batch)
+        numpyro.sample("x", dist.Normal(0.0, 1.0))
+
+    with pytest.raises(ValueError, match="guide samples 'x', which the model observes"):
+        scorefn.vi.ELBO(2).loss(jax.random.key(0), PARAMS, model, observing_guide, X)
+
+    def nan_model(x, batch=None):
+        with numpyro.plate("data", N, subsample_size=batch) as i:
+            z = numpyro.sample("z", dist.Bernoulli(0.5))
+            numpyro.sample("x", dist.Normal(2.0 * z - 1.0, 1.0), obs=x[i])
+            numpyro.factor("penalty", jnp.log(z - 2.0))  # NaN at every z
+
+    svi = SVI(nan_model, guide, optax.adam(0.05), loss=scorefn.vi.ELBO(num_particles=2))
+    state = svi.init(jax.random.key(0), X)
+    with pytest.raises(ValueError, match="model/penalty"), scorefn.validation.runtime_errors():
+        jax.block_until_ready(jax.jit(svi.update)(state, X))
