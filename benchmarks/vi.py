@@ -24,11 +24,23 @@ baseline (β = 0.9), also per point. Adam 0.01, 2000 steps. Reported:
 - the gradient variance per parameter at the guide's initial θ. That is 500 estimates in
   sequence, after 50 warm-up steps that fill the baselines.
 
+**Part 3: the discrete VAE of benchmarks/discrete_vae.py through numpyro's SVI.** The
+model and the guide are numpyro programs with ``flax_module`` networks (linear encoder and
+decoder, 32 Bernoulli latents, binarised digits); every framework starts from the same
+initial weights and sees the same batches of 100; Adam 1e-3, 2000 steps. Losses:
+``scorefn.vi.ELBO`` (an EMA baseline carried in SVI's mutable state, K = 1; RLOO, K = 2;
+DisARM, one pair), numpyro's ``TraceGraph_ELBO`` (its only baseline-free score-function
+ELBO) and Pyro's ``TraceGraph_ELBO`` with its neural baseline and decaying average.
+Reported: the training ELBO per image (mean of the last 100 steps), the test ELBO and the
+importance-sampled test log-likelihood (S = 100, the same JAX code for every framework),
+the wall seconds of the whole run (compilation included) and µs per step after it.
+
 torch runs with 1 thread, as in the peer script; JAX uses the machine's 2 cores.
 
     pip install ".[bench]"
-    python benchmarks/vi.py                  # about 12 minutes
+    python benchmarks/vi.py                  # about 15 minutes
     python benchmarks/vi.py --seeds 0 --skip-pyro
+    python benchmarks/vi.py --part 3         # the discrete VAE through SVI only
 """
 
 from __future__ import annotations
@@ -47,7 +59,7 @@ import time
 
 import numpy as np
 
-LR_STEPS, MIX_STEPS = 3000, 2000
+LR_STEPS, MIX_STEPS, VAE_STEPS, VAE_BATCH, VAE_LR = 3000, 2000, 2000, 100, 1e-3
 SCOREFN_LR = {  # name: (estimator, K, baseline)
     "reparam K=1": ("reparam", 1, "none"),
     "score K=1 + EMA": ("score", 1, "ema"),
@@ -149,6 +161,9 @@ def run_worker(argv):
     if kind == "lr":
         estimator, k, baseline, seed = rest
         out = scorefn_lr(estimator, int(k), baseline, int(seed))
+    elif kind == "vae":
+        name, seed = rest
+        out = svi_discrete_vae(name, int(seed))
     else:
         estimator, k, seed = rest
         out = scorefn_mix(estimator, int(k), int(seed))
@@ -335,6 +350,129 @@ def nuts_reference():
     return np.asarray(s["w"].mean(0)), np.asarray(s["w"].std(0))
 
 
+# ------------------------------------------------------------------ part 3: SVI
+def svi_discrete_vae(loss_name, seed, steps=VAE_STEPS, chunk=50):
+    """One run of the discrete VAE through numpyro's SVI with the named loss."""
+    import jax
+    import jax.numpy as jnp
+    import numpyro
+    import numpyro.distributions as dist
+    import optax
+    from numpyro.contrib.module import flax_module
+    from numpyro.infer import SVI, TraceGraph_ELBO
+
+    import scorefn
+    from scorefn.vi import discrete_vae as dv
+
+    scorefn.enable_compilation_cache()  # off (cold) unless the runner passes a cache folder
+    vae = dv.DiscreteVAE(latents=32, hidden=0)
+    train, test = dv.binarized_digits()
+
+    def model(x):
+        decoder = flax_module("decoder", vae.decoder, input_shape=(1, 32))
+        with numpyro.plate("data", x.shape[0]):
+            z = numpyro.sample("z", dist.Bernoulli(probs=0.5 * jnp.ones(32)).to_event(1))
+            numpyro.sample("x", dist.Bernoulli(logits=decoder(z)).to_event(1), obs=x)
+
+    def guide(x):
+        encoder = flax_module("encoder", vae.encoder, input_shape=(1, 64))
+        with numpyro.plate("data", x.shape[0]):
+            numpyro.sample("z", dist.Bernoulli(logits=encoder(x)).to_event(1))
+
+    if loss_name == "numpyro TraceGraph_ELBO":
+        loss = TraceGraph_ELBO()
+    else:
+        estimator, k = SVI_LOSSES[loss_name]
+        baselines = {"z": scorefn.baselines.ema(0.9)} if estimator == "score" else None
+        loss = scorefn.vi.ELBO(num_particles=k, estimators={"z": estimator}, baselines=baselines)
+        if baselines:
+            guide = loss.with_baseline_state(guide)
+    init = vae.init(jax.random.split(jax.random.key(seed), 4)[0])  # the peers' initial weights
+    svi = SVI(model, guide, optax.adam(VAE_LR), loss=loss)
+    batches = _vae_batches(train, seed, steps)
+    tic = time.perf_counter()
+    state = svi.init(jax.random.key(seed), batches[0], init_params={
+        "encoder$params": init["encoder"]["params"], "decoder$params": init["decoder"]["params"]})
+    run_chunk = jax.jit(lambda st, xs: jax.lax.scan(svi.update, st, xs))
+    losses, chunk_times, curve = [], [], []
+    for start in range(0, steps, chunk):
+        t0 = time.perf_counter()
+        state, chunk_losses = run_chunk(state, jnp.asarray(batches[start:start + chunk]))
+        losses.append(np.asarray(chunk_losses))
+        chunk_times.append((time.perf_counter() - t0) / chunk)
+        # (seconds since the start, ELBO per image over the last 100 steps)
+        curve.append((time.perf_counter() - tic,
+                      float(-np.mean(np.concatenate(losses)[-100:]) / VAE_BATCH)))
+    wall = time.perf_counter() - tic
+    params = svi.get_params(state)
+    final = {"encoder": {"params": params["encoder$params"]},
+             "decoder": {"params": params["decoder$params"]}}
+    result = vae.evaluate(final, jax.random.fold_in(jax.random.key(seed), 7), test, 100)
+    elbos = -np.concatenate(losses) / VAE_BATCH
+    return {"train_elbo": float(np.mean(elbos[-100:])), "test_elbo": result["elbo"],
+            "test_ll": result["log_likelihood"], "wall": wall, "curve": curve,
+            "us_per_step": statistics.median(chunk_times[1:]) * 1e6}
+
+
+def seconds_to_reach(curve, target):
+    """The first time the running ELBO reached ``target`` (inf if it never did)."""
+    return next((t for t, elbo in curve if elbo >= target), math.inf)
+
+
+def _vae_batches(train, seed, steps):
+    """The same batches of VAE_BATCH images for every framework: (steps, B, 64)."""
+    rng = np.random.default_rng(seed)
+    return np.stack([train[rng.permutation(train.shape[0])[:VAE_BATCH]] for _ in range(steps)])
+
+
+def pyro_discrete_vae(seed, steps=VAE_STEPS):
+    """Pyro's TraceGraph_ELBO with its neural baseline, the same model, weights and batches."""
+    import jax
+    import torch
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import discrete_vae as bench_dvae  # noqa: E402  (the peer code of benchmarks/discrete_vae.py)
+
+    from scorefn.vi import discrete_vae as dv
+
+    torch.set_num_threads(1)
+    train, test = dv.binarized_digits()
+    enc, dec = bench_dvae.torch_nets(0, seed)
+    step, _ = bench_dvae.pyro_step(enc, dec)
+    batches = torch.tensor(_vae_batches(train, seed, steps))
+    elbos, times = [], []
+    tic = time.perf_counter()
+    for i in range(steps):
+        t0 = time.perf_counter()
+        elbos.append(step(batches[i]))
+        times.append(time.perf_counter() - t0)
+    wall = time.perf_counter() - tic
+    params = {"encoder": bench_dvae.as_flax(enc), "decoder": bench_dvae.as_flax(dec)}
+    result = dv.DiscreteVAE(latents=32, hidden=0).evaluate(
+        params, jax.random.fold_in(jax.random.key(seed), 7), test, 100)
+    return {"train_elbo": float(np.mean(elbos[-100:])), "test_elbo": result["elbo"],
+            "test_ll": result["log_likelihood"], "wall": wall,
+            "us_per_step": statistics.median(times[50:]) * 1e6}
+
+
+SVI_LOSSES = {  # name: (scorefn estimator, K)
+    "scorefn score (EMA in mutable state), K=1": ("score", 1),
+    "scorefn rloo, K=2": ("rloo", 2),
+    "scorefn disarm, 1 pair": ("disarm", 1),
+    "numpyro TraceGraph_ELBO": (None, 1),
+}
+
+
+def _print_vae(name, runs):
+    med = statistics.median
+    print(f"VAE {name:44s} ELBO {med(r['train_elbo'] for r in runs):7.2f} "
+          f"test ELBO {med(r['test_elbo'] for r in runs):7.2f} "
+          f"test LL {med(r['test_ll'] for r in runs):7.2f} "
+          f"wall {med(r['wall'] for r in runs):6.1f}s "
+          f"{med(r['us_per_step'] for r in runs):8.0f} µs/step (per seed ELBO: "
+          + ", ".join(f"{r['train_elbo']:.2f}" for r in runs) + ")", flush=True)
+
+
 def machine():
     versions = {p: importlib.metadata.version(p)
                 for p in ("jax", "numpyro", "optax", "torch", "pyro-ppl")}
@@ -345,7 +483,7 @@ def machine():
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--part", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--part", type=int, nargs="+", default=[1, 2, 3])
     ap.add_argument("--skip-pyro", action="store_true")
     ap.add_argument("--worker", nargs="+")
     args = ap.parse_args()
@@ -394,6 +532,31 @@ def main():
         for name, var in variance.items():
             print(f"MIX grad variance at init θ ({name}): mean over mu_loc {var['mu_loc']:.3g}, "
                   f"over z_logits {var['z_logits']:.3g}", flush=True)
+    if 3 in args.part:
+        svi_runs = {}
+        with tempfile.TemporaryDirectory() as cache:
+            for name in SVI_LOSSES:
+                runs, warm = [], []
+                for seed in args.seeds:
+                    runs.append(in_fresh_process(["vae", name, seed]))
+                    in_fresh_process(["vae", name, seed], cache)  # fills it
+                    warm.append(in_fresh_process(["vae", name, seed], cache))
+                svi_runs[name] = (runs, warm)
+                _print_vae(name, runs)
+                print(f"VAE {name:44s} warm cache: wall "
+                      f"{statistics.median(r['wall'] for r in warm):.1f}s", flush=True)
+        if not args.skip_pyro:
+            runs = [pyro_discrete_vae(s) for s in args.seeds]
+            _print_vae("Pyro TraceGraph_ELBO (nn + decaying avg)", runs)
+            pyro_wall = med(r["wall"] for r in runs)
+            target = med(r["train_elbo"] for r in runs)
+            for name, (ours, warm) in svi_runs.items():
+                reach = [med(seconds_to_reach(r["curve"], target) for r in rs)
+                         for rs in (ours, warm)]
+                print(f"VAE {name}: Pyro's wall / ours: {pyro_wall / med(r['wall'] for r in ours):.1f}x"
+                      f" cold, {pyro_wall / med(r['wall'] for r in warm):.1f}x warm; seconds to "
+                      f"Pyro's final ELBO {target:.2f}: {reach[0]:.1f} cold, {reach[1]:.1f} warm "
+                      f"(Pyro: {pyro_wall:.1f})", flush=True)
 
 
 def _print_lr(row, w_nuts, sd_nuts):

@@ -167,9 +167,10 @@ def repeated(problem: Problem, key, num_samples: int, num_repeats: int, **option
     return np.asarray(jax.vmap(lambda e: ravel_pytree(e)[0])(stacked), np.float64)
 
 
-def repeated_ema(problem: Problem, key, num_samples: int, num_repeats: int, decay: float):
+def repeated_ema(problem: Problem, key, num_samples: int, num_repeats: int, decay: float,
+                 **options):
     """Estimates with an EMA baseline, run in sequence as a user would (state carried)."""
-    ema = scorefn.baselines.ema(decay)
+    ema = scorefn.baselines.ema(decay, **options)
 
     def step(state, k):
         x = scorefn.sample(problem.dist_fn, problem.params, k, num_samples)

@@ -166,24 +166,30 @@ class Optimal(Baseline):
 class EmaState(NamedTuple):
     """State of an exponential-moving-average baseline.
 
-    ``average`` is the raw moving average, ``count`` the number of updates and ``value`` the
-    bias-corrected average used as the baseline (0 before the first update).
+    ``average`` is the raw moving average, ``count`` the number of updates, ``value`` the
+    baseline used (bias-corrected unless ``zero_debias=False``; 0 before the first update)
+    and ``weight`` the total weight 1 - Π_s β_s that the updates have put on data (None in
+    a state built by hand: then 1 - β^count).
     """
 
     average: jax.Array
     count: jax.Array
     value: jax.Array
+    weight: jax.Array | None = None
 
 
 @dataclasses.dataclass(frozen=True)
 class Ema:
     r"""Exponential moving average of past batches' mean values, optax style:
 
-        a_t = β a_{t-1} + (1 - β) mean(f(x^{(t)})),      b_t = a_{t-1} / (1 - β^{t-1})
+        a_t = β_t a_{t-1} + (1 - β_t) mean(f(x^{(t)})),      b_{t+1} = a_t / (1 - Π_{s≤t} β_s)
 
-    (bias-corrected as in Adam; b = 0 before the first update). **Unbiased** when used as
-    intended: the baseline for step t comes from steps < t, which are independent of the
-    current samples. Use it with explicit state::
+    (zero-debiased as in Adam, so early steps are not pulled towards the initial 0; b = 0
+    before the first update). β_t = β, or with ``warmup=True`` the early-training schedule
+    of optax's former moving-average baseline, β_t = min(β, (1 + t) / (10 + t)), which
+    forgets the first, poorly trained steps faster. **Unbiased** when used as intended: the
+    baseline for step t comes from steps < t, which are independent of the current samples.
+    Use it with explicit state::
 
         ema = scorefn.baselines.ema(0.9)
         state = ema.init()
@@ -192,28 +198,46 @@ class Ema:
             v = f(x)
             g = scorefn.score_grad(dist_fn, params, x, v, baseline=state)   # uses b_t
             state = ema.update(v, state)                                     # then updates
+
+    Args:
+      decay: β in [0, 1).
+      zero_debias: divide by the weight on data (default); False uses the raw average a_t.
+      warmup: the early-training decay schedule above.
     """
 
     decay: float = 0.9
+    zero_debias: bool = True
+    warmup: bool = False
 
     def __post_init__(self):
         if not 0.0 <= self.decay < 1.0:
             raise ValueError(f"decay must be in [0, 1), got {self.decay}")
+        for name in ("zero_debias", "warmup"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
 
     def init(self, shape: tuple[int, ...] = (), dtype: Any = jnp.float32) -> EmaState:
         """``shape=()`` for one baseline; ``shape=batch_shape`` for one per factor."""
         zero = jnp.zeros(shape, dtype)
-        return EmaState(average=zero, count=jnp.zeros((), jnp.int32), value=zero)
+        return EmaState(average=zero, count=jnp.zeros((), jnp.int32), value=zero,
+                        weight=jnp.zeros((), dtype))
 
     def update(self, values: jax.Array, state: EmaState) -> EmaState:
         mean = jnp.mean(jnp.asarray(values), axis=0)  # over samples: per factor if any
         if state.average.ndim == 0:
             mean = jnp.mean(mean)
-        average = self.decay * state.average + (1.0 - self.decay) * mean
         count = state.count + 1
-        # Bias-corrected like Adam's moments, so early steps are not pulled towards 0.
-        value = average / (1.0 - self.decay ** count.astype(average.dtype))
-        return EmaState(average=average, count=count, value=value)
+        dtype = state.average.dtype
+        decay = jnp.asarray(self.decay, dtype)
+        if self.warmup:
+            t = count.astype(dtype)
+            decay = jnp.minimum(decay, (1.0 + t) / (10.0 + t))
+        previous = (1.0 - decay ** state.count.astype(dtype) if state.weight is None
+                    else state.weight)
+        weight = decay * previous + (1.0 - decay)
+        average = decay * state.average + (1.0 - decay) * mean
+        value = average / weight if self.zero_debias else average
+        return EmaState(average=average, count=count, value=value, weight=weight)
 
 
 def constant(value: Any = 0.0) -> Constant:
@@ -236,9 +260,9 @@ def optimal(mode: str = "leave_one_out") -> Optimal:
     return Optimal(mode)
 
 
-def ema(decay: float = 0.9) -> Ema:
+def ema(decay: float = 0.9, *, zero_debias: bool = True, warmup: bool = False) -> Ema:
     """An exponential-moving-average baseline with explicit state. See :class:`Ema`."""
-    return Ema(decay)
+    return Ema(decay, zero_debias=zero_debias, warmup=warmup)
 
 
 def as_baseline(baseline: Any) -> Baseline | None:

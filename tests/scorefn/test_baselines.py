@@ -44,6 +44,14 @@ def test_ema_baseline_keeps_estimator_unbiased(make_problem):
 
 
 @pytest.mark.slow
+def test_ema_with_warmup_and_without_debiasing_keeps_estimator_unbiased():
+    problem = normal_square()
+    estimates = repeated_ema(problem, jax.random.key(13), 50, 2000, decay=0.9, warmup=True,
+                             zero_debias=False)
+    assert_unbiased(estimates, problem.true_grad)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "biased, unbiased",
     [(baselines.batch_mean(), baselines.leave_one_out()),
@@ -98,6 +106,36 @@ def test_ema_state_is_bias_corrected_and_explicit():
     assert int(state.count) == 2
     with pytest.raises(ValueError, match="decay"):
         baselines.ema(1.0)
+    with pytest.raises(TypeError, match="warmup must be a bool"):
+        baselines.ema(0.9, warmup=1)
+
+
+@pytest.mark.parametrize("warmup", [False, True])
+def test_ema_zero_debiasing_and_warmup_schedule(warmup):
+    """Debiased, a constant signal c gives b = c from the first update on (with the warm-up
+    schedule too); raw, b = c (1 - Π β_t); the schedule β_t = min(β, (1 + t)/(10 + t))."""
+    debiased = baselines.ema(0.9, warmup=warmup)
+    raw = baselines.ema(0.9, zero_debias=False, warmup=warmup)
+    s_debiased, s_raw, kept = debiased.init(), raw.init(), 1.0
+    for t in range(1, 31):
+        s_debiased = debiased.update(jnp.full(4, 3.0), s_debiased)
+        s_raw = raw.update(jnp.full(4, 3.0), s_raw)
+        kept *= min(0.9, (1 + t) / (10 + t)) if warmup else 0.9
+        assert float(s_debiased.value) == pytest.approx(3.0, rel=1e-5)
+        assert float(s_raw.value) == pytest.approx(3.0 * (1 - kept), rel=1e-5)
+    # the schedule forgets an early outlier faster
+    early = [baselines.ema(0.9, warmup=w) for w in (False, True)]
+    states = [e.update(jnp.array([100.0]), e.init()) for e in early]
+    for _ in range(10):
+        states = [e.update(jnp.array([0.0]), s) for e, s in zip(early, states)]
+    assert float(states[1].value) < 0.2 * float(states[0].value)
+
+
+def test_ema_state_built_by_hand_has_no_weight():
+    state = baselines.EmaState(jnp.asarray(1.8), jnp.asarray(2, jnp.int32), jnp.asarray(0.0))
+    # β^2 = 0.81 of the weight still on the zero start: a debiased update divides by 1 - 0.729
+    new = baselines.ema(0.9).update(jnp.array([1.0]), state)
+    assert float(new.value) == pytest.approx((0.9 * 1.8 + 0.1) / (1 - 0.9**3), rel=1e-6)
 
 
 def test_ema_state_as_baseline_equals_constant(key):
@@ -156,3 +194,17 @@ def test_as_baseline_errors():
         baselines.as_baseline("mean")
     with pytest.raises(ValueError, match="mode must be"):
         baselines.optimal("split")
+
+
+def test_leave_one_out_log_mean_is_vimcos_baseline():
+    """L̂_{-k}: the bound with w_k replaced by the geometric mean of the others, written out."""
+    log_w = jnp.array([[0.3, -1.0], [2.0, 0.5], [-0.7, 40.0], [1.1, 39.0]])
+    out = np.asarray(baselines.leave_one_out_log_mean(log_w))
+    lw = np.asarray(log_w, np.float64)
+    for k in range(4):
+        replaced = lw.copy()
+        replaced[k] = np.delete(lw, k, axis=0).mean(0)
+        expected = np.log(np.mean(np.exp(replaced - 40.0), axis=0)) + 40.0
+        np.testing.assert_allclose(out[k], expected, rtol=1e-5)
+    with pytest.raises(ValueError, match="K >= 2"):
+        baselines.leave_one_out_log_mean(jnp.zeros(1))

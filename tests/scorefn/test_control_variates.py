@@ -14,6 +14,7 @@ from closed_forms import (
     repeated,
     variance_z,
 )
+from jaxpr_checks import dot_precisions
 
 import scorefn
 from scorefn import control_variates as cv
@@ -148,3 +149,15 @@ def test_delta_method_accepts_to_event_distributions():
     event = scorefn.grad(f, lambda p: dist.Normal(p["loc"], 1.0).to_event(1), params,
                          jax.random.key(4), 500, control_variate=cv)
     np.testing.assert_allclose(batched["loc"], event["loc"], rtol=1e-5, atol=1e-6)
+
+
+def test_delta_method_products_ask_for_full_precision():
+    """The cancelling products h(x) and E[h] are traced at HIGHEST precision, so a GPU does not
+    run them in TF32 (on the CPU the jaxpr is where this shows)."""
+    problem = normal_square()
+    h, mean_fn = cv.delta_method(problem.f).prepare(problem.dist_fn, problem.params)
+    x = jnp.ones(3)
+    for precisions in (dot_precisions(h, x), dot_precisions(mean_fn, problem.params)):
+        assert precisions and all("HIGHEST" in p for p in precisions), precisions
+    # the helper is a scope, not a global switch
+    assert all("HIGHEST" not in p for p in dot_precisions(jnp.dot, x, x))

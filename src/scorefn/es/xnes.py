@@ -45,6 +45,7 @@ from scorefn import fisher, importance
 from scorefn.es.fitness_shaping import _ranks, nes_utilities, shaped_natural_gradient
 from scorefn.es.sampling import standard_normal
 from scorefn.estimators import score_grad
+from scorefn.numerics import full_precision
 
 
 class XNESState(NamedTuple):
@@ -132,6 +133,13 @@ class XNES:
         return {"delta": delta, "m": m}
 
     def tell(self, state: XNESState, x: jax.Array, fitness: jax.Array) -> XNESState:
+        # The search gradient is a sum of nearly cancelling terms and B is updated by
+        # products of it: kept at full precision where a GPU would use TF32 (an H200 run
+        # gave NaN here; that TF32 was the cause is our reading, not yet re-run on a GPU).
+        with full_precision():
+            return self._tell(state, x, fitness)
+
+    def _tell(self, state: XNESState, x: jax.Array, fitness: jax.Array) -> XNESState:
         d = state.mean.shape[0]
         _, lr_mean, lr_sigma_init, lr_b = self.sizes(d)
         lr_sigma = state.lr_sigma

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from closed_forms import assert_unbiased, detects_bias
 from jax.flatten_util import ravel_pytree
+from jaxpr_checks import dot_precisions
 
 from scorefn import es
 
@@ -432,3 +433,13 @@ def test_xnes_defaults_need_fewer_evaluations_than_plain_xnes(f, most):
     adapted = evaluations(es.XNES())
     plain = evaluations(es.XNES(adaptation_sampling=False, mirrored=False))
     assert adapted < most * plain, (adapted, plain)
+
+
+def test_xnes_update_asks_for_full_precision():
+    """tell's products (search gradient, B expm(·)) are traced at HIGHEST precision, so a GPU
+    does not run them in TF32."""
+    strategy = es.xnes()
+    state = strategy.init(jax.random.key(0), jnp.ones(4))
+    x, state = strategy.ask(state)
+    precisions = dot_precisions(strategy.tell, state, x, jnp.sum(x**2, axis=1))
+    assert precisions and all("HIGHEST" in p for p in precisions), precisions
