@@ -33,12 +33,13 @@ import jax
 import jax.numpy as jnp
 import optax
 from jax.flatten_util import ravel_pytree
+import numpyro.distributions as dist
 from numpyro.distributions import Distribution, kl_divergence
 
 from scorefn._numpyro_fixes import log_prob as _log_prob
 from scorefn.sampling import sample
 from scorefn.scores import flatten_per_sample, per_sample_scores
-from scorefn.validation import check_key, check_num_samples
+from scorefn.validation import check_key, check_num_samples, output_dependencies
 
 DistFn = Callable[[Any], Distribution]
 
@@ -100,14 +101,68 @@ def _enumeration_fisher(dist_fn: DistFn, params: Any) -> jax.Array:
     return jac.reshape(-1, flat.size).T @ weighted
 
 
+# The Fisher information of one factor in the family's own parameter φ, for families with
+# neither a closed-form KL in numpyro nor a finite support: i(φ) = -E[∂²_φ log p(x)].
+#   Poisson(λ): 1/λ.   Exponential(λ): 1/λ².
+#   Geometric(p) (failures before the first success): 1/(p²(1 - p)); in logits: 1 - p.
+#   NegativeBinomial(r, p) (mean r p/(1 - p)), r fixed: r/(p(1 - p)²); in logits: r p.
+_FAMILY_FISHER: dict[type, tuple[str, Callable[[Distribution], jax.Array]]] = {
+    dist.Poisson: ("rate", lambda d: 1.0 / d.rate),
+    dist.Exponential: ("rate", lambda d: 1.0 / d.rate**2),
+    dist.GeometricProbs: ("probs", lambda d: 1.0 / (d.probs**2 * (1.0 - d.probs))),
+    dist.GeometricLogits: ("logits", lambda d: 1.0 - d.probs),
+    dist.NegativeBinomialProbs: ("probs",
+                                 lambda d: d.total_count / (d.probs * (1.0 - d.probs) ** 2)),
+    dist.NegativeBinomialLogits: ("logits",
+                                  lambda d: d.total_count * jax.nn.sigmoid(d.logits)),
+}
+
+
+def _unwrap(d: Distribution) -> tuple[Distribution, int]:
+    """The family under to_event and plate expansion, and how many independent copies of
+    its batch the wrappers make (a masked distribution has no closed form here)."""
+    total = math.prod(d.batch_shape) * math.prod(d.event_shape)
+    while isinstance(d, dist.Independent | dist.ExpandedDistribution):
+        d = d.base_dist
+    return d, total // max(math.prod(d.batch_shape) * math.prod(d.event_shape), 1)
+
+
+def _family_fisher(dist_fn: DistFn, params: Any) -> jax.Array:
+    """Jᵀ diag(i(φ)) J summed over the factors, J = ∂φ/∂θ: exact by the chain rule (the
+    expected second derivative of φ(θ) meets a score of mean zero)."""
+    base, copies = _unwrap(dist_fn(params))
+    if type(base) not in _FAMILY_FISHER:
+        raise NotImplementedError
+    name, information = _FAMILY_FISHER[type(base)]
+    flat, unravel = ravel_pytree(params)
+
+    def family(flat_params):
+        return _unwrap(dist_fn(unravel(flat_params)))[0]
+
+    if hasattr(base, "total_count"):
+        uses = output_dependencies(lambda f: family(f).total_count, flat)
+        if uses is None or any(any(row) for row in uses):
+            raise ValueError(
+                f"{type(base).__name__}: the Fisher information in total_count has no closed "
+                "form; keep total_count fixed, or pass key and num_samples for the empirical "
+                "Fisher")
+    shape = tuple(base.batch_shape)
+    jac = jax.jacfwd(lambda f: jnp.broadcast_to(getattr(family(f), name), shape))(flat)
+    jac = jac.reshape(-1, flat.size)
+    info = jnp.broadcast_to(information(base), shape).reshape(-1)
+    return copies * (jac.T @ (info[:, None] * jac))
+
+
 def exact_fisher(dist_fn: DistFn, params: Any) -> jax.Array:
     r"""I(θ) exactly, as a dense (P, P) matrix.
 
     Uses the Hessian of numpyro's closed-form KL(p_θ ‖ p_θ') at θ' = θ when one is registered
     (numpyro 0.22: Normal, MultivariateNormal, Gamma, Beta, Dirichlet, Categorical(probs), and
     Independent / expanded versions), else Σ_x p(x) g gᵀ over ``enumerate_support`` for
-    finite discrete distributions (Bernoulli, Categorical(logits), Binomial, ...). Independent batch factors
-    add up. Raises if neither applies: then use :func:`empirical_fisher`.
+    finite discrete distributions (Bernoulli, Categorical(logits), Binomial, ...), else the
+    family's Fisher in its own parameter by formula (Poisson, Exponential, Geometric,
+    NegativeBinomial with a fixed total_count) mapped to θ by the chain rule. Independent
+    batch factors add up. Raises if none applies: then use :func:`empirical_fisher`.
     """
     d = dist_fn(params)
     try:
@@ -116,9 +171,14 @@ def exact_fisher(dist_fn: DistFn, params: Any) -> jax.Array:
         pass
     if getattr(d, "has_enumerate_support", False):
         return _enumeration_fisher(dist_fn, params)
+    try:
+        return _family_fisher(dist_fn, params)
+    except NotImplementedError:
+        pass
     raise ValueError(
-        f"no exact Fisher for {type(d).__name__}: numpyro has no closed-form KL for it and its "
-        "support cannot be enumerated; pass key and num_samples for the empirical Fisher"
+        f"no exact Fisher for {type(d).__name__}: numpyro has no closed-form KL for it, its "
+        "support cannot be enumerated and scorefn has no formula for it; pass key and "
+        "num_samples for the empirical Fisher"
     )
 
 

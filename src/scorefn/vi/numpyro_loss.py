@@ -234,7 +234,6 @@ class _MultiSampleBound(NumPyroELBO):
     minibatch, the bound L̂ = log (1/K) Σ_k w_k and the run-time finiteness check."""
 
     can_infer_discrete = True
-    name = "bound"
 
     def __init__(self, num_particles: int = 8, *, runtime_checks: bool = True):
         super().__init__(num_particles=_check_particles(num_particles, minimum=2))
@@ -262,11 +261,9 @@ class _MultiSampleBound(NumPyroELBO):
         return v.finite_guard(*checks)
 
     def loss_with_mutable_state(self, rng_key, param_map, model, guide, *args, **kwargs):
+        # each subclass's ``surrogate``: value L̂, gradient its estimator of ∇L_K
         return {"loss": -self.surrogate(rng_key, param_map, model, guide, *args, **kwargs),
                 "mutable_state": None}
-
-    def surrogate(self, rng_key, params, model, guide, *args, **kwargs) -> jax.Array:
-        raise NotImplementedError
 
 
 class IWAE(_MultiSampleBound):
@@ -281,9 +278,17 @@ class IWAE(_MultiSampleBound):
     reparameterised one (Rainforth et al. 2018). Every latent site of the guide must be
     reparameterisable (``rsample``); for discrete guides use :class:`VIMCO`. A param may
     belong to the model or to the guide, not both. ``SVI`` reports the loss -L̂.
+
+    Args:
+      num_particles: K >= 2, the samples inside the bound (vectorised).
+      runtime_checks: a ValueError naming the site when a log density is not finite.
+
+    Example::
+
+        svi = SVI(model, guide, optax.adam(1e-3), loss=scorefn.vi.IWAE(num_particles=8))
     """
 
-    name = "IWAE"
+    can_infer_discrete = False  # DReG needs reparameterisable sites: SVI.init warns
 
     def surrogate(self, rng_key, params, model, guide, *args, **kwargs) -> jax.Array:
         detached = jax.lax.stop_gradient(params)
@@ -340,9 +345,12 @@ class VIMCO(_MultiSampleBound):
     L̂_{-k} is :func:`scorefn.baselines.leave_one_out_log_mean` (w_k replaced by the
     geometric mean of the others): independent of z_k, so the gradient is **unbiased** for
     ∇L_K. Every guide site goes through the score function (its draws carry no gradient).
+
+    Args:
+      num_particles: K >= 2, the samples inside the bound (vectorised).
+      runtime_checks: a ValueError naming the site when a log density is not finite.
     """
 
-    name = "VIMCO"
 
     def surrogate(self, rng_key, params, model, guide, *args, **kwargs) -> jax.Array:
         def particle():
