@@ -19,6 +19,9 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+DISCRETE_STRATEGIES = ("bernoulli", "categorical")
+
+
 def _optimize(args: argparse.Namespace) -> int:
     import numpy as np
 
@@ -34,10 +37,13 @@ def _optimize(args: argparse.Namespace) -> int:
         bounds = (low, high)
     f, binary = es.FUNCTIONS[args.function]
     strategy = args.strategy or ("bernoulli" if binary else "xnes")
-    if binary != (strategy == "bernoulli"):
+    # categorical with two categories searches {0, 1}^d, as bernoulli does
+    if binary != (strategy in DISCRETE_STRATEGIES):
         raise SystemExit(
             f"{args.function} is {'binary' if binary else 'continuous'}: use "
-            f"{'--strategy bernoulli' if binary else 'a continuous strategy (xnes, snes, openai_es)'}")
+            + ("--strategy bernoulli or categorical" if binary else
+               "a continuous strategy (" + ", ".join(
+                   s for s in es.STRATEGIES if s not in DISCRETE_STRATEGIES) + ")"))
     if binary:
         x0 = np.full(args.dim, 0.5)
     else:
@@ -268,13 +274,14 @@ def build_parser() -> argparse.ArgumentParser:
     optimize = commands.add_parser(
         "optimize", help="minimise a standard test function with a search-gradient strategy")
     from scorefn.es.functions import FUNCTIONS
-    from scorefn.es.minimize import EVALUATORS
+    from scorefn.es.minimize import EVALUATORS, STRATEGIES
 
     optimize.add_argument("--function", required=True, choices=sorted(FUNCTIONS),
                           help="a built-in test function (onemax and maxcut are binary)")
     optimize.add_argument("--dim", type=_positive_int, default=10)
-    optimize.add_argument("--strategy", choices=["xnes", "snes", "openai_es", "bernoulli"], default=None,
-                          help="default: xnes (bernoulli for onemax)")
+    optimize.add_argument("--strategy", choices=list(STRATEGIES), default=None,
+                          help="default: xnes (bernoulli for the binary functions; categorical "
+                               "searches them with two categories per position)")
     optimize.add_argument("--seed", type=int, default=0)
     optimize.add_argument("--sigma0", type=_positive_float, default=0.5)
     optimize.add_argument("--max-evals", type=_positive_int, default=200_000)

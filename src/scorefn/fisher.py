@@ -31,9 +31,9 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpyro.distributions as dist
 import optax
 from jax.flatten_util import ravel_pytree
-import numpyro.distributions as dist
 from numpyro.distributions import Distribution, kl_divergence
 
 from scorefn._numpyro_fixes import log_prob as _log_prob

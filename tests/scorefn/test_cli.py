@@ -60,6 +60,16 @@ def test_optimize_rejects_a_mismatched_strategy():
         main(["optimize", "--function", "onemax", "--strategy", "xnes"])
     with pytest.raises(SystemExit):  # an argparse choice: lists the built-in functions
         main(["optimize", "--function", "griewank"])
+    with pytest.raises(SystemExit, match="sphere is continuous: use a continuous strategy "
+                                         r"\(snes, xnes, openai_es\)"):
+        main(["optimize", "--function", "sphere", "--strategy", "categorical"])
+
+
+def test_optimize_categorical_on_a_binary_function(capsys):
+    assert main(["optimize", "--function", "onemax", "--dim", "20", "--strategy", "categorical",
+                 "--json"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["strategy"] == "categorical" and out["best_f"] == 0.0 and out["success"]
 
 
 def test_fit_json_line_and_resume(tmp_path, capsys):
