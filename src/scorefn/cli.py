@@ -208,13 +208,19 @@ def _rl_train(args: argparse.Namespace) -> int:
 
     from scorefn import rl
 
-    log_dir = args.log_dir or os.path.join("runs", f"{args.env}_{args.algo}_{args.seed}")
+    try:
+        backend = rl.resolve_backend(args.env, args.backend)
+    except ValueError as error:
+        raise SystemExit(f"scorefn rl train: error: {error}") from None
+    # a gymnasium run of an env gymnax also has gets its own folder
+    suffix = "_gymnasium" if backend == "gymnasium" and args.env in rl.known_envs()["gymnax"] else ""
+    log_dir = args.log_dir or os.path.join("runs", f"{args.env}_{args.algo}_{args.seed}{suffix}")
     checkpoint = args.checkpoint or os.path.join(log_dir, "checkpoint.pkl")
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
     try:
         result = rl.train(args.env, args.algo, args.seed, args.total_steps, seeds=seeds,
                           backend=args.backend, eval_every=args.eval_every, log_dir=log_dir,
-                          checkpoint=None if args.backend == "gymnasium" else checkpoint,
+                          checkpoint=checkpoint,
                           resume=args.resume, stop_when_solved=args.stop_when_solved,
                           progress=not args.json, **_hyperparameters(args.set))
     except ValueError as error:
@@ -222,7 +228,8 @@ def _rl_train(args: argparse.Namespace) -> int:
     out = {"env": args.env, "algo": args.algo, "seed": args.seed, "eval_mean": result.eval_mean,
            "env_steps": result.env_steps, "wall_s": result.wall_s,
            "solved_at_steps": result.solved_at_steps(), "solved_wall_s": result.solved_wall_s(),
-           "log_dir": log_dir}
+           "log_dir": log_dir, "checkpoint": checkpoint,
+           "best_checkpoint": rl.best_checkpoint_path(checkpoint)}
     if args.json:
         print(json.dumps(out))
     else:

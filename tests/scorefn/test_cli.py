@@ -1,6 +1,7 @@
 """The scorefn command."""
 
 import json
+import os
 
 import pytest
 
@@ -147,3 +148,14 @@ def test_optimize_bounds_checkpoint_and_resume(tmp_path, capsys):
     assert resumed["best_f"] == whole["best_f"] and resumed["evaluations"] == whole["evaluations"]
     with pytest.raises(SystemExit, match="other settings.*sigma0"):
         main(common + ["--max-evals", "600", "--resume", "--sigma0", "0.9"])
+
+
+def test_rl_train_gymnasium_gets_its_own_folder_and_checkpoints(tmp_path, monkeypatch, capsys):
+    """CartPole on gymnasium does not write into the gymnax run's default folder, and its
+    run checkpoints (the last and the best) like a gymnax run's."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["rl", "train", "--env", "CartPole-v1", "--backend", "gymnasium",
+                 "--total-steps", "1024", "--eval-every", "1024", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["log_dir"] == os.path.join("runs", "CartPole-v1_ppo_0_gymnasium")
+    assert os.path.exists(out["checkpoint"]) and os.path.exists(out["best_checkpoint"])

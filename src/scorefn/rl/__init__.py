@@ -17,10 +17,17 @@ except ImportError as error:  # pragma: no cover - the extra is part of the test
     raise ImportError(f"scorefn.rl needs the rl extra: pip install 'scorefn[rl]' ({error})") from error
 
 from scorefn.rl import a2c, defaults, envs, ppo, reinforce, returns, trpo  # noqa: E402
-from scorefn.rl.envs import THRESHOLDS, make  # noqa: E402
+from scorefn.rl.envs import THRESHOLDS, known_envs, make, resolve_backend  # noqa: E402
 from scorefn.rl.networks import ActorCritic  # noqa: E402
 from scorefn.rl.policy_gradient import policy_gradient  # noqa: E402
-from scorefn.rl.training import TrainResult, evaluate, load_checkpoint, make_config, train  # noqa: E402
+from scorefn.rl.training import (  # noqa: E402
+    TrainResult,
+    best_checkpoint_path,
+    evaluate,
+    load_checkpoint,
+    make_config,
+    train,
+)
 
 ALGORITHMS = ("reinforce", "a2c", "ppo", "trpo", "npg")
 
@@ -30,15 +37,18 @@ __all__ = [
     "ActorCritic",
     "TrainResult",
     "a2c",
+    "best_checkpoint_path",
     "defaults",
     "envs",
     "evaluate",
+    "known_envs",
     "load_checkpoint",
     "make",
     "make_config",
     "policy_gradient",
     "ppo",
     "reinforce",
+    "resolve_backend",
     "returns",
     "train",
     "trpo",

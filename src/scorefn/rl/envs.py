@@ -52,6 +52,16 @@ def _gymnasium_ids() -> list[str]:
     return sorted(k for k in gymnasium.envs.registry if "/" not in k)
 
 
+def resolve_backend(env_id: str, backend: str = "auto") -> str:
+    """The backend ``backend="auto"`` (or the given one) runs ``env_id`` on: ``"gymnax"``
+    when gymnax has the id, else ``"gymnasium"``."""
+    if backend not in ("auto", "gymnax", "gymnasium"):
+        raise ValueError(f"backend must be 'auto', 'gymnax' or 'gymnasium'; got {backend!r}")
+    if backend == "auto":
+        return "gymnax" if env_id in _gymnax_ids() else "gymnasium"
+    return backend
+
+
 def known_envs() -> dict[str, list[str]]:
     return {"gymnax": _gymnax_ids(), "gymnasium": _gymnasium_ids()}
 

@@ -14,6 +14,7 @@ import csv
 import dataclasses
 import json
 import os
+import shutil
 import time
 from typing import Any
 
@@ -31,9 +32,8 @@ from scorefn.rl.envs import (
     THRESHOLDS,
     GymnasiumEnv,
     JaxEnv,
-    _gymnax_ids,
     make,
-    observation_encoder,
+    resolve_backend,
 )
 from scorefn.rl.networks import ActorCritic
 from scorefn.rl.rollout import GymnasiumRunner, jax_reset, jax_rollout
@@ -190,30 +190,30 @@ def evaluate_jax(env: JaxEnv, policy: ActorCritic, policy_params: Any, key: jax.
 
 def evaluate_gymnasium(env_id: str, policy: ActorCritic, policy_params: Any, seed: int = 0,
                        episodes: int = 20) -> float:
-    import gymnasium as gym
-
-    env = gym.make(env_id)
-    _, encode = observation_encoder(env.observation_space, env_id)
+    """Mean return of ``episodes`` deterministic episodes, run side by side in one vector
+    env (one policy call per time step for all of them); episode i starts from
+    ``reset(seed=seed * 1000 + i)``."""
+    env = GymnasiumEnv(env_id, num_envs=episodes, seed=seed * 1000)
     # Some gymnasium envs (CliffWalking) have no time limit, and a deterministic policy can
     # walk in circles: cap the episode as training's rollouts do.
-    limit = int(env.spec.max_episode_steps or 1000) if env.spec is not None else 1000
+    limit = env.max_episode_steps
     act = jax.jit(lambda p, o: policy.mode(p, o), compiler_options=cpu_options(FAST_COMPILE))
-    totals = []
-    for i in range(episodes):
-        obs, _ = env.reset(seed=seed * 1000 + i)
-        done, total, steps = False, 0.0, 0
-        while not done and steps < limit:
-            steps += 1
-            action = np.asarray(act(policy_params, jnp.asarray(encode(obs))))
+    totals = np.zeros(episodes)
+    running = np.ones(episodes, bool)
+    try:
+        obs = env.reset()
+        for _ in range(limit):
+            action = np.asarray(act(policy_params, jnp.asarray(obs)))
             if policy.space.discrete:
-                action = int(action)  # toy-text envs index tables with it
-            else:
-                action = np.clip(action, policy.space.low, policy.space.high)
+                action = action.astype(np.int64)  # toy-text envs index tables with it
+            # finished episodes restart in the vector env; their later rewards are not counted
             obs, reward, terminated, truncated, _ = env.step(action)
-            total += float(reward)
-            done = terminated or truncated
-        totals.append(total)
-    env.close()
+            totals += np.where(running, reward, 0.0)
+            running &= ~(terminated | truncated)
+            if not running.any():
+                break
+    finally:
+        env.close()
     return float(np.mean(totals))
 
 
@@ -223,10 +223,15 @@ def load_checkpoint(path: str, seed_index: int = 0) -> TrainResult:
     payload = _runs.load_checkpoint(path, CHECKPOINT_VERSION, "scorefn.rl")
     config = _algorithm(payload["algo"]).Config(**{
         k: tuple(v) if isinstance(v, list) else v for k, v in payload["config"].items()})
-    env = make(payload["env"])
+    backend = payload.get("backend", "gymnax")
+    env = make(payload["env"], backend)
     policy = _policy(env, config)
-    params = payload["carry"][0].params
-    if payload["batched"]:
+    if backend == "gymnasium":
+        env.close()
+        params = payload["state"].params
+    else:
+        params = payload["carry"][0].params
+    if payload.get("batched"):
         params = jax.tree.map(lambda x: x[seed_index], params)
     params = jax.tree.map(jnp.asarray, params)
     return TrainResult(payload["env"], payload["algo"], params, payload["history"], config, policy,
@@ -282,7 +287,11 @@ def train(
         (with one seed: at its first evaluation at or above it).
       log_dir: write ``metrics.csv``, ``metrics.jsonl``, ``learning_curve.png`` (and TensorBoard
         events when ``tensorboardX`` is installed) there.
-      checkpoint / resume: write the run state after every evaluation; continue from it.
+      checkpoint / resume: write the run state after every evaluation, and the state of the
+        best evaluation so far beside it (``best_checkpoint_path(checkpoint)``); continue from
+        it. A gymnax run resumes exactly. A gymnasium run resumes its learner exactly (params,
+        optimiser, key, steps) but its environments start new episodes: their Python state
+        cannot be saved.
       hyperparameters: fields of the algorithm's ``Config`` (e.g. ``learning_rate=3e-4``).
     """
     enable_compilation_cache()
@@ -294,7 +303,7 @@ def train(
     module = _algorithm(algo)
     seeds = list(seeds) if seeds is not None else [seed]
     total_steps = total_steps or D.total_steps(algo, env)
-    if _is_gymnax(env, backend):
+    if resolve_backend(env, backend) == "gymnax":
         environment = make(env, "gymnax")
     else:  # gymnasium, or an unknown id: make's error lists the known ones
         environment = make(env, backend, num_envs=config.num_envs, seed=seeds[0])
@@ -306,9 +315,6 @@ def train(
     if isinstance(environment, GymnasiumEnv):
         if len(seeds) > 1:
             raise ValueError("several seeds at once need a gymnax environment (vmap)")
-        if checkpoint is not None:
-            raise ValueError("checkpoints need a gymnax environment: a gymnasium environment's "
-                             "Python state cannot be saved")
         runner = _GymnasiumLoop(environment, policy, module, config, seeds[0], updates_per_chunk)
     else:
         runner = _JaxLoop(environment, policy, module, config, seeds, updates_per_chunk,
@@ -343,6 +349,8 @@ def train(
             logger.write(row)
             if checkpoint is not None:
                 runner.save(checkpoint, history, wall, algo, env, seeds)
+                if _is_best(history):
+                    shutil.copyfile(checkpoint, best_checkpoint_path(checkpoint))
             if bar is not None:
                 bar.update(bar.task_ids[0], completed=min(env_steps, total_steps),
                            value=f"{np.mean(eval_mean):.1f}")
@@ -360,8 +368,16 @@ def train(
     return result
 
 
-def _is_gymnax(env_id: str, backend: str) -> bool:
-    return backend in ("auto", "gymnax") and env_id in _gymnax_ids()
+def best_checkpoint_path(checkpoint: str) -> str:
+    """Where :func:`train` keeps the best evaluation's state: ``run.pkl`` → ``run.best.pkl``."""
+    root, ext = os.path.splitext(checkpoint)
+    return f"{root}.best{ext or '.pkl'}"
+
+
+def _is_best(history: list[dict]) -> bool:
+    """The last evaluation (mean over seeds) is at least every earlier one."""
+    means = [float(np.mean(row["eval_mean"])) for row in history]
+    return means[-1] >= max(means)
 
 
 class _JaxLoop:
@@ -449,11 +465,11 @@ class _JaxLoop:
         save_checkpoint(path, {"carry": to_host(self.carry), "history": history, "wall": wall, "algo": algo,
                               "env": env, "seeds": seeds, "eval_index": self.eval_index,
                               "config": dataclasses.asdict(self.config),
-                              "batched": not self.single,
+                              "batched": not self.single, "backend": "gymnax",
                               "version": CHECKPOINT_VERSION})
 
     def load(self, path, algo, env, seeds):
-        payload = _read_checkpoint(path, algo, env, seeds, self.config)
+        payload = _read_checkpoint(path, algo, env, seeds, self.config, "gymnax")
         self.carry = from_host(payload["carry"])
         self.eval_index = payload["eval_index"]
         return payload["history"], payload["wall"]
@@ -507,13 +523,34 @@ class _GymnasiumLoop:
     def final_params(self):
         return self.state.params
 
+    def save(self, path, history, wall, algo, env, seeds):
+        save_checkpoint(path, {"state": to_host(self.state), "key": to_host(self.key),
+                               "history": history, "wall": wall, "algo": algo, "env": env,
+                               "seeds": seeds, "eval_index": self.eval_index,
+                               "config": dataclasses.asdict(self.config),
+                               "backend": "gymnasium", "version": CHECKPOINT_VERSION})
+
+    def load(self, path, algo, env, seeds):
+        payload = _read_checkpoint(path, algo, env, seeds, self.config, "gymnasium")
+        self.state = from_host(payload["state"])
+        self.key = from_host(payload["key"])
+        self.eval_index = payload["eval_index"]
+        # New episodes, seeded by where the run stopped: the old ones' state is gone.
+        self.runner.obs = self.env.reset(seed=self.seed + 7919 * self.eval_index)
+        self.runner.episode_return[:] = 0.0
+        return payload["history"], payload["wall"]
+
 
 
 _split3 = jax.jit(lambda key: tuple(jax.random.split(key, 3)))
 
 
-def _read_checkpoint(path, algo, env, seeds, config=None):
+def _read_checkpoint(path, algo, env, seeds, config=None, backend=None):
     payload = _runs.load_checkpoint(path, CHECKPOINT_VERSION, "scorefn.rl")
+    recorded_backend = payload.get("backend", "gymnax")
+    if backend is not None and recorded_backend != backend:
+        raise ValueError(f"{path} holds a {recorded_backend} run; this run uses {backend} "
+                         f"(resume it with backend={recorded_backend!r})")
     if (payload["algo"], payload["env"], payload["seeds"]) != (algo, env, list(seeds)):
         raise ValueError(f"{path} holds a run of {payload['algo']} on {payload['env']} with seeds "
                          f"{payload['seeds']}; resume it with the same algorithm, env and seeds")

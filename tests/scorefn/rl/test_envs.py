@@ -52,3 +52,41 @@ def test_missing_extra_names_the_pip_extra(monkeypatch):
     with pytest.raises(ImportError, match=r"pip install 'gymnasium\[box2d\]'"):
         rl.train("LunarLander-v3", "ppo", seed=0, total_steps=1000, backend="gymnasium",
                  progress=False)
+
+
+def sequential_returns(env_id, policy, params, seed, episodes):
+    """The reference: one gymnasium env, one episode after another, one policy call a step."""
+    import gymnasium as gym
+    import jax.numpy as jnp
+
+    env = gym.make(env_id)
+    _, encode = observation_encoder(env.observation_space, env_id)
+    limit = int(env.spec.max_episode_steps or 1000)
+    totals = []
+    for i in range(episodes):
+        obs, _ = env.reset(seed=seed * 1000 + i)
+        total, done, steps = 0.0, False, 0
+        while not done and steps < limit:
+            steps += 1
+            action = np.asarray(policy.mode(params, jnp.asarray(encode(obs))[None])[0])
+            action = int(action) if policy.space.discrete else np.clip(
+                action, policy.space.low, policy.space.high)
+            obs, reward, terminated, truncated, _ = env.step(action)
+            total += float(reward)
+            done = terminated or truncated
+        totals.append(total)
+    return float(np.mean(totals))
+
+
+@pytest.mark.parametrize("env_id", ["CartPole-v1", "FrozenLake-v1", "Pendulum-v1"])
+def test_vectorised_evaluation_equals_episode_by_episode(env_id):
+    """The side-by-side episodes give exactly the returns of the sequential episodes (the
+    same reset seeds, a deterministic policy), including those that end early."""
+    from scorefn.rl.training import evaluate_gymnasium
+
+    result = rl.train(env_id, "ppo", seed=1, total_steps=2048, backend="gymnasium",
+                      progress=False, eval_episodes=2)
+    policy = result.policy
+    params = result.params["policy"]
+    fast = evaluate_gymnasium(env_id, policy, params, seed=3, episodes=6)
+    assert fast == pytest.approx(sequential_returns(env_id, policy, params, 3, 6), rel=1e-6)

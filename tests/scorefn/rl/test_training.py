@@ -1,6 +1,7 @@
 """The training driver: determinism, resume, several seeds, logs, and clear errors."""
 
 import json
+import os
 
 import jax
 import numpy as np
@@ -142,8 +143,39 @@ def test_continuous_actions_on_both_paths(backend, std):
     assert ("log_std" in result.params["policy"]) == (not std)
 
 
-def test_gymnasium_runs_refuse_checkpoints_before_training(tmp_path):
-    with pytest.raises(ValueError, match="checkpoints need a gymnax environment"):
-        rl.train("CartPole-v1", "ppo", backend="gymnasium", checkpoint=str(tmp_path / "c.pkl"),
-                 total_steps=256, progress=False)
-    assert not (tmp_path / "c.pkl").exists()
+def test_gymnasium_run_checkpoints_resumes_and_keeps_the_best(tmp_path):
+    """A gymnasium run resumes its learner from the checkpoint (the finished evaluations kept,
+    the step count continued), keeps the best evaluation's state beside the last, and
+    refuses other hyperparameters or a gymnax checkpoint."""
+    ckpt = str(tmp_path / "c.pkl")
+    options = dict(backend="gymnasium", eval_every=1024, eval_episodes=3, progress=False,
+                   checkpoint=ckpt, num_epochs=2)
+    first = rl.train("CartPole-v1", "ppo", seed=0, total_steps=2048, **options)
+    assert len(first.history) == 2 and os.path.exists(rl.best_checkpoint_path(ckpt))
+    resumed = rl.train("CartPole-v1", "ppo", seed=0, total_steps=4096, resume=True, **options)
+    assert resumed.history[:2] == first.history
+    assert [row["env_steps"] for row in resumed.history] == [1024, 2048, 3072, 4096]
+    best = rl.load_checkpoint(rl.best_checkpoint_path(ckpt))
+    means = [row["eval_mean"] for row in resumed.history]
+    assert best.history[-1]["eval_mean"] == max(means)
+    assert np.isfinite(rl.evaluate(rl.load_checkpoint(ckpt), episodes=3, backend="gymnasium"))
+    with pytest.raises(ValueError, match="other hyperparameters .*num_epochs=2, now 3"):
+        rl.train("CartPole-v1", "ppo", seed=0, total_steps=6144, resume=True,
+                 **{**options, "num_epochs": 3})
+    gymnax_ckpt = str(tmp_path / "g.pkl")
+    rl.train("CartPole-v1", "ppo", seed=0, total_steps=1024, eval_every=1024, progress=False,
+             checkpoint=gymnax_ckpt, num_epochs=2)
+    with pytest.raises(ValueError, match="holds a gymnax run; this run uses gymnasium"):
+        rl.train("CartPole-v1", "ppo", seed=0, total_steps=2048, resume=True,
+                 **{**options, "checkpoint": gymnax_ckpt})
+
+
+def test_backend_resolution():
+    assert rl.resolve_backend("CartPole-v1") == "gymnax"
+    assert rl.resolve_backend("CliffWalking-v1") == "gymnasium"
+    assert rl.resolve_backend("CartPole-v1", "gymnasium") == "gymnasium"
+    with pytest.raises(ValueError, match="backend must be"):
+        rl.resolve_backend("CartPole-v1", "torch")
+    assert rl.best_checkpoint_path("runs/x/checkpoint.pkl") == "runs/x/checkpoint.best.pkl"
+
+
