@@ -184,9 +184,9 @@ def seconds_per_generation(d, rounds=3, repeats=5):
 
 
 def _scorefn_generations(strat, x0, gens):
-    from scorefn.es.minimize import _compiled_generations
+    from scorefn.es.minimize import compiled_generations
 
-    run = _compiled_generations(strat, es.sphere, gens, "penalize")
+    run = compiled_generations(strat, es.sphere, gens, "penalize")
     carry = (strat.init(jax.random.key(0), x0, 0.5), x0, jnp.asarray(jnp.inf))
     return lambda: run(carry)
 

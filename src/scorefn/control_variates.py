@@ -22,6 +22,7 @@ Learning", JMLR 21(132), section 7.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -160,6 +161,19 @@ def _trace_h_sigma(hess: jax.Array, d: Distribution, shape: tuple[int, ...]) -> 
         f"one multivariate event with a covariance_matrix; got {type(d).__name__} with "
         f"batch_shape {tuple(d.batch_shape)} and event_shape {tuple(d.event_shape)}"
     )
+
+
+def delta_method_supports(d: Distribution) -> bool:
+    """Whether the delta method's E[h] has a closed form for ``d``: independent coordinates
+    (``event_shape == ()``, also under ``to_event``) or one multivariate event with a
+    ``covariance_matrix``."""
+    shape = tuple(d.batch_shape) + tuple(d.event_shape)
+    size = math.prod(shape)
+    try:
+        _trace_h_sigma(jnp.zeros((size, size)), d, shape)
+    except ValueError:
+        return False
+    return True
 
 
 def delta_method(f: Callable[[jax.Array], jax.Array], coefficient: Any = "optimal") -> DeltaMethod:

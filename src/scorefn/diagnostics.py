@@ -253,8 +253,8 @@ def default_estimators(f: Callable, dist_fn: Callable, params: Any) -> dict[str,
         shape = tuple(d.batch_shape) + tuple(d.event_shape)
         mean = jnp.broadcast_to(d.mean, shape).astype(jnp.result_type(float))
         jax.eval_shape(jax.hessian(f), mean)
-        cv_lib._trace_h_sigma(jnp.zeros((mean.size, mean.size)), d, shape)
-        choices["score + delta_method"] = {"control_variate": cv_lib.delta_method(f)}
+        if cv_lib.delta_method_supports(d):
+            choices["score + delta_method"] = {"control_variate": cv_lib.delta_method(f)}
     except Exception:  # f not differentiable in JAX or no usable covariance: skip it
         pass
     if d.has_rsample:

@@ -161,3 +161,11 @@ def test_delta_method_products_ask_for_full_precision():
         assert precisions and all("HIGHEST" in p for p in precisions), precisions
     # the helper is a scope, not a global switch
     assert all("HIGHEST" not in p for p in dot_precisions(jnp.dot, x, x))
+
+
+def test_delta_method_supports_independent_and_single_multivariate_events():
+    assert cv.delta_method_supports(dist.Normal(jnp.zeros(3), 1.0))
+    assert cv.delta_method_supports(dist.Normal(jnp.zeros(3), 1.0).to_event(1))
+    assert cv.delta_method_supports(dist.MultivariateNormal(jnp.zeros(2), jnp.eye(2)))
+    assert not cv.delta_method_supports(
+        dist.MultivariateNormal(jnp.zeros((4, 2)), jnp.eye(2)))   # a batch of MVNs

@@ -15,8 +15,8 @@ import jax.numpy as jnp
 from scorefn.validation import runtime_checks
 
 
-def _ranks(fitness: jax.Array) -> jax.Array:
-    """0 for the lowest f; NaN counts as worst."""
+def ranks(fitness: jax.Array) -> jax.Array:
+    """Each candidate's rank, 0 for the lowest f (the best); NaN counts as worst."""
     fitness = jnp.where(jnp.isnan(fitness), jnp.inf, fitness)
     return jnp.argsort(jnp.argsort(fitness))
 
@@ -24,7 +24,7 @@ def _ranks(fitness: jax.Array) -> jax.Array:
 def centered_ranks(fitness: jax.Array) -> jax.Array:
     """Ranks mapped linearly to [-0.5, 0.5], best = 0.5 (Salimans et al. 2017, OpenAI-ES)."""
     n = fitness.shape[0]
-    return 0.5 - _ranks(fitness) / (n - 1)
+    return 0.5 - ranks(fitness) / (n - 1)
 
 
 def nes_utilities(fitness: jax.Array) -> jax.Array:
@@ -34,7 +34,7 @@ def nes_utilities(fitness: jax.Array) -> jax.Array:
     k = jnp.arange(1, n + 1, dtype=jnp.result_type(float))
     raw = jnp.maximum(0.0, jnp.log(n / 2 + 1) - jnp.log(k))
     by_rank = raw / jnp.sum(raw) - 1.0 / n
-    return by_rank[_ranks(fitness)]
+    return by_rank[ranks(fitness)]
 
 
 def shaped_natural_gradient(strategy: Any, state: Any, x: jax.Array, utilities: jax.Array) -> Any:

@@ -171,7 +171,7 @@ def minimize(
     popsize = _popsize(strat, state)
 
     if evaluator == "jax":
-        run_chunk = _compiled_generations(strat, f, generations_per_call, nan_policy)
+        run_chunk = compiled_generations(strat, f, generations_per_call, nan_policy)
     else:
         ask, tell = _compiled_ask_tell(strat)
         if workers is not None and workers < 1:
@@ -602,7 +602,7 @@ def _compiled_ask_tell(strat):
 
 
 @functools.lru_cache(maxsize=64)
-def _compiled_generations(strat, f, generations: int, nan_policy: str):
+def compiled_generations(strat, f, generations: int, nan_policy: str):
     """One jitted function running ``generations`` generations (ask, vmap(f), tell, track the
     best); cached so that repeated runs on the same problem compile once."""
 

@@ -42,7 +42,7 @@ import jax.numpy as jnp
 import numpyro.distributions as dist
 
 from scorefn import fisher, importance
-from scorefn.es.fitness_shaping import _ranks, nes_utilities, shaped_natural_gradient
+from scorefn.es.fitness_shaping import nes_utilities, ranks, shaped_natural_gradient
 from scorefn.es.sampling import standard_normal
 from scorefn.estimators import score_grad
 from scorefn.numerics import full_precision
@@ -167,7 +167,7 @@ class XNES:
         hypothetical = state._replace(sigma=state.sigma * jnp.sqrt(state.sigma / state.prev_sigma))
         w = jnp.exp(importance.log_weights(local_distribution(hypothetical), origin, x,
                                            local_distribution(state)(origin)))
-        rank = (n - 1 - _ranks(fitness)) + 0.5  # the best candidate has the highest rank
+        rank = (n - 1 - ranks(fitness)) + 0.5  # the best candidate has the highest rank
         total = jnp.sum(w)
         u = jnp.sum(w * rank)
         u_mean = n * total / 2
