@@ -12,7 +12,7 @@ number of steps for everyone. Rows (each scorefn row against its counterpart):
   EMA baseline; Storchastic ``ScoreFunction(baseline_factory="moving_average")``; Pyro
   ``TraceGraph_ELBO`` with its neural baseline (a linear net of x) plus its decaying
   average.
-- RLOO, K = 2: scorefn ``"rloo"``; Storchastic ``ScoreFunction(n_samples=2,
+- RLOO, K = 2 and K = 4: scorefn ``"rloo"``; Storchastic ``ScoreFunction(n_samples=K,
   baseline_factory="batch_average")`` (its leave-one-out baseline).
 - ARM and DisARM, one antithetic pair (two evaluations) per step: scorefn ``"arm"`` and
   ``"disarm"``; Storchastic ``ARM(n_samples=1)``. Storchastic's DisARM fails on torch 2.13
@@ -27,8 +27,11 @@ number of steps for everyone. Rows (each scorefn row against its counterpart):
 Reported per row, median over seeds: the final training ELBO (mean of the last 100 steps),
 the test ELBO and the importance-sampled test log-likelihood (S = 100; every framework's
 final parameters are evaluated by the same JAX code), µs per step after compilation
-(median over chunks of steps), and for scorefn the encoder's gradient variance (mean over
-its parameters, 64 estimates on a fixed batch) at the start, middle and end of training.
+(median over chunks of steps), and the encoder's gradient variance (mean over its
+parameters of the variance of 64 estimates on the first 100 training images, for the
+gradient of the batch's summed ELBO) at the start, middle and end of training, for every
+framework. Every estimate starts from a copy of the estimator's state (moving averages,
+Pyro's baselines), as scorefn's do, so the measurement does not change the training.
 torch runs with 1 thread (as in ../shared/peers); JAX uses the machine's 2 cores.
 
     pip install ".[bench]"
@@ -57,6 +60,7 @@ ROWS = [  # name, scorefn estimator, K, peer
     ("REINFORCE + EMA baseline, K=1", "score", 1, "storch_score"),
     ("REINFORCE + EMA baseline, K=1 (Pyro)", None, 1, "pyro_tracegraph"),
     ("RLOO, K=2", "rloo", 2, "storch_rloo"),
+    ("RLOO, K=4", "rloo", 4, "storch_rloo4"),
     ("ARM, 1 pair", "arm", 1, "storch_arm"),
     ("ARM, 1 pair (hand-written torch)", None, 1, "torch_arm"),
     ("DisARM, 1 pair", "disarm", 1, "torch_disarm"),
@@ -67,6 +71,7 @@ ROWS = [  # name, scorefn estimator, K, peer
 PEER_NAMES = {"storch_score": "Storchastic ScoreFunction(moving_average)",
               "pyro_tracegraph": "Pyro TraceGraph_ELBO (nn + decaying avg baseline)",
               "storch_rloo": "Storchastic ScoreFunction(batch_average, n=2)",
+              "storch_rloo4": "Storchastic ScoreFunction(batch_average, n=4)",
               "storch_arm": "Storchastic ARM",
               "torch_arm": "hand-written PyTorch ARM",
               "torch_disarm": "hand-written PyTorch DisARM (Storchastic's fails)",
@@ -137,15 +142,25 @@ def run_torch(peer, hidden, seed, steps, data):
     train = torch.tensor(data[0])
     generator = torch.Generator().manual_seed(seed)
     step = storch_step if peer.startswith("storch") else antithetic_step
+    pyro_grad = None
     if peer == "pyro_tracegraph":
-        step, parameters = pyro_step(enc, dec)
+        step, pyro_grad = pyro_step(enc, dec)
+        parameters = []
     method = storch_method(peer) if peer.startswith("storch") else None
     if method is not None:
         parameters += list(method.parameters())
     optimizer = torch.optim.Adam(parameters, LR) if peer != "pyro_tracegraph" else None
+    fixed = train[:BATCH]
+    variance_at, variances = sorted({0, steps // 2, steps}), {}
     elbos, chunk_times = [], []
     tic = time.perf_counter()
-    for i in range(steps):
+    for i in range(steps + 1):
+        if i in variance_at:
+            measured = time.perf_counter()
+            variances[i] = torch_gradient_variance(peer, method, enc, dec, fixed, pyro_grad)
+            tic += time.perf_counter() - measured  # not part of the step timings
+        if i == steps:
+            break
         x = train[torch.randperm(train.shape[0], generator=generator)[:BATCH]]
         if optimizer is not None:
             optimizer.zero_grad()
@@ -161,8 +176,41 @@ def run_torch(peer, hidden, seed, steps, data):
     k_eval = jax.random.split(jax.random.key(seed), 4)[3]
     test = model.evaluate(params, jax.random.fold_in(k_eval, 1), data[1], 100)
     return {"train_elbo": float(np.mean(elbos[-100:])), "test_elbo": test["elbo"],
-            "test_ll": test["log_likelihood"],
+            "test_ll": test["log_likelihood"], "variance": variances,
             "us_per_step": statistics.median(chunk_times[1:] or chunk_times) * 1e6}
+
+
+def torch_gradient_variance(peer, method, enc, dec, x, pyro_grad, repeats=64):
+    """The mean over the encoder's parameters of the variance of ``repeats`` gradient
+    estimates of the batch's summed ELBO (scorefn's convention: Storchastic averages over
+    the batch, so its gradients are scaled by the batch size), each from a copy of the
+    estimator's state, so that measuring does not change it."""
+    import copy
+
+    import pyro
+    import torch
+
+    scale = x.shape[0] if peer.startswith("storch") else 1.0
+    store = pyro.get_param_store().get_state() if pyro_grad is not None else None
+    estimates = []
+    for _ in range(repeats):
+        for p in list(enc.parameters()) + list(dec.parameters()):
+            p.grad = None
+        # every estimate from the same baseline state, as scorefn's (a moving average
+        # would otherwise warm up during the measurement)
+        if pyro_grad is not None:
+            pyro.get_param_store().set_state(copy.deepcopy(store))
+            pyro_grad(x)
+        elif peer.startswith("storch"):
+            storch_step(peer, copy.deepcopy(method), enc, dec, x)
+        else:
+            antithetic_step(peer, method, enc, dec, x)
+        estimates.append(scale * torch.cat([p.grad.flatten() for p in enc.parameters()]))
+    for p in list(enc.parameters()) + list(dec.parameters()):
+        p.grad = None
+    if store is not None:
+        pyro.get_param_store().set_state(store)
+    return float(torch.stack(estimates).var(0, unbiased=True).mean())
 
 
 def storch_method(peer):
@@ -171,8 +219,9 @@ def storch_method(peer):
     if peer == "storch_score":
         return sm.ScoreFunction("z", n_samples=1, baseline_factory="moving_average",
                                 exponential_decay=EMA)
-    if peer == "storch_rloo":
-        return sm.ScoreFunction("z", n_samples=2, baseline_factory="batch_average")
+    if peer in ("storch_rloo", "storch_rloo4"):
+        return sm.ScoreFunction("z", n_samples=2 if peer == "storch_rloo" else 4,
+                                baseline_factory="batch_average")
     if peer == "storch_arm":
         return sm.ARM("z", n_samples=1)
     if peer == "storch_rebar":
@@ -246,7 +295,9 @@ def pyro_step(enc, dec):
                                             "baseline_beta": EMA}})
 
     svi = SVI(model, guide, pyro.optim.Adam({"lr": LR}), TraceGraph_ELBO())
-    return (lambda x: -svi.step(x) / x.shape[0]), []
+    # the step, and the gradient alone (into the parameters' .grad) for the variance
+    return (lambda x: -svi.step(x) / x.shape[0]), (
+        lambda x: TraceGraph_ELBO().loss_and_grads(model, guide, x))
 
 
 def storchastic_failures():
@@ -306,7 +357,10 @@ def main(argv=None):
                     for step in runs[0]["variance"]}, "runs": runs}
             if peer is not None and peers_here:
                 runs = [run_torch(peer, hidden, s, args.steps, data) for s in seeds]
-                row["peer"] = {**summarise(runs), "name": PEER_NAMES[peer], "runs": runs}
+                row["peer"] = {**summarise(runs), "name": PEER_NAMES[peer], "runs": runs,
+                               "variance": {step: statistics.median(r["variance"][step]
+                                                                    for r in runs)
+                                            for step in runs[0]["variance"]}}
             results[(hidden, name)] = row
             print(f"hidden={hidden:3d} {name:38s} " + "  ".join(
                 f"{who}: ELBO {r['train_elbo']:7.2f} test {r['test_elbo']:7.2f} "
@@ -336,9 +390,10 @@ def main(argv=None):
                          f"{ours['test_elbo']:.2f} | {ours['test_ll']:.2f} | "
                          f"{ours['us_per_step']:,.0f} | {speed} | {var} |")
         if peer:
+            var = " / ".join(f"{peer['variance'][s]:.3g}" for s in sorted(peer["variance"]))
             lines.append(f"| {model} | {name} | {peer['name']} | {peer['train_elbo']:.2f} | "
                          f"{peer['test_elbo']:.2f} | {peer['test_ll']:.2f} | "
-                         f"{peer['us_per_step']:,.0f} | | – |")
+                         f"{peer['us_per_step']:,.0f} | | {var} |")
     if failures:
         lines.append("")
         lines.append("Storchastic's own estimators on this model: " + "; ".join(
