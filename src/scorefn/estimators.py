@@ -430,9 +430,9 @@ def grad(
         return antithetic_grad(f, dist_fn, params, key, num_samples, estimator=estimator,
                                vectorized=vectorized)
     if estimator == "measure_valued":
-        if per_sample or vectorized or max_norm is not None:
-            raise ValueError("estimator='measure_valued' takes no per_sample, vectorized or max_norm")
-        return measure_valued_grad(f, dist_fn, params, key, num_samples)
+        if vectorized or max_norm is not None:
+            raise ValueError("estimator='measure_valued' takes no vectorized or max_norm")
+        return measure_valued_grad(f, dist_fn, params, key, num_samples, per_sample=per_sample)
     if estimator == "pathwise":
         return pathwise_grad(
             f, dist_fn, params, key, num_samples,

@@ -114,12 +114,15 @@ def measure_valued_grad(
     num_samples: int,
     *,
     coupling: bool = True,
+    per_sample: bool = False,
 ) -> Any:
     r"""Measure-valued estimate of ∇θ E_{x~p_θ}[f(x)]; unbiased, f need not be differentiable.
 
     ``dist_fn(params)`` must be a (batched) Normal, Poisson or Bernoulli, also under
     ``to_event`` (``Independent``) or expanded. ``f`` maps one
     sample (shape ``batch_shape``) to a scalar and is evaluated 2·B times per sample.
+    ``per_sample=True`` returns each sample's term (every leaf gains a leading axis of
+    ``num_samples``; their mean is the estimate), e.g. for its variance.
     """
     v.check_key(key)
     num_samples = v.check_num_samples(num_samples)
@@ -150,13 +153,17 @@ def measure_valued_grad(
                           in_axes=(None, 0, 0, 0))
         return jax.vmap(lambda row, vp, vm: over_j(row, vp, vm, jnp.arange(size)))(flat, plus, minus)
 
-    estimates = []
+    terms = []  # per sample: c (f(x⁺) - f(x⁻)) for each coordinate, (N, *batch_shape)
     for c, plus, minus in perturbations(d, key_parts, flat, coupling):
         diffs = jax.lax.stop_gradient(difference(plus, minus))
         guard = v.finite_guard((diffs, v.nonfinite_values_message))
-        estimates.append((c * jnp.mean(diffs, axis=0) + guard).reshape(batch_shape))
+        terms.append((c * diffs + guard).reshape(num_samples, *batch_shape))
 
+    # The map from the parameters' weak derivatives to θ is linear: apply it per sample or
+    # to the mean.
     _, vjp = jax.vjp(lambda p: distribution_parameters(as_supported(dist_fn(p), batch_shape)),
                      params)
-    (grad,) = vjp(tuple(jax.lax.stop_gradient(e) for e in estimates))
+    if per_sample:
+        return jax.vmap(lambda parts: vjp(parts)[0])(tuple(terms))
+    (grad,) = vjp(tuple(jnp.mean(t, axis=0) for t in terms))
     return grad

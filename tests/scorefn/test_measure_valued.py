@@ -89,3 +89,17 @@ def test_to_event_distributions_give_the_batched_estimate():
                          jax.random.key(3), 200, estimator="measure_valued")
     np.testing.assert_array_equal(batched["loc"], event["loc"])
     np.testing.assert_allclose(event["loc"], 2 * params["loc"], atol=0.3)
+
+
+def test_per_sample_terms_average_to_the_estimate():
+    """per_sample=True gives each sample's term (a leading axis of N on every leaf); their
+    mean is the estimate from the same key, and their spread is the estimator's."""
+    problem = normal_square()
+    common = (problem.f, problem.dist_fn, problem.params, jax.random.key(5), 50)
+    total = scorefn.grad(*common, estimator="measure_valued")
+    terms = scorefn.grad(*common, estimator="measure_valued", per_sample=True)
+    for name, leaf in problem.params.items():
+        assert terms[name].shape == (50, *leaf.shape)
+        np.testing.assert_allclose(jnp.mean(terms[name], axis=0), total[name], rtol=1e-5,
+                                   atol=1e-6)
+        assert np.all(np.std(terms[name], axis=0) > 0)
