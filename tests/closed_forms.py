@@ -44,6 +44,21 @@ def normal_square() -> Problem:
     )
 
 
+def normal_exp() -> Problem:
+    """f = Σ exp(x/2), smooth but not quadratic (the delta method is not exact):
+    E = Σ exp(μ/2 + σ²/8), ∂μ = E_i/2, ∂log σ = σ² E_i/4."""
+    params = {"loc": jnp.array([0.4, -0.8, 1.2]), "log_scale": jnp.log(jnp.array([0.6, 1.0, 1.4]))}
+    scale = jnp.exp(params["log_scale"])
+    each = jnp.exp(params["loc"] / 2 + scale**2 / 8)
+    return Problem(
+        "normal-exp",
+        lambda p: dist.Normal(p["loc"], jnp.exp(p["log_scale"])),
+        params,
+        lambda x: jnp.sum(jnp.exp(x / 2)),
+        {"loc": each / 2, "log_scale": scale**2 * each / 4},
+    )
+
+
 def normal_step() -> Problem:
     """f = Σ 1[x > 0], not differentiable: E = Σ Φ(μ/σ)."""
     params = {"loc": jnp.array([0.3, -0.4]), "log_scale": jnp.log(jnp.array([0.8, 1.2]))}

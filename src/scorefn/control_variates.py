@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 from numpyro.distributions import Distribution
 
+from scorefn.baselines import leave_one_out_ratio
 from scorefn.discrete import base_distribution
 from scorefn.numerics import full_precision
 
@@ -181,3 +182,42 @@ def delta_method(f: Callable[[jax.Array], jax.Array], coefficient: Any = "optima
     if not callable(f):
         raise TypeError(f"delta_method needs the (differentiable, JAX) function f; got {f!r}")
     return DeltaMethod(h=None, expectation=None, coefficient=coefficient, f=f)
+
+
+def with_control_variate(terms: Any, controls: Any, coefficient: Any, fit: Any = None, *,
+                         centred: bool = False) -> Any:
+    r"""terms_n - β ⊙ c_n per sample n and parameter coordinate, for mean-zero controls c_n.
+
+    ``coefficient``: ``"optimal"``, β_j = Σ_{m≠n} a_mj c_mj / Σ_{m≠n} c_mj² from the other
+    samples (unbiased); ``"optimal-batch"``, the same from all samples (biased O(1/N)); or a
+    number. ``fit`` (default ``terms``) are the a_n that β is fitted against. ``centred``
+    fits on a_m minus the mean of the same samples' a (a covariance instead of a raw second
+    moment): for terms whose mean is large against their spread, as pathwise and
+    measure-valued terms are (their mean is the gradient), the raw moment's noise would
+    swamp β. Every leaf has a leading sample axis.
+    """
+    fit = terms if fit is None else fit
+
+    def loo_beta(a, c):
+        if not centred:
+            return leave_one_out_ratio(a * c, c * c)
+        n = a.shape[0]
+        others_mean = (jnp.sum(a, 0) - a) / (n - 1)
+        num = (jnp.sum(a * c, 0) - a * c) - others_mean * (jnp.sum(c, 0) - c)
+        return _safe_ratio(num, jnp.sum(c * c, 0) - c * c)
+
+    def batch_beta(a, c):
+        centre = jnp.mean(a, 0) if centred else 0.0
+        return _safe_ratio(jnp.sum((a - centre) * c, 0), jnp.sum(c * c, 0))[None]
+
+    if coefficient == "optimal":
+        beta = jax.tree.map(loo_beta, fit, controls)
+    elif coefficient == "optimal-batch":
+        beta = jax.tree.map(batch_beta, fit, controls)
+    else:
+        beta = jax.tree.map(lambda c: jnp.asarray(coefficient, c.dtype), controls)
+    return jax.tree.map(lambda t, bj, c: t - bj * c, terms, beta, controls)
+
+
+def _safe_ratio(num, den):
+    return jnp.where(den == 0, 0.0, num / jnp.where(den == 0, 1.0, den))

@@ -27,8 +27,8 @@ from numpyro.distributions import Distribution
 
 from scorefn import validation as v
 from scorefn._numpyro_fixes import log_prob as _log_prob
-from scorefn.baselines import Baseline, as_baseline, leave_one_out, leave_one_out_ratio
-from scorefn.control_variates import ControlVariate
+from scorefn.baselines import Baseline, as_baseline, leave_one_out
+from scorefn.control_variates import ControlVariate, with_control_variate
 from scorefn.discrete import antithetic_grad, rebar, relaxed_grad, sum_and_sample_grad
 from scorefn.measure_valued import measure_valued_grad
 from scorefn.sampling import sample
@@ -276,20 +276,8 @@ def _contributions(dist_fn, params, samples, values, baseline: Baseline | None, 
         # β is fitted against the plain f·g terms, which involve no other sample, so a
         # leave-one-out β stays independent of x_n even when a batch baseline is used too.
         raw = jax.tree.map(lambda g: expand(values, g) * g, scores)
-        if cv.coefficient == "optimal":
-            beta = jax.tree.map(lambda a, c: leave_one_out_ratio(a * c, c * c), raw, controls)
-        elif cv.coefficient == "optimal-batch":
-            beta = jax.tree.map(
-                lambda a, c: _safe_ratio(jnp.sum(a * c, 0), jnp.sum(c * c, 0))[None], raw, controls
-            )
-        else:
-            beta = jax.tree.map(lambda c: jnp.asarray(cv.coefficient, c.dtype), controls)
-        contributions = jax.tree.map(lambda t, bj, c: t - bj * c, contributions, beta, controls)
+        contributions = with_control_variate(contributions, controls, cv.coefficient, fit=raw)
     return contributions, log_prob
-
-
-def _safe_ratio(num, den):
-    return jnp.where(den == 0, 0.0, num / jnp.where(den == 0, 1.0, den))
 
 
 def pathwise_grad(
@@ -302,12 +290,18 @@ def pathwise_grad(
     vectorized: bool = False,
     max_norm: float | None = None,
     per_sample: bool = False,
+    control_variate: ControlVariate | None = None,
 ) -> Any:
     r"""Pathwise (reparameterisation) estimate (1/N) Σ_n ∇θ f(T(ε_n, θ)); unbiased.
 
     Needs a differentiable JAX f and a numpyro distribution with ``has_rsample``; draws with
     ``dist_fn(params).rsample(key, (N,))``, so the same key gives the same samples as
-    :func:`scorefn.sample`.
+    :func:`scorefn.sample`. A ``control_variate`` h (differentiable, with E[h] in closed
+    form) subtracts β ⊙ (∇θ h(T(ε_n, θ)) - ∇θ E_θ[h]), which has mean zero:
+
+        ĝ = (1/N) Σ_n [∇θ f(T(ε_n, θ)) - β ⊙ (∇θ h(T(ε_n, θ)) - ∇θ E_θ[h])]
+
+    unbiased with the leave-one-out ``"optimal"`` β or a fixed one.
     """
     v.check_key(key)
     num_samples = v.check_num_samples(num_samples)
@@ -321,11 +315,26 @@ def pathwise_grad(
     if per_sample and max_norm is not None:
         raise ValueError("max_norm clips the averaged estimate; it cannot be used with per_sample")
 
-    def values_of(p):
+    def values_of(p, fn=f):
         x = dist_fn(p).rsample(key, (num_samples,))
-        values = evaluate(f, x, vectorized)
+        values = evaluate(fn, x, vectorized)
         v.check_values_shape(values, num_samples)
         return values
+
+    if control_variate is not None:
+        h, mean_fn = control_variate.prepare(dist_fn, params)
+        values = values_of(params)
+        guard = v.finite_guard((values, v.nonfinite_values_message))
+        terms = _per_sample_jacobian(values_of, params, num_samples)
+        h_terms = _per_sample_jacobian(lambda p: values_of(p, h), params, num_samples)
+        controls = jax.tree.map(lambda a, m: a - m[None], h_terms, jax.grad(mean_fn)(params))
+        terms = with_control_variate(terms, controls, control_variate.coefficient,
+                                     centred=True)
+        out = terms if per_sample else jax.tree.map(lambda t: jnp.mean(t, axis=0), terms)
+        out = _with_guard(out, guard)
+        if max_norm is not None:
+            out, _ = optax.clip_by_global_norm(max_norm).update(out, optax.EmptyState())
+        return out
 
     if per_sample:
         values = values_of(params)
@@ -333,9 +342,7 @@ def pathwise_grad(
         # The N × P Jacobian of the values: forward mode costs P passes over the N samples
         # and O(N·P) memory; reverse mode (jacrev) would vmap N cotangents, an N × N
         # intermediate (1.6 GB at N = 20,000). Reverse only when P exceeds N.
-        size = sum(int(np.size(leaf)) for leaf in jax.tree.leaves(params))
-        jacobian = jax.jacfwd if size <= num_samples else jax.jacrev
-        return _with_guard(jacobian(values_of)(params), guard)
+        return _with_guard(_per_sample_jacobian(values_of, params, num_samples), guard)
 
     def mean_value(p):
         values = values_of(p)
@@ -347,6 +354,15 @@ def pathwise_grad(
     if max_norm is not None:
         estimate, _ = optax.clip_by_global_norm(max_norm).update(estimate, optax.EmptyState())
     return estimate
+
+
+def _per_sample_jacobian(values_of: Callable, params: Any, num_samples: int) -> Any:
+    """∂ values_n / ∂θ, each leaf with a leading N axis. Forward mode costs P passes over the
+    N samples and O(N·P) memory; reverse mode (jacrev) would vmap N cotangents, an N × N
+    intermediate (1.6 GB at N = 20,000). Reverse only when P exceeds N."""
+    size = sum(int(np.size(leaf)) for leaf in jax.tree.leaves(params))
+    jacobian = jax.jacfwd if size <= num_samples else jax.jacrev
+    return jacobian(values_of)(params)
 
 
 def grad(
@@ -398,13 +414,19 @@ def grad(
             raise ValueError("estimator='rloo' is 'score' with the leave-one-out baseline: pass no "
                              "baseline (or use estimator='score' with your baseline)")
         estimator, baseline = "score", leave_one_out()
-    if estimator != "score" and (
-        baseline is not None or control_variate is not None or standardize
-    ):
+    if estimator != "score" and (baseline is not None or standardize):
         raise ValueError(
-            "baselines, control variates and standardize apply to the score-function "
-            f"estimator; estimator={estimator!r} takes none of them"
+            "baselines and standardize apply to the score-function estimator; "
+            f"estimator={estimator!r} takes none of them"
         )
+    if control_variate is not None and estimator not in ("score", "pathwise", "measure_valued"):
+        raise ValueError(
+            "control variates apply to the score-function, pathwise and measure-valued "
+            f"estimators; estimator={estimator!r} takes none")
+    if control_variate is not None and not isinstance(control_variate, ControlVariate):
+        raise TypeError(
+            "control_variate must come from scorefn.control_variates (generic, score, "
+            f"delta_method); got {type(control_variate).__name__}")
     if estimator == "relax":
         raise ValueError(
             "estimator='relax' learns a control-variate network, which needs state: use "
@@ -432,11 +454,13 @@ def grad(
     if estimator == "measure_valued":
         if vectorized or max_norm is not None:
             raise ValueError("estimator='measure_valued' takes no vectorized or max_norm")
-        return measure_valued_grad(f, dist_fn, params, key, num_samples, per_sample=per_sample)
+        return measure_valued_grad(f, dist_fn, params, key, num_samples, per_sample=per_sample,
+                                   control_variate=control_variate)
     if estimator == "pathwise":
         return pathwise_grad(
             f, dist_fn, params, key, num_samples,
             vectorized=vectorized, max_norm=max_norm, per_sample=per_sample,
+            control_variate=control_variate,
         )
     samples = sample(dist_fn, params, key, num_samples)
     values = evaluate(f, samples, vectorized)

@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import numpyro.distributions as dist
 
 from scorefn import validation as v
+from scorefn.control_variates import with_control_variate
 
 SUPPORTED = (dist.Normal, dist.Poisson, dist.BernoulliProbs, dist.BernoulliLogits)
 
@@ -115,6 +116,7 @@ def measure_valued_grad(
     *,
     coupling: bool = True,
     per_sample: bool = False,
+    control_variate: Any = None,
 ) -> Any:
     r"""Measure-valued estimate of ∇θ E_{x~p_θ}[f(x)]; unbiased, f need not be differentiable.
 
@@ -123,6 +125,11 @@ def measure_valued_grad(
     sample (shape ``batch_shape``) to a scalar and is evaluated 2·B times per sample.
     ``per_sample=True`` returns each sample's term (every leaf gains a leading axis of
     ``num_samples``; their mean is the estimate), e.g. for its variance.
+
+    A ``control_variate`` h (from :mod:`scorefn.control_variates`, E[h] in closed form)
+    subtracts β ⊙ (ĝ_h,n - ∇θ E_θ[h]), where ĝ_h,n is the same weak-derivative term for h on
+    the same samples and perturbations (common random numbers): mean zero, so unbiased with
+    the leave-one-out ``"optimal"`` β or a fixed one.
     """
     v.check_key(key)
     num_samples = v.check_num_samples(num_samples)
@@ -163,7 +170,17 @@ def measure_valued_grad(
     # to the mean.
     _, vjp = jax.vjp(lambda p: distribution_parameters(as_supported(dist_fn(p), batch_shape)),
                      params)
+    if control_variate is None and not per_sample:
+        (grad,) = vjp(tuple(jnp.mean(t, axis=0) for t in terms))
+        return grad
+    per_sample_terms = jax.vmap(lambda parts: vjp(parts)[0])(tuple(terms))
+    if control_variate is not None:
+        h, mean_fn = control_variate.prepare(dist_fn, params)
+        h_terms = measure_valued_grad(h, dist_fn, params, key, num_samples, coupling=coupling,
+                                      per_sample=True)
+        controls = jax.tree.map(lambda a, m: a - m[None], h_terms, jax.grad(mean_fn)(params))
+        per_sample_terms = with_control_variate(per_sample_terms, controls,
+                                                control_variate.coefficient, centred=True)
     if per_sample:
-        return jax.vmap(lambda parts: vjp(parts)[0])(tuple(terms))
-    (grad,) = vjp(tuple(jnp.mean(t, axis=0) for t in terms))
-    return grad
+        return per_sample_terms
+    return jax.tree.map(lambda t: jnp.mean(t, axis=0), per_sample_terms)
