@@ -100,7 +100,7 @@ def score_grad(
     per_sample: bool = False,
     validate: bool = True,
     per_factor: bool = False,
-    _samples_from_dist: bool = False,
+    samples_from_dist: bool = False,
 ) -> Any:
     r"""Score-function estimate of ∇θ E_{x~p_θ}[f(x)] from samples and their f values.
 
@@ -133,6 +133,9 @@ def score_grad(
       validate: run the checks on params, support and log_prob (structural ones cost
         nothing at run time under ``jit``).
       per_factor: accept per-factor values (see ``values``).
+      samples_from_dist: the caller drew ``samples`` from ``dist_fn(params)`` itself, so
+        the run-time check that external samples lie in the support (and have a finite
+        log_prob) is skipped; the other checks stay.
 
     Returns:
       A pytree shaped like ``params`` (with a leading N axis if ``per_sample``).
@@ -198,7 +201,7 @@ def score_grad(
         arguments_ok, argument_checks = v.argument_checks(d)
         ok = ok & arguments_ok
         checks = argument_checks + checks
-    if validate and not _samples_from_dist:
+    if validate and not samples_from_dist:
         # Samples from elsewhere: in the support, and a finite log_prob at each. Costs one
         # forward pass; log_prob itself is recomputed (with numpyro's mask) only on error.
         in_support = jnp.all(d.support(samples))
@@ -468,5 +471,5 @@ def grad(
         dist_fn, params, samples, values,
         baseline=baseline, control_variate=control_variate,
         standardize=standardize, max_norm=max_norm, nan_policy=nan_policy,
-        per_sample=per_sample, validate=validate, _samples_from_dist=True,
+        per_sample=per_sample, validate=validate, samples_from_dist=True,
     )

@@ -227,7 +227,7 @@ def _weighted_score_grad(dist_fn, params, samples, coefficients, guard) -> Any:
     message, not the core's generic one, reports them)."""
     coefficients = jnp.where(jnp.isfinite(coefficients), coefficients, 0.0)
     estimate = score_grad(dist_fn, params, samples, coefficients, validate=False,
-                          _samples_from_dist=True)
+                          samples_from_dist=True)
     return jax.tree.map(lambda g: g + guard.astype(g.dtype), estimate)
 
 

@@ -98,6 +98,13 @@ def test_samples_with_minus_infinite_log_prob(key):
     samples = jnp.array([0.5, -1.0, 2.0, -3.0])
     with pytest.raises(ValueError, match=r"2 sample\(s\) have log_prob = -inf.*index 1"):
         scorefn.score_grad(dist_fn, params, samples, jnp.ones(4))
+    # A caller that drew the samples itself says so, and that one check is skipped (the
+    # gradient is then whatever numpyro's log_prob gives: here from in-support samples).
+    inside = jnp.array([0.5, 1.0, 2.0, 3.0])
+    np.testing.assert_allclose(
+        scorefn.score_grad(dist_fn, params, inside, jnp.ones(4), samples_from_dist=True)["rate"],
+        scorefn.score_grad(dist_fn, params, inside, jnp.ones(4))["rate"])
+    scorefn.score_grad(dist_fn, params, samples, jnp.ones(4), samples_from_dist=True)
 
 
 @pytest.mark.parametrize("bad_key", [0, np.uint32(3), jnp.array([1.0, 2.0]), "seed"])

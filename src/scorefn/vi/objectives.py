@@ -248,7 +248,7 @@ def elbo_grad(
             options = {"baseline": _block_baseline(baseline, name), "per_factor": True}
         score_signals[name] = values
         grads[name] = score_grad(block.dist_fn, params[name], z[name], values,
-                                 _samples_from_dist=True, **options)
+                                 samples_from_dist=True, **options)
     grads = jax.tree.map(lambda g: g + guard.astype(g.dtype), grads)
     return ElboGradient(grads, objective + guard.astype(objective.dtype), score_signals)
 
