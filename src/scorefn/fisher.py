@@ -127,12 +127,13 @@ def _unwrap(d: Distribution) -> tuple[Distribution, int]:
     return d, total // max(math.prod(d.batch_shape) * math.prod(d.event_shape), 1)
 
 
-def _family_fisher(dist_fn: DistFn, params: Any) -> jax.Array:
+def _family_fisher(dist_fn: DistFn, params: Any) -> jax.Array | None:
     """Jᵀ diag(i(φ)) J summed over the factors, J = ∂φ/∂θ: exact by the chain rule (the
-    expected second derivative of φ(θ) meets a score of mean zero)."""
+    expected second derivative of φ(θ) meets a score of mean zero). None for a family
+    without a formula in ``_FAMILY_FISHER``."""
     base, copies = _unwrap(dist_fn(params))
     if type(base) not in _FAMILY_FISHER:
-        raise NotImplementedError
+        return None
     name, information = _FAMILY_FISHER[type(base)]
     flat, unravel = ravel_pytree(params)
 
@@ -171,10 +172,9 @@ def exact_fisher(dist_fn: DistFn, params: Any) -> jax.Array:
         pass
     if getattr(d, "has_enumerate_support", False):
         return _enumeration_fisher(dist_fn, params)
-    try:
-        return _family_fisher(dist_fn, params)
-    except NotImplementedError:
-        pass
+    by_formula = _family_fisher(dist_fn, params)
+    if by_formula is not None:
+        return by_formula
     raise ValueError(
         f"no exact Fisher for {type(d).__name__}: numpyro has no closed-form KL for it, its "
         "support cannot be enumerated and scorefn has no formula for it; pass key and "
