@@ -2,10 +2,10 @@
 
     ∇θ E_{x~p_θ}[f(x)] = E_{x~p_θ}[f(x) ∇θ log p_θ(x)]
 
-The core: :func:`sample`, :func:`score_grad` and :func:`grad` (score-function and pathwise
-estimators), :mod:`baselines`, :mod:`control_variates`, :mod:`diagnostics` and
-:func:`compare`; :mod:`fisher` (Fisher information, Fisher-vector products, natural
-gradients, :func:`natural_gradient` as an optax transformation); :mod:`programs` (stochastic programs:
+The core: ``sample``, ``score_grad`` and ``grad`` (score-function and pathwise
+estimators), ``baselines``, ``control_variates``, ``diagnostics`` and
+``compare``; ``fisher`` (Fisher information, Fisher-vector products, natural
+gradients, ``natural_gradient`` as an optax transformation); ``programs`` (stochastic programs:
 several sampling sites, the surrogate objective for any training loop).
 """
 

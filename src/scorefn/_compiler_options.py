@@ -1,7 +1,7 @@
 """XLA compiler-option presets for scorefn's own programs, measured on CPU.
 
 Each is passed as ``jax.jit(..., compiler_options=cpu_options(PRESET))``: on another backend
-:func:`cpu_options` drops it, since the numbers below are XLA's CPU compiler's.
+``cpu_options`` drops it, since the numbers below are XLA's CPU compiler's.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 JAX's persistent compilation cache skips XLA's compile on a second run, but every run still
 traces the Python function and lowers it to StableHLO before it can look the cache up. For a
-training loop that is most of a warm start (0.6 s of PPO's 1 s on a CPU). :func:`cached_jit`
+training loop that is most of a warm start (0.6 s of PPO's 1 s on a CPU). ``cached_jit``
 stores the lowered program itself, serialised by ``jax.export``, under a digest of everything
 that determines it: the caller's ``key`` (which must name every value the function closes
 over), the argument shapes and dtypes, the versions of jax and of the libraries the program
@@ -95,7 +95,7 @@ def cached_jit(fn: Callable, *, key: tuple, packages: Sequence[str] = (),
     ``key`` must determine everything ``fn`` closes over (e.g. an algorithm's name and its
     frozen config); ``packages`` names the libraries ``fn`` is traced from besides jax and
     scorefn, whose versions join the digest. ``compiler_options`` go to XLA on CPU only
-    (e.g. :data:`scorefn._compiler_options.FAST_COMPILE`).
+    (e.g. ``scorefn._compiler_options.FAST_COMPILE``).
     """
     options = cpu_options(compiler_options)
     jitted = jax.jit(fn, compiler_options=options)

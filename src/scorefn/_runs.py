@@ -31,7 +31,7 @@ def to_host(tree: Any) -> Any:
 
 
 def from_host(tree: Any) -> Any:
-    """The inverse of :func:`to_host`."""
+    """The inverse of ``to_host``."""
     def leaf(x):
         if isinstance(x, _Key):
             return jax.random.wrap_key_data(jnp.asarray(x.data))

@@ -8,8 +8,8 @@ Because E_p[g] = 0, the estimate stays unbiased whenever b_n is independent of x
 depend on θ and on the *other* samples); it only changes the variance. Each baseline below
 states whether it meets that condition.
 
-Pass any of them as ``baseline=`` to :func:`scorefn.score_grad` or :func:`scorefn.grad`. A
-plain number or an :class:`EmaState` is accepted too and used as a constant.
+Pass any of them as ``baseline=`` to ``scorefn.score_grad`` or ``scorefn.grad``. A
+plain number or an ``EmaState`` is accepted too and used as a constant.
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ class BatchMean(Baseline):
     r"""b_n = f̄ = (1/N) Σ_m f(x_m), including the sample's own value.
 
     **Biased**: E[(f_n - f̄) g_n] = ((N-1)/N) ∇θ E[f], so the estimate shrinks towards zero by
-    the factor (N-1)/N. Kept because it is common practice; prefer :func:`leave_one_out`,
+    the factor (N-1)/N. Kept because it is common practice; prefer ``leave_one_out``,
     which is the same estimate rescaled to be unbiased.
     """
 
@@ -241,32 +241,32 @@ class Ema:
 
 
 def constant(value: Any = 0.0) -> Constant:
-    """A fixed baseline b (unbiased). See :class:`Constant`."""
+    """A fixed baseline b (unbiased). See ``Constant``."""
     return Constant(value)
 
 
 def leave_one_out() -> LeaveOneOut:
-    """The mean of the other samples' values (unbiased). See :class:`LeaveOneOut`."""
+    """The mean of the other samples' values (unbiased). See ``LeaveOneOut``."""
     return LeaveOneOut()
 
 
 def batch_mean() -> BatchMean:
-    """The batch mean, own sample included (biased by (N-1)/N). See :class:`BatchMean`."""
+    """The batch mean, own sample included (biased by (N-1)/N). See ``BatchMean``."""
     return BatchMean()
 
 
 def optimal(mode: str = "leave_one_out") -> Optimal:
-    """The per-coordinate variance-minimising baseline E[f g²]/E[g²]. See :class:`Optimal`."""
+    """The per-coordinate variance-minimising baseline E[f g²]/E[g²]. See ``Optimal``."""
     return Optimal(mode)
 
 
 def ema(decay: float = 0.9, *, zero_debias: bool = True, warmup: bool = False) -> Ema:
-    """An exponential-moving-average baseline with explicit state. See :class:`Ema`."""
+    """An exponential-moving-average baseline with explicit state. See ``Ema``."""
     return Ema(decay, zero_debias=zero_debias, warmup=warmup)
 
 
 def as_baseline(baseline: Any) -> Baseline | None:
-    """Normalise what users pass as ``baseline=`` into a :class:`Baseline` (or None)."""
+    """Normalise what users pass as ``baseline=`` into a ``Baseline`` (or None)."""
     if baseline is None or isinstance(baseline, Baseline):
         return baseline
     if isinstance(baseline, EmaState):

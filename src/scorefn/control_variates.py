@@ -92,7 +92,7 @@ def score(coefficient: Any = "optimal") -> ControlVariate:
     r"""The score itself: h ≡ 1, so c(x) = ∇θ log p_θ(x), which has E[c] = 0.
 
     With the optimal coefficient, β*_j = E[f g_j²] / E[g_j²]: this is the optimal baseline of
-    :func:`scorefn.baselines.optimal` (the tests check the two agree). Unbiased.
+    ``scorefn.baselines.optimal`` (the tests check the two agree). Unbiased.
     """
     return ControlVariate(
         h=lambda x: jnp.ones((), jnp.result_type(float)),
@@ -172,7 +172,7 @@ def delta_method_supports(d: Distribution) -> bool:
 
 
 def delta_method(f: Callable[[jax.Array], jax.Array], coefficient: Any = "optimal") -> DeltaMethod:
-    """The second-order Taylor (delta-method) control variate of f. See :class:`DeltaMethod`."""
+    """The second-order Taylor (delta-method) control variate of f. See ``DeltaMethod``."""
     if not callable(f):
         raise TypeError(f"delta_method needs the (differentiable, JAX) function f; got {f!r}")
     return DeltaMethod(h=None, expectation=None, coefficient=coefficient, f=f)

@@ -8,7 +8,7 @@ many-sample estimate), R independent estimates ĝ_1..ĝ_R give, per parameter co
     snr_j      = |mean_r ĝ_rj| / sqrt(var_j)          (Rainforth et al. 2018)
 
 plus the total variance Σ_j var_j and the wall time per estimate (median of repeats, after
-compilation). :func:`compare` runs several estimator/baseline choices side by side and
+compilation). ``compare`` runs several estimator/baseline choices side by side and
 prints a rich table.
 """
 
@@ -37,7 +37,7 @@ class EstimatorReport:
     """Bias, variance, SNR and cost of one estimator over ``num_repeats`` estimates.
 
     Arrays are flat over the parameters in ``jax.flatten_util.ravel_pytree`` order;
-    :meth:`unravel` maps one back to the parameter pytree.
+    ``unravel`` maps one back to the parameter pytree.
     """
 
     name: str
@@ -175,7 +175,7 @@ def evaluate_estimator(
 
 @dataclasses.dataclass
 class ComparisonTable:
-    """The reports of :func:`compare`, one per estimator, printable with rich."""
+    """The reports of ``compare``, one per estimator, printable with rich."""
 
     reports: list[EstimatorReport]
     title: str = "gradient estimators"
@@ -241,7 +241,7 @@ class ComparisonTable:
 
 
 def default_estimators(f: Callable, dist_fn: Callable, params: Any) -> dict[str, dict[str, Any]]:
-    """The choices :func:`compare` tries when none are given."""
+    """The choices ``compare`` tries when none are given."""
     d = dist_fn(params)
     choices: dict[str, dict[str, Any]] = {
         "score": {},
@@ -301,13 +301,13 @@ def compare(
 ) -> ComparisonTable:
     """Compare estimator/baseline choices on your own f and p_θ.
 
-    Each entry of ``estimators`` maps a name to keyword arguments of :func:`scorefn.grad`
+    Each entry of ``estimators`` maps a name to keyword arguments of ``scorefn.grad``
     (``estimator``, ``baseline``, ``control_variate``, ``standardize``...); a baseline
     ``scorefn.baselines.ema(decay)`` is run statefully, in sequence. ``reference`` is the true
     gradient if you know it; otherwise it is estimated from 4 × ``num_repeats`` independent
     leave-one-out score-function estimates, and its standard error enters the z-scores.
 
-    Returns a :class:`ComparisonTable` (and prints it with rich unless ``print_table=False``).
+    Returns a ``ComparisonTable`` (and prints it with rich unless ``print_table=False``).
     """
     v.check_key(key)
     num_samples = v.check_num_samples(num_samples, minimum=2)

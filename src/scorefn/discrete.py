@@ -381,13 +381,13 @@ def _nonfinite_relax_message(name: str):
 
 
 def rebar(temperature: float = 0.5, eta: float = 1.0, optimizer: Any = None) -> Relax:
-    """REBAR (Tucker et al. 2017) with learned η and temperature. See :class:`Relax`."""
+    """REBAR (Tucker et al. 2017) with learned η and temperature. See ``Relax``."""
     return Relax(None, optimizer, temperature, eta, True)
 
 
 def relax(network: Any, optimizer: Any = None, temperature: float = 0.5, eta: float = 1.0,
           rebar_term: bool = True) -> Relax:
-    """RELAX (Grathwohl et al. 2018) with a flax control-variate network. See :class:`Relax`."""
+    """RELAX (Grathwohl et al. 2018) with a flax control-variate network. See ``Relax``."""
     return Relax(network, optimizer, temperature, eta, rebar_term)
 
 

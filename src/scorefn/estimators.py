@@ -107,24 +107,24 @@ def score_grad(
         ĝ = (1/N) Σ_n [ (f_n - b_n) g_n - β ⊙ (h(x_n) g_n - ∇θ E_θ[h]) ],   g_n = ∇θ log p_θ(x_n)
 
     Unbiased when the baseline b and the control-variate coefficient β are independent of
-    x_n (every choice in :mod:`scorefn.baselines` and :mod:`scorefn.control_variates` says
+    x_n (every choice in ``scorefn.baselines`` and ``scorefn.control_variates`` says
     whether it is). Step three of ``sample → f → score_grad``: ``values`` may come from
     anywhere (a Python simulator, a remote worker).
 
     Args:
       dist_fn: ``params -> numpyro Distribution``.
       params: any pytree of arrays θ.
-      samples: ``(N, *batch_shape, *event_shape)``, e.g. from :func:`scorefn.sample`.
+      samples: ``(N, *batch_shape, *event_shape)``, e.g. from ``scorefn.sample``.
       values: ``(N,)``, f at each sample; or, with ``per_factor=True``, ``(N, *batch_shape)``:
         a learning signal per independent factor of a batched p_θ, factor b's score then
         weighted only by its own column, ĝ = (1/N) Σ_n Σ_b (L_nb - b_nb) ∇θ log p_θ(x_nb).
         Unbiased when each L_b holds every term of f that depends on x_b (see
-        :mod:`scorefn.rao_blackwell`).
-      baseline: None, a number, an :class:`~scorefn.baselines.EmaState` or a baseline from
-        :mod:`scorefn.baselines`.
-      control_variate: a :class:`~scorefn.control_variates.ControlVariate`.
+        ``scorefn.rao_blackwell``).
+      baseline: None, a number, an ``scorefn.baselines.EmaState`` or a baseline from
+        ``scorefn.baselines``.
+      control_variate: a ``scorefn.control_variates.ControlVariate``.
       standardize: replace f by (f - mean)/std first (not unbiased; see
-        :func:`standardized`).
+        ``standardized``).
       max_norm: clip the estimate's global norm with ``optax.clip_by_global_norm`` (biased).
       nan_policy: ``"raise"`` (default) stops on NaN/inf values, naming how many and the
         first index; ``"drop"`` removes those samples (outside ``jit`` only).
@@ -299,7 +299,7 @@ def pathwise_grad(
 
     Needs a differentiable JAX f and a numpyro distribution with ``has_rsample``; draws with
     ``dist_fn(params).rsample(key, (N,))``, so the same key gives the same samples as
-    :func:`scorefn.sample`. A ``control_variate`` h (differentiable, with E[h] in closed
+    ``scorefn.sample``. A ``control_variate`` h (differentiable, with E[h] in closed
     form) subtracts β ⊙ (∇θ h(T(ε_n, θ)) - ∇θ E_θ[h]), which has mean zero:
 
         ĝ = (1/N) Σ_n [∇θ f(T(ε_n, θ)) - β ⊙ (∇θ h(T(ε_n, θ)) - ∇θ E_θ[h])]
@@ -388,20 +388,20 @@ def grad(
 ) -> Any:
     r"""Estimate ∇θ E_{x~p_θ}[f(x)] in one call, for a JAX-traceable f.
 
-    ``estimator="score"`` composes :func:`scorefn.sample`, ``jax.vmap(f)`` and
-    :func:`scorefn.score_grad` (f need not be differentiable); ``estimator="pathwise"`` is
-    :func:`pathwise_grad` (f differentiable, reparameterisable distribution);
-    ``estimator="measure_valued"`` is :func:`scorefn.measure_valued.measure_valued_grad`
+    ``estimator="score"`` composes ``scorefn.sample``, ``jax.vmap(f)`` and
+    ``scorefn.score_grad`` (f need not be differentiable); ``estimator="pathwise"`` is
+    ``pathwise_grad`` (f differentiable, reparameterisable distribution);
+    ``estimator="measure_valued"`` is ``scorefn.measure_valued.measure_valued_grad``
     (Normal, Poisson, Bernoulli; f need not be differentiable). For discrete distributions
-    (:mod:`scorefn.discrete`): ``"rloo"`` is ``"score"`` with the leave-one-out baseline;
+    (``scorefn.discrete``): ``"rloo"`` is ``"score"`` with the leave-one-out baseline;
     ``"arm"`` and ``"disarm"`` are the antithetic Bernoulli estimators (unbiased,
     ``num_samples`` evaluations = ``num_samples // 2`` pairs); ``"sum_and_sample"`` sums the
     k - 1 most probable classes of a Categorical and samples one more (unbiased, k =
     ``num_samples`` evaluations); ``"rebar"`` is REBAR with its control variate's η = 1 and
     τ = ``temperature`` held fixed (unbiased; to learn them, or RELAX's network, use
-    :class:`scorefn.discrete.Relax` with its state); ``"gumbel_softmax"`` and
+    ``scorefn.discrete.Relax`` with its state); ``"gumbel_softmax"`` and
     ``"straight_through"`` are the **biased** relaxations with ``temperature``. jit- and
-    vmap-compatible; the same key gives the same bits. See :func:`score_grad` for the options.
+    vmap-compatible; the same key gives the same bits. See ``score_grad`` for the options.
 
     Example::
 

@@ -9,17 +9,17 @@ measured by KL between distributions, not by Euclidean distance between paramete
 does not depend on how θ is parameterised (to first order).
 
 Parameters are flattened in ``jax.flatten_util.ravel_pytree`` order everywhere; dense
-matrices are (P, P) in that order and :func:`unravel_like` maps a flat vector back.
+matrices are (P, P) in that order and ``unravel_like`` maps a flat vector back.
 
-- :func:`fisher_information` — the one entry point: exact when no key is given (the Hessian
+- ``fisher_information`` — the one entry point: exact when no key is given (the Hessian
   of numpyro's closed-form KL, or enumeration of a finite support), empirical otherwise.
-- :func:`empirical_fisher`, :func:`exact_fisher` — the two ways explicitly.
-- :func:`fisher_vector_product` — v ↦ Î v = (1/N) Σ g_n (g_nᵀ v) by one JVP and one VJP,
-  never forming the matrix; :func:`kl_fisher_vector_product` — v ↦ ∇²KL v, the Hessian-
+- ``empirical_fisher``, ``exact_fisher`` — the two ways explicitly.
+- ``fisher_vector_product`` — v ↦ Î v = (1/N) Σ g_n (g_nᵀ v) by one JVP and one VJP,
+  never forming the matrix; ``kl_fisher_vector_product`` — v ↦ ∇²KL v, the Hessian-
   vector product of the mean KL that TRPO uses.
-- :func:`natural_gradient_dense` (damped solve) and :func:`natural_gradient_cg`
+- ``natural_gradient_dense`` (damped solve) and ``natural_gradient_cg``
   (conjugate gradient on a Fisher-vector product) — both return a pytree like the gradient.
-- :func:`natural_gradient` — an optax ``GradientTransformation`` that preconditions any
+- ``natural_gradient`` — an optax ``GradientTransformation`` that preconditions any
   optimiser's updates with I(θ)⁻¹.
 """
 
@@ -163,7 +163,7 @@ def exact_fisher(dist_fn: DistFn, params: Any) -> jax.Array:
     finite discrete distributions (Bernoulli, Categorical(logits), Binomial, ...), else the
     family's Fisher in its own parameter by formula (Poisson, Exponential, Geometric,
     NegativeBinomial with a fixed total_count) mapped to θ by the chain rule. Independent
-    batch factors add up. Raises if none applies: then use :func:`empirical_fisher`.
+    batch factors add up. Raises if none applies: then use ``empirical_fisher``.
     """
     d = dist_fn(params)
     try:
@@ -188,8 +188,8 @@ def fisher_information(
     r"""The Fisher information of ``dist_fn(params)`` as a dense (P, P) array.
 
     Parameters are flattened in ``jax.flatten_util.ravel_pytree`` order. With no key the
-    result is exact (:func:`exact_fisher`); with a key it is empirical from ``num_samples``
-    scores (:func:`empirical_fisher`), unbiased.
+    result is exact (``exact_fisher``); with a key it is empirical from ``num_samples``
+    scores (``empirical_fisher``), unbiased.
     """
     if key is None:
         if num_samples is not None:
@@ -230,7 +230,7 @@ def kl_fisher_vector_product(
     r"""v ↦ ∇²_{θ'} KL(p_θ ‖ p_θ') v at θ' = θ, the Fisher-vector product TRPO uses.
 
     The KL is numpyro's closed form, or exact enumeration for finite discrete distributions
-    such as a Categorical(logits) policy (:func:`kl`), summed over event dims and reduced over
+    such as a Categorical(logits) policy (``kl``), summed over event dims and reduced over
     the batch by ``reduction`` ("mean": TRPO's average KL over states; "sum": the joint Fisher). A
     forward-over-reverse Hessian-vector product; never forms the matrix.
     """
@@ -272,8 +272,8 @@ def natural_gradient_cg(
 ) -> Any:
     r"""Solve (I + λ·1) x = ∇ by conjugate gradient with a Fisher-vector product.
 
-    ``fvp`` maps a pytree to a pytree (from :func:`fisher_vector_product` or
-    :func:`kl_fisher_vector_product`). Never forms I; each iteration costs one product.
+    ``fvp`` maps a pytree to a pytree (from ``fisher_vector_product`` or
+    ``kl_fisher_vector_product``). Never forms I; each iteration costs one product.
     """
 
     def damped(v):
@@ -297,9 +297,9 @@ def natural_gradient(
 ) -> optax.GradientTransformation:
     r"""An optax transformation: updates ↦ (I(θ) + λ·1)⁻¹ updates, θ = the current params.
 
-    ``method``: ``"exact"`` (dense solve with :func:`exact_fisher`), ``"empirical"`` (dense,
-    :func:`empirical_fisher` from ``num_samples`` fresh samples) or ``"cg"`` (matrix-free
-    conjugate gradient on :func:`fisher_vector_product`, fresh samples). The sampling
+    ``method``: ``"exact"`` (dense solve with ``exact_fisher``), ``"empirical"`` (dense,
+    ``empirical_fisher`` from ``num_samples`` fresh samples) or ``"cg"`` (matrix-free
+    conjugate gradient on ``fisher_vector_product``, fresh samples). The sampling
     methods carry a PRNG key in the state (explicit, like everything in scorefn). Chain it
     before the optimiser, e.g. ``optax.chain(scorefn.natural_gradient(dist_fn), optax.sgd(0.1))``
     (remember optax minimises: pass the negative of an ascent direction). ``update`` needs
@@ -339,9 +339,9 @@ def elementwise_fisher(dist_fn: DistFn, params: Any) -> jax.Array:
     Every leaf is shaped ``batch_shape + tail`` (a scalar per element, or e.g. the K logits
     of a Categorical). Returns (B, k, k) for B batch elements, k = Σ prod(tail) over the
     leaves in ``jax.tree.leaves`` order. The Fisher of such a distribution is
-    block-diagonal; each block is :func:`exact_fisher` of one element (vmapped), so the cost
+    block-diagonal; each block is ``exact_fisher`` of one element (vmapped), so the cost
     is O(B k²) instead of O((B k)²). Used by the separable search distributions of
-    :mod:`scorefn.es`.
+    ``scorefn.es``.
     """
     leaves, treedef = jax.tree.flatten(params)
     batch_shape = tuple(dist_fn(params).batch_shape)
@@ -363,7 +363,7 @@ def elementwise_fisher(dist_fn: DistFn, params: Any) -> jax.Array:
 
 
 def natural_gradient_elementwise(blocks: jax.Array, grad: Any, damping: float = 0.0) -> Any:
-    """Solve each k × k Fisher block from :func:`elementwise_fisher` against the gradient."""
+    """Solve each k × k Fisher block from ``elementwise_fisher`` against the gradient."""
     leaves, treedef = jax.tree.flatten(grad)
     size = blocks.shape[0]
     columns = [jnp.reshape(leaf, (size, -1)) for leaf in leaves]
@@ -394,7 +394,7 @@ def gaussian_local_natural_gradient(grad_delta: jax.Array, grad_m: jax.Array) ->
 
         I⁻¹ ∇ = (∇δ, 2 ∇M)        (∇M taken symmetric).
 
-    Closed form of :func:`exact_fisher` for this family; the tests check the two agree.
+    Closed form of ``exact_fisher`` for this family; the tests check the two agree.
     """
     sym = 0.5 * (grad_m + jnp.swapaxes(grad_m, -1, -2))
     return grad_delta, 2.0 * sym
@@ -408,7 +408,7 @@ def diagonal_gaussian_natural_gradient(grad_loc: jax.Array, grad_log_scale: jax.
 
         I⁻¹ ∇ = (σ² ∇loc, ∇log_scale / 2).
 
-    Closed form of :func:`elementwise_fisher` + :func:`natural_gradient_elementwise` for this
+    Closed form of ``elementwise_fisher`` + ``natural_gradient_elementwise`` for this
     family (O(d) instead of a KL Hessian per coordinate); the tests check the two agree.
     """
     return jnp.exp(2.0 * log_scale) * grad_loc, 0.5 * grad_log_scale

@@ -8,10 +8,10 @@ With x_n ~ q (a behaviour or proposal distribution) and log-weights
     truncated        ĝ = (1/N) Σ_n min(w_n, c) (f_n - b_n) g_n                biased (downweights where p ≫ q)
 
 where g_n = ∇θ log p_θ(x_n) and w_n = exp(ℓ_n), since E_q[w f g] = E_p[f g] = ∇θ E_p[f] when q > 0
-wherever p f > 0. Multiple importance sampling (:func:`mis_score_grad`) combines samples from
-several proposals q_i with the balance or power heuristic. :func:`per_decision_log_weights`
+wherever p f > 0. Multiple importance sampling (``mis_score_grad``) combines samples from
+several proposals q_i with the balance or power heuristic. ``per_decision_log_weights``
 gives the cumulative per-step weights of sequences (trajectories), optionally truncated per
-step as V-trace and Retrace do. :func:`effective_sample_size` measures weight degeneracy;
+step as V-trace and Retrace do. ``effective_sample_size`` measures weight degeneracy;
 the estimators warn or raise (your choice) below a threshold, and overflowing weights raise
 instead of returning NaN.
 """
@@ -177,7 +177,7 @@ def is_score_grad(
       weighting: ``"ordinary"`` (unbiased), ``"self_normalized"`` (biased O(1/N), lower
         variance, immune to the scale of the weights) or ``"truncated"`` (weights clipped at
         ``truncation`` as in PPO/V-trace/Retrace; biased towards zero where p ≫ q).
-      baseline: as in :func:`scorefn.score_grad` (per-sample baselines only); a baseline
+      baseline: as in ``scorefn.score_grad`` (per-sample baselines only); a baseline
         independent of x_n keeps the ordinary estimator unbiased.
       ess_threshold: warn (``on_low_ess="warn"``, the default) or raise (``"raise"``) when
         ESS/N falls below it (default 5%); every weight zero, or every weight underflowing to
@@ -222,7 +222,7 @@ def is_score_grad(
 
 
 def _weighted_score_grad(dist_fn, params, samples, coefficients, guard) -> Any:
-    """(1/N) Σ_n c_n ∇θ log p_θ(x_n) through the core's :func:`scorefn.score_grad`, the
+    """(1/N) Σ_n c_n ∇θ log p_θ(x_n) through the core's ``scorefn.score_grad``, the
     weights already checked by ``guard`` (non-finite ones are zeroed so that the guard's
     message, not the core's generic one, reports them)."""
     coefficients = jnp.where(jnp.isfinite(coefficients), coefficients, 0.0)

@@ -41,7 +41,7 @@ SUPPORTED = (dist.Normal, dist.Poisson, dist.BernoulliProbs, dist.BernoulliLogit
 
 
 def supports(d: dist.Distribution) -> bool:
-    """Whether :func:`measure_valued_grad` has a decomposition for ``d``."""
+    """Whether ``measure_valued_grad`` has a decomposition for ``d``."""
     return isinstance(d, SUPPORTED) and tuple(d.event_shape) == ()
 
 
@@ -74,7 +74,7 @@ def distribution_parameters(d: dist.Distribution) -> tuple[jax.Array, ...]:
 
 
 def perturbations(d: dist.Distribution, key: jax.Array, x: jax.Array, coupling: bool = True) -> list:
-    """(c, x⁺, x⁻) per distribution parameter (as :func:`distribution_parameters`): c of
+    """(c, x⁺, x⁻) per distribution parameter (as ``distribution_parameters``): c of
     shape (B,), x± of shape (N, B), for N samples ``x`` of shape (N, B), the batch flattened."""
     n, b = x.shape
     params = [p.reshape(-1) for p in distribution_parameters(d)]
@@ -126,7 +126,7 @@ def measure_valued_grad(
     ``per_sample=True`` returns each sample's term (every leaf gains a leading axis of
     ``num_samples``; their mean is the estimate), e.g. for its variance.
 
-    A ``control_variate`` h (from :mod:`scorefn.control_variates`, E[h] in closed form)
+    A ``control_variate`` h (from ``scorefn.control_variates``, E[h] in closed form)
     subtracts β ⊙ (ĝ_h,n - ∇θ E_θ[h]), where ĝ_h,n is the same weak-derivative term for h on
     the same samples and perturbations (common random numbers): mean zero, so unbiased with
     the leave-one-out ``"optimal"`` β or a fixed one.

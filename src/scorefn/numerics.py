@@ -4,7 +4,7 @@ On a GPU, jax's default precision for float32 matrix products may be reduced (TF
 10 bits of mantissa; TPUs use bfloat16 passes). That is fine for a network's forward pass but
 not where two nearly equal numbers are subtracted: a control variate h(x) against its
 closed-form mean, or a covariance factor updated by a matrix exponential. Those computations
-are traced inside :func:`full_precision`. On the CPU it changes nothing (XLA's CPU backend
+are traced inside ``full_precision``. On the CPU it changes nothing (XLA's CPU backend
 always multiplies float32 at full precision), which the tests check by the jaxpr instead.
 """
 

@@ -19,7 +19,7 @@ def sample(dist_fn: DistFn, params: Any, key: jax.Array, num_samples: int) -> ja
     Returns an array of shape ``(num_samples, *batch_shape, *event_shape)``. Gradients are
     stopped: the score-function estimator treats samples as data and differentiates only
     ``log p_θ(x)``; ``f`` can then be evaluated anywhere (a jitted function, a Python
-    simulator, a remote worker) before :func:`scorefn.score_grad` is called.
+    simulator, a remote worker) before ``scorefn.score_grad`` is called.
     """
     check_key(key)
     num_samples = check_num_samples(num_samples)

@@ -46,7 +46,7 @@ def per_sample_scores(dist_fn: DistFn, params: Any, samples: jax.Array) -> Any:
 
 
 def scores_and_log_prob(dist_fn: DistFn, params: Any, samples: jax.Array) -> tuple[Any, jax.Array]:
-    """Per-sample scores (as :func:`per_sample_scores`) and log p_θ(x_n), shape ``(N,)``."""
+    """Per-sample scores (as ``per_sample_scores``) and log p_θ(x_n), shape ``(N,)``."""
 
     def log_prob_one(p, x):
         return _log_prob(dist_fn(p), x).sum()

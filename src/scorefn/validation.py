@@ -59,7 +59,7 @@ _RUNTIME_CHECKS = [True]
 
 @contextlib.contextmanager
 def runtime_checks(enabled: bool):
-    """Turn the run-time (host-callback) finiteness checks of :func:`finite_guard` on or off
+    """Turn the run-time (host-callback) finiteness checks of ``finite_guard`` on or off
     for computations *traced* inside the block.
 
     Training loops trace their step with checks off: a compiled program with a host callback
@@ -76,7 +76,7 @@ def runtime_checks(enabled: bool):
 
 class _ScorefnCheckFilter(logging.Filter):
     """Drops jax's log record of a failed host callback when the exception is one of
-    scorefn's run-time checks: that error reaches the caller (see :func:`runtime_errors`),
+    scorefn's run-time checks: that error reaches the caller (see ``runtime_errors``),
     and the logged copy of its traceback would only repeat it."""
 
     _here = os.path.dirname(os.path.abspath(__file__))
@@ -136,12 +136,12 @@ def runtime_errors(context: str | None = None):
 
 
 def runtime_checks_enabled() -> bool:
-    """Whether computations traced now get the run-time checks (see :func:`runtime_checks`)."""
+    """Whether computations traced now get the run-time checks (see ``runtime_checks``)."""
     return _RUNTIME_CHECKS[-1]
 
 
 def guarded(value: jax.Array, guard: jax.Array) -> jax.Array:
-    """``value`` with the zero of :func:`finite_guard` joined as a factor, value · (1 + guard).
+    """``value`` with the zero of ``finite_guard`` joined as a factor, value · (1 + guard).
 
     Adding the guard to a value whose *gradient* is the result (a surrogate objective) would
     not keep the check: the reverse pass never needs the sum's other operand, so dead-code
@@ -207,7 +207,7 @@ def finite_guard(
 def argument_checks(d: Any, name: str = "dist_fn(params)") -> tuple[Any, list]:
     """Whether every argument given to ``d`` (and to the distributions it wraps) satisfies
     its numpyro constraint (a positive scale, probabilities in [0, 1], a positive Dirichlet
-    concentration, finite locations), as ``(ok, checks)`` for :func:`finite_guard`: the
+    concentration, finite locations), as ``(ok, checks)`` for ``finite_guard``: the
     validity masks are computed in the program, the message on the host names the argument,
     its constraint and the first bad value."""
     import numpyro.distributions as dist

@@ -1,7 +1,7 @@
 """scorefn.es: black-box optimisation by search gradients (natural evolution strategies).
 
-Every strategy's search gradient is :func:`scorefn.score_grad` on its search distribution and
-its natural gradient comes from :mod:`scorefn.fisher` (closed forms where they exist).
+Every strategy's search gradient is ``scorefn.score_grad`` on its search distribution and
+its natural gradient comes from ``scorefn.fisher`` (closed forms where they exist).
 Strategies are ask/tell with explicit state::
 
     strategy = scorefn.es.xnes()

@@ -1,7 +1,7 @@
 r"""Natural-gradient search over binary strings with independent Bernoulli(σ(θ)) bits.
 
 The search gradient is Σ_k u_k (x_k - p) in the logits and the Fisher is p(1 - p) per bit,
-so the natural gradient is Σ_k u_k (x_k - p) / (p(1 - p)) (see :mod:`scorefn.es.discrete`).
+so the natural gradient is Σ_k u_k (x_k - p) / (p(1 - p)) (see ``scorefn.es.discrete``).
 For combinatorial objectives (OneMax, MaxCut) where nothing else in the library applies.
 """
 
@@ -44,5 +44,5 @@ class BernoulliNES(LogitsSearch):
 
 
 def bernoulli(**options: Any) -> BernoulliNES:
-    """The binary strategy; see :class:`BernoulliNES`."""
+    """The binary strategy; see ``BernoulliNES``."""
     return BernoulliNES(**options)

@@ -3,7 +3,7 @@ r"""Natural-gradient search over strings of categorical variables, x_i ∈ {0, .
 Each position is an independent Categorical(softmax(θ_i)); the search gradient is
 Σ_k u_k (onehot(x_k,i) - p_i) per position and its Fisher diag(p_i) - p_i p_iᵀ (exact by
 enumeration) is singular along the all-ones direction, so the solve is damped and the logits
-are centred (see :mod:`scorefn.es.discrete`).
+are centred (see ``scorefn.es.discrete``).
 """
 
 from __future__ import annotations
@@ -62,5 +62,5 @@ class CategoricalNES(LogitsSearch):
 
 
 def categorical(**options: Any) -> CategoricalNES:
-    """The categorical strategy; see :class:`CategoricalNES`."""
+    """The categorical strategy; see ``CategoricalNES``."""
     return CategoricalNES(**options)

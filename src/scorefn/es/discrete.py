@@ -2,8 +2,8 @@ r"""The shared machinery of natural-gradient search over discrete strings.
 
 Independent variables with logits θ (a Bernoulli per bit, a Categorical per position): the
 search gradient of E[u] is the score-function estimate Σ_k u_k ∇θ log p_θ(x_k)
-(:func:`scorefn.score_grad`), preconditioned by the exact per-variable Fisher blocks from
-enumeration (:func:`scorefn.fisher.elementwise_fisher`), damped; logits stay in
+(``scorefn.score_grad``), preconditioned by the exact per-variable Fisher blocks from
+enumeration (``scorefn.fisher.elementwise_fisher``), damped; logits stay in
 [-max_logit, max_logit] so that no variable freezes for good.
 """
 

@@ -32,7 +32,7 @@ NAN_POLICIES = ("penalize", "raise")
 
 @dataclasses.dataclass
 class OptimizeResult:
-    """What :func:`minimize` found, and how."""
+    """What ``minimize`` found, and how."""
 
     x: np.ndarray
     f: float
@@ -109,8 +109,11 @@ def minimize(
       x0: the initial mean, shape (d,) (for ``"bernoulli"``: initial probabilities of a 1).
       strategy: ``"xnes"``, ``"snes"``, ``"openai_es"``, ``"bernoulli"`` or a strategy
         object.
-      max_evaluations, target_f, tol_x (search scale below it), tol_f (spread of a
-        generation's fitness below it), stagnation (generations without improvement): stops.
+      max_evaluations: stop after this many evaluations of f.
+      target_f: stop when the best f is at or below it.
+      tol_x: stop when the search scale falls below it.
+      tol_f: stop when a generation's spread of fitness falls below it.
+      stagnation: stop after this many generations without improvement.
       nan_policy: ``"penalize"`` ranks NaN/inf fitness last; ``"raise"`` stops with an error.
       generations_per_call: generations per compiled call (``evaluator="jax"``). Each call
         costs about 0.1 ms on the host (progress, stopping tests), as much as ten

@@ -2,9 +2,9 @@ r"""OpenAI-ES (Salimans et al. 2017): an isotropic Gaussian N(μ, σ² I) moved 
 
 Mirrored samples x = μ ± σ ε, centered-rank utilities u, and the search gradient
 
-    ∇μ E[u] ≈ (1/λ) Σ_k u_k (x_k - μ) / σ²       (:func:`scorefn.score_grad`)
+    ∇μ E[u] ≈ (1/λ) Σ_k u_k (x_k - μ) / σ²       (``scorefn.score_grad``)
 
-preconditioned by the isotropic Fisher I = 1/σ² (:func:`scorefn.fisher.elementwise_fisher`),
+preconditioned by the isotropic Fisher I = 1/σ² (``scorefn.fisher.elementwise_fisher``),
 i.e. (1/λ) Σ_k u_k σ ε_k, then handed (negated: optax minimises) to the optimiser, with optional
 L2 weight decay. σ follows ``sigma0 · sigma_decay^t`` down to ``sigma_min``. Suited to many
 parameters and noisy objectives (policies); not a high-precision optimiser.
@@ -94,5 +94,5 @@ class OpenAIES:
 
 
 def openai_es(**options: Any) -> OpenAIES:
-    """The OpenAI-ES strategy; see :class:`OpenAIES`."""
+    """The OpenAI-ES strategy; see ``OpenAIES``."""
     return OpenAIES(**options)

@@ -1,11 +1,11 @@
 r"""SNES: separable natural evolution strategies (Schaul, Glasmachers & Schmidhuber 2011).
 
 Search distribution N(μ, diag σ²) with parameters θ = (μ, log σ). With rank utilities u_k
-(:func:`~scorefn.es.fitness_shaping.nes_utilities`) the search gradient is the score-function
-estimate ∇θ E[u] ≈ Σ_k u_k ∇θ log p_θ(x_k) (:func:`scorefn.score_grad`), and the natural
+(``scorefn.es.fitness_shaping.nes_utilities``) the search gradient is the score-function
+estimate ∇θ E[u] ≈ Σ_k u_k ∇θ log p_θ(x_k) (``scorefn.score_grad``), and the natural
 gradient divides by the Fisher, which is diagonal here, diag(1/σ², 2) (in closed form,
-:func:`scorefn.fisher.diagonal_gaussian_natural_gradient`; the tests check it against the
-KL-Hessian blocks of :func:`scorefn.fisher.elementwise_fisher`):
+``scorefn.fisher.diagonal_gaussian_natural_gradient``; the tests check it against the
+KL-Hessian blocks of ``scorefn.fisher.elementwise_fisher``):
 
     μ ← μ + η_μ σ Σ u_k s_k,      σ ← σ exp(η_σ/2 Σ u_k (s_k² - 1)),      s_k = (x_k - μ)/σ.
 
@@ -51,7 +51,7 @@ def search_distribution(params: dict) -> dist.Distribution:
 class SNES:
     """Ask/tell SNES. ``popsize``, ``lr_mean`` and ``lr_scale`` default to the standard values.
 
-    ``mirrored=True`` draws the population in pairs μ ± σ ⊙ ε (:mod:`scorefn.es.sampling`):
+    ``mirrored=True`` draws the population in pairs μ ± σ ⊙ ε (``scorefn.es.sampling``):
     half the normal draws, which dominate a generation's time at large d, for about the same
     number of evaluations on sphere and ellipsoid (see BENCHMARKS.md).
     """
@@ -105,5 +105,5 @@ class SNES:
 
 
 def snes(**options: Any) -> SNES:
-    """The SNES strategy; see :class:`SNES`."""
+    """The SNES strategy; see ``SNES``."""
     return SNES(**options)

@@ -2,9 +2,9 @@ r"""xNES: exponential natural evolution strategies (Glasmachers et al. 2010).
 
 Search distribution N(μ, σ² B Bᵀ) with det B = 1. At every generation the gradient is taken in
 local coordinates (δ, M) around the current distribution, N(μ + σBδ, σ² B expm(M) Bᵀ) at
-δ = 0, M = 0: the score-function estimate (:func:`scorefn.score_grad`) of ∇ E[u] there is
+δ = 0, M = 0: the score-function estimate (``scorefn.score_grad``) of ∇ E[u] there is
 (Σ u_k z_k, ½ Σ u_k (z_k z_kᵀ - I)) with z_k = (σB)⁻¹(x_k - μ), and the natural gradient in
-those coordinates has a closed form (:func:`scorefn.fisher.gaussian_local_natural_gradient`),
+those coordinates has a closed form (``scorefn.fisher.gaussian_local_natural_gradient``),
 G_δ = Σ u_k z_k, G_M = Σ u_k (z_k z_kᵀ - I). Then
 
     μ ← μ + η_μ σ B G_δ,    σ ← σ exp(η_σ/2 · tr(G_M)/d),    B ← B expm(η_B/2 · (G_M - tr(G_M)/d · I)).
@@ -21,7 +21,7 @@ runs on rosenbrock d = 10; with mirrored pairs, none in 10.
 Adaptation sampling (``adaptation_sampling=True``; Wierstra et al. 2014, section 3.2.2) adapts
 η_σ online. The last σ update made again with 1.5 η_σ gives a hypothetical σ' =
 σ √(σ/σ_prev); the current samples, importance-weighted by N(x; μ, σ'²BBᵀ) / N(x; μ, σ²BBᵀ)
-(:func:`scorefn.importance.log_weights`), enter a weighted Mann-Whitney test of whether σ'
+(``scorefn.importance.log_weights``), enter a weighted Mann-Whitney test of whether σ'
 would have ranked them better. η_σ grows, η_σ ← min(1, (1 + c) η_σ), only when that test is
 significant at level ρ = ½ - 1/(3(d+1)): its one-sided p-value 1 - Φ(z_U) (normal
 approximation) is below ρ. Otherwise it decays towards the default,
@@ -182,5 +182,5 @@ class XNES:
 
 
 def xnes(**options: Any) -> XNES:
-    """The xNES strategy; see :class:`XNES`."""
+    """The xNES strategy; see ``XNES``."""
     return XNES(**options)

@@ -8,10 +8,10 @@ the objective J(θ) = E[Σ terms], to be maximised. Two entry points:
     s = scorefn.programs.surrogate(program, params, key, *args, num_particles=8)
     # the value of s estimates J; jax.grad(s) == g; higher derivatives unbiased too
 
-Each latent site gets an estimator by name (:data:`ESTIMATORS`): ``"score"`` (with a
+Each latent site gets an estimator by name (``ESTIMATORS``): ``"score"`` (with a
 baseline per site), ``"pathwise"`` or ``"enumerate"``; a site's score is weighted only by the
 terms downstream of it, and inside a plate by those with its plate index.
-:func:`site_variances` and :func:`compare` measure the choices on your own program.
+``site_variances`` and ``compare`` measure the choices on your own program.
 """
 
 from scorefn.programs.diagnostics import (

@@ -3,7 +3,7 @@ r"""Which estimator for which site? Per-site gradient contributions and their va
 The contribution of site s to an estimate ĝ is the part of the gradient that flows through
 s: ĝ - ĝ_{cut s}, where "cut" detaches s (a score site's log-probability, a pathwise site's
 value, an enumerated site's probabilities) and leaves the rest of the surrogate as it is.
-Its variance over independent estimates says how much noise s adds; :func:`compare` puts
+Its variance over independent estimates says how much noise s adds; ``compare`` puts
 several estimator choices side by side on your own program, with the bias and variance of
 the whole estimate (against a reference) and each site's share.
 """
@@ -41,7 +41,7 @@ def site_contributions(program: Callable, params: Any, key: jax.Array, *args: An
                        **options: Any) -> dict[str, Any]:
     """Each latent site's contribution to one gradient estimate: ``{site: pytree like params}``.
 
-    ``options`` are those of :func:`scorefn.programs.grad` (``num_particles``, ``estimators``,
+    ``options`` are those of ``scorefn.programs.grad`` (``num_particles``, ``estimators``,
     ``baselines``, ``credit_assignment``, ``max_enumeration``). The contributions of
     different sites need not add up to the estimate: a term that two sites reach is
     differentiated through both.
@@ -79,7 +79,7 @@ class SiteVariances:
 
 def site_variances(program: Callable, params: Any, key: jax.Array, *args: Any,
                    num_repeats: int = 200, **options: Any) -> SiteVariances:
-    """The variance of each site's contribution (see :func:`site_contributions`) over
+    """The variance of each site's contribution (see ``site_contributions``) over
     ``num_repeats`` independent estimates, per parameter coordinate and in total."""
     v.check_key(key)
     if num_repeats < 2:
@@ -93,7 +93,7 @@ def site_variances(program: Callable, params: Any, key: jax.Array, *args: Any,
 
 @dataclasses.dataclass
 class ProgramComparison:
-    """:func:`compare`'s result: the whole-estimate table and each choice's site variances."""
+    """``compare``'s result: the whole-estimate table and each choice's site variances."""
 
     table: ComparisonTable
     sites: dict[str, SiteVariances]
@@ -139,7 +139,7 @@ def compare(
     """Compare estimator choices on your own program: bias, variance, SNR and cost of the
     whole gradient estimate, and the variance each site contributes.
 
-    ``choices`` maps a name to options of :func:`scorefn.programs.grad`, e.g.
+    ``choices`` maps a name to options of ``scorefn.programs.grad``, e.g.
     ``{"score": {"estimators": {"z": "score"}}, "enumerate": {"estimators": {"z":
     "enumerate"}}}``. ``reference`` is the true gradient if you know it; otherwise the mean of
     4 × ``num_repeats`` estimates of the first choice, whose standard error enters the

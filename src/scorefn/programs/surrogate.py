@@ -16,7 +16,7 @@ every order unbiased (Mao et al. 2019; Farquhar et al. 2019):
   ``numpyro.plate``, element i of a term is weighted only by the site elements with the same
   plate index (sites outside the plate: all their elements).
 - b_s: a baseline per score site (default: leave-one-out over the K particles,
-  :func:`scorefn.baselines.leave_one_out`) for the learning signal L_s = Σ_{t downstream of s} c_t.
+  ``scorefn.baselines.leave_one_out``) for the learning signal L_s = Σ_{t downstream of s} c_t.
   It must not depend on the particle's own x_s; it is held constant (stop-gradient).
 - w_km = Π_e p_θ(v_e,m | ...): the probability of the m-th joint value of the enumerated
   sites (summed exactly); m runs over one value when there are none.
@@ -479,7 +479,7 @@ def _antithetic_term(program, params, args, p: Plan, rec: Recorder, site_keys, f
                      site: str) -> jax.Array:
     """Σ_i stop_gradient((L_s(first) - L_s(second)) w_i) · (φ_i - stop_gradient(φ_i)) for an
     ARM or DisARM site: value 0, its gradient the antithetic estimate, through the logits φ
-    (see :mod:`scorefn.discrete`). The particle's run used the pair's first sample; the
+    (see ``scorefn.discrete``). The particle's run used the pair's first sample; the
     second comes from a rerun with every other site drawing with the same keys."""
     if not p.downstream_terms[site]:
         return jnp.zeros(())
@@ -510,7 +510,7 @@ def conditional_uniform(b: jax.Array, prob: jax.Array, w: jax.Array) -> jax.Arra
 def _rebar_term(program, params, args, p: Plan, rec: Recorder, site_keys, forced,
                 site: str) -> jax.Array:
     """Value 0, its gradient REBAR's estimate for a Bernoulli site's sampling path (η = 1,
-    τ = the plan's temperature; see :class:`scorefn.discrete.Relax`):
+    τ = the plan's temperature; see ``scorefn.discrete.Relax``):
 
         (L_s(b) - c(z̃)) ∇θ log p(b) + ∇θ c(z) - ∇θ c(z̃),   c(z) = L_s(σ(z/τ)),
 
@@ -679,7 +679,7 @@ def surrogate(
 
     Its value is the Monte-Carlo estimate of J(θ) = E[Σ terms] from ``num_particles``
     independent runs; ``jax.grad`` of it is an unbiased estimate of ∇J (the same as
-    :func:`grad`), ``jax.hessian`` of ∇²J, ``jax.jvp`` of ``jax.grad`` of Hessian-vector
+    ``grad``), ``jax.hessian`` of ∇²J, ``jax.jvp`` of ``jax.grad`` of Hessian-vector
     products. Maximise it (or minimise ``-surrogate``) in any optax/flax loop::
 
         loss = lambda p, k: -scorefn.programs.surrogate(program, p, k, x, num_particles=8)
@@ -693,11 +693,11 @@ def surrogate(
         ``split(key, (K, num_sites + 1))[k, i]``; the last key of each row seeds anything
         else that asks numpyro for randomness (a subsampled plate).
       num_particles: K, independent runs of the program.
-      estimators: site name -> a name in :data:`ESTIMATORS` (``"score"``, ``"rloo"``,
+      estimators: site name -> a name in ``ESTIMATORS`` (``"score"``, ``"rloo"``,
         ``"pathwise"``, ``"enumerate"``, ``"measure_valued"``, ``"arm"``, ``"disarm"``,
         ``"rebar"``, ``"gumbel_softmax"``, ``"straight_through"``). Default: pathwise for sites with
         ``rsample`` that every reader uses differentiably, score otherwise.
-      baselines: score site name -> a baseline from :mod:`scorefn.baselines` (or a number,
+      baselines: score site name -> a baseline from ``scorefn.baselines`` (or a number,
         an ``EmaState``, None). Default: leave-one-out over the particles (K ≥ 2).
       credit_assignment: weight each score site by the terms downstream of it only (and by
         the same plate index); False weights every site by the whole objective.
@@ -728,8 +728,8 @@ def grad(program: Callable, params: Any, key: jax.Array, *args: Any, num_particl
          **options: Any) -> Any:
     r"""Unbiased estimate of ∇θ E[Σ terms] of ``program(params, *args)``, shaped like params.
 
-    Exactly ``jax.grad`` of :func:`surrogate` with the same arguments; ``options`` are
-    :func:`surrogate`'s (``estimators``, ``baselines``, ``credit_assignment``, ``validate``,
+    Exactly ``jax.grad`` of ``surrogate`` with the same arguments; ``options`` are
+    ``surrogate``'s (``estimators``, ``baselines``, ``credit_assignment``, ``validate``,
     ``max_enumeration``, ``runtime_checks``, ``temperature``).
     """
     if "return_signals" in options:

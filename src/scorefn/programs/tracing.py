@@ -2,7 +2,7 @@ r"""Running a stochastic program under scorefn's control, and reading its struct
 
 A program is ``program(params, *args)``, plain JAX code with ``numpyro.sample`` for stochastic
 nodes and ``numpyro.factor`` (or observed ``numpyro.sample``) for objective terms. One
-:class:`Recorder` handler, inside numpyro's ``seed``, does everything scorefn needs from a run:
+``Recorder`` handler, inside numpyro's ``seed``, does everything scorefn needs from a run:
 
 - it records every latent site (its distribution, value, plates) and every term (its
   log-probability array, scaled and masked as numpyro would);
@@ -251,7 +251,7 @@ def _example_values(latents: dict[str, SiteInfo]) -> dict[str, jax.ShapeDtypeStr
 
 
 def analyse(program: Callable, params: Any, args: tuple, sites: dict[str, SiteInfo]) -> Structure:
-    """Read the program's dependency structure (see :class:`Structure`)."""
+    """Read the program's dependency structure (see ``Structure``)."""
     latents = {n: s for n, s in sites.items() if not s.is_term}
     term_names = sorted(n for n, s in sites.items() if s.is_term)
     latent_names = sorted(latents)

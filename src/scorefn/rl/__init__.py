@@ -2,10 +2,10 @@ r"""Policy-gradient reinforcement learning on the scorefn core.
 
     J(θ) = E_{τ~p_θ}[R(τ)],   ∇θ J = E[R(τ) ∇θ log p_θ(τ)],   ∇θ log p_θ(τ) = Σ_t ∇θ log π_θ(a_t | s_t)
 
-Algorithms, one module each: :mod:`~scorefn.rl.reinforce`, :mod:`~scorefn.rl.a2c`,
-:mod:`~scorefn.rl.ppo`, :mod:`~scorefn.rl.trpo` (TRPO, and NPG with ``algo="npg"``). Their
-policy gradients all go through :func:`scorefn.score_grad`
-(:func:`~scorefn.rl.policy_gradient.policy_gradient`); TRPO/NPG use the core's
+Algorithms, one module each: ``scorefn.rl.reinforce``, ``scorefn.rl.a2c``,
+``scorefn.rl.ppo``, ``scorefn.rl.trpo`` (TRPO, and NPG with ``algo="npg"``). Their
+policy gradients all go through ``scorefn.score_grad``
+(``scorefn.rl.policy_gradient.policy_gradient``); TRPO/NPG use the core's
 Fisher-vector products and conjugate gradient.
 """
 

@@ -5,7 +5,7 @@ minus V), optionally standardised, then one step on
 
     -(1/N) Σ Â_t log π_θ(a_t | s_t) + c_v (V_φ(s_t) - (Â_t + V(s_t)))² - c_H H[π(· | s_t)]
 
-with the policy part from :func:`scorefn.rl.policy_gradient.policy_gradient`, the gradient
+with the policy part from ``scorefn.rl.policy_gradient.policy_gradient``, the gradient
 clipped to ``max_grad_norm`` and RMSprop (SB3's defaults, which the peer benchmark uses).
 """
 

@@ -1,4 +1,4 @@
-r"""The policy-gradient estimator every algorithm here uses, through :func:`scorefn.score_grad`.
+r"""The policy-gradient estimator every algorithm here uses, through ``scorefn.score_grad``.
 
 With dynamics independent of θ, ∇θ log p_θ(τ) = Σ_t ∇θ log π_θ(a_t | s_t), so
 

@@ -5,7 +5,7 @@ Per update: a rollout of ``num_steps`` × ``num_envs`` steps, GAE(λ) advantages
 
     -(1/B) Σ min(ρ Â, clip(ρ, 1-ε, 1+ε) Â) + c_v (V - V_target)² - c_H H[π],   ρ = π_θ(a|s)/π_old(a|s)
 
-whose policy part is :func:`scorefn.rl.policy_gradient.policy_gradient` with signal
+whose policy part is ``scorefn.rl.policy_gradient.policy_gradient`` with signal
 ρ Â 1[unclipped]: ρ is the importance weight of the old policy's actions. Options: value
 clipping (``clip_value``), stopping the epochs once the approximate KL(π_old ‖ π_θ) of a
 minibatch exceeds ``target_kl``, advantage standardisation per minibatch.

@@ -2,7 +2,7 @@
 
 The gymnax path is a ``lax.scan`` over time of a ``vmap`` over environments, so a whole
 training run compiles into one function. The gymnasium path steps a vector environment in
-Python with the policy jitted. Both return the same :class:`Transition` batch, time first.
+Python with the policy jitted. Both return the same ``Transition`` batch, time first.
 """
 
 from __future__ import annotations

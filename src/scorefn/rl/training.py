@@ -218,8 +218,8 @@ def evaluate_gymnasium(env_id: str, policy: ActorCritic, policy_params: Any, see
 
 
 def load_checkpoint(path: str, seed_index: int = 0) -> TrainResult:
-    """A :class:`TrainResult` (policy parameters of one seed, history, config) from a
-    checkpoint written by :func:`train`, e.g. for :func:`evaluate`."""
+    """A ``TrainResult`` (policy parameters of one seed, history, config) from a
+    checkpoint written by ``train``, e.g. for ``evaluate``."""
     payload = _runs.load_checkpoint(path, CHECKPOINT_VERSION, "scorefn.rl")
     config = _algorithm(payload["algo"]).Config(**{
         k: tuple(v) if isinstance(v, list) else v for k, v in payload["config"].items()})
@@ -280,18 +280,19 @@ def train(
     Args:
       env: an environment id: gymnax's (compiled end to end) or gymnasium's.
       algo: ``"reinforce"``, ``"a2c"``, ``"ppo"``, ``"trpo"`` or ``"npg"``.
-      seed / seeds: one seed, or several trained at once (vmap; gymnax only).
-      total_steps: environment steps (default per algorithm and env, :mod:`scorefn.rl.defaults`).
+      seed: the seed of one run.
+      seeds: several seeds trained at once (vmap; gymnax only), instead of ``seed``.
+      total_steps: environment steps (default per algorithm and env, ``scorefn.rl.defaults``).
       eval_every: env steps between deterministic evaluations (default ~ total / 20).
       stop_when_solved: stop once every seed has reached the env's threshold at an evaluation
         (with one seed: at its first evaluation at or above it).
       log_dir: write ``metrics.csv``, ``metrics.jsonl``, ``learning_curve.png`` (and TensorBoard
         events when ``tensorboardX`` is installed) there.
-      checkpoint / resume: write the run state after every evaluation, and the state of the
-        best evaluation so far beside it (``best_checkpoint_path(checkpoint)``); continue from
-        it. A gymnax run resumes exactly. A gymnasium run resumes its learner exactly (params,
-        optimiser, key, steps) but its environments start new episodes: their Python state
-        cannot be saved.
+      checkpoint: write the run state there after every evaluation, and the state of the
+        best evaluation so far beside it (``best_checkpoint_path(checkpoint)``).
+      resume: continue from ``checkpoint``. A gymnax run resumes exactly. A gymnasium run
+        resumes its learner exactly (params, optimiser, key, steps) but its environments
+        start new episodes: their Python state cannot be saved.
       hyperparameters: fields of the algorithm's ``Config`` (e.g. ``learning_rate=3e-4``).
     """
     enable_compilation_cache()
@@ -369,7 +370,7 @@ def train(
 
 
 def best_checkpoint_path(checkpoint: str) -> str:
-    """Where :func:`train` keeps the best evaluation's state: ``run.pkl`` → ``run.best.pkl``."""
+    """Where ``train`` keeps the best evaluation's state: ``run.pkl`` → ``run.best.pkl``."""
     root, ext = os.path.splitext(checkpoint)
     return f"{root}.best{ext or '.pkl'}"
 

@@ -1,10 +1,10 @@
 r"""TRPO (Schulman et al. 2015) and NPG (Kakade 2001): natural policy gradients.
 
 Per update: a rollout, GAE(λ) advantages Â (standardised), the policy gradient
-g = (1/N) Σ Â_n ∇θ log π_θ(a_n | s_n) from :func:`scorefn.rl.policy_gradient.policy_gradient`,
-and the natural direction x ≈ F⁻¹ g by conjugate gradient (:func:`scorefn.fisher.natural_gradient_cg`)
+g = (1/N) Σ Â_n ∇θ log π_θ(a_n | s_n) from ``scorefn.rl.policy_gradient.policy_gradient``,
+and the natural direction x ≈ F⁻¹ g by conjugate gradient (``scorefn.fisher.natural_gradient_cg``)
 on Fisher-vector products v ↦ ∇²_θ' KL(π_θ ‖ π_θ') v, the Hessian of the mean KL over the
-batch's states (:func:`scorefn.fisher.kl_fisher_vector_product`). The step
+batch's states (``scorefn.fisher.kl_fisher_vector_product``). The step
 
     θ ← θ + β x,   β = √(2δ / xᵀ F x)
 

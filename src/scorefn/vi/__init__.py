@@ -2,17 +2,17 @@ r"""Black-box variational inference on the scorefn core.
 
     L(θ) = E_{z~q_θ}[log p(x, z) - log q_θ(z)],   ∇θ L = E_q[(log p(x, z) - log q_θ(z)) ∇θ log q_θ(z)]
 
-- models: a NumPyro model function with its data, or :class:`LogJoint` (``log_joint(z, *data)``);
-- guides: :func:`mean_field`, :func:`full_rank`, :func:`auto_guide`;
-- estimators (:mod:`scorefn.vi.objectives`): ``score``, ``score-rb`` (Rao-Blackwellised, local
+- models: a NumPyro model function with its data, or ``LogJoint`` (``log_joint(z, *data)``);
+- guides: ``mean_field``, ``full_rank``, ``auto_guide``;
+- estimators (``scorefn.vi.objectives``): ``score``, ``score-rb`` (Rao-Blackwellised, local
   learning signals), ``reparam``, ``mixed``, ``iwae``, ``vimco``; all through
-  :func:`scorefn.score_grad` and :func:`scorefn.pathwise_grad`;
-- :func:`fit`: the training loop, with checkpoints and posterior helpers;
-- :class:`ELBO`: the same estimators as the loss of ``numpyro.infer.SVI`` (any guide program,
-  networks and subsampled plates included), built on :mod:`scorefn.programs`; :class:`IWAE`
-  (DReG) and :class:`VIMCO` for the multi-sample bound; :func:`amortized_posterior` for
+  ``scorefn.score_grad`` and ``scorefn.pathwise_grad``;
+- ``fit``: the training loop, with checkpoints and posterior helpers;
+- ``ELBO``: the same estimators as the loss of ``numpyro.infer.SVI`` (any guide program,
+  networks and subsampled plates included), built on ``scorefn.programs``; ``IWAE``
+  (DReG) and ``VIMCO`` for the multi-sample bound; ``amortized_posterior`` for
   q(z | x_new);
-- :mod:`scorefn.vi.discrete_vae`: a discrete VAE on digits with the discrete estimators.
+- ``scorefn.vi.discrete_vae``: a discrete VAE on digits with the discrete estimators.
 """
 
 from scorefn.vi import models

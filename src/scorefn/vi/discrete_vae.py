@@ -1,5 +1,5 @@
 """A discrete VAE (sigmoid belief network) on binarised digits, trained with any of the
-discrete estimators of :mod:`scorefn.programs`.
+discrete estimators of ``scorefn.programs``.
 
 The model: z ~ Bernoulli(1/2)^L, x | z ~ Bernoulli(σ(decoder(z)))^64; the guide
 q(z | x) = Bernoulli(σ(encoder(x)))^L. Encoder and decoder are linear (``hidden=0``) or have
@@ -144,10 +144,10 @@ def _log_weights(model, params, key, x, num_samples):
 
 @dataclasses.dataclass
 class DiscreteVAEFit:
-    """What :func:`fit` returns.
+    """What ``fit`` returns.
 
     ``elbo`` is the training ELBO per image at every step (the surrogate's value on that
-    step's batch), ``train``/``test`` are :meth:`DiscreteVAE.evaluate` of the final
+    step's batch), ``train``/``test`` are ``DiscreteVAE.evaluate`` of the final
     parameters, ``gradient_variance`` maps a step to the mean over the encoder's parameters
     of the variance of their gradient estimates there (fixed batch, independent keys),
     ``us_per_step`` is the median time of a compiled step.
@@ -222,7 +222,7 @@ def fit(
     progress: bool = False,
 ) -> DiscreteVAEFit:
     """Train ``model`` on ``data = (train, test)`` with Adam, the latents' gradient from
-    ``estimator`` (one of :data:`ESTIMATORS`) through :func:`scorefn.programs.surrogate`.
+    ``estimator`` (one of ``ESTIMATORS``) through ``scorefn.programs.surrogate``.
 
     Args:
       num_particles: K runs of the program per step (``"rloo"`` needs K >= 2; ``"arm"`` and
@@ -238,9 +238,9 @@ def fit(
       evaluation_samples: S of the importance-sampled log-likelihood of the final model.
       steps_per_call: steps per compiled call (a ``lax.scan``); progress and checkpoints
         follow calls.
-      checkpoint, resume: write the whole state after every call; ``resume=True`` continues
-        from it, with the same result as an uninterrupted run, and refuses a checkpoint
-        written with other settings.
+      checkpoint: write the whole state there after every call.
+      resume: continue from ``checkpoint``, with the same result as an uninterrupted run,
+        and refuses a checkpoint written with other settings.
     """
     if estimator not in ESTIMATORS:
         raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")

@@ -1,7 +1,7 @@
 """``fit``: stochastic optimisation of the ELBO, compiled in chunks of steps.
 
 Each step draws K samples from the guide with ``fold_in(key, step)``, estimates ∇L with
-:func:`scorefn.vi.elbo_grad` and applies an optax update (ascent). Steps run inside one
+``scorefn.vi.elbo_grad`` and applies an optax update (ascent). Steps run inside one
 ``lax.scan`` per chunk; between chunks the run reports progress and writes its checkpoint,
 so an interrupted run resumes at its last finished chunk and reproduces the uninterrupted
 run exactly (every step's key depends only on the step's index).
@@ -36,7 +36,7 @@ class FitResult:
     """The fitted guide and the run's record.
 
     ``objective`` holds every step's one-sample-set estimate of the ELBO (of L_K for
-    ``iwae``/``vimco``); :attr:`final_elbo` averages the last 100.
+    ``iwae``/``vimco``); ``final_elbo`` averages the last 100.
     """
 
     model: Model
@@ -165,13 +165,13 @@ def fit(
     """Maximise the ELBO (``iwae``/``vimco``: L_K) over the guide's parameters.
 
     Args:
-      model: a NumPyro model function, or a :class:`~scorefn.vi.LogJoint`.
-      guide: a :class:`~scorefn.vi.guides.Guide`; ``None``/``"mean_field"`` or
+      model: a NumPyro model function, or a ``scorefn.vi.LogJoint``.
+      guide: a ``scorefn.vi.guides.Guide``; ``None``/``"mean_field"`` or
         ``"full_rank"`` for the automatic one (NumPyro models).
       data: the model's positional arguments (a tuple) or keyword arguments (a dict).
       key: a PRNG key; step t uses ``fold_in(key, t)``.
       estimator: one of ``"score"``, ``"score-rb"``, ``"reparam"``, ``"mixed"``, ``"iwae"``,
-        ``"vimco"`` (see :mod:`scorefn.vi.objectives`).
+        ``"vimco"`` (see ``scorefn.vi.objectives``).
       optimizer: an optax optimiser (default ``optax.adam(0.01)``); fed ``-∇L``.
       steps: total number of steps (a resumed run continues up to it).
       num_samples: K, samples from the guide per step.
@@ -184,7 +184,7 @@ def fit(
       plot: save the ELBO curve as a PNG there.
 
     JAX's persistent compilation cache is turned on (see
-    :func:`scorefn.enable_compilation_cache`), so a second run of the same fit does not
+    ``scorefn.enable_compilation_cache``), so a second run of the same fit does not
     compile again.
     """
     v.check_key(key)

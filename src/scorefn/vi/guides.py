@@ -6,12 +6,12 @@ A guide is a set of independent **blocks**; each block is a numpyro distribution
 of a block distribution's ``batch_shape`` are independent **factors**: the score-function
 estimators weight each factor's score by its own learning signal.
 
-- :func:`mean_field` - one block per site, any ``dist_fn(params)`` per site, or automatic:
+- ``mean_field`` - one block per site, any ``dist_fn(params)`` per site, or automatic:
   Normal(loc, softplus(ρ)) on a continuous site's unconstrained space, Bernoulli(logits) on a
   {0, 1} site, Categorical(logits) on a {0, ..., K-1} site;
-- :func:`full_rank` - MultivariateNormal(loc, L L^T) over all continuous sites, with the
+- ``full_rank`` - MultivariateNormal(loc, L L^T) over all continuous sites, with the
   discrete sites mean-field;
-- :func:`auto_guide` - either of them, built from a NumPyro model's latent sites.
+- ``auto_guide`` - either of them, built from a NumPyro model's latent sites.
 """
 
 from __future__ import annotations
@@ -172,11 +172,11 @@ def mean_field(model: Model | None = None, families: dict[str, Any] | None = Non
     """A mean-field guide: one independent block per latent site.
 
     Args:
-      model: a :class:`~scorefn.vi.model.Model` whose sites without an entry in
+      model: a ``scorefn.vi.model.Model`` whose sites without an entry in
         ``families`` get the automatic family (see the module docstring).
       families: ``{site: (dist_fn, init_params)}``, ``dist_fn(params) -> Distribution``
         whose ``batch_shape + event_shape`` is the site's (unconstrained) value shape. With
-        a :class:`~scorefn.vi.LogJoint` model this defines the latents.
+        a ``scorefn.vi.LogJoint`` model this defines the latents.
       init_scale: the automatic Normal's initial standard deviation (its loc starts at 0).
     """
     families = dict(families or {})

@@ -6,12 +6,12 @@ Two kinds of model are accepted:
   from NumPyro's own tracing (``numpyro.handlers.trace`` / ``substitute``); continuous
   latent sites live on the unconstrained space z = T(u) (``biject_to(site.support)``) with
   the Jacobian log|det ∂T/∂u| added, discrete sites stay as they are;
-- a **log-joint function** ``log_joint(z, *data) -> scalar``, wrapped in :class:`LogJoint`,
+- a **log-joint function** ``log_joint(z, *data) -> scalar``, wrapped in ``LogJoint``,
   with z a dict of named latents whose names and shapes come from the guide.
 
 Either way the model exposes its log joint as a sum of **terms** (one per NumPyro site, each
 an array over the site's plates) and which latent sites each term reads. The
-Rao-Blackwellised ELBO (:mod:`scorefn.vi.objectives`) uses that to give each guide factor only the
+Rao-Blackwellised ELBO (``scorefn.vi.objectives``) uses that to give each guide factor only the
 terms that depend on it, as Pyro's TraceGraph_ELBO does with its dependency graph; the
 dependencies are read off the traced computation (a dead-code pass over its jaxpr), and
 plates localise a term's elements to the latent elements with the same plate index.
@@ -188,8 +188,8 @@ class NumPyroModel(Model):
 class LogJoint(Model):
     """A log-joint function ``log_joint(z, *data) -> scalar`` over a dict of latents.
 
-    The latents' names and shapes come from the guide (:func:`scorefn.vi.mean_field`): call
-    :meth:`bind` with them, which :func:`scorefn.vi.fit` does. The whole log joint is one
+    The latents' names and shapes come from the guide (``scorefn.vi.mean_field``): call
+    ``bind`` with them, which ``scorefn.vi.fit`` does. The whole log joint is one
     term that reads every latent, so Rao-Blackwellisation can only localise the guide's own
     entropy terms; write the model in NumPyro to give it the dependency structure.
     """
@@ -214,8 +214,8 @@ class LogJoint(Model):
 
 
 def as_model(model: Any, data: Any = ()) -> Model:
-    """A :class:`Model` from a NumPyro model function (data: a tuple of positional arguments
-    or a dict of keyword arguments), a :class:`LogJoint` or a :class:`Model`."""
+    """A ``Model`` from a NumPyro model function (data: a tuple of positional arguments
+    or a dict of keyword arguments), a ``LogJoint`` or a ``Model``."""
     if isinstance(model, LogJoint):
         return model if not data else LogJoint(model.fn, _as_args(data)[0])
     if isinstance(model, Model):

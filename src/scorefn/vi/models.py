@@ -1,10 +1,10 @@
 """Worked models on data that ships in packages or is generated (no downloads).
 
-- :func:`logistic_regression` on scikit-learn's breast-cancer data
-  (:func:`breast_cancer`, 569 × 30, standardised): w ~ N(0, I), b ~ N(0, 1),
+- ``logistic_regression`` on scikit-learn's breast-cancer data
+  (``breast_cancer``, 569 × 30, standardised): w ~ N(0, I), b ~ N(0, 1),
   y_i ~ Bernoulli(sigmoid(x_i·w + b)). Continuous latents only.
-- :func:`gaussian_mixture` with sampled (not enumerated) assignments
-  (:func:`mixture_data`: N points, true means ±2, unit variance): μ ~ N(0, 10² I₂),
+- ``gaussian_mixture`` with sampled (not enumerated) assignments
+  (``mixture_data``: N points, true means ±2, unit variance): μ ~ N(0, 10² I₂),
   z_i ~ Bernoulli(1/2), x_i ~ N(μ_{z_i}, 1). Reparameterisation is impossible for z.
 
 Both are the models of the Pyro peer benchmark (``benchmarks/vi.py``).

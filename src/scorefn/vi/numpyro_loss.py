@@ -1,7 +1,7 @@
 r"""scorefn's estimators as the loss of numpyro's SVI: keep your model, guide and SVI loop.
 
-:class:`ELBO` is a ``numpyro.infer.elbo.ELBO``. Its loss is minus the surrogate objective of
-:mod:`scorefn.programs` for the stochastic program
+``ELBO`` is a ``numpyro.infer.elbo.ELBO``. Its loss is minus the surrogate objective of
+``scorefn.programs`` for the stochastic program
 
     guide(*args) → z (the guide's sample sites are the program's latent sites),
     terms: log p(x, z) of every model site (the model replayed on z) and -log q(z),
@@ -16,13 +16,13 @@ and the terms carry the plate's N/B scale once, so the gradient is unbiased for 
 full-data ELBO (numpyro 0.22's ``TraceGraph_ELBO`` applies the scale twice to its score
 term; tested here against the closed form).
 
-:class:`IWAE` and :class:`VIMCO` are the multi-sample bound L_K = E[log (1/K) Σ_k w_k],
+``IWAE`` and ``VIMCO`` are the multi-sample bound L_K = E[log (1/K) Σ_k w_k],
 w_k = p(x, z_k) / q(z_k), as losses of the same kind: IWAE with the doubly reparameterised
 gradient (DReG) for reparameterisable guides, VIMCO with its leave-one-out learning signal
-(:func:`scorefn.baselines.leave_one_out_log_mean`) for any guide. Their K particles share
+(``scorefn.baselines.leave_one_out_log_mean``) for any guide. Their K particles share
 one minibatch: the bound is a log-mean over particles of the same data.
 
-:func:`amortized_posterior` gives q(z | x_new) of a trained guide for new data.
+``amortized_posterior`` gives q(z | x_new) of a trained guide for new data.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ from scorefn.baselines import Ema, EmaState, leave_one_out_log_mean
 from scorefn.scores import log_prob
 from scorefn.vi.objectives import nonfinite_term_message
 
-#: Prefix of the mutable-state sites that carry :class:`ELBO`'s EMA baselines.
+#: Prefix of the mutable-state sites that carry ``ELBO``'s EMA baselines.
 STATE_PREFIX = "scorefn/ema/"
 
 
@@ -57,20 +57,20 @@ def _check_particles(num_particles: Any, minimum: int = 1) -> int:
 
 
 class ELBO(NumPyroELBO):
-    """The ELBO as a numpyro SVI loss, its gradient from :func:`scorefn.programs.surrogate`.
+    """The ELBO as a numpyro SVI loss, its gradient from ``scorefn.programs.surrogate``.
 
     Args:
       num_particles: K, independent runs of guide and model per step (vectorised).
       estimators: guide site name -> per-site estimator (see
-        :data:`scorefn.programs.ESTIMATORS`); default pathwise where the guide's
+        ``scorefn.programs.ESTIMATORS``); default pathwise where the guide's
         distribution has ``rsample`` and every reader is differentiable, else ``"score"``.
-      baselines: score site -> a baseline of :mod:`scorefn.baselines` (default leave-one-out
+      baselines: score site -> a baseline of ``scorefn.baselines`` (default leave-one-out
         over the particles when K >= 2). ``scorefn.baselines.ema(decay)`` keeps one moving
         average of the site's learning signal in numpyro's mutable state: give SVI the guide
         ``loss.with_baseline_state(guide)`` so that SVI carries it from step to step.
       temperature: τ of ``"rebar"``, ``"gumbel_softmax"`` and ``"straight_through"`` sites.
       runtime_checks: stop with a ValueError naming the term when a log density is not
-        finite (see :func:`scorefn.programs.surrogate`).
+        finite (see ``scorefn.programs.surrogate``).
 
     Example::
 
@@ -230,7 +230,7 @@ def _site_log_densities(trace: Mapping, names: list[str] | None = None) -> dict[
 
 
 class _MultiSampleBound(NumPyroELBO):
-    """Shared by :class:`IWAE` and :class:`VIMCO`: K particles of guide and model on one
+    """Shared by ``IWAE`` and ``VIMCO``: K particles of guide and model on one
     minibatch, the bound L̂ = log (1/K) Σ_k w_k and the run-time finiteness check."""
 
     can_infer_discrete = True
@@ -276,7 +276,7 @@ class IWAE(_MultiSampleBound):
     with w̃_k = w_k / Σ_m w_m and log q's own dependence on φ held fixed. **Unbiased** for
     ∇L_K; its φ-gradient's signal does not vanish as K grows, unlike the plain
     reparameterised one (Rainforth et al. 2018). Every latent site of the guide must be
-    reparameterisable (``rsample``); for discrete guides use :class:`VIMCO`. A param may
+    reparameterisable (``rsample``); for discrete guides use ``VIMCO``. A param may
     belong to the model or to the guide, not both. ``SVI`` reports the loss -L̂.
 
     Args:
@@ -342,7 +342,7 @@ class VIMCO(_MultiSampleBound):
         L̂ = log (1/K) Σ_k w_k,   ∇_φ L_K = E[Σ_k (L̂ - L̂_{-k} - w̃_k) ∇_φ log q_φ(z_k)],
         ∇_θ L_K = E[Σ_k w̃_k ∇_θ log p_θ(x, z_k)]
 
-    L̂_{-k} is :func:`scorefn.baselines.leave_one_out_log_mean` (w_k replaced by the
+    L̂_{-k} is ``scorefn.baselines.leave_one_out_log_mean`` (w_k replaced by the
     geometric mean of the others): independent of z_k, so the gradient is **unbiased** for
     ∇L_K. Every guide site goes through the score function (its draws carry no gradient).
 

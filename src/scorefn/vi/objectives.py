@@ -2,13 +2,13 @@ r"""ELBO and importance-weighted bounds, and their gradient estimators.
 
     L(θ) = E_{z~q_θ}[log p(x, z) - log q_θ(z)],    L_K(θ) = E[log (1/K) Σ_k w_k],  w_k = p(x, z_k)/q_θ(z_k)
 
-Each block j of the guide (see :mod:`scorefn.vi.guides`) gets its gradient from the core:
+Each block j of the guide (see ``scorefn.vi.guides``) gets its gradient from the core:
 
-``"score"``     ∇_j L = E[(log p - log q - b) ∇_j log q_j(z_j)]          :func:`scorefn.score_grad`
+``"score"``     ∇_j L = E[(log p - log q - b) ∇_j log q_j(z_j)]          ``scorefn.score_grad``
 ``"score-rb"``  ∇_j L = E[Σ_b (L_jb - b_jb) ∇_j log q_jb(z_jb)],          ``score_grad(per_factor=True)``
                 L_jb = -log q_jb(z_jb) + Σ_{terms t of log p that read z_jb} t(z)   (the local learning
                 signal; terms that do not read z_jb have zero-mean products with its score)
-``"reparam"``   ∇_j L = E[∇_z (log p(x,z) - log q_θ'(z))|_{θ'=θ} ∂z/∂θ_j]  :func:`scorefn.pathwise_grad`
+``"reparam"``   ∇_j L = E[∇_z (log p(x,z) - log q_θ'(z))|_{θ'=θ} ∂z/∂θ_j]  ``scorefn.pathwise_grad``
                 (the path derivative, "sticking the landing", Roeder et al. 2017: the dropped term
                 -∇θ log q_θ(z) has mean zero, and its variance vanishes as q → p(z|x))
 ``"mixed"``     ``"reparam"`` for the blocks with ``rsample``, ``"score-rb"`` for the others
@@ -19,7 +19,7 @@ Each block j of the guide (see :mod:`scorefn.vi.guides`) gets its gradient from 
                 of the other log w (Mnih & Rezende 2016): a leave-one-out learning signal
 
 All are unbiased for ∇L (∇L_K for the last two) with any baseline from
-:mod:`scorefn.baselines` that is independent of the sample it is applied to (``score`` also
+``scorefn.baselines`` that is independent of the sample it is applied to (``score`` also
 takes control variates). w̃_k = w_k / Σ_m w_m.
 """
 
@@ -71,7 +71,7 @@ def log_weights(model: Model, guide: Guide, params: dict[str, Any],
 
 
 def nonfinite_term_message(name: str):
-    """The message of :func:`scorefn.validation.finite_guard` for a term ``(K, ...)`` of the
+    """The message of ``scorefn.validation.finite_guard`` for a term ``(K, ...)`` of the
     model's log density: the site, NaN or inf, and the first bad sample."""
 
     def message(values: np.ndarray) -> str | None:
@@ -186,15 +186,16 @@ def elbo_grad(
     r"""One gradient estimate of the ELBO (``iwae``/``vimco``: of L_K), for gradient *ascent*.
 
     Args:
-      model, guide: from :func:`scorefn.vi.as_model` and :mod:`scorefn.vi.guides`.
+      model: from ``scorefn.vi.as_model``.
+      guide: from ``scorefn.vi.guides``.
       params: the guide's params (``guide.init()`` to start).
       key: a PRNG key; the same key gives the same samples for every estimator.
-      estimator: one of :data:`ESTIMATORS` (see the module docstring).
+      estimator: one of ``ESTIMATORS`` (see the module docstring).
       num_samples: K samples per step (≥ 2 for ``leave_one_out``, ``iwae`` and ``vimco``).
       baseline: for the score-function blocks: any core baseline, a number, an
-        :class:`~scorefn.baselines.EmaState` (``score``: shape (); ``score-rb``: one per
+        ``scorefn.baselines.EmaState`` (``score``: shape (); ``score-rb``: one per
         factor, the block's batch_shape) or a dict ``{block: baseline}``.
-      control_variate: a :mod:`scorefn.control_variates` control variate (``score`` only).
+      control_variate: a ``scorefn.control_variates`` control variate (``score`` only).
     """
     if estimator not in ESTIMATORS:
         raise ValueError(f"unknown estimator {estimator!r}; known: {', '.join(ESTIMATORS)}")
