@@ -29,10 +29,11 @@ from scorefn.es.functions import (
 from scorefn.es.minimize import STRATEGIES, OptimizeResult, minimize, plot_convergence
 from scorefn.es.openai_es import OpenAIES, openai_es
 from scorefn.es.snes import SNES, snes
+from scorefn.es.strategy import NES, Strategy
 from scorefn.es.xnes import XNES, xnes
 
 __all__ = [
-    "FUNCTIONS", "STRATEGIES", "SNES", "XNES", "BernoulliNES", "OptimizeResult", "ackley",
+    "FUNCTIONS", "STRATEGIES", "NES", "SNES", "Strategy", "XNES", "BernoulliNES", "OptimizeResult", "ackley",
     "OpenAIES", "bernoulli", "centered_ranks", "openai_es", "ellipsoid", "minimize",
     "nes_utilities", "onemax", "CategoricalNES", "categorical", "cycle_maxcut", "maxcut",
     "plot_convergence", "rastrigin", "rosenbrock", "snes", "sphere", "xnes",

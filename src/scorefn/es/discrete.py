@@ -19,7 +19,8 @@ import jax.numpy as jnp
 import numpyro.distributions as dist
 
 from scorefn import fisher
-from scorefn.es.fitness_shaping import nes_utilities, shaped_natural_gradient
+from scorefn.es.fitness_shaping import nes_utilities
+from scorefn.es.strategy import NES
 from scorefn.estimators import score_grad
 
 
@@ -30,7 +31,7 @@ class LogitsState(NamedTuple):
 
 
 @dataclasses.dataclass(frozen=True)
-class LogitsSearch:
+class LogitsSearch(NES):
     """Base class: subclasses set ``distribution`` (logits -> numpyro Distribution)."""
 
     popsize: int | None = None
@@ -72,7 +73,7 @@ class LogitsSearch:
         return logits
 
     def tell(self, state: LogitsState, x: jax.Array, fitness: jax.Array) -> LogitsState:
-        nat = shaped_natural_gradient(self, state, x, nes_utilities(fitness))
+        nat = self.natural_search_gradient(state, x, nes_utilities(fitness))
         logits = self.normalise(state.logits + self.learning_rate * nat["logits"])
         logits = jnp.clip(logits, -self.max_logit, self.max_logit)
         return state._replace(logits=logits, generation=state.generation + 1)

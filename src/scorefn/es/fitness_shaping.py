@@ -7,12 +7,8 @@ fitness ranks last.
 
 from __future__ import annotations
 
-from typing import Any
-
 import jax
 import jax.numpy as jnp
-
-from scorefn.validation import runtime_checks
 
 
 def ranks(fitness: jax.Array) -> jax.Array:
@@ -35,15 +31,3 @@ def nes_utilities(fitness: jax.Array) -> jax.Array:
     raw = jnp.maximum(0.0, jnp.log(n / 2 + 1) - jnp.log(k))
     by_rank = raw / jnp.sum(raw) - 1.0 / n
     return by_rank[ranks(fitness)]
-
-
-def shaped_natural_gradient(strategy: Any, state: Any, x: jax.Array, utilities: jax.Array) -> Any:
-    """``strategy.natural_gradient`` of ``strategy.search_gradient`` at rank utilities.
-
-    Traced without the estimator's run-time finiteness guard on the values: utilities are
-    finite by construction (non-finite fitness ranks last), so the guard could never fire,
-    and its host callback would keep the compiled program out of JAX's persistent
-    compilation cache (a second ``scorefn optimize`` would compile again).
-    """
-    with runtime_checks(False):
-        return strategy.natural_gradient(state, strategy.search_gradient(state, x, utilities))

@@ -22,6 +22,7 @@ from scorefn.es.bernoulli import bernoulli
 from scorefn.es.categorical import categorical
 from scorefn.es.openai_es import openai_es
 from scorefn.es.snes import snes
+from scorefn.es.strategy import Strategy
 from scorefn.es.xnes import xnes
 
 EVALUATORS = ("jax", "python", "processes", "ray")
@@ -49,14 +50,14 @@ class OptimizeResult:
                 "best_x": self.x.tolist()}
 
 
-def _strategy(strategy: Any):
+def _strategy(strategy: str | Strategy) -> Strategy:
     if isinstance(strategy, str):
         if strategy not in STRATEGIES:
             raise ValueError(f"unknown strategy {strategy!r}; known: {sorted(STRATEGIES)}")
         return STRATEGIES[strategy]()
-    for method in ("init", "ask", "tell"):
-        if not hasattr(strategy, method):
-            raise TypeError(f"strategy must be a name or have init/ask/tell; {strategy!r} has no {method}")
+    if not isinstance(strategy, Strategy):
+        raise TypeError(f"strategy must be a name of scorefn.es.STRATEGIES ({sorted(STRATEGIES)}) "
+                        f"or a scorefn.es.Strategy; got {type(strategy).__name__}")
     return strategy
 
 
@@ -171,7 +172,7 @@ def minimize(
     v.check_key(key)
     d = x0.shape[0]
     state = _compiled_init(strat)(key, x0, float(sigma0))
-    popsize = _popsize(strat, state)
+    popsize = strat.population_size(state)
 
     if evaluator == "jax":
         run_chunk = compiled_generations(strat, f, generations_per_call, nan_policy)
@@ -204,7 +205,7 @@ def minimize(
         since_improvement = 0 if b < last_best else since_improvement + 1
         last_best = min(last_best, b)
     started = time.perf_counter()
-    bar = progress_bar(progress, getattr(strat, "name", "es"), max_evaluations, "evals", "best f")
+    bar = progress_bar(progress, strat.name, max_evaluations, "evals", "best f")
     batch_evaluator = None if evaluator == "jax" else _BatchEvaluator(
         evaluator, f, workers, ray_address, evaluation_timeout)
     try:
@@ -274,13 +275,8 @@ def minimize(
         success=target_f is not None and float(best_f) <= target_f,
     )
     if plot:
-        plot_convergence(result, plot, title=f"{getattr(strat, 'name', 'es')}, d = {d}")
+        plot_convergence(result, plot, title=f"{strat.name}, d = {d}")
     return result
-
-
-def _popsize(strat, state) -> int:
-    """λ from the shape ``ask`` would return, without drawing (an eager ``ask`` compiles)."""
-    return jax.eval_shape(strat.ask, state)[0].shape[0]
 
 
 def _bounded(f, x0, bounds, penalty, evaluator):
@@ -345,12 +341,10 @@ def _minimize_with_restarts(f, x0, strategy, *, restarts, popsize_factor, key, s
     if resume and checkpoint is None:
         raise ValueError("resume=True needs checkpoint=<path of an earlier run's checkpoint>")
     strat = _strategy(strategy)
-    if not hasattr(strat, "popsize"):
-        raise TypeError("restarts need a strategy with a popsize field")
     key = jax.random.key(seed) if key is None else key
     sigma0 = options["sigma0"]  # static: init may take its log in Python
-    base = _popsize(strat, jax.eval_shape(lambda k, x: strat.init(k, x, sigma0), key,
-                                          jnp.asarray(x0, jnp.result_type(float))))
+    base = strat.population_size(jax.eval_shape(lambda k, x: strat.init(k, x, sigma0), key,
+                                                jnp.asarray(x0, jnp.result_type(float))))
     finished: list[dict] = []  # one entry per run that ended in a stall (a restart followed)
     settings = None
     if checkpoint is not None:
@@ -368,15 +362,13 @@ def _minimize_with_restarts(f, x0, strategy, *, restarts, popsize_factor, key, s
             result = OptimizeResult(**{**finished[run], "x": np.asarray(finished[run]["x"])})
         else:
             popsize = int(round(base * popsize_factor**run))
-            if popsize % 2 and getattr(strat, "name", "") == "openai_es":
-                popsize += 1
             run_checkpoint = None if checkpoint is None else f"{checkpoint}.run{run}"
             run_options = dict(options)
             if run_options.get("stagnation") is None:
                 # pycma's tolstagnation: a run circling a local minimum at the resolution of
                 # the float type (its ranks are noise) reaches neither tol_x nor tol_f.
                 run_options["stagnation"] = int(100 + 100 * len(x0) ** 1.5 / popsize)
-            result = minimize(f, x0, dataclasses.replace(strat, popsize=popsize),
+            result = minimize(f, x0, strat.with_popsize(popsize),
                               key=jax.random.fold_in(key, run),
                               max_evaluations=max_evaluations - used, checkpoint=run_checkpoint,
                               resume=resume and run_checkpoint is not None
@@ -398,7 +390,7 @@ def _minimize_with_restarts(f, x0, strategy, *, restarts, popsize_factor, key, s
         stop_reason=f"{stop_reason} (after {run} restart{'s' if run != 1 else ''})",
         wall_s=time.perf_counter() - started, history=history, success=best.success)
     if plot:
-        plot_convergence(final, plot, title=f"{getattr(strat, 'name', 'es')} with restarts")
+        plot_convergence(final, plot, title=f"{strat.name} with restarts")
     return final
 
 

@@ -21,8 +21,9 @@ import numpyro.distributions as dist
 import optax
 
 from scorefn import fisher
-from scorefn.es.fitness_shaping import centered_ranks, shaped_natural_gradient
-from scorefn.es.sampling import standard_normal
+from scorefn.es.fitness_shaping import centered_ranks
+from scorefn.es.noise import standard_normal
+from scorefn.es.strategy import NES
 from scorefn.estimators import score_grad
 
 
@@ -35,7 +36,7 @@ class OpenAIESState(NamedTuple):
 
 
 @dataclasses.dataclass(frozen=True)
-class OpenAIES:
+class OpenAIES(NES):
     """Ask/tell OpenAI-ES. ``optimizer`` defaults to ``optax.adam(learning_rate)``."""
 
     popsize: int = 50
@@ -83,7 +84,7 @@ class OpenAIES:
         return fisher.natural_gradient_elementwise(blocks, grad)
 
     def tell(self, state: OpenAIESState, x: jax.Array, fitness: jax.Array) -> OpenAIESState:
-        nat = shaped_natural_gradient(self, state, x, centered_ranks(fitness))
+        nat = self.natural_search_gradient(state, x, centered_ranks(fitness))
         updates, opt_state = self._tx().update(-nat["loc"], state.opt_state, state.mean)
         sigma = jnp.maximum(state.sigma * self.sigma_decay, self.sigma_min)
         return state._replace(mean=optax.apply_updates(state.mean, updates), sigma=sigma,
@@ -91,6 +92,10 @@ class OpenAIES:
 
     def scale(self, state: OpenAIESState) -> jax.Array:
         return state.sigma
+
+    def with_popsize(self, popsize: int) -> OpenAIES:
+        """Rounded up to an even number: the samples come in mirrored pairs."""
+        return dataclasses.replace(self, popsize=popsize + popsize % 2)
 
 
 def openai_es(**options: Any) -> OpenAIES:

@@ -31,8 +31,9 @@ import jax.numpy as jnp
 import numpyro.distributions as dist
 
 from scorefn import fisher
-from scorefn.es.fitness_shaping import nes_utilities, shaped_natural_gradient
-from scorefn.es.sampling import standard_normal
+from scorefn.es.fitness_shaping import nes_utilities
+from scorefn.es.noise import standard_normal
+from scorefn.es.strategy import NES
 from scorefn.estimators import score_grad
 
 
@@ -48,10 +49,10 @@ def search_distribution(params: dict) -> dist.Distribution:
 
 
 @dataclasses.dataclass(frozen=True)
-class SNES:
+class SNES(NES):
     """Ask/tell SNES. ``popsize``, ``lr_mean`` and ``lr_scale`` default to the standard values.
 
-    ``mirrored=True`` draws the population in pairs μ ± σ ⊙ ε (``scorefn.es.sampling``):
+    ``mirrored=True`` draws the population in pairs μ ± σ ⊙ ε (``scorefn.es.noise``):
     half the normal draws, which dominate a generation's time at large d, for about the same
     number of evaluations on sphere and ellipsoid (see BENCHMARKS.md).
     """
@@ -93,7 +94,7 @@ class SNES:
 
     def tell(self, state: SNESState, x: jax.Array, fitness: jax.Array) -> SNESState:
         _, lr_mean, lr_scale = self.sizes(state.mean.shape[0])
-        nat = shaped_natural_gradient(self, state, x, nes_utilities(fitness))
+        nat = self.natural_search_gradient(state, x, nes_utilities(fitness))
         return state._replace(
             mean=state.mean + lr_mean * nat["loc"],
             log_scale=state.log_scale + lr_scale * nat["log_scale"],

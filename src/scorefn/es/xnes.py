@@ -42,8 +42,9 @@ import jax.numpy as jnp
 import numpyro.distributions as dist
 
 from scorefn import fisher, importance
-from scorefn.es.fitness_shaping import nes_utilities, ranks, shaped_natural_gradient
-from scorefn.es.sampling import standard_normal
+from scorefn.es.fitness_shaping import nes_utilities, ranks
+from scorefn.es.noise import standard_normal
+from scorefn.es.strategy import NES
 from scorefn.estimators import score_grad
 from scorefn.numerics import full_precision
 
@@ -85,7 +86,7 @@ def local_distribution(state: XNESState) -> Any:
 
 
 @dataclasses.dataclass(frozen=True)
-class XNES:
+class XNES(NES):
     """Ask/tell xNES with full covariance. Rates default to the standard values.
 
     Adaptation sampling and mirrored sampling are on by default: together they need 1/4 to
@@ -146,7 +147,7 @@ class XNES:
         if self.adaptation_sampling:
             lr_sigma = jnp.where(state.generation > 0,
                                  self._adapted_lr_sigma(state, x, fitness, lr_sigma_init), lr_sigma)
-        nat = shaped_natural_gradient(self, state, x, nes_utilities(fitness))
+        nat = self.natural_search_gradient(state, x, nes_utilities(fitness))
         g_sigma = jnp.trace(nat["m"]) / d
         g_b = nat["m"] - g_sigma * jnp.eye(d, dtype=x.dtype)
         return state._replace(

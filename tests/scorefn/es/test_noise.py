@@ -3,7 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from scorefn.es.sampling import standard_normal
+from scorefn.es.noise import standard_normal
 
 
 @pytest.mark.parametrize("popsize", [10, 7])
