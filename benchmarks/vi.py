@@ -61,9 +61,9 @@ import numpy as np
 
 LR_STEPS, MIX_STEPS, VAE_STEPS, VAE_BATCH, VAE_LR = 3000, 2000, 2000, 100, 1e-3
 SCOREFN_LR = {  # name: (estimator, K, baseline)
-    "reparam K=1": ("reparam", 1, "none"),
+    "pathwise K=1": ("pathwise", 1, "none"),
     "score K=1 + EMA": ("score", 1, "ema"),
-    "score-rb K=16 + LOO": ("score-rb", 16, "leave-one-out"),
+    "score_rb K=16 + LOO": ("score_rb", 16, "leave-one-out"),
     "score K=16 + LOO": ("score", 16, "leave-one-out"),
 }
 PYRO_LR = ["trace", "tg_sf", "tg_sf_nob"]
@@ -521,7 +521,7 @@ def main():
             runs = [in_fresh_process(["mix", estimator, k, s]) for s in args.seeds]
             _print_mix(f"scorefn {estimator} K={k} + " + ("EMA 0.9" if k == 1 else "LOO"), runs)
         variance = {f"scorefn {e}, K=1 + EMA": scorefn_mix_variance(e)
-                    for e in ("mixed", "score-rb", "score")}
+                    for e in ("mixed", "score_rb", "score")}
         variance["scorefn mixed, K=4 + EMA"] = scorefn_mix_variance("mixed", 4)
         variance["scorefn mixed, K=4 + LOO"] = scorefn_mix_variance("mixed", 4, "leave-one-out")
         if not args.skip_pyro:

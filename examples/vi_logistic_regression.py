@@ -23,8 +23,8 @@ mcmc.run(jax.random.key(1), x, y)
 w_nuts = np.asarray(mcmc.get_samples()["w"])
 
 runs = {
-    "reparam, K = 1": dict(estimator="reparam"),
-    "score-rb, K = 16, leave-one-out": dict(estimator="score-rb", num_samples=16,
+    "pathwise, K = 1": dict(estimator="pathwise"),
+    "score_rb, K = 16, leave-one-out": dict(estimator="score_rb", num_samples=16,
                                              baseline=baselines.leave_one_out()),
     "score, K = 1, EMA": dict(estimator="score", baseline=baselines.ema(0.9)),
 }

@@ -25,7 +25,7 @@ from scorefn import (
 )
 from scorefn._compilation_cache import enable_compilation_cache
 from scorefn.diagnostics import compare
-from scorefn.estimators import evaluate, grad, pathwise_grad, score_grad, standardized
+from scorefn.estimators import f_values, grad, pathwise_grad, score_grad, standardized
 from scorefn.fisher import fisher_information, natural_gradient
 from scorefn.sampling import sample
 from scorefn.scores import joint_log_prob, per_sample_scores
@@ -39,6 +39,14 @@ def __getattr__(name: str):
         import importlib
 
         return importlib.import_module("scorefn.rl")
+    if name == "evaluate":
+        # One word per idea: "evaluate" is a policy's or a model's evaluation elsewhere
+        # (scorefn.rl.evaluate, diagnostics.evaluate_estimator).
+        import warnings
+
+        warnings.warn("scorefn.evaluate is now called scorefn.f_values", DeprecationWarning,
+                      stacklevel=2)
+        return f_values
     raise AttributeError(f"module 'scorefn' has no attribute {name!r}")
 
 
@@ -50,7 +58,7 @@ __all__ = [
     "discrete",
     "enable_compilation_cache",
     "es",
-    "evaluate",
+    "f_values",
     "fisher",
     "fisher_information",
     "importance",

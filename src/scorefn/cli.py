@@ -98,7 +98,7 @@ def _fit(args: argparse.Namespace) -> int:
         model, data = vi.models.gaussian_mixture, (vi.models.mixture_data(args.seed)[0],)
     name = args.baseline
     if name == "auto":  # no baseline for pathwise-only fits; else LOO when K ≥ 2, EMA for K = 1
-        name = "none" if args.estimator in ("reparam", "iwae", "vimco") else (
+        name = "none" if args.estimator in ("pathwise", "iwae", "vimco") else (
             "leave-one-out" if args.samples >= 2 else "ema")
     baseline = {"none": None, "ema": baselines.ema(0.9), "leave-one-out": baselines.leave_one_out(),
                 "optimal": baselines.optimal()}[name]

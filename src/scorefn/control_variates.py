@@ -32,6 +32,7 @@ from numpyro.distributions import Distribution
 from scorefn.baselines import leave_one_out_ratio
 from scorefn.discrete import base_distribution
 from scorefn.numerics import full_precision
+from scorefn.types import DistFn
 
 HFn = Callable[[jax.Array], jax.Array]
 
@@ -69,7 +70,7 @@ class ControlVariate:
     def needs_scores(self) -> bool:
         return isinstance(self.coefficient, str)
 
-    def prepare(self, dist_fn: Callable[[Any], Distribution], params: Any) -> tuple[HFn, Callable]:
+    def prepare(self, dist_fn: DistFn, params: Any) -> tuple[HFn, Callable]:
         """Return ``(h, mean_fn)`` with ``mean_fn(params) = E_{p_params}[h]``."""
         return self.h, lambda p: self.expectation(dist_fn(p))
 
@@ -120,7 +121,7 @@ class DeltaMethod(ControlVariate):
     f: Callable[[jax.Array], jax.Array] | None = None
     name: str = "delta_method"
 
-    def prepare(self, dist_fn: Callable[[Any], Distribution], params: Any) -> tuple[HFn, Callable]:
+    def prepare(self, dist_fn: DistFn, params: Any) -> tuple[HFn, Callable]:
         f = self.f
         d = dist_fn(params)
         shape = tuple(d.batch_shape) + tuple(d.event_shape)

@@ -43,6 +43,7 @@ import numpyro.distributions as dist
 import optax
 
 from scorefn import validation as v
+from scorefn.types import DistFn
 
 RELAXATIONS = ("gumbel_softmax", "straight_through")
 
@@ -95,7 +96,7 @@ def antithetic_weights(logits: jax.Array, u: jax.Array, first: jax.Array, second
 
 def antithetic_grad(
     f: Callable,
-    dist_fn: Callable[[Any], dist.Distribution],
+    dist_fn: DistFn,
     params: Any,
     key: jax.Array,
     num_samples: int,
@@ -168,7 +169,7 @@ def relaxed_sample(d: dist.Distribution, key: jax.Array, sample_shape: tuple[int
 
 def relaxed_grad(
     f: Callable,
-    dist_fn: Callable[[Any], dist.Distribution],
+    dist_fn: DistFn,
     params: Any,
     key: jax.Array,
     num_samples: int,
@@ -341,7 +342,7 @@ class Relax:
 
         return jax.vmap(one_categorical if categorical else one)(u, v_)
 
-    def grad(self, f: Callable, dist_fn: Callable[[Any], dist.Distribution], params: Any,
+    def grad(self, f: Callable, dist_fn: DistFn, params: Any,
              key: jax.Array, num_samples: int, state: RelaxState, *,
              train: bool = True) -> tuple[Any, RelaxState]:
         """The estimate of ∇θ E[f(b)] (a pytree like params) and the state after one step of
@@ -396,7 +397,7 @@ def relax(network: Any, optimizer: Any = None, temperature: float = 0.5, eta: fl
 
 def sum_and_sample_grad(
     f: Callable,
-    dist_fn: Callable[[Any], dist.Distribution],
+    dist_fn: DistFn,
     params: Any,
     key: jax.Array,
     num_samples: int,

@@ -16,25 +16,23 @@ unbiased, needs a differentiable f and a distribution with a reparameterised sam
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import numpyro
 import optax
-from numpyro.distributions import Distribution
 
 from scorefn import validation as v
-from scorefn._numpyro_fixes import log_prob as _log_prob
 from scorefn.baselines import Baseline, as_baseline, leave_one_out
 from scorefn.control_variates import ControlVariate, with_control_variate
 from scorefn.discrete import antithetic_grad, rebar, relaxed_grad, sum_and_sample_grad
 from scorefn.measure_valued import measure_valued_grad
 from scorefn.sampling import sample
-from scorefn.scores import joint_log_prob, scores_and_log_prob
+from scorefn.scores import joint_log_prob, log_prob, scores_and_log_prob
+from scorefn.types import DistFn
 
-DistFn = Callable[[Any], Distribution]
 ESTIMATORS = ("score", "pathwise", "measure_valued", "rloo", "arm", "disarm", "sum_and_sample",
               "rebar", "relax", "gumbel_softmax", "straight_through")
 #: Estimators that are biased for ∇θ E[f] by construction (relaxations).
@@ -53,9 +51,10 @@ def standardized(values: jax.Array, eps: float = 1e-8, ddof: int = 0) -> jax.Arr
     return (values - jnp.mean(values)) / (jnp.std(values, ddof=ddof) + eps)
 
 
-def evaluate(f: Callable, samples: jax.Array, vectorized: bool = False) -> jax.Array:
-    """Apply f to every sample: ``jax.vmap(f)`` for a per-sample f, or ``f(samples)`` if
-    ``vectorized``, e.g. a Python simulator that takes the whole batch."""
+def f_values(f: Callable, samples: jax.Array, vectorized: bool = False) -> jax.Array:
+    """f's value at every sample, step two of ``sample → f → score_grad``: ``jax.vmap(f)``
+    for a per-sample f, or ``f(samples)`` if ``vectorized``, e.g. a Python simulator that
+    takes the whole batch."""
     return f(samples) if vectorized else jax.vmap(f)(samples)
 
 
@@ -140,24 +139,68 @@ def score_grad(
     Returns:
       A pytree shaped like ``params`` (with a leading N axis if ``per_sample``).
     """
+    checked = _checked_inputs(dist_fn, params, samples, values, baseline=baseline,
+                              control_variate=control_variate, standardize=standardize,
+                              max_norm=max_norm, nan_policy=nan_policy, per_sample=per_sample,
+                              validate=validate, per_factor=per_factor)
+    samples, values = checked.samples, checked.values
+    if standardize:
+        values = standardized(values)
+    # The gradient is traced without numpyro's per-call support mask (a where over every
+    # sample, ~15% of the cost); samples drawn from p_θ are in its support, and external
+    # samples are checked by the run-time guard.
+    with numpyro.validation_enabled(False):
+        if checked.needs_scores:
+            contributions, log_prob = _contributions(dist_fn, params, samples, values,
+                                                     checked.baseline, control_variate)
+            estimate = jax.tree.map(lambda c: jnp.mean(c, axis=0), contributions)
+            finite_log_prob = jnp.all(jnp.isfinite(log_prob))
+        else:
+            estimate, surrogate = _surrogate_grad(dist_fn, params, samples, values,
+                                                  checked.baseline, control_variate)
+            # A non-finite log_prob makes the surrogate non-finite (even 0 · inf is NaN).
+            finite_log_prob = jnp.isfinite(surrogate)
+    guard = _runtime_guard(checked.distribution, dist_fn, params, samples, values, finite_log_prob,
+                           check_values=nan_policy == "raise", validate=validate,
+                           external_samples=not samples_from_dist)
+    if guard is not None:
+        estimate = _with_guard(estimate, guard)
+        if per_sample:
+            contributions = _with_guard(contributions, guard)
+    if per_sample:
+        return contributions
+    if max_norm is not None:
+        estimate, _ = optax.clip_by_global_norm(max_norm).update(estimate, optax.EmptyState())
+    return estimate
+
+
+class _CheckedInputs(NamedTuple):
+    distribution: Any
+    samples: Any
+    values: jax.Array
+    baseline: Baseline | None
+    needs_scores: bool
+
+
+def _checked_inputs(dist_fn, params, samples, values, *, baseline, control_variate, standardize,
+                    max_norm, nan_policy, per_sample, validate, per_factor) -> _CheckedInputs:
+    """``score_grad``'s checks that need no run time (shapes, dtypes, options, structure);
+    values with NaN dropped under ``nan_policy="drop"``; the baseline as a ``Baseline``."""
     v.check_float_params(params)
     d = dist_fn(params)
     v.check_distribution(d)
     num_samples = v.check_samples_shape(d, samples)
-    dtype = _float_dtype(params)
     samples, values = _prepare_values(
-        values, samples, num_samples, nan_policy, dtype,
+        values, samples, num_samples, nan_policy, _float_dtype(params),
         tuple(d.batch_shape) if per_factor else None,
     )
     per_factor = values.ndim > 1
     if validate:
         v.check_support_independent(dist_fn, params)
         v.check_params_used(dist_fn, params, samples)
-    if standardize:
-        if num_samples < 2:
-            raise ValueError("standardize=True divides by the standard deviation of the N values, "
-                             f"which needs num_samples >= 2; got {num_samples}")
-        values = standardized(values)
+    if standardize and num_samples < 2:
+        raise ValueError("standardize=True divides by the standard deviation of the N values, "
+                         f"which needs num_samples >= 2; got {num_samples}")
     if per_sample and max_norm is not None:
         raise ValueError("max_norm clips the averaged estimate; it cannot be used with per_sample")
     baseline = as_baseline(baseline)
@@ -182,46 +225,31 @@ def score_grad(
             "(constant, ema, leave_one_out, batch_mean) only; per_sample, the optimal baseline and "
             "control variates need values of shape (num_samples,)"
         )
-    # The gradient is traced without numpyro's per-call support mask (a where over every
-    # sample, ~15% of the cost); samples drawn from p_θ are in its support, and external
-    # samples are checked explicitly below.
-    with numpyro.validation_enabled(False):
-        if needs_scores:
-            contributions, log_prob = _contributions(dist_fn, params, samples, values, baseline, cv)
-            estimate = jax.tree.map(lambda c: jnp.mean(c, axis=0), contributions)
-            finite_log_prob = jnp.all(jnp.isfinite(log_prob))
-        else:
-            estimate, surrogate = _surrogate_grad(dist_fn, params, samples, values, baseline, cv)
-            # A non-finite log_prob makes the surrogate non-finite (even 0 · inf is NaN).
-            finite_log_prob = jnp.isfinite(surrogate)
+    return _CheckedInputs(d, samples, values, baseline, needs_scores)
+
+
+def _runtime_guard(d, dist_fn, params, samples, values, finite_log_prob, *, check_values: bool,
+                   validate: bool, external_samples: bool) -> jax.Array | None:
+    """The one run-time check of ``score_grad`` (a zero, or a ValueError from the host when
+    it fails; see ``validation.finite_guard``), or None when nothing is checked."""
     ok = jnp.all(jnp.isfinite(values))
-    checks = [(values, v.nonfinite_values_message)] if nan_policy == "raise" else []
+    checks = [(values, v.nonfinite_values_message)] if check_values else []
     if validate:
         # A zero scale or a probability outside [0, 1] gives NaN or a wrong gradient quietly.
         arguments_ok, argument_checks = v.argument_checks(d)
         ok = ok & arguments_ok
         checks = argument_checks + checks
-    if validate and not samples_from_dist:
+    if validate and external_samples:
         # Samples from elsewhere: in the support, and a finite log_prob at each. Costs one
         # forward pass; log_prob itself is recomputed (with numpyro's mask) only on error.
-        in_support = jnp.all(d.support(samples))
-        ok = ok & in_support & finite_log_prob
+        ok = ok & jnp.all(d.support(samples)) & finite_log_prob
 
         def log_prob_with_mask():
             with numpyro.validation_enabled(True):
                 return joint_log_prob(dist_fn(params), samples)
 
         checks.append((log_prob_with_mask, v.neg_inf_log_prob_message))
-    if checks:
-        guard = v.finite_guard(*checks, ok=ok)
-        estimate = _with_guard(estimate, guard)
-        if per_sample:
-            contributions = _with_guard(contributions, guard)
-    if per_sample:
-        return contributions
-    if max_norm is not None:
-        estimate, _ = optax.clip_by_global_norm(max_norm).update(estimate, optax.EmptyState())
-    return estimate
+    return v.finite_guard(*checks, ok=ok) if checks else None
 
 
 def _with_guard(tree: Any, guard: jax.Array) -> Any:
@@ -242,7 +270,7 @@ def _surrogate_grad(dist_fn, params, samples, values, baseline: Baseline | None,
 
     def surrogate(p):
         if weights.ndim > 1:  # one learning signal per factor: weight each factor's log_prob
-            out = jnp.sum(jnp.mean(weights * _log_prob(dist_fn(p), samples), axis=0))
+            out = jnp.sum(jnp.mean(weights * log_prob(dist_fn(p), samples), axis=0))
         else:
             out = jnp.mean(weights * joint_log_prob(dist_fn(p), samples))
         if mean_fn is not None:
@@ -320,7 +348,7 @@ def pathwise_grad(
 
     def values_of(p, fn=f):
         x = dist_fn(p).rsample(key, (num_samples,))
-        values = evaluate(fn, x, vectorized)
+        values = f_values(fn, x, vectorized)
         v.check_values_shape(values, num_samples)
         return values
 
@@ -466,7 +494,7 @@ def grad(
             control_variate=control_variate,
         )
     samples = sample(dist_fn, params, key, num_samples)
-    values = evaluate(f, samples, vectorized)
+    values = f_values(f, samples, vectorized)
     return score_grad(
         dist_fn, params, samples, values,
         baseline=baseline, control_variate=control_variate,

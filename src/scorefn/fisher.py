@@ -36,12 +36,10 @@ import optax
 from jax.flatten_util import ravel_pytree
 from numpyro.distributions import Distribution, kl_divergence
 
-from scorefn._numpyro_fixes import log_prob as _log_prob
 from scorefn.sampling import sample
-from scorefn.scores import flatten_per_sample, per_sample_scores
+from scorefn.scores import flatten_per_sample, joint_log_prob, log_prob, per_sample_scores
+from scorefn.types import DistFn
 from scorefn.validation import check_key, check_num_samples, output_dependencies
-
-DistFn = Callable[[Any], Distribution]
 
 
 def unravel_like(tree: Any, flat: jax.Array) -> Any:
@@ -71,8 +69,8 @@ def kl(p: Distribution, q: Distribution) -> jax.Array:
                 "and the support cannot be enumerated"
             ) from None
     support = p.enumerate_support(expand=True)  # (K, *batch_shape)
-    log_p = _log_prob(p, support)
-    return jnp.sum(jnp.exp(log_p) * (log_p - _log_prob(q, support)), axis=0)
+    log_p = log_prob(p, support)
+    return jnp.sum(jnp.exp(log_p) * (log_p - log_prob(q, support)), axis=0)
 
 
 def _kl_fisher(dist_fn: DistFn, params: Any) -> jax.Array:
@@ -92,7 +90,7 @@ def _enumeration_fisher(dist_fn: DistFn, params: Any) -> jax.Array:
     # For a batch of independent factors the Fisher is the sum of the factors' Fishers;
     # enumerate each factor's support, not the product space.
     def log_probs(flat_params):
-        return _log_prob(dist_fn(unravel(flat_params)), support)  # (K, *batch)
+        return log_prob(dist_fn(unravel(flat_params)), support)  # (K, *batch)
 
     lp = log_probs(flat)
     jac = jax.jacrev(log_probs)(flat)  # (K, *batch, P)
@@ -210,8 +208,7 @@ def fisher_vector_product(dist_fn: DistFn, params: Any, samples: jax.Array) -> C
     """
 
     def log_probs(p):
-        lp = _log_prob(dist_fn(p), samples)
-        return lp.reshape(lp.shape[0], -1).sum(-1)
+        return joint_log_prob(dist_fn(p), samples)
 
     _, vjp = jax.vjp(log_probs, params)
     n = samples.shape[0]

@@ -19,7 +19,7 @@ instead of returning NaN.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -31,9 +31,9 @@ from numpyro.distributions import Distribution
 from scorefn import validation as v
 from scorefn.baselines import as_baseline
 from scorefn.estimators import score_grad
-from scorefn.scores import joint_log_prob
+from scorefn.scores import joint_log_prob, log_prob
+from scorefn.types import DistFn
 
-DistFn = Callable[[Any], Distribution]
 WEIGHTINGS = ("ordinary", "self_normalized", "truncated")
 ESS_POLICIES = ("warn", "raise", "ignore")
 
@@ -75,6 +75,16 @@ def log_weights(dist_fn: DistFn, params: Any, samples: jax.Array, behaviour: Any
     num_samples = v.check_samples_shape(dist_fn(params), samples)
     log_q = _behaviour_log_prob(behaviour, samples, num_samples)
     return jax.lax.stop_gradient(joint_log_prob(dist_fn(params), samples)) - log_q
+
+
+def log_weights_per_factor(d: Distribution, value: jax.Array, behaviour_log_prob: jax.Array
+                           ) -> jax.Array:
+    """ℓ = log p(value) - log q(value) for each independent factor of ``d`` (its batch shape),
+    differentiable in ``d``'s parameters: one decision's importance log-weight in RL, where
+    ``d`` is the policy π_θ(· | s) batched over states and ``behaviour_log_prob`` the log μ(a | s)
+    stored when the action was taken. PPO's and TRPO's probability ratio ρ = π_θ/μ is exp(ℓ).
+    log p goes through ``scores.log_prob`` (numpyro's logits-at-zero gradient fixed)."""
+    return log_prob(d, value) - behaviour_log_prob
 
 
 def _ess_check(log_w: jax.Array, threshold: float | None, policy: str,

@@ -36,6 +36,7 @@ import numpyro.distributions as dist
 
 from scorefn import validation as v
 from scorefn.control_variates import with_control_variate
+from scorefn.types import DistFn
 
 SUPPORTED = (dist.Normal, dist.Poisson, dist.BernoulliProbs, dist.BernoulliLogits)
 
@@ -109,7 +110,7 @@ def _double_sided_maxwell(key, shape):
 
 def measure_valued_grad(
     f: Callable,
-    dist_fn: Callable[[Any], dist.Distribution],
+    dist_fn: DistFn,
     params: Any,
     key: jax.Array,
     num_samples: int,

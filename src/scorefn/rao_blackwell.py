@@ -32,10 +32,11 @@ import numpyro
 from numpyro.distributions import Distribution
 
 from scorefn import validation as v
-from scorefn._numpyro_fixes import log_prob as _log_prob
 from scorefn.baselines import as_baseline
 from scorefn.estimators import score_grad
 from scorefn.sampling import sample
+from scorefn.scores import joint_log_prob, log_prob
+from scorefn.types import DistFn
 
 
 def local_learning_signals(term_values: jax.Array, dependencies: jax.Array,
@@ -58,7 +59,7 @@ def local_learning_signals(term_values: jax.Array, dependencies: jax.Array,
 
 
 def local_score_grad(
-    dist_fn: Callable[[Any], Distribution],
+    dist_fn: DistFn,
     params: Any,
     samples: jax.Array,
     term_values: jax.Array,
@@ -83,7 +84,7 @@ def local_score_grad(
 
 def enumerate_grad(
     f: Callable[[jax.Array, jax.Array], jax.Array],
-    marginal_fn: Callable[[Any], Distribution],
+    marginal_fn: DistFn,
     conditional_fn: Callable[[Any, jax.Array], Distribution],
     params: Any,
     key: jax.Array,
@@ -127,13 +128,11 @@ def enumerate_grad(
             keys, x1)
         values = jax.vmap(f)(x1, x2)
 
-        def joint_log_prob(p):
-            lp1 = _log_prob(marginal_fn(p), x1)
-            lp1 = lp1.reshape(num_samples, -1).sum(-1)
-            lp2 = jax.vmap(lambda a, b: _log_prob(conditional_fn(p, a), b))(x1, x2)
-            return lp1 + lp2
+        def pair_log_prob(p):
+            lp2 = jax.vmap(lambda a, b: log_prob(conditional_fn(p, a), b))(x1, x2)
+            return joint_log_prob(marginal_fn(p), x1) + lp2
 
-        return _score_of(joint_log_prob, params, values, baseline)
+        return _score_of(pair_log_prob, params, values, baseline)
 
     support = conditional.enumerate_support(expand=False)  # (K,)
 
@@ -144,7 +143,7 @@ def enumerate_grad(
 
     def conditional_expectation(p):
         def one(a, row):
-            log_probs = _log_prob(conditional_fn(p, a), support)
+            log_probs = log_prob(conditional_fn(p, a), support)
             return jnp.sum(jnp.exp(log_probs) * row)
 
         return jax.vmap(one)(x1, f_table)

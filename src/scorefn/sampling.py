@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import jax
-from numpyro.distributions import Distribution
 
+from scorefn.types import DistFn
 from scorefn.validation import check_key, check_num_samples
-
-DistFn = Callable[[Any], Distribution]
 
 
 def sample(dist_fn: DistFn, params: Any, key: jax.Array, num_samples: int) -> jax.Array:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -10,8 +9,7 @@ import jax.numpy as jnp
 from numpyro.distributions import Distribution
 
 from scorefn._numpyro_fixes import log_prob as _log_prob
-
-DistFn = Callable[[Any], Distribution]
+from scorefn.types import DistFn
 
 
 def log_prob(d: Distribution, value: jax.Array) -> jax.Array:
@@ -21,14 +19,19 @@ def log_prob(d: Distribution, value: jax.Array) -> jax.Array:
     return _log_prob(d, value)
 
 
+def per_sample_sum(array: jax.Array) -> jax.Array:
+    """Sum over every axis but the first: ``(N, *batch_shape) -> (N,)``, the per-sample total
+    of per-factor log-probabilities (a product of independent factors)."""
+    return array.reshape(array.shape[0], -1).sum(-1)
+
+
 def joint_log_prob(d: Distribution, samples: jax.Array) -> jax.Array:
     """log p(x_n) summed over the batch dimensions: shape ``(N,)`` for N samples.
 
     A batched distribution (say ``Normal(loc, scale)`` with ``loc.shape == (d,)``) is the
     product of its independent factors, so the log density of one sample is the sum.
     """
-    log_prob = _log_prob(d, samples)
-    return log_prob.reshape(log_prob.shape[0], -1).sum(-1)
+    return per_sample_sum(_log_prob(d, samples))
 
 
 def per_sample_scores(dist_fn: DistFn, params: Any, samples: jax.Array) -> Any:

@@ -75,7 +75,7 @@ def test_optimize_categorical_on_a_binary_function(capsys):
 
 def test_fit_json_line_and_resume(tmp_path, capsys):
     plot, ckpt = tmp_path / "elbo.png", tmp_path / "run.pkl"
-    args = ["fit", "--model", "logistic-breast-cancer", "--estimator", "score-rb", "--samples", "8",
+    args = ["fit", "--model", "logistic-breast-cancer", "--estimator", "score_rb", "--samples", "8",
             "--plot", str(plot), "--checkpoint", str(ckpt), "--json"]
     assert main([*args, "--steps", "200"]) == 0
     first = json.loads(capsys.readouterr().out.strip().splitlines()[-1])

@@ -265,3 +265,22 @@ def test_per_decision_weights_are_unbiased_for_prefix_functions():
                              axis=1))
     z_wrong = ((wrong * h).mean(0) - p_target * np.arange(1, 4)) / ((wrong * h).std(0) / math.sqrt(n))
     assert np.any(np.abs(z_wrong) > 4)
+
+
+def test_log_weights_per_factor_is_the_per_decision_log_ratio_with_the_fixed_gradient():
+    """RL's per-decision ratio (PPO, TRPO): one log-weight per factor of a batched policy,
+    exactly log π - log μ; at logits 0 its gradient is y - ½ (numpyro's own is y)."""
+    logits = jnp.array([0.0, 1.5, -2.0])
+    actions = jnp.array([1.0, 0.0, 1.0])
+    behaviour = dist.Bernoulli(logits=logits - 0.3).log_prob(actions)
+    ell = importance.log_weights_per_factor(dist.Bernoulli(logits=logits), actions, behaviour)
+    np.testing.assert_allclose(ell, dist.Bernoulli(logits=logits).log_prob(actions) - behaviour,
+                               rtol=1e-6)
+    assert ell.shape == (3,)
+    at_behaviour = importance.log_weights_per_factor(dist.Bernoulli(logits=logits), actions,
+                                                     dist.Bernoulli(logits=logits).log_prob(actions))
+    np.testing.assert_allclose(jnp.exp(at_behaviour), 1.0)  # the ratio is 1 on-policy
+    grad = jax.grad(lambda lg: importance.log_weights_per_factor(
+        dist.Bernoulli(logits=lg), actions, behaviour).sum())(logits)
+    np.testing.assert_allclose(grad, actions - jax.nn.sigmoid(logits), atol=1e-6)
+    assert float(grad[0]) == pytest.approx(0.5)

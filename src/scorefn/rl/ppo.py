@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import optax
 
 from scorefn.estimators import standardized
+from scorefn.importance import log_weights_per_factor
 from scorefn.rl.networks import ActorCritic, NetworkConfig
 from scorefn.rl.policy_gradient import combine, entropy_grad, policy_gradient
 from scorefn.rl.returns import gae
@@ -67,7 +68,7 @@ def init(key: jax.Array, policy: ActorCritic, env: Any, config: Config) -> State
 def _minibatch_step(policy: ActorCritic, config: Config, state: State, mb: dict) -> tuple[State, dict]:
     params = state.params
     dist = policy.dist(params["policy"], mb["obs"])
-    log_ratio = dist.log_prob(mb["action"]) - mb["log_prob"]
+    log_ratio = log_weights_per_factor(dist, mb["action"], mb["log_prob"])
     ratio = jnp.exp(log_ratio)
     adv = mb["advantage"]
     if config.normalize_advantages:

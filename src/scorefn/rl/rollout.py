@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from scorefn import scores
 from scorefn._compiler_options import FAST_COMPILE, cpu_options
 from scorefn.rl.envs import GymnasiumEnv, JaxEnv
 from scorefn.rl.networks import ActorCritic
@@ -40,7 +41,7 @@ class EnvCarry(NamedTuple):
 def act(policy: ActorCritic, params: dict[str, Any], obs: jax.Array, key: jax.Array):
     """a ~ π(· | obs) with its log-probability and V(obs), for a batch of observations."""
     action = sample(lambda p: policy.dist(p, obs), params["policy"], key, 1)[0]
-    log_prob = policy.dist(params["policy"], obs).log_prob(action)
+    log_prob = scores.log_prob(policy.dist(params["policy"], obs), action)
     return action, log_prob, policy.value(params["value"], obs)
 
 

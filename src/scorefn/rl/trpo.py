@@ -25,6 +25,7 @@ import optax
 
 from scorefn.estimators import standardized
 from scorefn.fisher import kl, kl_fisher_vector_product, natural_gradient_cg
+from scorefn.importance import log_weights_per_factor
 from scorefn.rl.networks import ActorCritic, NetworkConfig
 from scorefn.rl.policy_gradient import policy_gradient
 from scorefn.rl.returns import gae
@@ -80,7 +81,7 @@ def update(state: State, batch: Transition, key: jax.Array, policy: ActorCritic,
     old_dist = dist_fn(old)
 
     def surrogate_and_kl(p):
-        ratio = jnp.exp(dist_fn(p).log_prob(flat.action) - flat.log_prob)
+        ratio = jnp.exp(log_weights_per_factor(dist_fn(p), flat.action, flat.log_prob))
         return jnp.mean(ratio * adv), jnp.mean(kl(old_dist, dist_fn(p)))
 
     def candidate(fraction):

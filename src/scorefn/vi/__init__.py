@@ -4,8 +4,8 @@ r"""Black-box variational inference on the scorefn core.
 
 - models: a NumPyro model function with its data, or ``LogJoint`` (``log_joint(z, *data)``);
 - guides: ``mean_field``, ``full_rank``, ``auto_guide``;
-- estimators (``scorefn.vi.objectives``): ``score``, ``score-rb`` (Rao-Blackwellised, local
-  learning signals), ``reparam``, ``mixed``, ``iwae``, ``vimco``; all through
+- estimators (``scorefn.vi.objectives``): ``score``, ``score_rb`` (Rao-Blackwellised, local
+  learning signals), ``pathwise``, ``mixed``, ``iwae``, ``vimco``; all through
   ``scorefn.score_grad`` and ``scorefn.pathwise_grad``;
 - ``fit``: the training loop, with checkpoints and posterior helpers;
 - ``ELBO``: the same estimators as the loss of ``numpyro.infer.SVI`` (any guide program,
@@ -20,11 +20,20 @@ from scorefn.vi.fit import FitResult, fit
 from scorefn.vi.guides import Block, Guide, auto_guide, full_rank, mean_field
 from scorefn.vi.model import LogJoint, Model, NumPyroModel, as_model
 from scorefn.vi.numpyro_loss import ELBO, IWAE, VIMCO, amortized_posterior, elbo_program
-from scorefn.vi.objectives import ESTIMATORS, ElboGradient, elbo, elbo_grad, iwae_bound, local_signals
+from scorefn.vi.objectives import (
+    ESTIMATORS,
+    RENAMED_ESTIMATORS,
+    ElboGradient,
+    elbo,
+    elbo_grad,
+    iwae_bound,
+    local_signals,
+)
 
 __all__ = [
     "ELBO",
     "ESTIMATORS",
+    "RENAMED_ESTIMATORS",
     "IWAE",
     "Block",
     "ElboGradient",

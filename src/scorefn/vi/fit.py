@@ -26,7 +26,7 @@ from scorefn._runs import all_finite, from_host, load_checkpoint, progress_bar, 
 from scorefn.baselines import Ema
 from scorefn.vi.guides import Guide, auto_guide
 from scorefn.vi.model import LatentSite, LogJoint, Model, NumPyroModel, as_model
-from scorefn.vi.objectives import ESTIMATORS, elbo, elbo_grad, ema_states
+from scorefn.vi.objectives import elbo, elbo_grad, ema_states, estimator_name
 
 CHECKPOINT_VERSION = 1
 
@@ -170,7 +170,7 @@ def fit(
         ``"full_rank"`` for the automatic one (NumPyro models).
       data: the model's positional arguments (a tuple) or keyword arguments (a dict).
       key: a PRNG key; step t uses ``fold_in(key, t)``.
-      estimator: one of ``"score"``, ``"score-rb"``, ``"reparam"``, ``"mixed"``, ``"iwae"``,
+      estimator: one of ``"score"``, ``"score_rb"``, ``"pathwise"``, ``"mixed"``, ``"iwae"``,
         ``"vimco"`` (see ``scorefn.vi.objectives``).
       optimizer: an optax optimiser (default ``optax.adam(0.01)``); fed ``-∇L``.
       steps: total number of steps (a resumed run continues up to it).
@@ -188,8 +188,7 @@ def fit(
     compile again.
     """
     v.check_key(key)
-    if estimator not in ESTIMATORS:
-        raise ValueError(f"unknown estimator {estimator!r}; known: {', '.join(ESTIMATORS)}")
+    estimator = estimator_name(estimator)
     if not isinstance(steps, int | np.integer) or steps < 1:
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
     if resume and checkpoint is None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -27,6 +26,8 @@ import numpyro.distributions as dist
 from numpyro.distributions import Distribution, constraints
 
 from scorefn.sampling import sample
+from scorefn.scores import log_prob, per_sample_sum
+from scorefn.types import DistFn
 from scorefn.vi.model import LatentSite, Model
 
 
@@ -36,7 +37,7 @@ class Block:
     value is the site's value; with several it is their flattened concatenation."""
 
     sites: tuple[str, ...]
-    dist_fn: Callable[[Any], Distribution]
+    dist_fn: DistFn
     init_params: Any
     shapes: tuple[tuple[int, ...], ...] = ()
 
@@ -89,8 +90,6 @@ class Guide:
     def factor_log_probs(self, params: dict[str, Any], block_values: dict[str, jax.Array]
                          ) -> dict[str, jax.Array]:
         """log q_b(z_b) per factor: ``{block: (num_samples, *batch_shape)}``."""
-        from scorefn._numpyro_fixes import log_prob
-
         return {name: log_prob(b.dist_fn(params[name]), block_values[name])
                 for name, b in self.blocks.items()}
 
@@ -98,7 +97,7 @@ class Guide:
         """log q(z) per sample, ``(num_samples,)``."""
         total = 0.0
         for lp in self.factor_log_probs(params, block_values).values():
-            total = total + lp.reshape(lp.shape[0], -1).sum(-1)
+            total = total + per_sample_sum(lp)
         return total
 
     def value_shapes(self) -> dict[str, tuple[int, ...]]:

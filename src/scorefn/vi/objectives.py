@@ -5,13 +5,13 @@ r"""ELBO and importance-weighted bounds, and their gradient estimators.
 Each block j of the guide (see ``scorefn.vi.guides``) gets its gradient from the core:
 
 ``"score"``     ∇_j L = E[(log p - log q - b) ∇_j log q_j(z_j)]          ``scorefn.score_grad``
-``"score-rb"``  ∇_j L = E[Σ_b (L_jb - b_jb) ∇_j log q_jb(z_jb)],          ``score_grad(per_factor=True)``
+``"score_rb"``  ∇_j L = E[Σ_b (L_jb - b_jb) ∇_j log q_jb(z_jb)],          ``score_grad(per_factor=True)``
                 L_jb = -log q_jb(z_jb) + Σ_{terms t of log p that read z_jb} t(z)   (the local learning
                 signal; terms that do not read z_jb have zero-mean products with its score)
-``"reparam"``   ∇_j L = E[∇_z (log p(x,z) - log q_θ'(z))|_{θ'=θ} ∂z/∂θ_j]  ``scorefn.pathwise_grad``
+``"pathwise"``  ∇_j L = E[∇_z (log p(x,z) - log q_θ'(z))|_{θ'=θ} ∂z/∂θ_j]  ``scorefn.pathwise_grad``
                 (the path derivative, "sticking the landing", Roeder et al. 2017: the dropped term
                 -∇θ log q_θ(z) has mean zero, and its variance vanishes as q → p(z|x))
-``"mixed"``     ``"reparam"`` for the blocks with ``rsample``, ``"score-rb"`` for the others
+``"mixed"``     ``"pathwise"`` for the blocks with ``rsample``, ``"score_rb"`` for the others
 ``"iwae"``      ∇_j L_K by the doubly reparameterised estimator (DReG, Tucker et al. 2019),
                 Σ_k w̃_k² ∇_z log w_k ∂z_k/∂θ_j, for blocks with ``rsample``; score function
                 Σ_k (L̂ - w̃_k) ∇ log q_j(z_k) for the others
@@ -25,6 +25,7 @@ takes control variates). w̃_k = w_k / Σ_m w_m.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -35,10 +36,15 @@ import numpy as np
 from scorefn import validation as v
 from scorefn.baselines import EmaState, leave_one_out_log_mean
 from scorefn.estimators import pathwise_grad, score_grad
+from scorefn.scores import per_sample_sum
 from scorefn.vi.guides import Block, Guide
 from scorefn.vi.model import Model, Term
 
-ESTIMATORS = ("score", "score-rb", "reparam", "mixed", "iwae", "vimco")
+ESTIMATORS = ("score", "score_rb", "pathwise", "mixed", "iwae", "vimco")
+#: The names these estimators had before the package used one word per idea (``pathwise``
+#: as in ``scorefn.grad``) and one convention for option strings (snake case). Still
+#: accepted, with a DeprecationWarning.
+RENAMED_ESTIMATORS = {"reparam": "pathwise", "score-rb": "score_rb"}
 
 
 class ElboGradient(NamedTuple):
@@ -56,12 +62,8 @@ def term_values(model: Model, guide: Guide, block_values: dict[str, jax.Array]) 
     return jax.vmap(model.term_values)(guide.to_sites(block_values))
 
 
-def _per_sample(array: jax.Array) -> jax.Array:
-    return array.reshape(array.shape[0], -1).sum(-1)
-
-
 def _log_density(terms: dict[str, jax.Array]) -> jax.Array:
-    return sum(_per_sample(t) for t in terms.values())
+    return sum(per_sample_sum(t) for t in terms.values())
 
 
 def log_weights(model: Model, guide: Guide, params: dict[str, Any],
@@ -114,7 +116,7 @@ def _localize(values: jax.Array, term: Term, block: Block, site_batch_ndim: dict
     line up with the factor's own plate index. Broadcastable to (K, *batch_shape)."""
     k = values.shape[0]
     if len(block.sites) != 1 or not batch_shape:
-        return _per_sample(values).reshape((k,) + (1,) * len(batch_shape))
+        return per_sample_sum(values).reshape((k,) + (1,) * len(batch_shape))
     site = block.sites[0]
     term_ndim = values.ndim - 1
     site_axis_of = {p.name: site_batch_ndim[site] + p.dim for p in site_plates[site]}
@@ -157,6 +159,19 @@ def local_signals(model: Model, guide: Guide, params: dict[str, Any],
     return out
 
 
+def estimator_name(estimator: str) -> str:
+    """``estimator`` checked against ``ESTIMATORS``; an old name (``RENAMED_ESTIMATORS``)
+    gives its new one, with a DeprecationWarning."""
+    if estimator in RENAMED_ESTIMATORS:
+        new = RENAMED_ESTIMATORS[estimator]
+        warnings.warn(f"estimator={estimator!r} is now called {new!r}", DeprecationWarning,
+                      stacklevel=3)
+        return new
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"unknown estimator {estimator!r}; known: {', '.join(ESTIMATORS)}")
+    return estimator
+
+
 def _vimco_coefficients(log_w: jax.Array) -> jax.Array:
     """K (L̂ - L̂_{-k} - w̃_k): score_grad averages over samples, VIMCO sums."""
     if log_w.shape[0] < 2:
@@ -193,12 +208,11 @@ def elbo_grad(
       estimator: one of ``ESTIMATORS`` (see the module docstring).
       num_samples: K samples per step (≥ 2 for ``leave_one_out``, ``iwae`` and ``vimco``).
       baseline: for the score-function blocks: any core baseline, a number, an
-        ``scorefn.baselines.EmaState`` (``score``: shape (); ``score-rb``: one per
+        ``scorefn.baselines.EmaState`` (``score``: shape (); ``score_rb``: one per
         factor, the block's batch_shape) or a dict ``{block: baseline}``.
       control_variate: a ``scorefn.control_variates`` control variate (``score`` only).
     """
-    if estimator not in ESTIMATORS:
-        raise ValueError(f"unknown estimator {estimator!r}; known: {', '.join(ESTIMATORS)}")
+    estimator = estimator_name(estimator)
     v.check_key(key)
     num_samples = v.check_num_samples(num_samples)
     if estimator in ("iwae", "vimco") and num_samples < 2:
@@ -209,25 +223,25 @@ def elbo_grad(
                          f"signal per sample); got estimator={estimator!r}")
     dists = guide.distributions(params)
     pathwise = {name for name, d in dists.items()
-                if d.has_rsample and estimator in ("reparam", "mixed", "iwae")}
-    if estimator == "reparam" and len(pathwise) < len(dists):
+                if d.has_rsample and estimator in ("pathwise", "mixed", "iwae")}
+    if estimator == "pathwise" and len(pathwise) < len(dists):
         bad = sorted(set(dists) - pathwise)
         raise ValueError(
-            f"estimator='reparam' needs every guide block to be reparameterisable; {bad} "
+            f"estimator='pathwise' needs every guide block to be reparameterisable; {bad} "
             f"({', '.join(type(dists[b]).__name__ for b in bad)}) is not. Use 'mixed' (pathwise "
             "for continuous blocks, score function for the others)")
     keys = guide.block_keys(key)
     z = guide.sample(params, key, num_samples)
     terms = term_values(model, guide, z)
     factor_log_q = guide.factor_log_probs(params, z)
-    log_q = sum(_per_sample(lq) for lq in factor_log_q.values())
+    log_q = sum(per_sample_sum(lq) for lq in factor_log_q.values())
     log_w = _log_density(terms) - log_q
     guard = v.finite_guard(*[(t, nonfinite_term_message(n)) for n, t in terms.items()])
     multi_sample = estimator in ("iwae", "vimco")
     objective = (jax.nn.logsumexp(log_w) - jnp.log(num_samples)) if multi_sample else jnp.mean(log_w)
 
     score_signals: dict[str, jax.Array] = {}
-    needs_local = estimator in ("score-rb", "mixed") and len(pathwise) < len(dists)
+    needs_local = estimator in ("score_rb", "mixed") and len(pathwise) < len(dists)
     local = local_signals(model, guide, params, z, terms, factor_log_q) if needs_local else {}
     grads = {}
     for name, block in guide.blocks.items():
@@ -244,7 +258,7 @@ def elbo_grad(
             values = jax.lax.stop_gradient(log_w)
             options = {"baseline": _block_baseline(baseline, name),
                        "control_variate": control_variate}
-        else:  # score-rb, and the non-reparameterisable blocks of mixed
+        else:  # score_rb, and the non-reparameterisable blocks of mixed
             values = jax.lax.stop_gradient(local[name])
             options = {"baseline": _block_baseline(baseline, name), "per_factor": True}
         score_signals[name] = values
@@ -277,10 +291,10 @@ def _pathwise_block(model: Model, guide: Guide, params: dict[str, Any], z: dict[
 def ema_states(guide: Guide, params: dict[str, Any], estimator: str,
                init: Callable[[tuple[int, ...]], EmaState]) -> dict[str, EmaState]:
     """One EMA baseline state per score-function block: shape () for ``score``, the block's
-    batch_shape (one per factor) for ``score-rb``/``mixed``."""
+    batch_shape (one per factor) for ``score_rb``/``mixed``."""
     out = {}
     for name, d in guide.distributions(params).items():
-        if estimator in ("reparam", "mixed", "iwae") and d.has_rsample:
+        if estimator in ("pathwise", "mixed", "iwae") and d.has_rsample:
             continue
         shape = () if estimator == "score" else tuple(d.batch_shape)
         out[name] = init(shape)

@@ -30,7 +30,7 @@ def nuts_means(breast_cancer):
 def test_logistic_regression_estimators_agree_with_nuts(breast_cancer, nuts_means, key):
     (means, w_sd) = nuts_means
     elbos = {}
-    for estimator, k, baseline in [("reparam", 1, None), ("score-rb", 16, baselines.leave_one_out()),
+    for estimator, k, baseline in [("pathwise", 1, None), ("score_rb", 16, baselines.leave_one_out()),
                                    ("score", 16, baselines.leave_one_out())]:
         result = vi.fit(vi.models.logistic_regression, None, breast_cancer, key,
                         estimator=estimator, num_samples=k, baseline=baseline, steps=3000,
@@ -49,7 +49,7 @@ def test_logistic_regression_estimators_agree_with_nuts(breast_cancer, nuts_mean
 
 def test_conjugate_fit_reaches_the_exact_posterior(key):
     # The guide family holds the exact posterior: N(x τ⁻² / (1 + τ⁻²), 1 / (1 + τ⁻²)).
-    result = vi.fit(normal_normal, None, (X,), key, estimator="reparam", steps=2000,
+    result = vi.fit(normal_normal, None, (X,), key, estimator="pathwise", steps=2000,
                     optimizer=__import__("optax").adam(0.05), progress=False)
     precision = 1 + 1 / 0.5**2
     np.testing.assert_allclose(result.params["z"]["loc"], X / 0.5**2 / precision, atol=0.05)
@@ -62,7 +62,7 @@ def test_conjugate_fit_reaches_the_exact_posterior(key):
 
 
 def test_full_rank_guide_on_the_conjugate_model(key):
-    result = vi.fit(normal_normal, "full_rank", (X,), key, estimator="reparam", steps=1500,
+    result = vi.fit(normal_normal, "full_rank", (X,), key, estimator="pathwise", steps=1500,
                     optimizer=__import__("optax").adam(0.05), progress=False)
     assert set(result.guide.blocks) == {"continuous"}
     precision = 1 + 1 / 0.5**2
@@ -83,7 +83,7 @@ def test_gaussian_mixture_trains_with_score_function_for_the_assignments(key):
 
 def test_ema_baseline_state_is_kept_per_factor(key):
     x, _ = vi.models.mixture_data(num_points=50)
-    result = vi.fit(vi.models.gaussian_mixture, None, (x,), key, estimator="score-rb",
+    result = vi.fit(vi.models.gaussian_mixture, None, (x,), key, estimator="score_rb",
                     baseline=baselines.ema(0.9), steps=200, progress=False)
     assert np.all(np.isfinite(result.objective))
 
@@ -104,11 +104,11 @@ def test_same_seed_same_run_and_resume_equals_uninterrupted(tmp_path, key):
         np.testing.assert_array_equal(a, b)
     with pytest.raises(ValueError, match="estimator='mixed'"):
         vi.fit(vi.models.gaussian_mixture, None, (x,), key, steps=200, checkpoint=path,
-               resume=True, **{**options, "estimator": "score-rb"})
+               resume=True, **{**options, "estimator": "score_rb"})
 
 
 def test_posterior_helpers_and_plot(tmp_path, key):
-    result = vi.fit(normal_normal, None, (X,), key, estimator="reparam", steps=300,
+    result = vi.fit(normal_normal, None, (X,), key, estimator="pathwise", steps=300,
                     progress=False, plot=str(tmp_path / "elbo.png"))
     assert (tmp_path / "elbo.png").stat().st_size > 10_000
     samples = result.sample(key, 500)
@@ -127,7 +127,7 @@ def test_log_joint_model_with_an_explicit_guide(key):
     guide = vi.mean_field(families={"z": (
         lambda p: dist.Normal(p["loc"], jax.nn.softplus(p["scale"])),
         {"loc": jnp.zeros(3), "scale": jnp.full(3, -2.0)})})
-    result = vi.fit(vi.LogJoint(log_joint), guide, (X,), key, estimator="score-rb",
+    result = vi.fit(vi.LogJoint(log_joint), guide, (X,), key, estimator="score_rb",
                     num_samples=16, baseline=baselines.leave_one_out(), steps=1500,
                     optimizer=__import__("optax").adam(0.05), progress=False)
     precision = 1 + 1 / 0.5**2
@@ -149,12 +149,12 @@ def test_mixture_gradient_variance_per_estimator(key):
     params = guide.init()
     size = {n: p.size for n, p in zip(["mu_loc", "mu_scale", "z"], jax.tree.leaves(params))}
     variances = {}
-    for estimator in ("score", "score-rb", "mixed"):
+    for estimator in ("score", "score_rb", "mixed"):
         g = repeated_grads(model, guide, params, key, 400, estimator=estimator, num_samples=4,
                            baseline=baselines.leave_one_out())
         variances[estimator] = g.var(0)
     # ravel_pytree order: mu's loc and scale, then z's logits
     z = slice(size["mu_loc"] + size["mu_scale"], None)
     mu = slice(0, size["mu_loc"])
-    assert np.median(variances["score-rb"][z]) < 0.01 * np.median(variances["score"][z])
-    assert np.all(variances["mixed"][mu] < 0.5 * variances["score-rb"][mu])  # measured: 0.12
+    assert np.median(variances["score_rb"][z]) < 0.01 * np.median(variances["score"][z])
+    assert np.all(variances["mixed"][mu] < 0.5 * variances["score_rb"][mu])  # measured: 0.12
