@@ -3,7 +3,9 @@ r"""Policy-gradient reinforcement learning on the scorefn core.
     J(θ) = E_{τ~p_θ}[R(τ)],   ∇θ J = E[R(τ) ∇θ log p_θ(τ)],   ∇θ log p_θ(τ) = Σ_t ∇θ log π_θ(a_t | s_t)
 
 Algorithms, one module each: ``scorefn.rl.reinforce``, ``scorefn.rl.a2c``,
-``scorefn.rl.ppo``, ``scorefn.rl.trpo`` (TRPO, and NPG with ``algo="npg"``). Their
+``scorefn.rl.ppo``, ``scorefn.rl.trpo`` (TRPO, and NPG with ``algo="npg"``), each following
+the contract of ``scorefn.rl.registry`` and registered there (``register`` adds one of
+yours). Their
 policy gradients all go through ``scorefn.score_grad``
 (``scorefn.rl.policy_gradient.policy_gradient``); TRPO/NPG use the core's
 Fisher-vector products and conjugate gradient.
@@ -20,6 +22,7 @@ from scorefn.rl import a2c, defaults, envs, ppo, reinforce, returns, trpo  # noq
 from scorefn.rl.envs import THRESHOLDS, known_envs, make, resolve_backend  # noqa: E402
 from scorefn.rl.networks import ActorCritic  # noqa: E402
 from scorefn.rl.policy_gradient import policy_gradient  # noqa: E402
+from scorefn.rl.registry import Algorithm, algorithm, algorithms, register  # noqa: E402
 from scorefn.rl.training import (  # noqa: E402
     TrainResult,
     best_checkpoint_path,
@@ -29,14 +32,18 @@ from scorefn.rl.training import (  # noqa: E402
     train,
 )
 
-ALGORITHMS = ("reinforce", "a2c", "ppo", "trpo", "npg")
+#: The built-in algorithms; ``algorithms()`` also lists those added with ``register``.
+ALGORITHMS = algorithms()
 
 __all__ = [
     "ALGORITHMS",
+    "Algorithm",
     "THRESHOLDS",
     "ActorCritic",
     "TrainResult",
     "a2c",
+    "algorithm",
+    "algorithms",
     "best_checkpoint_path",
     "defaults",
     "envs",
@@ -47,6 +54,7 @@ __all__ = [
     "make_config",
     "policy_gradient",
     "ppo",
+    "register",
     "reinforce",
     "resolve_backend",
     "returns",

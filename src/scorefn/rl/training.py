@@ -36,6 +36,7 @@ from scorefn.rl.envs import (
     resolve_backend,
 )
 from scorefn.rl.networks import ActorCritic
+from scorefn.rl.registry import algorithm
 from scorefn.rl.rollout import GymnasiumRunner, jax_reset, jax_rollout
 from scorefn.validation import runtime_checks
 
@@ -106,18 +107,10 @@ class TrainResult:
         plt.close(fig)
 
 
-def _algorithm(name: str):
-    from scorefn.rl import a2c, ppo, reinforce, trpo
-
-    modules = {"reinforce": reinforce, "a2c": a2c, "ppo": ppo, "trpo": trpo, "npg": trpo}
-    if name not in modules:
-        raise ValueError(f"unknown algorithm {name!r}; known: {', '.join(sorted(modules))}")
-    return modules[name]
-
-
 def make_config(algo: str, env_id: str, **hyperparameters: Any):
     """The algorithm's Config with the per-environment defaults and the overrides."""
-    module = _algorithm(algo)
+    registered = algorithm(algo)
+    module = registered.module
     fields = {f.name for f in dataclasses.fields(module.Config)}
     unknown = sorted(set(hyperparameters) - fields)
     if unknown:
@@ -126,10 +119,8 @@ def make_config(algo: str, env_id: str, **hyperparameters: Any):
     defaults.update(D.defaults(algo, env_id))
     for name, value in hyperparameters.items():
         _check_hyperparameter_type(algo, name, value, defaults.get(name, dataclasses.MISSING))
-    values = {**D.defaults(algo, env_id), **hyperparameters}
-    if algo == "npg":
-        values.setdefault("line_search", False)
-    return module.Config(**values)
+    return module.Config(**{**registered.config_overrides, **D.defaults(algo, env_id),
+                            **hyperparameters})
 
 
 def _check_hyperparameter_type(algo: str, name: str, value: Any, default: Any) -> None:
@@ -221,7 +212,7 @@ def load_checkpoint(path: str, seed_index: int = 0) -> TrainResult:
     """A ``TrainResult`` (policy parameters of one seed, history, config) from a
     checkpoint written by ``train``, e.g. for ``evaluate``."""
     payload = _runs.load_checkpoint(path, CHECKPOINT_VERSION, "scorefn.rl")
-    config = _algorithm(payload["algo"]).Config(**{
+    config = algorithm(payload["algo"]).module.Config(**{
         k: tuple(v) if isinstance(v, list) else v for k, v in payload["config"].items()})
     backend = payload.get("backend", "gymnax")
     env = make(payload["env"], backend)
@@ -301,7 +292,7 @@ def train(
     if resume and checkpoint is None:
         raise ValueError("resume=True needs checkpoint=<path of an earlier run's checkpoint>")
     config = make_config(algo, env, **hyperparameters)
-    module = _algorithm(algo)
+    module = algorithm(algo).module
     seeds = list(seeds) if seeds is not None else [seed]
     total_steps = total_steps or D.total_steps(algo, env)
     if resolve_backend(env, backend) == "gymnax":
