@@ -31,6 +31,12 @@ import numpy as np
 import numpyro
 from numpyro import handlers
 from numpyro.distributions.transforms import biject_to
+
+# numpyro's one private name in scorefn, used here only: _unconstrain_reparam is the
+# substitution that numpyro's public potential_energy applies (each continuous value mapped
+# from the unconstrained space, with its log|det J| as a factor), but potential_energy
+# returns only the sum, and scorefn needs every term apart (credit assignment). Re-deriving
+# it would drift from numpyro's transforms; the tests pin the log density it gives.
 from numpyro.infer.util import _unconstrain_reparam, compute_log_probs
 
 from scorefn import validation as v
