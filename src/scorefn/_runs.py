@@ -1,10 +1,13 @@
-"""What every long run shares: atomic checkpoints of JAX pytrees and a rich progress bar."""
+"""What every long run shares (es, rl, vi): atomic checkpoints of JAX pytrees, the settings
+check on resume, and a rich progress bar."""
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import pickle
+import re
 import tempfile
 from typing import Any
 
@@ -23,7 +26,7 @@ class _Key:
 def to_host(tree: Any) -> Any:
     """Every leaf as a numpy array; typed PRNG keys kept as keys."""
     def leaf(x):
-        if isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+        if _is_key(x):
             return _Key(np.asarray(jax.random.key_data(x)))
         return np.asarray(x)
 
@@ -69,6 +72,55 @@ def load_checkpoint(path: str, version: int, kind: str) -> dict:
     if not isinstance(payload, dict) or payload.get("version") != version:
         raise ValueError(f"{path} is not a {kind} checkpoint (version {version})")
     return payload
+
+
+def describe(obj: Any) -> str:
+    """``repr(obj)`` without the memory addresses of functions (in an optax optimiser, a
+    baseline), which differ between processes: a setting as a checkpoint records it."""
+    return re.sub(r" at 0x[0-9a-fA-F]+", "", repr(obj))
+
+
+def tree_digest(tree: Any) -> str:
+    """A SHA-256 of a pytree's structure, shapes, dtypes and values: data or initial values
+    recorded by what they hold, not by name."""
+    h = hashlib.sha256(str(jax.tree.structure(tree)).encode())
+    for leaf in jax.tree.leaves(tree):
+        array = np.asarray(jax.random.key_data(leaf) if _is_key(leaf) else leaf)
+        h.update(f"{array.shape}{array.dtype}".encode())
+        h.update(np.ascontiguousarray(array).tobytes())
+    return h.hexdigest()
+
+
+def _is_key(x: Any) -> bool:
+    return isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jax.dtypes.prng_key)
+
+
+def refuse_changed_settings(path: str, recorded: dict | None, now: dict, *,
+                            what: str = "settings", may_change: str = "") -> None:
+    """The one resume check of every run (es, rl, vi): a ValueError naming each entry of
+    ``now`` that differs from the ``recorded`` one, with both values, so a resume never
+    continues a run under other settings while its checkpoint claims the old ones.
+    ``recorded`` None (a checkpoint from before settings were recorded) passes. Tuples and
+    lists compare equal, and so do two NaNs (the same setting). ``may_change`` names what
+    a resume is allowed to change, for the message."""
+    if recorded is None:
+        return
+
+    def plain(value):
+        return list(value) if isinstance(value, tuple) else value
+
+    def same(a, b):
+        a, b = plain(a), plain(b)
+        return a == b or (isinstance(a, float) and isinstance(b, float) and a != a and b != b)
+
+    changed = sorted(k for k in now if not same(recorded.get(k), now[k]))
+    if not changed:
+        return
+    detail = ", ".join(f"{k} (the seed)" if k == "key" else
+                       f"{k}={plain(recorded.get(k))!r}, now {plain(now[k])!r}" for k in changed)
+    allowed = f" ({may_change} may change)" if may_change else ""
+    raise ValueError(f"{path} was written by a run with other {what} ({detail}); resume it "
+                     f"with the same ones{allowed}, or start a new run")
 
 
 def progress_bar(enabled: bool, description: str, total: int, unit: str, field: str):

@@ -6,7 +6,6 @@ import dataclasses
 import functools
 import math
 import os
-import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -17,7 +16,15 @@ import numpy as np
 
 from scorefn import validation as v
 from scorefn._compiler_options import WIDE_REDUCTIONS, cpu_options
-from scorefn._runs import from_host, load_checkpoint, progress_bar, save_checkpoint, to_host
+from scorefn._runs import (
+    describe,
+    from_host,
+    load_checkpoint,
+    progress_bar,
+    refuse_changed_settings,
+    save_checkpoint,
+    to_host,
+)
 from scorefn.es.bernoulli import bernoulli
 from scorefn.es.categorical import categorical
 from scorefn.es.openai_es import openai_es
@@ -350,11 +357,12 @@ def _minimize_with_restarts(f, x0, strategy, *, restarts, popsize_factor, key, s
     if checkpoint is not None:
         settings = {**_run_settings(f, x0, key, sigma0, options["nan_policy"],
                                     options["evaluator"]),
-                    "strategy": _strategy_id(strat), "restarts": restarts,
+                    "strategy": describe(strat), "restarts": restarts,
                     "popsize_factor": float(popsize_factor)}
     if resume and os.path.exists(checkpoint):
         payload = load_checkpoint(checkpoint, RESTARTS_CHECKPOINT_VERSION, "scorefn.es restarts")
-        _refuse_changed(checkpoint, payload.get("settings", {}), settings)
+        refuse_changed_settings(checkpoint, payload.get("settings", {}), settings,
+                                may_change="max_evaluations and the stopping criteria")
         finished = payload["runs"]
     best, history, used, started = None, [], 0, time.perf_counter()
     for run in range(restarts + 1):
@@ -505,14 +513,8 @@ def _call(f, row):
 def _save_checkpoint(path, strat, state, best_x, best_f, records, settings) -> None:
     save_checkpoint(path, {"state": to_host(state), "best_x": np.asarray(best_x),
                            "best_f": np.asarray(best_f), "records": list(records),
-                           "strategy": _strategy_id(strat), "settings": settings,
+                           "strategy": describe(strat), "settings": settings,
                            "version": CHECKPOINT_VERSION})
-
-
-def _strategy_id(strat) -> str:
-    """The strategy's options, without the memory addresses of functions (e.g. in an optax
-    optimizer), which differ between processes."""
-    return re.sub(r" at 0x[0-9a-fA-F]+", "", repr(strat))
 
 
 def _objective_digest(f, x0) -> list[str]:
@@ -541,25 +543,14 @@ def _run_settings(f, x0, key, sigma0, nan_policy, evaluator) -> dict:
             "objective": _objective_digest(f, x0)}
 
 
-def _refuse_changed(path: str, recorded: dict | None, settings: dict) -> None:
-    if recorded is None:
-        return
-    changed = sorted(k for k in settings if recorded.get(k) != settings[k])
-    if changed:
-        detail = "; ".join(f"{k}: {recorded.get(k)!r} then, {settings[k]!r} now"
-                           if k != "key" else "key (the seed)" for k in changed)
-        raise ValueError(f"checkpoint {path} was written by a run with other settings "
-                         f"({detail}); resume it with the same ones (max_evaluations and the "
-                         "stopping criteria may change)")
-
-
 def _load_checkpoint(path, strat, settings):
     payload = load_checkpoint(path, CHECKPOINT_VERSION, "scorefn.es")
-    if payload["strategy"] != _strategy_id(strat):
+    if payload["strategy"] != describe(strat):
         # the same state under other options would continue as a different algorithm
         raise ValueError(f"checkpoint {path} was written by strategy {payload['strategy']}; "
-                         f"resume it with that strategy, not {_strategy_id(strat)}")
-    _refuse_changed(path, payload.get("settings"), settings)
+                         f"resume it with that strategy, not {describe(strat)}")
+    refuse_changed_settings(path, payload.get("settings"), settings,
+                            may_change="max_evaluations and the stopping criteria")
     return (from_host(payload["state"]), jnp.asarray(payload["best_x"]),
             jnp.asarray(payload["best_f"]), [tuple(r) for r in payload["records"]])
 

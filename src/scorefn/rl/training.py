@@ -547,19 +547,8 @@ def _read_checkpoint(path, algo, env, seeds, config=None, backend=None):
         raise ValueError(f"{path} holds a run of {payload['algo']} on {payload['env']} with seeds "
                          f"{payload['seeds']}; resume it with the same algorithm, env and seeds")
     if config is not None and "config" in payload:
-        def plain(values):  # tuples come back from JSON-like settings as lists
-            return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
-
-        def same(a, b):  # NaN equals NaN here: the same setting
-            return a == b or (isinstance(a, float) and isinstance(b, float) and a != a and b != b)
-
-        recorded, now = plain(payload["config"]), plain(dataclasses.asdict(config))
-        changed = sorted(k for k in now if not same(recorded.get(k), now[k]))
-        if changed:
-            raise ValueError(
-                f"{path} was written with other hyperparameters ("
-                + ", ".join(f"{k}={recorded.get(k)!r}, now {now[k]!r}" for k in changed)
-                + "); resume it with the same ones, or start a new run")
+        _runs.refuse_changed_settings(path, payload["config"], dataclasses.asdict(config),
+                                      what="hyperparameters", may_change="total_steps")
     return payload
 
 

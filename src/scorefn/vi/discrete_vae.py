@@ -37,7 +37,13 @@ from jax.flatten_util import ravel_pytree
 from scorefn import baselines as baseline_lib
 from scorefn import programs
 from scorefn import validation as v
-from scorefn._runs import load_checkpoint, progress_bar, save_checkpoint, to_host
+from scorefn._runs import (
+    load_checkpoint,
+    progress_bar,
+    refuse_changed_settings,
+    save_checkpoint,
+    to_host,
+)
 
 #: per-site estimators a fit can use for the latents (``"score"`` is REINFORCE with an
 #: exponential-moving-average baseline; ``"rloo"`` needs ``num_particles >= 2``; ``"arm"`` and
@@ -326,10 +332,7 @@ def fit(
     done, elbo, variances, timings = 0, [], {}, []
     if resume and os.path.exists(checkpoint):
         payload = load_checkpoint(checkpoint, CHECKPOINT_VERSION, "scorefn.vi.discrete_vae")
-        if payload["settings"] != settings:
-            changed = sorted(k for k in settings if payload["settings"].get(k) != settings[k])
-            raise ValueError(f"{checkpoint} was written by a fit with other settings "
-                             f"({', '.join(changed)} differ); resume it with the same settings")
+        refuse_changed_settings(checkpoint, payload["settings"], settings)
         carry = jax.tree.map(jnp.asarray, payload["carry"])
         done, elbo = payload["done"], list(payload["elbo"])
         variances = {int(k): x for k, x in payload["gradient_variance"].items()}

@@ -22,13 +22,23 @@ import optax
 from scorefn import validation as v
 from scorefn._compilation_cache import enable_compilation_cache
 from scorefn._compiler_options import BACKEND_O2, cpu_options
-from scorefn._runs import all_finite, from_host, load_checkpoint, progress_bar, save_checkpoint, to_host
+from scorefn._runs import (
+    all_finite,
+    describe,
+    from_host,
+    load_checkpoint,
+    progress_bar,
+    refuse_changed_settings,
+    save_checkpoint,
+    to_host,
+    tree_digest,
+)
 from scorefn.baselines import Ema
 from scorefn.vi.guides import Guide, auto_guide
 from scorefn.vi.model import LatentSite, LogJoint, Model, NumPyroModel, as_model
 from scorefn.vi.objectives import elbo, elbo_grad, ema_states, estimator_name
 
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2  # 2: the settings that determine the run
 
 
 @dataclasses.dataclass
@@ -202,8 +212,12 @@ def fit(
     ema = baseline if isinstance(baseline, Ema) else None
     baseline_state = (ema_states(guide, params, estimator, ema.init) if ema is not None else {})
     done, history = 0, []
+    settings = None
+    if checkpoint is not None:
+        settings = _settings(model, guide, data, key, estimator, num_samples, optimizer, params,
+                             baseline, control_variate)
     if resume and os.path.exists(checkpoint):
-        params, opt_state, baseline_state, done, history = _load(checkpoint, estimator, num_samples)
+        params, opt_state, baseline_state, done, history = _load(checkpoint, settings)
 
     def step(carry, index):
         params, opt_state, bstate = carry
@@ -244,8 +258,7 @@ def fit(
             history.extend(values.tolist())
             done += n
             if checkpoint is not None:
-                _save(checkpoint, params, opt_state, baseline_state, done, history, estimator,
-                      num_samples)
+                _save(checkpoint, params, opt_state, baseline_state, done, history, settings)
             if bar is not None:
                 bar.update(bar.task_ids[0], completed=done, value=f"{np.mean(history[-100:]):.2f}")
     finally:
@@ -269,18 +282,32 @@ def _replay(checked_step, carry, start: int, n: int) -> None:
             return
 
 
-def _save(path, params, opt_state, baseline_state, done, history, estimator, num_samples) -> None:
+def _settings(model, guide, data, key, estimator, num_samples, optimizer, params, baseline,
+              control_variate) -> dict:
+    """What determines a fit's trajectory, as its checkpoint records it. The model by its
+    function's name and a digest of its data; the guide by its blocks and initial values; the
+    optimiser, which optax gives no name to, by its first update of a fixed gradient (another
+    learning rate or another optimiser gives another one). ``steps`` may grow on resume."""
+    fn = getattr(model, "fn", model)
+    probe = jax.tree.map(lambda p: jnp.full_like(p, 0.1), params)
+    first_update, _ = optimizer.update(probe, optimizer.init(params), params)
+    return {"key": np.asarray(jax.random.key_data(key)).tolist(), "estimator": estimator,
+            "num_samples": int(num_samples),
+            "model": f"{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', type(fn).__name__)}",
+            "data": tree_digest(data), "guide": describe(sorted(guide.blocks)),
+            "initial_params": tree_digest(params), "optimizer": tree_digest(first_update),
+            "baseline": describe(baseline), "control_variate": describe(control_variate)}
+
+
+def _save(path, params, opt_state, baseline_state, done, history, settings) -> None:
     save_checkpoint(path, {"params": to_host(params), "opt_state": to_host(opt_state),
                            "baseline_state": to_host(baseline_state), "step": done,
-                           "history": list(history), "estimator": estimator,
-                           "num_samples": num_samples, "version": CHECKPOINT_VERSION})
+                           "history": list(history), "settings": settings,
+                           "version": CHECKPOINT_VERSION})
 
 
-def _load(path, estimator, num_samples):
+def _load(path, settings):
     payload = load_checkpoint(path, CHECKPOINT_VERSION, "scorefn.vi")
-    if (payload["estimator"], payload["num_samples"]) != (estimator, num_samples):
-        raise ValueError(
-            f"{path} was written by a run with estimator={payload['estimator']!r}, "
-            f"num_samples={payload['num_samples']}; resume it with the same settings")
+    refuse_changed_settings(path, payload["settings"], settings, may_change="steps")
     return (from_host(payload["params"]), from_host(payload["opt_state"]),
             from_host(payload["baseline_state"]), int(payload["step"]), list(payload["history"]))

@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import numpyro.distributions as dist
+import optax
 import pytest
 from vi_conjugate import PARAMS, X, closed_form_elbo, normal_normal
 
@@ -105,6 +106,18 @@ def test_same_seed_same_run_and_resume_equals_uninterrupted(tmp_path, key):
     with pytest.raises(ValueError, match="estimator='mixed'"):
         vi.fit(vi.models.gaussian_mixture, None, (x,), key, steps=200, checkpoint=path,
                resume=True, **{**options, "estimator": "score_rb"})
+    # Any other setting that changes the run is refused too, named (steps may grow).
+    for change, match in ((dict(key=jax.random.key(7)), r"key \(the seed\)"),
+                          (dict(optimizer=optax.flatten(optax.adam(0.02))), "optimizer="),
+                          (dict(data=(x + 1.0,)), "data="),
+                          (dict(baseline=baselines.ema(0.5)), "baseline="),
+                          (dict(model=vi.models.logistic_regression, data=(x[:, None], x > 0)),
+                           "model=")):
+        args = dict(model=vi.models.gaussian_mixture, data=(x,), key=key)
+        args.update({k: v for k, v in change.items() if k in args})
+        with pytest.raises(ValueError, match=f"other settings .*{match}"):
+            vi.fit(args["model"], None, args["data"], args["key"], steps=300, checkpoint=path,
+                   resume=True, **{**options, **{k: v for k, v in change.items() if k not in args}})
 
 
 def test_posterior_helpers_and_plot(tmp_path, key):
