@@ -137,3 +137,56 @@ def progress_bar(enabled: bool, description: str, total: int, unit: str, field: 
     bar.add_task(description, total=total, value="–")
     bar.start()
     return bar
+
+
+class Run:
+    """The driver every long run shares (``es.minimize``, ``rl.train``, ``vi.fit``, the
+    discrete VAE): its checkpoint file and its progress bar.
+
+    - ``restored``: on ``resume`` the payload of the checkpoint (None on a fresh start),
+      after checking its kind and version and refusing other ``settings`` (naming them);
+      ``resume`` without a ``checkpoint`` path is an error;
+    - ``save(**state)``: the state, the settings and the version, written atomically, so an
+      interrupted (even killed) run resumes from its last save;
+    - ``advance(completed, value)``: the progress bar (``progress=False``: nothing);
+    - as a context manager, the bar stops on every way out.
+
+    The loop itself (what a chunk computes, when to stop) stays the application's, so its
+    algorithm reads top to bottom.
+    """
+
+    def __init__(self, kind: str, version: int, *, checkpoint: str | None, resume: bool,
+                 settings: dict | None, may_change: str = "", progress: bool = False,
+                 description: str = "", total: int = 0, unit: str = "steps",
+                 field: str = "value"):
+        if resume and checkpoint is None:
+            raise ValueError("resume=True needs checkpoint=<path of an earlier run's checkpoint>")
+        self.kind, self.version, self.checkpoint = kind, version, checkpoint
+        self.settings = settings
+        self.restored = None
+        if resume and os.path.exists(checkpoint):
+            self.restored = load_checkpoint(checkpoint, version, kind)
+            refuse_changed_settings(checkpoint, self.restored.get("settings"), settings or {},
+                                    may_change=may_change)
+        self._bar_options = (progress, description, total, unit, field)
+        self._bar = None
+
+    def __enter__(self) -> Run:
+        self._bar = progress_bar(*self._bar_options)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
+
+    def save(self, **state: Any) -> None:
+        """Write ``state`` with the settings and the version (nothing without a path)."""
+        if self.checkpoint is not None:
+            save_checkpoint(self.checkpoint, {**state, "settings": self.settings,
+                                              "version": self.version})
+
+    def advance(self, completed: int, value: str | None = None) -> None:
+        if self._bar is not None:
+            fields = {} if value is None else {"value": value}
+            self._bar.update(self._bar.task_ids[0], completed=completed, **fields)

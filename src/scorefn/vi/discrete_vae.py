@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import os
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -38,11 +37,9 @@ from scorefn import baselines as baseline_lib
 from scorefn import programs
 from scorefn import validation as v
 from scorefn._runs import (
-    load_checkpoint,
-    progress_bar,
-    refuse_changed_settings,
-    save_checkpoint,
+    Run,
     to_host,
+    tree_digest,
 )
 
 #: per-site estimators a fit can use for the latents (``"score"`` is REINFORCE with an
@@ -271,8 +268,6 @@ def fit(
                              f"shape {a.shape}")
     if batch_size > train.shape[0]:
         raise ValueError(f"batch_size {batch_size} exceeds the {train.shape[0]} training images")
-    if resume and checkpoint is None:
-        raise ValueError("resume=True needs checkpoint=<path of an earlier fit's checkpoint>")
     v.check_key(key)
     variance_at = sorted({0, steps // 2, steps} if variance_at is None else set(variance_at))
     if any(not 0 <= s <= steps for s in variance_at):
@@ -285,7 +280,7 @@ def fit(
                 "variance_at": list(variance_at), "variance_samples": int(variance_samples),
                 "steps_per_call": int(steps_per_call),
                 "key": np.asarray(jax.random.key_data(key)).tolist(),
-                "data": _digest(train, test)}
+                "data": tree_digest((train, test))}
     optimizer = optax.adam(learning_rate)
     ema = baseline_lib.ema(ema_decay)
     options = dict(num_particles=num_particles, estimators={"z": estimator},
@@ -330,18 +325,19 @@ def fit(
     params = model.init(k_init)
     carry = (params, optimizer.init(params), ema.init())
     done, elbo, variances, timings = 0, [], {}, []
-    if resume and os.path.exists(checkpoint):
-        payload = load_checkpoint(checkpoint, CHECKPOINT_VERSION, "scorefn.vi.discrete_vae")
-        refuse_changed_settings(checkpoint, payload["settings"], settings)
+    run = Run("scorefn.vi.discrete_vae", CHECKPOINT_VERSION, checkpoint=checkpoint, resume=resume,
+              settings=settings, progress=progress, description=f"discrete VAE, {estimator}",
+              total=steps, unit="steps", field="ELBO")
+    if run.restored is not None:
+        payload = run.restored
         carry = jax.tree.map(jnp.asarray, payload["carry"])
         done, elbo = payload["done"], list(payload["elbo"])
         variances = {int(k): x for k, x in payload["gradient_variance"].items()}
     k_train, k_batches = jax.random.split(k_train)
     step_keys = jax.random.split(k_train, steps)
     batch_seed = np.asarray(jax.random.key_data(k_batches)).ravel().tolist()
-    bar = progress_bar(progress, f"discrete VAE, {estimator}", steps, "steps", "ELBO")
     started = time.perf_counter()
-    try:
+    with run:
         while True:
             if done in variance_at and done not in variances:
                 variances[done] = float(encoder_variance(carry[0], carry[2],
@@ -361,16 +357,9 @@ def fit(
                 raise FloatingPointError(f"the ELBO became non-finite at step {bad}")
             elbo += values.tolist()
             done = end
-            if checkpoint is not None:
-                save_checkpoint(checkpoint, {
-                    "version": CHECKPOINT_VERSION, "settings": settings, "done": done,
-                    "elbo": elbo, "carry": to_host(tuple(carry)),
-                    "gradient_variance": variances})
-            if bar is not None:
-                bar.update(bar.task_ids[0], completed=done, value=f"{np.mean(elbo[-100:]):.2f}")
-    finally:
-        if bar is not None:
-            bar.stop()
+            run.save(done=done, elbo=elbo, carry=to_host(tuple(carry)),
+                     gradient_variance=variances)
+            run.advance(done, f"{np.mean(elbo[-100:]):.2f}")
     params = carry[0]
     # The first call compiles: the median over the others (all of them if there is one).
     per_step = [t for t, _ in (timings[1:] or timings)]
@@ -396,12 +385,3 @@ def _batches(seed: list[int], n: int, batch_size: int, start: int, end: int) -> 
             j = t - epoch * per_epoch
             out[t - start] = order[j * batch_size:(j + 1) * batch_size]
     return out
-
-
-def _digest(*arrays: np.ndarray) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    for a in arrays:
-        h.update(np.ascontiguousarray(a).tobytes())
-    return h.hexdigest()

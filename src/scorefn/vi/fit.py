@@ -10,7 +10,6 @@ run exactly (every step's key depends only on the step's index).
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 from typing import Any
 
@@ -23,13 +22,10 @@ from scorefn import validation as v
 from scorefn._compilation_cache import enable_compilation_cache
 from scorefn._compiler_options import BACKEND_O2, cpu_options
 from scorefn._runs import (
+    Run,
     all_finite,
     describe,
     from_host,
-    load_checkpoint,
-    progress_bar,
-    refuse_changed_settings,
-    save_checkpoint,
     to_host,
     tree_digest,
 )
@@ -201,8 +197,6 @@ def fit(
     estimator = estimator_name(estimator)
     if not isinstance(steps, int | np.integer) or steps < 1:
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
-    if resume and checkpoint is None:
-        raise ValueError("resume=True needs checkpoint=<path of an earlier run's checkpoint>")
     enable_compilation_cache()
     model, guide = _resolve(model, guide, data)
     # The default is flattened into one vector (the same steps; a smaller program to compile).
@@ -211,13 +205,18 @@ def fit(
     opt_state = optimizer.init(params)
     ema = baseline if isinstance(baseline, Ema) else None
     baseline_state = (ema_states(guide, params, estimator, ema.init) if ema is not None else {})
+    settings = None if checkpoint is None else _settings(
+        model, guide, data, key, estimator, num_samples, optimizer, params, baseline,
+        control_variate)
+    run = Run("scorefn.vi", CHECKPOINT_VERSION, checkpoint=checkpoint, resume=resume,
+              settings=settings, may_change="steps", progress=progress,
+              description=f"vi {estimator}", total=steps, unit="steps", field="ELBO")
     done, history = 0, []
-    settings = None
-    if checkpoint is not None:
-        settings = _settings(model, guide, data, key, estimator, num_samples, optimizer, params,
-                             baseline, control_variate)
-    if resume and os.path.exists(checkpoint):
-        params, opt_state, baseline_state, done, history = _load(checkpoint, settings)
+    if run.restored is not None:
+        state = run.restored
+        params, opt_state = from_host(state["params"]), from_host(state["opt_state"])
+        baseline_state = from_host(state["baseline_state"])
+        done, history = int(state["step"]), list(state["history"])
 
     def step(carry, index):
         params, opt_state, bstate = carry
@@ -234,11 +233,9 @@ def fit(
     run_chunk = jax.jit(lambda carry, idx: jax.lax.scan(step, carry, idx),
                         compiler_options=cpu_options(BACKEND_O2))
     checked_step = jax.jit(step)  # with the run-time checks, to replay a failing chunk
-    bar = progress_bar(progress, f"vi {estimator}", steps, "steps", "ELBO")
-    if bar is not None:
-        bar.update(bar.task_ids[0], completed=done)
     started = time.perf_counter()
-    try:
+    with run:
+        run.advance(done)
         while done < steps:
             n = min(chunk_size, steps - done)
             start = (params, opt_state, baseline_state)
@@ -257,13 +254,9 @@ def fit(
             params, opt_state, baseline_state = carry
             history.extend(values.tolist())
             done += n
-            if checkpoint is not None:
-                _save(checkpoint, params, opt_state, baseline_state, done, history, settings)
-            if bar is not None:
-                bar.update(bar.task_ids[0], completed=done, value=f"{np.mean(history[-100:]):.2f}")
-    finally:
-        if bar is not None:
-            bar.stop()
+            run.save(params=to_host(params), opt_state=to_host(opt_state),
+                     baseline_state=to_host(baseline_state), step=done, history=list(history))
+            run.advance(done, f"{np.mean(history[-100:]):.2f}")
     result = FitResult(model, guide, params, np.asarray(history), estimator, num_samples,
                        time.perf_counter() - started)
     if plot:
@@ -297,17 +290,3 @@ def _settings(model, guide, data, key, estimator, num_samples, optimizer, params
             "data": tree_digest(data), "guide": describe(sorted(guide.blocks)),
             "initial_params": tree_digest(params), "optimizer": tree_digest(first_update),
             "baseline": describe(baseline), "control_variate": describe(control_variate)}
-
-
-def _save(path, params, opt_state, baseline_state, done, history, settings) -> None:
-    save_checkpoint(path, {"params": to_host(params), "opt_state": to_host(opt_state),
-                           "baseline_state": to_host(baseline_state), "step": done,
-                           "history": list(history), "settings": settings,
-                           "version": CHECKPOINT_VERSION})
-
-
-def _load(path, settings):
-    payload = load_checkpoint(path, CHECKPOINT_VERSION, "scorefn.vi")
-    refuse_changed_settings(path, payload["settings"], settings, may_change="steps")
-    return (from_host(payload["params"]), from_host(payload["opt_state"]),
-            from_host(payload["baseline_state"]), int(payload["step"]), list(payload["history"]))
