@@ -17,12 +17,9 @@ import numpy as np
 from scorefn import validation as v
 from scorefn._compiler_options import WIDE_REDUCTIONS, cpu_options
 from scorefn._runs import (
+    Run,
     describe,
     from_host,
-    load_checkpoint,
-    progress_bar,
-    refuse_changed_settings,
-    save_checkpoint,
     to_host,
 )
 from scorefn.es.bernoulli import bernoulli
@@ -197,78 +194,78 @@ def minimize(
     # One record per generation run, (evaluations, best f, search scale, spread of f): always
     # in step with the strategy state, so that a checkpoint can be resumed exactly.
     records: list[tuple[int, float, float, float]] = []
-    if resume:
-        if checkpoint is None:
-            raise ValueError("resume=True needs checkpoint=<path of an earlier run's checkpoint>")
-        import os
-
-        if os.path.exists(checkpoint):
-            state, best_x, best_f, records = _load_checkpoint(
-                checkpoint, strat, _run_settings(f, x0, key, sigma0, nan_policy, evaluator))
+    run = Run("scorefn.es", CHECKPOINT_VERSION, checkpoint=checkpoint, resume=resume,
+              settings=None if checkpoint is None else _run_settings(
+                  f, x0, key, sigma0, nan_policy, evaluator),
+              may_change="max_evaluations and the stopping criteria", progress=progress,
+              description=strat.name, total=max_evaluations, unit="evals", field="best f")
+    if run.restored is not None:
+        payload = run.restored
+        if payload["strategy"] != describe(strat):
+            # the same state under other options would continue as a different algorithm
+            raise ValueError(f"checkpoint {checkpoint} was written by strategy "
+                             f"{payload['strategy']}; resume it with that strategy, not "
+                             f"{describe(strat)}")
+        state, best_x, best_f = (from_host(payload["state"]), jnp.asarray(payload["best_x"]),
+                                 jnp.asarray(payload["best_f"]))
+        records = [tuple(r) for r in payload["records"]]
     stop_reason, stop_at = "max_evaluations", None
-    settings = None  # what determines the run, recorded in the checkpoint (computed once)
     since_improvement, last_best = 0, math.inf
     for _, b, _, _ in records:  # replay the counters of a resumed run
         since_improvement = 0 if b < last_best else since_improvement + 1
         last_best = min(last_best, b)
     started = time.perf_counter()
-    bar = progress_bar(progress, strat.name, max_evaluations, "evals", "best f")
     batch_evaluator = None if evaluator == "jax" else _BatchEvaluator(
         evaluator, f, workers, ray_address, evaluation_timeout)
     try:
-        while (records[-1][0] if records else 0) < max_evaluations:
-            if evaluator == "jax":
-                (state, best_x, best_f), (bests, scales, spreads) = run_chunk((state, best_x, best_f))
-                bests, scales, spreads = (np.asarray(a) for a in (bests, scales, spreads))
-            else:
-                x, state = ask(state)
-                values = batch_evaluator(np.asarray(x))
-                fitness = np.asarray(_checked(jnp.asarray(values), x), np.float64)
-                if nan_policy == "raise" and _nan_message(fitness):
-                    raise ValueError(_nan_message(fitness))
-                fitness = np.where(np.isfinite(fitness), fitness, np.inf)
-                state = tell(state, x, jnp.asarray(fitness, x.dtype))
-                i = int(np.argmin(fitness))
-                if fitness[i] < float(best_f):
-                    best_x, best_f = x[i], jnp.asarray(fitness[i])
-                bests = np.array([float(best_f)])
-                scales = np.array([float(strat.scale(state))])
-                spreads = np.array([fitness.max() - fitness.min()])
-            first_new = len(records)
-            evaluations = records[-1][0] if records else 0
-            for b, sc, spread in zip(bests, scales, spreads):
-                evaluations += popsize
-                records.append((evaluations, float(b), float(sc), float(spread)))
-            if checkpoint is not None:
-                if settings is None:
-                    settings = _run_settings(f, x0, key, sigma0, nan_policy, evaluator)
-                _save_checkpoint(checkpoint, strat, state, best_x, best_f, records, settings)
-            for index in range(first_new, len(records)):
-                evaluations, b, sc, spread = records[index]
-                since_improvement = 0 if b < last_best else since_improvement + 1
-                last_best = min(last_best, b)
-                stop = None
-                if target_f is not None and b <= target_f:
-                    stop = "target_f"
-                elif sc < tol_x:
-                    stop = "tol_x"
-                elif np.isfinite(spread) and spread <= tol_f:
-                    stop = "tol_f"
-                elif stagnation is not None and since_improvement >= stagnation:
-                    stop = "stagnation"
-                elif evaluations >= max_evaluations:
-                    stop = "max_evaluations"
-                if stop:
-                    stop_reason, stop_at = stop, index
+        with run:
+            while (records[-1][0] if records else 0) < max_evaluations:
+                if evaluator == "jax":
+                    (state, best_x, best_f), (bests, scales, spreads) = run_chunk((state, best_x, best_f))
+                    bests, scales, spreads = (np.asarray(a) for a in (bests, scales, spreads))
+                else:
+                    x, state = ask(state)
+                    values = batch_evaluator(np.asarray(x))
+                    fitness = np.asarray(_checked(jnp.asarray(values), x), np.float64)
+                    if nan_policy == "raise" and _nan_message(fitness):
+                        raise ValueError(_nan_message(fitness))
+                    fitness = np.where(np.isfinite(fitness), fitness, np.inf)
+                    state = tell(state, x, jnp.asarray(fitness, x.dtype))
+                    i = int(np.argmin(fitness))
+                    if fitness[i] < float(best_f):
+                        best_x, best_f = x[i], jnp.asarray(fitness[i])
+                    bests = np.array([float(best_f)])
+                    scales = np.array([float(strat.scale(state))])
+                    spreads = np.array([fitness.max() - fitness.min()])
+                first_new = len(records)
+                evaluations = records[-1][0] if records else 0
+                for b, sc, spread in zip(bests, scales, spreads):
+                    evaluations += popsize
+                    records.append((evaluations, float(b), float(sc), float(spread)))
+                run.save(state=to_host(state), best_x=np.asarray(best_x), best_f=np.asarray(best_f),
+                         records=list(records), strategy=describe(strat))
+                for index in range(first_new, len(records)):
+                    evaluations, b, sc, spread = records[index]
+                    since_improvement = 0 if b < last_best else since_improvement + 1
+                    last_best = min(last_best, b)
+                    stop = None
+                    if target_f is not None and b <= target_f:
+                        stop = "target_f"
+                    elif sc < tol_x:
+                        stop = "tol_x"
+                    elif np.isfinite(spread) and spread <= tol_f:
+                        stop = "tol_f"
+                    elif stagnation is not None and since_improvement >= stagnation:
+                        stop = "stagnation"
+                    elif evaluations >= max_evaluations:
+                        stop = "max_evaluations"
+                    if stop:
+                        stop_reason, stop_at = stop, index
+                        break
+                run.advance(min(evaluations, max_evaluations), f"{last_best:.3e}")
+                if stop_at is not None:
                     break
-            if bar is not None:
-                bar.update(bar.task_ids[0], completed=min(evaluations, max_evaluations),
-                           value=f"{last_best:.3e}")
-            if stop_at is not None:
-                break
     finally:
-        if bar is not None:
-            bar.stop()
         if batch_evaluator is not None:
             batch_evaluator.close()
     if stop_at is None:
@@ -345,8 +342,6 @@ def _minimize_with_restarts(f, x0, strategy, *, restarts, popsize_factor, key, s
     if restarts < 0 or popsize_factor < 1:
         raise ValueError(f"restarts must be >= 0 and popsize_factor >= 1, got {restarts}, "
                          f"{popsize_factor}")
-    if resume and checkpoint is None:
-        raise ValueError("resume=True needs checkpoint=<path of an earlier run's checkpoint>")
     strat = _strategy(strategy)
     key = jax.random.key(seed) if key is None else key
     sigma0 = options["sigma0"]  # static: init may take its log in Python
@@ -359,11 +354,12 @@ def _minimize_with_restarts(f, x0, strategy, *, restarts, popsize_factor, key, s
                                     options["evaluator"]),
                     "strategy": describe(strat), "restarts": restarts,
                     "popsize_factor": float(popsize_factor)}
-    if resume and os.path.exists(checkpoint):
-        payload = load_checkpoint(checkpoint, RESTARTS_CHECKPOINT_VERSION, "scorefn.es restarts")
-        refuse_changed_settings(checkpoint, payload.get("settings", {}), settings,
-                                may_change="max_evaluations and the stopping criteria")
-        finished = payload["runs"]
+    # The record of finished runs; each run has its own checkpoint and progress bar.
+    record = Run("scorefn.es restarts", RESTARTS_CHECKPOINT_VERSION, checkpoint=checkpoint,
+                 resume=resume, settings=settings,
+                 may_change="max_evaluations and the stopping criteria")
+    if record.restored is not None:
+        finished = record.restored["runs"]
     best, history, used, started = None, [], 0, time.perf_counter()
     for run in range(restarts + 1):
         if run < len(finished):  # replay a finished run from the record
@@ -384,8 +380,7 @@ def _minimize_with_restarts(f, x0, strategy, *, restarts, popsize_factor, key, s
             if checkpoint is not None and result.stop_reason in STALLS:
                 finished.append({k: (np.asarray(v) if k == "x" else v)
                                  for k, v in dataclasses.asdict(result).items()})
-                save_checkpoint(checkpoint, {"runs": finished, "settings": settings,
-                                             "version": RESTARTS_CHECKPOINT_VERSION})
+                record.save(runs=finished)
         history += [(used + e, min(b, best.f) if best else b) for e, b in result.history]
         used += result.evaluations
         if best is None or result.f < best.f:
@@ -510,13 +505,6 @@ def _call(f, row):
     return float(f(row))
 
 
-def _save_checkpoint(path, strat, state, best_x, best_f, records, settings) -> None:
-    save_checkpoint(path, {"state": to_host(state), "best_x": np.asarray(best_x),
-                           "best_f": np.asarray(best_f), "records": list(records),
-                           "strategy": describe(strat), "settings": settings,
-                           "version": CHECKPOINT_VERSION})
-
-
 def _objective_digest(f, x0) -> list[str]:
     """f at x0, at two fixed points near it and at one far out (where bounds' penalties
     act), to 10 significant digits: a changed objective (another function, other bounds) is
@@ -541,18 +529,6 @@ def _run_settings(f, x0, key, sigma0, nan_policy, evaluator) -> dict:
             "sigma0": float(sigma0), "nan_policy": nan_policy,
             "evaluator": "jax" if evaluator == "jax" else "python-side",
             "objective": _objective_digest(f, x0)}
-
-
-def _load_checkpoint(path, strat, settings):
-    payload = load_checkpoint(path, CHECKPOINT_VERSION, "scorefn.es")
-    if payload["strategy"] != describe(strat):
-        # the same state under other options would continue as a different algorithm
-        raise ValueError(f"checkpoint {path} was written by strategy {payload['strategy']}; "
-                         f"resume it with that strategy, not {describe(strat)}")
-    refuse_changed_settings(path, payload.get("settings"), settings,
-                            may_change="max_evaluations and the stopping criteria")
-    return (from_host(payload["state"]), jnp.asarray(payload["best_x"]),
-            jnp.asarray(payload["best_f"]), [tuple(r) for r in payload["records"]])
 
 
 def _checked(fitness, x):
