@@ -156,7 +156,8 @@ class Run:
     """
 
     def __init__(self, kind: str, version: int, *, checkpoint: str | None, resume: bool,
-                 settings: dict | None, may_change: str = "", progress: bool = False,
+                 settings: dict | None, what: str = "settings", may_change: str = "",
+                 progress: bool = False,
                  description: str = "", total: int = 0, unit: str = "steps",
                  field: str = "value"):
         if resume and checkpoint is None:
@@ -167,7 +168,7 @@ class Run:
         if resume and os.path.exists(checkpoint):
             self.restored = load_checkpoint(checkpoint, version, kind)
             refuse_changed_settings(checkpoint, self.restored.get("settings"), settings or {},
-                                    may_change=may_change)
+                                    what=what, may_change=may_change)
         self._bar_options = (progress, description, total, unit, field)
         self._bar = None
 

@@ -26,7 +26,7 @@ from scorefn import _runs
 from scorefn._compilation_cache import enable_compilation_cache
 from scorefn._compiler_options import BACKEND_O2, FAST_COMPILE, cpu_options
 from scorefn._program_cache import cached_jit
-from scorefn._runs import all_finite, from_host, progress_bar, save_checkpoint, to_host
+from scorefn._runs import all_finite, from_host, to_host
 from scorefn.rl import defaults as D
 from scorefn.rl.envs import (
     THRESHOLDS,
@@ -40,7 +40,7 @@ from scorefn.rl.registry import algorithm
 from scorefn.rl.rollout import GymnasiumRunner, jax_reset, jax_rollout
 from scorefn.validation import runtime_checks
 
-CHECKPOINT_VERSION = 2
+CHECKPOINT_VERSION = 3  # 3: the hyperparameters as the run's settings
 
 
 @dataclasses.dataclass
@@ -213,13 +213,13 @@ def load_checkpoint(path: str, seed_index: int = 0) -> TrainResult:
     checkpoint written by ``train``, e.g. for ``evaluate``."""
     payload = _runs.load_checkpoint(path, CHECKPOINT_VERSION, "scorefn.rl")
     config = algorithm(payload["algo"]).module.Config(**{
-        k: tuple(v) if isinstance(v, list) else v for k, v in payload["config"].items()})
+        k: tuple(v) if isinstance(v, list) else v for k, v in payload["settings"].items()})
     backend = payload.get("backend", "gymnax")
     env = make(payload["env"], backend)
     policy = _policy(env, config)
     if backend == "gymnasium":
         env.close()
-        params = payload["state"].params
+        params = payload["learner"].params
     else:
         params = payload["carry"][0].params
     if payload.get("batched"):
@@ -314,45 +314,47 @@ def train(
     # No _check_policy here: train builds the policy from the environment's action space.
     history: list[dict] = []
     wall = time.perf_counter() - setup_started
-    if resume and os.path.exists(checkpoint):
-        history, earlier = runner.load(checkpoint, algo, env, seeds)
-        wall += earlier
+    run = _runs.Run("scorefn.rl", CHECKPOINT_VERSION, checkpoint=checkpoint, resume=resume,
+                    settings=dataclasses.asdict(config), what="hyperparameters",
+                    may_change="total_steps", progress=progress, description=f"{algo} {env}",
+                    total=total_steps, unit="steps", field="eval")
+    if run.restored is not None:
+        _check_same_run(checkpoint, run.restored, algo, env, seeds, runner.backend)
+        runner.restore(run.restored)
+        history = run.restored["history"]
+        wall += run.restored["wall"]
     logger = _Logger(log_dir, resume and bool(history))
-    bar = progress_bar(progress, f"{algo} {env}", total_steps, "steps", "eval")
     try:
-        env_steps = int(history[-1]["env_steps"]) if history else 0
-        if bar is not None:
-            bar.update(bar.task_ids[0], completed=env_steps)
-        while env_steps < total_steps:
-            started = time.perf_counter()
-            metrics, used_steps = runner.run_chunk()
-            wall += time.perf_counter() - started
-            env_steps += used_steps
-            losses = [v for k, v in metrics.items() if k.endswith("loss")]
-            if not all(np.all(np.isfinite(v)) for v in losses) or not runner.finite():
-                kept = (f"; the last good checkpoint is {checkpoint} ({history[-1]['env_steps']:,} "
-                        "env steps)") if checkpoint and history else ""
-                raise FloatingPointError(
-                    f"{algo} on {env}: a loss or the parameters became NaN/inf after "
-                    f"{env_steps:,} env steps; lower the learning rate{kept}")
-            eval_mean = runner.evaluate(eval_episodes)
-            row = {"env_steps": env_steps, "wall_s": wall, "eval_mean": eval_mean, **metrics}
-            history.append(row)
-            logger.write(row)
-            if checkpoint is not None:
-                runner.save(checkpoint, history, wall, algo, env, seeds)
-                if _is_best(history):
-                    shutil.copyfile(checkpoint, best_checkpoint_path(checkpoint))
-            if bar is not None:
-                bar.update(bar.task_ids[0], completed=min(env_steps, total_steps),
-                           value=f"{np.mean(eval_mean):.1f}")
-            threshold = THRESHOLDS.get(env)
-            if stop_when_solved and threshold is not None and np.all(np.max(
-                    [np.atleast_1d(r["eval_mean"]) for r in history], axis=0) >= threshold):
-                break
+        with run:
+            env_steps = int(history[-1]["env_steps"]) if history else 0
+            run.advance(env_steps)
+            while env_steps < total_steps:
+                started = time.perf_counter()
+                metrics, used_steps = runner.run_chunk()
+                wall += time.perf_counter() - started
+                env_steps += used_steps
+                losses = [v for k, v in metrics.items() if k.endswith("loss")]
+                if not all(np.all(np.isfinite(v)) for v in losses) or not runner.finite():
+                    kept = (f"; the last good checkpoint is {checkpoint} ({history[-1]['env_steps']:,} "
+                            "env steps)") if checkpoint and history else ""
+                    raise FloatingPointError(
+                        f"{algo} on {env}: a loss or the parameters became NaN/inf after "
+                        f"{env_steps:,} env steps; lower the learning rate{kept}")
+                eval_mean = runner.evaluate(eval_episodes)
+                row = {"env_steps": env_steps, "wall_s": wall, "eval_mean": eval_mean, **metrics}
+                history.append(row)
+                logger.write(row)
+                if checkpoint is not None:
+                    run.save(**runner.state(), history=history, wall=wall, algo=algo, env=env,
+                             seeds=seeds, backend=runner.backend)
+                    if _is_best(history):
+                        shutil.copyfile(checkpoint, best_checkpoint_path(checkpoint))
+                run.advance(min(env_steps, total_steps), f"{np.mean(eval_mean):.1f}")
+                threshold = THRESHOLDS.get(env)
+                if stop_when_solved and threshold is not None and np.all(np.max(
+                        [np.atleast_1d(r["eval_mean"]) for r in history], axis=0) >= threshold):
+                    break
     finally:
-        if bar is not None:
-            bar.stop()
         logger.close()
     result = TrainResult(env, algo, runner.final_params(), history, config, policy, seeds)
     if log_dir is not None and history:
@@ -453,18 +455,16 @@ class _JaxLoop:
     def final_params(self):
         return self.carry[0].params
 
-    def save(self, path, history, wall, algo, env, seeds):
-        save_checkpoint(path, {"carry": to_host(self.carry), "history": history, "wall": wall, "algo": algo,
-                              "env": env, "seeds": seeds, "eval_index": self.eval_index,
-                              "config": dataclasses.asdict(self.config),
-                              "batched": not self.single, "backend": "gymnax",
-                              "version": CHECKPOINT_VERSION})
+    backend = "gymnax"
 
-    def load(self, path, algo, env, seeds):
-        payload = _read_checkpoint(path, algo, env, seeds, self.config, "gymnax")
+    def state(self) -> dict:
+        """What a checkpoint needs to resume this loop exactly."""
+        return {"carry": to_host(self.carry), "eval_index": self.eval_index,
+                "batched": not self.single}
+
+    def restore(self, payload: dict) -> None:
         self.carry = from_host(payload["carry"])
         self.eval_index = payload["eval_index"]
-        return payload["history"], payload["wall"]
 
 
 class _GymnasiumLoop:
@@ -480,7 +480,7 @@ class _GymnasiumLoop:
         # The traced programs are cached on disk: everything they close over is named here.
         cache_key = ("scorefn.rl gymnasium", module.__name__, env.id, repr(config), policy)
         packages = ("flax", "numpyro", "optax")
-        self.state = cached_jit(lambda k: module.init(k, policy, env, config),
+        self.learner = cached_jit(lambda k: module.init(k, policy, env, config),
                                 key=cache_key + ("init",), packages=packages,
                                 compiler_options=FAST_COMPILE)(k_init)
         self.runner = GymnasiumRunner(env, policy)
@@ -491,65 +491,59 @@ class _GymnasiumLoop:
         self.updates_per_chunk = updates_per_chunk
 
     def params_of_first_seed(self):
-        return self.state.params
+        return self.learner.params
 
     def run_chunk(self):
         metrics_list, steps = [], 0
         for _ in range(self.updates_per_chunk):
             self.key, k_roll, k_update = _split3(self.key)
-            batch = self.runner.rollout(self.state.params, k_roll, self.config.num_steps)
+            batch = self.runner.rollout(self.learner.params, k_roll, self.config.num_steps)
             with runtime_checks(False):
-                self.state, metrics = self._update(self.state, batch, k_update)
+                self.learner, metrics = self._update(self.learner, batch, k_update)
             steps += int(batch.reward.size)
             metrics_list.append({k: float(v) for k, v in metrics.items()})
         return {k: float(np.mean([m[k] for m in metrics_list])) for k in metrics_list[0]}, steps
 
     def evaluate(self, episodes):
         self.eval_index += 1
-        return evaluate_gymnasium(self.env.id, self.policy, self.state.params["policy"],
+        return evaluate_gymnasium(self.env.id, self.policy, self.learner.params["policy"],
                                   seed=self.seed * 7919 + self.eval_index, episodes=episodes)
 
     def finite(self):
-        return all_finite(self.state.params)
+        return all_finite(self.learner.params)
 
     def final_params(self):
-        return self.state.params
+        return self.learner.params
 
-    def save(self, path, history, wall, algo, env, seeds):
-        save_checkpoint(path, {"state": to_host(self.state), "key": to_host(self.key),
-                               "history": history, "wall": wall, "algo": algo, "env": env,
-                               "seeds": seeds, "eval_index": self.eval_index,
-                               "config": dataclasses.asdict(self.config),
-                               "backend": "gymnasium", "version": CHECKPOINT_VERSION})
+    backend = "gymnasium"
 
-    def load(self, path, algo, env, seeds):
-        payload = _read_checkpoint(path, algo, env, seeds, self.config, "gymnasium")
-        self.state = from_host(payload["state"])
+    def state(self) -> dict:
+        """What a checkpoint needs to resume the learner exactly (not the environments)."""
+        return {"learner": to_host(self.learner), "key": to_host(self.key),
+                "eval_index": self.eval_index}
+
+    def restore(self, payload: dict) -> None:
+        self.learner = from_host(payload["learner"])
         self.key = from_host(payload["key"])
         self.eval_index = payload["eval_index"]
         # New episodes, seeded by where the run stopped: the old ones' state is gone.
         self.runner.obs = self.env.reset(seed=self.seed + 7919 * self.eval_index)
         self.runner.episode_return[:] = 0.0
-        return payload["history"], payload["wall"]
 
 
 
 _split3 = jax.jit(lambda key: tuple(jax.random.split(key, 3)))
 
 
-def _read_checkpoint(path, algo, env, seeds, config=None, backend=None):
-    payload = _runs.load_checkpoint(path, CHECKPOINT_VERSION, "scorefn.rl")
-    recorded_backend = payload.get("backend", "gymnax")
-    if backend is not None and recorded_backend != backend:
-        raise ValueError(f"{path} holds a {recorded_backend} run; this run uses {backend} "
-                         f"(resume it with backend={recorded_backend!r})")
+def _check_same_run(path, payload, algo, env, seeds, backend) -> None:
+    """A checkpoint resumes only its own algorithm, environment, seeds and backend (the
+    hyperparameters are the run's settings, checked by ``_runs.Run``)."""
+    if payload["backend"] != backend:
+        raise ValueError(f"{path} holds a {payload['backend']} run; this run uses {backend} "
+                         f"(resume it with backend={payload['backend']!r})")
     if (payload["algo"], payload["env"], payload["seeds"]) != (algo, env, list(seeds)):
         raise ValueError(f"{path} holds a run of {payload['algo']} on {payload['env']} with seeds "
                          f"{payload['seeds']}; resume it with the same algorithm, env and seeds")
-    if config is not None and "config" in payload:
-        _runs.refuse_changed_settings(path, payload["config"], dataclasses.asdict(config),
-                                      what="hyperparameters", may_change="total_steps")
-    return payload
 
 
 class _Logger:

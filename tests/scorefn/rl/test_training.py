@@ -92,7 +92,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
 
     with open(path, "rb") as fh:
         payload = pickle.load(fh)
-    payload["config"]["learning_rate"] = float("nan")
+    payload["settings"]["learning_rate"] = float("nan")  # the hyperparameters
     with open(path, "wb") as fh:
         pickle.dump(payload, fh)
     with pytest.raises(FloatingPointError, match="NaN/inf.*last good checkpoint.*800 env steps"):
