@@ -3,6 +3,7 @@ check on resume, and a rich progress bar."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import os
@@ -191,3 +192,32 @@ class Run:
         if self._bar is not None:
             fields = {} if value is None else {"value": value}
             self._bar.update(self._bar.task_ids[0], completed=completed, **fields)
+
+
+@contextlib.contextmanager
+def saved_figure(path: str, figsize: tuple[float, float] = (6, 4)):
+    """A matplotlib figure and its axes (Agg, no display needed), saved to ``path`` at 120 dpi
+    and closed when the block ends: the plots of every run (ES convergence, RL learning
+    curves, ELBO curves)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=figsize)
+    try:
+        yield fig, ax
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+    finally:
+        plt.close(fig)
+
+
+def plot_with_running_mean(ax: Any, y: np.ndarray, max_window: int) -> None:
+    """A noisy per-step curve, faint, and its running mean over ``max_window`` steps (fewer
+    for short runs) on top."""
+    y = np.asarray(y)
+    window = max(1, min(max_window, len(y) // 10))
+    ax.plot(np.arange(1, len(y) + 1), y, alpha=0.25, lw=0.6, label="per step")
+    ax.plot(np.arange(window, len(y) + 1), np.convolve(y, np.ones(window) / window, "valid"),
+            lw=1.5, label=f"{window}-step mean")

@@ -20,6 +20,7 @@ from scorefn._runs import (
     Run,
     describe,
     from_host,
+    saved_figure,
     to_host,
 )
 from scorefn.es.bernoulli import bernoulli
@@ -587,19 +588,10 @@ def compiled_generations(strat, f, generations: int, nan_policy: str):
 
 
 def plot_convergence(result: OptimizeResult, path: str, title: str = "") -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     evals, best = zip(*result.history) if result.history else ((), ())
-    fig, ax = plt.subplots(figsize=(6, 4))
-    positive = np.maximum(np.asarray(best, np.float64), 1e-300)
-    ax.semilogy(evals, positive)
-    ax.set_xlabel("function evaluations")
-    ax.set_ylabel("best f so far")
-    ax.set_title(title)
-    ax.grid(True, which="both", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    with saved_figure(path) as (_, ax):
+        ax.semilogy(evals, np.maximum(np.asarray(best, np.float64), 1e-300))
+        ax.set_xlabel("function evaluations")
+        ax.set_ylabel("best f so far")
+        ax.set_title(title)
+        ax.grid(True, which="both", alpha=0.3)

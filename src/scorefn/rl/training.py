@@ -84,27 +84,19 @@ class TrainResult:
         return next(float(r["wall_s"]) for r in self.history if r["env_steps"] == steps)
 
     def plot(self, path: str) -> None:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
         steps = np.array([r["env_steps"] for r in self.history])
         evals = np.array([np.atleast_1d(r["eval_mean"]) for r in self.history])
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for i, seed in enumerate(self.seeds):
-            ax.plot(steps, evals[:, i], marker="o", ms=3, label=f"seed {seed}")
-        if self.env_id in THRESHOLDS:
-            ax.axhline(THRESHOLDS[self.env_id], color="k", ls="--", lw=0.8, label="solved")
-        ax.set_xlabel("env steps")
-        ax.set_ylabel("deterministic evaluation return")
-        ax.set_title(f"{self.algo} on {self.env_id}")
-        ax.grid(True, alpha=0.3)
-        if len(self.seeds) <= 8:
-            ax.legend()
-        fig.tight_layout()
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
+        with _runs.saved_figure(path) as (_, ax):
+            for i, seed in enumerate(self.seeds):
+                ax.plot(steps, evals[:, i], marker="o", ms=3, label=f"seed {seed}")
+            if self.env_id in THRESHOLDS:
+                ax.axhline(THRESHOLDS[self.env_id], color="k", ls="--", lw=0.8, label="solved")
+            ax.set_xlabel("env steps")
+            ax.set_ylabel("deterministic evaluation return")
+            ax.set_title(f"{self.algo} on {self.env_id}")
+            ax.grid(True, alpha=0.3)
+            if len(self.seeds) <= 8:
+                ax.legend()
 
 
 def make_config(algo: str, env_id: str, **hyperparameters: Any):

@@ -38,6 +38,8 @@ from scorefn import programs
 from scorefn import validation as v
 from scorefn._runs import (
     Run,
+    plot_with_running_mean,
+    saved_figure,
     to_host,
     tree_digest,
 )
@@ -174,26 +176,16 @@ class DiscreteVAEFit:
 
     def plot(self, path: str, title: str = "") -> None:
         """Save the training-ELBO curve (per step and a 50-step running mean)."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
         y = np.asarray(self.elbo)
-        window = max(1, min(50, len(y) // 10))
-        fig, ax = plt.subplots(figsize=(6, 4))
-        ax.plot(np.arange(1, len(y) + 1), y, alpha=0.25, lw=0.6, label="per step")
-        ax.plot(np.arange(window, len(y) + 1), np.convolve(y, np.ones(window) / window, "valid"),
-                lw=1.5, label=f"{window}-step mean")
-        ax.axhline(self.test["elbo"], color="k", ls="--", lw=1, label="test ELBO (final)")
-        ax.set_ylim(np.percentile(y[len(y) // 10:], 1) - 2, y.max() + 2)
-        ax.set_xlabel("step")
-        ax.set_ylabel("ELBO per image (nats)")
-        ax.set_title(title or f"discrete VAE on digits, {self.estimator}, K = {self.num_particles}")
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
+        with saved_figure(path) as (_, ax):
+            plot_with_running_mean(ax, y, 50)
+            ax.axhline(self.test["elbo"], color="k", ls="--", lw=1, label="test ELBO (final)")
+            ax.set_ylim(np.percentile(y[len(y) // 10:], 1) - 2, y.max() + 2)
+            ax.set_xlabel("step")
+            ax.set_ylabel("ELBO per image (nats)")
+            ax.set_title(title or f"discrete VAE on digits, {self.estimator}, "
+                                  f"K = {self.num_particles}")
+            ax.legend()
 
     def as_dict(self) -> dict[str, Any]:
         return {"estimator": self.estimator, "num_particles": self.num_particles,

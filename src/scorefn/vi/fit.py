@@ -26,6 +26,8 @@ from scorefn._runs import (
     all_finite,
     describe,
     from_host,
+    plot_with_running_mean,
+    saved_figure,
     to_host,
     tree_digest,
 )
@@ -91,29 +93,20 @@ class FitResult:
 
     def plot(self, path: str, title: str = "") -> None:
         """Save the ELBO curve (raw per-step estimates and a 100-step running mean)."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
         y = self.objective
-        window = max(1, min(100, len(y) // 10))
-        smooth = np.convolve(y, np.ones(window) / window, mode="valid")
-        fig, ax = plt.subplots(figsize=(6, 4))
-        ax.plot(np.arange(1, len(y) + 1), y, alpha=0.25, lw=0.6, label="per step")
-        ax.plot(np.arange(window, len(y) + 1), smooth, lw=1.5, label=f"{window}-step mean")
-        finite = y[np.isfinite(y)]
-        if finite.size:  # the first steps can be far below the rest: show the converged part
-            lo = np.percentile(finite[len(finite) // 10:], 1) if finite.size > 10 else finite.min()
-            ax.set_ylim(lo - 0.1 * abs(lo), finite.max() + 0.05 * abs(finite.max()) + 1)
-        ax.set_xlabel("step")
-        ax.set_ylabel("ELBO" if self.estimator not in ("iwae", "vimco") else f"L_{self.num_samples}")
-        ax.set_title(title or f"{self.estimator}, K = {self.num_samples}")
-        ax.legend()
-        ax.grid(True, alpha=0.3)
-        fig.tight_layout()
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
+        with saved_figure(path) as (_, ax):
+            plot_with_running_mean(ax, y, 100)
+            finite = y[np.isfinite(y)]
+            if finite.size:  # the first steps can be far below the rest: show the converged part
+                lo = (np.percentile(finite[len(finite) // 10:], 1) if finite.size > 10
+                      else finite.min())
+                ax.set_ylim(lo - 0.1 * abs(lo), finite.max() + 0.05 * abs(finite.max()) + 1)
+            ax.set_xlabel("step")
+            ax.set_ylabel("ELBO" if self.estimator not in ("iwae", "vimco")
+                          else f"L_{self.num_samples}")
+            ax.set_title(title or f"{self.estimator}, K = {self.num_samples}")
+            ax.legend()
+            ax.grid(True, alpha=0.3)
 
     def as_dict(self) -> dict[str, Any]:
         return {"elbo": self.final_elbo, "steps": self.steps, "wall_s": self.wall_s,
