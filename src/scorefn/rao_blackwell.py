@@ -17,7 +17,9 @@ depends only on the factors D_t, factor b's score needs only the terms that depe
     ĝ = (1/N) Σ_n Σ_b L_nb ∇θ log p_θ(x_nb),      L_nb = Σ_{t: b ∈ D_t} f_t(x_n),
 
 since E[f_t ∇ log p(x_b)] = E[f_t] E[∇ log p(x_b)] = 0 when f_t does not involve x_b. This is
-what Pyro's TraceGraph_ELBO does with its dependency graph.
+what Pyro's TraceGraph_ELBO does with its dependency graph. ``local_learning_signals`` takes
+D as a matrix; ``plate_local_signal`` takes it from plates (a term inside the factor's plate
+reaches only the factor with its own index), without building the matrix.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import numpyro
 from numpyro.distributions import Distribution
 
@@ -56,6 +59,29 @@ def local_learning_signals(term_values: jax.Array, dependencies: jax.Array,
         )
     signals = term_values @ dependencies.astype(term_values.dtype)
     return signals.reshape((term_values.shape[0], *batch_shape))
+
+
+def plate_local_signal(term_values: jax.Array, shared_axes: list[tuple[int, int]],
+                       batch_shape: tuple[int, ...]) -> jax.Array:
+    r"""One term's share of the local learning signals L_nb, from plates: ``term_values``
+    (N, *term_shape) summed over every term axis except the plate axes the term shares with
+    the factors, given as (term axis, factor batch axis) pairs, which line up with the
+    factor's own index. Broadcastable to (N, *batch_shape): factor b gets Σ of the term's
+    elements in its own plate slice (and the whole term along plates it does not share),
+    which is L_nb's part from this term when the term's elements depend only on the factors
+    with their own plate index."""
+    n = term_values.shape[0]
+    term_ndim = term_values.ndim - 1
+    keep = sorted(shared_axes)
+    kept_term_axes = {t for t, _ in keep}
+    summed = jnp.sum(term_values, axis=tuple(1 + a for a in range(term_ndim)
+                                             if a not in kept_term_axes))
+    order = np.argsort([b for _, b in keep])
+    summed = jnp.transpose(summed, (0, *(1 + int(i) for i in order)))
+    shape = [1] * len(batch_shape)
+    for t, b in keep:
+        shape[b] = term_values.shape[1 + t]
+    return summed.reshape((n, *shape))
 
 
 def local_score_grad(

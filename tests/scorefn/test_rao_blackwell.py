@@ -177,3 +177,21 @@ def test_per_factor_ema_state(key):
     np.testing.assert_allclose(state.value, jnp.arange(5.0), rtol=1e-6)
     scalar = ema.update(jnp.ones((8, 5)), ema.init())
     assert scalar.value.shape == ()
+
+
+def test_plate_local_signal_equals_the_dependency_matrix_form():
+    """Plates give the dependency matrix D without building it: a term in the factors' plate
+    reaches only the factor with its own index, a global term reaches every factor, and a
+    term with an extra axis of its own is summed over that axis."""
+    key = jax.random.key(3)
+    n, b = 5, 4
+    in_plate = jax.random.normal(key, (n, b))                             # term t_i, i = 1..B
+    global_term = jax.random.normal(jax.random.fold_in(key, 1), (n,))     # reads every x_b
+    extra_axis = jax.random.normal(jax.random.fold_in(key, 2), (n, 3, b))  # 3 terms per b
+    signals = (rao_blackwell.plate_local_signal(in_plate, [(0, 0)], (b,))
+               + rao_blackwell.plate_local_signal(global_term, [], (b,))
+               + rao_blackwell.plate_local_signal(extra_axis, [(1, 0)], (b,)))
+    terms = jnp.concatenate([in_plate, global_term[:, None], extra_axis.reshape(n, 3 * b)], 1)
+    dependencies = jnp.concatenate([jnp.eye(b), jnp.ones((1, b)), jnp.tile(jnp.eye(b), (3, 1))])
+    np.testing.assert_allclose(
+        signals, rao_blackwell.local_learning_signals(terms, dependencies, (b,)), rtol=1e-5)

@@ -36,6 +36,7 @@ import numpy as np
 from scorefn import validation as v
 from scorefn.baselines import EmaState, leave_one_out_log_mean
 from scorefn.estimators import pathwise_grad, score_grad
+from scorefn.rao_blackwell import plate_local_signal
 from scorefn.scores import per_sample_sum
 from scorefn.vi.guides import Block, Guide
 from scorefn.vi.model import Model, Term
@@ -111,9 +112,9 @@ def iwae_bound(model: Model, guide: Guide, params: dict[str, Any], key: jax.Arra
 
 def _localize(values: jax.Array, term: Term, block: Block, site_batch_ndim: dict[str, int],
               site_plates: dict[str, tuple], batch_shape: tuple[int, ...]) -> jax.Array:
-    """A term's array (K, *term_shape) reduced to what each factor of ``block`` sees:
-    summed over every axis except the plates the term shares with the block's site, which
-    line up with the factor's own plate index. Broadcastable to (K, *batch_shape)."""
+    """A term's array (K, *term_shape) reduced to what each factor of ``block`` sees
+    (``scorefn.rao_blackwell.plate_local_signal``): the plates the term shares with the
+    block's site are read off the model's trace here. Broadcastable to (K, *batch_shape)."""
     k = values.shape[0]
     if len(block.sites) != 1 or not batch_shape:
         return per_sample_sum(values).reshape((k,) + (1,) * len(batch_shape))
@@ -127,14 +128,7 @@ def _localize(values: jax.Array, term: Term, block: Block, site_batch_ndim: dict
         if (block_axis is not None and 0 <= term_axis and 0 <= block_axis < len(batch_shape)
                 and values.shape[1 + term_axis] in (1, batch_shape[block_axis])):
             pairs.append((term_axis, block_axis))
-    keep = sorted(pairs)
-    summed = jnp.sum(values, axis=tuple(1 + a for a in range(term_ndim) if a not in {t for t, _ in keep}))
-    order = np.argsort([b for _, b in keep])
-    summed = jnp.transpose(summed, (0, *(1 + int(i) for i in order)))
-    shape = [1] * len(batch_shape)
-    for t, b in keep:
-        shape[b] = values.shape[1 + t]
-    return summed.reshape((k, *shape))
+    return plate_local_signal(values, pairs, batch_shape)
 
 
 def local_signals(model: Model, guide: Guide, params: dict[str, Any],
