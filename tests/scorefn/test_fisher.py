@@ -369,3 +369,12 @@ def test_natural_gradient_elementwise_solves_general_blocks(k):
     want = jnp.linalg.solve(blocks + 0.1 * jnp.eye(k), stacked[..., None])[..., 0]
     for i in range(k):
         np.testing.assert_allclose(got[f"g{i}"], want[:, i], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_solve_small_systems_matches_a_dense_solve(k):
+    key = jax.random.key(k)
+    a = jax.random.normal(key, (6, k, k)) + 3.0 * jnp.eye(k)
+    rhs = jax.random.normal(jax.random.fold_in(key, 1), (6, k))
+    x = scorefn.numerics.solve_small_systems(a, rhs)
+    np.testing.assert_allclose(jnp.einsum("bij,bj->bi", a, x), rhs, atol=1e-5)
