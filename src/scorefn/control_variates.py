@@ -12,7 +12,7 @@ x. The variance-minimising coefficient is
     β*_j = Cov(f g_j, c_j) / Var(c_j) = E[f g_j c_j] / E[c_j²]        (because E[c] = 0),
 
 estimated per coordinate from the *other* samples (``coefficient="optimal"``, unbiased) or
-from the whole batch (``coefficient="optimal-batch"``, biased O(1/N)); a fixed number works
+from the whole batch (``coefficient="optimal_batch"``, biased O(1/N)); a fixed number works
 too. A fitted β has noise of its own: an h barely correlated with f can raise the variance a
 little (the tests saw +12% on one coordinate with h(x) = Σx, f = Σx², N = 200), so pick h
 close to f. Mohamed, Rosca, Figurnov & Mnih (2020), "Monte Carlo Gradient Estimation in Machine
@@ -22,6 +22,7 @@ Learning", JMLR 21(132), section 7.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -44,7 +45,7 @@ class ControlVariate:
     ``h`` maps one sample (shape ``batch_shape + event_shape``) to a scalar. ``expectation``
     maps the distribution ``dist_fn(params)`` to E[h], differentiably in its parameters.
     ``coefficient`` is ``"optimal"`` (leave-one-out per-coordinate β*, unbiased),
-    ``"optimal-batch"`` (β* from the whole batch, biased O(1/N)) or a number.
+    ``"optimal_batch"`` (β* from the whole batch, biased O(1/N)) or a number.
     """
 
     h: HFn
@@ -53,18 +54,22 @@ class ControlVariate:
     name: str = "control_variate"
 
     def __post_init__(self):
+        if self.coefficient == "optimal-batch":  # the name before option strings were snake case
+            warnings.warn("coefficient='optimal-batch' is now called 'optimal_batch'",
+                          DeprecationWarning, stacklevel=3)
+            object.__setattr__(self, "coefficient", "optimal_batch")
         if isinstance(self.coefficient, str) and self.coefficient not in (
             "optimal",
-            "optimal-batch",
+            "optimal_batch",
         ):
             raise ValueError(
-                "coefficient must be 'optimal', 'optimal-batch' or a number, "
+                "coefficient must be 'optimal', 'optimal_batch' or a number, "
                 f"got {self.coefficient!r}"
             )
 
     @property
     def unbiased(self) -> bool:
-        return self.coefficient != "optimal-batch"
+        return self.coefficient != "optimal_batch"
 
     @property
     def needs_scores(self) -> bool:
@@ -184,7 +189,7 @@ def with_control_variate(terms: Any, controls: Any, coefficient: Any, fit: Any =
     r"""terms_n - β ⊙ c_n per sample n and parameter coordinate, for mean-zero controls c_n.
 
     ``coefficient``: ``"optimal"``, β_j = Σ_{m≠n} a_mj c_mj / Σ_{m≠n} c_mj² from the other
-    samples (unbiased); ``"optimal-batch"``, the same from all samples (biased O(1/N)); or a
+    samples (unbiased); ``"optimal_batch"``, the same from all samples (biased O(1/N)); or a
     number. ``fit`` (default ``terms``) are the a_n that β is fitted against. ``centred``
     fits on a_m minus the mean of the same samples' a (a covariance instead of a raw second
     moment): for terms whose mean is large against their spread, as pathwise and
@@ -207,7 +212,7 @@ def with_control_variate(terms: Any, controls: Any, coefficient: Any, fit: Any =
 
     if coefficient == "optimal":
         beta = jax.tree.map(loo_beta, fit, controls)
-    elif coefficient == "optimal-batch":
+    elif coefficient == "optimal_batch":
         beta = jax.tree.map(batch_beta, fit, controls)
     else:
         beta = jax.tree.map(lambda c: jnp.asarray(coefficient, c.dtype), controls)

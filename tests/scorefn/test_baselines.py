@@ -56,7 +56,7 @@ def test_ema_with_warmup_and_without_debiasing_keeps_estimator_unbiased():
     "biased, unbiased",
     [(baselines.batch_mean(), baselines.leave_one_out()),
      (baselines.optimal("batch"), baselines.optimal("leave_one_out"))],
-    ids=["batch_mean", "optimal-batch"],
+    ids=["batch_mean", "optimal_batch"],
 )
 def test_batch_reuse_bias_is_measured_and_leave_one_out_removes_it(biased, unbiased):
     """With N = 5 the batch versions' O(1/N) bias is visible; leave-one-out has none."""

@@ -62,15 +62,15 @@ def test_check_fails_on_a_planted_wrong_expectation():
 @pytest.mark.slow
 @pytest.mark.parametrize("make_problem", [normal_square, normal_step], ids=lambda m: m.__name__)
 def test_batch_fitted_coefficient_bias_is_visible_at_small_n(make_problem):
-    """β fitted on the same batch (optimal-batch) is biased at N = 5; leave-one-out is not."""
+    """β fitted on the same batch (optimal_batch) is biased at N = 5; leave-one-out is not."""
     problem = make_problem()
 
     def control(coefficient):
         return cv.generic(lambda x: jnp.sum(x), lambda d: jnp.sum(d.mean), coefficient)
 
-    biased = repeated(problem, jax.random.key(43), 5, 4000, control_variate=control("optimal-batch"))
+    biased = repeated(problem, jax.random.key(43), 5, 4000, control_variate=control("optimal_batch"))
     unbiased = repeated(problem, jax.random.key(43), 5, 4000, control_variate=control("optimal"))
-    assert not control("optimal-batch").unbiased
+    assert not control("optimal_batch").unbiased
     assert detects_bias(biased, problem.true_grad)
     assert_unbiased(unbiased, problem.true_grad)
 
@@ -200,3 +200,11 @@ def test_control_variates_only_where_they_apply(key):
     mean = scorefn.grad(problem.f, problem.dist_fn, problem.params, key, 30,
                         estimator="pathwise", control_variate=cv.delta_method(problem.f))
     np.testing.assert_allclose(jnp.mean(terms["loc"], axis=0), mean["loc"], rtol=1e-5)
+
+
+def test_the_old_coefficient_name_warns_and_means_the_same():
+    with pytest.warns(DeprecationWarning, match="'optimal-batch' is now called 'optimal_batch'"):
+        old = cv.generic(lambda x: jnp.sum(x), lambda d: jnp.sum(d.mean), "optimal-batch")
+    assert old.coefficient == "optimal_batch" and not old.unbiased
+    with pytest.raises(ValueError, match="coefficient must be 'optimal', 'optimal_batch' or a number"):
+        cv.generic(lambda x: jnp.sum(x), lambda d: jnp.sum(d.mean), "best")
