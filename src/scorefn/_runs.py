@@ -177,7 +177,7 @@ class Run:
         self._bar = progress_bar(*self._bar_options)
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *_exc_info) -> None:
         if self._bar is not None:
             self._bar.stop()
             self._bar = None

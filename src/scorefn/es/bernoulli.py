@@ -16,8 +16,6 @@ import numpyro.distributions as dist
 
 from scorefn.es.discrete import LogitsSearch, LogitsState
 
-BernoulliState = LogitsState
-
 
 def _bernoulli(logits: jax.Array) -> dist.Distribution:
     return dist.Bernoulli(logits=logits)

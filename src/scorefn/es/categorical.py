@@ -17,8 +17,6 @@ import numpyro.distributions as dist
 
 from scorefn.es.discrete import LogitsSearch, LogitsState
 
-CategoricalState = LogitsState
-
 
 def _categorical(logits: jax.Array) -> dist.Distribution:
     return dist.Categorical(logits=logits)

@@ -419,10 +419,6 @@ class _JaxLoop:
                                     compiler_options=FAST_COMPILE)
         self.eval_index = 0
 
-    def params_of_first_seed(self):
-        params = self.carry[0].params
-        return params if self.single else jax.tree.map(lambda x: x[0], params)
-
     def run_chunk(self):
         # Traced without host callbacks, so the compiled chunk can be cached on disk; the
         # driver checks losses and parameters after each chunk instead.
@@ -481,9 +477,6 @@ class _GymnasiumLoop:
                                   compiler_options=BACKEND_O2)
         self.eval_index = 0
         self.updates_per_chunk = updates_per_chunk
-
-    def params_of_first_seed(self):
-        return self.learner.params
 
     def run_chunk(self):
         metrics_list, steps = [], 0
