@@ -11,7 +11,8 @@ the objective J(θ) = E[Σ terms], to be maximised. Two entry points:
 Each latent site gets an estimator by name (``ESTIMATORS``): ``"score"`` (with a
 baseline per site), ``"pathwise"`` or ``"enumerate"``; a site's score is weighted only by the
 terms downstream of it, and inside a plate by those with its plate index.
-``site_variances`` and ``compare`` measure the choices on your own program.
+``site_variances`` and ``compare`` measure the choices on your own program;
+``LearnedRebar`` learns a ``"rebar"`` site's η and temperature.
 """
 
 from scorefn.programs.diagnostics import (
@@ -21,10 +22,13 @@ from scorefn.programs.diagnostics import (
     site_contributions,
     site_variances,
 )
+from scorefn.programs.rebar import LearnedRebar, LearnedRebarState
 from scorefn.programs.surrogate import ESTIMATORS, SiteEstimator, grad, magic_box, plan, surrogate
 
 __all__ = [
     "ESTIMATORS",
+    "LearnedRebar",
+    "LearnedRebarState",
     "ProgramComparison",
     "SiteVariances",
     "SiteEstimator",

@@ -508,16 +508,19 @@ def conditional_uniform(b: jax.Array, prob: jax.Array, w: jax.Array) -> jax.Arra
 
 
 def _rebar_term(program, params, args, p: Plan, rec: Recorder, site_keys, forced,
-                site: str) -> jax.Array:
+                site: str, psi: Mapping[str, jax.Array] | None = None) -> jax.Array:
     """Value 0, its gradient REBAR's estimate for a Bernoulli site's sampling path (η = 1,
-    τ = the plan's temperature; see ``scorefn.discrete.Relax``):
+    τ = the plan's temperature, or ψ = (η, log τ) from ``psi``; see
+    ``scorefn.discrete.Relax``):
 
-        (L_s(b) - c(z̃)) ∇θ log p(b) + ∇θ c(z) - ∇θ c(z̃),   c(z) = L_s(σ(z/τ)),
+        (L_s(b) - c(z̃)) ∇θ log p(b) + ∇θ c(z) - ∇θ c(z̃),   c(z) = η L_s(σ(z/τ)),
 
     z = φ + log u - log(1 - u) (so b = 1[z > 0] is the particle's value), z̃ ~ z | b
     reparameterised with a second uniform. c reruns the program with s set to the relaxed
     value and θ detached, so c's gradient reaches θ only through φ, by z. Inside a plate,
-    element i's score is weighted by its own terms (credit assignment)."""
+    element i's score is weighted by its own terms (credit assignment). With ``psi`` the
+    estimate is differentiable in ψ (its learning signal reruns c at z̃ with θ detached, a
+    fourth run), so ψ can take a step down the estimator's variance."""
     if not p.downstream_terms[site]:
         return jnp.zeros(())
     u, w = rec.control_variate[site]
@@ -527,14 +530,20 @@ def _rebar_term(program, params, args, p: Plan, rec: Recorder, site_keys, forced
     prob = jax.nn.sigmoid(phi)
     z, z_given_b = (phi + jnp.log(x) - jnp.log1p(-x) for x in (u, conditional_uniform(b, prob, w)))
     frozen = jax.lax.stop_gradient(params)
+    temperature = p.temperature if psi is None else jnp.exp(psi["log_temperature"])
 
     def control(zz):
-        value = jax.nn.sigmoid(zz / p.temperature).astype(phi.dtype)
-        return _reached(program, frozen, args, p, site_keys, forced, site, value, by_plate=True,
-                        differentiable=True)
+        value = jax.nn.sigmoid(zz / temperature).astype(phi.dtype)
+        reached = _reached(program, frozen, args, p, site_keys, forced, site, value,
+                           by_plate=True, differentiable=True)
+        return reached if psi is None else psi["eta"] * reached
 
     c_z, c_given_b = control(z), control(z_given_b)
-    signal = jax.lax.stop_gradient(_reached_terms(rec, p, site, by_plate=True) - c_given_b)
+    reached_terms = _reached_terms(rec, p, site, by_plate=True)
+    if psi is None:
+        signal = jax.lax.stop_gradient(reached_terms - c_given_b)
+    else:  # constant in θ, differentiable in ψ
+        signal = jax.lax.stop_gradient(reached_terms) - control(jax.lax.stop_gradient(z_given_b))
     with v.runtime_checks(p.runtime_checks):
         guard = v.finite_guard((jax.lax.stop_gradient(jnp.stack([jnp.sum(signal), jnp.sum(c_z)])),
                                 _nonfinite_reached_message(site)))
@@ -559,7 +568,8 @@ def _nonfinite_reached_message(site: str):
     return message
 
 
-def _particles(program, params, key, args, p: Plan, num_particles: int, cut: frozenset):
+def _particles(program, params, key, args, p: Plan, num_particles: int, cut: frozenset,
+               rebar: Mapping[str, Any]):
     """Every particle's terms and score sites' log-probabilities, canonical, shaped
     (K, *branches, *plates): one branch axis per enumerated site (one of size 1 if none);
     and each enumerated site's log-probability, (K, *branches)."""
@@ -579,7 +589,8 @@ def _particles(program, params, key, args, p: Plan, num_particles: int, cut: fro
                     for i, s in enumerate(p.measure_valued_names) if s not in cut), jnp.zeros(()))
         weak = weak + sum((_antithetic_term(program, params, args, p, rec, site_keys, forced, s)
                            for s in p.antithetic_names if s not in cut), jnp.zeros(()))
-        weak = weak + sum((_rebar_term(program, params, args, p, rec, site_keys, forced, s)
+        weak = weak + sum((_rebar_term(program, params, args, p, rec, site_keys, forced, s,
+                                       rebar.get(s))
                            for s in p.control_variate_names if s not in cut), jnp.zeros(()))
         return terms, scores, enum, weak
 
@@ -596,9 +607,10 @@ def _particles(program, params, key, args, p: Plan, num_particles: int, cut: fro
 
 
 def surrogate_parts(program, params, key, args, p: Plan, num_particles: int,
-                    cut: frozenset = frozenset()):
+                    cut: frozenset = frozenset(), rebar: Mapping[str, Any] | None = None):
     """The surrogate's value and each score site's learning signal (K, *branches, *plates)."""
-    terms, scores, enum, weak = _particles(program, params, key, args, p, num_particles, cut)
+    terms, scores, enum, weak = _particles(program, params, key, args, p, num_particles, cut,
+                                           rebar or {})
     order = p.plates
     first_plate = 1 + max(len(p.enumerate_names), 1)
     plate_axes = tuple(range(first_plate, first_plate + len(order)))
@@ -673,6 +685,7 @@ def surrogate(
     max_enumeration: int = MAX_ENUMERATION,
     runtime_checks: bool = True,
     temperature: float = 0.5,
+    rebar: Mapping[str, Mapping[str, jax.Array]] | None = None,
     return_signals: bool = False,
 ) -> Any:
     r"""The surrogate objective S(θ) of ``program(params, *args)`` (see the module docstring).
@@ -704,7 +717,11 @@ def surrogate(
       validate: structural checks (unused params, a support that moves with θ).
       max_enumeration: the largest number of joint values enumerated per particle.
       temperature: the relaxations' temperature τ (``"gumbel_softmax"``,
-        ``"straight_through"`` sites).
+        ``"straight_through"`` and ``"rebar"`` sites).
+      rebar: ``"rebar"`` site name -> its control variate's ψ = ``{"eta": η, "log_temperature":
+        log τ}`` (scalars), c(z) = η L_s(σ(z/τ)), instead of η = 1 and ``temperature``. The
+        estimate is unbiased for any ψ and differentiable in it, so ψ can learn to lower the
+        variance: ``LearnedRebar`` does that.
       runtime_checks: under ``jit``, stop with a ValueError naming the term and particle when
         a term is not finite. The check is a ``lax.cond`` whose error branch calls back to
         Python; a program with a host callback leaves jax's fast C++ dispatch path, which
@@ -720,8 +737,30 @@ def surrogate(
              baselines=baselines, credit_assignment=credit_assignment, validate=validate,
              max_enumeration=max_enumeration, runtime_checks=runtime_checks,
              temperature=temperature)
-    value, signals = surrogate_parts(program, params, key, args, p, int(num_particles))
+    value, signals = surrogate_parts(program, params, key, args, p, int(num_particles),
+                                     rebar=_checked_rebar(rebar, p))
     return (value, signals) if return_signals else value
+
+
+def _checked_rebar(rebar: Mapping[str, Any] | None, p: Plan) -> dict[str, Any]:
+    if rebar is None:
+        return {}
+    if not isinstance(rebar, Mapping):
+        raise TypeError(f"rebar must map 'rebar' site names to {{'eta', 'log_temperature'}}; got "
+                        f"{type(rebar).__name__}")
+    for site, psi in rebar.items():
+        if site not in p.control_variate_names:
+            raise ValueError(f"rebar names site {site!r}, which is not a 'rebar' site of the "
+                             f"program (those are {list(p.control_variate_names)}); give it "
+                             "estimators={site: 'rebar'}")
+        if not isinstance(psi, Mapping) or set(psi) != {"eta", "log_temperature"}:
+            raise ValueError(f"rebar[{site!r}] must be {{'eta': η, 'log_temperature': log τ}}; "
+                             f"got {psi!r}")
+        for name, value in psi.items():
+            if jnp.shape(value) != ():
+                raise ValueError(f"rebar[{site!r}][{name!r}] must be a scalar; got shape "
+                                 f"{jnp.shape(value)}")
+    return dict(rebar)
 
 
 def grad(program: Callable, params: Any, key: jax.Array, *args: Any, num_particles: int = 8,

@@ -82,6 +82,64 @@ def test_rebar_site_is_unbiased_and_its_planted_bias_is_caught(monkeypatch):
     assert detects_bias(planted, TRUE)
 
 
+REBAR_OPTIONS = dict(num_particles=1, estimators={"z": "rebar", "c": "enumerate"})
+
+
+def _trained_rebar(steps=300):
+    rebar = scorefn.programs.LearnedRebar()
+    step = jax.jit(lambda s, k: rebar.grad(two_site, PARAMS, k, state=s,
+                                           **{**REBAR_OPTIONS, "num_particles": 4})[1])
+    state = rebar.init(["z"])
+    for k in jax.random.split(jax.random.key(5), steps):
+        state = step(state, k)
+    return state
+
+
+@pytest.mark.slow
+def test_rebar_site_is_unbiased_for_any_eta_and_temperature():
+    """c(z) = η L_s(σ(z/τ)) for any ψ = (η, log τ): a fixed one far from the default and the
+    one LearnedRebar trains."""
+    fixed = {"z": {"eta": jnp.array(0.6), "log_temperature": jnp.log(jnp.array(0.3))}}
+    assert_unbiased(repeated_grads(two_site, PARAMS, jax.random.key(36), 3000, rebar=fixed,
+                                   **REBAR_OPTIONS), TRUE)
+    trained = _trained_rebar().params
+    assert abs(float(trained["z"]["eta"]) - 1.0) > 0.1  # it moved
+    assert_unbiased(repeated_grads(two_site, PARAMS, jax.random.key(37), 3000, rebar=trained,
+                                   **REBAR_OPTIONS), TRUE)
+
+
+@pytest.mark.slow
+def test_learned_rebar_lowers_the_variance():
+    """300 steps of ψ down ‖ĝ‖² (measured: total variance 0.59 -> 0.33 on this program)."""
+    before = repeated_grads(two_site, PARAMS, jax.random.key(38), 3000, **REBAR_OPTIONS)
+    after = repeated_grads(two_site, PARAMS, jax.random.key(39), 3000,
+                           rebar=_trained_rebar().params, **REBAR_OPTIONS)
+    assert after.var(0).sum() < 0.75 * before.var(0).sum()
+    bits = slice(0, 5)  # the Bernoulli site's logits, whose gradient REBAR estimates
+    assert np.median(variance_z(after[:, bits], before[:, bits])) < -4
+
+
+def test_rebar_params_are_checked_and_learned_rebar_takes_them_from_its_state():
+    psi = {"eta": jnp.array(1.0), "log_temperature": jnp.array(-0.7)}
+    with pytest.raises(ValueError, match="rebar names site 'c', which is not a 'rebar' site"):
+        scorefn.programs.grad(two_site, PARAMS, jax.random.key(0), rebar={"c": psi},
+                              **REBAR_OPTIONS)
+    with pytest.raises(ValueError, match=r"rebar\['z'\] must be \{'eta': η, 'log_temperature'"):
+        scorefn.programs.grad(two_site, PARAMS, jax.random.key(0), rebar={"z": {"eta": 1.0}},
+                              **REBAR_OPTIONS)
+    rebar = scorefn.programs.LearnedRebar()
+    state = rebar.init(["z"], eta=1.0, temperature=float(np.exp(-0.7)))
+    g, same = rebar.grad(two_site, PARAMS, jax.random.key(1), state=state, train=False,
+                         **REBAR_OPTIONS)
+    assert same is state
+    expected = scorefn.programs.grad(two_site, PARAMS, jax.random.key(1), rebar={"z": psi},
+                                     **REBAR_OPTIONS)
+    for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(expected)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    with pytest.raises(TypeError, match="takes ψ from its state"):
+        rebar.grad(two_site, PARAMS, jax.random.key(1), state=state, rebar={"z": psi})
+
+
 def test_rebar_needs_differentiable_sites_below():
     with pytest.raises(ValueError, match="'rebar' differentiates the terms below s.*site 'c' is 'rloo'"):
         scorefn.programs.grad(two_site, PARAMS, jax.random.key(0), num_particles=2,
