@@ -51,6 +51,16 @@ def leave_one_out_log_mean(log_w: jax.Array) -> jax.Array:
     return jnp.logaddexp(rest, others_mean) - jnp.log(k)
 
 
+def vimco_learning_signal(log_w: jax.Array) -> jax.Array:
+    r"""L̂ - L̂_{-k} for each sample k (Mnih & Rezende 2016): the multi-sample bound minus its
+    leave-one-out version (``leave_one_out_log_mean``), sample k's learning signal for
+    ∇ log q(z_k); unbiased, since L̂_{-k} does not depend on z_k. (The full VIMCO gradient also
+    has the term -w̃_k, which comes from differentiating L̂ itself.)"""
+    k = log_w.shape[0]
+    bound = jax.nn.logsumexp(log_w, axis=0) - jnp.log(k)
+    return bound - leave_one_out_log_mean(log_w)
+
+
 class Baseline:
     """Base class. ``per_coordinate`` baselines need the per-sample scores; ``min_samples``
     is the smallest N the baseline is defined for (the estimators check it)."""

@@ -46,6 +46,26 @@ def effective_sample_size(log_weights: jax.Array) -> jax.Array:
     return jnp.exp(2 * logsumexp(shifted) - logsumexp(2 * shifted))
 
 
+def log_mean_weight(log_weights: jax.Array) -> jax.Array:
+    r"""L̂ = log (1/K) Σ_k w_k over the first axis, stably: the multi-sample (importance
+    weighted) bound's estimate when w_k = p(x, z_k)/q(z_k) (Burda et al. 2016), an unbiased
+    estimate of L_K ≤ log p(x)."""
+    log_weights = jnp.asarray(log_weights)
+    return logsumexp(log_weights, axis=0) - jnp.log(log_weights.shape[0])
+
+
+def self_normalized_weights(log_weights: jax.Array) -> jax.Array:
+    """w̃_k = w_k / Σ_m w_m over the first axis (a softmax of the log-weights)."""
+    return jax.nn.softmax(jnp.asarray(log_weights), axis=0)
+
+
+def doubly_reparameterized_weights(log_weights: jax.Array) -> jax.Array:
+    r"""w̃_k², the weights of the path term in DReG (Tucker et al. 2019, eq. 7):
+    ∇ L_K = E[Σ_k w̃_k² ∂ log w_k/∂z_k ∂z_k/∂φ] for reparameterised z_k, whose variance,
+    unlike the plain gradient's, does not grow with K."""
+    return self_normalized_weights(log_weights) ** 2
+
+
 def weight_diagnostics(log_weights: jax.Array) -> dict[str, jax.Array]:
     """ESS, ESS / N, the largest normalised weight and the largest log-weight."""
     log_weights = jnp.asarray(log_weights)

@@ -208,3 +208,14 @@ def test_leave_one_out_log_mean_is_vimcos_baseline():
         np.testing.assert_allclose(out[k], expected, rtol=1e-5)
     with pytest.raises(ValueError, match="K >= 2"):
         baselines.leave_one_out_log_mean(jnp.zeros(1))
+
+
+def test_vimco_learning_signal_is_the_bound_minus_its_leave_one_out_version():
+    log_w = jnp.array([-1.0, 0.5, -3.0, 0.0])
+    w = np.exp(np.asarray(log_w, np.float64))
+    k = len(w)
+    for j in range(k):
+        others = np.delete(np.asarray(log_w, np.float64), j)
+        loo = np.log((np.exp(others).sum() + np.exp(others.mean())) / k)
+        np.testing.assert_allclose(scorefn.baselines.vimco_learning_signal(log_w)[j],
+                                   np.log(w.mean()) - loo, rtol=1e-5)

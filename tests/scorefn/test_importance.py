@@ -284,3 +284,14 @@ def test_log_weights_per_factor_is_the_per_decision_log_ratio_with_the_fixed_gra
         dist.Bernoulli(logits=lg), actions, behaviour).sum())(logits)
     np.testing.assert_allclose(grad, actions - jax.nn.sigmoid(logits), atol=1e-6)
     assert float(grad[0]) == pytest.approx(0.5)
+
+
+def test_multi_sample_weights_and_bound():
+    log_w = jnp.array([-1.0, 0.5, -3.0, 0.0])
+    w = np.exp(np.asarray(log_w, np.float64))
+    np.testing.assert_allclose(importance.log_mean_weight(log_w), np.log(w.mean()), rtol=1e-6)
+    np.testing.assert_allclose(importance.self_normalized_weights(log_w), w / w.sum(), rtol=1e-6)
+    np.testing.assert_allclose(importance.doubly_reparameterized_weights(log_w),
+                               (w / w.sum()) ** 2, rtol=1e-6)
+    # stable where exp would overflow
+    assert np.isfinite(importance.log_mean_weight(log_w + 1e4))

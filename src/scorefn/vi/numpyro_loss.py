@@ -41,7 +41,12 @@ from numpyro.primitives import Messenger, mutable
 
 from scorefn import programs
 from scorefn import validation as v
-from scorefn.baselines import Ema, EmaState, leave_one_out_log_mean
+from scorefn.baselines import Ema, EmaState, vimco_learning_signal
+from scorefn.importance import (
+    doubly_reparameterized_weights,
+    log_mean_weight,
+    self_normalized_weights,
+)
 from scorefn.scores import log_prob
 from scorefn.vi.objectives import nonfinite_term_message
 
@@ -313,10 +318,10 @@ class IWAE(_MultiSampleBound):
         log_w_path = sum(p_path.values()) - sum(q_path.values())
         log_p_theta = sum(p_theta.values())
         log_w = jax.lax.stop_gradient(log_w_path)
-        weights = jax.nn.softmax(log_w)
-        bound = jax.nn.logsumexp(log_w) - jnp.log(self.num_particles)
-        surrogate = (bound + jnp.sum(_path_weights(weights) * (log_w_path - log_w))
-                     + jnp.sum(weights * (log_p_theta - jax.lax.stop_gradient(log_p_theta))))
+        bound = log_mean_weight(log_w)
+        surrogate = (bound + jnp.sum(doubly_reparameterized_weights(log_w) * (log_w_path - log_w))
+                     + jnp.sum(self_normalized_weights(log_w)
+                               * (log_p_theta - jax.lax.stop_gradient(log_p_theta))))
         return v.guarded(surrogate, self._guard(p_theta, q_path))
 
     @staticmethod
@@ -364,16 +369,11 @@ class VIMCO(_MultiSampleBound):
         log_q_total = sum(log_q.values())
         log_w_live = sum(log_p.values()) - log_q_total
         log_w = jax.lax.stop_gradient(log_w_live)
-        bound = jax.nn.logsumexp(log_w) - jnp.log(self.num_particles)
-        signal = jax.lax.stop_gradient(bound - leave_one_out_log_mean(log_w))
-        surrogate = (bound + jnp.sum(jax.nn.softmax(log_w) * (log_w_live - log_w))
+        bound = log_mean_weight(log_w)
+        signal = jax.lax.stop_gradient(vimco_learning_signal(log_w))
+        surrogate = (bound + jnp.sum(self_normalized_weights(log_w) * (log_w_live - log_w))
                      + jnp.sum(signal * (log_q_total - jax.lax.stop_gradient(log_q_total))))
         return v.guarded(surrogate, self._guard(log_p, log_q))
-
-
-def _path_weights(weights: jax.Array) -> jax.Array:
-    """DReG's weights of the path term: w̃_k² (Tucker et al. 2019, eq. 7)."""
-    return weights**2
 
 
 def _model_trace(model: Callable, params: Any, guide_trace: Mapping, args: tuple,

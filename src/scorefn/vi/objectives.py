@@ -34,8 +34,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from scorefn import validation as v
-from scorefn.baselines import EmaState, leave_one_out_log_mean
+from scorefn.baselines import EmaState, vimco_learning_signal
 from scorefn.estimators import pathwise_grad, score_grad
+from scorefn.importance import (
+    doubly_reparameterized_weights,
+    log_mean_weight,
+    self_normalized_weights,
+)
 from scorefn.rao_blackwell import plate_local_signal
 from scorefn.scores import per_sample_sum
 from scorefn.vi.guides import Block, Guide
@@ -106,8 +111,8 @@ def iwae_bound(model: Model, guide: Guide, params: dict[str, Any], key: jax.Arra
                num_samples: int) -> jax.Array:
     """log (1/K) Σ_k w_k for one set of K samples: an unbiased estimate of L_K ≥ L."""
     v.check_key(key)
-    log_w = log_weights(model, guide, params, guide.sample(params, key, num_samples))
-    return jax.nn.logsumexp(log_w) - jnp.log(num_samples)
+    return log_mean_weight(log_weights(model, guide, params,
+                                       guide.sample(params, key, num_samples)))
 
 
 def _localize(values: jax.Array, term: Term, block: Block, site_batch_ndim: dict[str, int],
@@ -170,9 +175,7 @@ def _vimco_coefficients(log_w: jax.Array) -> jax.Array:
     """K (L̂ - L̂_{-k} - w̃_k): score_grad averages over samples, VIMCO sums."""
     if log_w.shape[0] < 2:
         raise ValueError("estimator='vimco' needs num_samples >= 2")
-    k = log_w.shape[0]
-    bound = jax.nn.logsumexp(log_w) - jnp.log(k)
-    return k * (bound - leave_one_out_log_mean(log_w) - jax.nn.softmax(log_w))
+    return log_w.shape[0] * (vimco_learning_signal(log_w) - self_normalized_weights(log_w))
 
 
 def _block_baseline(baseline: Any, name: str) -> Any:
@@ -232,7 +235,7 @@ def elbo_grad(
     log_w = _log_density(terms) - log_q
     guard = v.finite_guard(*[(t, nonfinite_term_message(n)) for n, t in terms.items()])
     multi_sample = estimator in ("iwae", "vimco")
-    objective = (jax.nn.logsumexp(log_w) - jnp.log(num_samples)) if multi_sample else jnp.mean(log_w)
+    objective = log_mean_weight(log_w) if multi_sample else jnp.mean(log_w)
 
     score_signals: dict[str, jax.Array] = {}
     needs_local = estimator in ("score_rb", "mixed") and len(pathwise) < len(dists)
@@ -247,7 +250,7 @@ def elbo_grad(
         if estimator == "vimco":
             values = jax.lax.stop_gradient(_vimco_coefficients(log_w))
         elif estimator == "iwae":
-            values = jax.lax.stop_gradient(num_samples * (objective - jax.nn.softmax(log_w)))
+            values = jax.lax.stop_gradient(num_samples * (objective - self_normalized_weights(log_w)))
         elif estimator == "score":
             values = jax.lax.stop_gradient(log_w)
             options = {"baseline": _block_baseline(baseline, name),
@@ -275,8 +278,7 @@ def _pathwise_block(model: Model, guide: Guide, params: dict[str, Any], z: dict[
         if not multi_sample:
             return log_w
         # DReG: Σ_k w̃_k² ∇ log w_k, written as a mean over the K samples.
-        weights = jax.lax.stop_gradient(jax.nn.softmax(log_w))
-        return num_samples * weights**2 * log_w
+        return num_samples * jax.lax.stop_gradient(doubly_reparameterized_weights(log_w)) * log_w
 
     return pathwise_grad(integrand, guide.blocks[name].dist_fn, params[name], key, num_samples,
                          vectorized=True)
