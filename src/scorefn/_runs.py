@@ -4,8 +4,10 @@ check on resume, and a rich progress bar."""
 from __future__ import annotations
 
 import contextlib
+import csv
 import dataclasses
 import hashlib
+import json
 import os
 import pickle
 import re
@@ -150,7 +152,10 @@ class Run:
     - ``save(**state)``: the state, the settings and the version, written atomically, so an
       interrupted (even killed) run resumes from its last save;
     - ``advance(completed, value)``: the progress bar (``progress=False``: nothing);
-    - as a context manager, the bar stops on every way out.
+    - ``log(row)``: the metrics files in ``log_dir`` (``MetricsLog``; appended to on resume);
+    - JAX's persistent compilation cache, turned on (``compilation_cache=False``: left as it
+      is), so a second run of the same programs does not compile them again;
+    - as a context manager, the bar stops and the metrics files close on every way out.
 
     The loop itself (what a chunk computes, when to stop) stays the application's, so its
     algorithm reads top to bottom.
@@ -160,7 +165,12 @@ class Run:
                  settings: dict | None, what: str = "settings", may_change: str = "",
                  progress: bool = False,
                  description: str = "", total: int = 0, unit: str = "steps",
-                 field: str = "value"):
+                 field: str = "value", log_dir: str | None = None, step_field: str = "step",
+                 compilation_cache: bool = True):
+        if compilation_cache:
+            from scorefn._compilation_cache import enable_compilation_cache
+
+            enable_compilation_cache()
         if resume and checkpoint is None:
             raise ValueError("resume=True needs checkpoint=<path of an earlier run's checkpoint>")
         self.kind, self.version, self.checkpoint = kind, version, checkpoint
@@ -172,15 +182,26 @@ class Run:
                                     what=what, may_change=may_change)
         self._bar_options = (progress, description, total, unit, field)
         self._bar = None
+        self._metrics_options = (log_dir, step_field)
+        self._metrics = None
 
     def __enter__(self) -> Run:
         self._bar = progress_bar(*self._bar_options)
+        log_dir, step_field = self._metrics_options
+        self._metrics = MetricsLog(log_dir, self.restored is not None, step_field)
         return self
 
     def __exit__(self, *_exc_info) -> None:
         if self._bar is not None:
             self._bar.stop()
             self._bar = None
+        if self._metrics is not None:
+            self._metrics.close()
+            self._metrics = None
+
+    def log(self, row: dict) -> None:
+        """One row of metrics to the files in ``log_dir`` (inside the ``with`` block)."""
+        self._metrics.write(row)
 
     def save(self, **state: Any) -> None:
         """Write ``state`` with the settings and the version (nothing without a path)."""
@@ -221,3 +242,54 @@ def plot_with_running_mean(ax: Any, y: np.ndarray, max_window: int) -> None:
     ax.plot(np.arange(1, len(y) + 1), y, alpha=0.25, lw=0.6, label="per step")
     ax.plot(np.arange(window, len(y) + 1), np.convolve(y, np.ones(window) / window, "valid"),
             lw=1.5, label=f"{window}-step mean")
+
+
+class MetricsLog:
+    """A run's metrics, one row per evaluation or chunk: ``metrics.jsonl`` and ``metrics.csv``
+    in ``log_dir`` (appended to on resume), and TensorBoard events when ``tensorboardX`` is
+    installed, indexed by the row's ``step_field``. ``log_dir=None`` writes nothing."""
+
+    def __init__(self, log_dir: str | None, append: bool, step_field: str = "step"):
+        self.step_field = step_field
+        self.log_dir = log_dir
+        self.rows = []
+        self.tensorboard = None
+        if log_dir is None:
+            return
+        os.makedirs(log_dir, exist_ok=True)
+        mode = "a" if append else "w"
+        self.jsonl = open(os.path.join(log_dir, "metrics.jsonl"), mode)
+        self.csv_path = os.path.join(log_dir, "metrics.csv")
+        self.csv_header = append and os.path.exists(self.csv_path)
+        self.csv = open(self.csv_path, mode, newline="")
+        try:
+            from tensorboardX import SummaryWriter
+
+            self.tensorboard = SummaryWriter(log_dir)
+        except ImportError:
+            pass
+
+    def write(self, row: dict) -> None:
+        if self.log_dir is None:
+            return
+        self.jsonl.write(json.dumps(row) + "\n")
+        self.jsonl.flush()
+        flat = {k: (np.mean(v) if isinstance(v, list) else v) for k, v in row.items()}
+        writer = csv.DictWriter(self.csv, fieldnames=list(flat))
+        if not self.csv_header:
+            writer.writeheader()
+            self.csv_header = True
+        writer.writerow(flat)
+        self.csv.flush()
+        if self.tensorboard is not None:
+            for k, v in flat.items():
+                if k != self.step_field:
+                    self.tensorboard.add_scalar(k, float(v), int(flat[self.step_field]))
+
+    def close(self) -> None:
+        if self.log_dir is None:
+            return
+        self.jsonl.close()
+        self.csv.close()
+        if self.tensorboard is not None:
+            self.tensorboard.close()

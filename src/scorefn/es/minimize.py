@@ -176,6 +176,12 @@ def minimize(
         key = jax.random.key(seed)
     v.check_key(key)
     d = x0.shape[0]
+    # First, so that the compilation cache is on before anything compiles.
+    run = Run("scorefn.es", CHECKPOINT_VERSION, checkpoint=checkpoint, resume=resume,
+              settings=None if checkpoint is None else _run_settings(
+                  f, x0, key, sigma0, nan_policy, evaluator),
+              may_change="max_evaluations and the stopping criteria", progress=progress,
+              description=strat.name, total=max_evaluations, unit="evals", field="best f")
     state = _compiled_init(strat)(key, x0, float(sigma0))
     popsize = strat.population_size(state)
 
@@ -195,11 +201,6 @@ def minimize(
     # One record per generation run, (evaluations, best f, search scale, spread of f): always
     # in step with the strategy state, so that a checkpoint can be resumed exactly.
     records: list[tuple[int, float, float, float]] = []
-    run = Run("scorefn.es", CHECKPOINT_VERSION, checkpoint=checkpoint, resume=resume,
-              settings=None if checkpoint is None else _run_settings(
-                  f, x0, key, sigma0, nan_policy, evaluator),
-              may_change="max_evaluations and the stopping criteria", progress=progress,
-              description=strat.name, total=max_evaluations, unit="evals", field="best f")
     if run.restored is not None:
         payload = run.restored
         if payload["strategy"] != describe(strat):

@@ -10,9 +10,7 @@ gymnasium environment the rollout steps a vector env in Python and the update is
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import json
 import os
 import shutil
 import time
@@ -309,45 +307,42 @@ def train(
     run = _runs.Run("scorefn.rl", CHECKPOINT_VERSION, checkpoint=checkpoint, resume=resume,
                     settings=dataclasses.asdict(config), what="hyperparameters",
                     may_change="total_steps", progress=progress, description=f"{algo} {env}",
-                    total=total_steps, unit="steps", field="eval")
+                    total=total_steps, unit="steps", field="eval", log_dir=log_dir,
+                    step_field="env_steps")
     if run.restored is not None:
         _check_same_run(checkpoint, run.restored, algo, env, seeds, runner.backend)
         runner.restore(run.restored)
         history = run.restored["history"]
         wall += run.restored["wall"]
-    logger = _Logger(log_dir, resume and bool(history))
-    try:
-        with run:
-            env_steps = int(history[-1]["env_steps"]) if history else 0
-            run.advance(env_steps)
-            while env_steps < total_steps:
-                started = time.perf_counter()
-                metrics, used_steps = runner.run_chunk()
-                wall += time.perf_counter() - started
-                env_steps += used_steps
-                losses = [v for k, v in metrics.items() if k.endswith("loss")]
-                if not all(np.all(np.isfinite(v)) for v in losses) or not runner.finite():
-                    kept = (f"; the last good checkpoint is {checkpoint} ({history[-1]['env_steps']:,} "
-                            "env steps)") if checkpoint and history else ""
-                    raise FloatingPointError(
-                        f"{algo} on {env}: a loss or the parameters became NaN/inf after "
-                        f"{env_steps:,} env steps; lower the learning rate{kept}")
-                eval_mean = runner.evaluate(eval_episodes)
-                row = {"env_steps": env_steps, "wall_s": wall, "eval_mean": eval_mean, **metrics}
-                history.append(row)
-                logger.write(row)
-                if checkpoint is not None:
-                    run.save(**runner.state(), history=history, wall=wall, algo=algo, env=env,
-                             seeds=seeds, backend=runner.backend)
-                    if _is_best(history):
-                        shutil.copyfile(checkpoint, best_checkpoint_path(checkpoint))
-                run.advance(min(env_steps, total_steps), f"{np.mean(eval_mean):.1f}")
-                threshold = THRESHOLDS.get(env)
-                if stop_when_solved and threshold is not None and np.all(np.max(
-                        [np.atleast_1d(r["eval_mean"]) for r in history], axis=0) >= threshold):
-                    break
-    finally:
-        logger.close()
+    with run:
+        env_steps = int(history[-1]["env_steps"]) if history else 0
+        run.advance(env_steps)
+        while env_steps < total_steps:
+            started = time.perf_counter()
+            metrics, used_steps = runner.run_chunk()
+            wall += time.perf_counter() - started
+            env_steps += used_steps
+            losses = [v for k, v in metrics.items() if k.endswith("loss")]
+            if not all(np.all(np.isfinite(v)) for v in losses) or not runner.finite():
+                kept = (f"; the last good checkpoint is {checkpoint} ({history[-1]['env_steps']:,} "
+                        "env steps)") if checkpoint and history else ""
+                raise FloatingPointError(
+                    f"{algo} on {env}: a loss or the parameters became NaN/inf after "
+                    f"{env_steps:,} env steps; lower the learning rate{kept}")
+            eval_mean = runner.evaluate(eval_episodes)
+            row = {"env_steps": env_steps, "wall_s": wall, "eval_mean": eval_mean, **metrics}
+            history.append(row)
+            run.log(row)
+            if checkpoint is not None:
+                run.save(**runner.state(), history=history, wall=wall, algo=algo, env=env,
+                         seeds=seeds, backend=runner.backend)
+                if _is_best(history):
+                    shutil.copyfile(checkpoint, best_checkpoint_path(checkpoint))
+            run.advance(min(env_steps, total_steps), f"{np.mean(eval_mean):.1f}")
+            threshold = THRESHOLDS.get(env)
+            if stop_when_solved and threshold is not None and np.all(np.max(
+                    [np.atleast_1d(r["eval_mean"]) for r in history], axis=0) >= threshold):
+                break
     result = TrainResult(env, algo, runner.final_params(), history, config, policy, seeds)
     if log_dir is not None and history:
         result.plot(os.path.join(log_dir, "learning_curve.png"))
@@ -530,48 +525,3 @@ def _check_same_run(path, payload, algo, env, seeds, backend) -> None:
         raise ValueError(f"{path} holds a run of {payload['algo']} on {payload['env']} with seeds "
                          f"{payload['seeds']}; resume it with the same algorithm, env and seeds")
 
-
-class _Logger:
-    def __init__(self, log_dir, append):
-        self.log_dir = log_dir
-        self.rows = []
-        self.tensorboard = None
-        if log_dir is None:
-            return
-        os.makedirs(log_dir, exist_ok=True)
-        mode = "a" if append else "w"
-        self.jsonl = open(os.path.join(log_dir, "metrics.jsonl"), mode)
-        self.csv_path = os.path.join(log_dir, "metrics.csv")
-        self.csv_header = append and os.path.exists(self.csv_path)
-        self.csv = open(self.csv_path, mode, newline="")
-        try:
-            from tensorboardX import SummaryWriter
-
-            self.tensorboard = SummaryWriter(log_dir)
-        except ImportError:
-            pass
-
-    def write(self, row):
-        if self.log_dir is None:
-            return
-        self.jsonl.write(json.dumps(row) + "\n")
-        self.jsonl.flush()
-        flat = {k: (np.mean(v) if isinstance(v, list) else v) for k, v in row.items()}
-        writer = csv.DictWriter(self.csv, fieldnames=list(flat))
-        if not self.csv_header:
-            writer.writeheader()
-            self.csv_header = True
-        writer.writerow(flat)
-        self.csv.flush()
-        if self.tensorboard is not None:
-            for k, v in flat.items():
-                if k != "env_steps":
-                    self.tensorboard.add_scalar(k, float(v), int(flat["env_steps"]))
-
-    def close(self):
-        if self.log_dir is None:
-            return
-        self.jsonl.close()
-        self.csv.close()
-        if self.tensorboard is not None:
-            self.tensorboard.close()
