@@ -12,7 +12,7 @@ Each latent site gets an estimator by name (``ESTIMATORS``): ``"score"`` (with a
 baseline per site), ``"pathwise"`` or ``"enumerate"``; a site's score is weighted only by the
 terms downstream of it, and inside a plate by those with its plate index.
 ``site_variances`` and ``compare`` measure the choices on your own program;
-``LearnedRebar`` learns a ``"rebar"`` site's η and temperature.
+``rebar()`` and ``relax(networks)`` learn a ``"rebar"`` site's control variate.
 """
 
 from scorefn.programs.diagnostics import (
@@ -22,20 +22,21 @@ from scorefn.programs.diagnostics import (
     site_contributions,
     site_variances,
 )
-from scorefn.programs.rebar import LearnedRebar, LearnedRebarState
+from scorefn.programs.learned_control_variates import Relax, rebar, relax
 from scorefn.programs.surrogate import ESTIMATORS, SiteEstimator, grad, magic_box, plan, surrogate
 
 __all__ = [
     "ESTIMATORS",
-    "LearnedRebar",
-    "LearnedRebarState",
     "ProgramComparison",
+    "Relax",
     "SiteVariances",
     "SiteEstimator",
     "compare",
     "grad",
     "magic_box",
     "plan",
+    "rebar",
+    "relax",
     "site_contributions",
     "site_variances",
     "surrogate",

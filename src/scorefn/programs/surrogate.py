@@ -38,6 +38,7 @@ as long as every site is score, pathwise or enumerated.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -508,19 +509,22 @@ def conditional_uniform(b: jax.Array, prob: jax.Array, w: jax.Array) -> jax.Arra
 
 
 def _rebar_term(program, params, args, p: Plan, rec: Recorder, site_keys, forced,
-                site: str, psi: Mapping[str, jax.Array] | None = None) -> jax.Array:
-    """Value 0, its gradient REBAR's estimate for a Bernoulli site's sampling path (η = 1,
-    τ = the plan's temperature, or ψ = (η, log τ) from ``psi``; see
-    ``scorefn.discrete.Relax``):
+                site: str, psi: Mapping[str, Any] | None = None,
+                network: Any = None) -> jax.Array:
+    """Value 0, its gradient REBAR's (with ``network``, RELAX's) estimate for a Bernoulli
+    site's sampling path (η = 1, τ = the plan's temperature, or ψ = (η, log τ[, the network's
+    params]) from ``psi``; see ``scorefn.discrete.Relax``):
 
-        (L_s(b) - c(z̃)) ∇θ log p(b) + ∇θ c(z) - ∇θ c(z̃),   c(z) = η L_s(σ(z/τ)),
+        (L_s(b) - c(z̃)) ∇θ log p(b) + ∇θ c(z) - ∇θ c(z̃),   c(z) = η L_s(σ(z/τ)) + r_ψ(σ(z/τ)),
 
     z = φ + log u - log(1 - u) (so b = 1[z > 0] is the particle's value), z̃ ~ z | b
     reparameterised with a second uniform. c reruns the program with s set to the relaxed
     value and θ detached, so c's gradient reaches θ only through φ, by z. Inside a plate,
-    element i's score is weighted by its own terms (credit assignment). With ``psi`` the
-    estimate is differentiable in ψ (its learning signal reruns c at z̃ with θ detached, a
-    fourth run), so ψ can take a step down the estimator's variance."""
+    element i's score is weighted by its own terms (credit assignment), and the network r_ψ
+    sees element i's relaxed value only (so each element's control depends on its own z_i,
+    which keeps the per-element estimate unbiased). With ``psi`` the estimate is
+    differentiable in ψ (its learning signal reruns c at z̃ with θ detached, a fourth run),
+    so ψ can take a step down the estimator's variance."""
     if not p.downstream_terms[site]:
         return jnp.zeros(())
     u, w = rec.control_variate[site]
@@ -536,7 +540,13 @@ def _rebar_term(program, params, args, p: Plan, rec: Recorder, site_keys, forced
         value = jax.nn.sigmoid(zz / temperature).astype(phi.dtype)
         reached = _reached(program, frozen, args, p, site_keys, forced, site, value,
                            by_plate=True, differentiable=True)
-        return reached if psi is None else psi["eta"] * reached
+        if psi is None:
+            return reached
+        out = psi["eta"] * reached
+        if network is not None:
+            out = out + _per_element_network(network, psi["net"], value, p, rec, site,
+                                             jnp.shape(reached))
+        return out
 
     c_z, c_given_b = control(z), control(z_given_b)
     reached_terms = _reached_terms(rec, p, site, by_plate=True)
@@ -557,6 +567,25 @@ def _rebar_term(program, params, args, p: Plan, rec: Recorder, site_keys, forced
     return v.guarded(estimate, guard)
 
 
+def _per_element_network(network: Any, net_params: Any, value: jax.Array, p: Plan,
+                         rec: Recorder, site: str, shape: tuple[int, ...]) -> jax.Array:
+    """r_ψ applied to each element of the site's plates (its relaxed value with the plate
+    axes indexed), laid out like the by-plate learning signal ``shape``; a scalar when the
+    site is in no plate (or credit assignment is off)."""
+    def apply(x):
+        return jnp.reshape(network.apply(net_params, x), ())
+
+    plates = p.sites[site].plates if p.credit_assignment else ()
+    if not plates:
+        return jnp.reshape(apply(value), shape)
+    batch_ndim = len(rec.latents[site]["fn"].batch_shape)
+    axes = sorted(batch_ndim + pl.dim for pl in plates)
+    moved = jnp.moveaxis(value, axes, tuple(range(len(axes))))
+    lead = moved.shape[:len(axes)]
+    flat = moved.reshape((math.prod(lead),) + moved.shape[len(axes):])
+    return jax.vmap(apply)(flat).reshape(shape)
+
+
 def _nonfinite_reached_message(site: str):
     def message(values: np.ndarray) -> str | None:
         if np.isfinite(values).all():
@@ -569,7 +598,7 @@ def _nonfinite_reached_message(site: str):
 
 
 def _particles(program, params, key, args, p: Plan, num_particles: int, cut: frozenset,
-               rebar: Mapping[str, Any]):
+               relax: tuple[Mapping[str, Any], Mapping[str, Any]]):
     """Every particle's terms and score sites' log-probabilities, canonical, shaped
     (K, *branches, *plates): one branch axis per enumerated site (one of size 1 if none);
     and each enumerated site's log-probability, (K, *branches)."""
@@ -589,8 +618,9 @@ def _particles(program, params, key, args, p: Plan, num_particles: int, cut: fro
                     for i, s in enumerate(p.measure_valued_names) if s not in cut), jnp.zeros(()))
         weak = weak + sum((_antithetic_term(program, params, args, p, rec, site_keys, forced, s)
                            for s in p.antithetic_names if s not in cut), jnp.zeros(()))
+        relax_params, relax_networks = relax
         weak = weak + sum((_rebar_term(program, params, args, p, rec, site_keys, forced, s,
-                                       rebar.get(s))
+                                       relax_params.get(s), relax_networks.get(s))
                            for s in p.control_variate_names if s not in cut), jnp.zeros(()))
         return terms, scores, enum, weak
 
@@ -607,10 +637,11 @@ def _particles(program, params, key, args, p: Plan, num_particles: int, cut: fro
 
 
 def surrogate_parts(program, params, key, args, p: Plan, num_particles: int,
-                    cut: frozenset = frozenset(), rebar: Mapping[str, Any] | None = None):
+                    cut: frozenset = frozenset(),
+                    relax: tuple[Mapping[str, Any], Mapping[str, Any]] = ({}, {})):
     """The surrogate's value and each score site's learning signal (K, *branches, *plates)."""
     terms, scores, enum, weak = _particles(program, params, key, args, p, num_particles, cut,
-                                           rebar or {})
+                                           relax)
     order = p.plates
     first_plate = 1 + max(len(p.enumerate_names), 1)
     plate_axes = tuple(range(first_plate, first_plate + len(order)))
@@ -685,7 +716,8 @@ def surrogate(
     max_enumeration: int = MAX_ENUMERATION,
     runtime_checks: bool = True,
     temperature: float = 0.5,
-    rebar: Mapping[str, Mapping[str, jax.Array]] | None = None,
+    relax_params: Mapping[str, Mapping[str, Any]] | None = None,
+    relax_networks: Mapping[str, Any] | None = None,
     return_signals: bool = False,
 ) -> Any:
     r"""The surrogate objective S(θ) of ``program(params, *args)`` (see the module docstring).
@@ -718,10 +750,14 @@ def surrogate(
       max_enumeration: the largest number of joint values enumerated per particle.
       temperature: the relaxations' temperature τ (``"gumbel_softmax"``,
         ``"straight_through"`` and ``"rebar"`` sites).
-      rebar: ``"rebar"`` site name -> its control variate's ψ = ``{"eta": η, "log_temperature":
-        log τ}`` (scalars), c(z) = η L_s(σ(z/τ)), instead of η = 1 and ``temperature``. The
-        estimate is unbiased for any ψ and differentiable in it, so ψ can learn to lower the
-        variance: ``LearnedRebar`` does that.
+      relax_params: ``"rebar"`` site name -> its control variate's ψ = ``{"eta": η,
+        "log_temperature": log τ}`` (scalars), c(z) = η L_s(σ(z/τ)), instead of η = 1 and
+        ``temperature``; with ``"net"`` too (the params of the site's network in
+        ``relax_networks``), c(z) = η L_s(σ(z/τ)) + r_ψ(σ(z/τ)): RELAX. The estimate is
+        unbiased for any ψ and differentiable in it, so ψ can learn to lower the variance:
+        ``scorefn.programs.Relax`` does that.
+      relax_networks: ``"rebar"`` site name -> a flax module r_ψ mapping one element of the
+        site's relaxed value (the site's plates indexed) to a scalar.
       runtime_checks: under ``jit``, stop with a ValueError naming the term and particle when
         a term is not finite. The check is a ``lax.cond`` whose error branch calls back to
         Python; a program with a host callback leaves jax's fast C++ dispatch path, which
@@ -738,29 +774,35 @@ def surrogate(
              max_enumeration=max_enumeration, runtime_checks=runtime_checks,
              temperature=temperature)
     value, signals = surrogate_parts(program, params, key, args, p, int(num_particles),
-                                     rebar=_checked_rebar(rebar, p))
+                                     relax=_checked_relax(relax_params, relax_networks, p))
     return (value, signals) if return_signals else value
 
 
-def _checked_rebar(rebar: Mapping[str, Any] | None, p: Plan) -> dict[str, Any]:
-    if rebar is None:
-        return {}
-    if not isinstance(rebar, Mapping):
-        raise TypeError(f"rebar must map 'rebar' site names to {{'eta', 'log_temperature'}}; got "
-                        f"{type(rebar).__name__}")
-    for site, psi in rebar.items():
-        if site not in p.control_variate_names:
-            raise ValueError(f"rebar names site {site!r}, which is not a 'rebar' site of the "
-                             f"program (those are {list(p.control_variate_names)}); give it "
-                             "estimators={site: 'rebar'}")
-        if not isinstance(psi, Mapping) or set(psi) != {"eta", "log_temperature"}:
-            raise ValueError(f"rebar[{site!r}] must be {{'eta': η, 'log_temperature': log τ}}; "
+def _checked_relax(relax_params: Mapping[str, Any] | None,
+                   relax_networks: Mapping[str, Any] | None,
+                   p: Plan) -> tuple[dict[str, Any], dict[str, Any]]:
+    relax_params, relax_networks = dict(relax_params or {}), dict(relax_networks or {})
+    for name, mapping in (("relax_params", relax_params), ("relax_networks", relax_networks)):
+        for site in mapping:
+            if site not in p.control_variate_names:
+                raise ValueError(f"{name} names site {site!r}, which is not a 'rebar' site of "
+                                 f"the program (those are {list(p.control_variate_names)}); "
+                                 "give it estimators={site: 'rebar'}")
+    for site in relax_networks:
+        if site not in relax_params:
+            raise ValueError(f"relax_networks[{site!r}] needs its params: relax_params[{site!r}] "
+                             "= {'eta', 'log_temperature', 'net'} (scorefn.programs.Relax.init)")
+    for site, psi in relax_params.items():
+        expected = {"eta", "log_temperature"} | ({"net"} if site in relax_networks else set())
+        if not isinstance(psi, Mapping) or set(psi) != expected:
+            raise ValueError(f"relax_params[{site!r}] must have the keys {sorted(expected)} "
+                             f"(η, log τ{', the network params' if 'net' in expected else ''}); "
                              f"got {psi!r}")
-        for name, value in psi.items():
-            if jnp.shape(value) != ():
-                raise ValueError(f"rebar[{site!r}][{name!r}] must be a scalar; got shape "
-                                 f"{jnp.shape(value)}")
-    return dict(rebar)
+        for name in ("eta", "log_temperature"):
+            if jnp.shape(psi[name]) != ():
+                raise ValueError(f"relax_params[{site!r}][{name!r}] must be a scalar; got shape "
+                                 f"{jnp.shape(psi[name])}")
+    return relax_params, relax_networks
 
 
 def grad(program: Callable, params: Any, key: jax.Array, *args: Any, num_particles: int = 8,

@@ -85,59 +85,106 @@ def test_rebar_site_is_unbiased_and_its_planted_bias_is_caught(monkeypatch):
 REBAR_OPTIONS = dict(num_particles=1, estimators={"z": "rebar", "c": "enumerate"})
 
 
-def _trained_rebar(steps=300):
-    rebar = scorefn.programs.LearnedRebar()
-    step = jax.jit(lambda s, k: rebar.grad(two_site, PARAMS, k, state=s,
-                                           **{**REBAR_OPTIONS, "num_particles": 4})[1])
-    state = rebar.init(["z"])
+class Control:
+    """A small flax MLP r_ψ: the 5 relaxed bits -> a scalar (RELAX's network)."""
+
+    def __new__(cls):
+        import flax.linen as nn
+
+        class MLP(nn.Module):
+            @nn.compact
+            def __call__(self, x):
+                return nn.Dense(1)(nn.tanh(nn.Dense(16)(x)))[..., 0]
+
+        return MLP()
+
+
+def _trained(estimator, steps=300):
+    """ψ after ``steps`` steps down ‖ĝ‖² (4 particles per step), from η = 1, τ = 0.5."""
+    step = jax.jit(lambda s, k: estimator.grad(two_site, PARAMS, k, state=s,
+                                               **{**REBAR_OPTIONS, "num_particles": 4})[1])
+    state = estimator.init(["z"], jax.random.key(4), {"z": jnp.zeros(5)})
     for k in jax.random.split(jax.random.key(5), steps):
         state = step(state, k)
-    return state
+    return estimator.surrogate_options(state)
 
 
 @pytest.mark.slow
 def test_rebar_site_is_unbiased_for_any_eta_and_temperature():
     """c(z) = η L_s(σ(z/τ)) for any ψ = (η, log τ): a fixed one far from the default and the
-    one LearnedRebar trains."""
+    one scorefn.programs.rebar() trains."""
     fixed = {"z": {"eta": jnp.array(0.6), "log_temperature": jnp.log(jnp.array(0.3))}}
-    assert_unbiased(repeated_grads(two_site, PARAMS, jax.random.key(36), 3000, rebar=fixed,
-                                   **REBAR_OPTIONS), TRUE)
-    trained = _trained_rebar().params
-    assert abs(float(trained["z"]["eta"]) - 1.0) > 0.1  # it moved
-    assert_unbiased(repeated_grads(two_site, PARAMS, jax.random.key(37), 3000, rebar=trained,
+    assert_unbiased(repeated_grads(two_site, PARAMS, jax.random.key(36), 3000,
+                                   relax_params=fixed, **REBAR_OPTIONS), TRUE)
+    trained = _trained(scorefn.programs.rebar())
+    assert abs(float(trained["relax_params"]["z"]["eta"]) - 1.0) > 0.1  # it moved
+    assert_unbiased(repeated_grads(two_site, PARAMS, jax.random.key(37), 3000, **trained,
                                    **REBAR_OPTIONS), TRUE)
 
 
 @pytest.mark.slow
-def test_learned_rebar_lowers_the_variance():
-    """300 steps of ψ down ‖ĝ‖² (measured: total variance 0.59 -> 0.33 on this program)."""
+def test_relax_site_is_unbiased_before_and_after_training_and_its_bias_twin_is_caught(
+        monkeypatch):
+    """RELAX per site: c(z) = η L_s(σ(z/τ)) + r_ψ(σ(z/τ)) with a flax network, unbiased at
+    its random initialisation and after training. The planted twin drops the -∇c(z̃) term
+    (the conditional z̃ detached), which the network's own gradient makes visible."""
+    import importlib
+
+    relax = scorefn.programs.relax({"z": Control()})
+    untrained = relax.surrogate_options(relax.init(["z"], jax.random.key(4), {"z": jnp.zeros(5)}))
+    assert_unbiased(repeated_grads(two_site, PARAMS, jax.random.key(40), 3000, **untrained,
+                                   **REBAR_OPTIONS), TRUE)
+    trained = _trained(relax)
+    assert_unbiased(repeated_grads(two_site, PARAMS, jax.random.key(41), 3000, **trained,
+                                   **REBAR_OPTIONS), TRUE)
+    surrogate_module = importlib.import_module("scorefn.programs.surrogate")
+    exact = surrogate_module.conditional_uniform
+    monkeypatch.setattr(surrogate_module, "conditional_uniform",
+                        lambda b, prob, w: jax.lax.stop_gradient(exact(b, prob, w)))
+    planted = repeated_grads(two_site, PARAMS, jax.random.key(41), 3000, **trained,
+                             **REBAR_OPTIONS)
+    assert detects_bias(planted, TRUE)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["rebar", "relax"])
+def test_learned_control_variates_lower_the_variance(kind):
+    """300 steps of ψ down ‖ĝ‖² (measured: total variance 0.59 -> 0.33 with η and τ alone)."""
+    estimator = (scorefn.programs.rebar() if kind == "rebar"
+                 else scorefn.programs.relax({"z": Control()}))
     before = repeated_grads(two_site, PARAMS, jax.random.key(38), 3000, **REBAR_OPTIONS)
-    after = repeated_grads(two_site, PARAMS, jax.random.key(39), 3000,
-                           rebar=_trained_rebar().params, **REBAR_OPTIONS)
+    after = repeated_grads(two_site, PARAMS, jax.random.key(39), 3000, **_trained(estimator),
+                           **REBAR_OPTIONS)
     assert after.var(0).sum() < 0.75 * before.var(0).sum()
     bits = slice(0, 5)  # the Bernoulli site's logits, whose gradient REBAR estimates
     assert np.median(variance_z(after[:, bits], before[:, bits])) < -4
 
 
-def test_rebar_params_are_checked_and_learned_rebar_takes_them_from_its_state():
+def test_relax_params_are_checked_and_relax_takes_them_from_its_state():
     psi = {"eta": jnp.array(1.0), "log_temperature": jnp.array(-0.7)}
-    with pytest.raises(ValueError, match="rebar names site 'c', which is not a 'rebar' site"):
-        scorefn.programs.grad(two_site, PARAMS, jax.random.key(0), rebar={"c": psi},
+    with pytest.raises(ValueError, match="relax_params names site 'c', which is not a 'rebar' site"):
+        scorefn.programs.grad(two_site, PARAMS, jax.random.key(0), relax_params={"c": psi},
                               **REBAR_OPTIONS)
-    with pytest.raises(ValueError, match=r"rebar\['z'\] must be \{'eta': η, 'log_temperature'"):
-        scorefn.programs.grad(two_site, PARAMS, jax.random.key(0), rebar={"z": {"eta": 1.0}},
-                              **REBAR_OPTIONS)
-    rebar = scorefn.programs.LearnedRebar()
+    with pytest.raises(ValueError, match=r"relax_params\['z'\] must have the keys \['eta', "
+                                         r"'log_temperature'\]"):
+        scorefn.programs.grad(two_site, PARAMS, jax.random.key(0),
+                              relax_params={"z": {"eta": 1.0}}, **REBAR_OPTIONS)
+    with pytest.raises(ValueError, match=r"relax_networks\['z'\] needs its params"):
+        scorefn.programs.grad(two_site, PARAMS, jax.random.key(0),
+                              relax_networks={"z": Control()}, **REBAR_OPTIONS)
+    with pytest.raises(ValueError, match="site 'z' has a network: init needs key= and inputs="):
+        scorefn.programs.relax({"z": Control()}).init(["z"])
+    rebar = scorefn.programs.rebar()
     state = rebar.init(["z"], eta=1.0, temperature=float(np.exp(-0.7)))
     g, same = rebar.grad(two_site, PARAMS, jax.random.key(1), state=state, train=False,
                          **REBAR_OPTIONS)
     assert same is state
-    expected = scorefn.programs.grad(two_site, PARAMS, jax.random.key(1), rebar={"z": psi},
+    expected = scorefn.programs.grad(two_site, PARAMS, jax.random.key(1), relax_params={"z": psi},
                                      **REBAR_OPTIONS)
     for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(expected)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     with pytest.raises(TypeError, match="takes ψ from its state"):
-        rebar.grad(two_site, PARAMS, jax.random.key(1), state=state, rebar={"z": psi})
+        rebar.grad(two_site, PARAMS, jax.random.key(1), state=state, relax_params={"z": psi})
 
 
 def test_rebar_needs_differentiable_sites_below():
