@@ -88,16 +88,26 @@ class _Program:
         return jax.tree.unflatten(self.out_tree, _from_raw(out, self.out_impls))
 
 
-def cached_jit(fn: Callable, *, key: tuple, packages: Sequence[str] = (),
-               compiler_options: dict[str, Any] | None = None) -> Callable:
-    """``jax.jit(fn)`` whose traced program is cached on disk across processes.
+def cached_jit(fn: Callable, *, key: tuple | None, packages: Sequence[str] = (),
+               compiler_options: dict[str, Any] | None = None, **jit_options: Any) -> Callable:
+    """``jax.jit(fn)`` whose traced program is cached on disk across processes: how every
+    run (``rl.train``, ``vi.fit``, ``es.minimize``) compiles its programs.
 
     ``key`` must determine everything ``fn`` closes over (e.g. an algorithm's name and its
-    frozen config); ``packages`` names the libraries ``fn`` is traced from besides jax and
-    scorefn, whose versions join the digest. ``compiler_options`` go to XLA on CPU only
-    (e.g. ``scorefn._compiler_options.FAST_COMPILE``).
+    frozen config); ``key=None`` says the closure cannot be named (a user's objective or
+    model): then the program is only ``jax.jit``-ed, and JAX's persistent compilation cache
+    still skips XLA's compile on a later run. ``packages`` names the libraries ``fn`` is
+    traced from besides jax and scorefn, whose versions join the digest.
+    ``compiler_options`` go to XLA on CPU only (e.g.
+    ``scorefn._compiler_options.FAST_COMPILE``); ``jit_options`` (``static_argnums``) to
+    ``jax.jit`` when ``key`` is None.
     """
     options = cpu_options(compiler_options)
+    if key is None:
+        return jax.jit(fn, compiler_options=options, **jit_options)
+    if jit_options:
+        raise ValueError(f"{sorted(jit_options)} need key=None (an exported program has no "
+                         "static arguments)")
     jitted = jax.jit(fn, compiler_options=options)
     programs: dict[tuple, Any] = {}
 

@@ -15,7 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from scorefn import validation as v
-from scorefn._compiler_options import WIDE_REDUCTIONS, cpu_options
+from scorefn._compiler_options import WIDE_REDUCTIONS
+from scorefn._program_cache import cached_jit
 from scorefn._runs import (
     Run,
     describe,
@@ -554,15 +555,14 @@ def _nan_message(fitness):
 def _compiled_init(strat):
     """Jitted ``init`` (σ0 static): one small program instead of a dozen eager ops, each of
     which XLA would compile on its own (0.5 s of a cold ``scorefn optimize`` for xNES)."""
-    return jax.jit(strat.init, static_argnums=2)
+    return cached_jit(strat.init, key=None, static_argnums=2)
 
 
 @functools.lru_cache(maxsize=64)
 def _compiled_ask_tell(strat):
     """Jitted ask and tell, cached per strategy so repeated runs (restarts) compile once."""
-    options = cpu_options(WIDE_REDUCTIONS)
-    return (jax.jit(strat.ask, compiler_options=options),
-            jax.jit(strat.tell, compiler_options=options))
+    return (cached_jit(strat.ask, key=None, compiler_options=WIDE_REDUCTIONS),
+            cached_jit(strat.tell, key=None, compiler_options=WIDE_REDUCTIONS))
 
 
 @functools.lru_cache(maxsize=64)
@@ -584,8 +584,9 @@ def compiled_generations(strat, f, generations: int, nan_policy: str):
         spread = jnp.max(fitness) - jnp.min(fitness)
         return (state, best_x, best_f), (best_f, strat.scale(state), spread)
 
-    return jax.jit(lambda carry: jax.lax.scan(generation, carry, None, length=generations),
-                   compiler_options=cpu_options(WIDE_REDUCTIONS))
+    # key=None: f cannot be named; the persistent compilation cache still applies.
+    return cached_jit(lambda carry: jax.lax.scan(generation, carry, None, length=generations),
+                      key=None, compiler_options=WIDE_REDUCTIONS)
 
 
 def plot_convergence(result: OptimizeResult, path: str, title: str = "") -> None:

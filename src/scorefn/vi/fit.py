@@ -20,7 +20,8 @@ import optax
 
 from scorefn import validation as v
 from scorefn._compilation_cache import enable_compilation_cache
-from scorefn._compiler_options import BACKEND_O2, cpu_options
+from scorefn._compiler_options import BACKEND_O2
+from scorefn._program_cache import cached_jit
 from scorefn._runs import (
     Run,
     all_finite,
@@ -223,8 +224,9 @@ def fit(
             bstate = {n: ema.update(out.signals[n], s) for n, s in bstate.items()}
         return (params, opt_state, bstate), out.objective
 
-    run_chunk = jax.jit(lambda carry, idx: jax.lax.scan(step, carry, idx),
-                        compiler_options=cpu_options(BACKEND_O2))
+    # key=None: the model and its data cannot be named; the compilation cache still applies.
+    run_chunk = cached_jit(lambda carry, idx: jax.lax.scan(step, carry, idx), key=None,
+                           compiler_options=BACKEND_O2)
     checked_step = jax.jit(step)  # with the run-time checks, to replay a failing chunk
     started = time.perf_counter()
     with run:
