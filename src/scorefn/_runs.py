@@ -72,7 +72,9 @@ def save_checkpoint(path: str, payload: dict) -> None:
 def load_checkpoint(path: str, version: int, kind: str) -> dict:
     with open(path, "rb") as fh:
         payload = pickle.load(fh)
-    if not isinstance(payload, dict) or payload.get("version") != version:
+    # "kind" is recorded by Run.save; earlier checkpoints have only the version.
+    if (not isinstance(payload, dict) or payload.get("version") != version
+            or payload.get("kind", kind) != kind):
         raise ValueError(f"{path} is not a {kind} checkpoint (version {version})")
     return payload
 
@@ -144,7 +146,8 @@ def progress_bar(enabled: bool, description: str, total: int, unit: str, field: 
 
 class Run:
     """The driver every long run shares (``es.minimize``, ``rl.train``, ``vi.fit``, the
-    discrete VAE): its checkpoint file and its progress bar.
+    discrete VAE): its checkpoint, the settings check on resume, the progress bar, the
+    metrics files and the compilation cache.
 
     - ``restored``: on ``resume`` the payload of the checkpoint (None on a fresh start),
       after checking its kind and version and refusing other ``settings`` (naming them);
@@ -207,7 +210,7 @@ class Run:
         """Write ``state`` with the settings and the version (nothing without a path)."""
         if self.checkpoint is not None:
             save_checkpoint(self.checkpoint, {**state, "settings": self.settings,
-                                              "version": self.version})
+                                              "kind": self.kind, "version": self.version})
 
     def advance(self, completed: int, value: str | None = None) -> None:
         if self._bar is not None:
