@@ -37,6 +37,7 @@ from numpyro.distributions import Distribution
 from scorefn import validation as v
 from scorefn.baselines import as_baseline
 from scorefn.estimators import score_grad
+from scorefn.numerics import full_precision
 from scorefn.sampling import sample
 from scorefn.scores import joint_log_prob, log_prob
 from scorefn.types import DistFn
@@ -57,7 +58,8 @@ def local_learning_signals(term_values: jax.Array, dependencies: jax.Array,
             f"dependencies must be (num_terms, prod(batch_shape)) = ({term_values.shape[1]}, "
             f"{size}), D[t, b] = 1 when term t depends on factor b; got {dependencies.shape}"
         )
-    signals = term_values @ dependencies.astype(term_values.dtype)
+    with full_precision():  # TF32 would round the signals (a GPU's default for float32 matmul)
+        signals = term_values @ dependencies.astype(term_values.dtype)
     return signals.reshape((term_values.shape[0], *batch_shape))
 
 
