@@ -7,6 +7,7 @@ import numpyro.distributions as dist
 import pytest
 from closed_forms import assert_unbiased, variance_z
 from jax.flatten_util import ravel_pytree
+from jaxpr_checks import dot_precisions
 
 import scorefn
 from scorefn import rao_blackwell
@@ -195,3 +196,10 @@ def test_plate_local_signal_equals_the_dependency_matrix_form():
     dependencies = jnp.concatenate([jnp.eye(b), jnp.ones((1, b)), jnp.tile(jnp.eye(b), (3, 1))])
     np.testing.assert_allclose(
         signals, rao_blackwell.local_learning_signals(terms, dependencies, (b,)), rtol=1e-5)
+
+
+def test_local_learning_signals_multiply_at_full_precision():
+    """The signals are a matrix product; a GPU's default TF32 would round them."""
+    precisions = dot_precisions(lambda t: rao_blackwell.local_learning_signals(
+        t, jnp.eye(3), (3,)), jnp.ones((4, 3)))
+    assert precisions and all("HIGHEST" in p for p in precisions), precisions
