@@ -113,6 +113,12 @@ class SiteEstimator:
                 f"sites (a relaxed Categorical would change the value's shape to one-hot; use "
                 f"scorefn.grad for that); {site.distribution} is not one"
             )
+        if self.name == "sum_and_sample" and (
+                site.family not in ("CategoricalLogits", "CategoricalProbs") or site.shape != ()):
+            raise ValueError(
+                f"site {site.name!r}: in a program 'sum_and_sample' is for one Categorical value "
+                f"(shape (), outside plates); {site.distribution} with shape {site.shape} is not "
+                "one. Use 'enumerate' or 'rloo'")
         if self.role == "enumerate" and site.support_values is None:
             raise ValueError(
                 f"site {site.name!r}: estimator 'enumerate' needs a finite support known when "
@@ -129,6 +135,9 @@ ESTIMATORS: dict[str, SiteEstimator] = {
         SiteEstimator("pathwise", "pathwise", True, "∇θ Σ_t c_t(T(ε, θ)), x_s = T(ε, θ)"),
         SiteEstimator("enumerate", "enumerate", True,
                       "∇θ Σ_v p_θ(x_s = v) E[Σ_t c_t | x_s = v], summed exactly"),
+        SiteEstimator("sum_and_sample", "enumerate", True,
+                      "∇θ [Σ_{c∈C} p_θ(c) L(c) + (1 - p_θ(C)) □(log q_θ(x)) L(x)], C the k - 1 "
+                      "most probable classes, x ~ q = p(· | x ∉ C) (Liu et al. 2019)"),
         SiteEstimator("measure_valued", "measure_valued", True,
                       "Σ_ij c_ij (L_s(x with x_j ~ p⁺_ij) - L_s(x with x_j ~ p⁻_ij)) ∇θ φ_i,j "
                       "(first order only)"),
@@ -166,6 +175,7 @@ class Plan:
     credit_assignment: bool
     runtime_checks: bool
     temperature: float
+    sum_and_sample_size: int = 2
 
     @property
     def roles(self) -> dict[str, str]:
@@ -230,6 +240,7 @@ def plan(
     max_enumeration: int = MAX_ENUMERATION,
     runtime_checks: bool = True,
     temperature: float = 0.5,
+    sum_and_sample_size: int = 2,
 ) -> Plan:
     """Trace the program abstractly and decide how each site is estimated (checks included)."""
     name = getattr(program, "__name__", repr(program))
@@ -343,7 +354,18 @@ def plan(
     for s in sites.values():
         for p in s.plates:
             order.setdefault(p.name, p)
-    grid = enumeration_grid(sites, list(enumerate_names), max_enumeration) if enumerate_names else {}
+    summed_and_sampled = [n for n in enumerate_names if chosen[n] == "sum_and_sample"]
+    for n in summed_and_sampled:
+        classes = len(sites[n].support_values)
+        if (isinstance(sum_and_sample_size, bool) or not isinstance(sum_and_sample_size, int)
+                or not 2 <= sum_and_sample_size <= classes):
+            raise ValueError(f"site {n!r}: sum_and_sample_size must be an int in [2, {classes}] "
+                             f"(k - 1 classes summed, one sampled); got {sum_and_sample_size!r}")
+    grid = enumeration_grid(sites, [n for n in enumerate_names if n not in summed_and_sampled],
+                            max_enumeration) if enumerate_names else {}
+    # A sum-and-sample site's branches are indices: the values depend on θ and the particle.
+    grid.update({n: np.arange(sum_and_sample_size, dtype=np.int32) for n in summed_and_sampled})
+    grid = {n: grid[n] for n in enumerate_names}  # one branch axis each, in site order
     return Plan(
         sites=sites,
         estimators=chosen,
@@ -357,6 +379,7 @@ def plan(
         credit_assignment=credit_assignment,
         runtime_checks=bool(runtime_checks),
         temperature=float(temperature),
+        sum_and_sample_size=int(sum_and_sample_size),
     )
 
 
@@ -464,7 +487,8 @@ def _reached(program, params, args, p: Plan, site_keys, forced, site: str, value
     def once(values):
         rec = run(program, params, site_keys[-1], args,
                   Recorder(p.roles, {**forced, **values, site: value}, frozenset(),
-                           site_keys[:len(p.estimators)], p.estimators, p.temperature))
+                           site_keys[:len(p.estimators)], p.estimators, p.temperature,
+                           p.sum_and_sample_size))
         total = _reached_terms(rec, p, site, by_plate)
         log_w = sum((jnp.sum(rec.latent_log_prob(e)) for e in below), jnp.zeros(()))
         return total, log_w
@@ -609,7 +633,7 @@ def _particles(program, params, key, args, p: Plan, num_particles: int, cut: fro
     def one(site_keys, forced):
         rec = run(program, params, site_keys[-1], args,
                   Recorder(p.roles, forced, cut, site_keys[:num_latents], p.estimators,
-                           p.temperature))
+                           p.temperature, p.sum_and_sample_size))
         terms = {t: canonical(rec.terms[t]["value"], p.sites[t].plates, order) for t in p.term_names}
         scores = {s: canonical(rec.latent_log_prob(s), p.sites[s].plates, order)
                   for s in p.score_names}
@@ -718,6 +742,7 @@ def surrogate(
     temperature: float = 0.5,
     relax_params: Mapping[str, Mapping[str, Any]] | None = None,
     relax_networks: Mapping[str, Any] | None = None,
+    sum_and_sample_size: int = 2,
     return_signals: bool = False,
 ) -> Any:
     r"""The surrogate objective S(θ) of ``program(params, *args)`` (see the module docstring).
@@ -758,6 +783,9 @@ def surrogate(
         ``scorefn.programs.Relax`` does that.
       relax_networks: ``"rebar"`` site name -> a flax module r_ψ mapping one element of the
         site's relaxed value (the site's plates indexed) to a scalar.
+      sum_and_sample_size: k of the ``"sum_and_sample"`` sites: the program runs k times per
+        particle for each, once for each of the k - 1 most probable classes (weighted by
+        their probabilities) and once for a class drawn from the rest.
       runtime_checks: under ``jit``, stop with a ValueError naming the term and particle when
         a term is not finite. The check is a ``lax.cond`` whose error branch calls back to
         Python; a program with a host callback leaves jax's fast C++ dispatch path, which
@@ -772,7 +800,7 @@ def surrogate(
     p = plan(program, params, args, num_particles=int(num_particles), estimators=estimators,
              baselines=baselines, credit_assignment=credit_assignment, validate=validate,
              max_enumeration=max_enumeration, runtime_checks=runtime_checks,
-             temperature=temperature)
+             temperature=temperature, sum_and_sample_size=sum_and_sample_size)
     value, signals = surrogate_parts(program, params, key, args, p, int(num_particles),
                                      relax=_checked_relax(relax_params, relax_networks, p))
     return (value, signals) if return_signals else value

@@ -109,11 +109,14 @@ class Recorder(Messenger):
       estimators: site name -> estimator name, for the sites whose value the estimator
         draws itself (ARM and DisARM pairs, relaxations).
       temperature: the relaxations' temperature.
+      sum_and_sample_size: k of the ``"sum_and_sample"`` sites, whose forced value is a
+        branch index (see ``sum_and_sample_branch``).
     """
 
     def __init__(self, roles: dict[str, str] | None = None, forced: dict | None = None,
                  cut: frozenset = frozenset(), site_keys: jax.Array | None = None,
-                 estimators: dict[str, str] | None = None, temperature: float = 0.5):
+                 estimators: dict[str, str] | None = None, temperature: float = 0.5,
+                 sum_and_sample_size: int = 2):
         super().__init__()
         self.roles = roles
         self.forced = forced or {}
@@ -125,6 +128,8 @@ class Recorder(Messenger):
         self.terms: dict[str, dict] = {}
         self.antithetic: dict[str, tuple] = {}
         self.control_variate: dict[str, tuple] = {}
+        self.sum_and_sample_size = sum_and_sample_size
+        self.branch_log_weights: dict[str, jax.Array] = {}
         self._count = 0
 
     def process_message(self, msg):
@@ -134,7 +139,10 @@ class Recorder(Messenger):
         key = None if self.site_keys is None else self.site_keys[self._count]
         self._count += 1
         role = None if self.roles is None else self.roles[name]
-        if name in self.forced:
+        if name in self.forced and self.estimators.get(name) == "sum_and_sample":
+            msg["value"], self.branch_log_weights[name] = sum_and_sample_branch(
+                msg["fn"], self.forced[name], key, self.sum_and_sample_size)
+        elif name in self.forced:
             msg["value"] = self.forced[name]
         elif role == "antithetic" and key is not None:
             d = msg["fn"]
@@ -184,8 +192,37 @@ class Recorder(Messenger):
                               "mask": msg.get("mask")}
 
     def latent_log_prob(self, name: str) -> jax.Array:
+        """log p(x_s) of the recorded value; for a sum-and-sample site, its branch's log
+        weight (``sum_and_sample_branch``)."""
+        if name in self.branch_log_weights:
+            return self.branch_log_weights[name]
         site = self.latents[name]
         return _masked(fixed_log_prob(site["fn"], site["value"]), site)
+
+
+def sum_and_sample_branch(d: Any, index: jax.Array, key: jax.Array | None,
+                          k: int) -> tuple[jax.Array, jax.Array]:
+    r"""Branch ``index`` of a sum-and-sample site (Liu et al. 2019) with k branches: the
+    k - 1 most probable classes C (chosen with the gradient stopped) are branches 0..k-2,
+    with log weight log p_θ(c); branch k - 1 is x ~ q(x) = p_θ(x | x ∉ C), drawn with the
+    site's key, with log weight log p_θ(x) - stop_gradient(log q_θ(x)): in value
+    log(1 - p_θ(C)), and its gradient carries q's score (the DiCE magic box), so that
+
+        Σ_c p(c) L(c) + (1 - p(C)) □(log q(x)) L(x)
+
+    is unbiased for E[L] at every order of differentiation."""
+    logits = d.logits
+    log_p = jax.nn.log_softmax(logits, axis=-1)
+    top = jnp.argsort(-jax.lax.stop_gradient(log_p), axis=-1)[:k - 1]
+    in_top = jnp.zeros(log_p.shape, bool).at[top].set(True)
+    tail = jnp.where(in_top, -jnp.inf, jax.lax.stop_gradient(log_p))
+    sampled = jax.random.categorical(key if key is not None else jax.random.key(0), tail)
+    summed = index < k - 1
+    value = jnp.where(summed, top[jnp.clip(index, 0, k - 2)], sampled)
+    log_tail = jax.nn.logsumexp(jnp.where(in_top, -jnp.inf, log_p))
+    log_q = log_p[sampled] - log_tail
+    weight = jnp.where(summed, log_p[value], log_p[sampled] - jax.lax.stop_gradient(log_q))
+    return value.astype(jnp.int32), weight
 
 
 def run(program: Callable, params: Any, key: jax.Array, args: tuple, recorder: Recorder) -> Recorder:
