@@ -15,7 +15,7 @@ for one distribution). State is explicit, optax style::
     relax = scorefn.programs.rebar()                  # or programs.relax({"z": flax_module})
     state = relax.init(["z"])                         # relax: init(["z"], key, inputs)
     g, state = relax.grad(program, params, key, x, state=state, num_particles=4,
-                          estimators={"z": "rebar"})  # ∇θ, and one step of ψ
+                          estimators={"z": "rebar"})  # ("relax" with a network): ∇θ, ψ step
     scorefn.programs.surrogate(program, params, key, x, estimators={"z": "rebar"},
                                **relax.surrogate_options(state))   # in your own loop
 """

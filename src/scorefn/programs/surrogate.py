@@ -103,9 +103,11 @@ class SiteEstimator:
         if self.role == "control_variate" and site.family not in ("BernoulliLogits",
                                                                     "BernoulliProbs"):
             raise ValueError(
-                f"site {site.name!r}: in a program 'rebar' is for Bernoulli sites (batched, "
-                f"to_event or in plates); {site.distribution} is not one (for one Categorical "
-                "distribution, scorefn.grad(..., estimator='rebar') and scorefn.discrete.rebar())"
+                f"site {site.name!r}: in a program {self.name!r} is for Bernoulli sites "
+                f"(batched, to_event or in plates); {site.distribution} is not one: a program "
+                "reads a Categorical value as an index, where a relaxed (one-hot) value cannot "
+                "go. For one Categorical distribution, scorefn.grad(..., "
+                f"estimator={self.name!r}) and scorefn.discrete.{self.name}()"
             )
         if self.role == "relaxed" and site.family not in ("BernoulliLogits", "BernoulliProbs"):
             raise ValueError(
@@ -152,6 +154,10 @@ ESTIMATORS: dict[str, SiteEstimator] = {
                       "(L_s(b) - η c(z̃)) ∇θ log p(b) + η ∇θ c(z) - η ∇θ c(z̃), c(z) = L_s(σ(z/τ)), "
                       "z logistic-perturbed logits, z̃ ~ z | b, η = 1 (Tucker et al. 2017; first "
                       "order only)"),
+        SiteEstimator("relax", "control_variate", True,
+                      "'rebar' with a flax network in the control variate, c(z) = η L_s(σ(z/τ)) "
+                      "+ r_ψ(σ(z/τ)), ψ from relax_params/relax_networks (Grathwohl et al. 2018; "
+                      "first order only)"),
         SiteEstimator("gumbel_softmax", "relaxed", False,
                       "∇θ of the terms at x = σ((φ + logistic noise)/τ); biased"),
         SiteEstimator("straight_through", "relaxed", False,
@@ -333,9 +339,9 @@ def plan(
         if roles[s] != "control_variate":
             continue
         for d in latents:
-            if s in ancestors[d] and roles[d] not in ("pathwise", "enumerate"):
+            if s in ancestors[d] and chosen[d] not in ("pathwise", "enumerate"):
                 raise ValueError(
-                    f"site {s!r}: estimator 'rebar' differentiates the terms below s through a "
+                    f"site {s!r}: estimator {chosen[s]!r} differentiates the terms below s through a "
                     f"relaxed value of s, so every latent site below it must be 'pathwise' or "
                     f"'enumerate' (a sampled discrete value has no derivative); site {d!r} is "
                     f"{chosen[d]!r}")
@@ -813,10 +819,20 @@ def _checked_relax(relax_params: Mapping[str, Any] | None,
     for name, mapping in (("relax_params", relax_params), ("relax_networks", relax_networks)):
         for site in mapping:
             if site not in p.control_variate_names:
-                raise ValueError(f"{name} names site {site!r}, which is not a 'rebar' site of "
-                                 f"the program (those are {list(p.control_variate_names)}); "
-                                 "give it estimators={site: 'rebar'}")
+                raise ValueError(f"{name} names site {site!r}, which is not a 'rebar' or "
+                                 f"'relax' site of the program (those are "
+                                 f"{list(p.control_variate_names)}); give it "
+                                 "estimators={site: 'rebar'} (or 'relax')")
+    for site in p.control_variate_names:
+        if p.estimators[site] == "relax" and site not in relax_networks:
+            raise ValueError(f"site {site!r}: estimator 'relax' learns a control-variate network: "
+                             f"pass relax_networks={{{site!r}: a flax module}} and its params in "
+                             "relax_params (scorefn.programs.relax(...).surrogate_options(state))")
     for site in relax_networks:
+        if p.estimators[site] != "relax":
+            raise ValueError(f"relax_networks gives site {site!r} a network, but its estimator is "
+                             f"{p.estimators[site]!r}: a control variate with a network is "
+                             "'relax' (estimators={site: 'relax'})")
         if site not in relax_params:
             raise ValueError(f"relax_networks[{site!r}] needs its params: relax_params[{site!r}] "
                              "= {'eta', 'log_temperature', 'net'} (scorefn.programs.Relax.init)")

@@ -83,6 +83,7 @@ def test_rebar_site_is_unbiased_and_its_planted_bias_is_caught(monkeypatch):
 
 
 REBAR_OPTIONS = dict(num_particles=1, estimators={"z": "rebar", "c": "enumerate"})
+RELAX_OPTIONS = dict(num_particles=1, estimators={"z": "relax", "c": "enumerate"})
 
 
 class Control:
@@ -99,10 +100,10 @@ class Control:
         return MLP()
 
 
-def _trained(estimator, steps=300):
+def _trained(estimator, options=REBAR_OPTIONS, steps=300):
     """ψ after ``steps`` steps down ‖ĝ‖² (4 particles per step), from η = 1, τ = 0.5."""
     step = jax.jit(lambda s, k: estimator.grad(two_site, PARAMS, k, state=s,
-                                               **{**REBAR_OPTIONS, "num_particles": 4})[1])
+                                               **{**options, "num_particles": 4})[1])
     state = estimator.init(["z"], jax.random.key(4), {"z": jnp.zeros(5)})
     for k in jax.random.split(jax.random.key(5), steps):
         state = step(state, k)
@@ -133,16 +134,16 @@ def test_relax_site_is_unbiased_before_and_after_training_and_its_bias_twin_is_c
     relax = scorefn.programs.relax({"z": Control()})
     untrained = relax.surrogate_options(relax.init(["z"], jax.random.key(4), {"z": jnp.zeros(5)}))
     assert_unbiased(repeated_grads(two_site, PARAMS, jax.random.key(40), 3000, **untrained,
-                                   **REBAR_OPTIONS), TRUE)
-    trained = _trained(relax)
+                                   **RELAX_OPTIONS), TRUE)
+    trained = _trained(relax, RELAX_OPTIONS)
     assert_unbiased(repeated_grads(two_site, PARAMS, jax.random.key(41), 3000, **trained,
-                                   **REBAR_OPTIONS), TRUE)
+                                   **RELAX_OPTIONS), TRUE)
     surrogate_module = importlib.import_module("scorefn.programs.surrogate")
     exact = surrogate_module.conditional_uniform
     monkeypatch.setattr(surrogate_module, "conditional_uniform",
                         lambda b, prob, w: jax.lax.stop_gradient(exact(b, prob, w)))
     planted = repeated_grads(two_site, PARAMS, jax.random.key(41), 3000, **trained,
-                             **REBAR_OPTIONS)
+                             **RELAX_OPTIONS)
     assert detects_bias(planted, TRUE)
 
 
@@ -150,11 +151,11 @@ def test_relax_site_is_unbiased_before_and_after_training_and_its_bias_twin_is_c
 @pytest.mark.parametrize("kind", ["rebar", "relax"])
 def test_learned_control_variates_lower_the_variance(kind):
     """300 steps of ψ down ‖ĝ‖² (measured: total variance 0.59 -> 0.33 with η and τ alone)."""
-    estimator = (scorefn.programs.rebar() if kind == "rebar"
-                 else scorefn.programs.relax({"z": Control()}))
+    estimator, options = ((scorefn.programs.rebar(), REBAR_OPTIONS) if kind == "rebar"
+                          else (scorefn.programs.relax({"z": Control()}), RELAX_OPTIONS))
     before = repeated_grads(two_site, PARAMS, jax.random.key(38), 3000, **REBAR_OPTIONS)
-    after = repeated_grads(two_site, PARAMS, jax.random.key(39), 3000, **_trained(estimator),
-                           **REBAR_OPTIONS)
+    after = repeated_grads(two_site, PARAMS, jax.random.key(39), 3000,
+                           **_trained(estimator, options), **options)
     assert after.var(0).sum() < 0.75 * before.var(0).sum()
     bits = slice(0, 5)  # the Bernoulli site's logits, whose gradient REBAR estimates
     assert np.median(variance_z(after[:, bits], before[:, bits])) < -4
@@ -162,7 +163,8 @@ def test_learned_control_variates_lower_the_variance(kind):
 
 def test_relax_params_are_checked_and_relax_takes_them_from_its_state():
     psi = {"eta": jnp.array(1.0), "log_temperature": jnp.array(-0.7)}
-    with pytest.raises(ValueError, match="relax_params names site 'c', which is not a 'rebar' site"):
+    with pytest.raises(ValueError, match="relax_params names site 'c', which is not a 'rebar' or "
+                                         "'relax' site"):
         scorefn.programs.grad(two_site, PARAMS, jax.random.key(0), relax_params={"c": psi},
                               **REBAR_OPTIONS)
     with pytest.raises(ValueError, match=r"relax_params\['z'\] must have the keys \['eta', "
@@ -171,7 +173,16 @@ def test_relax_params_are_checked_and_relax_takes_them_from_its_state():
                               relax_params={"z": {"eta": 1.0}}, **REBAR_OPTIONS)
     with pytest.raises(ValueError, match=r"relax_networks\['z'\] needs its params"):
         scorefn.programs.grad(two_site, PARAMS, jax.random.key(0),
+                              relax_networks={"z": Control()}, **RELAX_OPTIONS)
+    with pytest.raises(ValueError, match="a control variate with a network is 'relax'"):
+        scorefn.programs.grad(two_site, PARAMS, jax.random.key(0),
                               relax_networks={"z": Control()}, **REBAR_OPTIONS)
+    with pytest.raises(ValueError, match="site 'z': estimator 'relax' learns a control-variate "
+                                         "network: pass relax_networks="):
+        scorefn.programs.grad(two_site, PARAMS, jax.random.key(0),
+                              estimators={"z": "relax", "c": "enumerate"})
+    with pytest.raises(ValueError, match="site 'c': in a program 'relax' is for Bernoulli sites"):
+        scorefn.programs.grad(two_site, PARAMS, jax.random.key(0), estimators={"c": "relax"})
     with pytest.raises(ValueError, match="site 'z' has a network: init needs key= and inputs="):
         scorefn.programs.relax({"z": Control()}).init(["z"])
     rebar = scorefn.programs.rebar()
