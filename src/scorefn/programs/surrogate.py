@@ -770,9 +770,10 @@ def surrogate(
         else that asks numpyro for randomness (a subsampled plate).
       num_particles: K, independent runs of the program.
       estimators: site name -> a name in ``ESTIMATORS`` (``"score"``, ``"rloo"``,
-        ``"pathwise"``, ``"enumerate"``, ``"measure_valued"``, ``"arm"``, ``"disarm"``,
-        ``"rebar"``, ``"gumbel_softmax"``, ``"straight_through"``). Default: pathwise for sites with
-        ``rsample`` that every reader uses differentiably, score otherwise.
+        ``"pathwise"``, ``"enumerate"``, ``"sum_and_sample"``, ``"measure_valued"``, ``"arm"``,
+        ``"disarm"``, ``"rebar"``, ``"relax"``, ``"gumbel_softmax"``, ``"straight_through"``).
+        Default: pathwise for sites with ``rsample`` that every reader uses differentiably,
+        score otherwise.
       baselines: score site name -> a baseline from ``scorefn.baselines`` (or a number,
         an ``EmaState``, None). Default: leave-one-out over the particles (K ≥ 2).
       credit_assignment: weight each score site by the terms downstream of it only (and by
@@ -780,7 +781,7 @@ def surrogate(
       validate: structural checks (unused params, a support that moves with θ).
       max_enumeration: the largest number of joint values enumerated per particle.
       temperature: the relaxations' temperature τ (``"gumbel_softmax"``,
-        ``"straight_through"`` and ``"rebar"`` sites).
+        ``"straight_through"`` sites, and ``"rebar"`` sites without ``relax_params``).
       relax_params: ``"rebar"`` site name -> its control variate's ψ = ``{"eta": η,
         "log_temperature": log τ}`` (scalars), c(z) = η L_s(σ(z/τ)), instead of η = 1 and
         ``temperature``; with ``"net"`` too (the params of the site's network in
