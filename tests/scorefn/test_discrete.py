@@ -6,6 +6,7 @@ import numpy as np
 import numpyro.distributions as dist
 import pytest
 from closed_forms import assert_unbiased, detects_bias, variance_z, z_scores
+from control_networks import SmallMLP
 from jax.flatten_util import ravel_pytree
 
 import scorefn
@@ -163,25 +164,11 @@ def _relax_estimates(estimator, state, f, key, num_repeats=2000, **options):
                       np.float64)
 
 
-class _Net:
-    """A small flax MLP c_ψ(σ(z/τ)) -> scalar for RELAX."""
-
-    def __new__(cls):
-        import flax.linen as nn
-
-        class MLP(nn.Module):
-            @nn.compact
-            def __call__(self, x):
-                return nn.Dense(1)(nn.tanh(nn.Dense(16)(x)))[..., 0]
-
-        return MLP()
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["rebar", "relax"])
 def test_rebar_and_relax_are_unbiased_for_fixed_and_trained_control_variates(kind):
     dist_fn, params, f, true = rebar_toy(0.45)
-    estimator = scorefn.discrete.rebar() if kind == "rebar" else scorefn.discrete.relax(_Net())
+    estimator = scorefn.discrete.rebar() if kind == "rebar" else scorefn.discrete.relax(SmallMLP())
     state = estimator.init(jax.random.key(0), dist_fn(params))
     assert_unbiased(_relax_estimates(estimator, state, f, jax.random.key(41)), true)
 
@@ -209,7 +196,7 @@ def test_planted_bias_relax_without_the_conditional_correction_is_detected():
 @pytest.mark.slow
 def test_relax_variance_falls_as_its_control_variate_trains():
     dist_fn, params, f, _ = rebar_toy(0.45)
-    estimator = scorefn.discrete.relax(_Net(), rebar_term=False)  # RELAX with the network alone
+    estimator = scorefn.discrete.relax(SmallMLP(), rebar_term=False)  # RELAX with the network alone
     state = estimator.init(jax.random.key(0), dist_fn(params))
     before = _relax_estimates(estimator, state, f, jax.random.key(45))
 
@@ -228,7 +215,7 @@ def test_relax_checks():
     with pytest.raises(ValueError, match="rebar_term must be True"):
         scorefn.discrete.Relax(None, rebar_term=False)
     with pytest.raises(ValueError, match="relax is for Bernoulli and Categorical"):
-        scorefn.discrete.relax(_Net()).init(jax.random.key(0), dist.Poisson(jnp.ones(3)))
+        scorefn.discrete.relax(SmallMLP()).init(jax.random.key(0), dist.Poisson(jnp.ones(3)))
 
 
 # Sum-and-sample ------------------------------------------------------------------------------
@@ -302,7 +289,7 @@ def test_rebar_and_relax_for_a_categorical(kind):
     def f(x):
         return x @ CAT_TABLE
 
-    estimator = scorefn.discrete.rebar() if kind == "rebar" else scorefn.discrete.relax(_Net())
+    estimator = scorefn.discrete.rebar() if kind == "rebar" else scorefn.discrete.relax(SmallMLP())
     state = estimator.init(jax.random.key(0), _categorical(params))
 
     def draws(state, key):

@@ -9,6 +9,7 @@ import numpyro
 import numpyro.distributions as dist
 import pytest
 from closed_forms import assert_unbiased, detects_bias, variance_z
+from control_networks import SmallMLP
 from program_cases import repeated_grads
 
 import scorefn
@@ -86,20 +87,6 @@ REBAR_OPTIONS = dict(num_particles=1, estimators={"z": "rebar", "c": "enumerate"
 RELAX_OPTIONS = dict(num_particles=1, estimators={"z": "relax", "c": "enumerate"})
 
 
-class Control:
-    """A small flax MLP r_ψ: the 5 relaxed bits -> a scalar (RELAX's network)."""
-
-    def __new__(cls):
-        import flax.linen as nn
-
-        class MLP(nn.Module):
-            @nn.compact
-            def __call__(self, x):
-                return nn.Dense(1)(nn.tanh(nn.Dense(16)(x)))[..., 0]
-
-        return MLP()
-
-
 def _trained(estimator, options=REBAR_OPTIONS, steps=300):
     """ψ after ``steps`` steps down ‖ĝ‖² (4 particles per step), from η = 1, τ = 0.5."""
     step = jax.jit(lambda s, k: estimator.grad(two_site, PARAMS, k, state=s,
@@ -131,7 +118,7 @@ def test_relax_site_is_unbiased_before_and_after_training_and_its_bias_twin_is_c
     (the conditional z̃ detached), which the network's own gradient makes visible."""
     import importlib
 
-    relax = scorefn.programs.relax({"z": Control()})
+    relax = scorefn.programs.relax({"z": SmallMLP()})
     untrained = relax.surrogate_options(relax.init(["z"], jax.random.key(4), {"z": jnp.zeros(5)}))
     assert_unbiased(repeated_grads(two_site, PARAMS, jax.random.key(40), 3000, **untrained,
                                    **RELAX_OPTIONS), TRUE)
@@ -152,7 +139,7 @@ def test_relax_site_is_unbiased_before_and_after_training_and_its_bias_twin_is_c
 def test_learned_control_variates_lower_the_variance(kind):
     """300 steps of ψ down ‖ĝ‖² (measured: total variance 0.59 -> 0.33 with η and τ alone)."""
     estimator, options = ((scorefn.programs.rebar(), REBAR_OPTIONS) if kind == "rebar"
-                          else (scorefn.programs.relax({"z": Control()}), RELAX_OPTIONS))
+                          else (scorefn.programs.relax({"z": SmallMLP()}), RELAX_OPTIONS))
     before = repeated_grads(two_site, PARAMS, jax.random.key(38), 3000, **REBAR_OPTIONS)
     after = repeated_grads(two_site, PARAMS, jax.random.key(39), 3000,
                            **_trained(estimator, options), **options)
@@ -173,10 +160,10 @@ def test_relax_params_are_checked_and_relax_takes_them_from_its_state():
                               relax_params={"z": {"eta": 1.0}}, **REBAR_OPTIONS)
     with pytest.raises(ValueError, match=r"relax_networks\['z'\] needs its params"):
         scorefn.programs.grad(two_site, PARAMS, jax.random.key(0),
-                              relax_networks={"z": Control()}, **RELAX_OPTIONS)
+                              relax_networks={"z": SmallMLP()}, **RELAX_OPTIONS)
     with pytest.raises(ValueError, match="a control variate with a network is 'relax'"):
         scorefn.programs.grad(two_site, PARAMS, jax.random.key(0),
-                              relax_networks={"z": Control()}, **REBAR_OPTIONS)
+                              relax_networks={"z": SmallMLP()}, **REBAR_OPTIONS)
     with pytest.raises(ValueError, match="site 'z': estimator 'relax' learns a control-variate "
                                          "network: pass relax_networks="):
         scorefn.programs.grad(two_site, PARAMS, jax.random.key(0),
@@ -184,7 +171,7 @@ def test_relax_params_are_checked_and_relax_takes_them_from_its_state():
     with pytest.raises(ValueError, match="site 'c': in a program 'relax' is for Bernoulli sites"):
         scorefn.programs.grad(two_site, PARAMS, jax.random.key(0), estimators={"c": "relax"})
     with pytest.raises(ValueError, match="site 'z' has a network: init needs key= and inputs="):
-        scorefn.programs.relax({"z": Control()}).init(["z"])
+        scorefn.programs.relax({"z": SmallMLP()}).init(["z"])
     rebar = scorefn.programs.rebar()
     state = rebar.init(["z"], eta=1.0, temperature=float(np.exp(-0.7)))
     g, same = rebar.grad(two_site, PARAMS, jax.random.key(1), state=state, train=False,
