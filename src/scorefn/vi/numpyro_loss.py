@@ -76,6 +76,11 @@ class ELBO(NumPyroELBO):
       temperature: τ of ``"rebar"``, ``"gumbel_softmax"`` and ``"straight_through"`` sites.
       runtime_checks: stop with a ValueError naming the term when a log density is not
         finite (see ``scorefn.programs.surrogate``).
+      path_derivative: "sticking the landing" (Roeder et al. 2017): the guide's log q(z)
+        terms are differentiated through z only, with q's parameters held fixed. The
+        dropped term, -E[∇φ log q_φ(z)], has mean zero, so the gradient stays unbiased
+        (first order), and for pathwise sites its variance vanishes as q approaches the
+        posterior. ``scorefn.vi.fit``'s ``"pathwise"`` estimator does the same.
 
     Example::
 
@@ -88,8 +93,9 @@ class ELBO(NumPyroELBO):
 
     def __init__(self, num_particles: int = 1, *, estimators: Mapping[str, str] | None = None,
                  baselines: Mapping[str, Any] | None = None, temperature: float = 0.5,
-                 runtime_checks: bool = True):
+                 runtime_checks: bool = True, path_derivative: bool = False):
         super().__init__(num_particles=_check_particles(num_particles))
+        self.path_derivative = bool(path_derivative)
         self.estimators = dict(estimators or {})
         self.baselines = dict(baselines or {})
         self.temperature = temperature
@@ -129,7 +135,8 @@ class ELBO(NumPyroELBO):
             states[site] = EmaState(*state)
             baselines[site] = states[site]
         value, signals = programs.surrogate(
-            elbo_program(model, guide, kwargs), params, rng_key, *args,
+            elbo_program(model, guide, kwargs, path_derivative=self.path_derivative), params,
+            rng_key, *args,
             num_particles=self.num_particles, estimators=self.estimators,
             baselines=baselines or None, temperature=self.temperature,
             runtime_checks=self.runtime_checks, validate=False, return_signals=True)
@@ -140,11 +147,12 @@ class ELBO(NumPyroELBO):
         return {"loss": -value, "mutable_state": mutable_state}
 
 
-def elbo_program(model: Callable, guide: Callable, kwargs: Mapping[str, Any] | None = None
-                 ) -> Callable:
+def elbo_program(model: Callable, guide: Callable, kwargs: Mapping[str, Any] | None = None,
+                 path_derivative: bool = False) -> Callable:
     """The stochastic program ``program(params, *args)`` whose objective is the ELBO of
     ``model`` under ``guide`` (see the module docstring); ``params`` are the values of their
-    ``numpyro.param`` sites (constrained), as SVI passes them to its loss."""
+    ``numpyro.param`` sites (constrained), as SVI passes them to its loss. With
+    ``path_derivative`` the guide's log q terms hold q's parameters fixed (see ``ELBO``)."""
     kwargs = dict(kwargs or {})
 
     def program(params, *args):
@@ -162,9 +170,16 @@ def elbo_program(model: Callable, guide: Callable, kwargs: Mapping[str, Any] | N
                 _emit(f"model/{name}", site, log_prob(site["fn"], site["value"]))
         for name in latents:
             site = guide_trace[name]
-            _emit(f"guide/{name}", site, -log_prob(site["fn"], site["value"]))
+            _emit(f"guide/{name}", site, -guide_log_density(site, path_derivative))
 
     return program
+
+
+def guide_log_density(site: Mapping, path_derivative: bool) -> jax.Array:
+    """log q(z) of a guide site; with ``path_derivative``, q's parameters held fixed, so its
+    gradient reaches them only through the value z (Roeder et al. 2017)."""
+    fn = jax.tree.map(jax.lax.stop_gradient, site["fn"]) if path_derivative else site["fn"]
+    return log_prob(fn, site["value"])
 
 
 def _check_traces(model_trace: Mapping, guide_trace: Mapping) -> list[str]:
