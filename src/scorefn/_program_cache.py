@@ -29,7 +29,7 @@ import jax.numpy as jnp
 from scorefn import validation
 from scorefn._compilation_cache import enable_compilation_cache
 from scorefn._compiler_options import cpu_options
-from scorefn._runs import load_checkpoint, save_checkpoint
+from scorefn.runs import load_checkpoint, save_checkpoint
 
 FORMAT = 1
 

@@ -1,4 +1,4 @@
-"""scorefn._runs: the driver every long run shares (checkpoints, settings, progress, metrics)."""
+"""scorefn.runs: the driver every long run shares (checkpoints, settings, progress, metrics)."""
 
 import json
 import math
@@ -9,47 +9,47 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from scorefn import _runs
+from scorefn import runs
 
 
 def test_settings_check_names_what_changed_and_allows_what_may():
     recorded = {"lr": 0.1, "layers": [64, 64], "clip": math.nan, "key": [0, 1]}
-    _runs.refuse_changed_settings("run.pkl", recorded, {"lr": 0.1, "layers": (64, 64),
+    runs.refuse_changed_settings("run.pkl", recorded, {"lr": 0.1, "layers": (64, 64),
                                                         "clip": math.nan, "key": [0, 1]})
-    _runs.refuse_changed_settings("run.pkl", None, {"lr": 0.2})  # nothing recorded: passes
+    runs.refuse_changed_settings("run.pkl", None, {"lr": 0.2})  # nothing recorded: passes
     with pytest.raises(ValueError, match=r"run.pkl was written by a run with other settings "
                                          r"\(key \(the seed\), lr=0.1, now 0.2\); resume it with "
                                          r"the same ones \(steps may change\)"):
-        _runs.refuse_changed_settings("run.pkl", recorded, {**recorded, "lr": 0.2, "key": [2, 3]},
+        runs.refuse_changed_settings("run.pkl", recorded, {**recorded, "lr": 0.2, "key": [2, 3]},
                                       may_change="steps")
 
 
 def test_run_saves_restores_and_refuses_other_settings(tmp_path):
     path = str(tmp_path / "run.pkl")
     with pytest.raises(ValueError, match="resume=True needs checkpoint="):
-        _runs.Run("test", 1, checkpoint=None, resume=True, settings={})
-    fresh = _runs.Run("test", 1, checkpoint=path, resume=True, settings={"lr": 0.1})
+        runs.Run("test", 1, checkpoint=None, resume=True, settings={})
+    fresh = runs.Run("test", 1, checkpoint=path, resume=True, settings={"lr": 0.1})
     assert fresh.restored is None  # nothing to resume yet: a fresh start
     state = {"w": jnp.arange(3.0), "key": jax.random.key(7)}
-    fresh.save(state=_runs.to_host(state), done=5)
-    again = _runs.Run("test", 1, checkpoint=path, resume=True, settings={"lr": 0.1})
-    restored = _runs.from_host(again.restored["state"])
+    fresh.save(state=runs.to_host(state), done=5)
+    again = runs.Run("test", 1, checkpoint=path, resume=True, settings={"lr": 0.1})
+    restored = runs.from_host(again.restored["state"])
     assert again.restored["done"] == 5
     np.testing.assert_array_equal(restored["w"], state["w"])
     assert jnp.all(jax.random.key_data(restored["key"]) == jax.random.key_data(state["key"]))
     with pytest.raises(ValueError, match=r"other hyperparameters \(lr=0.1, now 0.3\)"):
-        _runs.Run("test", 1, checkpoint=path, resume=True, settings={"lr": 0.3},
+        runs.Run("test", 1, checkpoint=path, resume=True, settings={"lr": 0.3},
                   what="hyperparameters")
     with pytest.raises(ValueError, match="is not a other checkpoint"):
-        _runs.Run("other", 1, checkpoint=path, resume=True, settings={"lr": 0.1})
+        runs.Run("other", 1, checkpoint=path, resume=True, settings={"lr": 0.1})
 
 
 def test_run_writes_metrics_and_appends_on_resume(tmp_path):
     path, logs = str(tmp_path / "run.pkl"), str(tmp_path / "logs")
-    with _runs.Run("test", 1, checkpoint=path, resume=False, settings={}, log_dir=logs) as run:
+    with runs.Run("test", 1, checkpoint=path, resume=False, settings={}, log_dir=logs) as run:
         run.log({"step": 1, "loss": 0.5})
         run.save(done=1)
-    with _runs.Run("test", 1, checkpoint=path, resume=True, settings={}, log_dir=logs) as run:
+    with runs.Run("test", 1, checkpoint=path, resume=True, settings={}, log_dir=logs) as run:
         run.log({"step": 2, "loss": 0.25})
     rows = [json.loads(line) for line in open(os.path.join(logs, "metrics.jsonl"))]
     assert rows == [{"step": 1, "loss": 0.5}, {"step": 2, "loss": 0.25}]
@@ -59,10 +59,10 @@ def test_run_writes_metrics_and_appends_on_resume(tmp_path):
 
 def test_tree_digest_and_describe_identify_a_setting_by_what_it_is():
     a = {"x": np.arange(4.0), "y": (np.ones(2, np.float32),)}
-    assert _runs.tree_digest(a) == _runs.tree_digest({"x": np.arange(4.0),
+    assert runs.tree_digest(a) == runs.tree_digest({"x": np.arange(4.0),
                                                       "y": (np.ones(2, np.float32),)})
-    assert _runs.tree_digest(a) != _runs.tree_digest({"x": np.arange(4.0) + 1e-9,
+    assert runs.tree_digest(a) != runs.tree_digest({"x": np.arange(4.0) + 1e-9,
                                                       "y": (np.ones(2, np.float32),)})
-    assert _runs.tree_digest(a) != _runs.tree_digest({"x": np.arange(4.0),
+    assert runs.tree_digest(a) != runs.tree_digest({"x": np.arange(4.0),
                                                       "y": (np.ones(2, np.float64),)})
-    assert " at 0x" not in _runs.describe(lambda x: x)
+    assert " at 0x" not in runs.describe(lambda x: x)

@@ -17,19 +17,19 @@ import numpy as np
 from scorefn import validation as v
 from scorefn._compiler_options import WIDE_REDUCTIONS
 from scorefn._program_cache import cached_jit
-from scorefn._runs import (
-    Run,
-    describe,
-    from_host,
-    saved_figure,
-    to_host,
-)
 from scorefn.es.bernoulli import bernoulli
 from scorefn.es.categorical import categorical
 from scorefn.es.openai_es import openai_es
 from scorefn.es.snes import snes
 from scorefn.es.strategy import Strategy
 from scorefn.es.xnes import xnes
+from scorefn.runs import (
+    Run,
+    describe,
+    from_host,
+    saved_figure,
+    to_host,
+)
 
 EVALUATORS = ("jax", "python", "processes", "ray")
 STRATEGIES = {"snes": snes, "xnes": xnes, "openai_es": openai_es, "bernoulli": bernoulli,

@@ -20,11 +20,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from scorefn import _runs
+from scorefn import runs
 from scorefn._compilation_cache import enable_compilation_cache
 from scorefn._compiler_options import BACKEND_O2, FAST_COMPILE, cpu_options
 from scorefn._program_cache import cached_jit
-from scorefn._runs import all_finite, from_host, to_host
 from scorefn.rl import defaults as D
 from scorefn.rl.envs import (
     THRESHOLDS,
@@ -36,6 +35,7 @@ from scorefn.rl.envs import (
 from scorefn.rl.networks import ActorCritic
 from scorefn.rl.registry import algorithm
 from scorefn.rl.rollout import GymnasiumRunner, jax_reset, jax_rollout
+from scorefn.runs import all_finite, from_host, to_host
 from scorefn.validation import runtime_checks
 
 CHECKPOINT_VERSION = 3  # 3: the hyperparameters as the run's settings
@@ -84,7 +84,7 @@ class TrainResult:
     def plot(self, path: str) -> None:
         steps = np.array([r["env_steps"] for r in self.history])
         evals = np.array([np.atleast_1d(r["eval_mean"]) for r in self.history])
-        with _runs.saved_figure(path) as (_, ax):
+        with runs.saved_figure(path) as (_, ax):
             for i, seed in enumerate(self.seeds):
                 ax.plot(steps, evals[:, i], marker="o", ms=3, label=f"seed {seed}")
             if self.env_id in THRESHOLDS:
@@ -201,7 +201,7 @@ def evaluate_gymnasium(env_id: str, policy: ActorCritic, policy_params: Any, see
 def load_checkpoint(path: str, seed_index: int = 0) -> TrainResult:
     """A ``TrainResult`` (policy parameters of one seed, history, config) from a
     checkpoint written by ``train``, e.g. for ``evaluate``."""
-    payload = _runs.load_checkpoint(path, CHECKPOINT_VERSION, "scorefn.rl")
+    payload = runs.load_checkpoint(path, CHECKPOINT_VERSION, "scorefn.rl")
     config = algorithm(payload["algo"]).module.Config(**{
         k: tuple(v) if isinstance(v, list) else v for k, v in payload["settings"].items()})
     backend = payload.get("backend", "gymnax")
@@ -304,7 +304,7 @@ def train(
     # No _check_policy here: train builds the policy from the environment's action space.
     history: list[dict] = []
     wall = time.perf_counter() - setup_started
-    run = _runs.Run("scorefn.rl", CHECKPOINT_VERSION, checkpoint=checkpoint, resume=resume,
+    run = runs.Run("scorefn.rl", CHECKPOINT_VERSION, checkpoint=checkpoint, resume=resume,
                     settings=dataclasses.asdict(config), what="hyperparameters",
                     may_change="total_steps", progress=progress, description=f"{algo} {env}",
                     total=total_steps, unit="steps", field="eval", log_dir=log_dir,
@@ -517,7 +517,7 @@ _split3 = jax.jit(lambda key: tuple(jax.random.split(key, 3)))
 
 def _check_same_run(path, payload, algo, env, seeds, backend) -> None:
     """A checkpoint resumes only its own algorithm, environment, seeds and backend (the
-    hyperparameters are the run's settings, checked by ``_runs.Run``)."""
+    hyperparameters are the run's settings, checked by ``runs.Run``)."""
     if payload["backend"] != backend:
         raise ValueError(f"{path} holds a {payload['backend']} run; this run uses {backend} "
                          f"(resume it with backend={payload['backend']!r})")

@@ -36,7 +36,7 @@ from jax.flatten_util import ravel_pytree
 from scorefn import baselines as baseline_lib
 from scorefn import programs
 from scorefn import validation as v
-from scorefn._runs import (
+from scorefn.runs import (
     Run,
     plot_with_running_mean,
     saved_figure,

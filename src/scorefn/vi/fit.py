@@ -22,7 +22,8 @@ from scorefn import validation as v
 from scorefn._compilation_cache import enable_compilation_cache
 from scorefn._compiler_options import BACKEND_O2
 from scorefn._program_cache import cached_jit
-from scorefn._runs import (
+from scorefn.baselines import Ema
+from scorefn.runs import (
     Run,
     all_finite,
     describe,
@@ -32,7 +33,6 @@ from scorefn._runs import (
     to_host,
     tree_digest,
 )
-from scorefn.baselines import Ema
 from scorefn.vi.guides import Guide, auto_guide
 from scorefn.vi.model import LatentSite, LogJoint, Model, NumPyroModel, as_model
 from scorefn.vi.objectives import elbo, elbo_grad, ema_states, estimator_name

@@ -12,7 +12,7 @@ from closed_forms import assert_unbiased, detects_bias
 from jax.flatten_util import ravel_pytree
 
 import scorefn
-from scorefn import _runs
+from scorefn import runs
 from scorefn.cli import main
 from scorefn.vi import discrete_vae as dv
 
@@ -89,7 +89,7 @@ def test_resume_equals_uninterrupted_and_refuses_other_settings(digits, tmp_path
     whole = dv.fit(SMALL, digits, jax.random.key(1), **options)
     path = str(tmp_path / "vae.ckpt")
     saves = []
-    real_save = _runs.save_checkpoint  # every run's checkpoints are written there
+    real_save = runs.save_checkpoint  # every run's checkpoints are written there
 
     def save_then_die(p, payload):  # killed right after the second checkpoint
         real_save(p, payload)
@@ -97,10 +97,10 @@ def test_resume_equals_uninterrupted_and_refuses_other_settings(digits, tmp_path
         if len(saves) == 2:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(_runs, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(runs, "save_checkpoint", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         dv.fit(SMALL, digits, jax.random.key(1), checkpoint=path, **options)
-    monkeypatch.setattr(_runs, "save_checkpoint", real_save)
+    monkeypatch.setattr(runs, "save_checkpoint", real_save)
     assert saves == [20, 30]  # 30: the middle variance checkpoint ends a call
     resumed = dv.fit(SMALL, digits, jax.random.key(1), checkpoint=path, resume=True, **options)
     assert resumed.elbo == whole.elbo and resumed.gradient_variance == whole.gradient_variance

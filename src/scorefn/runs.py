@@ -1,5 +1,7 @@
-"""What every long run shares (es, rl, vi): atomic checkpoints of JAX pytrees, the settings
-check on resume, and a rich progress bar."""
+"""The run driver every long run shares (``es.minimize``, ``rl.train``, ``vi.fit``, the
+discrete VAE): atomic checkpoints of JAX pytrees, the settings check on resume, the progress
+bar, the metrics files and the plots. Public, so that a loop of your own can checkpoint and
+resume the same way."""
 
 from __future__ import annotations
 
