@@ -49,6 +49,7 @@ import numpyro
 
 from scorefn import validation as v
 from scorefn.baselines import Baseline, as_baseline, leave_one_out
+from scorefn.control_variates import ControlVariate, with_control_variate
 from scorefn.discrete import antithetic_weights, bernoulli_logits
 from scorefn.measure_valued import as_supported, distribution_parameters, perturbations
 from scorefn.programs.tracing import (
@@ -628,10 +629,12 @@ def _nonfinite_reached_message(site: str):
 
 
 def _particles(program, params, key, args, p: Plan, num_particles: int, cut: frozenset,
-               relax: tuple[Mapping[str, Any], Mapping[str, Any]]):
+               relax: tuple[Mapping[str, Any], Mapping[str, Any]],
+               kept: tuple[str, ...] = ()):
     """Every particle's terms and score sites' log-probabilities, canonical, shaped
     (K, *branches, *plates): one branch axis per enumerated site (one of size 1 if none);
-    and each enumerated site's log-probability, (K, *branches)."""
+    each enumerated site's log-probability, (K, *branches); and the values of the sites
+    ``kept`` (detached), (K, *branches, *value_shape)."""
     order = p.plates
 
     num_latents = len(p.estimators)
@@ -652,26 +655,75 @@ def _particles(program, params, key, args, p: Plan, num_particles: int, cut: fro
         weak = weak + sum((_rebar_term(program, params, args, p, rec, site_keys, forced, s,
                                        relax_params.get(s), relax_networks.get(s))
                            for s in p.control_variate_names if s not in cut), jnp.zeros(()))
-        return terms, scores, enum, weak
+        values = {s: jax.lax.stop_gradient(rec.latents[s]["value"]) for s in kept}
+        return terms, scores, enum, weak, values
 
     def particle(k):
         if not p.grid:
             return jax.tree.map(lambda x: x[None], one(k, {}))
         return _over_branches(lambda forced: one(k, forced), p.enumerate_names, p.grid)
 
-    # All particles' site keys in one split (a split per particle inside the vmap costs
-    # ~10% more on CPU for a small program).
-    keys = jax.random.split(key, (num_particles, num_latents + 1))
     with numpyro.validation_enabled(False):
-        return jax.vmap(particle)(keys)
+        return jax.vmap(particle)(_particle_keys(key, p, num_particles))
+
+
+def _particle_keys(key: jax.Array, p: Plan, num_particles: int) -> jax.Array:
+    """Each particle's site keys, (K, num_latents + 1). All particles' keys in one split (a
+    split per particle inside the vmap costs ~10% more on CPU for a small program)."""
+    return jax.random.split(key, (num_particles, len(p.estimators) + 1))
+
+
+def _control_variate_term(program, params, key, args, p: Plan, num_particles: int, site: str,
+                          cv: ControlVariate, values: jax.Array, signal: jax.Array) -> jax.Array:
+    r"""Value 0, its gradient -(1/K) Σ_k β_k ⊙ c_k: the control variate h of a score site
+    (``scorefn.control_variates``), with
+
+        c_k = h(x_k) ∇θ log p_θ(x_k | upstream_k) - ∇θ E_{p_θ(· | upstream_k)}[h],
+
+    which has mean zero given the particle's upstream, and β per coordinate of θ fitted to
+    the plain terms f_k ∇θ log p_θ(x_k) (``with_control_variate``: leave-one-out for
+    ``"optimal"``, so β_k does not depend on x_k). The site's distribution as a function of
+    θ comes from rerunning the particle with x_s forced to its value and every other site
+    drawing with the same keys. First order only."""
+    n = len(p.estimators)
+    # One signal per particle (checked), broadcast over the site's plates: read it once.
+    f = jax.lax.stop_gradient(signal.reshape(num_particles, -1)[:, 0])
+
+    def parts(site_keys, x):
+        def rerun(theta):
+            return run(program, theta, site_keys[-1], args,
+                       Recorder(p.roles, {site: x}, frozenset(), site_keys[:n], p.estimators,
+                                p.temperature, p.sum_and_sample_size))
+
+        h, mean_fn = cv.prepare(lambda theta: rerun(theta).latents[site]["fn"], params)
+        score = jax.grad(lambda theta: jnp.sum(rerun(theta).latent_log_prob(site)))(params)
+        return score, jax.grad(lambda theta: jnp.sum(mean_fn(theta)))(params), h(x)
+
+    with numpyro.validation_enabled(False):
+        scores, mean_grads, h = jax.vmap(parts)(_particle_keys(key, p, num_particles),
+                                                values.reshape((num_particles,) + values.shape[2:]))
+    h = jax.lax.stop_gradient(h.astype(f.dtype))
+
+    def per_particle(x, leaf):
+        return x.reshape((num_particles,) + (1,) * (leaf.ndim - 1))
+
+    controls = jax.tree.map(lambda g, dm: per_particle(h, g) * g - dm, scores, mean_grads)
+    raw = jax.tree.map(lambda g: per_particle(f, g) * g, scores)
+    correction = with_control_variate(jax.tree.map(jnp.zeros_like, raw), controls,
+                                      cv.coefficient, fit=raw)
+    return sum(jnp.sum(jax.lax.stop_gradient(jnp.mean(c, 0)) * (q - jax.lax.stop_gradient(q)))
+               for c, q in zip(jax.tree.leaves(correction), jax.tree.leaves(params)))
 
 
 def surrogate_parts(program, params, key, args, p: Plan, num_particles: int,
                     cut: frozenset = frozenset(),
-                    relax: tuple[Mapping[str, Any], Mapping[str, Any]] = ({}, {})):
+                    relax: tuple[Mapping[str, Any], Mapping[str, Any]] = ({}, {}),
+                    control_variates: Mapping[str, ControlVariate] | None = None):
     """The surrogate's value and each score site's learning signal (K, *branches, *plates)."""
-    terms, scores, enum, weak = _particles(program, params, key, args, p, num_particles, cut,
-                                           relax)
+    control_variates = dict(control_variates or {})
+    terms, scores, enum, weak, values = _particles(program, params, key, args, p,
+                                                   num_particles, cut, relax,
+                                                   tuple(control_variates))
     order = p.plates
     first_plate = 1 + max(len(p.enumerate_names), 1)
     plate_axes = tuple(range(first_plate, first_plate + len(order)))
@@ -722,6 +774,9 @@ def surrogate_parts(program, params, key, args, p: Plan, num_particles: int,
         total = total + jnp.sum(term, axis=plate_axes)
     weights = jnp.exp(enum_log_prob)
     value = jnp.mean(jnp.sum(weights * total, axis=tuple(range(1, first_plate))))
+    for s, cv in control_variates.items():
+        value = value + _control_variate_term(program, params, key, args, p, num_particles, s,
+                                              cv, values[s], signals[s])
     return v.guarded(value, guard), signals
 
 
@@ -749,6 +804,7 @@ def surrogate(
     relax_params: Mapping[str, Mapping[str, Any]] | None = None,
     relax_networks: Mapping[str, Any] | None = None,
     sum_and_sample_size: int = 2,
+    control_variates: Mapping[str, ControlVariate] | None = None,
     return_signals: bool = False,
 ) -> Any:
     r"""The surrogate objective S(θ) of ``program(params, *args)`` (see the module docstring).
@@ -800,6 +856,13 @@ def surrogate(
         for tight loops of small programs, at a price: a non-finite term then makes the
         surrogate's value NaN, but its gradient can look finite (log y at y < 0 has the
         gradient 1/y), so check the value yourself.
+      control_variates: score site name -> a control variate h of
+        ``scorefn.control_variates`` (``generic``, ``score``, ``delta_method``), applied to
+        the site's value: the gradient gains -β ⊙ (h(x) ∇θ log p(x) - ∇θ E[h]) per
+        particle, β per coordinate of θ (``"optimal"``: fitted on the other particles, so
+        still unbiased). The site's learning signal must be one number per particle: a site
+        outside plates (or ``credit_assignment=False``), no enumerated site in the program.
+        First order only, like the measure-valued and antithetic sites.
       return_signals: also return ``{site: L_s}``, each score site's learning signal
         (K, M, *plates), to update an EMA baseline: ``state = ema.update(L, state)``.
     """
@@ -808,9 +871,40 @@ def surrogate(
              baselines=baselines, credit_assignment=credit_assignment, validate=validate,
              max_enumeration=max_enumeration, runtime_checks=runtime_checks,
              temperature=temperature, sum_and_sample_size=sum_and_sample_size)
-    value, signals = surrogate_parts(program, params, key, args, p, int(num_particles),
-                                     relax=_checked_relax(relax_params, relax_networks, p))
+    value, signals = surrogate_parts(
+        program, params, key, args, p, int(num_particles),
+        relax=_checked_relax(relax_params, relax_networks, p),
+        control_variates=_checked_control_variates(control_variates, p, int(num_particles)))
     return (value, signals) if return_signals else value
+
+
+def _checked_control_variates(control_variates: Mapping[str, Any] | None, p: Plan,
+                              num_particles: int) -> dict[str, ControlVariate]:
+    control_variates = dict(control_variates or {})
+    for site, cv in control_variates.items():
+        if site not in p.score_names:
+            known = f"its score sites are {list(p.score_names)}" if p.score_names else (
+                "it has no score site")
+            raise ValueError(f"control_variates names site {site!r}, which is not a score-function "
+                             f"site of the program ({known}): a control variate corrects the "
+                             "score-function estimate")
+        if not isinstance(cv, ControlVariate):
+            raise TypeError(f"control_variates[{site!r}] must come from scorefn.control_variates "
+                            f"(generic, score, delta_method); got {type(cv).__name__}")
+        if p.grid:
+            raise ValueError(f"control_variates[{site!r}]: the program has enumerated sites "
+                             f"({list(p.enumerate_names)}); a control variate needs one learning "
+                             "signal per particle, not one per enumerated branch")
+        if p.credit_assignment and p.sites[site].plates:
+            raise ValueError(f"control_variates[{site!r}]: the site is inside the plate(s) "
+                             f"{[pl.name for pl in p.sites[site].plates]}, where credit "
+                             "assignment gives each element its own learning signal; a control "
+                             "variate needs one per particle: pass credit_assignment=False")
+        if isinstance(cv.coefficient, str) and num_particles < 2:
+            raise ValueError(f"control_variates[{site!r}]: coefficient={cv.coefficient!r} is "
+                             "fitted across particles: num_particles must be >= 2, got "
+                             f"{num_particles}")
+    return control_variates
 
 
 def _checked_relax(relax_params: Mapping[str, Any] | None,
