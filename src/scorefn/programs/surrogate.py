@@ -390,6 +390,12 @@ def plan(
     )
 
 
+def _checks(p: Plan):
+    """The plan's run-time checks, unless the caller traces with them off
+    (``validation.runtime_checks(False)``: a training loop's cached step)."""
+    return v.runtime_checks(p.runtime_checks and v.runtime_checks_enabled())
+
+
 def magic_box(tau: jax.Array) -> jax.Array:
     r"""□(τ) = exp(τ - stop_gradient(τ)): value 1, and ∇□(τ) = □(τ) ∇τ at every order."""
     return jnp.exp(tau - jax.lax.stop_gradient(tau))
@@ -437,7 +443,7 @@ def _measure_valued_term(program, params, args, p: Plan, rec: Recorder, site_key
     out = jnp.zeros(())
     for phi, (c, plus, minus) in zip(phis, perturbations(d, key, flat)):
         diffs = jax.vmap(difference)(plus[0], minus[0], jnp.arange(flat.shape[1]))
-        with v.runtime_checks(p.runtime_checks):
+        with _checks(p):
             guard = v.finite_guard((diffs, _nonfinite_reached_message(site)))
         estimate = jax.lax.stop_gradient(c * diffs)
         phi = phi.reshape(-1)
@@ -525,7 +531,7 @@ def _antithetic_term(program, params, args, p: Plan, rec: Recorder, site_keys, f
     other = _reached(program, jax.lax.stop_gradient(params), args, p, site_keys, forced, site,
                      second, by_plate=True)
     diff = mine - other
-    with v.runtime_checks(p.runtime_checks):
+    with _checks(p):
         guard = v.finite_guard((diff, _nonfinite_reached_message(site)))
     weights = antithetic_weights(logits, u, first, second, p.estimators[site])
     phi = bernoulli_logits(rec.latents[site]["fn"], tuple(jnp.shape(u)), p.estimators[site])
@@ -585,7 +591,7 @@ def _rebar_term(program, params, args, p: Plan, rec: Recorder, site_keys, forced
         signal = jax.lax.stop_gradient(reached_terms - c_given_b)
     else:  # constant in θ, differentiable in ψ
         signal = jax.lax.stop_gradient(reached_terms) - control(jax.lax.stop_gradient(z_given_b))
-    with v.runtime_checks(p.runtime_checks):
+    with _checks(p):
         guard = v.finite_guard((jax.lax.stop_gradient(jnp.stack([jnp.sum(signal), jnp.sum(c_z)])),
                                 _nonfinite_reached_message(site)))
     log_p = b * jax.nn.log_sigmoid(phi) + (1 - b) * jax.nn.log_sigmoid(-phi)
@@ -737,7 +743,7 @@ def surrogate_parts(program, params, key, args, p: Plan, num_particles: int,
         plates_of = {n: set() for n in p.sites}
     scores = {s: jax.lax.stop_gradient(r) if s in cut else r for s, r in scores.items()}
     enum = {e: jax.lax.stop_gradient(x) if e in cut else x for e, x in enum.items()}
-    with v.runtime_checks(p.runtime_checks):
+    with _checks(p):
         guard = v.finite_guard(*[(jax.lax.stop_gradient(terms[t]), _nonfinite_term_message(t))
                                  for t in p.term_names])
     branch_shape = terms[p.term_names[0]].shape[:first_plate]

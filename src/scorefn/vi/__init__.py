@@ -5,8 +5,9 @@ r"""Black-box variational inference on the scorefn core.
 - models: a NumPyro model function with its data, or ``LogJoint`` (``log_joint(z, *data)``);
 - guides: ``mean_field``, ``full_rank``, ``auto_guide``;
 - estimators (``scorefn.vi.objectives``): ``score``, ``score_rb`` (Rao-Blackwellised, local
-  learning signals), ``pathwise``, ``mixed``, ``iwae``, ``vimco``; all through
-  ``scorefn.score_grad`` and ``scorefn.pathwise_grad``;
+  learning signals), ``pathwise``, ``mixed``, ``iwae``, ``vimco``; each one of the loss
+  objects below, on the model and guide as NumPyro programs (``guide_program``,
+  ``model_program``);
 - ``fit``: the training loop, with checkpoints and posterior helpers;
 - ``ELBO``: the same estimators as the loss of ``numpyro.infer.SVI`` (any guide program,
   networks and subsampled plates included), built on ``scorefn.programs``; ``IWAE``
@@ -17,6 +18,7 @@ r"""Black-box variational inference on the scorefn core.
 
 from scorefn.vi import models
 from scorefn.vi.fit import FitResult, fit
+from scorefn.vi.guide_programs import guide_program, model_program
 from scorefn.vi.guides import Block, Guide, auto_guide, full_rank, mean_field
 from scorefn.vi.model import LogJoint, Model, NumPyroModel, as_model
 from scorefn.vi.numpyro_loss import ELBO, IWAE, VIMCO, amortized_posterior, elbo_program
@@ -27,7 +29,6 @@ from scorefn.vi.objectives import (
     elbo,
     elbo_grad,
     iwae_bound,
-    local_signals,
 )
 
 __all__ = [
@@ -52,7 +53,8 @@ __all__ = [
     "fit",
     "full_rank",
     "iwae_bound",
-    "local_signals",
+    "guide_program",
+    "model_program",
     "mean_field",
     "models",
 ]

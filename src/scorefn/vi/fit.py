@@ -198,7 +198,8 @@ def fit(
     params = guide.init()
     opt_state = optimizer.init(params)
     ema = baseline if isinstance(baseline, Ema) else None
-    baseline_state = (ema_states(guide, params, estimator, ema.init) if ema is not None else {})
+    baseline_state = (ema_states(model, guide, params, estimator, num_samples, ema.init)
+                      if ema is not None else {})
     settings = None if checkpoint is None else _settings(
         model, guide, data, key, estimator, num_samples, optimizer, params, baseline,
         control_variate)

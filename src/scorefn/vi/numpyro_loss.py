@@ -34,6 +34,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import numpyro
 from numpyro import handlers
 from numpyro.infer.elbo import ELBO as NumPyroELBO
@@ -42,16 +43,38 @@ from numpyro.primitives import Messenger, mutable
 from scorefn import programs
 from scorefn import validation as v
 from scorefn.baselines import Ema, EmaState, vimco_learning_signal
+from scorefn.control_variates import ControlVariate
 from scorefn.importance import (
     doubly_reparameterized_weights,
     log_mean_weight,
     self_normalized_weights,
 )
 from scorefn.scores import log_prob
-from scorefn.vi.objectives import nonfinite_term_message
 
 #: Prefix of the mutable-state sites that carry ``ELBO``'s EMA baselines.
 STATE_PREFIX = "scorefn/ema/"
+
+
+def nonfinite_term_message(name: str):
+    """The message of ``scorefn.validation.finite_guard`` for a term ``(K, ...)`` of the
+    model's log density: the site, NaN or inf, and the first bad sample."""
+
+    def message(values: np.ndarray) -> str | None:
+        per_sample = values.reshape(values.shape[0], -1)
+        bad = ~np.isfinite(per_sample).all(axis=1)
+        if not bad.any():
+            return None
+        first = int(np.flatnonzero(bad)[0])
+        kind = "NaN" if np.isnan(per_sample[first]).any() else "inf"
+        site = name.split(":")[0]
+        return (
+            f"the model's log density is not finite at the guide's samples: site {site!r} "
+            f"(term {name!r}) is {kind} at {int(bad.sum())} of {len(bad)} samples (first: "
+            f"sample {first}). Check that the guide's support matches the site's support and "
+            "that the model is defined for every value the guide can draw"
+        )
+
+    return message
 
 
 def _check_particles(num_particles: Any, minimum: int = 1) -> int:
@@ -81,6 +104,12 @@ class ELBO(NumPyroELBO):
         dropped term, -E[∇φ log q_φ(z)], has mean zero, so the gradient stays unbiased
         (first order), and for pathwise sites its variance vanishes as q approaches the
         posterior. ``scorefn.vi.fit``'s ``"pathwise"`` estimator does the same.
+      credit_assignment: weight each score site by the terms downstream of it (and of its
+        plate index) only; False weights it by the whole log w = log p - log q (the plain
+        score-function ELBO gradient, ``fit``'s ``"score"``).
+      control_variates: score site -> a control variate of ``scorefn.control_variates`` on
+        the site's value (see ``scorefn.programs.surrogate``; one learning signal per
+        particle: a site outside plates, or ``credit_assignment=False``).
 
     Example::
 
@@ -93,9 +122,13 @@ class ELBO(NumPyroELBO):
 
     def __init__(self, num_particles: int = 1, *, estimators: Mapping[str, str] | None = None,
                  baselines: Mapping[str, Any] | None = None, temperature: float = 0.5,
-                 runtime_checks: bool = True, path_derivative: bool = False):
+                 runtime_checks: bool = True, path_derivative: bool = False,
+                 credit_assignment: bool = True,
+                 control_variates: Mapping[str, ControlVariate] | None = None):
         super().__init__(num_particles=_check_particles(num_particles))
         self.path_derivative = bool(path_derivative)
+        self.credit_assignment = bool(credit_assignment)
+        self.control_variates = dict(control_variates or {})
         self.estimators = dict(estimators or {})
         self.baselines = dict(baselines or {})
         self.temperature = temperature
@@ -134,17 +167,31 @@ class ELBO(NumPyroELBO):
                 state = ema.init()
             states[site] = EmaState(*state)
             baselines[site] = states[site]
-        value, signals = programs.surrogate(
-            elbo_program(model, guide, kwargs, path_derivative=self.path_derivative), params,
-            rng_key, *args,
-            num_particles=self.num_particles, estimators=self.estimators,
-            baselines=baselines or None, temperature=self.temperature,
-            runtime_checks=self.runtime_checks, validate=False, return_signals=True)
+        value, signals = self.surrogate(rng_key, params, model, guide, *args,
+                                        baselines=baselines, **kwargs)
         mutable_state = {
             STATE_PREFIX + site: self.emas[site].update(
                 jax.lax.stop_gradient(signals[site]), state)
             for site, state in states.items()} or None
         return {"loss": -value, "mutable_state": mutable_state}
+
+    def surrogate(self, rng_key, params, model, guide, *args,
+                  baselines: Mapping[str, Any] | None = None, **kwargs) -> tuple[jax.Array, dict]:
+        """The surrogate objective (the ELBO estimate; its gradient the estimator's) and each
+        score site's learning signal, at the guide's and model's ``params`` (their
+        ``numpyro.param`` values, constrained). ``baselines`` replaces the loss's own (an EMA's
+        current state, say)."""
+        baselines = self.baselines if baselines is None else baselines
+        # An ema baseline without its state: its first value, 0.
+        baselines = {s: b.init() if isinstance(b, Ema) else b for s, b in baselines.items()}
+        return programs.surrogate(
+            elbo_program(model, guide, kwargs, path_derivative=self.path_derivative), params,
+            rng_key, *args,
+            num_particles=self.num_particles, estimators=self.estimators,
+            baselines=baselines or None, temperature=self.temperature,
+            runtime_checks=self.runtime_checks, validate=False, return_signals=True,
+            credit_assignment=self.credit_assignment,
+            control_variates=self.control_variates or None)
 
 
 def elbo_program(model: Callable, guide: Callable, kwargs: Mapping[str, Any] | None = None,
@@ -235,11 +282,27 @@ def _scaled(site: dict, value: Any) -> jax.Array:
 
 class _DetachSamples(Messenger):
     """The score-function view of a guide: its draws carry no gradient, also into the
-    distributions of the sites after them."""
+    distributions of the sites after them. With ``without_rsample``, only the draws of
+    distributions without ``rsample`` (whose ``sample`` may still be differentiable)."""
+
+    def __init__(self, fn=None, without_rsample: bool = False):
+        self.without_rsample = without_rsample
+        super().__init__(fn)
 
     def postprocess_message(self, msg):
-        if msg["type"] == "sample" and not msg["is_observed"]:
+        if msg["type"] == "sample" and not msg["is_observed"] and not (
+                self.without_rsample and msg["fn"].has_rsample):
             msg["value"] = jax.lax.stop_gradient(msg["value"])
+
+
+def _detached_trace(guide: Callable, params: Any, args: tuple, kwargs: Mapping,
+                    without_rsample: bool = False) -> Mapping:
+    """The guide's trace with its draws detached (``_DetachSamples``). The detaching handler
+    sits outside the trace: a handler's post-processing runs from the outermost one in, and
+    the trace copies each site as it sees it, so an inner detach would reach the program's
+    later sites but not the trace."""
+    with _DetachSamples(without_rsample=without_rsample):
+        return handlers.trace(handlers.substitute(guide, data=params)).get_trace(*args, **kwargs)
 
 
 def _site_log_densities(trace: Mapping, names: list[str] | None = None) -> dict[str, jax.Array]:
@@ -295,8 +358,10 @@ class IWAE(_MultiSampleBound):
 
     with w̃_k = w_k / Σ_m w_m and log q's own dependence on φ held fixed. **Unbiased** for
     ∇L_K; its φ-gradient's signal does not vanish as K grows, unlike the plain
-    reparameterised one (Rainforth et al. 2018). Every latent site of the guide must be
-    reparameterisable (``rsample``); for discrete guides use ``VIMCO``. A param may
+    reparameterised one (Rainforth et al. 2018). Guide sites without ``rsample`` (discrete
+    ones) get the score-function gradient of the same bound, Σ_k (L̂ - w̃_k) ∇_φ log q_φ(z_k)
+    (no baseline: ``VIMCO`` is the variance-reduced one); they must come before every
+    reparameterised site of the guide, so that they do not depend on its draws. A param may
     belong to the model or to the guide, not both. ``SVI`` reports the loss -L̂.
 
     Args:
@@ -308,14 +373,13 @@ class IWAE(_MultiSampleBound):
         svi = SVI(model, guide, optax.adam(1e-3), loss=scorefn.vi.IWAE(num_particles=8))
     """
 
-    can_infer_discrete = False  # DReG needs reparameterisable sites: SVI.init warns
+    can_infer_discrete = True  # discrete sites: the score function (drawn before the rest)
 
     def surrogate(self, rng_key, params, model, guide, *args, **kwargs) -> jax.Array:
         detached = jax.lax.stop_gradient(params)
 
         def particle():
-            guide_trace = handlers.trace(handlers.substitute(guide, data=params)).get_trace(
-                *args, **kwargs)
+            guide_trace = _detached_trace(guide, params, args, kwargs, without_rsample=True)
             # log p_θ(x, z) at fixed z: θ's gradient
             fixed_z = {n: ({**s, "value": jax.lax.stop_gradient(s["value"])}
                            if s["type"] == "sample" else s) for n, s in guide_trace.items()}
@@ -326,10 +390,12 @@ class IWAE(_MultiSampleBound):
             q_path = handlers.trace(handlers.replay(handlers.substitute(guide, data=detached),
                                                     trace=guide_trace)).get_trace(*args, **kwargs)
             p_path = _model_trace(model, detached, guide_trace, args, kwargs)
+            # log q_φ(z_s) of the sites without rsample, φ live: their score function
+            scored = [n for n in latents if not guide_trace[n]["fn"].has_rsample]
             return (_site_log_densities(p_path), _site_log_densities(q_path, latents),
-                    _site_log_densities(p_theta))
+                    _site_log_densities(p_theta), _site_log_densities(guide_trace, scored))
 
-        p_path, q_path, p_theta = self._particles(rng_key, particle)
+        p_path, q_path, p_theta, q_scored = self._particles(rng_key, particle)
         log_w_path = sum(p_path.values()) - sum(q_path.values())
         log_p_theta = sum(p_theta.values())
         log_w = jax.lax.stop_gradient(log_w_path)
@@ -337,16 +403,25 @@ class IWAE(_MultiSampleBound):
         surrogate = (bound + jnp.sum(doubly_reparameterized_weights(log_w) * (log_w_path - log_w))
                      + jnp.sum(self_normalized_weights(log_w)
                                * (log_p_theta - jax.lax.stop_gradient(log_p_theta))))
+        if q_scored:
+            log_q = sum(q_scored.values())
+            signal = jax.lax.stop_gradient(bound - self_normalized_weights(log_w))
+            surrogate = surrogate + jnp.sum(signal * (log_q - jax.lax.stop_gradient(log_q)))
         return v.guarded(surrogate, self._guard(p_theta, q_path))
 
     @staticmethod
     def _check_guide(guide_trace: Mapping, model_trace: Mapping, latents: list[str]) -> None:
+        reparameterised = None
         for name in latents:
-            if not guide_trace[name]["fn"].has_rsample:
+            if guide_trace[name]["fn"].has_rsample:
+                reparameterised = reparameterised or name
+            elif reparameterised is not None:
                 raise ValueError(
-                    f"IWAE's DReG gradient needs reparameterisable guide sites; site {name!r} "
-                    f"({type(guide_trace[name]['fn']).__name__}) has no rsample: use "
-                    "scorefn.vi.VIMCO, the score-function gradient of the same bound")
+                    f"IWAE: the guide site {name!r} ({type(guide_trace[name]['fn']).__name__}) "
+                    f"has no rsample and comes after the reparameterised site "
+                    f"{reparameterised!r}: its score-function gradient is unbiased only when it "
+                    "does not depend on reparameterised draws, so draw it first, or use "
+                    "scorefn.vi.VIMCO (the score-function gradient of the same bound)")
         shared = sorted(n for n, s in guide_trace.items() if s["type"] == "param"
                         and n in model_trace and model_trace[n]["type"] == "param")
         if shared:
@@ -374,8 +449,7 @@ class VIMCO(_MultiSampleBound):
 
     def surrogate(self, rng_key, params, model, guide, *args, **kwargs) -> jax.Array:
         def particle():
-            guide_trace = handlers.trace(_DetachSamples(handlers.substitute(
-                guide, data=params))).get_trace(*args, **kwargs)
+            guide_trace = _detached_trace(guide, params, args, kwargs)
             model_trace = _model_trace(model, params, guide_trace, args, kwargs)
             latents = _check_traces(model_trace, guide_trace)
             return _site_log_densities(model_trace), _site_log_densities(guide_trace, latents)
