@@ -22,19 +22,18 @@ from jax.flatten_util import ravel_pytree
 
 from scorefn import validation as v
 from scorefn.diagnostics import ComparisonTable, repeated_estimates, summarize, timed
-from scorefn.programs.surrogate import ESTIMATORS, plan, surrogate_parts
+from scorefn.programs.surrogate import ESTIMATORS, Choice, choose
 
 _OPTIONS = ("num_particles", "estimators", "baselines", "credit_assignment", "max_enumeration",
-            "runtime_checks", "temperature")
+            "runtime_checks", "temperature", "sum_and_sample_size", "relax_params",
+            "relax_networks", "control_variates")
 
 
-def _planned(program, params, args, options):
-    options = dict(options)
+def _planned(program, params, args, options) -> Choice:
     unknown = set(options) - set(_OPTIONS)
     if unknown:
         raise ValueError(f"unknown option(s) {sorted(unknown)}; a choice takes {list(_OPTIONS)}")
-    k = int(options.pop("num_particles", 8))
-    return plan(program, params, args, num_particles=k, **options), k
+    return choose(program, params, args, **options)
 
 
 def site_contributions(program: Callable, params: Any, key: jax.Array, *args: Any,
@@ -42,22 +41,22 @@ def site_contributions(program: Callable, params: Any, key: jax.Array, *args: An
     """Each latent site's contribution to one gradient estimate: ``{site: pytree like params}``.
 
     ``options`` are those of ``scorefn.programs.grad`` (``num_particles``, ``estimators``,
-    ``baselines``, ``credit_assignment``, ``max_enumeration``). The contributions of
+    ``baselines``, ``credit_assignment``, ``max_enumeration``, ``relax_params``,
+    ``control_variates``, ...). The contributions of
     different sites need not add up to the estimate: a term that two sites reach is
     differentiated through both.
     """
     v.check_key(key)
-    p, k = _planned(program, params, args, options)
-    return _contributions(program, params, key, args, p, k)
+    return _contributions(program, params, key, args, _planned(program, params, args, options))
 
 
-def _contributions(program, params, key, args, p, k):
+def _contributions(program, params, key, args, chosen: Choice):
     def gradient(cut):
-        return jax.grad(lambda q: surrogate_parts(program, q, key, args, p, k, cut)[0])(params)
+        return jax.grad(lambda q: chosen.parts(program, q, key, args, cut)[0])(params)
 
     full = gradient(frozenset())
     out = {}
-    for s in p.estimators:
+    for s in chosen.plan.estimators:
         cut = gradient(frozenset({s}))
         out[s] = jax.tree.map(lambda a, b: a - b, full, cut)
     return out
@@ -84,11 +83,11 @@ def site_variances(program: Callable, params: Any, key: jax.Array, *args: Any,
     v.check_key(key)
     if num_repeats < 2:
         raise ValueError(f"num_repeats must be at least 2 to measure a variance, got {num_repeats}")
-    p, k = _planned(program, params, args, options)
-    stacked = repeated_estimates(lambda kk: _contributions(program, params, kk, args, p, k),
+    chosen = _planned(program, params, args, options)
+    stacked = repeated_estimates(lambda kk: _contributions(program, params, kk, args, chosen),
                                  key, num_repeats)()
     variance = jax.tree.map(lambda x: np.asarray(jnp.var(x, axis=0, ddof=1)), stacked)
-    return SiteVariances(dict(p.estimators), variance, num_repeats)
+    return SiteVariances(dict(chosen.plan.estimators), variance, num_repeats)
 
 
 @dataclasses.dataclass
@@ -152,27 +151,30 @@ def compare(
     ref_key, key = jax.random.split(key)
     reference_se = None
     if reference is None:
-        p, k = next(iter(planned.values()))
+        first = next(iter(planned.values()))
         stacked = repeated_estimates(
-            lambda kk: jax.grad(lambda q: surrogate_parts(program, q, kk, args, p, k)[0])(params),
+            lambda kk: jax.grad(lambda q: first.parts(program, q, kk, args)[0])(params),
             ref_key, 4 * num_repeats)()
         reference = jax.tree.map(lambda e: jnp.mean(e, 0), stacked)
         reference_se = jax.tree.map(lambda e: jnp.std(e, 0, ddof=1) / math.sqrt(e.shape[0]), stacked)
     reports, sites = [], {}
-    for index, (name, (p, k)) in enumerate(planned.items()):
+    for index, (name, chosen) in enumerate(planned.items()):
         kk = jax.random.fold_in(key, index)
 
-        def estimator(kr, p=p, k=k):
-            return jax.grad(lambda q: surrogate_parts(program, q, kr, args, p, k)[0])(params)
+        def estimator(kr, chosen=chosen):
+            return jax.grad(lambda q: chosen.parts(program, q, kr, args)[0])(params)
 
         estimates, seconds = timed(repeated_estimates(estimator, kk, num_repeats))
+        p = chosen.plan
         unbiased = (all(b is None or b.unbiased for b in p.baselines.values())
-                    and all(ESTIMATORS[e].unbiased for e in p.estimators.values()))
-        reports.append(summarize(name, estimates, reference, num_samples=k,
+                    and all(ESTIMATORS[e].unbiased for e in p.estimators.values())
+                    and all(cv.unbiased for cv in chosen.control_variates.values()))
+        reports.append(summarize(name, estimates, reference, num_samples=chosen.num_particles,
                                  seconds_per_estimate=seconds / num_repeats,
                                  reference_se=reference_se, unbiased=unbiased))
-        stacked = repeated_estimates(lambda kr, p=p, k=k: _contributions(program, params, kr, args, p, k),
-                                     kk, num_repeats)()
+        stacked = repeated_estimates(
+            lambda kr, chosen=chosen: _contributions(program, params, kr, args, chosen),
+            kk, num_repeats)()
         sites[name] = SiteVariances(dict(p.estimators), jax.tree.map(
             lambda x: np.asarray(jnp.var(x, axis=0, ddof=1)), stacked), num_repeats)
     flat = ravel_pytree(params)[0]

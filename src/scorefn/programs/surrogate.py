@@ -781,6 +781,8 @@ def surrogate_parts(program, params, key, args, p: Plan, num_particles: int,
     weights = jnp.exp(enum_log_prob)
     value = jnp.mean(jnp.sum(weights * total, axis=tuple(range(1, first_plate))))
     for s, cv in control_variates.items():
+        if s in cut:  # a cut site's estimate is left out whole, its control variate too
+            continue
         value = value + _control_variate_term(program, params, key, args, p, num_particles, s,
                                               cv, values[s], signals[s])
     return v.guarded(value, guard), signals
@@ -873,15 +875,43 @@ def surrogate(
         (K, M, *plates), to update an EMA baseline: ``state = ema.update(L, state)``.
     """
     _check_call(params, key, num_particles)
-    p = plan(program, params, args, num_particles=int(num_particles), estimators=estimators,
-             baselines=baselines, credit_assignment=credit_assignment, validate=validate,
-             max_enumeration=max_enumeration, runtime_checks=runtime_checks,
-             temperature=temperature, sum_and_sample_size=sum_and_sample_size)
-    value, signals = surrogate_parts(
-        program, params, key, args, p, int(num_particles),
-        relax=_checked_relax(relax_params, relax_networks, p),
-        control_variates=_checked_control_variates(control_variates, p, int(num_particles)))
+    chosen = choose(program, params, args, num_particles=num_particles, estimators=estimators,
+                    baselines=baselines, credit_assignment=credit_assignment, validate=validate,
+                    max_enumeration=max_enumeration, runtime_checks=runtime_checks,
+                    temperature=temperature, sum_and_sample_size=sum_and_sample_size,
+                    relax_params=relax_params, relax_networks=relax_networks,
+                    control_variates=control_variates)
+    value, signals = chosen.parts(program, params, key, args)
     return (value, signals) if return_signals else value
+
+
+@dataclasses.dataclass(frozen=True)
+class Choice:
+    """Every option of ``surrogate`` for one program, checked: the ``Plan`` (what tracing
+    decides) and the options that are values, not structure (ψ of ``"rebar"`` sites, control
+    variates)."""
+
+    plan: Plan
+    num_particles: int
+    relax: tuple[Mapping[str, Any], Mapping[str, Any]]
+    control_variates: Mapping[str, ControlVariate]
+
+    def parts(self, program: Callable, params: Any, key: jax.Array, args: tuple,
+              cut: frozenset = frozenset()) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """``surrogate_parts`` with these options: the value and the learning signals."""
+        return surrogate_parts(program, params, key, args, self.plan, self.num_particles, cut,
+                               self.relax, self.control_variates)
+
+
+def choose(program: Callable, params: Any, args: tuple, *, num_particles: int = 8,
+           relax_params: Mapping[str, Mapping[str, Any]] | None = None,
+           relax_networks: Mapping[str, Any] | None = None,
+           control_variates: Mapping[str, ControlVariate] | None = None,
+           **plan_options: Any) -> Choice:
+    """``surrogate``'s options checked against the program (``plan_options`` are ``plan``'s)."""
+    p = plan(program, params, args, num_particles=int(num_particles), **plan_options)
+    return Choice(p, int(num_particles), _checked_relax(relax_params, relax_networks, p),
+                  _checked_control_variates(control_variates, p, int(num_particles)))
 
 
 def _checked_control_variates(control_variates: Mapping[str, Any] | None, p: Plan,

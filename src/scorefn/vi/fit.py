@@ -1,7 +1,8 @@
 """``fit``: stochastic optimisation of the ELBO, compiled in chunks of steps.
 
 Each step draws K samples from the guide with ``fold_in(key, step)``, estimates ∇L with
-``scorefn.vi.elbo_grad`` and applies an optax update (ascent). Steps run inside one
+``scorefn.vi.elbo_grad`` (the SVI loss objects ``ELBO``, ``IWAE``, ``VIMCO`` on the model
+and the guide as NumPyro programs) and applies an optax update (ascent). Steps run inside one
 ``lax.scan`` per chunk; between chunks the run reports progress and writes its checkpoint,
 so an interrupted run resumes at its last finished chunk and reproduces the uninterrupted
 run exactly (every step's key depends only on the step's index).
@@ -37,7 +38,7 @@ from scorefn.vi.guides import Guide, auto_guide
 from scorefn.vi.model import LatentSite, LogJoint, Model, NumPyroModel, as_model
 from scorefn.vi.objectives import elbo, elbo_grad, ema_states, estimator_name
 
-CHECKPOINT_VERSION = 2  # 2: the settings that determine the run
+CHECKPOINT_VERSION = 3  # 2: the settings that determine the run; 3: the loss objects draw the samples
 
 
 @dataclasses.dataclass
@@ -176,7 +177,7 @@ def fit(
       steps: total number of steps (a resumed run continues up to it).
       num_samples: K, samples from the guide per step.
       baseline: for score-function blocks: a core baseline (``leave_one_out()`` ...) or
-        ``scorefn.baselines.ema(decay)``, whose per-block state ``fit`` keeps.
+        ``scorefn.baselines.ema(decay)``, whose per-site state ``fit`` keeps.
       control_variate: for ``estimator="score"``.
       checkpoint: a file written after every chunk; ``resume=True`` continues from it.
       chunk_size: steps per compiled chunk (progress and checkpoints happen between chunks).

@@ -67,3 +67,35 @@ def test_compare_table():
     with pytest.raises(ValueError, match="unknown option"):
         scorefn.programs.compare(three_site, THREE_SITE_PARAMS, jax.random.key(4),
                                  choices={"x": {"baseline": None}}, print_table=False)
+
+
+def test_compare_takes_every_surrogate_option():
+    """Control variates, ψ of a REBAR site and sum-and-sample's k are choices too."""
+    import numpyro
+    import numpyro.distributions as dist
+
+    def program(p):
+        b = numpyro.sample("b", dist.Bernoulli(logits=p["a"]))
+        x = numpyro.sample("x", dist.Normal(p["m"] + b, 1.0).expand([2]).to_event(1))
+        numpyro.factor("f", jnp.sum(x**2))
+
+    params = {"a": jnp.asarray(0.3), "m": jnp.array([0.5, -1.0])}
+    # E[Σ x²] = Σ_i (m_i² + 2 m_i σ(a) + σ(a) + 1)
+    true = jax.grad(lambda p: jnp.sum(p["m"] ** 2 + 2 * p["m"] * jax.nn.sigmoid(p["a"])
+                                      + jax.nn.sigmoid(p["a"]) + 1))(params)
+    score = {"b": "score", "x": "score"}
+    result = scorefn.programs.compare(
+        program, params, jax.random.key(6),
+        choices={"score": {"estimators": score},
+                 # h ≈ f takes the place of the baseline (β is fitted to f·g, not (f - b)·g)
+                 "delta method": {"estimators": score, "baselines": {"x": None},
+                                  "control_variates": {
+                     "x": scorefn.control_variates.delta_method(lambda x: jnp.sum(x**2))}},
+                 "rebar": {"estimators": {"b": "rebar", "x": "pathwise"},
+                           "relax_params": {"b": {"eta": jnp.asarray(0.5),
+                                                  "log_temperature": jnp.asarray(0.0)}}}},
+        num_repeats=300, reference=true, print_table=False)
+    for name in ("score", "delta method", "rebar"):
+        assert result[name].unbiased and result[name].max_abs_z < 4, name
+    # h = f here, so what is left of x's variance is ∇E[h | b] = 2(m + b), from b (0.31×)
+    assert result.sites["delta method"].total["x"] < 0.5 * result.sites["score"].total["x"]
