@@ -136,7 +136,7 @@ def scorefn_mix_variance(estimator, num_samples=1, baseline="ema", warmup=50, re
     guide = vi.mean_field(model, {"mu": _exp_normal((2,), [-1.0, 1.0])})
     params = guide.init()
     ema = baselines.ema(0.9)
-    states = ema_states(guide, params, estimator, ema.init)
+    states = ema_states(model, guide, params, estimator, num_samples, ema.init)
 
     def step(states, key):
         if baseline == "leave-one-out":

@@ -67,8 +67,11 @@ def _to_support(site: LatentSite | None) -> Any:
     """The bijection from the site's unconstrained value to its support (None: keep)."""
     if site is None or site.discrete or site.support is None:
         return None
-    transform = biject_to(site.support)
-    return None if site.support is constraints.real else transform
+    support = site.support
+    while isinstance(support, constraints.independent):
+        support = support.base_constraint
+    # A real site needs no map (and an identity transform would cost its Jacobian's zeros).
+    return None if support is constraints.real else biject_to(site.support)
 
 
 def _single_site_distribution(block: Block, site: LatentSite | None, params: Any):
