@@ -696,14 +696,22 @@ def _control_variate_term(program, params, key, args, p: Plan, num_particles: in
     f = jax.lax.stop_gradient(signal.reshape(num_particles, -1)[:, 0])
 
     def parts(site_keys, x):
-        def rerun(theta):
+        def rerun(theta):  # the particle again, x_s forced, every other key the same
             return run(program, theta, site_keys[-1], args,
                        Recorder(p.roles, {site: x}, frozenset(), site_keys[:n], p.estimators,
                                 p.temperature, p.sum_and_sample_size))
 
-        h, mean_fn = cv.prepare(lambda theta: rerun(theta).latents[site]["fn"], params)
-        score = jax.grad(lambda theta: jnp.sum(rerun(theta).latent_log_prob(site)))(params)
-        return score, jax.grad(lambda theta: jnp.sum(mean_fn(theta)))(params), h(x)
+        def log_p_and_mean(theta):
+            # One rerun gives both: log p_θ(x) and E_θ[h], differentiated together.
+            rec = rerun(theta)
+            d = rec.latents[site]["fn"]
+            h, mean_fn = cv.prepare(lambda same: same, d)
+            log_p = jnp.sum(rec.latent_log_prob(site))
+            return jnp.stack([log_p, jnp.sum(mean_fn(d)).astype(log_p.dtype)]), h(x)
+
+        jacobian, h_x = jax.jacrev(log_p_and_mean, has_aux=True)(params)
+        return (jax.tree.map(lambda j: j[0], jacobian), jax.tree.map(lambda j: j[1], jacobian),
+                h_x)
 
     with numpyro.validation_enabled(False):
         scores, mean_grads, h = jax.vmap(parts)(_particle_keys(key, p, num_particles),

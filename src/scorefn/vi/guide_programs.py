@@ -51,11 +51,6 @@ def param_map(guide: Guide, params: dict[str, Any]) -> dict[str, Any]:
     return {name + PARAM_SUFFIX: params[name] for name in guide.blocks}
 
 
-def from_param_map(guide: Guide, values: dict[str, Any]) -> dict[str, Any]:
-    """The inverse of ``param_map`` (e.g. for a gradient taken over the param sites)."""
-    return {name: values[name + PARAM_SUFFIX] for name in guide.blocks}
-
-
 def _plates(site: LatentSite) -> contextlib.ExitStack:
     stack = contextlib.ExitStack()
     for plate in site.plates:
@@ -118,8 +113,8 @@ def guide_program(model: Model, guide: Guide) -> Callable:
     # A LogJoint's latents are the guide's own values: no support to map to, no plates.
     latents = {} if isinstance(model, LogJoint) else dict(model.latents)
     blocks = dict(guide.blocks)
-    shapes_only = guide.distributions(guide.init())
-    order = sorted(blocks, key=lambda n: bool(shapes_only[n].has_rsample))
+    initial = guide.distributions(guide.init())
+    order = sorted(blocks, key=lambda n: bool(initial[n].has_rsample))
 
     def program(*args, **kwargs):
         for name in order:

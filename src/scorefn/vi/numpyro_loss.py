@@ -55,7 +55,7 @@ from scorefn.scores import log_prob
 STATE_PREFIX = "scorefn/ema/"
 
 
-def nonfinite_term_message(name: str):
+def _nonfinite_term_message(name: str):
     """The message of ``scorefn.validation.finite_guard`` for a term ``(K, ...)`` of the
     model's log density: the site, NaN or inf, and the first bad sample."""
 
@@ -337,9 +337,9 @@ class _MultiSampleBound(NumPyroELBO):
                ) -> jax.Array:
         if not self.runtime_checks:
             return jnp.zeros(())
-        checks = [(jax.lax.stop_gradient(t), nonfinite_term_message(n))
+        checks = [(jax.lax.stop_gradient(t), _nonfinite_term_message(n))
                   for n, t in model_terms.items()]
-        checks += [(jax.lax.stop_gradient(t), nonfinite_term_message(f"guide {n}"))
+        checks += [(jax.lax.stop_gradient(t), _nonfinite_term_message(f"guide {n}"))
                    for n, t in log_q.items()]
         return v.finite_guard(*checks)
 

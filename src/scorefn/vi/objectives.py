@@ -185,6 +185,11 @@ def elbo_grad(
             baseline.values() if isinstance(baseline, dict) else [baseline])):
         raise ValueError("baseline=optimal() is per parameter coordinate: it works with "
                          f"estimator='score' (got {estimator!r}); use leave_one_out() or ema()")
+    if control_variate is not None and any(isinstance(b, Optimal) for b in (
+            baseline.values() if isinstance(baseline, dict) else [baseline])):
+        raise ValueError("baseline=optimal() is itself a control variate (the score, h = 1) "
+                         "and a site takes one: pass control_variate alone, or "
+                         "control_variates.score() in its place")
     if control_variate is not None and not isinstance(control_variate, cvs.ControlVariate):
         raise TypeError("control_variate must come from scorefn.control_variates (generic, "
                         f"score, delta_method); got {type(control_variate).__name__}")

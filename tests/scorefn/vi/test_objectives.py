@@ -66,6 +66,15 @@ def test_score_with_control_variate_is_unbiased(conjugate, key):
     assert_unbiased(estimates, TRUE_GRAD)
 
 
+def test_optimal_baseline_and_a_control_variate_are_refused_together(conjugate, key):
+    from scorefn import control_variates
+
+    model, guide = conjugate
+    with pytest.raises(ValueError, match=r"optimal\(\) is itself a control variate"):
+        vi.elbo_grad(model, guide, PARAMS, key, estimator="score", num_samples=8,
+                     baseline=baselines.optimal(), control_variate=control_variates.score())
+
+
 def test_planted_biases_are_detected(conjugate, key, monkeypatch):
     model, guide = conjugate
     # A baseline that includes each sample's own value: biased by (K-1)/K.
