@@ -23,3 +23,8 @@ def dot_precisions(fn: Callable, *args: Any) -> list[str]:
     """The precision of every matrix product ``fn(*args)`` traces to."""
     return [str(e.params.get("precision")) for e in _equations(jax.make_jaxpr(fn)(*args).jaxpr)
             if e.primitive.name == "dot_general"]
+
+
+def primitive_count(closed_jaxpr: Any, name: str) -> int:
+    """How many equations of ``closed_jaxpr`` (nested ones included) are primitive ``name``."""
+    return sum(e.primitive.name == name for e in _equations(closed_jaxpr.jaxpr))

@@ -36,7 +36,7 @@ import optax
 from jax.flatten_util import ravel_pytree
 from numpyro.distributions import Distribution, kl_divergence
 
-from scorefn.numerics import solve_small_systems
+from scorefn.numerics import full_precision, solve_small_systems
 from scorefn.sampling import sample
 from scorefn.scores import flatten_per_sample, joint_log_prob, log_prob, per_sample_scores
 from scorefn.types import DistFn
@@ -55,7 +55,10 @@ def empirical_fisher(dist_fn: DistFn, params: Any, samples: jax.Array) -> jax.Ar
     would be the "empirical Fisher" of the literature's warnings).
     """
     scores = flatten_per_sample(per_sample_scores(dist_fn, params, samples))
-    return scores.T @ scores / scores.shape[0]
+    # Off its diagonal the sum cancels (a categorical's scores sum to zero per sample), and a
+    # natural gradient solves with it: TF32, a GPU's default, would cost three digits.
+    with full_precision():
+        return scores.T @ scores / scores.shape[0]
 
 
 def kl(p: Distribution, q: Distribution) -> jax.Array:

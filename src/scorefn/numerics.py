@@ -1,6 +1,8 @@
 """Numerical helpers, one per concern, so that algorithm code reads like its paper:
 
 - ``full_precision``: matrix products at full precision where a cancellation needs it;
+- ``matmul_epsilon``: the machine epsilon the backend's float32 matrix products really have,
+  measured, from which a tolerance is derived;
 - ``solve_small_systems``: many small linear systems at once, fast on CPU.
 
 Full precision, the one helper for every backend:
@@ -11,15 +13,24 @@ not where two nearly equal numbers are subtracted: a control variate h(x) agains
 closed-form mean, or a covariance factor updated by a matrix exponential. Those computations
 are traced inside ``full_precision``. On the CPU it changes nothing (XLA's CPU backend
 always multiplies float32 at full precision), which the tests check by the jaxpr instead.
+
+Elsewhere reduced precision is the right trade (a policy network's forward pass), and two
+programs may then compute the same product at different precisions: XLA may hand a small
+product to its own emitter and a large one to cuBLAS in TF32. ``matmul_epsilon`` measures
+the machine epsilon ε of the default product, so that a comparison of two such results
+allows the error a product of rounded inputs can have, |fl(a)ᵀ fl(b) - aᵀb| ≤
+(2ε + ε²) Σ|a_i b_i|, and no more.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import functools
+from collections.abc import Callable, Iterator
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 @contextlib.contextmanager
@@ -29,6 +40,41 @@ def full_precision() -> Iterator[None]:
     that builds the computation, not the call of an already compiled function."""
     with jax.default_matmul_precision("highest"):
         yield
+
+
+def matmul_epsilon(product: Callable[[jax.Array, jax.Array], jax.Array] | None = None) -> float:
+    """The machine epsilon of float32 matrix products at jax's default precision on the
+    default backend, measured: 2⁻²³ (``finfo(float32).eps``) where they multiply float32
+    exactly (CPU, or a GPU asked for ``"highest"``), 2⁻¹⁰ for TF32 (NVIDIA GPUs since Ampere),
+    2⁻⁷ for one bfloat16 pass. An input is rounded by less than ε relative, whether the
+    hardware rounds to nearest or truncates.
+
+    The probe multiplies 1 + 2⁻ᵏ by 1 through a 128 × 128 product for k = 1..23; ε = 2⁻ᵐ for
+    the largest m whose 1 + 2⁻ᵐ comes back exactly. ``product`` replaces the jitted
+    ``jnp.matmul`` (a test emulates a precision with it). The default backend's answer is
+    cached per backend and ``jax_default_matmul_precision``.
+    """
+    if product is None:
+        return _default_matmul_epsilon(str(jax.config.jax_default_matmul_precision),
+                                       jax.default_backend())
+    return _measure_matmul_epsilon(product)
+
+
+@functools.cache
+def _default_matmul_epsilon(precision: str, backend: str) -> float:
+    return _measure_matmul_epsilon(jax.jit(jnp.matmul))
+
+
+def _measure_matmul_epsilon(product: Callable[[jax.Array, jax.Array], jax.Array]) -> float:
+    n, bits = 128, 23
+    probes = 1.0 + 2.0 ** -np.arange(1, bits + 1, dtype=np.float32)
+    # Row k of a holds 1 + 2^-k in its first column and zeros elsewhere; b = I keeps it.
+    a = np.zeros((n, n), np.float32)
+    a[:bits, 0] = probes
+    back = np.asarray(jax.device_get(product(jnp.asarray(a), jnp.eye(n, dtype=jnp.float32))))
+    exact = back[:bits, 0] == probes
+    mantissa = bits if exact.all() else int(exact.argmin())
+    return 2.0 ** -max(mantissa, 1)
 
 
 def solve_small_systems(matrices: jax.Array, rhs: jax.Array) -> jax.Array:

@@ -9,6 +9,7 @@ import numpyro.distributions as dist
 import optax
 import pytest
 from jax.flatten_util import ravel_pytree
+from jaxpr_checks import dot_precisions
 
 import scorefn
 from scorefn import fisher
@@ -95,6 +96,15 @@ def test_empirical_fisher_is_unbiased_for_the_exact_one(case):
     # The same test catches a Fisher off by 10%.
     z_wrong = np.where(se > 0, (mean - 1.1 * exact) / np.where(se > 0, se, 1), 0)
     assert np.any(np.abs(z_wrong) > 4)
+
+
+def test_empirical_fisher_multiplies_at_full_precision():
+    """Its off-diagonal sums cancel: traced at HIGHEST precision, so a GPU does not use TF32."""
+    dist_fn = lambda q: dist.Categorical(logits=q["l"])  # noqa: E731
+    params = {"l": jnp.array([0.2, -0.5, 1.0])}
+    x = scorefn.sample(dist_fn, params, jax.random.key(0), 8)
+    precisions = dot_precisions(lambda p: fisher.empirical_fisher(dist_fn, p, x), params)
+    assert precisions and all("HIGHEST" in p for p in precisions), precisions
 
 
 def test_fisher_information_argument_errors():

@@ -122,7 +122,11 @@ class XNES(NES):
         popsize = self.sizes(state.mean.shape[0])[0]
         key, sub = jax.random.split(state.key)
         z = standard_normal(sub, popsize, state.mean.shape[0], state.mean.dtype, self.mirrored)
-        return state.mean + state.sigma * z @ state.b.T, state._replace(key=key)
+        # At tell's precision, since tell reads x through the density of N(μ, σ²BBᵀ); a GPU
+        # might otherwise round Bz to TF32 in one compiled program and not in another, and the
+        # Python and the jax evaluator would search different candidates.
+        with full_precision():
+            return state.mean + state.sigma * z @ state.b.T, state._replace(key=key)
 
     def search_gradient(self, state: XNESState, x: jax.Array, values: jax.Array) -> dict:
         """Σ_k values_k ∇ log p(x_k) in the local coordinates (δ, M) at 0, by the score function."""

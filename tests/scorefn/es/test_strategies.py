@@ -435,11 +435,13 @@ def test_xnes_defaults_need_fewer_evaluations_than_plain_xnes(f, most):
     assert adapted < most * plain, (adapted, plain)
 
 
-def test_xnes_update_asks_for_full_precision():
-    """tell's products (search gradient, B expm(·)) are traced at HIGHEST precision, so a GPU
-    does not run them in TF32."""
+def test_xnes_asks_and_updates_at_full_precision():
+    """tell's products (search gradient, B expm(·)) and ask's Bz are traced at HIGHEST
+    precision, so a GPU does not run them in TF32."""
     strategy = es.xnes()
     state = strategy.init(jax.random.key(0), jnp.ones(4))
     x, state = strategy.ask(state)
     precisions = dot_precisions(strategy.tell, state, x, jnp.sum(x**2, axis=1))
+    assert precisions and all("HIGHEST" in p for p in precisions), precisions
+    precisions = dot_precisions(strategy.ask, state)
     assert precisions and all("HIGHEST" in p for p in precisions), precisions

@@ -6,6 +6,7 @@ import os
 import jax
 import numpy as np
 import pytest
+from rounding_bounds import tanh_mlp_error_bound
 
 from scorefn import rl
 
@@ -121,10 +122,16 @@ def test_next_value_is_the_value_of_the_observation_before_the_reset(backend):
     following = np.asarray(batch.value)[1:]
     next_value = np.asarray(batch.next_value)[:-1]
     assert done.sum() >= 4  # a random policy ends several episodes in 200 steps
-    np.testing.assert_allclose(next_value[~done], following[~done], rtol=1e-5, atol=1e-6)
+    # Two programs compute V(s_{t+1}); on a GPU one may multiply in TF32 and the other not:
+    # each is within the forward-error bound of the exact value at the precision measured.
+    obs = np.asarray(batch.obs)[1:]
+    bound = 2 * tanh_mlp_error_bound(params["value"], obs[~done])[..., 0]
+    assert np.all(np.abs(next_value[~done] - following[~done]) <= bound)
+    # not vacuous: an off-by-one next_value, V(s_t), breaks the bound
+    assert np.any(np.abs(np.asarray(batch.value)[:-1][~done] - following[~done]) > bound)
     assert np.all(np.abs(next_value[done] - following[done]) > 1e-6)
-    recomputed = policy.value(params["value"], jnp.asarray(np.asarray(batch.obs)[1:][~done]))
-    np.testing.assert_allclose(next_value[~done], recomputed, rtol=1e-5, atol=1e-6)
+    recomputed = policy.value(params["value"], jnp.asarray(obs[~done]))
+    assert np.all(np.abs(next_value[~done] - recomputed) <= bound)
 
 
 def test_ppo_options_value_clipping_and_kl_early_stop():
