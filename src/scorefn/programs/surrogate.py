@@ -760,7 +760,11 @@ def surrogate_parts(program, params, key, args, p: Plan, num_particles: int,
     total = weak
     for t in p.term_names:
         w = sum((sum_plates(scores[s], plates_of[t]) for s in p.upstream[t]), 0.0)
-        total = total + jnp.sum(magic_box(w) * terms[t], axis=plate_axes)
+        # Σ_n □(w) c_n = □(w) Σ_n c_n along the plates w is constant on: the sum first, so
+        # that neither the product nor its gradient runs over every plate element.
+        flat = tuple(a for a in plate_axes if jnp.ndim(w) <= a or jnp.shape(w)[a] == 1)
+        term = jnp.sum(terms[t], axis=flat, keepdims=True) if flat else terms[t]
+        total = total + jnp.sum(magic_box(w) * term, axis=plate_axes)
     signals = {}
     for s in p.score_names:
         keep = plates_of[s]
