@@ -4,6 +4,8 @@ For a diagonal Gaussian N(μ, diag σ²) in d dimensions, f(x) = Σ x², N sampl
 leave-one-out baseline, one estimate of ∇(μ, log σ) E[f] is timed three ways:
 
   scorefn  jax.jit(lambda key: scorefn.grad(f, dist_fn, params, key, N, baseline=loo))
+  checks off  the same, traced inside scorefn.validation.runtime_checks(False): what the
+           run-time finiteness check (one lax.cond) costs, on a CPU and on a GPU
   jax      a hand-written jitted surrogate (the same maths, no library)
   torch    a torch.distributions REINFORCE step (sample, log_prob, backward), CPU
 
@@ -45,9 +47,13 @@ def make_params(d):
     return {"loc": jnp.ones(d), "log_scale": jnp.full(d, jnp.log(0.5))}
 
 
-def scorefn_estimator(params, n):
+def scorefn_estimator(params, n, checks: bool = True):
     baseline = scorefn.baselines.leave_one_out()
-    return jax.jit(lambda key: scorefn.grad(f, dist_fn, params, key, n, baseline=baseline))
+    jitted = jax.jit(lambda key: scorefn.grad(f, dist_fn, params, key, n, baseline=baseline))
+    if not checks:  # the checks are chosen when jax traces: trace now, without them
+        with scorefn.validation.runtime_checks(False):
+            jax.block_until_ready(jitted(jax.random.key(0)))
+    return jitted
 
 
 def hand_written_estimator(params, n):
@@ -107,6 +113,7 @@ def time_grid(dims, sizes, rounds, console, include_torch=True):
             keys = list(jax.random.split(jax.random.key(0), calls))
             runners = {
                 "scorefn": (scorefn_estimator(params, n), jax.block_until_ready),
+                "checks_off": (scorefn_estimator(params, n, checks=False), jax.block_until_ready),
                 "jax": (hand_written_estimator(params, n), jax.block_until_ready),
             }
             if include_torch:
@@ -123,36 +130,40 @@ def time_grid(dims, sizes, rounds, console, include_torch=True):
                     samples[name].append(seconds_per_call(fn, keys, block))
             med = {name: statistics.median(t) for name, t in samples.items()}
             row = {"d": d, "N": n, **{f"{k}_us": v * 1e6 for k, v in med.items()},
-                   "scorefn_over_jax": med["scorefn"] / med["jax"]}
+                   "scorefn_over_jax": med["scorefn"] / med["jax"],
+                   "checks_off_over_jax": med["checks_off"] / med["jax"]}
             if include_torch:
                 row["torch_over_scorefn"] = med["torch"] / med["scorefn"]
             rows.append(row)
             console.print(
-                f"d={d:5d} N={n:6d}  scorefn {row['scorefn_us']:9.1f} µs  jax {row['jax_us']:9.1f} µs"
+                f"d={d:5d} N={n:6d}  scorefn {row['scorefn_us']:9.1f} µs  checks off "
+                f"{row['checks_off_us']:9.1f} µs  jax {row['jax_us']:9.1f} µs"
                 + (f"  torch {row['torch_us']:9.1f} µs" if include_torch else "")
                 + f"  scorefn/jax {row['scorefn_over_jax']:.2f}"
+                + f"  checks off/jax {row['checks_off_over_jax']:.2f}"
                 + (f"  torch/scorefn {row['torch_over_scorefn']:.1f}" if include_torch else "")
             )
     return rows
 
 
 def timing_markdown(rows, include_torch=True) -> str:
-    head = "| d | N | scorefn µs | hand JAX µs |"
-    sep = "|---|---|---|---|"
+    head = "| d | N | scorefn µs | checks off µs | hand JAX µs |"
+    sep = "|---|---|---|---|---|"
     if include_torch:
         head += " torch µs |"
         sep += "---|"
-    head += " scorefn ÷ hand JAX |"
-    sep += "---|"
+    head += " scorefn ÷ hand JAX | checks off ÷ hand JAX |"
+    sep += "---|---|"
     if include_torch:
         head += " torch ÷ scorefn |"
         sep += "---|"
     lines = [head, sep]
     for r in rows:
-        line = f"| {r['d']} | {r['N']} | {r['scorefn_us']:.1f} | {r['jax_us']:.1f} |"
+        line = (f"| {r['d']} | {r['N']} | {r['scorefn_us']:.1f} | {r['checks_off_us']:.1f} | "
+                f"{r['jax_us']:.1f} |")
         if include_torch:
             line += f" {r['torch_us']:.1f} |"
-        line += f" {r['scorefn_over_jax']:.2f} |"
+        line += f" {r['scorefn_over_jax']:.2f} | {r['checks_off_over_jax']:.2f} |"
         if include_torch:
             line += f" {r['torch_over_scorefn']:.1f} |"
         lines.append(line)

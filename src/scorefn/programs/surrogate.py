@@ -174,7 +174,9 @@ class Plan:
     sites: dict[str, SiteInfo]
     estimators: dict[str, str]  # latent site -> estimator name, in sorted site order
     baselines: dict[str, Baseline | None]  # score site -> its baseline
-    upstream: dict[str, frozenset[str]]  # score sites upstream of each term and latent site
+    # score sites upstream of each term and latent site; iterate them sorted: the order of a
+    # sum is part of the compiled program, and a set's order changes with PYTHONHASHSEED
+    upstream: dict[str, frozenset[str]]
     downstream_terms: dict[str, tuple[str, ...]]  # latent site -> the terms it reaches
     enumerated_descendants: dict[str, tuple[str, ...]]  # latent site -> enumerated sites below
     plates: tuple[Plate, ...]
@@ -759,7 +761,7 @@ def surrogate_parts(program, params, key, args, p: Plan, num_particles: int,
 
     total = weak
     for t in p.term_names:
-        w = sum((sum_plates(scores[s], plates_of[t]) for s in p.upstream[t]), 0.0)
+        w = sum((sum_plates(scores[s], plates_of[t]) for s in sorted(p.upstream[t])), 0.0)
         # Σ_n □(w) c_n = □(w) Σ_n c_n along the plates w is constant on: the sum first, so
         # that neither the product nor its gradient runs over every plate element.
         flat = tuple(a for a in plate_axes if jnp.ndim(w) <= a or jnp.shape(w)[a] == 1)
@@ -787,7 +789,7 @@ def surrogate_parts(program, params, key, args, p: Plan, num_particles: int,
         if b is None:
             continue
         baseline = jax.lax.stop_gradient(b(signal))
-        up = sum((sum_plates(scores[u], keep) for u in p.upstream[s]), 0.0)
+        up = sum((sum_plates(scores[u], keep) for u in sorted(p.upstream[s])), 0.0)
         term = (1.0 - magic_box(scores[s])) * magic_box(up) * baseline
         total = total + jnp.sum(term, axis=plate_axes)
     weights = jnp.exp(enum_log_prob)

@@ -105,12 +105,13 @@ def make_config(algo: str, env_id: str, **hyperparameters: Any):
     unknown = sorted(set(hyperparameters) - fields)
     if unknown:
         raise ValueError(f"unknown hyperparameter(s) {unknown} for {algo}; known: {sorted(fields)}")
-    defaults = {f.name: f.default for f in dataclasses.fields(module.Config)}
-    defaults.update(D.defaults(algo, env_id))
+    # What the Config gets without overrides: its fields' defaults, the algorithm's, the
+    # environment's. An override is checked against the value it replaces.
+    defaults = {**registered.config_overrides, **D.defaults(algo, env_id)}
+    replaced = {**{f.name: f.default for f in dataclasses.fields(module.Config)}, **defaults}
     for name, value in hyperparameters.items():
-        _check_hyperparameter_type(algo, name, value, defaults.get(name, dataclasses.MISSING))
-    return module.Config(**{**registered.config_overrides, **D.defaults(algo, env_id),
-                            **hyperparameters})
+        _check_hyperparameter_type(algo, name, value, replaced.get(name, dataclasses.MISSING))
+    return module.Config(**{**defaults, **hyperparameters})
 
 
 def _check_hyperparameter_type(algo: str, name: str, value: Any, default: Any) -> None:
