@@ -106,11 +106,17 @@ def original_error(error: BaseException) -> Exception | None:
     if "allback" not in text:  # CpuCallback / CUDA callback errors only
         return None
     best = None
+    # The exception's own line closes a Python traceback ("\nValueError: ..."); without the
+    # traceback it follows the callback's prefix ("... calling callback: ValueError: ...").
     for name, kind in _ERROR_KINDS.items():
-        at = text.rfind(f"\n{name}: ")
-        if at >= 0 and (best is None or at > best[0]):
-            best = (at, kind, text[at + len(name) + 3:].strip())
-    return None if best is None else best[1](best[2])
+        for lead in ("\n", "allback: "):
+            at = text.rfind(f"{lead}{name}: ")
+            if at >= 0 and (best is None or at > best[0]):
+                best = (at, kind, text[at + len(lead) + len(name) + 2:])
+    if best is None:
+        return None
+    # nanobind may append the traceback after the message, under "At:"
+    return best[1](best[2].split("\n\nAt:\n")[0].strip())
 
 
 @contextlib.contextmanager

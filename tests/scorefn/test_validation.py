@@ -210,6 +210,24 @@ def test_runtime_errors_unwraps_a_check_that_fires_under_jit(caplog):
     assert not [r for r in caplog.records if "callback failed" in r.getMessage()]
 
 
+@pytest.mark.parametrize("text", [
+    # the CPU's form: the host traceback, then the exception's line
+    "INTERNAL: CpuCallback error calling callback: Traceback (most recent call last):\n"
+    '  File "validation.py", line 192, in on_host\nValueError: f returned 1 non-finite value',
+    # the exception's line alone after the prefix, as a GPU's callback may report it
+    "INTERNAL: CpuCallback error calling callback: ValueError: f returned 1 non-finite value",
+    "INTERNAL: Generated function failed: CpuCallback error calling callback: ValueError: "
+    "f returned 1 non-finite value\n\nAt:\n  validation.py(192): on_host",
+])
+def test_runtime_errors_reads_every_form_of_the_wrapped_error(text):
+    original = scorefn.validation.original_error(jax.errors.JaxRuntimeError(text))
+    assert type(original) is ValueError
+    assert str(original) == "f returned 1 non-finite value"
+    # anything else is left to jax
+    assert scorefn.validation.original_error(jax.errors.JaxRuntimeError(
+        "INTERNAL: RET_CHECK failure ValueError: not ours")) is None
+
+
 @pytest.mark.parametrize("case", ["normal_scale_0", "probs_above_1", "dirichlet_zero", "to_event"])
 def test_invalid_distribution_arguments_are_errors_under_jit(case):
     """Outside its constraint a distribution's argument makes the estimate NaN or wrong
