@@ -174,9 +174,9 @@ class Plan:
     sites: dict[str, SiteInfo]
     estimators: dict[str, str]  # latent site -> estimator name, in sorted site order
     baselines: dict[str, Baseline | None]  # score site -> its baseline
-    # score sites upstream of each term and latent site; iterate them sorted: the order of a
-    # sum is part of the compiled program, and a set's order changes with PYTHONHASHSEED
-    upstream: dict[str, frozenset[str]]
+    # score sites upstream of each term and latent site, sorted: the order of a sum is part of
+    # the compiled program, and a set's order would change with PYTHONHASHSEED
+    upstream: dict[str, tuple[str, ...]]
     downstream_terms: dict[str, tuple[str, ...]]  # latent site -> the terms it reaches
     enumerated_descendants: dict[str, tuple[str, ...]]  # latent site -> enumerated sites below
     plates: tuple[Plate, ...]
@@ -355,9 +355,9 @@ def plan(
         for s in list(reads):
             reads |= ancestors[s]
         reaches[t] = reads if credit_assignment else set(latents)
-        upstream[t] = frozenset(reads & score_set) if credit_assignment else frozenset(score_set)
+        upstream[t] = tuple(sorted(reads & score_set if credit_assignment else score_set))
     for s in latents:
-        upstream[s] = frozenset(ancestors[s] & score_set)
+        upstream[s] = tuple(sorted(ancestors[s] & score_set))
 
     order: dict[str, Plate] = {}
     for s in sites.values():
@@ -761,7 +761,7 @@ def surrogate_parts(program, params, key, args, p: Plan, num_particles: int,
 
     total = weak
     for t in p.term_names:
-        w = sum((sum_plates(scores[s], plates_of[t]) for s in sorted(p.upstream[t])), 0.0)
+        w = sum((sum_plates(scores[s], plates_of[t]) for s in p.upstream[t]), 0.0)
         # Σ_n □(w) c_n = □(w) Σ_n c_n along the plates w is constant on: the sum first, so
         # that neither the product nor its gradient runs over every plate element.
         flat = tuple(a for a in plate_axes if jnp.ndim(w) <= a or jnp.shape(w)[a] == 1)
@@ -789,7 +789,7 @@ def surrogate_parts(program, params, key, args, p: Plan, num_particles: int,
         if b is None:
             continue
         baseline = jax.lax.stop_gradient(b(signal))
-        up = sum((sum_plates(scores[u], keep) for u in sorted(p.upstream[s])), 0.0)
+        up = sum((sum_plates(scores[u], keep) for u in p.upstream[s]), 0.0)
         term = (1.0 - magic_box(scores[s])) * magic_box(up) * baseline
         total = total + jnp.sum(term, axis=plate_axes)
     weights = jnp.exp(enum_log_prob)

@@ -181,12 +181,12 @@ def elbo_grad(
     if control_variate is not None and estimator != "score":
         raise ValueError("control_variate works with estimator='score' (one scalar learning "
                          f"signal per sample); got estimator={estimator!r}")
-    if estimator != "score" and any(isinstance(b, Optimal) for b in (
-            baseline.values() if isinstance(baseline, dict) else [baseline])):
+    optimal = any(isinstance(b, Optimal) for b in (
+        baseline.values() if isinstance(baseline, dict) else [baseline]))
+    if estimator != "score" and optimal:
         raise ValueError("baseline=optimal() is per parameter coordinate: it works with "
                          f"estimator='score' (got {estimator!r}); use leave_one_out() or ema()")
-    if control_variate is not None and any(isinstance(b, Optimal) for b in (
-            baseline.values() if isinstance(baseline, dict) else [baseline])):
+    if control_variate is not None and optimal:
         raise ValueError("baseline=optimal() is itself a control variate (the score, h = 1) "
                          "and a site takes one: pass control_variate alone, or "
                          "control_variates.score() in its place")

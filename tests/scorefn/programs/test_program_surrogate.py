@@ -47,10 +47,10 @@ def test_grad_is_jax_grad_of_the_surrogate():
 def test_default_estimators_and_credit_structure():
     p = plan(three_site, THREE_SITE_PARAMS, (), num_particles=8)
     assert p.estimators == {"b": "score", "y": "pathwise", "c": "score"}
-    assert p.upstream["fit"] == {"b"}  # y is pathwise; its distribution reads b
-    assert p.upstream["reward"] == {"b", "c"}
-    assert p.upstream["pick"] == {"b"}
-    assert p.upstream["reg"] == frozenset()
+    assert p.upstream["fit"] == ("b",)  # y is pathwise; its distribution reads b
+    assert p.upstream["reward"] == ("b", "c")
+    assert p.upstream["pick"] == ("b",)
+    assert p.upstream["reg"] == ()
 
 
 COMBOS = [
@@ -89,7 +89,7 @@ def test_planted_wrong_dependency_is_detected():
     """A credit assignment that forgets that 'reward' reads c (through c's value) is biased,
     and the same statistical test catches it."""
     p = plan(three_site, THREE_SITE_PARAMS, (), num_particles=4)
-    wrong = dataclasses.replace(p, upstream={**p.upstream, "reward": frozenset({"b"})})
+    wrong = dataclasses.replace(p, upstream={**p.upstream, "reward": ("b",)})
 
     def one(k, pl):
         g = jax.grad(lambda q: surrogate_parts(three_site, q, k, (), pl, 4)[0])(THREE_SITE_PARAMS)

@@ -87,7 +87,7 @@ def test_planted_biases_are_detected(conjugate, key, monkeypatch):
     def forgetful_plan(*args, **kwargs):
         p = real_plan(*args, **kwargs)
         return dataclasses.replace(
-            p, upstream={**p.upstream, "model/x": frozenset()},
+            p, upstream={**p.upstream, "model/x": ()},
             downstream_terms={**p.downstream_terms, "z": tuple(
                 t for t in p.downstream_terms["z"] if t != "model/x")})
 
