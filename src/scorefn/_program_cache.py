@@ -11,7 +11,10 @@ the program and only compiles it (a compilation-cache hit) without tracing.
 
 The programs live in ``<compilation cache>/scorefn-programs`` and follow the same switch:
 ``SCOREFN_COMPILATION_CACHE=0`` turns both off. Any failure to export, save or load falls
-back to plain ``jax.jit``.
+back to plain ``jax.jit``. Each file is a ``scorefn.checkpoints`` file (data only): the
+output's tree structure is stored as JSON naming its node types by module and name, and a
+type is found only among modules already imported and only if JAX knows it as a pytree node
+(nothing is imported or unpickled to read the file); anything else is a cache miss.
 """
 
 from __future__ import annotations
@@ -20,18 +23,19 @@ import functools
 import hashlib
 import importlib.metadata
 import os
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from scorefn import validation
+from scorefn import checkpoints, validation
 from scorefn._compilation_cache import enable_compilation_cache
 from scorefn._compiler_options import cpu_options
-from scorefn.runs import load_checkpoint, save_checkpoint
 
-FORMAT = 1
+FORMAT = 2  # 2: a scorefn.checkpoints file with the tree structure as JSON
 
 
 @functools.cache
@@ -73,6 +77,55 @@ def _from_raw(raw: Sequence[Any], key_impls: Sequence[Any]) -> list[Any]:
 
 def _key_impls(leaves: Sequence[Any]) -> list[Any]:
     return [jax.random.key_impl(x) if _is_key(x) else None for x in leaves]
+
+
+def _impl_names(impls: Sequence[Any]) -> list[str | None]:
+    return [None if impl is None else str(impl) for impl in impls]
+
+
+def structure_to_json(treedef: Any) -> Any:
+    """A ``PyTreeDef`` as JSON: ``"*"`` for a leaf, else ``[module, qualname, aux,
+    children]``; a TypeError when a node's auxiliary data is not plain data."""
+    if treedef.num_nodes == 1 and treedef.num_leaves == 1:
+        return "*"
+    kind, aux = treedef.node_data()
+    encoded_aux = _plain(aux)
+    return [kind.__module__, kind.__qualname__, encoded_aux,
+            [structure_to_json(child) for child in treedef.children()]]
+
+
+def _plain(value: Any) -> Any:
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if type(value) in (list, tuple):
+        return {"seq": type(value).__name__, "items": [_plain(v) for v in value]}
+    raise TypeError(f"not plain data: {type(value).__name__}")
+
+
+def _unplain(value: Any) -> Any:
+    if isinstance(value, dict):
+        items = [_unplain(v) for v in value["items"]]
+        return tuple(items) if value["seq"] == "tuple" else items
+    return value
+
+
+def structure_from_json(encoded: Any) -> Any:
+    """The inverse of ``structure_to_json``, naming only types of modules already imported
+    that JAX's registry knows as pytree nodes (a RuntimeError from JAX otherwise)."""
+    if encoded == "*":
+        return jax.tree.structure(0)
+    module, qualname, aux, children = encoded
+    if (module, qualname) == ("builtins", "NoneType"):
+        kind = type(None)
+    else:
+        kind = sys.modules.get(module)
+        for part in qualname.split("."):
+            kind = getattr(kind, part, None)
+    if not isinstance(kind, type):
+        raise LookupError(f"{module}.{qualname} is not a loaded type")
+    return jax.tree_util.PyTreeDef.from_node_data_and_children(
+        jax.tree_util.default_registry, (kind, _unplain(aux)),
+        [structure_from_json(child) for child in children])
 
 
 class _Program:
@@ -144,13 +197,16 @@ def _programs_dir() -> str | None:
 
 
 def _load(folder: str, digest: str, options: dict[str, Any] | None) -> _Program | None:
-    path = os.path.join(folder, digest + ".pkl")
+    path = os.path.join(folder, digest + ".program")
     if not os.path.exists(path):
         return None
     try:
-        payload = load_checkpoint(path, FORMAT, "scorefn program")
-        exported = jax.export.deserialize(bytearray(payload["exported"]))
-        return _Program(exported, payload["in_impls"], payload["out_tree"], payload["out_impls"],
+        payload = checkpoints.load(path, kind="scorefn program", version=FORMAT)
+        exported = jax.export.deserialize(bytearray(payload["exported"].tobytes()))
+        impls = [[None if name is None else jax.random.key_impl(
+            jax.random.key(0, impl=name)) for name in payload[which]]
+            for which in ("in_impls", "out_impls")]
+        return _Program(exported, impls[0], structure_from_json(payload["out_tree"]), impls[1],
                         options)
     except Exception:  # a corrupt or incompatible file: trace again and overwrite it
         return None
@@ -170,10 +226,12 @@ def _export(fn: Callable, args: tuple, folder: str, digest: str,
 
     try:
         exported = jax.export.export(jax.jit(flat_fn))(*_to_raw(leaves))
-        payload = {"exported": exported.serialize(), "in_impls": in_impls,
-                   "out_tree": out_info["tree"], "out_impls": out_info["impls"],
-                   "version": FORMAT}
-    except Exception:  # not exportable (e.g. a host callback, no flatbuffers): plain jit
-        return None
-    save_checkpoint(os.path.join(folder, digest + ".pkl"), payload)
+        payload = {"exported": np.frombuffer(bytes(exported.serialize()), np.uint8),
+                   "in_impls": _impl_names(in_impls),
+                   "out_tree": structure_to_json(out_info["tree"]),
+                   "out_impls": _impl_names(out_info["impls"])}
+    except Exception:  # not exportable (a host callback, no flatbuffers, a node with
+        return None    # auxiliary data that is not plain): plain jit
+    checkpoints.save(os.path.join(folder, digest + ".program"), payload,
+                     kind="scorefn program", version=FORMAT)
     return _Program(exported, in_impls, out_info["tree"], out_info["impls"], options)

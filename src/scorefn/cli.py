@@ -1,10 +1,22 @@
-"""The ``scorefn`` command."""
+"""The ``scorefn`` command.
+
+Every command starts on the base install; one that needs an extra (``rl``: the ``rl``
+extra; ``fit``'s worked models: the ``vi`` extra) says which. Errors a user can fix (bad
+options, a missing or damaged checkpoint, a missing extra) end in one line on stderr and
+exit status 2, as argparse's own do.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import shlex
 import sys
+
+
+class CommandError(Exception):
+    """An error in how a command was called: one line on stderr, exit status 2."""
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -32,14 +44,13 @@ def _optimize(args: argparse.Namespace) -> int:
         try:
             low, high = (float(b) for b in args.bounds.split(","))
         except ValueError:
-            raise SystemExit(f"scorefn optimize: error: --bounds takes LOW,HIGH; got "
-                             f"{args.bounds!r}") from None
+            raise CommandError(f"--bounds takes LOW,HIGH; got {args.bounds!r}") from None
         bounds = (low, high)
     f, binary = es.FUNCTIONS[args.function]
     strategy = args.strategy or ("bernoulli" if binary else "xnes")
     # categorical with two categories searches {0, 1}^d, as bernoulli does
     if binary != (strategy in DISCRETE_STRATEGIES):
-        raise SystemExit(
+        raise CommandError(
             f"{args.function} is {'binary' if binary else 'continuous'}: use "
             + ("--strategy bernoulli or categorical" if binary else
                "a continuous strategy (" + ", ".join(
@@ -57,9 +68,10 @@ def _optimize(args: argparse.Namespace) -> int:
                              max_evaluations=args.max_evals, target_f=target,
                              progress=not args.json, plot=args.plot, restarts=args.restarts,
                              bounds=bounds, evaluator=args.evaluator, workers=args.workers,
-                             checkpoint=args.checkpoint, resume=args.resume)
+                             checkpoint=args.checkpoint, resume=args.resume,
+                             overwrite=args.overwrite)
     except (ValueError, TypeError) as error:
-        raise SystemExit(f"scorefn optimize: error: {error}") from None
+        raise CommandError(str(error)) from None
     if args.json:
         out = result.as_dict()
         out.pop("best_x")
@@ -89,8 +101,8 @@ def _fit(args: argparse.Namespace) -> int:
 
     args.estimator = args.estimator or "mixed"
     if args.estimator not in ESTIMATORS:
-        raise SystemExit(f"scorefn fit: error: --estimator {args.estimator} is not one of "
-                         f"{', '.join(ESTIMATORS)} for --model {args.model}")
+        raise CommandError(f"--estimator {args.estimator} is not one of "
+                           f"{', '.join(ESTIMATORS)} for --model {args.model}")
     args.lr = 0.01 if args.lr is None else args.lr
     if args.model == "logistic-breast-cancer":
         model, data = vi.models.logistic_regression, vi.models.breast_cancer()
@@ -103,10 +115,14 @@ def _fit(args: argparse.Namespace) -> int:
     baseline = {"none": None, "ema": baselines.ema(0.9), "leave-one-out": baselines.leave_one_out(),
                 "optimal": baselines.optimal()}[name]
     plot = args.plot or f"elbo_{args.model}_{args.estimator}.png"
-    result = vi.fit(model, args.guide, data, jax.random.key(args.seed), estimator=args.estimator,
-                    optimizer=optax.adam(args.lr), steps=args.steps, num_samples=args.samples,
-                    baseline=baseline, checkpoint=args.checkpoint, resume=args.resume,
-                    progress=not args.json, plot=plot)
+    try:
+        result = vi.fit(model, args.guide, data, jax.random.key(args.seed),
+                        estimator=args.estimator, optimizer=optax.adam(args.lr), steps=args.steps,
+                        num_samples=args.samples, baseline=baseline, checkpoint=args.checkpoint,
+                        resume=args.resume, overwrite=args.overwrite, progress=not args.json,
+                        plot=plot)
+    except ValueError as error:
+        raise CommandError(str(error)) from None
     if args.json:
         print(json.dumps({"model": args.model, "seed": args.seed, "baseline": name, "plot": plot,
                           **result.as_dict()}))
@@ -124,11 +140,11 @@ def _fit_discrete_vae(args: argparse.Namespace) -> int:
 
     estimator = args.estimator or "disarm"
     if estimator not in discrete_vae.ESTIMATORS:
-        raise SystemExit(f"scorefn fit: error: --estimator {estimator} is not one of "
-                         f"{', '.join(discrete_vae.ESTIMATORS)} for --model discrete-vae-digits")
+        raise CommandError(f"--estimator {estimator} is not one of "
+                           f"{', '.join(discrete_vae.ESTIMATORS)} for --model discrete-vae-digits")
     if args.baseline not in ("auto", "ema"):
-        raise SystemExit("scorefn fit: error: --model discrete-vae-digits sets its baselines per "
-                         "estimator (score: ema, rloo: leave-one-out); leave --baseline out")
+        raise CommandError("--model discrete-vae-digits sets its baselines per estimator "
+                           "(score: ema, rloo: leave-one-out); leave --baseline out")
     model = discrete_vae.DiscreteVAE(latents=args.latents, hidden=args.hidden)
     plot = args.plot or f"elbo_{args.model}_{estimator}.png"
     try:
@@ -136,9 +152,9 @@ def _fit_discrete_vae(args: argparse.Namespace) -> int:
             model, discrete_vae.binarized_digits(), jax.random.key(args.seed),
             estimator=estimator, num_particles=args.samples, steps=args.steps,
             learning_rate=1e-3 if args.lr is None else args.lr, checkpoint=args.checkpoint,
-            resume=args.resume, progress=not args.json)
+            resume=args.resume, overwrite=args.overwrite, progress=not args.json)
     except ValueError as error:
-        raise SystemExit(f"scorefn fit: error: {error}") from None
+        raise CommandError(str(error)) from None
     result.plot(plot)
     if args.json:
         print(json.dumps({"model": args.model, "seed": args.seed, "latents": args.latents,
@@ -181,8 +197,6 @@ def _positive_float(text: str) -> float:
 
 
 def _existing_file(text: str) -> str:
-    import os
-
     if not os.path.isfile(text):
         raise argparse.ArgumentTypeError(f"no such file: {text!r}")
     return text
@@ -192,7 +206,7 @@ def _hyperparameters(pairs: list[str]) -> dict:
     out = {}
     for pair in pairs:
         if "=" not in pair:
-            raise SystemExit(f"--set takes name=value pairs; got {pair!r}")
+            raise CommandError(f"--set takes name=value pairs; got {pair!r}")
         name, text = pair.split("=", 1)
         try:
             out[name] = json.loads(text)
@@ -204,48 +218,63 @@ def _hyperparameters(pairs: list[str]) -> dict:
 
 
 def _rl_train(args: argparse.Namespace) -> int:
-    import os
+    import numpy as np
 
     from scorefn import rl
 
     try:
         backend = rl.resolve_backend(args.env, args.backend)
     except ValueError as error:
-        raise SystemExit(f"scorefn rl train: error: {error}") from None
+        raise CommandError(str(error)) from None
     # a gymnasium run of an env gymnax also has gets its own folder
     suffix = "_gymnasium" if backend == "gymnasium" and args.env in rl.known_envs()["gymnax"] else ""
     log_dir = args.log_dir or os.path.join("runs", f"{args.env}_{args.algo}_{args.seed}{suffix}")
-    checkpoint = args.checkpoint or os.path.join(log_dir, "checkpoint.pkl")
-    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
+    args.checkpoint = args.checkpoint or os.path.join(log_dir, "checkpoint.ckpt")
+    try:
+        seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
+    except ValueError:
+        raise CommandError(f"--seeds takes comma-separated ints; got {args.seeds!r}") from None
     try:
         result = rl.train(args.env, args.algo, args.seed, args.total_steps, seeds=seeds,
                           backend=args.backend, eval_every=args.eval_every, log_dir=log_dir,
-                          checkpoint=checkpoint,
-                          resume=args.resume, stop_when_solved=args.stop_when_solved,
-                          progress=not args.json, **_hyperparameters(args.set))
+                          checkpoint=args.checkpoint, resume=args.resume, overwrite=args.overwrite,
+                          stop_when_solved=args.stop_when_solved, progress=not args.json,
+                          **_hyperparameters(args.set))
     except ValueError as error:
-        raise SystemExit(f"scorefn rl train: error: {error}") from None
+        raise CommandError(str(error)) from None
+    checkpoint = args.checkpoint
     out = {"env": args.env, "algo": args.algo, "seed": args.seed, "eval_mean": result.eval_mean,
            "env_steps": result.env_steps, "wall_s": result.wall_s,
            "solved_at_steps": result.solved_at_steps(), "solved_wall_s": result.solved_wall_s(),
            "log_dir": log_dir, "checkpoint": checkpoint,
            "best_checkpoint": rl.best_checkpoint_path(checkpoint)}
+    if seeds is not None:  # every seed's figures, in the order of --seeds
+        indices = range(len(seeds))
+        out.update(seeds=seeds, seed=None,
+                   eval_mean=[float(x) for x in np.atleast_1d(result.history[-1]["eval_mean"])],
+                   solved_at_steps=[result.solved_at_steps(i) for i in indices],
+                   solved_wall_s=[result.solved_wall_s(i) for i in indices])
     if args.json:
         print(json.dumps(out))
     else:
-        solved = out["solved_at_steps"]
-        print(f"{args.algo} on {args.env}: final evaluation {result.eval_mean:.1f} after "
-              f"{result.env_steps:,} env steps, {result.wall_s:.1f} s of training"
-              + (f"; solved at {solved:,} steps" if solved else "") + f". Logs in {log_dir}")
+        solved = result.solved_at_steps()
+        print(f"{args.algo} on {args.env}: final evaluation {result.eval_mean:.1f}"
+              + (" (mean over seeds)" if seeds is not None else "")
+              + f" after {result.env_steps:,} env steps, {result.wall_s:.1f} s of training"
+              + (f"; solved at {solved:,} steps" if solved and seeds is None else "")
+              + f". Logs in {log_dir}")
     return 0
 
 
 def _rl_eval(args: argparse.Namespace) -> int:
     from scorefn import rl
 
-    result = rl.load_checkpoint(args.checkpoint, args.seed_index)
-    mean = rl.evaluate(result, episodes=args.episodes, seed=args.seed,
-                       backend=args.backend)
+    try:
+        result = rl.load_checkpoint(args.checkpoint, args.seed_index)
+        mean = rl.evaluate(result, episodes=args.episodes, seed=args.seed,
+                           backend=args.backend)
+    except ValueError as error:
+        raise CommandError(str(error)) from None
     if args.json:
         print(json.dumps({"env": result.env_id, "algo": result.algo, "eval_mean": mean,
                           "episodes": args.episodes, "env_steps": result.env_steps}))
@@ -255,43 +284,72 @@ def _rl_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Every option's help ends with its default (argparse's ArgumentDefaultsHelpFormatter
+    also prints "default: None" and the defaults of flags)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if ("%(default)" in text or "default" in text or action.default is None
+                or action.default is False or action.default is argparse.SUPPRESS
+                or not action.option_strings):
+            return text
+        return f"{text} (default: %(default)s)".lstrip()
+
+
+def _run_options(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--checkpoint", default=None,
+                        help=f"checkpoint file, {what} (data only; default: none)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from --checkpoint (an error if it does not exist)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start over in place of an existing checkpoint (a fresh run "
+                             "refuses one otherwise)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="scorefn",
         description="Score-function (REINFORCE) gradient estimation on JAX.",
+        formatter_class=_HelpFormatter,
     )
     from scorefn import __version__
 
     parser.add_argument("--version", action="version", version=f"scorefn {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    demo = commands.add_parser(
-        "demo", help="the log-derivative trick on a Gaussian: scores, estimators, variance plot"
-    )
-    demo.add_argument("--out", default="scorefn-demo", help="folder for the PNG (default: %(default)s)")
-    demo.add_argument("--seed", type=int, default=0)
+
+    def command(group, name: str, **kwargs) -> argparse.ArgumentParser:
+        return group.add_parser(name, formatter_class=_HelpFormatter, **kwargs)
+
+    demo = command(commands, "demo", help="the log-derivative trick on a Gaussian: scores, "
+                                          "estimators, variance plot (base install)")
+    demo.add_argument("--out", default="scorefn-demo", help="folder for the PNG")
+    demo.add_argument("--seed", type=int, default=0, help="the PRNG seed")
     demo.add_argument("--num-samples", type=_positive_int, default=100,
-                      help="samples per estimate in the tables (default: %(default)s)")
+                      help="samples per estimate in the tables")
     demo.add_argument("--repeats", type=_positive_int, default=400,
-                      help="independent estimates per estimator (default: %(default)s)")
+                      help="independent estimates per estimator")
     demo.add_argument("--sample-sizes", default="10,30,100,300,1000",
-                      help="comma-separated N for the variance plot (default: %(default)s)")
+                      help="comma-separated N for the variance plot")
     demo.add_argument("--json", action="store_true", help="end with one JSON line of results")
     demo.set_defaults(run=_demo)
 
-    optimize = commands.add_parser(
-        "optimize", help="minimise a standard test function with a search-gradient strategy")
+    optimize = command(commands, "optimize", help="minimise a standard test function with a "
+                                                  "search-gradient strategy (base install)")
     from scorefn.es.functions import FUNCTIONS
     from scorefn.es.minimize import EVALUATORS, STRATEGIES
 
     optimize.add_argument("--function", required=True, choices=sorted(FUNCTIONS),
                           help="a built-in test function (onemax and maxcut are binary)")
-    optimize.add_argument("--dim", type=_positive_int, default=10)
+    optimize.add_argument("--dim", type=_positive_int, default=10, help="the dimension d")
     optimize.add_argument("--strategy", choices=list(STRATEGIES), default=None,
                           help="default: xnes (bernoulli for the binary functions; categorical "
                                "searches them with two categories per position)")
-    optimize.add_argument("--seed", type=int, default=0)
-    optimize.add_argument("--sigma0", type=_positive_float, default=0.5)
-    optimize.add_argument("--max-evals", type=_positive_int, default=200_000)
+    optimize.add_argument("--seed", type=int, default=0, help="the PRNG seed (and x0's)")
+    optimize.add_argument("--sigma0", type=_positive_float, default=0.5,
+                          help="the initial search scale")
+    optimize.add_argument("--max-evals", type=_positive_int, default=200_000,
+                          help="the budget of evaluations of f")
     optimize.add_argument("--restarts", type=_nonnegative_int, default=0,
                           help="IPOP restarts with a doubled population when a run stalls "
                                "(multimodal functions such as rastrigin)")
@@ -299,84 +357,128 @@ def build_parser() -> argparse.ArgumentParser:
                           help="stop at f <= target (default 1e-8; 0 for onemax)")
     optimize.add_argument("--bounds", default=None, metavar="LOW,HIGH",
                           help="keep the search in the box [LOW, HIGH]^d (continuous functions; "
-                               "write --bounds=-5,5 when LOW is negative)")
+                               "write --bounds=-5,5 when LOW is negative; default: none)")
     optimize.add_argument("--evaluator", choices=EVALUATORS, default="jax",
-                          help="where f is evaluated (default: %(default)s)")
+                          help="where f is evaluated")
     optimize.add_argument("--workers", type=_positive_int, default=None,
-                          help="processes or Ray CPUs for --evaluator processes/ray")
-    optimize.add_argument("--checkpoint", default=None, help="checkpoint file, written as it runs")
-    optimize.add_argument("--resume", action="store_true", help="continue from --checkpoint")
-    optimize.add_argument("--plot", default=None, help="save a convergence PNG here")
+                          help="processes or Ray CPUs for --evaluator processes/ray "
+                               "(default: the CPU count)")
+    _run_options(optimize, "written as it runs")
+    optimize.add_argument("--plot", default=None, help="save a convergence PNG here "
+                                                       "(default: none)")
     optimize.add_argument("--json", action="store_true", help="end with one JSON line")
     optimize.set_defaults(run=_optimize)
 
-    from scorefn.vi.discrete_vae import ESTIMATORS as DISCRETE_ESTIMATORS
     from scorefn.vi.objectives import ESTIMATORS
 
-    fit = commands.add_parser("fit", help="variational inference on a worked model")
-    fit.add_argument("--model", required=True, choices=VI_MODELS)
-    fit.add_argument("--estimator", choices=list(dict.fromkeys(ESTIMATORS + DISCRETE_ESTIMATORS)),
-                     default=None,
-                     help=f"ELBO gradient estimator (default: mixed; for discrete-vae-digits, one of "
-                          f"{', '.join(DISCRETE_ESTIMATORS)}, default disarm)")
-    fit.add_argument("--guide", choices=["mean_field", "full_rank"], default="mean_field")
-    fit.add_argument("--steps", type=_positive_int, default=3000)
+    try:
+        from scorefn.vi.discrete_vae import ESTIMATORS as DISCRETE_VAE_ESTIMATORS
+
+        discrete = f"{', '.join(DISCRETE_VAE_ESTIMATORS)} (default: disarm)"
+    except ImportError:  # without the vi extra; fit says so when it runs
+        discrete = "see its module (needs pip install 'scorefn[vi]')"
+    fit = command(commands, "fit", help="variational inference on a worked model (the vi "
+                                        "extra: pip install 'scorefn[vi]')")
+    fit.add_argument("--model", required=True, choices=VI_MODELS, help="the worked model")
+    fit.add_argument("--estimator", default=None,
+                     help=f"ELBO gradient estimator: {', '.join(ESTIMATORS)} (default: mixed); "
+                          f"for discrete-vae-digits, {discrete}")
+    fit.add_argument("--guide", choices=["mean_field", "full_rank"], default="mean_field",
+                     help="the variational family")
+    fit.add_argument("--steps", type=_positive_int, default=3000, help="optimisation steps")
     fit.add_argument("--samples", type=_positive_int, default=1, help="K, guide samples per step")
     fit.add_argument("--baseline", choices=BASELINES, default="auto",
                      help="for score-function blocks (auto: leave-one-out if K >= 2, else ema)")
     fit.add_argument("--lr", type=_positive_float, default=None,
                      help="Adam's learning rate (default 0.01; 0.001 for discrete-vae-digits)")
     fit.add_argument("--latents", type=_positive_int, default=32,
-                     help="discrete-vae-digits: Bernoulli latents (default: %(default)s)")
+                     help="discrete-vae-digits: Bernoulli latents")
     fit.add_argument("--hidden", type=_nonnegative_int, default=0,
                      help="discrete-vae-digits: units of the encoder's and decoder's hidden layer "
-                          "(default: %(default)s, linear)")
-    fit.add_argument("--seed", type=int, default=0)
+                          "(0: linear)")
+    fit.add_argument("--seed", type=int, default=0, help="the PRNG seed")
     fit.add_argument("--plot", default=None, help="ELBO-curve PNG (default: elbo_<model>_<estimator>.png)")
-    fit.add_argument("--checkpoint", default=None, help="checkpoint file, written every 100 steps")
-    fit.add_argument("--resume", action="store_true", help="continue from --checkpoint")
+    _run_options(fit, "written every 100 steps")
     fit.add_argument("--json", action="store_true", help="end with one JSON line")
     fit.set_defaults(run=_fit)
 
-    rl_parser = commands.add_parser("rl", help="policy-gradient reinforcement learning")
+    rl_parser = command(commands, "rl", help="policy-gradient reinforcement learning (the rl "
+                                             "extra: pip install 'scorefn[rl]')")
     rl_commands = rl_parser.add_subparsers(dest="rl_command", required=True, metavar="COMMAND")
-    train = rl_commands.add_parser("train", help="train a policy")
+    train = command(rl_commands, "train", help="train a policy")
     train.add_argument("--env", default="CartPole-v1", help="a gymnax or gymnasium id")
     train.add_argument("--algo", default="ppo", help="reinforce, a2c, ppo, trpo or npg")
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--seeds", default=None, help="comma-separated seeds trained at once (vmap)")
-    train.add_argument("--total-steps", type=_positive_int, default=None)
-    train.add_argument("--backend", choices=["auto", "gymnax", "gymnasium"], default="auto")
-    train.add_argument("--eval-every", type=_positive_int, default=None, help="env steps between evaluations")
-    train.add_argument("--stop-when-solved", action="store_true")
+    train.add_argument("--seed", type=int, default=0, help="the seed of one run")
+    train.add_argument("--seeds", default=None,
+                       help="comma-separated seeds trained at once (vmap; gymnax); --json then "
+                            "reports every seed (default: --seed alone)")
+    train.add_argument("--total-steps", type=_positive_int, default=None,
+                       help="env steps (default: per algorithm and env, scorefn.rl.defaults)")
+    train.add_argument("--backend", choices=["auto", "gymnax", "gymnasium"], default="auto",
+                       help="auto: gymnax where it has the env")
+    train.add_argument("--eval-every", type=_positive_int, default=None,
+                       help="env steps between evaluations (default: total / 20)")
+    train.add_argument("--stop-when-solved", action="store_true",
+                       help="stop once every seed reaches the env's threshold")
     train.add_argument("--log-dir", default=None, help="default: runs/<env>_<algo>_<seed>")
-    train.add_argument("--checkpoint", default=None, help="default: <log-dir>/checkpoint.pkl")
-    train.add_argument("--resume", action="store_true", help="continue from the checkpoint")
+    train.add_argument("--checkpoint", default=None, help="default: <log-dir>/checkpoint.ckpt")
+    train.add_argument("--resume", action="store_true",
+                       help="continue from the checkpoint (an error if it does not exist)")
+    train.add_argument("--overwrite", action="store_true",
+                       help="start over in place of an existing checkpoint and metrics (a fresh "
+                            "run refuses them otherwise)")
     train.add_argument("--set", nargs="*", default=[], metavar="NAME=VALUE",
-                       help="hyperparameters, e.g. --set learning_rate=3e-4 num_envs=16")
+                       help="hyperparameters, e.g. --set learning_rate=3e-4 num_envs=16 "
+                            "(default: per algorithm and env)")
     train.add_argument("--json", action="store_true", help="end with one JSON line")
     train.set_defaults(run=_rl_train)
-    evaluate = rl_commands.add_parser("eval", help="evaluate a checkpoint deterministically")
-    evaluate.add_argument("--checkpoint", required=True, type=_existing_file)
-    evaluate.add_argument("--episodes", type=_positive_int, default=20)
-    evaluate.add_argument("--seed", type=int, default=0)
-    evaluate.add_argument("--seed-index", type=int, default=0, help="which seed of a multi-seed run")
-    evaluate.add_argument("--backend", choices=["auto", "gymnax", "gymnasium"], default="auto")
-    evaluate.add_argument("--json", action="store_true")
+    evaluate = command(rl_commands, "eval", help="evaluate a checkpoint deterministically")
+    evaluate.add_argument("--checkpoint", required=True, type=_existing_file,
+                          help="a checkpoint written by rl train (data only)")
+    evaluate.add_argument("--episodes", type=_positive_int, default=20, help="episodes to run")
+    evaluate.add_argument("--seed", type=int, default=0, help="the episodes' seed")
+    evaluate.add_argument("--seed-index", type=int, default=0,
+                          help="which seed of a multi-seed run")
+    evaluate.add_argument("--backend", choices=["auto", "gymnax", "gymnasium"], default="auto",
+                          help="auto: gymnax where it has the env")
+    evaluate.add_argument("--json", action="store_true", help="end with one JSON line")
     evaluate.set_defaults(run=_rl_eval)
     return parser
 
 
+def _resume_command(argv: list[str]) -> str:
+    """The command line that resumes the interrupted one."""
+    kept = [a for a in argv if a != "--overwrite"]
+    return shlex.join(["scorefn", *kept, *([] if "--resume" in kept else ["--resume"])])
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     from scorefn._compilation_cache import enable_compilation_cache
 
     enable_compilation_cache()
+    name = " ".join(["scorefn", args.command] + ([args.rl_command] if args.command == "rl" else []))
     try:
         return args.run(args)
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        checkpoint = getattr(args, "checkpoint", None)
+        evaluating = args.command == "rl" and args.rl_command == "eval"
+        if checkpoint and os.path.isfile(checkpoint) and not evaluating:
+            print(f"interrupted; the last checkpoint is {checkpoint}. Resume with:\n  "
+                  f"{_resume_command(argv)}", file=sys.stderr)
+        else:
+            print("interrupted", file=sys.stderr)
         return 130
+    except (CommandError, ImportError) as error:
+        parser.exit(2, f"{name}: error: {error}\n")
+    except ValueError as error:
+        from scorefn.checkpoints import CheckpointError
+
+        if not isinstance(error, CheckpointError):
+            raise
+        parser.exit(2, f"{name}: error: {error}\n")
 
 
 if __name__ == "__main__":

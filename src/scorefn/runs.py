@@ -7,45 +7,17 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import dataclasses
 import hashlib
 import json
 import os
-import pickle
 import re
-import tempfile
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-
-@dataclasses.dataclass
-class _Key:
-    """A typed PRNG key on the host (pickle keeps its raw data)."""
-
-    data: np.ndarray
-
-
-def to_host(tree: Any) -> Any:
-    """Every leaf as a numpy array; typed PRNG keys kept as keys."""
-    def leaf(x):
-        if _is_key(x):
-            return _Key(np.asarray(jax.random.key_data(x)))
-        return np.asarray(x)
-
-    return jax.tree.map(leaf, tree)
-
-
-def from_host(tree: Any) -> Any:
-    """The inverse of ``to_host``."""
-    def leaf(x):
-        if isinstance(x, _Key):
-            return jax.random.wrap_key_data(jnp.asarray(x.data))
-        return jnp.asarray(x)
-
-    return jax.tree.map(leaf, tree, is_leaf=lambda x: isinstance(x, _Key))
+from scorefn import checkpoints
 
 
 def all_finite(tree: Any) -> bool:
@@ -53,32 +25,6 @@ def all_finite(tree: Any) -> bool:
     small programs per leaf shape."""
     return all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(tree)
                if jnp.issubdtype(jnp.result_type(x), jnp.floating))
-
-
-def save_checkpoint(path: str, payload: dict) -> None:
-    """Pickle ``payload`` to ``path`` atomically: an interrupted write never leaves a half
-    file, and a concurrent reader sees the old file or the whole new one (a unique
-    temporary file in the same folder, then a rename)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as fh:
-            pickle.dump(payload, fh)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
-def load_checkpoint(path: str, version: int, kind: str) -> dict:
-    with open(path, "rb") as fh:
-        payload = pickle.load(fh)
-    # "kind" is recorded by Run.save; earlier checkpoints have only the version.
-    if (not isinstance(payload, dict) or payload.get("version") != version
-            or payload.get("kind", kind) != kind):
-        raise ValueError(f"{path} is not a {kind} checkpoint (version {version})")
-    return payload
 
 
 def describe(obj: Any) -> str:
@@ -130,6 +76,19 @@ def refuse_changed_settings(path: str, recorded: dict | None, now: dict, *,
                      f"with the same ones{allowed}, or start a new run")
 
 
+def refuse_overwrite(checkpoint: str | None, log_dir: str | None, overwrite: bool) -> None:
+    """A fresh run never replaces an earlier run's checkpoint or metrics silently: a
+    ``ValueError`` saying how to resume or start over, unless ``overwrite``."""
+    if overwrite:
+        return
+    found = [p for p in (checkpoint, log_dir and os.path.join(log_dir, "metrics.jsonl"))
+             if p is not None and os.path.exists(p)]
+    if found:
+        raise ValueError(f"{found[0]} holds an earlier run; resume it (resume=True, --resume), "
+                         "start over in its place (overwrite=True, --overwrite), or choose "
+                         "another checkpoint and log folder")
+
+
 def progress_bar(enabled: bool, description: str, total: int, unit: str, field: str):
     """A started rich progress bar with one live ``field`` (or None when disabled); update it
     with ``bar.update(bar.task_ids[0], completed=..., value=...)``."""
@@ -151,9 +110,14 @@ class Run:
     discrete VAE): its checkpoint, the settings check on resume, the progress bar, the
     metrics files and the compilation cache.
 
-    - ``restored``: on ``resume`` the payload of the checkpoint (None on a fresh start),
+    - ``restored``: on ``resume`` the payload of the checkpoint (``scorefn.checkpoints``;
+      pytrees of custom nodes come back as ``StoredTree``, for ``checkpoints.restore``),
       after checking its kind and version and refusing other ``settings`` (naming them);
-      ``resume`` without a ``checkpoint`` path is an error;
+      ``resume`` without a ``checkpoint`` path, or naming a file that does not exist, is an
+      error;
+    - earlier work is never overwritten silently: a fresh run (no ``resume``) whose
+      ``checkpoint`` or ``log_dir`` metrics already exist is refused, saying how to resume
+      or start over, unless ``overwrite=True``;
     - ``save(**state)``: the state, the settings and the version, written atomically, so an
       interrupted (even killed) run resumes from its last save;
     - ``advance(completed, value)``: the progress bar (``progress=False``: nothing);
@@ -171,7 +135,7 @@ class Run:
                  progress: bool = False,
                  description: str = "", total: int = 0, unit: str = "steps",
                  field: str = "value", log_dir: str | None = None, step_field: str = "step",
-                 compilation_cache: bool = True):
+                 compilation_cache: bool = True, overwrite: bool = False):
         if compilation_cache:
             from scorefn._compilation_cache import enable_compilation_cache
 
@@ -181,10 +145,17 @@ class Run:
         self.kind, self.version, self.checkpoint = kind, version, checkpoint
         self.settings = settings
         self.restored = None
-        if resume and os.path.exists(checkpoint):
-            self.restored = load_checkpoint(checkpoint, version, kind)
+        if resume:
+            if not os.path.exists(checkpoint):
+                raise checkpoints.CheckpointError(
+                    f"resume: no checkpoint at {checkpoint} (a run writes it at its first save; "
+                    "start without resume, or name the file an earlier run wrote)")
+            self.restored = checkpoints.load(checkpoint, kind=kind, version=version)
             refuse_changed_settings(checkpoint, self.restored.get("settings"), settings or {},
                                     what=what, may_change=may_change)
+        else:
+            refuse_overwrite(checkpoint, log_dir, overwrite)
+        self.progress = progress
         self._bar_options = (progress, description, total, unit, field)
         self._bar = None
         self._metrics_options = (log_dir, step_field)
@@ -211,8 +182,16 @@ class Run:
     def save(self, **state: Any) -> None:
         """Write ``state`` with the settings and the version (nothing without a path)."""
         if self.checkpoint is not None:
-            save_checkpoint(self.checkpoint, {**state, "settings": self.settings,
-                                              "kind": self.kind, "version": self.version})
+            checkpoints.save(self.checkpoint, {**state, "settings": self.settings},
+                             kind=self.kind, version=self.version)
+
+    def announce_resume(self, done: int, total: int, unit: str = "steps") -> None:
+        """Say on stderr where a resumed run continues (with ``progress`` on)."""
+        if self.restored is not None and self.progress:
+            import sys
+
+            print(f"resuming {self.checkpoint} from {unit} {done:,} of {total:,}",
+                  file=sys.stderr)
 
     def advance(self, completed: int, value: str | None = None) -> None:
         if self._bar is not None:

@@ -48,7 +48,7 @@ def test_a_cached_program_equals_jit_and_is_not_traced_again(folder):
     expected = jax.jit(_step_counting([]))(_carry(), 2.0)
     first = _program_cache.cached_jit(_step_counting(traces), key=("test", 1))(_carry(), 2.0)
     _same(first, expected)
-    assert len(list(folder.glob("*.pkl"))) == 1
+    assert len(list(folder.glob("*.program"))) == 1
     traced = len(traces)
     assert traced >= 1
     # A new cached_jit (as in a new process) loads the program: no Python tracing at all.
@@ -68,13 +68,13 @@ def test_key_and_shapes_select_different_programs(folder):
     _program_cache.cached_jit(_step_counting(traces), key=("b",))(_carry(), 2.0)
     bigger = Carry(jnp.arange(5.0), jax.random.key(7))
     _program_cache.cached_jit(_step_counting(traces), key=("a",))(bigger, 2.0)
-    assert len(list(folder.glob("*.pkl"))) == 3
+    assert len(list(folder.glob("*.program"))) == 3
     assert len(traces) >= 3
 
 
 def test_a_corrupt_file_is_traced_again_and_replaced(folder):
     _program_cache.cached_jit(_step_counting([]), key=("c",))(_carry(), 2.0)
-    (path,) = folder.glob("*.pkl")
+    (path,) = folder.glob("*.program")
     path.write_bytes(b"not a program")
     traces = []
     out = _program_cache.cached_jit(_step_counting(traces), key=("c",))(_carry(), 2.0)
@@ -90,11 +90,11 @@ def test_off_and_unexportable_programs_fall_back_to_jit(folder, monkeypatch):
 
     out = _program_cache.cached_jit(with_callback, key=("cb",))(jnp.ones(2))
     np.testing.assert_array_equal(out, 2 * np.ones(2))
-    assert not list(folder.glob("*.pkl"))
+    assert not list(folder.glob("*.program"))
     monkeypatch.setattr(_program_cache, "_programs_dir", lambda: None)
     out = _program_cache.cached_jit(_step_counting([]), key=("off",))(_carry(), 2.0)
     _same(out, jax.jit(_step_counting([]))(_carry(), 2.0))
-    assert not list(folder.glob("*.pkl"))
+    assert not list(folder.glob("*.program"))
 
 
 def test_compiler_options_are_part_of_the_program(folder):
@@ -105,7 +105,7 @@ def test_compiler_options_are_part_of_the_program(folder):
     fast = _program_cache.cached_jit(_step_counting(traces), key=("o",), compiler_options=options)
     out = fast(_carry(), 2.0)
     default = _program_cache.cached_jit(_step_counting(traces), key=("o",))(_carry(), 2.0)
-    assert len(list(folder.glob("*.pkl"))) == (2 if options else 1)
+    assert len(list(folder.glob("*.program"))) == (2 if options else 1)
     np.testing.assert_allclose(np.asarray(out[0].x), np.asarray(default[0].x), rtol=1e-6)
     _same(_program_cache.cached_jit(_step_counting([]), key=("o",),
                                     compiler_options=options)(_carry(), 2.0), out)

@@ -17,19 +17,14 @@ import numpy as np
 from scorefn import validation as v
 from scorefn._compiler_options import WIDE_REDUCTIONS
 from scorefn._program_cache import cached_jit
+from scorefn.checkpoints import CheckpointError, restore
 from scorefn.es.bernoulli import bernoulli
 from scorefn.es.categorical import categorical
 from scorefn.es.openai_es import openai_es
 from scorefn.es.snes import snes
 from scorefn.es.strategy import Strategy
 from scorefn.es.xnes import xnes
-from scorefn.runs import (
-    Run,
-    describe,
-    from_host,
-    saved_figure,
-    to_host,
-)
+from scorefn.runs import Run, describe, refuse_overwrite, saved_figure
 
 EVALUATORS = ("jax", "python", "processes", "ray")
 STRATEGIES = {"snes": snes, "xnes": xnes, "openai_es": openai_es, "bernoulli": bernoulli,
@@ -94,6 +89,7 @@ def minimize(
     plot: str | None = None,
     checkpoint: str | None = None,
     resume: bool = False,
+    overwrite: bool = False,
 ) -> OptimizeResult:
     """Minimise ``f`` with a search-gradient strategy.
 
@@ -125,15 +121,21 @@ def minimize(
       generations_per_call: generations per compiled call (``evaluator="jax"``). Each call
         costs about 0.1 ms on the host (progress, stopping tests), as much as ten
         generations at d = 10; lower it when one generation is slow and you want progress
-        and checkpoints more often. ``evaluations`` in the result counts up to the
-        generation that met the stopping criterion (as the peers' scripts do), while best x
-        and f are the best of every generation run.
+        and checkpoints more often. The result, the history, the progress bar and the
+        CLI's last line share one definition: the generations up to the one that met the
+        stopping criterion (as the peers' scripts count), so ``f`` is the best f of those
+        generations, ``x`` the point where f was found, ``f == history[-1][1]``, and
+        ``evaluations`` counts their evaluations.
       progress: a rich progress bar; plot: save a convergence PNG there.
       checkpoint: a file where the run's state (strategy state with its PRNG key, best point,
         history) is written after every compiled chunk of generations and on Ctrl-C;
-        ``resume=True`` continues from it. A resumed run gives the same result as an
-        uninterrupted one with the same seed. With ``restarts``, this file records the
-        finished runs and each run checkpoints itself in ``<checkpoint>.run<k>``.
+        ``resume=True`` continues from it (an error when the file does not exist). A
+        resumed run gives the same result as an uninterrupted one with the same seed. With
+        ``restarts``, this file records the finished runs and each run checkpoints itself
+        in ``<checkpoint>.run<k>``. The file holds only data (``scorefn.checkpoints``).
+      overwrite: a fresh run (no ``resume``) refuses a ``checkpoint`` that already exists,
+        so that earlier work is never replaced silently; ``overwrite=True`` starts over in
+        its place.
       bounds: ``(low, high)``, scalars or arrays of shape (d,). x0 must lie inside; f is
         evaluated at the candidate clipped into the box plus ``bound_penalty`` times the
         squared distance to it, so the search is pushed back inside; the best x returned is
@@ -154,7 +156,7 @@ def minimize(
             nan_policy=nan_policy, evaluator=evaluator, workers=workers,
             ray_address=ray_address, evaluation_timeout=evaluation_timeout,
             generations_per_call=generations_per_call, progress=progress, plot=plot,
-            checkpoint=checkpoint, resume=resume)
+            checkpoint=checkpoint, resume=resume, overwrite=overwrite)
         if bounds is not None:
             f, box = _bounded(f, x0, bounds, bound_penalty, evaluator)
             result = minimize(f, x0, strategy, restarts=restarts,
@@ -182,7 +184,8 @@ def minimize(
               settings=None if checkpoint is None else _run_settings(
                   f, x0, key, sigma0, nan_policy, evaluator),
               may_change="max_evaluations and the stopping criteria", progress=progress,
-              description=strat.name, total=max_evaluations, unit="evals", field="best f")
+              description=strat.name, total=max_evaluations, unit="evals", field="best f",
+              overwrite=overwrite)
     state = _compiled_init(strat)(key, x0, float(sigma0))
     popsize = strat.population_size(state)
 
@@ -209,9 +212,10 @@ def minimize(
             raise ValueError(f"checkpoint {checkpoint} was written by strategy "
                              f"{payload['strategy']}; resume it with that strategy, not "
                              f"{describe(strat)}")
-        state, best_x, best_f = (from_host(payload["state"]), jnp.asarray(payload["best_x"]),
-                                 jnp.asarray(payload["best_f"]))
+        state = restore(payload["state"], like=state)
+        best_x, best_f = restore(payload["best_x"]), restore(payload["best_f"])
         records = [tuple(r) for r in payload["records"]]
+        run.announce_resume(records[-1][0] if records else 0, max_evaluations, "evaluation")
     stop_reason, stop_at = "max_evaluations", None
     since_improvement, last_best = 0, math.inf
     for _, b, _, _ in records:  # replay the counters of a resumed run
@@ -224,8 +228,10 @@ def minimize(
         with run:
             while (records[-1][0] if records else 0) < max_evaluations:
                 if evaluator == "jax":
-                    (state, best_x, best_f), (bests, scales, spreads) = run_chunk((state, best_x, best_f))
-                    bests, scales, spreads = (np.asarray(a) for a in (bests, scales, spreads))
+                    (state, best_x, best_f), (bests, best_xs, scales, spreads) = run_chunk(
+                        (state, best_x, best_f))
+                    bests, best_xs, scales, spreads = (
+                        np.asarray(a) for a in (bests, best_xs, scales, spreads))
                 else:
                     x, state = ask(state)
                     values = batch_evaluator(np.asarray(x))
@@ -237,7 +243,7 @@ def minimize(
                     i = int(np.argmin(fitness))
                     if fitness[i] < float(best_f):
                         best_x, best_f = x[i], jnp.asarray(fitness[i])
-                    bests = np.array([float(best_f)])
+                    bests, best_xs = np.array([float(best_f)]), np.asarray(best_x)[None]
                     scales = np.array([float(strat.scale(state))])
                     spreads = np.array([fitness.max() - fitness.min()])
                 first_new = len(records)
@@ -245,7 +251,7 @@ def minimize(
                 for b, sc, spread in zip(bests, scales, spreads):
                     evaluations += popsize
                     records.append((evaluations, float(b), float(sc), float(spread)))
-                run.save(state=to_host(state), best_x=np.asarray(best_x), best_f=np.asarray(best_f),
+                run.save(state=state, best_x=best_x, best_f=best_f,
                          records=list(records), strategy=describe(strat))
                 for index in range(first_new, len(records)):
                     evaluations, b, sc, spread = records[index]
@@ -263,7 +269,10 @@ def minimize(
                     elif evaluations >= max_evaluations:
                         stop = "max_evaluations"
                     if stop:
+                        # the best of the generations counted, not of the whole chunk
                         stop_reason, stop_at = stop, index
+                        best_x = best_xs[index - first_new]
+                        best_f = jnp.asarray(records[index][1], best_f.dtype)
                         break
                 run.advance(min(evaluations, max_evaluations), f"{last_best:.3e}")
                 if stop_at is not None:
@@ -357,16 +366,24 @@ def _minimize_with_restarts(f, x0, strategy, *, restarts, popsize_factor, key, s
                                     options["evaluator"]),
                     "strategy": describe(strat), "restarts": restarts,
                     "popsize_factor": float(popsize_factor)}
-    # The record of finished runs; each run has its own checkpoint and progress bar.
+    # The record of finished runs; each run has its own checkpoint and progress bar. The
+    # record is first written when a run stalls: before that, resuming means the first run.
+    if resume and checkpoint is not None and not any(
+            os.path.exists(p) for p in (checkpoint, f"{checkpoint}.run0")):
+        raise CheckpointError(f"resume: no checkpoint at {checkpoint} (nor {checkpoint}.run0); "
+                              "start without resume, or name the file an earlier run wrote")
+    if not resume and checkpoint is not None:
+        refuse_overwrite(f"{checkpoint}.run0", None, options["overwrite"])
     record = Run("scorefn.es restarts", RESTARTS_CHECKPOINT_VERSION, checkpoint=checkpoint,
-                 resume=resume, settings=settings,
-                 may_change="max_evaluations and the stopping criteria")
+                 resume=resume and os.path.exists(checkpoint), settings=settings,
+                 may_change="max_evaluations and the stopping criteria",
+                 overwrite=options["overwrite"])
     if record.restored is not None:
         finished = record.restored["runs"]
     best, history, used, started = None, [], 0, time.perf_counter()
     for run in range(restarts + 1):
         if run < len(finished):  # replay a finished run from the record
-            result = OptimizeResult(**{**finished[run], "x": np.asarray(finished[run]["x"])})
+            result = OptimizeResult(**finished[run])
         else:
             popsize = int(round(base * popsize_factor**run))
             run_checkpoint = None if checkpoint is None else f"{checkpoint}.run{run}"
@@ -381,8 +398,7 @@ def _minimize_with_restarts(f, x0, strategy, *, restarts, popsize_factor, key, s
                               resume=resume and run_checkpoint is not None
                               and os.path.exists(run_checkpoint), **run_options)
             if checkpoint is not None and result.stop_reason in STALLS:
-                finished.append({k: (np.asarray(v) if k == "x" else v)
-                                 for k, v in dataclasses.asdict(result).items()})
+                finished.append(dataclasses.asdict(result))
                 record.save(runs=finished)
         history += [(used + e, min(b, best.f) if best else b) for e, b in result.history]
         used += result.evaluations
@@ -582,7 +598,7 @@ def compiled_generations(strat, f, generations: int, nan_policy: str):
         best_x = jnp.where(better, x[i], best_x)
         best_f = jnp.where(better, fitness[i], best_f)
         spread = jnp.max(fitness) - jnp.min(fitness)
-        return (state, best_x, best_f), (best_f, strat.scale(state), spread)
+        return (state, best_x, best_f), (best_f, best_x, strat.scale(state), spread)
 
     # key=None: f cannot be named; the persistent compilation cache still applies.
     return cached_jit(lambda carry: jax.lax.scan(generation, carry, None, length=generations),

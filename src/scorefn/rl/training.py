@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
 import time
 from typing import Any
 
@@ -20,10 +19,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from scorefn import runs
+from scorefn import checkpoints, runs
 from scorefn._compilation_cache import enable_compilation_cache
 from scorefn._compiler_options import BACKEND_O2, FAST_COMPILE, cpu_options
 from scorefn._program_cache import cached_jit
+from scorefn.checkpoints import restore
 from scorefn.rl import defaults as D
 from scorefn.rl.envs import (
     THRESHOLDS,
@@ -35,10 +35,10 @@ from scorefn.rl.envs import (
 from scorefn.rl.networks import ActorCritic
 from scorefn.rl.registry import algorithm
 from scorefn.rl.rollout import GymnasiumRunner, jax_reset, jax_rollout
-from scorefn.runs import all_finite, from_host, to_host
+from scorefn.runs import all_finite
 from scorefn.validation import runtime_checks
 
-CHECKPOINT_VERSION = 3  # 3: the hyperparameters as the run's settings
+CHECKPOINT_VERSION = 4  # 3: the hyperparameters as the run's settings; 4: data only
 
 
 @dataclasses.dataclass
@@ -201,21 +201,26 @@ def evaluate_gymnasium(env_id: str, policy: ActorCritic, policy_params: Any, see
 
 def load_checkpoint(path: str, seed_index: int = 0) -> TrainResult:
     """A ``TrainResult`` (policy parameters of one seed, history, config) from a
-    checkpoint written by ``train``, e.g. for ``evaluate``."""
-    payload = runs.load_checkpoint(path, CHECKPOINT_VERSION, "scorefn.rl")
-    config = algorithm(payload["algo"]).module.Config(**{
-        k: tuple(v) if isinstance(v, list) else v for k, v in payload["settings"].items()})
-    backend = payload.get("backend", "gymnax")
-    env = make(payload["env"], backend)
+    checkpoint written by ``train``, e.g. for ``evaluate``. The file is data only
+    (``scorefn.checkpoints``): reading it never runs code, and a damaged file, or one of
+    another kind, is a ``CheckpointError`` naming it."""
+    payload = checkpoints.load(path, kind="scorefn.rl", version=CHECKPOINT_VERSION)
+    try:
+        config = algorithm(payload["algo"]).module.Config(**payload["settings"])
+        backend, seeds = payload["backend"], payload["seeds"]
+        env = make(payload["env"], backend)
+    except (KeyError, TypeError, ValueError) as error:
+        raise checkpoints.CheckpointError(f"{path} does not describe an rl run ({error})") from None
+    if not 0 <= seed_index < len(seeds):
+        raise ValueError(f"seed_index must be in [0, {len(seeds)}) for {path}, which holds seeds "
+                         f"{seeds}; got {seed_index}")
     policy = _policy(env, config)
     if backend == "gymnasium":
         env.close()
-        params = payload["learner"].params
-    else:
-        params = payload["carry"][0].params
+    params = restore(payload["params"])
     if payload.get("batched"):
         params = jax.tree.map(lambda x: x[seed_index], params)
-    params = jax.tree.map(jnp.asarray, params)
+    _check_policy(env, policy, params)
     return TrainResult(payload["env"], payload["algo"], params, payload["history"], config, policy,
                        [payload["seeds"][seed_index]])
 
@@ -254,6 +259,7 @@ def train(
     log_dir: str | None = None,
     checkpoint: str | None = None,
     resume: bool = False,
+    overwrite: bool = False,
     progress: bool = True,
     **hyperparameters: Any,
 ) -> TrainResult:
@@ -271,10 +277,15 @@ def train(
       log_dir: write ``metrics.csv``, ``metrics.jsonl``, ``learning_curve.png`` (and TensorBoard
         events when ``tensorboardX`` is installed) there.
       checkpoint: write the run state there after every evaluation, and the state of the
-        best evaluation so far beside it (``best_checkpoint_path(checkpoint)``).
-      resume: continue from ``checkpoint``. A gymnax run resumes exactly. A gymnasium run
-        resumes its learner exactly (params, optimiser, key, steps) but its environments
-        start new episodes: their Python state cannot be saved.
+        best evaluation so far beside it (``best_checkpoint_path(checkpoint)``); data only
+        (``scorefn.checkpoints``), so reading one never runs code.
+      resume: continue from ``checkpoint`` (an error when it does not exist). A gymnax run
+        resumes exactly. A gymnasium run resumes its learner exactly (params, optimiser,
+        key, steps) but its environments start new episodes: their Python state cannot be
+        saved.
+      overwrite: a fresh run refuses a ``checkpoint`` or ``log_dir`` metrics that already
+        exist (earlier work is never replaced silently); ``True`` starts over in their
+        place.
       hyperparameters: fields of the algorithm's ``Config`` (e.g. ``learning_rate=3e-4``).
     """
     enable_compilation_cache()
@@ -309,12 +320,14 @@ def train(
                     settings=dataclasses.asdict(config), what="hyperparameters",
                     may_change="total_steps", progress=progress, description=f"{algo} {env}",
                     total=total_steps, unit="steps", field="eval", log_dir=log_dir,
-                    step_field="env_steps")
+                    step_field="env_steps", overwrite=overwrite)
     if run.restored is not None:
         _check_same_run(checkpoint, run.restored, algo, env, seeds, runner.backend)
         runner.restore(run.restored)
         history = run.restored["history"]
         wall += run.restored["wall"]
+        run.announce_resume(int(history[-1]["env_steps"]) if history else 0, total_steps,
+                            "env step")
     with run:
         env_steps = int(history[-1]["env_steps"]) if history else 0
         run.advance(env_steps)
@@ -335,10 +348,10 @@ def train(
             history.append(row)
             run.log(row)
             if checkpoint is not None:
-                run.save(**runner.state(), history=history, wall=wall, algo=algo, env=env,
-                         seeds=seeds, backend=runner.backend)
+                run.save(**runner.state(), params=runner.final_params(), history=history,
+                         wall=wall, algo=algo, env=env, seeds=seeds, backend=runner.backend)
                 if _is_best(history):
-                    shutil.copyfile(checkpoint, best_checkpoint_path(checkpoint))
+                    checkpoints.copy(checkpoint, best_checkpoint_path(checkpoint))
             run.advance(min(env_steps, total_steps), f"{np.mean(eval_mean):.1f}")
             threshold = THRESHOLDS.get(env)
             if stop_when_solved and threshold is not None and np.all(np.max(
@@ -351,9 +364,9 @@ def train(
 
 
 def best_checkpoint_path(checkpoint: str) -> str:
-    """Where ``train`` keeps the best evaluation's state: ``run.pkl`` → ``run.best.pkl``."""
+    """Where ``train`` keeps the best evaluation's state: ``run.ckpt`` → ``run.best.ckpt``."""
     root, ext = os.path.splitext(checkpoint)
-    return f"{root}.best{ext or '.pkl'}"
+    return f"{root}.best{ext or '.ckpt'}"
 
 
 def _is_best(history: list[dict]) -> bool:
@@ -443,11 +456,11 @@ class _JaxLoop:
 
     def state(self) -> dict:
         """What a checkpoint needs to resume this loop exactly."""
-        return {"carry": to_host(self.carry), "eval_index": self.eval_index,
+        return {"carry": self.carry, "eval_index": self.eval_index,
                 "batched": not self.single}
 
     def restore(self, payload: dict) -> None:
-        self.carry = from_host(payload["carry"])
+        self.carry = restore(payload["carry"], like=self.carry)
         self.eval_index = payload["eval_index"]
 
 
@@ -500,12 +513,11 @@ class _GymnasiumLoop:
 
     def state(self) -> dict:
         """What a checkpoint needs to resume the learner exactly (not the environments)."""
-        return {"learner": to_host(self.learner), "key": to_host(self.key),
-                "eval_index": self.eval_index}
+        return {"learner": self.learner, "key": self.key, "eval_index": self.eval_index}
 
     def restore(self, payload: dict) -> None:
-        self.learner = from_host(payload["learner"])
-        self.key = from_host(payload["key"])
+        self.learner, self.key = restore((payload["learner"], payload["key"]),
+                                         like=(self.learner, self.key))
         self.eval_index = payload["eval_index"]
         # New episodes, seeded by where the run stopped: the old ones' state is gone.
         self.runner.obs = self.env.reset(seed=self.seed + 7919 * self.eval_index)

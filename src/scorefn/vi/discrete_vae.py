@@ -24,7 +24,6 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -33,14 +32,20 @@ import numpyro.distributions as dist
 import optax
 from jax.flatten_util import ravel_pytree
 
+try:
+    import flax.linen as nn
+except ImportError as error:  # pragma: no cover - flax is in the vi extra
+    raise ImportError(f"scorefn.vi.discrete_vae needs the vi extra: pip install 'scorefn[vi]' "
+                      f"({error})") from error
+
 from scorefn import baselines as baseline_lib
 from scorefn import programs
 from scorefn import validation as v
+from scorefn.checkpoints import restore
 from scorefn.runs import (
     Run,
     plot_with_running_mean,
     saved_figure,
-    to_host,
     tree_digest,
 )
 
@@ -57,7 +62,11 @@ PIXELS = 64
 def binarized_digits(test_size: int = 297, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """scikit-learn's 1,797 8×8 digits, each pixel 1 where it exceeds half the pixel range
     (16), split into (train, test) by a fixed permutation: float32 arrays (N, 64)."""
-    from sklearn.datasets import load_digits
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError as error:  # pragma: no cover - sklearn is in the vi extra
+        raise ImportError("the digits data ships with scikit-learn: pip install "
+                          "'scorefn[vi]'") from error
 
     images = (load_digits().data > 8.0).astype(np.float32)
     order = np.random.default_rng(seed).permutation(images.shape[0])
@@ -214,6 +223,7 @@ def fit(
     steps_per_call: int = 100,
     checkpoint: str | None = None,
     resume: bool = False,
+    overwrite: bool = False,
     progress: bool = False,
 ) -> DiscreteVAEFit:
     """Train ``model`` on ``data = (train, test)`` with Adam, the latents' gradient from
@@ -233,9 +243,12 @@ def fit(
       evaluation_samples: S of the importance-sampled log-likelihood of the final model.
       steps_per_call: steps per compiled call (a ``lax.scan``); progress and checkpoints
         follow calls.
-      checkpoint: write the whole state there after every call.
+      checkpoint: write the whole state there after every call (data only,
+        ``scorefn.checkpoints``).
       resume: continue from ``checkpoint``, with the same result as an uninterrupted run,
-        and refuses a checkpoint written with other settings.
+        and refuses a checkpoint written with other settings (or a missing one).
+      overwrite: a fresh run refuses a ``checkpoint`` that already exists; ``True`` starts
+        over in its place.
     """
     if estimator not in ESTIMATORS:
         raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
@@ -319,12 +332,13 @@ def fit(
     done, elbo, variances, timings = 0, [], {}, []
     run = Run("scorefn.vi.discrete_vae", CHECKPOINT_VERSION, checkpoint=checkpoint, resume=resume,
               settings=settings, progress=progress, description=f"discrete VAE, {estimator}",
-              total=steps, unit="steps", field="ELBO")
+              total=steps, unit="steps", field="ELBO", overwrite=overwrite)
     if run.restored is not None:
         payload = run.restored
-        carry = jax.tree.map(jnp.asarray, payload["carry"])
+        carry = restore(payload["carry"], like=carry)
         done, elbo = payload["done"], list(payload["elbo"])
         variances = {int(k): x for k, x in payload["gradient_variance"].items()}
+        run.announce_resume(done, steps)
     k_train, k_batches = jax.random.split(k_train)
     step_keys = jax.random.split(k_train, steps)
     batch_seed = np.asarray(jax.random.key_data(k_batches)).ravel().tolist()
@@ -349,8 +363,8 @@ def fit(
                 raise FloatingPointError(f"the ELBO became non-finite at step {bad}")
             elbo += values.tolist()
             done = end
-            run.save(done=done, elbo=elbo, carry=to_host(tuple(carry)),
-                     gradient_variance=variances)
+            run.save(done=done, elbo=elbo, carry=tuple(carry),
+                     gradient_variance={str(k): x for k, x in variances.items()})
             run.advance(done, f"{np.mean(elbo[-100:]):.2f}")
     params = carry[0]
     # The first call compiles: the median over the others (all of them if there is one).

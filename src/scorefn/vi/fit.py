@@ -24,14 +24,13 @@ from scorefn._compilation_cache import enable_compilation_cache
 from scorefn._compiler_options import BACKEND_O2
 from scorefn._program_cache import cached_jit
 from scorefn.baselines import Ema
+from scorefn.checkpoints import restore
 from scorefn.runs import (
     Run,
     all_finite,
     describe,
-    from_host,
     plot_with_running_mean,
     saved_figure,
-    to_host,
     tree_digest,
 )
 from scorefn.vi.guides import Guide, auto_guide
@@ -159,6 +158,7 @@ def fit(
     control_variate: Any = None,
     checkpoint: str | None = None,
     resume: bool = False,
+    overwrite: bool = False,
     chunk_size: int = 100,
     progress: bool = True,
     plot: str | None = None,
@@ -179,7 +179,10 @@ def fit(
       baseline: for score-function blocks: a core baseline (``leave_one_out()`` ...) or
         ``scorefn.baselines.ema(decay)``, whose per-site state ``fit`` keeps.
       control_variate: for ``estimator="score"``.
-      checkpoint: a file written after every chunk; ``resume=True`` continues from it.
+      checkpoint: a file written after every chunk (data only, ``scorefn.checkpoints``);
+        ``resume=True`` continues from it (an error when the file does not exist).
+      overwrite: a fresh run refuses a ``checkpoint`` that already exists (earlier work is
+        never replaced silently); ``overwrite=True`` starts over in its place.
       chunk_size: steps per compiled chunk (progress and checkpoints happen between chunks).
       progress: show a rich progress bar with the running ELBO.
       plot: save the ELBO curve as a PNG there.
@@ -206,13 +209,16 @@ def fit(
         control_variate)
     run = Run("scorefn.vi", CHECKPOINT_VERSION, checkpoint=checkpoint, resume=resume,
               settings=settings, may_change="steps", progress=progress,
-              description=f"vi {estimator}", total=steps, unit="steps", field="ELBO")
+              description=f"vi {estimator}", total=steps, unit="steps", field="ELBO",
+              overwrite=overwrite)
     done, history = 0, []
     if run.restored is not None:
         state = run.restored
-        params, opt_state = from_host(state["params"]), from_host(state["opt_state"])
-        baseline_state = from_host(state["baseline_state"])
+        params, opt_state, baseline_state = restore(
+            (state["params"], state["opt_state"], state["baseline_state"]),
+            like=(params, opt_state, baseline_state))
         done, history = int(state["step"]), list(state["history"])
+        run.announce_resume(done, steps)
 
     def step(carry, index):
         params, opt_state, bstate = carry
@@ -251,8 +257,8 @@ def fit(
             params, opt_state, baseline_state = carry
             history.extend(values.tolist())
             done += n
-            run.save(params=to_host(params), opt_state=to_host(opt_state),
-                     baseline_state=to_host(baseline_state), step=done, history=list(history))
+            run.save(params=params, opt_state=opt_state, baseline_state=baseline_state,
+                     step=done, history=list(history))
             run.advance(done, f"{np.mean(history[-100:]):.2f}")
     result = FitResult(model, guide, params, np.asarray(history), estimator, num_samples,
                        time.perf_counter() - started)

@@ -47,7 +47,7 @@ def test_a_registered_algorithm_of_ones_own_trains_like_a_built_in_one(tmp_path,
     rl.register("half_step_a2c", _scaled_a2c())
     assert "half_step_a2c" in rl.algorithms()
     options = dict(total_steps=800, eval_every=400, progress=False, num_envs=4, num_steps=20)
-    ours = rl.train("CartPole-v1", "half_step_a2c", seed=0, checkpoint=str(tmp_path / "c.pkl"),
+    ours = rl.train("CartPole-v1", "half_step_a2c", seed=0, checkpoint=str(tmp_path / "c.ckpt"),
                     **options)
     plain = rl.train("CartPole-v1", "a2c", seed=0, **options)
     assert ours.env_steps == plain.env_steps == 800
@@ -55,7 +55,7 @@ def test_a_registered_algorithm_of_ones_own_trains_like_a_built_in_one(tmp_path,
     differ = jax.tree.leaves(jax.tree.map(lambda a, b: not np.allclose(a, b),
                                           ours.params, plain.params))
     assert any(differ)
-    assert rl.load_checkpoint(str(tmp_path / "c.pkl")).algo == "half_step_a2c"
+    assert rl.load_checkpoint(str(tmp_path / "c.ckpt")).algo == "half_step_a2c"
 
 
 def test_register_refuses_what_breaks_the_contract(fresh_registry):

@@ -3,6 +3,7 @@
 import json
 import os
 
+import checkpoint_files
 import jax
 import numpy as np
 import pytest
@@ -26,7 +27,7 @@ def test_same_seed_same_learning_curve():
 
 
 def test_resume_equals_uninterrupted(tmp_path):
-    path = str(tmp_path / "run.pkl")
+    path = str(tmp_path / "run.ckpt")
     full = rl.train("CartPole-v1", "ppo", seed=1, **SMALL)
     rl.train("CartPole-v1", "ppo", seed=1, checkpoint=path, **{**SMALL, "total_steps": 2048})
     resumed = rl.train("CartPole-v1", "ppo", seed=1, checkpoint=path, resume=True, **SMALL)
@@ -84,18 +85,13 @@ def test_action_space_policy_mismatch():
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
-    path = str(tmp_path / "run.pkl")
+    path = str(tmp_path / "run.ckpt")
     rl.train("CartPole-v1", "a2c", seed=0, total_steps=800, eval_every=400, progress=False,
              checkpoint=path)
     # A resume refuses other hyperparameters: record the NaN learning rate in the checkpoint,
     # so that the resumed run is accepted and diverges on its first update.
-    import pickle
-
-    with open(path, "rb") as fh:
-        payload = pickle.load(fh)
-    payload["settings"]["learning_rate"] = float("nan")  # the hyperparameters
-    with open(path, "wb") as fh:
-        pickle.dump(payload, fh)
+    checkpoint_files.edit(path, lambda payload: payload["settings"].update(
+        learning_rate=float("nan")))  # the hyperparameters
     with pytest.raises(FloatingPointError, match="NaN/inf.*last good checkpoint.*800 env steps"):
         rl.train("CartPole-v1", "a2c", seed=0, total_steps=2000, eval_every=400, progress=False,
                  checkpoint=path, resume=True, learning_rate=float("nan"))
@@ -154,7 +150,7 @@ def test_gymnasium_run_checkpoints_resumes_and_keeps_the_best(tmp_path):
     """A gymnasium run resumes its learner from the checkpoint (the finished evaluations kept,
     the step count continued), keeps the best evaluation's state beside the last, and
     refuses other hyperparameters or a gymnax checkpoint."""
-    ckpt = str(tmp_path / "c.pkl")
+    ckpt = str(tmp_path / "c.ckpt")
     options = dict(backend="gymnasium", eval_every=1024, eval_episodes=3, progress=False,
                    checkpoint=ckpt, num_epochs=2)
     first = rl.train("CartPole-v1", "ppo", seed=0, total_steps=2048, **options)
@@ -169,7 +165,7 @@ def test_gymnasium_run_checkpoints_resumes_and_keeps_the_best(tmp_path):
     with pytest.raises(ValueError, match="other hyperparameters .*num_epochs=2, now 3"):
         rl.train("CartPole-v1", "ppo", seed=0, total_steps=6144, resume=True,
                  **{**options, "num_epochs": 3})
-    gymnax_ckpt = str(tmp_path / "g.pkl")
+    gymnax_ckpt = str(tmp_path / "g.ckpt")
     rl.train("CartPole-v1", "ppo", seed=0, total_steps=1024, eval_every=1024, progress=False,
              checkpoint=gymnax_ckpt, num_epochs=2)
     with pytest.raises(ValueError, match="holds a gymnax run; this run uses gymnasium"):
@@ -183,6 +179,6 @@ def test_backend_resolution():
     assert rl.resolve_backend("CartPole-v1", "gymnasium") == "gymnasium"
     with pytest.raises(ValueError, match="backend must be"):
         rl.resolve_backend("CartPole-v1", "torch")
-    assert rl.best_checkpoint_path("runs/x/checkpoint.pkl") == "runs/x/checkpoint.best.pkl"
+    assert rl.best_checkpoint_path("runs/x/checkpoint.ckpt") == "runs/x/checkpoint.best.ckpt"
 
 

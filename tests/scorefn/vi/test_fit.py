@@ -96,7 +96,7 @@ def test_same_seed_same_run_and_resume_equals_uninterrupted(tmp_path, key):
     full = vi.fit(vi.models.gaussian_mixture, None, (x,), key, steps=200, **options)
     again = vi.fit(vi.models.gaussian_mixture, None, (x,), key, steps=200, **options)
     np.testing.assert_array_equal(full.objective, again.objective)
-    path = str(tmp_path / "run.pkl")
+    path = str(tmp_path / "run.ckpt")
     vi.fit(vi.models.gaussian_mixture, None, (x,), key, steps=100, checkpoint=path, **options)
     resumed = vi.fit(vi.models.gaussian_mixture, None, (x,), key, steps=200, checkpoint=path,
                      resume=True, **options)
