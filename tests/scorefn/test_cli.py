@@ -159,3 +159,57 @@ def test_rl_train_gymnasium_gets_its_own_folder_and_checkpoints(tmp_path, monkey
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["log_dir"] == os.path.join("runs", "CartPole-v1_ppo_0_gymnasium")
     assert os.path.exists(out["checkpoint"]) and os.path.exists(out["best_checkpoint"])
+
+
+def test_runs_never_overwrite_and_an_interrupted_run_says_how_to_resume(
+        tmp_path, capsys, cli_error, monkeypatch):
+    from scorefn import checkpoints
+
+    path = str(tmp_path / "run.ckpt")
+    argv = ["optimize", "--function", "rosenbrock", "--dim", "4", "--max-evals", "4000",
+            "--target", "0", "--checkpoint", path]
+    real_save, saves = checkpoints.save, []
+
+    def interrupted_save(*args, **kwargs):  # Ctrl-C right after the second save
+        real_save(*args, **kwargs)
+        saves.append(1)
+        if len(saves) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoints, "save", interrupted_save)
+    assert main(argv) == 130
+    monkeypatch.setattr(checkpoints, "save", real_save)
+    err = capsys.readouterr().err
+    command = f"scorefn optimize --function rosenbrock --dim 4 --max-evals 4000 --target 0 " \
+              f"--checkpoint {path} --resume"
+    assert f"interrupted; the last checkpoint is {path}. Resume with:\n  {command}" in err
+    before = open(path, "rb").read()
+    assert "holds an earlier run; resume it (resume=True, --resume), start over in its place " \
+           "(overwrite=True, --overwrite)" in cli_error(argv)
+    assert open(path, "rb").read() == before  # refused, untouched
+    assert main(command.split()[1:]) == 0
+    assert "resuming " + path + " from evaluation 800 of 4,000" in capsys.readouterr().err
+    assert main([*argv, "--overwrite", "--json"]) == 0
+
+
+def test_help_shows_every_default(capsys):
+    for argv, defaults in ((["rl", "train"], ["CartPole-v1", "(default: ppo)", "(default: 0)",
+                                             "per algorithm and env", "(default: auto)"]),
+                           (["optimize"], ["(default: 200000)", "(default: 0.5)",
+                                           "(default: jax)"]),
+                           (["fit"], ["(default: mixed)", "(default: 3000)"])):
+        with pytest.raises(SystemExit):
+            main([*argv, "--help"])
+        out = " ".join(capsys.readouterr().out.split())
+        for default in defaults:
+            assert default in out, (argv, default)
+
+
+def test_rl_train_json_reports_every_seed(tmp_path, capsys):
+    assert main(["rl", "train", "--seeds", "3,1", "--total-steps", "1024", "--eval-every", "512",
+                 "--log-dir", str(tmp_path), "--set", "num_epochs=1", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["seeds"] == [3, 1] and len(out["eval_mean"]) == 2
+    assert len(out["solved_at_steps"]) == 2 and len(out["solved_wall_s"]) == 2
+    history = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    assert out["eval_mean"] == history[-1]["eval_mean"]  # in the order of --seeds
