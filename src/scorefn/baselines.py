@@ -190,15 +190,22 @@ class EmaState(NamedTuple):
 
 @dataclasses.dataclass(frozen=True)
 class Ema:
-    r"""Exponential moving average of past batches' mean values, optax style:
+    r"""Exponential moving average of past batches' mean values, optax style. With
+    t = 0, 1, 2, ... the number of updates before this one and m_t this batch's mean,
 
-        a_t = β_t a_{t-1} + (1 - β_t) mean(f(x^{(t)})),      b_{t+1} = a_t / (1 - Π_{s≤t} β_s)
+        a_{t+1} = β_t a_t + (1 - β_t) m_t,    b_{t+1} = a_{t+1} / (1 - Π_{s≤t} β_s)
 
-    (zero-debiased as in Adam, so early steps are not pulled towards the initial 0; b = 0
-    before the first update). β_t = β, or with ``warmup=True`` the early-training schedule
-    of optax's former moving-average baseline, β_t = min(β, (1 + t) / (10 + t)), which
-    forgets the first, poorly trained steps faster. **Unbiased** when used as intended: the
-    baseline for step t comes from steps < t, which are independent of the current samples.
+    (zero-debiased as in Adam, so early steps are not pulled towards the initial a_0 = 0;
+    b = 0 before the first update; ``zero_debias=False``: b = a). β_t = β, or with
+    ``warmup=True`` the early-training schedule of optax's former ``moving_avg_baseline``
+    (``use_decay_early_training_heuristic``), β_t = min(β, (1 + t) / (10 + t)) with the
+    same t (its ``i``): 1/10 on the first update, 2/11 on the second, 3/12 on the third,
+    forgetting the first, poorly trained steps faster. Without debiasing this is optax's
+    update exactly. optax debiased differently, dividing the stored average in place by
+    1 - β_t^{t+1} at every step; with a varying β_t that weighs the data by more than 1 (a
+    constant signal c gives c / (1 - β_1²) on the second update), where the weight
+    Π_{s≤t} β_s above gives c exactly. **Unbiased** when used as intended: the baseline
+    for step t comes from steps < t, which are independent of the current samples.
     Use it with explicit state::
 
         ema = scorefn.baselines.ema(0.9)
@@ -239,8 +246,8 @@ class Ema:
         count = state.count + 1
         dtype = state.average.dtype
         decay = jnp.asarray(self.decay, dtype)
-        if self.warmup:
-            t = count.astype(dtype)
+        if self.warmup:  # t: the updates before this one, optax's i
+            t = state.count.astype(dtype)
             decay = jnp.minimum(decay, (1.0 + t) / (10.0 + t))
         previous = (1.0 - decay ** state.count.astype(dtype) if state.weight is None
                     else state.weight)

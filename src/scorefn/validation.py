@@ -418,7 +418,28 @@ def check_samples_shape(d: Any, samples: Any) -> int:
         )
     if shape[0] < 1:
         raise ValueError("samples holds no sample (N = 0); an estimate needs N >= 1")
+    if len(leaves) == 1:
+        check_samples_dtype(d, x)
     return shape[0]
+
+
+def check_samples_dtype(d: Any, x: Any) -> None:
+    """Float samples of a distribution that draws integers are refused where its log_prob
+    cannot take them (a Categorical indexes its table with them: an error deep inside jax);
+    where it can (Bernoulli, Poisson), 0.0 and 1.0 are fine and the support check applies."""
+    try:
+        drawn = jax.eval_shape(d.sample, jax.random.key(0)).dtype
+    except Exception:  # a distribution without sample(): nothing to compare with
+        return
+    given = jnp.result_type(x)
+    if not (jnp.issubdtype(drawn, jnp.integer) and jnp.issubdtype(given, jnp.floating)):
+        return
+    try:
+        jax.eval_shape(d.log_prob, jax.ShapeDtypeStruct(jnp.shape(x), given))
+    except TypeError:
+        raise ValueError(
+            f"samples must be integers for {type(d).__name__} (it draws {drawn}); got {given}: "
+            f"convert them, e.g. samples.astype(jnp.int32)") from None
 
 
 def check_values_shape(

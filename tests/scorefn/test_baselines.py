@@ -117,7 +117,7 @@ def test_ema_zero_debiasing_and_warmup_schedule(warmup):
     debiased = baselines.ema(0.9, warmup=warmup)
     raw = baselines.ema(0.9, zero_debias=False, warmup=warmup)
     s_debiased, s_raw, kept = debiased.init(), raw.init(), 1.0
-    for t in range(1, 31):
+    for t in range(30):  # t: the updates before this one
         s_debiased = debiased.update(jnp.full(4, 3.0), s_debiased)
         s_raw = raw.update(jnp.full(4, 3.0), s_raw)
         kept *= min(0.9, (1 + t) / (10 + t)) if warmup else 0.9
@@ -129,6 +129,29 @@ def test_ema_zero_debiasing_and_warmup_schedule(warmup):
     for _ in range(10):
         states = [e.update(jnp.array([0.0]), s) for e, s in zip(early, states)]
     assert float(states[1].value) < 0.2 * float(states[0].value)
+
+
+def test_ema_warmup_is_optaxs_schedule_by_hand():
+    """optax's former moving_avg_baseline: β_i = min(decay, (1 + i)/(10 + i)) with i the
+    updates before this one, so 1/10, 2/11, 3/12 on the first three; its raw update
+    a ← β_i a + (1 - β_i) m is ours with zero_debias=False, and debiased we divide by the
+    weight on data 1 - Π β."""
+    means = [2.0, -1.0, 5.0]
+    betas = [1 / 10, 2 / 11, 3 / 12]
+    raw, debiased = baselines.ema(0.9, zero_debias=False, warmup=True), baselines.ema(
+        0.9, warmup=True)
+    s_raw, s_debiased, a, kept = raw.init(), debiased.init(), 0.0, 1.0
+    for m, beta in zip(means, betas):
+        s_raw = raw.update(jnp.array([m - 1.0, m + 1.0]), s_raw)
+        s_debiased = debiased.update(jnp.array([m - 1.0, m + 1.0]), s_debiased)
+        a, kept = beta * a + (1 - beta) * m, kept * beta
+        assert float(s_raw.value) == pytest.approx(a, rel=1e-6)
+        assert float(s_debiased.value) == pytest.approx(a / (1 - kept), rel=1e-6)
+    # the twin the fix removed: the schedule one step ahead (2/11, 3/12, 4/13) is caught
+    a_ahead = 0.0
+    for m, beta in zip(means, [2 / 11, 3 / 12, 4 / 13]):
+        a_ahead = beta * a_ahead + (1 - beta) * m
+    assert abs(float(s_raw.value) - a_ahead) > 0.1
 
 
 def test_ema_state_built_by_hand_has_no_weight():

@@ -68,6 +68,24 @@ def test_samples_of_the_wrong_shape(problem, key):
         scorefn.score_grad(problem.dist_fn, problem.params, jnp.ones((10, 4)), jnp.ones(10))
 
 
+def test_float_samples_of_a_categorical_are_named_up_front():
+    def dist_fn(p):
+        return dist.Categorical(logits=p["logits"])
+
+    params, x = {"logits": jnp.zeros(3)}, jnp.array([0.0, 1.0, 2.0, 1.0])
+    message = r"samples must be integers for CategoricalLogits \(it draws int32\); got float32"
+    with pytest.raises(ValueError, match=message):
+        scorefn.score_grad(dist_fn, params, x, x)
+    with pytest.raises(ValueError, match=message):  # under jit too: the check is structural
+        jax.jit(lambda p, x: scorefn.score_grad(dist_fn, p, x, x))(params, x)
+    g = scorefn.score_grad(dist_fn, params, x.astype(jnp.int32), x)  # the fix it names works
+    assert np.all(np.isfinite(g["logits"]))
+    # Bernoulli's log_prob takes 0.0 and 1.0: float samples stay accepted
+    b = scorefn.score_grad(lambda p: dist.Bernoulli(logits=p["l"]), {"l": jnp.zeros(())},
+                           jnp.array([0.0, 1.0, 1.0]), jnp.array([0.0, 1.0, 1.0]))
+    assert float(b["l"]) == pytest.approx(1 / 3, rel=1e-5)
+
+
 def test_parameter_the_distribution_does_not_use(problem, key):
     params = dict(problem.params, temperature=jnp.ones(()))
     with pytest.raises(ValueError, match=r"params\['temperature'\] does not affect"):
