@@ -65,8 +65,26 @@ class EstimatorReport:
         return float(np.max(np.abs(self.z)))
 
     @property
+    def exact_coordinates(self) -> int:
+        """Coordinates with zero variance over the repeats (the same estimate every time;
+        their SNR is inf)."""
+        return int(np.sum(self.variance == 0))
+
+    @property
     def mean_snr(self) -> float:
-        return float(np.mean(self.snr))
+        """The mean SNR over the coordinates that vary (nan when none does); the exact ones
+        are counted by ``exact_coordinates`` instead of turning the mean into inf."""
+        noisy = self.variance > 0
+        return float(np.mean(self.snr[noisy])) if noisy.any() else float("nan")
+
+    @property
+    def snr_text(self) -> str:
+        """The mean SNR as a table shows it: "exact" when no coordinate varies, and the
+        number of exact coordinates beside the mean when some do not."""
+        if self.exact_coordinates == self.variance.size:
+            return "exact"
+        exact = f" ({self.exact_coordinates} exact)" if self.exact_coordinates else ""
+        return f"{self.mean_snr:.3g}{exact}"
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -78,6 +96,8 @@ class EstimatorReport:
             "max_abs_z": self.max_abs_z,
             "total_variance": self.total_variance,
             "mean_snr": self.mean_snr,
+            "exact_coordinates": self.exact_coordinates,
+            "snr_text": self.snr_text,
             "seconds_per_estimate": self.seconds_per_estimate,
         }
 
@@ -173,6 +193,10 @@ def evaluate_estimator(
     )
 
 
+_SNR_NOTE = ("SNR: the mean over the coordinates that vary; exact: zero variance over the "
+             "repeats (the same estimate every time)")
+
+
 @dataclasses.dataclass
 class ComparisonTable:
     """The reports of ``compare``, one per estimator, printable with rich."""
@@ -199,7 +223,7 @@ class ComparisonTable:
         from rich.markup import escape
         from rich.table import Table
 
-        table = Table(title=escape(self.title))
+        table = Table(title=escape(self.title), caption=_SNR_NOTE)
         table.add_column("estimator", no_wrap=True)
         for column in ("unbiased", "‖bias‖", "max|z|", "variance", "÷ first", "SNR", "µs/est"):
             table.add_column(column, justify="right", no_wrap=True)
@@ -211,7 +235,7 @@ class ComparisonTable:
                 f"{row['max_abs_z']:.2f}",
                 f"{row['total_variance']:.4g}",
                 f"{row['variance_ratio']:.3g}",
-                f"{row['mean_snr']:.3g}",
+                row["snr_text"],
                 f"{row['seconds_per_estimate'] * 1e6:.1f}",
             )
         return table
@@ -226,10 +250,10 @@ class ComparisonTable:
             lines.append(
                 f"| {row['estimator']} | {row['unbiased']} | {row['bias_norm']:.3g} | "
                 f"{row['max_abs_z']:.2f} | {row['total_variance']:.4g} | "
-                f"{row['variance_ratio']:.3g} | {row['mean_snr']:.3g} | "
+                f"{row['variance_ratio']:.3g} | {row['snr_text']} | "
                 f"{row['seconds_per_estimate'] * 1e6:.1f} |"
             )
-        return "\n".join(lines)
+        return "\n".join(lines + ["", _SNR_NOTE])
 
     def print(self, console=None) -> None:
         from rich.console import Console

@@ -41,6 +41,18 @@ def test_summarize_known_numbers():
     np.testing.assert_allclose(report.variance, [2.0, 0.0])
     np.testing.assert_allclose(report.z, [1.0, 0.0])  # 1 / sqrt(2 / 2)
     np.testing.assert_allclose(report.snr[0], 2 / np.sqrt(2))
+    # the zero-variance coordinate is counted as exact, not averaged in as inf
+    assert report.exact_coordinates == 1 and report.mean_snr == pytest.approx(2 / np.sqrt(2))
+    assert report.snr_text == "1.41 (1 exact)"
+    table = diagnostics.ComparisonTable([report])
+    assert "1.41 (1 exact)" in table.to_markdown() and "inf" not in table.to_markdown()
+    console = Console(record=True, width=140)
+    console.print(table.rich_table())
+    text = " ".join(console.export_text().split())
+    assert "1.41 (1 exact)" in text and "exact: zero variance" in text
+    constant = diagnostics.summarize("c", {"w": jnp.ones((3, 2))}, {"w": jnp.ones(2)},
+                                     num_samples=1)
+    assert constant.snr_text == "exact" and np.isnan(constant.mean_snr)
 
 
 @pytest.mark.slow
@@ -59,7 +71,7 @@ def test_compare_default_table_with_and_without_reference():
         assert report.max_abs_z < 4, report.name
     assert table["score + optimal"].total_variance < table["score"].total_variance
     markdown = table.to_markdown()
-    assert markdown.count("\n") == len(names) + 1
+    assert markdown.count("\n") == len(names) + 3  # header, rule, rows, a blank and the note
     rows = table.rows()
     assert rows[0]["variance_ratio"] == pytest.approx(1.0)
 
