@@ -12,7 +12,7 @@ from closed_forms import assert_unbiased, detects_bias
 from jax.flatten_util import ravel_pytree
 from jaxpr_checks import dot_precisions
 
-from scorefn import es
+from scorefn import es, runs
 
 X0 = np.random.default_rng(0).uniform(-3, 3, 10)
 
@@ -122,6 +122,36 @@ def test_same_seed_same_result():
     c = es.minimize(es.sphere, X0, "snes", sigma0=0.5, max_evaluations=500, seed=5)
     assert a.f == b.f and np.array_equal(a.x, b.x) and a.history == b.history
     assert a.f != c.f
+
+
+@pytest.mark.parametrize("stop", [dict(target_f=1e-8), dict(tol_x=1e-3), dict(stagnation=3)])
+def test_one_best_f_for_result_history_and_progress(stop, monkeypatch):
+    """The stopping generation falls inside a compiled chunk of 50: the result, the history,
+    the progress bar and x agree on the best f of the generations counted, not of the whole
+    chunk (a twin that keeps the chunk's best is caught: it is lower)."""
+    shown = []
+    real_advance = runs.Run.advance
+
+    def advance(self, completed, value=None):
+        shown.append(value)
+        return real_advance(self, completed, value)
+
+    monkeypatch.setattr(runs.Run, "advance", advance)
+    result = es.minimize(es.sphere, X0, "snes", sigma0=0.5, max_evaluations=20_000, seed=3,
+                         generations_per_call=50, **stop)
+    assert result.stop_reason == next(iter(stop))
+    assert result.f == result.history[-1][1]
+    assert float(es.sphere(jnp.asarray(result.x, jnp.float32))) == result.f
+    assert shown[-1] == f"{result.f:.3e}"
+    assert result.evaluations == result.history[-1][0]
+    # the twin: the best of the whole chunk, which ran on past the stop (what was reported
+    # before), is another number
+    popsize = result.evaluations // result.generations
+    chunk_end = -(-result.generations // 50) * 50
+    whole_chunk = es.minimize(es.sphere, X0, "snes", sigma0=0.5, seed=3, generations_per_call=50,
+                              max_evaluations=chunk_end * popsize)
+    assert whole_chunk.generations == chunk_end > result.generations
+    assert whole_chunk.f < result.f
 
 
 def test_python_evaluator_matches_jax_evaluator():
