@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -184,14 +184,31 @@ class ELBO(NumPyroELBO):
         baselines = self.baselines if baselines is None else baselines
         # An ema baseline without its state: its first value, 0.
         baselines = {s: b.init() if isinstance(b, Ema) else b for s, b in baselines.items()}
+        arrays, with_arrays = _static_split(args)
+        program = elbo_program(model, guide, kwargs, path_derivative=self.path_derivative)
         return programs.surrogate(
-            elbo_program(model, guide, kwargs, path_derivative=self.path_derivative), params,
-            rng_key, *args,
+            lambda p, *a: program(p, *with_arrays(a)), params, rng_key, *arrays,
             num_particles=self.num_particles, estimators=self.estimators,
             baselines=baselines or None, temperature=self.temperature,
             runtime_checks=self.runtime_checks, validate=False, return_signals=True,
             credit_assignment=self.credit_assignment,
             control_variates=self.control_variates or None)
+
+
+def _static_split(args: tuple) -> tuple[list, Callable[[Sequence[Any]], tuple]]:
+    """The array leaves of the model's positional arguments, and the function that puts
+    them back among the rest (Python ints, floats, strings, None: static, as in numpyro's
+    own ELBOs, where a subsample size or a site name stays a Python value)."""
+    leaves, treedef = jax.tree.flatten(args)
+    dynamic = [i for i, x in enumerate(leaves) if isinstance(x, jax.Array | np.ndarray)]
+
+    def with_arrays(arrays: Sequence[Any]) -> tuple:
+        full = list(leaves)
+        for i, x in zip(dynamic, arrays):
+            full[i] = x
+        return jax.tree.unflatten(treedef, full)
+
+    return [leaves[i] for i in dynamic], with_arrays
 
 
 def elbo_program(model: Callable, guide: Callable, kwargs: Mapping[str, Any] | None = None,

@@ -236,3 +236,38 @@ def test_model_and_guide_mismatches_are_errors():
     state = svi.init(jax.random.key(0), X)
     with pytest.raises(ValueError, match="model/penalty"), scorefn.validation.runtime_errors():
         jax.block_until_ready(jax.jit(svi.update)(state, X))
+
+
+@pytest.mark.parametrize("loss", [scorefn.vi.ELBO(), scorefn.vi.ELBO(num_particles=2),
+                                  scorefn.vi.IWAE(num_particles=2),
+                                  scorefn.vi.VIMCO(num_particles=2)], ids=repr)
+def test_model_arguments_as_numpyro_passes_them(loss):
+    """numpyro's idioms for a model's arguments: a positional and a keyword Python int (a
+    subsample size), None, a string (a site name) and a dict of arrays. Non-arrays stay
+    Python values, as numpyro's own ELBOs leave them; the loss is numpyro's on the same
+    arguments (a Delta guide: both are exact, so they agree to rounding)."""
+    from numpyro.infer import Trace_ELBO
+
+    seen = []
+
+    def model(x, subsample_size, name, scale=None, extras=None, repeats=1):
+        assert isinstance(subsample_size, int) and isinstance(name, str)
+        assert scale is None and isinstance(repeats, int)
+        seen.append((subsample_size, name, repeats))
+        loc = numpyro.sample("loc", dist.Normal(extras["prior_loc"], 10.0))
+        with numpyro.plate("data", x.shape[0], subsample_size=subsample_size) as idx:
+            numpyro.sample(name, dist.Normal(loc, 1.0), obs=x[idx])
+
+    def guide(x, subsample_size, name, scale=None, extras=None, repeats=1):
+        numpyro.sample("loc", dist.Delta(numpyro.param("loc_value", 0.5)))
+
+    x = jnp.arange(100.0) / 10
+    args, kwargs = (x, 100, "obs"), dict(extras={"prior_loc": jnp.zeros(())}, repeats=3)
+    params = {"loc_value": jnp.asarray(0.5)}
+    ours = loss.loss(jax.random.key(0), params, model, guide, *args, **kwargs)
+    theirs = Trace_ELBO().loss(jax.random.key(0), params, model, guide, *args, **kwargs)
+    assert float(ours) == pytest.approx(float(theirs), rel=1e-5)
+    svi = SVI(model, guide, optax.adam(0.05), loss)
+    result = svi.run(jax.random.key(1), 5, x, 50, "obs", progress_bar=False, **kwargs)
+    assert np.all(np.isfinite(result.losses))
+    assert (50, "obs", 3) in seen and (100, "obs", 3) in seen
