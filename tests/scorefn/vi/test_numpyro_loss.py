@@ -240,7 +240,8 @@ def test_model_and_guide_mismatches_are_errors():
 
 @pytest.mark.parametrize("loss", [scorefn.vi.ELBO(), scorefn.vi.ELBO(num_particles=2),
                                   scorefn.vi.IWAE(num_particles=2),
-                                  scorefn.vi.VIMCO(num_particles=2)], ids=repr)
+                                  scorefn.vi.VIMCO(num_particles=2)],
+                         ids=["ELBO", "ELBO-2", "IWAE-2", "VIMCO-2"])
 def test_model_arguments_as_numpyro_passes_them(loss):
     """numpyro's idioms for a model's arguments: a positional and a keyword Python int (a
     subsample size), None, a string (a site name) and a dict of arrays. Non-arrays stay
