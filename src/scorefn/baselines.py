@@ -206,15 +206,17 @@ class Ema:
     constant signal c gives c / (1 - β_1²) on the second update), where the weight
     Π_{s≤t} β_s above gives c exactly. **Unbiased** when used as intended: the baseline
     for step t comes from steps < t, which are independent of the current samples.
-    Use it with explicit state::
+    Use it with explicit state:
 
-        ema = scorefn.baselines.ema(0.9)
-        state = ema.init()
-        for t in range(T):
-            x = scorefn.sample(dist_fn, params, key_t, n)
-            v = f(x)
-            g = scorefn.score_grad(dist_fn, params, x, v, baseline=state)   # uses b_t
-            state = ema.update(v, state)                                     # then updates
+    ```python
+    ema = scorefn.baselines.ema(0.9)
+    state = ema.init()
+    for t in range(T):
+        x = scorefn.sample(dist_fn, params, key_t, n)
+        v = f(x)
+        g = scorefn.score_grad(dist_fn, params, x, v, baseline=state)   # uses b_t
+        state = ema.update(v, state)                                     # then updates
+    ```
 
     Args:
       decay: β in [0, 1).

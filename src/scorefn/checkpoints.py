@@ -1,11 +1,13 @@
 """Checkpoint files that hold only data: reading one never runs code.
 
 Every scorefn checkpoint (``rl``, ``es``, ``vi``, the discrete VAE, the traced-program cache)
-is one file in this format::
+is one file in this format:
 
-    SCOREFN-CHECKPOINT\\n                      the magic line
-    {"format": 1, "kind": ..., "version": ..., "payload_bytes": n, "sha256": ...}\\n
-    <n bytes of payload>                     a zip: tree.json and arrays/<i>.npy
+```python
+SCOREFN-CHECKPOINT\\n                      the magic line
+{"format": 1, "kind": ..., "version": ..., "payload_bytes": n, "sha256": ...}\\n
+<n bytes of payload>                     a zip: tree.json and arrays/<i>.npy
+```
 
 The header is read and checked first (format, kind, version), then the payload's length
 (shorter: truncated) and its SHA-256 (different: corrupted). ``tree.json`` holds the payload's

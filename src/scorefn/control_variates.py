@@ -85,9 +85,11 @@ def generic(
     expectation: Callable[[Distribution], jax.Array],
     coefficient: Any = "optimal",
 ) -> ControlVariate:
-    r"""A control variate from any h with known mean, e.g. for a Normal::
+    r"""A control variate from any h with known mean, e.g. for a Normal:
 
-        cv = scorefn.control_variates.generic(lambda x: x.sum(), lambda d: d.mean.sum())
+    ```python
+    cv = scorefn.control_variates.generic(lambda x: x.sum(), lambda d: d.mean.sum())
+    ```
 
     Unbiased with ``coefficient="optimal"`` or a fixed number.
     """

@@ -2,16 +2,20 @@ r"""Gradient estimators for discrete distributions beyond REINFORCE.
 
 For b ~ Bernoulli(σ(φ)) (independent over the batch, logits φ):
 
-ARM, augment-REINFORCE-merge (Yin & Zhou 2019), unbiased::
+ARM, augment-REINFORCE-merge (Yin & Zhou 2019), unbiased:
 
-    ∇φ E[f(b)] = E_u[(f(b⁽¹⁾) - f(b⁽²⁾)) (u - ½)],   u ~ U(0, 1)^d,
-    b⁽¹⁾ = 1[u > σ(-φ)],   b⁽²⁾ = 1[u < σ(φ)]
+```text
+∇φ E[f(b)] = E_u[(f(b⁽¹⁾) - f(b⁽²⁾)) (u - ½)],   u ~ U(0, 1)^d,
+b⁽¹⁾ = 1[u > σ(-φ)],   b⁽²⁾ = 1[u < σ(φ)]
+```
 
 DisARM, ARM with the antithetic noise integrated out (Dong, Mnih & Tucker 2020), unbiased,
-never higher variance than ARM per coordinate::
+never higher variance than ARM per coordinate:
 
-    ∇φ E[f(b)] = E_u[½ (f(b) - f(b̃)) (-1)^{b̃} 1[b ≠ b̃] σ(|φ|)],
-    b = 1[u < σ(φ)],   b̃ = 1[1 - u < σ(φ)]
+```text
+∇φ E[f(b)] = E_u[½ (f(b) - f(b̃)) (-1)^{b̃} 1[b ≠ b̃] σ(|φ|)],
+b = 1[u < σ(φ)],   b̃ = 1[1 - u < σ(φ)]
+```
 
 Both need one antithetic pair (b, b̃) per estimate, i.e. **two** evaluations of f:
 ``num_samples`` counts evaluations and must be even, ``num_samples // 2`` pairs are averaged.
@@ -222,11 +226,13 @@ def _logistic(logits: jax.Array, u: jax.Array) -> jax.Array:
 class Relax:
     r"""REBAR (``network=None``; Tucker et al. 2017) and RELAX (a flax ``network``;
     Grathwohl et al. 2018) for Bernoulli and Categorical distributions with logits φ,
-    unbiased for any control-variate parameters ψ::
+    unbiased for any control-variate parameters ψ:
 
-        ĝ = (f(b) - c_ψ(z̃)) ∇φ log p_φ(b) + ∇φ c_ψ(z) - ∇φ c_ψ(z̃),
-        z = φ + log u - log(1 - u),  b = 1[z > 0],  z̃ ~ p(z | b) (reparameterised),
-        c_ψ(z) = η f(σ(z/τ)) + r_ψ(σ(z/τ))
+    ```text
+    ĝ = (f(b) - c_ψ(z̃)) ∇φ log p_φ(b) + ∇φ c_ψ(z) - ∇φ c_ψ(z̃),
+    z = φ + log u - log(1 - u),  b = 1[z > 0],  z̃ ~ p(z | b) (reparameterised),
+    c_ψ(z) = η f(σ(z/τ)) + r_ψ(σ(z/τ))
+    ```
 
     (REBAR: r ≡ 0, ψ = (η, log τ); RELAX adds the network r_ψ. For a Categorical, z are
     Gumbel-perturbed log-probabilities, b = argmax z reaches f as a one-hot vector, and
@@ -234,11 +240,13 @@ class Relax:
     η f(σ(z/τ)) so that f need not be differentiable or accept relaxed inputs (RELAX with the
     network alone). ψ is trained to minimise the estimator's variance: since E[ĝ] does not
     depend on ψ, ∇ψ E[ĝ²] = ∇ψ Var[ĝ], a gradient through ĝ itself (second order). State is
-    explicit, optax style::
+    explicit, optax style:
 
-        relax = scorefn.discrete.Relax(network=MLP(), optimizer=optax.adam(1e-2))
-        state = relax.init(jax.random.key(0), dist_fn(params))
-        g, state = relax.grad(f, dist_fn, params, key, num_samples, state)   # and one ψ step
+    ```python
+    relax = scorefn.discrete.Relax(network=MLP(), optimizer=optax.adam(1e-2))
+    state = relax.init(jax.random.key(0), dist_fn(params))
+    g, state = relax.grad(f, dist_fn, params, key, num_samples, state)   # and one ψ step
+    ```
     """
 
     network: Any = None

@@ -1,14 +1,18 @@
 r"""Gradient estimators of ∇θ E_{x~p_θ}[f(x)].
 
-Score function (log-derivative trick, REINFORCE)::
+Score function (log-derivative trick, REINFORCE):
 
-    ∇θ E_p[f] = E_p[f(x) ∇θ log p_θ(x)]  ≈  (1/N) Σ_n (f(x_n) - b_n) ∇θ log p_θ(x_n)
+```text
+∇θ E_p[f] = E_p[f(x) ∇θ log p_θ(x)]  ≈  (1/N) Σ_n (f(x_n) - b_n) ∇θ log p_θ(x_n)
+```
 
 unbiased for any f (no differentiability needed) and any p_θ with a differentiable
 ``log_prob`` whose support does not depend on θ, provided the baseline b_n is independent of
-x_n. Pathwise (reparameterisation)::
+x_n. Pathwise (reparameterisation):
 
-    ∇θ E_p[f] = E_ε[∇θ f(T(ε, θ))]  ≈  (1/N) Σ_n ∇θ f(T(ε_n, θ)),     x = T(ε, θ)
+```text
+∇θ E_p[f] = E_ε[∇θ f(T(ε, θ))]  ≈  (1/N) Σ_n ∇θ f(T(ε_n, θ)),     x = T(ε, θ)
+```
 
 unbiased, needs a differentiable f and a distribution with a reparameterised sampler.
 """
@@ -431,10 +435,12 @@ def grad(
     ``"straight_through"`` are the **biased** relaxations with ``temperature``. jit- and
     vmap-compatible; the same key gives the same bits. See ``score_grad`` for the options.
 
-    Example::
+    For example:
 
-        g = scorefn.grad(lambda x: jnp.sum(x**2), dist_fn, params, jax.random.key(0),
-                         num_samples=1000, baseline=scorefn.baselines.leave_one_out())
+    ```python
+    g = scorefn.grad(lambda x: jnp.sum(x**2), dist_fn, params, jax.random.key(0),
+                     num_samples=1000, baseline=scorefn.baselines.leave_one_out())
+    ```
     """
     if estimator not in ESTIMATORS:
         raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")

@@ -124,11 +124,13 @@ def runtime_errors(context: str | None = None):
     """Inside, a run-time check that fires in a compiled program reaches the caller as the
     ValueError or TypeError scorefn wrote (prefixed with ``context``, e.g. the step),
     instead of jax's ``JaxRuntimeError: INTERNAL: CpuCallback error ...``. Wrap your own
-    call of a jitted function that uses scorefn with it::
+    call of a jitted function that uses scorefn with it:
 
-        with scorefn.validation.runtime_errors():
-            g = jitted_step(params, key)
-            g = jax.block_until_ready(g)   # errors surface when the result is ready
+    ```python
+    with scorefn.validation.runtime_errors():
+        g = jitted_step(params, key)
+        g = jax.block_until_ready(g)   # errors surface when the result is ready
+    ```
     """
     try:
         yield

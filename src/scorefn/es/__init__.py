@@ -2,12 +2,14 @@
 
 Every strategy's search gradient is ``scorefn.score_grad`` on its search distribution and
 its natural gradient comes from ``scorefn.fisher`` (closed forms where they exist).
-Strategies are ask/tell with explicit state::
+Strategies are ask/tell with explicit state:
 
-    strategy = scorefn.es.xnes()
-    state = strategy.init(key, x0, sigma0)
-    x, state = strategy.ask(state)
-    state = strategy.tell(state, x, fitness)      # fitness to minimise
+```python
+strategy = scorefn.es.xnes()
+state = strategy.init(key, x0, sigma0)
+x, state = strategy.ask(state)
+state = strategy.tell(state, x, fitness)      # fitness to minimise
+```
 
 or all at once: ``scorefn.es.minimize(f, x0, strategy="xnes", target_f=1e-8)``.
 """

@@ -2,12 +2,14 @@
 
 A strategy is a frozen dataclass of options (with a ``popsize`` field, None for the
 strategy's default, and a ``name``) and five methods on an explicit state, evosax style; a
-strategy of your own subclasses ``Strategy`` and ``minimize`` runs it like a built-in one::
+strategy of your own subclasses ``Strategy`` and ``minimize`` runs it like a built-in one:
 
-    state = strategy.init(key, x0, sigma0)       # the search distribution around x0
-    x, state = strategy.ask(state)               # (popsize, d) candidates
-    state = strategy.tell(state, x, fitness)     # one update from fitness to minimise
-    strategy.mean(state), strategy.scale(state)  # the current centre and search scale
+```python
+state = strategy.init(key, x0, sigma0)       # the search distribution around x0
+x, state = strategy.ask(state)               # (popsize, d) candidates
+state = strategy.tell(state, x, fitness)     # one update from fitness to minimise
+strategy.mean(state), strategy.scale(state)  # the current centre and search scale
+```
 
 ``population_size`` and ``with_popsize`` (for IPOP restarts) come with the base class. The
 natural evolution strategies (``NES``, every built-in one) also define ``search_gradient``

@@ -10,14 +10,16 @@ element of the site's plates). The estimate
 is unbiased for any ψ, so ψ is free to lower its variance. Since E[ĝ] does not depend on ψ,
 ∇ψ E[‖ĝ‖²] = ∇ψ Var[ĝ]: one optax step on the squared norm of the estimate, on the same
 samples, is a step down the variance (the papers' rule, as ``scorefn.discrete.Relax`` does
-for one distribution). State is explicit, optax style::
+for one distribution). State is explicit, optax style:
 
-    relax = scorefn.programs.rebar()                  # or programs.relax({"z": flax_module})
-    state = relax.init(["z"])                         # relax: init(["z"], key, inputs)
-    g, state = relax.grad(program, params, key, x, state=state, num_particles=4,
-                          estimators={"z": "rebar"})  # ("relax" with a network): ∇θ, ψ step
-    scorefn.programs.surrogate(program, params, key, x, estimators={"z": "rebar"},
-                               **relax.surrogate_options(state))   # in your own loop
+```text
+relax = scorefn.programs.rebar()                  # or programs.relax({"z": flax_module})
+state = relax.init(["z"])                         # relax: init(["z"], key, inputs)
+g, state = relax.grad(program, params, key, x, state=state, num_particles=4,
+                      estimators={"z": "rebar"})  # ("relax" with a network): ∇θ, ψ step
+scorefn.programs.surrogate(program, params, key, x, estimators={"z": "rebar"},
+                           **relax.surrogate_options(state))   # in your own loop
+```
 """
 
 from __future__ import annotations

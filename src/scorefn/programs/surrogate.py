@@ -834,10 +834,12 @@ def surrogate(
     Its value is the Monte-Carlo estimate of J(θ) = E[Σ terms] from ``num_particles``
     independent runs; ``jax.grad`` of it is an unbiased estimate of ∇J (the same as
     ``grad``), ``jax.hessian`` of ∇²J, ``jax.jvp`` of ``jax.grad`` of Hessian-vector
-    products. Maximise it (or minimise ``-surrogate``) in any optax/flax loop::
+    products. Maximise it (or minimise ``-surrogate``) in any optax/flax loop:
 
-        loss = lambda p, k: -scorefn.programs.surrogate(program, p, k, x, num_particles=8)
-        g = jax.grad(loss)(params, key)
+    ```python
+    loss = lambda p, k: -scorefn.programs.surrogate(program, p, k, x, num_particles=8)
+    g = jax.grad(loss)(params, key)
+    ```
 
     Args:
       program: ``program(params, *args)`` with ``numpyro.sample`` and ``numpyro.factor``.

@@ -111,11 +111,13 @@ class ELBO(NumPyroELBO):
         the site's value (see ``scorefn.programs.surrogate``; one learning signal per
         particle: a site outside plates, or ``credit_assignment=False``).
 
-    Example::
+    For example:
 
-        svi = SVI(model, guide, optax.adam(1e-3), loss=scorefn.vi.ELBO(num_particles=8))
-        state = svi.init(key, x)
-        state, loss = svi.update(state, x)
+    ```python
+    svi = SVI(model, guide, optax.adam(1e-3), loss=scorefn.vi.ELBO(num_particles=8))
+    state = svi.init(key, x)
+    state, loss = svi.update(state, x)
+    ```
     """
 
     can_infer_discrete = True
@@ -385,9 +387,11 @@ class IWAE(_MultiSampleBound):
       num_particles: K >= 2, the samples inside the bound (vectorised).
       runtime_checks: a ValueError naming the site when a log density is not finite.
 
-    Example::
+    For example:
 
-        svi = SVI(model, guide, optax.adam(1e-3), loss=scorefn.vi.IWAE(num_particles=8))
+    ```python
+    svi = SVI(model, guide, optax.adam(1e-3), loss=scorefn.vi.IWAE(num_particles=8))
+    ```
     """
 
     can_infer_discrete = True  # discrete sites: the score function (drawn before the rest)
