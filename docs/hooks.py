@@ -1,4 +1,5 @@
-"""MkDocs hooks: README.md as the front page, and the worked examples run at build time.
+"""MkDocs hooks: README.md as the front page, the worked examples run at build time, and
+MathJax served from the site itself.
 
 The front page, ``docs/index.md``, is the marker ``<!-- README.md -->``: README.md is written
 for the repository, so its links point into ``docs/``, and on the site the same pages sit at
@@ -6,6 +7,10 @@ the root. An example page holds one marker line,
 ``<!-- run-example: examples/NAME.py -->``, which is replaced by the script's source, what it
 printed and the figures it saved, from a fresh run in a temporary directory. A failing
 example fails the build.
+
+MathJax (its self-contained SVG build) comes from the ``django-static-mathjax`` package of the
+``docs`` extra and is copied into the site, so the pages render their formulas with no
+network access.
 """
 
 from __future__ import annotations
@@ -72,3 +77,18 @@ def on_page_markdown(markdown: str, page, config, files) -> str:
         readme = (ROOT / "README.md").read_text()
         markdown = readme.replace("](docs/", "](").replace("](BENCHMARKS.md)", "](benchmarks.md)")
     return MARKER.sub(lambda match: run_example(match["path"]), markdown)
+
+
+MATHJAX = "javascripts/mathjax/tex-svg.js"
+
+
+def on_files(files, config):
+    from importlib.resources import files as package_files
+
+    from mkdocs.structure.files import File
+
+    source = package_files("mathjax") / "static" / "mathjax" / "es5" / "tex-svg.js"
+    if not source.is_file():
+        raise FileNotFoundError(f"MathJax is missing ({source}): pip install '.[docs]'")
+    files.append(File.generated(config, MATHJAX, abs_src_path=str(source)))
+    return files
