@@ -875,8 +875,8 @@ def surrogate(
         their probabilities) and once for a class drawn from the rest.
       runtime_checks: under ``jit``, stop with a ValueError naming the term and particle when
         a term is not finite. The check is a ``lax.cond`` whose error branch calls back to
-        Python; a program with a host callback leaves jax's fast C++ dispatch path, which
-        costs about 20 µs per call on CPU (measured in benchmarks/programs.py). False drops it
+        Python; a program with a host callback leaves jax's fast C++ dispatch path (a cost
+        per call, reported in BENCHMARKS.md). False drops it
         for tight loops of small programs, at a price: a non-finite term then makes the
         surrogate's value NaN, but its gradient can look finite (log y at y < 0 has the
         gradient 1/y), so check the value yourself.
