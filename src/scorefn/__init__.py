@@ -1,6 +1,9 @@
-"""scorefn: score-function (REINFORCE) gradients of expectations on JAX.
+r"""scorefn: score-function (REINFORCE) gradients of expectations on JAX.
 
-    ∇θ E_{x~p_θ}[f(x)] = E_{x~p_θ}[f(x) ∇θ log p_θ(x)]
+$$
+\nabla_\theta\, \mathbb{E}_{x \sim p_\theta}[f(x)] = \mathbb{E}_{x \sim p_\theta}\left[f(x)\, \nabla_\theta
+  \log p_\theta(x)\right]
+$$
 
 The core: ``sample``, ``score_grad`` and ``grad`` (score-function and pathwise
 estimators), ``baselines``, ``control_variates``, ``diagnostics`` and

@@ -2,7 +2,10 @@ r"""Baselines: numbers b subtracted from f in the score-function estimator.
 
 With N samples x_n ~ p_θ and scores g_n = ∇θ log p_θ(x_n), a baseline turns
 
-    ĝ = (1/N) Σ_n f(x_n) g_n        into        ĝ_b = (1/N) Σ_n (f(x_n) - b_n) g_n .
+$$
+\hat g = \frac{1}{N}\sum_n f(x_n)\, g_n \quad\text{into}\quad \hat g_b = \frac{1}{N}\sum_n (f(x_n) - b_n)\,
+  g_n .
+$$
 
 Because E_p[g] = 0, the estimate stays unbiased whenever b_n is independent of x_n (it may
 depend on θ and on the *other* samples); it only changes the variance. Each baseline below
@@ -35,7 +38,10 @@ def leave_one_out_ratio(numerator: jax.Array, denominator: jax.Array) -> jax.Arr
 def leave_one_out_log_mean(log_w: jax.Array) -> jax.Array:
     r"""VIMCO's baseline for sample k of a multi-sample bound (Mnih & Rezende 2016):
 
-        L̂_{-k} = log (1/K) (Σ_{m≠k} w_m + ŵ_k),    log ŵ_k = (1/(K-1)) Σ_{m≠k} log w_m,
+    $$
+    \hat L_{-k} = \log \frac{1}{K}\Big(\sum_{m \ne k} w_m + \hat w_k\Big), \qquad \log \hat w_k =
+      \frac{1}{K-1}\sum_{m \ne k} \log w_m,
+    $$
 
     the bound L̂ = log (1/K) Σ_m w_m with w_k replaced by the geometric mean of the others.
     It does not depend on sample k, so L̂ - L̂_{-k} is an unbiased learning signal for

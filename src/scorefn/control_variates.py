@@ -3,7 +3,9 @@ r"""Control variates for the score-function estimator.
 A control variate is a function h(x) whose expectation E_{p_θ}[h] is known in closed form as
 a function of θ. Since ∇θ E[h] = E[h(x) ∇θ log p_θ(x)], the term
 
-    c(x) = h(x) ∇θ log p_θ(x) - ∇θ E_{p_θ}[h]
+$$
+c(x) = h(x)\, \nabla_\theta \log p_\theta(x) - \nabla_\theta \mathbb{E}_{p_\theta}[h]
+$$
 
 has mean zero, and subtracting β ⊙ c(x) (β one number per parameter coordinate) from the
 per-sample gradient f(x) ∇θ log p_θ(x) keeps the estimator unbiased for any β independent of
@@ -114,8 +116,12 @@ def score(coefficient: Any = "optimal") -> ControlVariate:
 class DeltaMethod(ControlVariate):
     r"""Second-order Taylor expansion of f around the mean μ₀ of p_θ (held fixed):
 
-        h(x)   = f(μ₀) + ∇f(μ₀)ᵀ(x - μ₀) + ½ (x - μ₀)ᵀ H(μ₀) (x - μ₀)
-        E_θ[h] = f(μ₀) + ∇f(μ₀)ᵀ(μ_θ - μ₀) + ½ [(μ_θ - μ₀)ᵀ H (μ_θ - μ₀) + tr(H Σ_θ)]
+    $$
+    \begin{aligned} h(x) &= f(\mu_0) + \nabla f(\mu_0)^\top (x - \mu_0) + \tfrac12 (x - \mu_0)^\top
+      H(\mu_0)\, (x - \mu_0) \\ \mathbb{E}_\theta[h] &= f(\mu_0) + \nabla f(\mu_0)^\top (\mu_\theta -
+      \mu_0) + \tfrac12 \left[(\mu_\theta - \mu_0)^\top H (\mu_\theta - \mu_0) + \operatorname{tr}(H
+      \Sigma_\theta)\right] \end{aligned}
+    $$
 
     μ₀ is ``stop_gradient(mean)``, so h is a fixed function and the correction ∇θ E_θ[h]
     comes from differentiating the closed form through μ_θ and Σ_θ. Needs a differentiable

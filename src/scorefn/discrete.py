@@ -414,7 +414,10 @@ def sum_and_sample_grad(
     2020, section 3), unbiased: the k - 1 most probable classes C are summed exactly and one
     class is sampled from the rest,
 
-        E[f] = Σ_{c∈C} p_θ(c) f(c) + (1 - p_θ(C)) E_{x~p_θ(·|x∉C)}[f(x)],
+    $$
+    \mathbb{E}[f] = \sum_{c \in C} p_\theta(c) f(c) + (1 - p_\theta(C))\, \mathbb{E}_{x \sim p_\theta(\cdot
+      \mid x \notin C)}[f(x)],
+    $$
 
     differentiated exactly for the summed part and by the score function of the renormalised
     tail for the sampled one. ``num_samples`` = k evaluations of f (k ≥ 2), the budget of

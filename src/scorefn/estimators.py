@@ -107,7 +107,10 @@ def score_grad(
 ) -> Any:
     r"""Score-function estimate of ∇θ E_{x~p_θ}[f(x)] from samples and their f values.
 
-        ĝ = (1/N) Σ_n [ (f_n - b_n) g_n - β ⊙ (h(x_n) g_n - ∇θ E_θ[h]) ],   g_n = ∇θ log p_θ(x_n)
+    $$
+    \hat g = \frac{1}{N}\sum_n \left[(f_n - b_n)\, g_n - \beta \odot \left(h(x_n)\, g_n - \nabla_\theta
+      \mathbb{E}_\theta[h]\right)\right], \qquad g_n = \nabla_\theta \log p_\theta(x_n)
+    $$
 
     Unbiased when the baseline b and the control-variate coefficient β are independent of
     x_n (every choice in ``scorefn.baselines`` and ``scorefn.control_variates`` says
@@ -334,7 +337,10 @@ def pathwise_grad(
     ``scorefn.sample``. A ``control_variate`` h (differentiable, with E[h] in closed
     form) subtracts β ⊙ (∇θ h(T(ε_n, θ)) - ∇θ E_θ[h]), which has mean zero:
 
-        ĝ = (1/N) Σ_n [∇θ f(T(ε_n, θ)) - β ⊙ (∇θ h(T(ε_n, θ)) - ∇θ E_θ[h])]
+    $$
+    \hat g = \frac{1}{N}\sum_n \left[\nabla_\theta f(T(\epsilon_n, \theta)) - \beta \odot
+      \left(\nabla_\theta h(T(\epsilon_n, \theta)) - \nabla_\theta \mathbb{E}_\theta[h]\right)\right]
+    $$
 
     unbiased with the leave-one-out ``"optimal"`` β or a fixed one.
     """

@@ -2,7 +2,11 @@ r"""Fisher information and natural gradients.
 
 The Fisher information of p_θ is the covariance of its score,
 
-    I(θ) = E_{x~p_θ}[∇θ log p_θ(x) ∇θ log p_θ(x)ᵀ] = ∇²_{θ'} KL(p_θ ‖ p_{θ'}) |_{θ'=θ},
+$$
+I(\theta) = \mathbb{E}_{x \sim p_\theta}\left[\nabla_\theta \log p_\theta(x)\, \nabla_\theta \log
+  p_\theta(x)^\top\right] = \nabla^2_{\theta'} \mathrm{KL}(p_\theta \,\|\, p_{\theta'}) \big|_{\theta' =
+  \theta},
+$$
 
 and the natural gradient is I(θ)⁻¹ ∇θ L: the steepest-ascent direction when distances are
 measured by KL between distributions, not by Euclidean distance between parameters, so it
@@ -385,7 +389,9 @@ def gaussian_local_natural_gradient(grad_delta: jax.Array, grad_m: jax.Array) ->
     (δ, M symmetric) at δ = 0, M = 0, the exponential parameterisation of xNES
     (Glasmachers et al. 2010). There the Fisher is I(δ) = 1 and I(M)[dM, dM] = ½ tr(dM²), so
 
-        I⁻¹ ∇ = (∇δ, 2 ∇M)        (∇M taken symmetric).
+    $$
+    I^{-1} \nabla = (\nabla_\delta,\ 2 \nabla_M) \qquad (\nabla_M \text{ taken symmetric}).
+    $$
 
     Closed form of ``exact_fisher`` for this family; the tests check the two agree.
     """
@@ -399,7 +405,9 @@ def diagonal_gaussian_natural_gradient(grad_loc: jax.Array, grad_log_scale: jax.
     parameterisation of SNES. The Fisher is diagonal, I(loc) = 1/σ² and I(log_scale) = 2 per
     coordinate, so
 
-        I⁻¹ ∇ = (σ² ∇loc, ∇log_scale / 2).
+    $$
+    I^{-1} \nabla = (\sigma^2 \nabla_{\text{loc}},\ \nabla_{\text{log\_scale}} / 2).
+    $$
 
     Closed form of ``elementwise_fisher`` + ``natural_gradient_elementwise`` for this
     family (O(d) instead of a KL Hessian per coordinate); the tests check the two agree.

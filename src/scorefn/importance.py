@@ -273,7 +273,10 @@ def mis_score_grad(
 ) -> Any:
     r"""Multiple importance sampling over proposals q_1..q_J with n_j samples each:
 
-        ĝ = Σ_j (1/n_j) Σ_k h_j(x_jk) (p_θ(x_jk) / q_j(x_jk)) f(x_jk) ∇θ log p_θ(x_jk)
+    $$
+    \hat g = \sum_j \frac{1}{n_j} \sum_k h_j(x_{jk})\, \frac{p_\theta(x_{jk})}{q_j(x_{jk})}\, f(x_{jk})\,
+      \nabla_\theta \log p_\theta(x_{jk})
+    $$
 
     with the balance heuristic h_j(x) = n_j q_j(x) / Σ_i n_i q_i(x) (Veach & Guibas 1995),
     under which each term is p_θ(x) f g / Σ_i n_i q_i(x): the mixture density; or the power
@@ -324,7 +327,9 @@ def per_decision_log_weights(
 ) -> jax.Array:
     r"""Cumulative per-decision log-weights of sequences, shape (N, T):
 
-        log ρ_{1:t} = Σ_{k≤t} log min(c̄, π(a_k|s_k) / μ(a_k|s_k))
+    $$
+    \log \rho_{1:t} = \sum_{k \le t} \log \min\left(\bar c,\ \pi(a_k \mid s_k) / \mu(a_k \mid s_k)\right)
+    $$
 
     from per-step log-probabilities under the target π and the behaviour μ, shape (N, T).
     Without truncation E_μ[ρ_{1:t} h(a_{1:t})] = E_π[h(a_{1:t})] for any h of the prefix, so

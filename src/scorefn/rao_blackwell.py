@@ -6,7 +6,10 @@ Two forms, both unbiased, both never worse in variance than the plain score func
 x₂ | x₁ ~ p_θ(x₂ | x₁), let F_θ(x₁) = Σ_{x₂} p_θ(x₂ | x₁) f(x₁, x₂) (exact, by
 ``enumerate_support``). Then
 
-    ∇θ E[f] = E_{x₁}[ (F_θ(x₁) - b) ∇θ log p_θ(x₁) + ∇θ F_θ(x₁) ],
+$$
+\nabla_\theta \mathbb{E}[f] = \mathbb{E}_{x_1}\left[(F_\theta(x_1) - b)\, \nabla_\theta \log p_\theta(x_1)
+  + \nabla_\theta F_\theta(x_1)\right],
+$$
 
 the first term a score-function estimate over x₁ alone, the second exact given x₁ (autodiff
 through the enumerated probabilities; f itself is never differentiated).
@@ -14,7 +17,10 @@ through the enumerated probabilities; f itself is never differentiated).
 **Local learning signals for a factorised p_θ(x) = Π_b p_θ(x_b).** If f = Σ_t f_t and term t
 depends only on the factors D_t, factor b's score needs only the terms that depend on it:
 
-    ĝ = (1/N) Σ_n Σ_b L_nb ∇θ log p_θ(x_nb),      L_nb = Σ_{t: b ∈ D_t} f_t(x_n),
+$$
+\hat g = \frac{1}{N}\sum_n \sum_b L_{nb}\, \nabla_\theta \log p_\theta(x_{nb}), \qquad L_{nb} = \sum_{t:\,
+  b \in D_t} f_t(x_n),
+$$
 
 since E[f_t ∇ log p(x_b)] = E[f_t] E[∇ log p(x_b)] = 0 when f_t does not involve x_b. This is
 what Pyro's TraceGraph_ELBO does with its dependency graph. ``local_learning_signals`` takes
