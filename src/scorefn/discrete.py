@@ -4,18 +4,19 @@ For b ~ Bernoulli(σ(φ)) (independent over the batch, logits φ):
 
 ARM, augment-REINFORCE-merge (Yin & Zhou 2019), unbiased:
 
-```text
-∇φ E[f(b)] = E_u[(f(b⁽¹⁾) - f(b⁽²⁾)) (u - ½)],   u ~ U(0, 1)^d,
-b⁽¹⁾ = 1[u > σ(-φ)],   b⁽²⁾ = 1[u < σ(φ)]
-```
+$$
+\nabla_\phi \mathbb{E}[f(b)] = \mathbb{E}_u\left[\left(f(b^{(1)}) - f(b^{(2)})\right)(u - \tfrac12)\right],
+  \quad u \sim U(0, 1)^d, \quad b^{(1)} = 1[u > \sigma(-\phi)], \quad b^{(2)} = 1[u < \sigma(\phi)]
+$$
 
 DisARM, ARM with the antithetic noise integrated out (Dong, Mnih & Tucker 2020), unbiased,
 never higher variance than ARM per coordinate:
 
-```text
-∇φ E[f(b)] = E_u[½ (f(b) - f(b̃)) (-1)^{b̃} 1[b ≠ b̃] σ(|φ|)],
-b = 1[u < σ(φ)],   b̃ = 1[1 - u < σ(φ)]
-```
+$$
+\nabla_\phi \mathbb{E}[f(b)] = \mathbb{E}_u\left[\tfrac12 \left(f(b) - f(\tilde b)\right)(-1)^{\tilde b}\,
+  1[b \ne \tilde b]\, \sigma(\lvert\phi\rvert)\right], \quad b = 1[u < \sigma(\phi)], \quad \tilde b = 1[1
+  - u < \sigma(\phi)]
+$$
 
 Both need one antithetic pair (b, b̃) per estimate, i.e. **two** evaluations of f:
 ``num_samples`` counts evaluations and must be even, ``num_samples // 2`` pairs are averaged.
@@ -228,11 +229,11 @@ class Relax:
     Grathwohl et al. 2018) for Bernoulli and Categorical distributions with logits φ,
     unbiased for any control-variate parameters ψ:
 
-    ```text
-    ĝ = (f(b) - c_ψ(z̃)) ∇φ log p_φ(b) + ∇φ c_ψ(z) - ∇φ c_ψ(z̃),
-    z = φ + log u - log(1 - u),  b = 1[z > 0],  z̃ ~ p(z | b) (reparameterised),
-    c_ψ(z) = η f(σ(z/τ)) + r_ψ(σ(z/τ))
-    ```
+    $$
+    \hat g = \left(f(b) - c_\psi(\tilde z)\right) \nabla_\phi \log p_\phi(b) + \nabla_\phi c_\psi(z) -
+      \nabla_\phi c_\psi(\tilde z), \quad z = \phi + \log u - \log(1 - u), \quad b = 1[z > 0], \quad \tilde
+      z \sim p(z \mid b), \quad c_\psi(z) = \eta f(\sigma(z/\tau)) + r_\psi(\sigma(z/\tau))
+    $$
 
     (REBAR: r ≡ 0, ψ = (η, log τ); RELAX adds the network r_ψ. For a Categorical, z are
     Gumbel-perturbed log-probabilities, b = argmax z reaches f as a one-hot vector, and

@@ -2,17 +2,19 @@ r"""Gradient estimators of ∇θ E_{x~p_θ}[f(x)].
 
 Score function (log-derivative trick, REINFORCE):
 
-```text
-∇θ E_p[f] = E_p[f(x) ∇θ log p_θ(x)]  ≈  (1/N) Σ_n (f(x_n) - b_n) ∇θ log p_θ(x_n)
-```
+$$
+\nabla_\theta \mathbb{E}_p[f] = \mathbb{E}_p\left[f(x)\, \nabla_\theta \log p_\theta(x)\right] \approx
+  \frac{1}{N}\sum_n (f(x_n) - b_n)\, \nabla_\theta \log p_\theta(x_n)
+$$
 
 unbiased for any f (no differentiability needed) and any p_θ with a differentiable
 ``log_prob`` whose support does not depend on θ, provided the baseline b_n is independent of
 x_n. Pathwise (reparameterisation):
 
-```text
-∇θ E_p[f] = E_ε[∇θ f(T(ε, θ))]  ≈  (1/N) Σ_n ∇θ f(T(ε_n, θ)),     x = T(ε, θ)
-```
+$$
+\nabla_\theta \mathbb{E}_p[f] = \mathbb{E}_\epsilon\left[\nabla_\theta f(T(\epsilon, \theta))\right]
+  \approx \frac{1}{N}\sum_n \nabla_\theta f(T(\epsilon_n, \theta)), \qquad x = T(\epsilon, \theta)
+$$
 
 unbiased, needs a differentiable f and a distribution with a reparameterised sampler.
 """

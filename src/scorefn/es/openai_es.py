@@ -2,7 +2,10 @@ r"""OpenAI-ES (Salimans et al. 2017): an isotropic Gaussian N(μ, σ² I) moved 
 
 Mirrored samples x = μ ± σ ε, centered-rank utilities u, and the search gradient
 
-    ∇μ E[u] ≈ (1/λ) Σ_k u_k (x_k - μ) / σ²       (``scorefn.score_grad``)
+$$
+\nabla_\mu \mathbb{E}[u] \approx \frac{1}{\lambda}\sum_k u_k\, (x_k - \mu) / \sigma^2 \qquad
+  (\texttt{scorefn.score\_grad})
+$$
 
 preconditioned by the isotropic Fisher I = 1/σ² (``scorefn.fisher.elementwise_fisher``),
 i.e. (1/λ) Σ_k u_k σ ε_k, then handed (negated: optax minimises) to the optimiser, with optional

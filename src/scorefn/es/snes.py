@@ -7,7 +7,10 @@ gradient divides by the Fisher, which is diagonal here, diag(1/σ², 2) (in clos
 ``scorefn.fisher.diagonal_gaussian_natural_gradient``; the tests check it against the
 KL-Hessian blocks of ``scorefn.fisher.elementwise_fisher``):
 
-    μ ← μ + η_μ σ Σ u_k s_k,      σ ← σ exp(η_σ/2 Σ u_k (s_k² - 1)),      s_k = (x_k - μ)/σ.
+$$
+\mu \leftarrow \mu + \eta_\mu \sigma \sum_k u_k s_k, \qquad \sigma \leftarrow \sigma
+  \exp\Big(\frac{\eta_\sigma}{2} \sum_k u_k (s_k^2 - 1)\Big), \qquad s_k = (x_k - \mu)/\sigma.
+$$
 
 Defaults (Wierstra et al. 2014, table 1): λ = 4 + ⌊3 ln d⌋, η_μ = 1, η_σ = (3 + ln d)/(5√d).
 

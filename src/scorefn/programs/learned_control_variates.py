@@ -5,7 +5,10 @@ A ``"rebar"`` site's control variate is c_ψ(z) = η L_s(σ(z/τ)) + r_ψ(σ(z/�
 below the site with the site's value relaxed, and for RELAX a network r_ψ (applied to each
 element of the site's plates). The estimate
 
-    ĝ = (L_s(b) - c_ψ(z̃)) ∇θ log p(b) + ∇θ c_ψ(z) - ∇θ c_ψ(z̃)
+$$
+\hat g = \left(L_s(b) - c_\psi(\tilde z)\right) \nabla_\theta \log p(b) + \nabla_\theta c_\psi(z) -
+  \nabla_\theta c_\psi(\tilde z)
+$$
 
 is unbiased for any ψ, so ψ is free to lower its variance. Since E[ĝ] does not depend on ψ,
 ∇ψ E[‖ĝ‖²] = ∇ψ Var[ĝ]: one optax step on the squared norm of the estimate, on the same

@@ -550,11 +550,14 @@ def conditional_uniform(b: jax.Array, prob: jax.Array, w: jax.Array) -> jax.Arra
 def _rebar_term(program, params, args, p: Plan, rec: Recorder, site_keys, forced,
                 site: str, psi: Mapping[str, Any] | None = None,
                 network: Any = None) -> jax.Array:
-    """Value 0, its gradient REBAR's (with ``network``, RELAX's) estimate for a Bernoulli
+    r"""Value 0, its gradient REBAR's (with ``network``, RELAX's) estimate for a Bernoulli
     site's sampling path (η = 1, τ = the plan's temperature, or ψ = (η, log τ[, the network's
     params]) from ``psi``; see ``scorefn.discrete.Relax``):
 
-        (L_s(b) - c(z̃)) ∇θ log p(b) + ∇θ c(z) - ∇θ c(z̃),   c(z) = η L_s(σ(z/τ)) + r_ψ(σ(z/τ)),
+    $$
+    \left(L_s(b) - c(\tilde z)\right) \nabla_\theta \log p(b) + \nabla_\theta c(z) - \nabla_\theta c(\tilde
+      z), \qquad c(z) = \eta L_s(\sigma(z/\tau)) + r_\psi(\sigma(z/\tau)),
+    $$
 
     z = φ + log u - log(1 - u) (so b = 1[z > 0] is the particle's value), z̃ ~ z | b
     reparameterised with a second uniform. c reruns the program with s set to the relaxed
@@ -686,7 +689,10 @@ def _control_variate_term(program, params, key, args, p: Plan, num_particles: in
     r"""Value 0, its gradient -(1/K) Σ_k β_k ⊙ c_k: the control variate h of a score site
     (``scorefn.control_variates``), with
 
-        c_k = h(x_k) ∇θ log p_θ(x_k | upstream_k) - ∇θ E_{p_θ(· | upstream_k)}[h],
+    $$
+    c_k = h(x_k)\, \nabla_\theta \log p_\theta(x_k \mid \text{upstream}_k) - \nabla_\theta
+      \mathbb{E}_{p_\theta(\cdot \mid \text{upstream}_k)}[h],
+    $$
 
     which has mean zero given the particle's upstream, and β per coordinate of θ fitted to
     the plain terms f_k ∇θ log p_θ(x_k) (``with_control_variate``: leave-one-out for

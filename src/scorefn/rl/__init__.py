@@ -1,6 +1,10 @@
 r"""Policy-gradient reinforcement learning on the scorefn core.
 
-    J(θ) = E_{τ~p_θ}[R(τ)],   ∇θ J = E[R(τ) ∇θ log p_θ(τ)],   ∇θ log p_θ(τ) = Σ_t ∇θ log π_θ(a_t | s_t)
+$$
+J(\theta) = \mathbb{E}_{\tau \sim p_\theta}[R(\tau)], \qquad \nabla_\theta J = \mathbb{E}\left[R(\tau)\,
+  \nabla_\theta \log p_\theta(\tau)\right], \qquad \nabla_\theta \log p_\theta(\tau) = \sum_t \nabla_\theta
+  \log \pi_\theta(a_t \mid s_t)
+$$
 
 Algorithms, one module each: ``scorefn.rl.reinforce``, ``scorefn.rl.a2c``,
 ``scorefn.rl.ppo``, ``scorefn.rl.trpo`` (TRPO, and NPG with ``algo="npg"``), each following

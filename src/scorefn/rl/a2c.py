@@ -3,7 +3,10 @@ r"""A2C (Mnih et al. 2016, synchronous): one gradient step per short rollout.
 Per update: ``num_steps`` × ``num_envs`` steps, GAE(λ) advantages Â (λ = 1: n-step returns
 minus V), optionally standardised, then one step on
 
-    -(1/N) Σ Â_t log π_θ(a_t | s_t) + c_v (V_φ(s_t) - (Â_t + V(s_t)))² - c_H H[π(· | s_t)]
+$$
+-\frac{1}{N}\sum_t \hat A_t \log \pi_\theta(a_t \mid s_t) + c_v \left(V_\phi(s_t) - (\hat A_t +
+  V(s_t))\right)^2 - c_H\, H[\pi(\cdot \mid s_t)]
+$$
 
 with the policy part from ``scorefn.rl.policy_gradient.policy_gradient``, the gradient
 clipped to ``max_grad_norm`` and RMSprop (SB3's defaults, which the peer benchmark uses).

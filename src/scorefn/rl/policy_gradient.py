@@ -2,7 +2,9 @@ r"""The policy-gradient estimator every algorithm here uses, through ``scorefn.s
 
 With dynamics independent of θ, ∇θ log p_θ(τ) = Σ_t ∇θ log π_θ(a_t | s_t), so
 
-    ∇θ J ≈ (1/Z) Σ_n w_n ∇θ log π_θ(a_n | s_n)
+$$
+\nabla_\theta J \approx \frac{1}{Z}\sum_n w_n\, \nabla_\theta \log \pi_\theta(a_n \mid s_n)
+$$
 
 over the N decisions of a batch, each decision one factor of the batched distribution
 π_θ(· | s_1..N) (``score_grad(per_factor=True)``), with a learning signal w_n per decision:

@@ -3,7 +3,11 @@ r"""PPO (Schulman et al. 2017): clipped importance ratios, several epochs of min
 Per update: a rollout of ``num_steps`` × ``num_envs`` steps, GAE(λ) advantages, then
 ``num_epochs`` passes over shuffled minibatches of the loss
 
-    -(1/B) Σ min(ρ Â, clip(ρ, 1-ε, 1+ε) Â) + c_v (V - V_target)² - c_H H[π],   ρ = π_θ(a|s)/π_old(a|s)
+$$
+-\frac{1}{B}\sum \min\left(\rho \hat A,\ \operatorname{clip}(\rho, 1 - \epsilon, 1 + \epsilon)\, \hat
+  A\right) + c_v (V - V_{\text{target}})^2 - c_H\, H[\pi], \qquad \rho = \pi_\theta(a \mid s) /
+  \pi_{\text{old}}(a \mid s)
+$$
 
 whose policy part is ``scorefn.rl.policy_gradient.policy_gradient`` with signal
 ρ Â 1[unclipped]: ρ is the importance weight of the old policy's actions. Options: value

@@ -3,7 +3,10 @@ r"""REINFORCE (Williams 1992) on whole episodes.
 Each update plays one episode in each of ``num_envs`` environments from a fresh reset, and
 steps
 
-    ĝ = (1/E) Σ_e Σ_t (G_t^e - b_t^e) ∇θ log π_θ(a_t^e | s_t^e),    G_t = Σ_{k≥t} γ^{k-t} r_k
+$$
+\hat g = \frac{1}{E}\sum_e \sum_t (G_t^e - b_t^e)\, \nabla_\theta \log \pi_\theta(a_t^e \mid s_t^e), \qquad
+  G_t = \sum_{k \ge t} \gamma^{k-t} r_k
+$$
 
 (reward-to-go; the γ^t weighting of later states is dropped, as is usual). The baseline b:
 

@@ -1,6 +1,9 @@
 r"""Black-box variational inference on the scorefn core.
 
-    L(θ) = E_{z~q_θ}[log p(x, z) - log q_θ(z)],   ∇θ L = E_q[(log p(x, z) - log q_θ(z)) ∇θ log q_θ(z)]
+$$
+L(\theta) = \mathbb{E}_{z \sim q_\theta}[\log p(x, z) - \log q_\theta(z)], \qquad \nabla_\theta L =
+  \mathbb{E}_q\left[(\log p(x, z) - \log q_\theta(z))\, \nabla_\theta \log q_\theta(z)\right]
+$$
 
 - models: a NumPyro model function with its data, or ``LogJoint`` (``log_joint(z, *data)``);
 - guides: ``mean_field``, ``full_rank``, ``auto_guide``;

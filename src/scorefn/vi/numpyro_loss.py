@@ -372,8 +372,13 @@ class IWAE(_MultiSampleBound):
     r"""The importance-weighted bound (Burda et al. 2016) as a numpyro SVI loss, with the
     doubly reparameterised gradient (DReG, Tucker et al. 2019):
 
-        L_K = E[log (1/K) Σ_k w_k],   w_k = p_θ(x, z_k) / q_φ(z_k),   z_k = z_φ(ε_k)
-        ∇_φ L_K = E[Σ_k w̃_k² ∂log w_k/∂z_k ∂z_k/∂φ],   ∇_θ L_K = E[Σ_k w̃_k ∇_θ log p_θ(x, z_k)]
+    $$
+    \begin{aligned} L_K &= \mathbb{E}\Big[\log \frac{1}{K}\sum_k w_k\Big], \quad w_k = p_\theta(x, z_k) /
+      q_\phi(z_k), \quad z_k = z_\phi(\epsilon_k) \\ \nabla_\phi L_K &= \mathbb{E}\Big[\sum_k \tilde
+      w_k^2\, \frac{\partial \log w_k}{\partial z_k} \frac{\partial z_k}{\partial \phi}\Big], \quad
+      \nabla_\theta L_K = \mathbb{E}\Big[\sum_k \tilde w_k\, \nabla_\theta \log p_\theta(x, z_k)\Big]
+      \end{aligned}
+    $$
 
     with w̃_k = w_k / Σ_m w_m and log q's own dependence on φ held fixed. **Unbiased** for
     ∇L_K; its φ-gradient's signal does not vanish as K grows, unlike the plain
@@ -455,8 +460,11 @@ class VIMCO(_MultiSampleBound):
     r"""The importance-weighted bound with VIMCO's score-function gradient (Mnih & Rezende
     2016), as a numpyro SVI loss, for any guide (discrete sites included):
 
-        L̂ = log (1/K) Σ_k w_k,   ∇_φ L_K = E[Σ_k (L̂ - L̂_{-k} - w̃_k) ∇_φ log q_φ(z_k)],
-        ∇_θ L_K = E[Σ_k w̃_k ∇_θ log p_θ(x, z_k)]
+    $$
+    \hat L = \log \frac{1}{K}\sum_k w_k, \quad \nabla_\phi L_K = \mathbb{E}\Big[\sum_k (\hat L - \hat
+      L_{-k} - \tilde w_k)\, \nabla_\phi \log q_\phi(z_k)\Big], \quad \nabla_\theta L_K =
+      \mathbb{E}\Big[\sum_k \tilde w_k\, \nabla_\theta \log p_\theta(x, z_k)\Big]
+    $$
 
     L̂_{-k} is ``scorefn.baselines.leave_one_out_log_mean`` (w_k replaced by the
     geometric mean of the others): independent of z_k, so the gradient is **unbiased** for

@@ -1,6 +1,9 @@
 r"""ELBO and importance-weighted bounds, and their gradient estimators, on the loss objects.
 
-    L(θ) = E_{z~q_θ}[log p(x, z) - log q_θ(z)],    L_K(θ) = E[log (1/K) Σ_k w_k],  w_k = p(x, z_k)/q_θ(z_k)
+$$
+L(\theta) = \mathbb{E}_{z \sim q_\theta}[\log p(x, z) - \log q_\theta(z)], \qquad L_K(\theta) =
+  \mathbb{E}\Big[\log \frac{1}{K}\sum_k w_k\Big], \quad w_k = p(x, z_k) / q_\theta(z_k)
+$$
 
 Each estimator is one of the NumPyro SVI losses of ``scorefn.vi.numpyro_loss`` (``ELBO``,
 ``IWAE``, ``VIMCO``), applied to the model and guide as NumPyro programs
