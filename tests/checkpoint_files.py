@@ -15,6 +15,11 @@ def edit(path: str, change) -> None:
     checkpoints.save(path, payload, kind=header["kind"], version=header["version"])
 
 
+def kind_of(path: str) -> str:
+    """The kind a checkpoint file's header names."""
+    return checkpoints.read_header(path)["kind"]
+
+
 class _Marker:
     """Unpickling it creates a file: proof that a loader ran code from the file."""
 

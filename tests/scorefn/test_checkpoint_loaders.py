@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from checkpoint_files import DAMAGE_MESSAGES, damaged_copies, malicious_pickle
 
-from scorefn import _program_cache, checkpoints, es, rl, vi
+from scorefn import checkpoints, es, rl, vi
 from scorefn.checkpoints import CheckpointError
 
 
@@ -103,20 +103,6 @@ def test_damaged_checkpoints_are_named_by_the_cli(tmp_path, cli_error):
     # resuming nothing is an error, not a fresh run
     err = cli_error(_argv(CLI_LOADERS["optimize"], str(tmp_path / "missing.ckpt"), tmp_path))
     assert "resume: no checkpoint at" in err
-
-
-def test_the_program_cache_never_unpickles(tmp_path, monkeypatch):
-    folder = tmp_path / "programs"
-    monkeypatch.setattr(_program_cache, "_programs_dir", lambda: str(folder))
-    step = _program_cache.cached_jit(lambda x: {"y": x * 2}, key=("pickle test",))
-    np.testing.assert_array_equal(step(np.ones(2))["y"], 2 * np.ones(2))
-    (path,) = folder.glob("*.program")
-    marker = str(tmp_path / "code-ran")
-    malicious_pickle(str(path), marker)
-    again = _program_cache.cached_jit(lambda x: {"y": x * 2}, key=("pickle test",))
-    np.testing.assert_array_equal(again(np.ones(2))["y"], 2 * np.ones(2))  # traced again
-    assert not os.path.exists(marker)
-    assert checkpoints.read_header(str(path))["kind"] == "scorefn program"  # replaced
 
 
 # --- SIGKILL at any moment -------------------------------------------------------------------

@@ -1,11 +1,13 @@
 """The on-disk cache of traced programs (jax.export): same results, no tracing on a hit."""
 
+import os
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from checkpoint_files import kind_of, malicious_pickle
 
 from scorefn import _compiler_options, _program_cache
 
@@ -109,3 +111,17 @@ def test_compiler_options_are_part_of_the_program(folder):
     np.testing.assert_allclose(np.asarray(out[0].x), np.asarray(default[0].x), rtol=1e-6)
     _same(_program_cache.cached_jit(_step_counting([]), key=("o",),
                                     compiler_options=options)(_carry(), 2.0), out)
+
+
+def test_the_program_cache_never_unpickles(folder, tmp_path):
+    """A cache file replaced by a crafted pickle is not read as one: the program is traced
+    again, the file replaced, and the pickle's code never runs."""
+    step = _program_cache.cached_jit(lambda x: {"y": x * 2}, key=("pickle test",))
+    np.testing.assert_array_equal(step(np.ones(2))["y"], 2 * np.ones(2))
+    (path,) = folder.glob("*.program")
+    marker = str(tmp_path / "code-ran")
+    malicious_pickle(str(path), marker)
+    again = _program_cache.cached_jit(lambda x: {"y": x * 2}, key=("pickle test",))
+    np.testing.assert_array_equal(again(np.ones(2))["y"], 2 * np.ones(2))
+    assert not os.path.exists(marker)
+    assert kind_of(str(path)) == "scorefn program"  # replaced by a data-only file

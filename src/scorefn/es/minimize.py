@@ -17,14 +17,15 @@ import numpy as np
 from scorefn import validation as v
 from scorefn._compiler_options import WIDE_REDUCTIONS
 from scorefn._program_cache import cached_jit
-from scorefn.checkpoints import CheckpointError, restore
+from scorefn.checkpoints import restore
 from scorefn.es.bernoulli import bernoulli
+from scorefn.es.bounds import penalized
 from scorefn.es.categorical import categorical
 from scorefn.es.openai_es import openai_es
 from scorefn.es.snes import snes
 from scorefn.es.strategy import Strategy
 from scorefn.es.xnes import xnes
-from scorefn.runs import Run, describe, refuse_overwrite, saved_figure
+from scorefn.runs import Run, describe, saved_figure
 
 EVALUATORS = ("jax", "python", "processes", "ray")
 STRATEGIES = {"snes": snes, "xnes": xnes, "openai_es": openai_es, "bernoulli": bernoulli,
@@ -158,7 +159,7 @@ def minimize(
             generations_per_call=generations_per_call, progress=progress, plot=plot,
             checkpoint=checkpoint, resume=resume, overwrite=overwrite)
         if bounds is not None:
-            f, box = _bounded(f, x0, bounds, bound_penalty, evaluator)
+            f, box = penalized(f, x0, bounds, bound_penalty, evaluator)
             result = minimize(f, x0, strategy, restarts=restarts,
                               popsize_factor=popsize_factor, **options)
             result.x = np.clip(result.x, *box)
@@ -295,52 +296,6 @@ def minimize(
     return result
 
 
-def _bounded(f, x0, bounds, penalty, evaluator):
-    x0 = np.asarray(x0, np.float64)
-    try:
-        low, high = (np.broadcast_to(np.asarray(b, np.float64), x0.shape) for b in bounds)
-    except (TypeError, ValueError) as error:
-        raise ValueError(
-            f"bounds must be (low, high), each a number or an array of shape {x0.shape}") from error
-    if np.any(low >= high):
-        raise ValueError("bounds must have low < high in every coordinate")
-    outside = np.flatnonzero((x0 < low) | (x0 > high))
-    if outside.size:
-        i = int(outside[0])
-        raise ValueError(f"x0[{i}] = {x0[i]:g} is outside bounds [{low[i]:g}, {high[i]:g}] "
-                         f"({outside.size} coordinate(s) outside)")
-    if evaluator == "jax":
-        return _jax_bounded(f, tuple(low), tuple(high), float(penalty)), (low, high)
-
-    return _BoxPenalty(f, low, high, float(penalty)), (low, high)
-
-
-@dataclasses.dataclass(frozen=True)
-class _BoxPenalty:
-    """f at x clipped into the box plus ``penalty`` times the squared distance to it; a
-    class rather than a closure so that a process pool can pickle it (when f pickles)."""
-
-    f: Callable
-    low: np.ndarray
-    high: np.ndarray
-    penalty: float
-
-    def __call__(self, x):
-        inside = np.clip(x, self.low, self.high)
-        return float(self.f(inside)) + self.penalty * float(np.sum((x - inside) ** 2))
-
-
-@functools.lru_cache(maxsize=64)
-def _jax_bounded(f, low, high, penalty):
-    low_array, high_array = jnp.asarray(low), jnp.asarray(high)
-
-    def bounded(x):
-        inside = jnp.clip(x, low_array.astype(x.dtype), high_array.astype(x.dtype))
-        return f(inside) + penalty * jnp.sum((x - inside) ** 2)
-
-    return bounded
-
-
 RESTARTS_CHECKPOINT_VERSION = 2  # 2: the settings
 CHECKPOINT_VERSION = 4  # 2: xNES state carries its (adapted) η_σ; 3: the strategy's options; 4: the settings
 STALLS = ("tol_x", "tol_f", "stagnation")  # stop reasons after which a restart follows
@@ -366,20 +321,16 @@ def _minimize_with_restarts(f, x0, strategy, *, restarts, popsize_factor, key, s
                                     options["evaluator"]),
                     "strategy": describe(strat), "restarts": restarts,
                     "popsize_factor": float(popsize_factor)}
-    # The record of finished runs; each run has its own checkpoint and progress bar. The
-    # record is first written when a run stalls: before that, resuming means the first run.
-    if resume and checkpoint is not None and not any(
-            os.path.exists(p) for p in (checkpoint, f"{checkpoint}.run0")):
-        raise CheckpointError(f"resume: no checkpoint at {checkpoint} (nor {checkpoint}.run0); "
-                              "start without resume, or name the file an earlier run wrote")
-    if not resume and checkpoint is not None:
-        refuse_overwrite(f"{checkpoint}.run0", None, options["overwrite"])
+    # The record of finished runs, written (empty) before the first run starts, so that it
+    # is what a resume finds; each run has its own checkpoint and progress bar.
     record = Run("scorefn.es restarts", RESTARTS_CHECKPOINT_VERSION, checkpoint=checkpoint,
-                 resume=resume and os.path.exists(checkpoint), settings=settings,
+                 resume=resume, settings=settings,
                  may_change="max_evaluations and the stopping criteria",
                  overwrite=options["overwrite"])
     if record.restored is not None:
         finished = record.restored["runs"]
+    else:
+        record.save(runs=finished)
     best, history, used, started = None, [], 0, time.perf_counter()
     for run in range(restarts + 1):
         if run < len(finished):  # replay a finished run from the record
