@@ -46,6 +46,41 @@ def effective_sample_size(log_weights: jax.Array) -> jax.Array:
     return jnp.exp(2 * logsumexp(shifted) - logsumexp(2 * shifted))
 
 
+def clipped_objective(log_weights: jax.Array, advantages: jax.Array,
+                      clip: tuple[float, float] | None = None) -> jax.Array:
+    r"""PPO's clipped importance-weighted objective, elementwise (Schulman et al. 2017):
+
+    $$
+    o = \min\big(\rho A,\ \operatorname{clip}(\rho, 1 - \epsilon_{low}, 1 + \epsilon_{high})\, A\big),
+      \qquad \rho = e^{\ell},
+    $$
+
+    with ℓ = log π_θ(x) - log μ(x) the log-weight of a sample x ~ μ and A its advantage
+    (a constant: not differentiated). Its gradient is ρ A ∇θ log π_θ(x) where the clip does not
+    bind and 0 where it does (ρ > 1 + ε_high with A > 0, or ρ < 1 - ε_low with A < 0), so that
+    E_μ[∇o] = ∇θ E_π[A] = E_π[A ∇ log π] when nothing binds. ``clip=None``: o = ρ A, the
+    unclipped importance-weighted objective. With ℓ = log π - stop_gradient(log π), ρ = 1
+    and ∇o = A ∇ log π: the on-policy score-function term. Asymmetric ε_low, ε_high as in
+    DAPO's clip-higher (Yu et al. 2025).
+    """
+    log_weights = jnp.asarray(log_weights)
+    advantages = jax.lax.stop_gradient(jnp.asarray(advantages))
+    ratio = jnp.exp(log_weights)
+    if clip is None:
+        return ratio * advantages
+    low, high = clip
+    return jnp.minimum(ratio * advantages, jnp.clip(ratio, 1.0 - low, 1.0 + high) * advantages)
+
+
+def clip_binds(log_weights: jax.Array, advantages: jax.Array,
+               clip: tuple[float, float]) -> jax.Array:
+    """Where ``clipped_objective``'s clip binds (its gradient is zero there), elementwise."""
+    ratio = jnp.exp(jnp.asarray(log_weights))
+    low, high = clip
+    advantages = jnp.asarray(advantages)
+    return ((ratio > 1.0 + high) & (advantages > 0)) | ((ratio < 1.0 - low) & (advantages < 0))
+
+
 def log_mean_weight(log_weights: jax.Array) -> jax.Array:
     r"""L̂ = log (1/K) Σ_k w_k over the first axis, stably: the multi-sample (importance
     weighted) bound's estimate when w_k = p(x, z_k)/q(z_k) (Burda et al. 2016), an unbiased

@@ -1,0 +1,42 @@
+r"""Policy gradients for autoregressive policies, for users' own training loops.
+
+    roll = scorefn.sequences.sample(logits_fn, params, prompts, key, max_new_tokens=T, num_samples=K)
+    rewards = my_reward(prompts, roll.tokens, roll.mask)                 # any Python or JAX code
+    def objective(params):
+        logp = scorefn.sequences.log_probs(logits_fn, params, prompts, roll)
+        return scorefn.sequences.loss(logp, rewards, roll.mask, group_size=K, advantage="rloo")
+    grads = jax.grad(objective)(params)                                  # then optax, as usual
+
+``logits_fn(params, tokens)`` is any causal model ([B, L] tokens to [B, L, V] logits).
+``loss`` covers RLOO, GRPO, Dr. GRPO, REINFORCE++, DAPO's token means, PPO/DAPO clipping and
+GSPO's sequence ratio, and KL penalties, each an independent option whose expected gradient
+is stated exactly (``loss``) and checked by enumeration on ``TabularPolicy``.
+"""
+
+from scorefn.sequences.losses import (
+    ADVANTAGES,
+    AGGREGATIONS,
+    KL_PLACES,
+    RATIOS,
+    group_advantages,
+    loss,
+    loss_and_metrics,
+    token_weights,
+)
+from scorefn.sequences.sampling import Rollout, log_probs, sample
+from scorefn.sequences.tabular import TabularPolicy
+
+__all__ = [
+    "ADVANTAGES",
+    "AGGREGATIONS",
+    "KL_PLACES",
+    "RATIOS",
+    "Rollout",
+    "TabularPolicy",
+    "group_advantages",
+    "log_probs",
+    "loss",
+    "loss_and_metrics",
+    "sample",
+    "token_weights",
+]
