@@ -295,3 +295,23 @@ def test_multi_sample_weights_and_bound():
                                (w / w.sum()) ** 2, rtol=1e-6)
     # stable where exp would overflow
     assert np.isfinite(importance.log_mean_weight(log_w + 1e4))
+
+
+def test_clipped_objective_gradient_is_zero_where_the_clip_binds():
+    from scorefn.importance import clip_binds, clipped_objective
+
+    log_w = jnp.log(jnp.array([0.5, 0.5, 1.0, 1.5, 1.5, 1.1]))
+    adv = jnp.array([-1.0, 2.0, 3.0, 2.0, -1.0, 0.5])
+    grad = jax.grad(lambda lw: jnp.sum(clipped_objective(lw, adv, (0.2, 0.3))))(log_w)
+    binds = np.array([True, False, False, True, False, False])
+    np.testing.assert_array_equal(np.asarray(clip_binds(log_w, adv, (0.2, 0.3))), binds)
+    # ∂(ρA)/∂ℓ = ρA where the clip does not bind
+    np.testing.assert_allclose(grad, np.where(binds, 0.0, np.exp(log_w) * adv), rtol=1e-6)
+    values = clipped_objective(log_w, adv, (0.2, 0.3))
+    np.testing.assert_allclose(values[3], 1.3 * 2.0, rtol=1e-6)
+    np.testing.assert_allclose(clipped_objective(log_w, adv), np.exp(log_w) * adv, rtol=1e-6)
+    # On policy (ℓ = log π − sg(log π)): value A, gradient A per unit of log π.
+    lp = jnp.log(jnp.array([0.3, 0.6]))
+    g = jax.grad(lambda x: jnp.sum(clipped_objective(x - jax.lax.stop_gradient(x), adv[:2],
+                                                     (0.2, 0.2))))(lp)
+    np.testing.assert_allclose(g, adv[:2])

@@ -1,8 +1,8 @@
 r"""Sequence-level policy-gradient losses: REINFORCE with RLOO, GRPO, Dr. GRPO, REINFORCE++,
 DAPO and GSPO as independent choices, with KL penalties.
 
-The objective is the expected reward of a completion y of each prompt x,
-\(J(\theta) = \mathbb{E}_x\, \mathbb{E}_{y \sim \pi_\theta(\cdot \mid x)}[R(x, y)]\), maximised. A batch holds G
+The objective is the expected reward of a completion y of each prompt x, maximised:
+\(J(\theta) = \mathbb{E}_x\, \mathbb{E}_{y \sim \pi_\theta(\cdot \mid x)}[R(x, y)]\). A batch holds G
 groups of K completions of one prompt (rows g·K … g·K+K-1). Every loss here has the form
 
 $$
@@ -284,18 +284,19 @@ def loss(
     **Expectations on policy** (y_1..K i.i.d. from π_θ(·|x); s(y) = ∇ log π_θ(y|x); the
     expectation of −∇L, per prompt and averaged over prompts):
 
-    | advantage × aggregation | E[−∇L] |
-    |---|---|
-    | ``none`` or ``rloo`` × ``sequence_sum`` | ∇J (unbiased) |
-    | ``dr_grpo`` × ``sequence_sum`` | ((K−1)/K) ∇J |
-    | any × ``constant`` | (1/T) × the ``sequence_sum`` value |
-    | ``none`` × ``sequence_mean`` | ∇_φ E_{π_φ}[R/\|y\|] at φ = θ: the gradient of the length-normalised reward |
-    | ``rloo`` × ``sequence_mean`` | ∇_φ E_{π_φ}[R/\|y\|] − J ∇_φ E_{π_φ}[1/\|y\|]: GRPO's length bias (Liu et al. 2025) |
-    | ``dr_grpo`` × ``sequence_mean`` | (K−1)/K times the line above |
-    | ``grpo``, ``reinforce_pp``, ``token_mean``, ``token_mean_per_group`` | E[Σ_{i,t} w_it A_i ∇ log π_it] with the group's std or the token count inside: no closed form in ∇J; equal to c·∇J only when lengths are fixed (token means) |
+    - ``none`` or ``rloo`` × ``sequence_sum``: ∇J, unbiased.
+    - ``dr_grpo`` × ``sequence_sum``: ((K−1)/K) ∇J.
+    - any advantage × ``constant``: (1/T) times its ``sequence_sum`` value.
+    - ``none`` × ``sequence_mean``: ∇_φ E_{π_φ}[R/|y|] at φ = θ, the gradient of the
+      length-normalised reward.
+    - ``rloo`` × ``sequence_mean``: ∇_φ E_{π_φ}[R/|y|] − J ∇_φ E_{π_φ}[1/|y|], GRPO's length
+      bias (Liu et al. 2025); ``dr_grpo`` × ``sequence_mean``: (K−1)/K times that.
+    - ``grpo``, ``reinforce_pp``, ``token_mean``, ``token_mean_per_group``: E[Σ_{i,t} w_it A_i
+      ∇ log π_it] with the group's std or the token count inside: no closed form in ∇J (a
+      multiple of it only when every length is the same, for the token means).
 
-    The biased rows are what the papers and frameworks do; they are given as named choices,
-    and their exact expectations on a small model are tabulated in the docs.
+    The biased choices are what the papers and frameworks do; they are named options, and their
+    exact expectations on a small model are tabulated in the docs.
 
     **Off policy** (``behaviour_logp``: samples from μ; per-token ρ_t = π_θ/μ at that token, or
     GSPO's s_i = (π_θ(y_i)/μ(y_i))^{1/|y_i|} with ``ratio="sequence"``): with ``clip=None`` the
@@ -305,17 +306,21 @@ def loss(
     sequence (GSPO, with ``aggregation="sequence_mean"`` as in its paper); the gradient is zero
     where the clip binds (``importance.clipped_objective``). Biased, by design.
 
-    **KL penalty** (``ref_logp``, β = ``kl_coef``; k̂ from ``divergences.kl_estimate`` per token):
+    **KL penalty** (``ref_logp``, β = ``kl_coef``; k̂ per token from ``divergences.kl_estimate``),
+    the expectation of the penalty's part of −∇L:
 
-    | ``kl_in`` × ``kl_estimator`` | E[−∇(KL part)] |
-    |---|---|
-    | ``reward`` × ``k1`` | −β ∇ KL(π_θ ‖ π_ref): with ``rloo``/``none`` × ``sequence_sum`` the loss estimates ∇(J − β KL), unbiased |
-    | ``reward`` × ``k2``, ``k3`` | −β E[k̂(y) s(y)]: the score term of ∇ E[k̂] alone (biased for ∇KL) |
-    | ``loss`` × ``k1`` | 0: E[Σ_t ∇ log π_t] = 0 (the penalty does nothing in expectation) |
-    | ``loss`` × ``k2`` | −β E[Σ_t (log π_t − log π_ref,t) ∇ log π_t]: the per-token part of ∇KL, the future terms dropped |
-    | ``loss`` × ``k3`` | −β E[Σ_t ∇_θ KL(π_ref(·\|s_t) ‖ π_θ(·\|s_t))]: the reverse KL of each step's conditional, states held fixed (Tang & Munos 2025) |
+    - ``kl_in="reward"``, ``k1``: −β ∇ KL(π_θ ‖ π_ref); with ``rloo`` or ``none`` ×
+      ``sequence_sum`` the loss estimates ∇(J − β KL), unbiased.
+    - ``kl_in="reward"``, ``k2`` or ``k3``: −β E[k̂(y) s(y)], the score term of ∇ E[k̂] alone
+      (biased for ∇KL).
+    - ``kl_in="loss"``, ``k1``: 0, since E[Σ_t ∇ log π_t] = 0: the penalty does nothing in
+      expectation.
+    - ``kl_in="loss"``, ``k2``: −β E[Σ_t (log π_t − log π_ref,t) ∇ log π_t], the per-token part
+      of ∇KL with the future terms dropped.
+    - ``kl_in="loss"``, ``k3``: −β E[Σ_t ∇_θ KL(π_ref(·|s_t) ‖ π_θ(·|s_t))], the reverse KL of
+      each step's conditional with the states held fixed (Tang & Munos 2025).
 
-    (k̂ inside the loss is aggregated with the same weights as the policy term; the table is
+    (k̂ inside the loss is aggregated with the same weights as the policy term; the list is
     for ``sequence_sum``.) ``entropy_coef`` α adds α · (−log π(y)) to the reward (stop-gradient):
     with ``sequence_sum`` an unbiased estimate of α ∇H(π_θ(·|x)) joins the gradient.
 
