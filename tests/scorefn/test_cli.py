@@ -205,10 +205,7 @@ def test_help_shows_every_default(capsys):
             assert default in out, (argv, default)
 
 
-def test_rl_train_json_reports_every_seed(tmp_path, capsys, monkeypatch):
-    # Without the traced-program cache: two xdist workers exporting multi-seed programs at
-    # once have stalled (seen on 2026-12-03; the cause is not found yet).
-    monkeypatch.setenv("SCOREFN_COMPILATION_CACHE", "0")
+def test_rl_train_json_reports_every_seed(tmp_path, capsys):
     assert main(["rl", "train", "--seeds", "3,1", "--total-steps", "1024", "--eval-every", "512",
                  "--log-dir", str(tmp_path), "--set", "num_epochs=1", "--json"]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])

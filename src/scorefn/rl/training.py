@@ -419,7 +419,12 @@ class _JaxLoop:
         key = ("scorefn.rl", module.__name__, env.id, repr(config), policy, updates_per_chunk,
                episodes, self.single)
         packages = ("flax", "gymnax", "numpyro", "optax")
-        self.carry = cached_jit(batch(init_one), key=key + ("init",), packages=packages,
+        # Seeds are initialised one after another (lax.map), not vmapped: a vmapped orthogonal
+        # initialisation is a batched LAPACK QR, which jaxlib's CPU kernel splits into tasks on
+        # the same intra-op thread pool it runs on and then waits for; with two such QRs running
+        # at once on a 2-thread pool every thread waits and the program never finishes.
+        init = init_one if self.single else (lambda seeds: jax.lax.map(init_one, seeds))
+        self.carry = cached_jit(init, key=key + ("init",), packages=packages,
                                 compiler_options=FAST_COMPILE)(
             seeds[0] if self.single else jnp.asarray(seeds))
         self._chunk = cached_jit(batch(chunk), key=key + ("chunk",), packages=packages,
