@@ -9,7 +9,8 @@ The core: ``sample``, ``score_grad`` and ``grad`` (score-function and pathwise
 estimators), ``baselines``, ``control_variates``, ``diagnostics`` and
 ``compare``; ``fisher`` (Fisher information, Fisher-vector products, natural
 gradients, ``natural_gradient`` as an optax transformation); ``programs`` (stochastic programs:
-several sampling sites, the surrogate objective for any training loop).
+several sampling sites, the surrogate objective for any training loop). Applications:
+``sequences`` (policy gradients for autoregressive models), ``es``, ``vi`` and ``rl``.
 """
 
 from scorefn import (
@@ -17,6 +18,7 @@ from scorefn import (
     control_variates,
     diagnostics,
     discrete,
+    divergences,
     es,
     fisher,
     importance,
@@ -24,6 +26,7 @@ from scorefn import (
     numerics,
     programs,
     rao_blackwell,
+    sequences,
     vi,
 )
 from scorefn._compilation_cache import enable_compilation_cache
@@ -59,6 +62,7 @@ __all__ = [
     "control_variates",
     "diagnostics",
     "discrete",
+    "divergences",
     "enable_compilation_cache",
     "es",
     "f_values",
@@ -76,6 +80,7 @@ __all__ = [
     "per_sample_scores",
     "sample",
     "score_grad",
+    "sequences",
     "standardized",
     "vi",
 ]

@@ -22,6 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from scorefn.sequences.losses import loss
+from scorefn.validation import runtime_checks
 from scorefn.sequences.sampling import check_prompts, log_probs
 
 
@@ -111,3 +113,57 @@ class TabularPolicy:
         tokens, mask = self.completions()
         return np.array([[reward_fn(np.asarray(p), t[:m.sum()], int(m.sum()))
                           for t, m in zip(tokens, mask)] for p in np.asarray(prompts)], float)
+
+    def loss_moments(self, params: jax.Array, prompts: jax.Array, rewards: jax.Array,
+                     group_size: int, *, behaviour: jax.Array | None = None,
+                     ref: jax.Array | None = None, **options: Any) -> tuple[np.ndarray, float]:
+        """The exact mean and total variance of −∇θ ``loss`` over batches of ``group_size``
+        completions per prompt, by enumerating every batch (N^B of them: keep P·K ≤ 4).
+
+        ``behaviour``: sample from π_μ with this table (the loss gets ``behaviour_logp``);
+        ``ref``: the reference table for the KL options; other ``options`` go to ``loss``.
+        Returns (E[ĝ] as a flat [num_prefixes·V] vector, E‖ĝ − E ĝ‖²).
+        """
+        prompts = check_prompts(prompts)
+        tokens, mask = self.completions()
+        n, steps = mask.shape
+        rows = prompts.shape[0] * group_size
+        if n ** rows > 200_000:
+            raise ValueError(f"{n}^{rows} batches are too many to enumerate: use fewer prompts "
+                             "or a smaller group")
+
+        def per_token(table):
+            return np.asarray(self.token_log_probs(table, prompts), np.float64)
+
+        logp = per_token(params)
+        sampler = logp if behaviour is None else per_token(behaviour)
+        ref_logp = None if ref is None else per_token(ref)
+        scores = jax.jacrev(lambda p: self.token_log_probs(p, prompts))(params)
+        scores = np.asarray(scores, np.float64).reshape(prompts.shape[0], n, steps, -1)
+        batches = np.array(list(itertools.product(range(n), repeat=rows)))
+        prompt = np.repeat(np.arange(prompts.shape[0]), group_size)
+        prob = np.exp(sampler.sum(-1)[prompt, batches].sum(-1))
+
+        tables = {name: jnp.asarray(table, jnp.float32) for name, table in
+                  (("logp", logp), ("behaviour_logp", None if behaviour is None else sampler),
+                   ("ref_logp", ref_logp), ("rewards", rewards), ("mask", mask))
+                  if table is not None}
+        rows_prompt = jnp.asarray(prompt)
+
+        def coefficients(index):
+            extra = {name: tables[name][rows_prompt, index] for name in
+                     ("behaviour_logp", "ref_logp") if name in tables}
+            return -jax.grad(lambda x: loss(
+                x, tables["rewards"][rows_prompt, index], tables["mask"][index],
+                group_size=group_size, **extra, **options))(tables["logp"][rows_prompt, index])
+
+        # Inputs are finite by construction; without the run-time guard, whose host callback
+        # would run once per batch under vmap.
+        with runtime_checks(False):
+            coef = jax.jit(jax.vmap(coefficients))(jnp.asarray(batches))
+        coef = np.asarray(coef, np.float64)
+        draws = sum(np.einsum("st,std->sd", coef[:, i], scores[p][batches[:, i]])
+                    for i, p in enumerate(prompt))
+        mean = prob @ draws
+        variance = float(prob @ np.sum((draws - mean) ** 2, axis=1))
+        return mean, variance
