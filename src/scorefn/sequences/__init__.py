@@ -7,12 +7,15 @@ r"""Policy gradients for autoregressive policies, for users' own training loops.
         return scorefn.sequences.loss(logp, rewards, roll.mask, group_size=K, advantage="rloo")
     grads = jax.grad(objective)(params)                                  # then optax, as usual
 
-``logits_fn(params, tokens)`` is any causal model ([B, L] tokens to [B, L, V] logits).
+``logits_fn(params, tokens)`` is any causal model ([B, L] tokens to [B, L, V] logits);
+``sample_cached`` samples from a flax model with an attention cache (``CausalTransformer``)
+with one token per model call.
 ``loss`` covers RLOO, GRPO, Dr. GRPO, REINFORCE++, DAPO's token means, PPO/DAPO clipping and
 GSPO's sequence ratio, and KL penalties, each an independent option whose expected gradient
 is stated exactly (``loss``) and checked by enumeration on ``TabularPolicy``.
 """
 
+from scorefn.sequences.cached import flax_logits_fn, sample_cached
 from scorefn.sequences.losses import (
     ADVANTAGES,
     AGGREGATIONS,
@@ -26,17 +29,30 @@ from scorefn.sequences.losses import (
 from scorefn.sequences.sampling import Rollout, log_probs, sample
 from scorefn.sequences.tabular import TabularPolicy
 
+
+def __getattr__(name: str):
+    # The flax model needs flax (an extra): imported on use.
+    if name == "CausalTransformer":
+        from scorefn.sequences.transformer import CausalTransformer
+
+        return CausalTransformer
+    raise AttributeError(f"module 'scorefn.sequences' has no attribute {name!r}")
+
+
 __all__ = [
     "ADVANTAGES",
     "AGGREGATIONS",
+    "CausalTransformer",
     "KL_PLACES",
     "RATIOS",
     "Rollout",
     "TabularPolicy",
+    "flax_logits_fn",
     "group_advantages",
     "log_probs",
     "loss",
     "loss_and_metrics",
     "sample",
+    "sample_cached",
     "token_weights",
 ]

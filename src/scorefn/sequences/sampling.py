@@ -69,10 +69,15 @@ def check_temperature(temperature: Any) -> float:
     return float(temperature)
 
 
-def _positive_int(name: str, value: Any) -> int:
+def positive_int(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be an int >= 1, got {value!r}")
     return value
+
+
+def check_eos_id(eos_id: Any) -> None:
+    if eos_id is not None and (isinstance(eos_id, bool) or not isinstance(eos_id, int) or eos_id < 0):
+        raise ValueError(f"eos_id must be None or a token id (an int >= 0), got {eos_id!r}")
 
 
 def check_logits(logits: jax.Array, tokens: jax.Array) -> None:
@@ -148,11 +153,10 @@ def sample(logits_fn: LogitsFn, params: Any, prompts: jax.Array, key: jax.Array,
     lambda) to reuse the compiled program.
     """
     prompts = check_prompts(prompts)
-    max_new_tokens = _positive_int("max_new_tokens", max_new_tokens)
-    num_samples = _positive_int("num_samples", num_samples)
+    max_new_tokens = positive_int("max_new_tokens", max_new_tokens)
+    num_samples = positive_int("num_samples", num_samples)
     temperature = check_temperature(temperature)
-    if eos_id is not None and (isinstance(eos_id, bool) or not isinstance(eos_id, int) or eos_id < 0):
-        raise ValueError(f"eos_id must be None or a token id (an int >= 0), got {eos_id!r}")
+    check_eos_id(eos_id)
     tokens, mask, logp = _sample(logits_fn, params, prompts, key, max_new_tokens, num_samples,
                                  temperature, eos_id)
     return Rollout(tokens, mask, logp, temperature)
