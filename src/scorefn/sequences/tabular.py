@@ -23,8 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from scorefn.sequences.losses import loss
-from scorefn.validation import runtime_checks
 from scorefn.sequences.sampling import check_prompts, log_probs
+from scorefn.validation import runtime_checks
 
 
 class TabularPolicy:
