@@ -1,7 +1,8 @@
 """A small causal transformer in flax, GPT-2's shape, with flax's key-value cache.
 
 Pre-LayerNorm blocks (causal multi-head self-attention, a 4× GELU MLP), learned position
-embeddings, and the output projection tied to the token embedding, as GPT-2. ``decode=True``
+embeddings, the output projection tied to the token embedding, and GPT-2's initialisation
+(weights N(0, 0.02²), the residual projections' scaled by 1/√(2 · num_layers), zero biases). ``decode=True``
 reads one token per call from the attention cache (``sample_cached``). Needs flax
 (``pip install 'scorefn[vi]'`` or ``'scorefn[rl]'``).
 """
@@ -31,7 +32,10 @@ class CausalTransformer(nn.Module):
 
     @nn.compact
     def __call__(self, tokens: jax.Array, decode: bool = False) -> jax.Array:
-        embed = nn.Embed(self.vocab_size, self.features, dtype=self.dtype, name="wte")
+        normal = nn.initializers.normal(0.02)
+        residual = nn.initializers.normal(0.02 / (2 * self.num_layers) ** 0.5)
+        embed = nn.Embed(self.vocab_size, self.features, dtype=self.dtype, embedding_init=normal,
+                         name="wte")
         positions = jnp.arange(tokens.shape[1])
         if decode:
             # The next position to write, kept with the attention caches; the init call that
@@ -42,13 +46,14 @@ class CausalTransformer(nn.Module):
                 positions = positions + position.value
                 position.value = position.value + tokens.shape[1]
         x = embed(tokens) + nn.Embed(self.max_length, self.features, dtype=self.dtype,
-                                     name="wpe")(positions)[None]
+                                     embedding_init=normal, name="wpe")(positions)[None]
         mask = None if decode else nn.make_causal_mask(tokens)
         for _ in range(self.num_layers):
-            h = nn.LayerNorm(dtype=self.dtype)(x)
+            h = nn.LayerNorm(epsilon=1e-5, dtype=self.dtype)(x)
             x = x + nn.MultiHeadDotProductAttention(
-                self.num_heads, dtype=self.dtype, decode=decode)(h, mask=mask)
-            h = nn.LayerNorm(dtype=self.dtype)(x)
-            h = nn.Dense(4 * self.features, dtype=self.dtype)(h)
-            x = x + nn.Dense(self.features, dtype=self.dtype)(nn.gelu(h))
-        return embed.attend(nn.LayerNorm(dtype=self.dtype)(x)).astype(jnp.float32)
+                self.num_heads, dtype=self.dtype, decode=decode, kernel_init=normal,
+                out_kernel_init=residual)(h, mask=mask)
+            h = nn.LayerNorm(epsilon=1e-5, dtype=self.dtype)(x)
+            h = nn.Dense(4 * self.features, dtype=self.dtype, kernel_init=normal)(h)
+            x = x + nn.Dense(self.features, dtype=self.dtype, kernel_init=residual)(nn.gelu(h))
+        return embed.attend(nn.LayerNorm(epsilon=1e-5, dtype=self.dtype)(x)).astype(jnp.float32)
