@@ -1,0 +1,237 @@
+"""Sequence-model benchmark: scorefn.sequences against TRL's GRPOTrainer in one run.
+
+The task and protocol of ../shared/peers/trl_grpo.py: "a+b=" with two-digit a, b, partial-
+credit reward in [0, 2], a 2-layer GPT-2 of 406,912 parameters, 750 supervised warm-start
+steps, then 200 RL steps of P = 16 prompts × K = 8 completions (T = 4), Adam at 1e-4,
+gradients clipped at norm 1, temperature 1, one optimiser step per batch (the ratio is 1).
+scorefn runs ``scorefn.sequences.addition.train`` (the same settings) with three estimators:
+GRPO as TRL computes it (``advantage="grpo"``, ``aggregation="sequence_mean"``), RLOO
+(``"rloo"``, ``"sequence_sum"``: unbiased) and Dr. GRPO (``"dr_grpo"``, ``"constant"``).
+
+Reported per run: RL steps/s and completion tokens/s over the whole RL phase (compilation of
+scorefn's step included; TRL: the whole ``trainer.train()``), the mean sampled reward of the
+first and last 10 steps, the greedy reward on 256 held-out prompts before and after RL. Then
+the samplers' throughput (plain and cached, at the task's T = 4 and at T = 56), and the
+variants' gradients on one batch of the warm-started model (norms and cosines).
+
+    pip install ".[vi]"                                          # flax
+    python benchmarks/sequences.py --peer-python /path/to/venv-with-trl/bin/python
+    python benchmarks/sequences.py --seeds 0 --skip-peer         # scorefn alone
+
+The peer's venv: ``pip install torch==2.13.0 && pip install trl transformers datasets``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PEER = ROOT.parent / "shared" / "peers" / "trl_grpo.py"
+VARIANTS = {"grpo": ("grpo", "sequence_mean"), "rloo": ("rloo", "sequence_sum"),
+            "dr_grpo": ("dr_grpo", "constant")}
+
+
+def scorefn_runs(seeds, steps):
+    import jax
+
+    from scorefn.sequences import addition
+
+    runs = []
+    for seed in seeds:
+        config = addition.Config(steps=steps)
+        train_pairs, _ = addition.split(0)
+        start = time.perf_counter()
+        warm = jax.block_until_ready(addition.warm_start(
+            config, jax.random.split(jax.random.key(seed))[0], train_pairs))
+        wall_warm = time.perf_counter() - start
+        for name, (advantage, aggregation) in VARIANTS.items():
+            out = addition.train(addition.Config(steps=steps, advantage=advantage,
+                                                 aggregation=aggregation), seed, params=warm)
+            rewards = [h["reward"] for h in out["history"]]
+            k = max(1, min(10, steps // 10))
+            runs.append({"side": "scorefn", "variant": name, "seed": seed, "steps": steps,
+                         "wall_warm_start": wall_warm, "wall_rl": out["wall_rl"],
+                         "steps_per_s": steps / out["wall_rl"],
+                         "tokens_per_s": out["tokens"] / out["wall_rl"],
+                         "reward_first": statistics.mean(rewards[:k]),
+                         "reward_last": statistics.mean(rewards[-k:]),
+                         "greedy_first": out["greedy_first"], "greedy_last": out["greedy_last"],
+                         "curve": rewards})
+            print(json.dumps({k: v for k, v in runs[-1].items() if k != "curve"}), flush=True)
+    return runs
+
+
+def trl_runs(python, seeds, steps):
+    runs = []
+    for seed in seeds:
+        completed = subprocess.run([python, str(PEER), "--steps", str(steps), "--seed", str(seed)],
+                                   capture_output=True, text=True, timeout=1800)
+        if completed.returncode:
+            raise RuntimeError(f"the TRL peer failed:\n{completed.stderr[-3000:]}")
+        lines = completed.stdout.strip().splitlines()
+        fields = dict(re.findall(r"(\w+)=([^\s]+)", lines[-1]))
+        runs.append({"side": "trl", "variant": "grpo", "seed": seed, "steps": steps,
+                     "versions": lines[-2],
+                     **{k: float(fields[k].rstrip("s")) for k in
+                        ("wall_sft", "wall_rl", "steps_per_s", "tokens_per_s", "reward_first",
+                         "reward_last", "greedy_first", "greedy_last")}})
+        print(json.dumps(runs[-1]), flush=True)
+    return runs
+
+
+def sampler_throughput(repeats=5):
+    """Completion tokens/s of the plain and cached samplers, B = 128 (16 prompts × 8)."""
+    import jax
+    import jax.numpy as jnp
+
+    from scorefn import sequences
+    from scorefn.sequences import addition
+
+    net = addition.model()
+    params = net.init(jax.random.key(0), jnp.zeros((1, 6), jnp.int32))["params"]
+    prompts = jnp.asarray(addition.prompts_of(addition.split(0)[0][:16]))
+    rows = []
+    for new_tokens in (4, 56):
+        for name, run in (("plain", lambda k, t=new_tokens: sequences.sample(
+                sequences.flax_logits_fn(net), params, prompts, k, max_new_tokens=t, num_samples=8)),
+                          ("cached", lambda k, t=new_tokens: sequences.sample_cached(
+                              net, params, prompts, k, max_new_tokens=t, num_samples=8))):
+            jax.block_until_ready(run(jax.random.key(0)).tokens)
+            times = []
+            for i in range(repeats):
+                start = time.perf_counter()
+                jax.block_until_ready(run(jax.random.key(i + 1)).tokens)
+                times.append(time.perf_counter() - start)
+            rows.append({"sampler": name, "new_tokens": new_tokens,
+                         "tokens_per_s": 128 * new_tokens / statistics.median(times)})
+            print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def gradient_comparison(seed=0, batches=64):
+    """The variants' gradients on the warm-started model: mean over ``batches`` batches, each
+    variant's norm and cosine with RLOO's (the unbiased direction)."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from jax.flatten_util import ravel_pytree
+
+    from scorefn import sequences
+    from scorefn.sequences import addition
+
+    config = addition.Config()
+    train_pairs, _ = addition.split(0)
+    params = addition.warm_start(config, jax.random.split(jax.random.key(seed))[0], train_pairs)
+    net = addition.model()
+    prompts = jnp.asarray(addition.prompts_of(train_pairs))
+    answers, lengths = (jnp.asarray(a) for a in addition.answers_of(train_pairs))
+    variants = {**VARIANTS, "dapo": ("grpo", "token_mean")}
+
+    @jax.jit
+    def gradients(key):
+        pick, draw = jax.random.split(key)
+        rows = jax.random.choice(pick, len(train_pairs), (16,), replace=False)
+        roll = sequences.sample_cached(net, params, prompts[rows], draw, max_new_tokens=4,
+                                       num_samples=8, eos_id=addition.EOS)
+        r = addition.reward(roll.tokens, jnp.repeat(answers[rows], 8, 0), jnp.repeat(lengths[rows], 8))
+        out = {}
+        for name, (advantage, aggregation) in variants.items():
+            g = jax.grad(lambda p: sequences.loss(
+                sequences.log_probs(addition.flax_apply, p, prompts[rows], roll), r, roll.mask,
+                group_size=8, advantage=advantage, aggregation=aggregation))(params)
+            out[name] = -ravel_pytree(g)[0]
+        return out
+
+    total = None
+    for key in jax.random.split(jax.random.key(100 + seed), batches):
+        g = gradients(key)
+        total = g if total is None else jax.tree.map(jnp.add, total, g)
+    mean = {k: np.asarray(v) / batches for k, v in total.items()}
+    ref = mean["rloo"]
+    rows = [{"variant": k, "norm": float(np.linalg.norm(v)),
+             "norm_over_rloo": float(np.linalg.norm(v) / np.linalg.norm(ref)),
+             "cosine_with_rloo": float(v @ ref / np.linalg.norm(v) / np.linalg.norm(ref))}
+            for k, v in mean.items()]
+    for row in rows:
+        print(json.dumps(row), flush=True)
+    return rows
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[0, 1, 2])
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--peer-python", default=os.environ.get("TRL_PYTHON"))
+    parser.add_argument("--skip-peer", action="store_true")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "sequences.json"))
+    args = parser.parse_args()
+
+    import jax
+
+    info = {"date": time.strftime("%Y-%m-%d"), "machine": platform.platform(),
+            "cpus": os.cpu_count(), "jax": jax.__version__,
+            "flax": importlib.metadata.version("flax"),
+            "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
+                                     capture_output=True, text=True).stdout.strip()}
+    print(json.dumps(info), flush=True)
+    results = {"info": info, "samplers": sampler_throughput(),
+               "gradients": gradient_comparison()}
+    results["runs"] = scorefn_runs(args.seeds, args.steps)
+    if not args.skip_peer:
+        if not args.peer_python:
+            parser.error("--peer-python (a venv with torch, trl, transformers) or --skip-peer")
+        results["runs"] += trl_runs(args.peer_python, args.seeds, args.steps)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(results, indent=1))
+    report(results)
+    plot(results, Path(args.out).with_suffix(".png"))
+
+
+def report(results):
+    runs = results["runs"]
+    print("\nside     variant   steps/s   tokens/s  reward first→last   greedy first→last  (median of seeds)")
+    trl = [r for r in runs if r["side"] == "trl"]
+    for side, variant in [("scorefn", v) for v in VARIANTS] + ([("trl", "grpo")] if trl else []):
+        rs = [r for r in runs if r["side"] == side and r["variant"] == variant]
+        med = {k: statistics.median(r[k] for r in rs) for k in
+               ("steps_per_s", "tokens_per_s", "reward_first", "reward_last", "greedy_first", "greedy_last")}
+        ratio = ""
+        if trl and side == "scorefn":
+            ratio = f"  ×{med['steps_per_s'] / statistics.median(r['steps_per_s'] for r in trl):.2f} TRL's steps/s"
+        print(f"{side:8s} {variant:8s} {med['steps_per_s']:8.2f} {med['tokens_per_s']:9.0f}  "
+              f"{med['reward_first']:.3f} → {med['reward_last']:.3f}      "
+              f"{med['greedy_first']:.3f} → {med['greedy_last']:.3f}{ratio}")
+
+
+def plot(results, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for variant in VARIANTS:
+        curves = np.array([r["curve"] for r in results["runs"]
+                           if r["side"] == "scorefn" and r["variant"] == variant])
+        smooth = np.array([np.convolve(c, np.ones(10) / 10, mode="valid") for c in curves])
+        ax.plot(smooth.mean(0), label=f"scorefn {variant} (mean of {len(curves)} seeds)")
+    ax.set_xlabel("RL step (16 prompts × 8 completions)")
+    ax.set_ylabel("sampled reward (10-step mean)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
