@@ -146,9 +146,9 @@ def gradient_comparison(seed=0, batches=64):
         r = addition.reward(roll.tokens, jnp.repeat(answers[rows], 8, 0), jnp.repeat(lengths[rows], 8))
         out = {}
         for name, (advantage, aggregation) in variants.items():
-            g = jax.grad(lambda p: sequences.loss(
+            g = jax.grad(lambda p, a=advantage, agg=aggregation: sequences.loss(
                 sequences.log_probs(addition.flax_apply, p, prompts[rows], roll), r, roll.mask,
-                group_size=8, advantage=advantage, aggregation=aggregation))(params)
+                group_size=8, advantage=a, aggregation=agg))(params)
             out[name] = -ravel_pytree(g)[0]
         return out
 
@@ -199,7 +199,8 @@ def main():
 
 def report(results):
     runs = results["runs"]
-    print("\nside     variant   steps/s   tokens/s  reward first→last   greedy first→last  (median of seeds)")
+    print("\nside     variant   steps/s   tokens/s  reward first→last   greedy first→last"
+          "  (median of seeds)")
     trl = [r for r in runs if r["side"] == "trl"]
     for side, variant in [("scorefn", v) for v in VARIANTS] + ([("trl", "grpo")] if trl else []):
         rs = [r for r in runs if r["side"] == side and r["variant"] == variant]
@@ -207,7 +208,8 @@ def report(results):
                ("steps_per_s", "tokens_per_s", "reward_first", "reward_last", "greedy_first", "greedy_last")}
         ratio = ""
         if trl and side == "scorefn":
-            ratio = f"  ×{med['steps_per_s'] / statistics.median(r['steps_per_s'] for r in trl):.2f} TRL's steps/s"
+            trl_speed = statistics.median(r["steps_per_s"] for r in trl)
+            ratio = f"  ×{med['steps_per_s'] / trl_speed:.2f} TRL's steps/s"
         print(f"{side:8s} {variant:8s} {med['steps_per_s']:8.2f} {med['tokens_per_s']:9.0f}  "
               f"{med['reward_first']:.3f} → {med['reward_last']:.3f}      "
               f"{med['greedy_first']:.3f} → {med['greedy_last']:.3f}{ratio}")

@@ -24,12 +24,10 @@ import jax.numpy as jnp
 from scorefn.sequences.sampling import (
     LogitsFn,
     Rollout,
-    check_eos_id,
     check_prompts,
-    check_temperature,
     finish,
     next_token,
-    positive_int,
+    sampling_options,
 )
 
 
@@ -85,11 +83,6 @@ def sample_cached(model: Any, params: Any, prompts: jax.Array, key: jax.Array, *
     of the logits (the per-step keys are the same). The model is a static argument (flax
     modules are hashable): one compiled program per model and shape.
     """
-    prompts = check_prompts(prompts)
-    max_new_tokens = positive_int("max_new_tokens", max_new_tokens)
-    num_samples = positive_int("num_samples", num_samples)
-    temperature = check_temperature(temperature)
-    check_eos_id(eos_id)
-    tokens, mask, logp = _sample_cached(model, params, prompts, key, max_new_tokens, num_samples,
-                                        temperature, eos_id)
-    return Rollout(tokens, mask, logp, temperature)
+    options = sampling_options(max_new_tokens, num_samples, temperature, eos_id)
+    return Rollout(*_sample_cached(model, params, check_prompts(prompts), key, *options),
+                   options[2])

@@ -80,6 +80,14 @@ def check_eos_id(eos_id: Any) -> None:
         raise ValueError(f"eos_id must be None or a token id (an int >= 0), got {eos_id!r}")
 
 
+def sampling_options(max_new_tokens: Any, num_samples: Any, temperature: Any,
+                     eos_id: Any) -> tuple[int, int, float, int | None]:
+    """The samplers' options, checked: (max_new_tokens, num_samples, temperature, eos_id)."""
+    check_eos_id(eos_id)
+    return (positive_int("max_new_tokens", max_new_tokens),
+            positive_int("num_samples", num_samples), check_temperature(temperature), eos_id)
+
+
 def check_logits(logits: jax.Array, tokens: jax.Array) -> None:
     if logits.ndim != 3 or logits.shape[:2] != tokens.shape:
         raise ValueError(
@@ -152,14 +160,9 @@ def sample(logits_fn: LogitsFn, params: Any, prompts: jax.Array, key: jax.Array,
     ``logits_fn`` is a static argument: pass the same function object each call (not a new
     lambda) to reuse the compiled program.
     """
-    prompts = check_prompts(prompts)
-    max_new_tokens = positive_int("max_new_tokens", max_new_tokens)
-    num_samples = positive_int("num_samples", num_samples)
-    temperature = check_temperature(temperature)
-    check_eos_id(eos_id)
-    tokens, mask, logp = _sample(logits_fn, params, prompts, key, max_new_tokens, num_samples,
-                                 temperature, eos_id)
-    return Rollout(tokens, mask, logp, temperature)
+    options = sampling_options(max_new_tokens, num_samples, temperature, eos_id)
+    return Rollout(*_sample(logits_fn, params, check_prompts(prompts), key, *options),
+                   options[2])
 
 
 def _completion_logits(logits_fn, params, prompts, tokens):

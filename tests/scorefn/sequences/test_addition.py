@@ -31,7 +31,7 @@ def test_model_has_the_peer_size():
 
 @pytest.mark.slow
 def test_a_short_run_learns():
-    config = addition.Config(warmup_steps=200, steps=60, lr=3e-4, advantage="rloo",
+    config = addition.Config(warmup_steps=400, steps=80, advantage="rloo",
                              aggregation="sequence_sum")
     out = addition.train(config, seed=0)
     rewards = [h["reward"] for h in out["history"]]
