@@ -9,9 +9,10 @@ from scorefn.sequences import addition
 
 
 def _tokens(*completions):
-    return jnp.array([addition.encode(text) + [addition.EOS] * (4 - len(text)) if "|" not in text
-                      else [addition.VOCAB.index(c) if c != "|" else addition.EOS for c in text]
-                      for text in completions])
+    """Completions as text, "|" for EOS, padded with EOS to 4 tokens."""
+    rows = [[addition.EOS if c == "|" else addition.VOCAB.index(c) for c in text]
+            for text in completions]
+    return jnp.array([row + [addition.EOS] * (4 - len(row)) for row in rows])
 
 
 def test_reward_by_hand():
