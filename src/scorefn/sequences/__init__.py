@@ -15,7 +15,7 @@ GSPO's sequence ratio, and KL penalties, each an independent option whose expect
 is stated exactly (``loss``) and checked by enumeration on ``TabularPolicy``.
 """
 
-from scorefn.sequences.cached import flax_logits_fn, sample_cached
+from scorefn.sequences.cached import flax_logits_fn, log_probs_cached, sample_cached
 from scorefn.sequences.losses import (
     ADVANTAGES,
     AGGREGATIONS,
@@ -50,6 +50,7 @@ __all__ = [
     "flax_logits_fn",
     "group_advantages",
     "log_probs",
+    "log_probs_cached",
     "loss",
     "loss_and_metrics",
     "sample",

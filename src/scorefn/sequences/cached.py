@@ -25,8 +25,10 @@ from scorefn.sequences.sampling import (
     LogitsFn,
     Rollout,
     check_prompts,
+    chosen_log_probs,
     finish,
     next_token,
+    rollout_tokens,
     sampling_options,
 )
 
@@ -43,33 +45,44 @@ def flax_logits_fn(model: Any) -> LogitsFn:
     return logits_fn
 
 
+def _feed(model, params, cache, token):
+    """One more token per row through the cached model: the new cache and next-token logits."""
+    logits, variables = model.apply({"params": params, "cache": cache}, token[:, None],
+                                    decode=True, mutable=["cache"])
+    return variables["cache"], logits[:, -1]
+
+
+def _prefill(model, params, prompts, num_samples, length):
+    """The cache after each prompt, computed once per prompt and then copied to its
+    ``num_samples`` rows, and the logits that predict the first new token: [P·K, V]."""
+    shapes = jax.eval_shape(lambda: model.init(
+        jax.random.key(0), jnp.zeros((prompts.shape[0], length), prompts.dtype), decode=True))
+    cache = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes["cache"])
+    cache, logits = jax.lax.scan(functools.partial(_feed, model, params), cache, prompts.T)
+
+    def per_row(x):  # the per-prompt arrays (not the shared position counters)
+        return jnp.repeat(x, num_samples, axis=0) if x.ndim and x.shape[0] == prompts.shape[0] else x
+
+    return jax.tree.map(per_row, cache), per_row(logits[-1])
+
+
 @functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "num_samples",
                                              "temperature", "eos_id"))
 def _sample_cached(model, params, prompts, key, max_new_tokens, num_samples, temperature,
                    eos_id):
     pad_id = 0 if eos_id is None else eos_id
-    rows = jnp.repeat(prompts, num_samples, axis=0)
-    full = jnp.zeros((rows.shape[0], rows.shape[1] + max_new_tokens), rows.dtype)
-    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), full, decode=True))["cache"]
-    cache = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
-
-    def feed(cache, token):
-        logits, variables = model.apply({"params": params, "cache": cache}, token[:, None],
-                                        decode=True, mutable=["cache"])
-        return variables["cache"], logits[:, -1]
-
-    # The prompt, one token at a time: the logits after its last token predict the first new one.
-    cache, prompt_logits = jax.lax.scan(feed, cache, rows.T)
+    cache, logits = _prefill(model, params, prompts, num_samples,
+                             prompts.shape[1] + max_new_tokens)
 
     def step(carry, step_key):
         cache, logits, done = carry
         token, logp = next_token(logits, step_key, temperature)
-        token, logp, alive, done = finish(token.astype(rows.dtype), logp, done, eos_id, pad_id)
-        cache, logits = feed(cache, token)
+        token, logp, alive, done = finish(token.astype(prompts.dtype), logp, done, eos_id, pad_id)
+        cache, logits = _feed(model, params, cache, token)
         return (cache, logits, done), (token, alive, logp)
 
-    done = jnp.zeros(rows.shape[0], bool)
-    _, (tokens, mask, logp) = jax.lax.scan(step, (cache, prompt_logits[-1], done),
+    done = jnp.zeros(logits.shape[0], bool)
+    _, (tokens, mask, logp) = jax.lax.scan(step, (cache, logits, done),
                                            jax.random.split(key, max_new_tokens))
     return tokens.T, mask.T.astype(jnp.int32), logp.T
 
@@ -86,3 +99,20 @@ def sample_cached(model: Any, params: Any, prompts: jax.Array, key: jax.Array, *
     options = sampling_options(max_new_tokens, num_samples, temperature, eos_id)
     return Rollout(*_sample_cached(model, params, check_prompts(prompts), key, *options),
                    options[2])
+
+
+def log_probs_cached(model: Any, params: Any, prompts: jax.Array, tokens: jax.Array | Rollout,
+                     *, temperature: float | None = None) -> jax.Array:
+    """``log_probs`` through the attention cache: the same values and gradients for a flax
+    model (module docstring), with each prompt's positions computed once for its K rows
+    instead of K times (here the completions are fed one position at a time, each reading
+    the shared prompt's keys and values). Less work than the teacher-forced pass when prompts
+    are long next to completions, or K is large."""
+    prompts = check_prompts(prompts)
+    tokens, temperature = rollout_tokens(tokens, temperature, prompts.shape[0])
+    cache, first = _prefill(model, params, prompts, tokens.shape[0] // prompts.shape[0],
+                            prompts.shape[1] + tokens.shape[1])
+    tokens = tokens.astype(prompts.dtype)
+    _, rest = jax.lax.scan(functools.partial(_feed, model, params), cache, tokens.T[:-1])
+    logits = jnp.concatenate([first[None], rest], axis=0).swapaxes(0, 1)
+    return chosen_log_probs(logits, tokens, temperature)

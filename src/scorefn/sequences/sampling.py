@@ -100,6 +100,12 @@ def upcast(logits: jax.Array) -> jax.Array:
     return logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
 
 
+def chosen_log_probs(logits: jax.Array, tokens: jax.Array, temperature: float) -> jax.Array:
+    """log softmax(logits / temperature) at each given token: [..., V] and [...] to [...]."""
+    log_p = jax.nn.log_softmax(upcast(logits) / temperature, axis=-1)
+    return jnp.take_along_axis(log_p, tokens[..., None].astype(jnp.int32), axis=-1)[..., 0]
+
+
 def next_token(logits: jax.Array, key: jax.Array, temperature: float) -> tuple[jax.Array, jax.Array]:
     """A token drawn from softmax(logits / temperature) and its log-probability, per row."""
     log_p = jax.nn.log_softmax(upcast(logits) / temperature, axis=-1)
@@ -165,6 +171,27 @@ def sample(logits_fn: LogitsFn, params: Any, prompts: jax.Array, key: jax.Array,
                    options[2])
 
 
+def rollout_tokens(tokens: Any, temperature: Any, num_prompts: int) -> tuple[jax.Array, float]:
+    """The completions to score and their temperature: a Rollout's own, or the array's with
+    ``temperature`` (default 1), checked."""
+    if isinstance(tokens, Rollout):
+        if temperature is not None and check_temperature(temperature) != tokens.temperature:
+            raise ValueError(
+                f"temperature={temperature!r} differs from the rollout's sampling temperature "
+                f"{tokens.temperature!r}; the importance ratios would be wrong. Omit temperature "
+                "to use the rollout's")
+        temperature, tokens = tokens.temperature, tokens.tokens
+    temperature = 1.0 if temperature is None else check_temperature(temperature)
+    tokens = jnp.asarray(tokens)
+    if tokens.ndim != 2 or not jnp.issubdtype(tokens.dtype, jnp.integer):
+        raise ValueError(f"tokens must be an integer array of shape (B, T), got dtype "
+                         f"{tokens.dtype} and shape {tokens.shape}")
+    if tokens.shape[0] % num_prompts:
+        raise ValueError(f"tokens has {tokens.shape[0]} rows, not a multiple of the "
+                         f"{num_prompts} prompts")
+    return tokens, temperature
+
+
 def _completion_logits(logits_fn, params, prompts, tokens):
     rows = tokens.shape[0]
     full = jnp.concatenate([jnp.repeat(prompts, rows // prompts.shape[0], axis=0), tokens], axis=1)
@@ -186,21 +213,6 @@ def log_probs(logits_fn: LogitsFn, params: Any, prompts: jax.Array, tokens: jax.
     too (of the padding); the loss ignores them through the mask.
     """
     prompts = check_prompts(prompts)
-    if isinstance(tokens, Rollout):
-        if temperature is not None and check_temperature(temperature) != tokens.temperature:
-            raise ValueError(
-                f"temperature={temperature!r} differs from the rollout's sampling temperature "
-                f"{tokens.temperature!r}; the importance ratios would be wrong. Omit temperature "
-                "to use the rollout's")
-        temperature, tokens = tokens.temperature, tokens.tokens
-    temperature = 1.0 if temperature is None else check_temperature(temperature)
-    tokens = jnp.asarray(tokens)
-    if tokens.ndim != 2 or not jnp.issubdtype(tokens.dtype, jnp.integer):
-        raise ValueError(f"tokens must be an integer array of shape (B, T), got dtype "
-                         f"{tokens.dtype} and shape {tokens.shape}")
-    if tokens.shape[0] % prompts.shape[0]:
-        raise ValueError(f"tokens has {tokens.shape[0]} rows, not a multiple of the "
-                         f"{prompts.shape[0]} prompts")
+    tokens, temperature = rollout_tokens(tokens, temperature, prompts.shape[0])
     logits = _completion_logits(logits_fn, params, prompts, tokens.astype(prompts.dtype))
-    log_p = jax.nn.log_softmax(upcast(logits) / temperature, axis=-1)
-    return jnp.take_along_axis(log_p, tokens[..., None].astype(jnp.int32), axis=-1)[..., 0]
+    return chosen_log_probs(logits, tokens, temperature)

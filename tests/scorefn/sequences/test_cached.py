@@ -57,3 +57,23 @@ def test_errors(transformer):
     with pytest.raises(ValueError, match="eos_id must be None or a token id"):
         sequences.sample_cached(model, params, prompts, jax.random.key(0), max_new_tokens=2,
                                 eos_id=1.5)
+
+
+def test_log_probs_cached_equals_the_teacher_forced_pass(transformer):
+    """Values and gradients: each prompt's positions computed once for its K rows."""
+    model, params, prompts = transformer
+    roll = sequences.sample_cached(model, params, prompts, jax.random.key(3), max_new_tokens=5,
+                                   num_samples=4, temperature=0.7, eos_id=0)
+    rewards = jax.random.normal(jax.random.key(4), (12,))
+    plain = lambda p: sequences.log_probs(sequences.flax_logits_fn(model), p, prompts, roll)  # noqa: E731
+    cached = lambda p: sequences.log_probs_cached(model, p, prompts, roll)  # noqa: E731
+    np.testing.assert_allclose(cached(params), plain(params), atol=1e-5)
+
+    def gradient(log_probs_of):
+        return jax.grad(lambda p: sequences.loss(log_probs_of(p), rewards, roll.mask, group_size=4,
+                                                 advantage="grpo"))(params)
+
+    for a, b in zip(jax.tree.leaves(gradient(cached)), jax.tree.leaves(gradient(plain))):
+        np.testing.assert_allclose(a, b, atol=1e-5 * max(1.0, float(np.abs(b).max())))
+    with pytest.raises(ValueError, match="differs from the rollout's sampling temperature"):
+        sequences.log_probs_cached(model, params, prompts, roll, temperature=1.0)
