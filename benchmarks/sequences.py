@@ -118,6 +118,42 @@ def sampler_throughput(repeats=5):
     return rows
 
 
+def scoring_passes(repeats=10):
+    """The loss gradient through ``log_probs`` (teacher-forced) and ``log_probs_cached`` (each
+    prompt's positions once per group), ms per call, median of ``repeats``."""
+    import jax
+    import jax.numpy as jnp
+
+    from scorefn import sequences
+
+    net = sequences.CausalTransformer(vocab_size=15, max_length=128, num_layers=2, num_heads=4,
+                                      features=128)
+    params = net.init(jax.random.key(0), jnp.zeros((1, 6), jnp.int32))["params"]
+    rows = []
+    for num_prompts, prompt_length, new_tokens, k in ((16, 6, 4, 8), (16, 48, 8, 8), (8, 96, 4, 16)):
+        prompts = jax.random.randint(jax.random.key(1), (num_prompts, prompt_length), 2, 15)
+        roll = sequences.sample_cached(net, params, prompts, jax.random.key(0),
+                                       max_new_tokens=new_tokens, num_samples=k)
+        rewards = jax.random.uniform(jax.random.key(3), (num_prompts * k,))
+        row = {"prompts": num_prompts, "prompt_length": prompt_length, "new_tokens": new_tokens,
+               "k": k}
+        for name, scored in (("teacher_forced_ms", lambda p: sequences.log_probs(
+                sequences.flax_logits_fn(net), p, prompts, roll)),
+                             ("cached_ms", lambda p: sequences.log_probs_cached(net, p, prompts, roll))):
+            step = jax.jit(jax.grad(lambda p, f=scored: sequences.loss(
+                f(p), rewards, roll.mask, group_size=k)))
+            jax.block_until_ready(step(params))
+            times = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                jax.block_until_ready(step(params))
+                times.append(time.perf_counter() - start)
+            row[name] = 1000 * statistics.median(times)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
 def gradient_comparison(seed=0, batches=64):
     """The variants' gradients on the warm-started model: mean over ``batches`` batches, each
     variant's norm and cosine with RLOO's (the unbiased direction)."""
@@ -173,6 +209,7 @@ def main():
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--peer-python", default=os.environ.get("TRL_PYTHON"))
     parser.add_argument("--skip-peer", action="store_true")
+    parser.add_argument("--only", choices=["scoring"], help="run one part alone")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "sequences.json"))
     args = parser.parse_args()
 
@@ -184,7 +221,9 @@ def main():
             "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
                                      capture_output=True, text=True).stdout.strip()}
     print(json.dumps(info), flush=True)
-    results = {"info": info, "samplers": sampler_throughput(),
+    if args.only == "scoring":
+        return scoring_passes() and 0
+    results = {"info": info, "samplers": sampler_throughput(), "scoring": scoring_passes(),
                "gradients": gradient_comparison()}
     results["runs"] = scorefn_runs(args.seeds, args.steps)
     if not args.skip_peer:

@@ -105,9 +105,11 @@ def log_probs_cached(model: Any, params: Any, prompts: jax.Array, tokens: jax.Ar
                      *, temperature: float | None = None) -> jax.Array:
     """``log_probs`` through the attention cache: the same values and gradients for a flax
     model (module docstring), with each prompt's positions computed once for its K rows
-    instead of K times (here the completions are fed one position at a time, each reading
-    the shared prompt's keys and values). Less work than the teacher-forced pass when prompts
-    are long next to completions, or K is large."""
+    instead of K times, and the completions fed one position at a time, each reading the
+    shared prompt's keys and values. Less arithmetic, more sequential steps: on 2 CPU cores
+    (2-layer, 128-feature model, loss gradient) 1.1× the teacher-forced pass's speed at
+    48-token prompts with K = 8 and 1.3× at 96-token prompts with K = 16; no faster at
+    6-token prompts."""
     prompts = check_prompts(prompts)
     tokens, temperature = rollout_tokens(tokens, temperature, prompts.shape[0])
     cache, first = _prefill(model, params, prompts, tokens.shape[0] // prompts.shape[0],
