@@ -24,6 +24,7 @@ The peer's venv: ``pip install torch==2.13.0 && pip install trl transformers dat
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.metadata
 import json
 import os
@@ -118,6 +119,22 @@ def sampler_throughput(repeats=5):
     return rows
 
 
+def _gradient_ms(scoring, params, prompts, roll, rewards, k, repeats):
+    import jax
+
+    from scorefn import sequences
+
+    step = jax.jit(jax.grad(lambda p: sequences.loss(scoring(p, prompts, roll), rewards,
+                                                     roll.mask, group_size=k)))
+    jax.block_until_ready(step(params))
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(step(params))
+        times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times)
+
+
 def scoring_passes(repeats=10):
     """The loss gradient through ``log_probs`` (teacher-forced) and ``log_probs_cached`` (each
     prompt's positions once per group), ms per call, median of ``repeats``."""
@@ -137,18 +154,10 @@ def scoring_passes(repeats=10):
         rewards = jax.random.uniform(jax.random.key(3), (num_prompts * k,))
         row = {"prompts": num_prompts, "prompt_length": prompt_length, "new_tokens": new_tokens,
                "k": k}
-        for name, scored in (("teacher_forced_ms", lambda p: sequences.log_probs(
-                sequences.flax_logits_fn(net), p, prompts, roll)),
-                             ("cached_ms", lambda p: sequences.log_probs_cached(net, p, prompts, roll))):
-            step = jax.jit(jax.grad(lambda p, f=scored: sequences.loss(
-                f(p), rewards, roll.mask, group_size=k)))
-            jax.block_until_ready(step(params))
-            times = []
-            for _ in range(repeats):
-                start = time.perf_counter()
-                jax.block_until_ready(step(params))
-                times.append(time.perf_counter() - start)
-            row[name] = 1000 * statistics.median(times)
+        plain = functools.partial(sequences.log_probs, sequences.flax_logits_fn(net))
+        cached = functools.partial(sequences.log_probs_cached, net)
+        for name, scoring in (("teacher_forced_ms", plain), ("cached_ms", cached)):
+            row[name] = _gradient_ms(scoring, params, prompts, roll, rewards, k, repeats)
         rows.append(row)
         print(json.dumps(row), flush=True)
     return rows
