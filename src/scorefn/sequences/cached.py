@@ -107,9 +107,10 @@ def log_probs_cached(model: Any, params: Any, prompts: jax.Array, tokens: jax.Ar
     model (module docstring), with each prompt's positions computed once for its K rows
     instead of K times, and the completions fed one position at a time, each reading the
     shared prompt's keys and values. Less arithmetic, more sequential steps: on 2 CPU cores
-    (2-layer, 128-feature model, loss gradient) 1.1× the teacher-forced pass's speed at
-    48-token prompts with K = 8 and 1.3× at 96-token prompts with K = 16; no faster at
-    6-token prompts."""
+    (2-layer, 128-feature model, loss gradient; benchmarks/sequences.py --only scoring)
+    1.4× the teacher-forced pass's speed at 96-token prompts with K = 16 and 4 new tokens,
+    but 0.8× at 48-token prompts with K = 8 and 8 new tokens, and even at 6-token prompts.
+    Worth it for long shared prompts, many samples per prompt and short completions."""
     prompts = check_prompts(prompts)
     tokens, temperature = rollout_tokens(tokens, temperature, prompts.shape[0])
     cache, first = _prefill(model, params, prompts, tokens.shape[0] // prompts.shape[0],
