@@ -203,13 +203,19 @@ def finite_guard(
     if ok is None:
         ok = jnp.all(jnp.stack([jnp.all(jnp.isfinite(a)) for a in arrays_now]))
 
-    def error_branch(_):
-        arrays = build()
-        return jax.pure_callback(
-            on_host, jax.ShapeDtypeStruct((), dtype), *arrays, vmap_method="sequential"
-        )
+    def on_host_batched(host_ok, *host_arrays):
+        # Under jax.vmap the cond becomes a select that runs the error branch for the whole
+        # batch: one call with every element, whose failing elements (``ok`` false) are
+        # read one by one. ``ok`` has shape () unmapped, so its shape is the mapped axes.
+        for index in np.argwhere(~np.asarray(host_ok, bool)):
+            on_host(*(array[tuple(index)] for array in host_arrays))
+        return np.zeros(np.shape(host_ok), dtype)
 
-    return jax.lax.cond(ok, lambda _: jnp.zeros((), dtype), error_branch, None)
+    def error_branch(ok):
+        return jax.pure_callback(on_host_batched, jax.ShapeDtypeStruct((), dtype), ok, *build(),
+                                 vmap_method="broadcast_all")
+
+    return jax.lax.cond(ok, lambda _: jnp.zeros((), dtype), error_branch, ok)
 
 
 def argument_checks(d: Any, name: str = "dist_fn(params)") -> tuple[Any, list]:

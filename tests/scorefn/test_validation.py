@@ -269,3 +269,25 @@ def test_invalid_distribution_arguments_are_errors_under_jit(case):
             jax.block_until_ready(step(params))
     with pytest.raises(ValueError):
         scorefn.grad(lambda x: jnp.sum(x**2), dist_fn, params, jax.random.key(0), 16)
+
+
+def test_the_runtime_check_under_vmap_reads_the_batch_once_and_names_the_bad_element():
+    """Under jax.vmap the check's cond is a select that always runs its host branch: it must
+    run once for the whole batch (not once per element) and judge only failing elements."""
+    calls = []
+
+    def message(values):
+        calls.append(values.shape)
+        return None if np.all(np.isfinite(values)) else f"bad values {values.tolist()}"
+
+    def checked(x):
+        return x + scorefn.validation.finite_guard((x, message))
+
+    run = jax.jit(jax.vmap(jax.vmap(checked)))
+    x = jnp.arange(24.0).reshape(4, 3, 2)
+    np.testing.assert_array_equal(run(x), x)
+    assert calls == []  # every element finite: no message is even computed
+    with pytest.raises(ValueError, match=r"bad values \[4.0, nan\]"):
+        with scorefn.validation.runtime_errors():
+            jax.block_until_ready(run(x.at[0, 2, 1].set(jnp.nan)))
+    assert calls == [(2,)]  # the one failing element, read alone
