@@ -157,8 +157,8 @@ class TabularPolicy:
                 x, tables["rewards"][rows_prompt, index], tables["mask"][index],
                 group_size=group_size, **extra, **options))(tables["logp"][rows_prompt, index])
 
-        # Inputs are finite by construction; without the run-time guard, whose host callback
-        # would run once per batch under vmap.
+        # Inputs are finite by construction: no run-time guard (under vmap it would copy every
+        # batch's arrays to the host once).
         with runtime_checks(False):
             coef = jax.jit(jax.vmap(coefficients))(jnp.asarray(batches))
         coef = np.asarray(coef, np.float64)

@@ -12,7 +12,7 @@ import pytest
 import sequence_oracle as so
 from closed_forms import z_scores
 
-from scorefn import sequences, validation
+from scorefn import sequences
 
 Z_MAX = 4.5  # per coordinate, ~100 coordinates: a false alarm has probability ~7e-4 per test
 TWIN = 1.10  # the planted bias: a 10% error in scale, as a wrong normaliser would make
@@ -79,11 +79,8 @@ def gradient_drawer(world, options: dict):
 
         return -jax.grad(objective)(world.params).reshape(-1)
 
-    # Traced without the run-time finiteness guard: under vmap its lax.cond becomes a select
-    # that calls back to the host for every batch (test_losses.py checks the guard itself).
-    with validation.runtime_checks(False):
-        run = jax.jit(lambda key: jax.vmap(one)(jax.random.split(key, CHUNK))).lower(
-            jax.random.key(0)).compile()
+    run = jax.jit(lambda key: jax.vmap(one)(jax.random.split(key, CHUNK))).lower(
+        jax.random.key(0)).compile()
     return lambda key: np.asarray(run(key), np.float64)
 
 
