@@ -59,6 +59,7 @@ def test_errors(transformer):
                                 eos_id=1.5)
 
 
+@pytest.mark.slow  # two scanned programs and their gradients to compile
 def test_log_probs_cached_equals_the_teacher_forced_pass(transformer):
     """Values and gradients: each prompt's positions computed once for its K rows."""
     model, params, prompts = transformer

@@ -69,6 +69,7 @@ def test_program_gradient_is_unbiased_for_the_enumerated_elbo(digits, estimator,
     assert detects_bias(estimates + planted, truth)
 
 
+@pytest.mark.slow  # a long end-to-end run
 def test_fit_learns_and_reports(digits, tmp_path):
     result = dv.fit(SMALL, digits, jax.random.key(0), estimator="disarm", steps=150,
                     batch_size=50, learning_rate=1e-2, steps_per_call=50, variance_samples=8,
@@ -84,6 +85,7 @@ def test_fit_learns_and_reports(digits, tmp_path):
     assert (tmp_path / "elbo.png").stat().st_size > 10_000
 
 
+@pytest.mark.slow  # a long end-to-end run
 def test_resume_equals_uninterrupted_and_refuses_other_settings(digits, tmp_path, monkeypatch):
     options = dict(estimator="score", steps=60, batch_size=20, steps_per_call=20,
                    variance_samples=4, evaluation_samples=5)
@@ -127,6 +129,7 @@ def test_argument_errors(digits):
         dv.DiscreteVAE(latents=0)
 
 
+@pytest.mark.slow  # a long end-to-end run
 def test_cli_fit_discrete_vae_json(tmp_path, capsys, cli_error):
     plot = str(tmp_path / "curve.png")
     code = main(["fit", "--model", "discrete-vae-digits", "--estimator", "arm", "--steps", "40",
