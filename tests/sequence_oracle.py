@@ -196,3 +196,42 @@ def state_kl_gradient(world: World) -> np.ndarray:
         return jnp.sum(reach * kl) / len(PROMPTS)
 
     return np.asarray(jax.grad(weighted_kl)(world.params), float).reshape(-1)
+
+
+def _completion_index(world):
+    tokens, _ = world.policy.completions()
+    codes = tokens @ (3 ** np.arange(tokens.shape[1]))
+    lookup = np.full(3 ** tokens.shape[1], -1)
+    lookup[codes] = np.arange(len(tokens))
+    return jnp.asarray(lookup), jnp.asarray(3 ** np.arange(tokens.shape[1]))
+
+
+def gradient_drawer(world: World, options: dict, chunk: int):
+    """A compiled function of a key: −∇θ L of ``chunk`` independent batches through the real
+    pipeline, sample → log_probs → loss → jax.grad (B = 4: 2 prompts × 2 samples), [chunk, D].
+    ``options`` go to ``sequences.loss``; ``off_policy=True`` samples from ``world.behaviour``."""
+    options = dict(options)
+    off_policy = options.pop("off_policy", False)
+    policy, prompts = world.policy, jnp.asarray(PROMPTS)
+    lookup, powers = _completion_index(world)
+    rewards_table = jnp.asarray(world.rewards, jnp.float32)
+    sampler = world.behaviour if off_policy else world.params
+    with_ref = options.get("kl_coef", 0.0) > 0
+
+    def one(key):
+        roll = sequences.sample(policy.logits_fn, sampler, prompts, key, max_new_tokens=3,
+                                num_samples=K, eos_id=0)
+        index = lookup[roll.tokens @ powers]
+        rewards = rewards_table[jnp.repeat(jnp.arange(2), K), index]
+        ref = sequences.log_probs(policy.logits_fn, world.ref, prompts, roll) if with_ref else None
+
+        def objective(params):
+            logp = sequences.log_probs(policy.logits_fn, params, prompts, roll)
+            return sequences.loss(logp, rewards, roll.mask, group_size=K, ref_logp=ref,
+                                  behaviour_logp=roll.logp if off_policy else None, **options)
+
+        return -jax.grad(objective)(world.params).reshape(-1)
+
+    run = jax.jit(lambda key: jax.vmap(one)(jax.random.split(key, chunk))).lower(
+        jax.random.key(0)).compile()
+    return lambda key: np.asarray(run(key), np.float64)

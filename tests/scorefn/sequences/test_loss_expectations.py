@@ -46,44 +46,6 @@ def _label(options):
     return ",".join(f"{k}={v}" for k, v in options.items()) or "default"
 
 
-def _completion_index(world):
-    tokens, _ = world.policy.completions()
-    codes = tokens @ (3 ** np.arange(tokens.shape[1]))
-    lookup = np.full(3 ** tokens.shape[1], -1)
-    lookup[codes] = np.arange(len(tokens))
-    return jnp.asarray(lookup), jnp.asarray(3 ** np.arange(tokens.shape[1]))
-
-
-def gradient_drawer(world, options: dict):
-    """A compiled function of a key: −∇θ L of CHUNK independent batches (B = 4: 2 prompts × 2
-    samples each), [CHUNK, D]."""
-    options = dict(options)
-    off_policy = options.pop("off_policy", False)
-    policy, prompts = world.policy, jnp.asarray(so.PROMPTS)
-    lookup, powers = _completion_index(world)
-    rewards_table = jnp.asarray(world.rewards, jnp.float32)
-    sampler = world.behaviour if off_policy else world.params
-    with_ref = options.get("kl_coef", 0.0) > 0
-
-    def one(key):
-        roll = sequences.sample(policy.logits_fn, sampler, prompts, key, max_new_tokens=3,
-                                num_samples=so.K, eos_id=0)
-        index = lookup[roll.tokens @ powers]
-        rewards = rewards_table[jnp.repeat(jnp.arange(2), so.K), index]
-        ref = sequences.log_probs(policy.logits_fn, world.ref, prompts, roll) if with_ref else None
-
-        def objective(params):
-            logp = sequences.log_probs(policy.logits_fn, params, prompts, roll)
-            return sequences.loss(logp, rewards, roll.mask, group_size=so.K, ref_logp=ref,
-                                  behaviour_logp=roll.logp if off_policy else None, **options)
-
-        return -jax.grad(objective)(world.params).reshape(-1)
-
-    run = jax.jit(lambda key: jax.vmap(one)(jax.random.split(key, CHUNK))).lower(
-        jax.random.key(0)).compile()
-    return lambda key: np.asarray(run(key), np.float64)
-
-
 def projection_z(draws: np.ndarray, truth: np.ndarray) -> float:
     """z of the mean along the truth's direction: sensitive to an error in scale."""
     unit = truth / np.linalg.norm(truth)
@@ -94,7 +56,7 @@ def projection_z(draws: np.ndarray, truth: np.ndarray) -> float:
 def sized_draws(world, options: dict, truth: np.ndarray, seed: int) -> np.ndarray:
     """Enough batches that the twin's 10% error sits 9 standard errors from the truth,
     sized from a pilot chunk's own spread."""
-    draw = gradient_drawer(world, options)
+    draw = so.gradient_drawer(world, options, CHUNK)
     keys = iter(jax.random.split(jax.random.key(seed), MAX_BATCHES // CHUNK))
     pilot = draw(next(keys))
     spread = (pilot @ (truth / np.linalg.norm(truth))).std(ddof=1)
