@@ -23,7 +23,8 @@ from scorefn.programs.diagnostics import (
     site_variances,
 )
 from scorefn.programs.learned_control_variates import Relax, rebar, relax
-from scorefn.programs.surrogate import ESTIMATORS, SiteEstimator, grad, magic_box, plan, surrogate
+from scorefn.programs.plan import ESTIMATORS, SiteEstimator, plan
+from scorefn.programs.surrogate import grad, magic_box, surrogate
 
 __all__ = [
     "ESTIMATORS",

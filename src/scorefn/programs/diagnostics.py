@@ -22,7 +22,8 @@ from jax.flatten_util import ravel_pytree
 
 from scorefn import validation as v
 from scorefn.diagnostics import ComparisonTable, repeated_estimates, summarize, timed
-from scorefn.programs.surrogate import ESTIMATORS, Choice, choose
+from scorefn.programs.plan import ESTIMATORS
+from scorefn.programs.surrogate import Choice, choose
 
 _OPTIONS = ("num_particles", "estimators", "baselines", "credit_assignment", "max_enumeration",
             "runtime_checks", "temperature", "sum_and_sample_size", "relax_params",

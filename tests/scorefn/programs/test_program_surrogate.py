@@ -22,7 +22,8 @@ from program_cases import (
 )
 
 import scorefn
-from scorefn.programs.surrogate import plan, surrogate_parts
+from scorefn.programs.plan import plan
+from scorefn.programs.surrogate import surrogate_parts
 
 TRUE = jax.grad(three_site_objective)(THREE_SITE_PARAMS)
 

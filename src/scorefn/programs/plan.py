@@ -1,0 +1,359 @@
+"""Planning a stochastic program's gradient: the per-site estimators of the registry, the
+checks of every option against the traced sites, and the ``Plan`` the surrogate runs.
+
+``plan`` traces the program once, gives each latent site its estimator (``SiteEstimator``,
+checked against the site's distribution), works out which terms each score site reaches
+(credit assignment, plate by plate) and the enumeration grid, and returns a frozen ``Plan``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+
+from scorefn import validation as v
+from scorefn.baselines import Baseline, as_baseline, leave_one_out
+from scorefn.programs.tracing import (
+    Plate,
+    SiteInfo,
+    analyse,
+    enumeration_grid,
+    inspect_sites,
+    support_moving_params,
+)
+
+MAX_ENUMERATION = 4096
+
+
+@dataclasses.dataclass(frozen=True)
+class SiteEstimator:
+    """A per-site gradient estimator of the program registry.
+
+    ``role`` says how the site enters the surrogate: ``"score"`` (its log-probability in the
+    magic boxes of the terms downstream, its value detached), ``"pathwise"`` (its
+    reparameterised value carries the gradient) or ``"enumerate"`` (its finite support summed
+    exactly, weighted by the probabilities).
+    """
+
+    name: str
+    role: str
+    unbiased: bool
+    formula: str
+
+    def check(self, site: SiteInfo) -> None:
+        if self.role == "pathwise" and not site.has_rsample:
+            raise ValueError(
+                f"site {site.name!r}: estimator 'pathwise' needs a reparameterised sampler, but "
+                f"its distribution {site.distribution} has none (has_rsample=False; discrete "
+                "distributions never do). Use 'score' or, for a finite support, 'enumerate'"
+            )
+        if self.role == "measure_valued" and not site.measure_valued:
+            raise ValueError(
+                f"site {site.name!r}: estimator 'measure_valued' has weak-derivative "
+                f"decompositions for Normal, Poisson and Bernoulli (also inside to_event and "
+                f"plates); {site.distribution} has none. Use 'score' or 'pathwise'"
+            )
+        if self.role == "antithetic" and site.family not in ("BernoulliLogits", "BernoulliProbs"):
+            raise ValueError(
+                f"site {site.name!r}: estimator {self.name!r} is for Bernoulli sites (batched, "
+                f"to_event or in plates); {site.distribution} is not one. Use 'score' (with "
+                "'rloo', the leave-one-out baseline) or 'enumerate'"
+            )
+        if self.role == "control_variate" and site.family not in ("BernoulliLogits",
+                                                                    "BernoulliProbs"):
+            raise ValueError(
+                f"site {site.name!r}: in a program {self.name!r} is for Bernoulli sites "
+                f"(batched, to_event or in plates); {site.distribution} is not one: a program "
+                "reads a Categorical value as an index, where a relaxed (one-hot) value cannot "
+                "go. For one Categorical distribution, scorefn.grad(..., "
+                f"estimator={self.name!r}) and scorefn.discrete.{self.name}()"
+            )
+        if self.role == "relaxed" and site.family not in ("BernoulliLogits", "BernoulliProbs"):
+            raise ValueError(
+                f"site {site.name!r}: in a program the {self.name!r} relaxation is for Bernoulli "
+                f"sites (a relaxed Categorical would change the value's shape to one-hot; use "
+                f"scorefn.grad for that); {site.distribution} is not one"
+            )
+        if self.name == "sum_and_sample" and (
+                site.family not in ("CategoricalLogits", "CategoricalProbs") or site.shape != ()):
+            raise ValueError(
+                f"site {site.name!r}: in a program 'sum_and_sample' is for one Categorical value "
+                f"(shape (), outside plates); {site.distribution} with shape {site.shape} is not "
+                "one. Use 'enumerate' or 'rloo'")
+        if self.role == "enumerate" and site.support_values is None:
+            raise ValueError(
+                f"site {site.name!r}: estimator 'enumerate' needs a finite support known when "
+                f"tracing (Bernoulli, Categorical, integer intervals with fixed bounds); "
+                f"{site.distribution} has none. Use 'score'"
+            )
+
+
+ESTIMATORS: dict[str, SiteEstimator] = {
+    e.name: e
+    for e in (
+        SiteEstimator("score", "score", True,
+                      "(L_s - b_s) ∇θ log p_θ(x_s), L_s the terms downstream of s"),
+        SiteEstimator("pathwise", "pathwise", True, "∇θ Σ_t c_t(T(ε, θ)), x_s = T(ε, θ)"),
+        SiteEstimator("enumerate", "enumerate", True,
+                      "∇θ Σ_v p_θ(x_s = v) E[Σ_t c_t | x_s = v], summed exactly"),
+        SiteEstimator("sum_and_sample", "enumerate", True,
+                      "∇θ [Σ_{c∈C} p_θ(c) L(c) + (1 - p_θ(C)) □(log q_θ(x)) L(x)], C the k - 1 "
+                      "most probable classes, x ~ q = p(· | x ∉ C) (Liu et al. 2019)"),
+        SiteEstimator("measure_valued", "measure_valued", True,
+                      "Σ_ij c_ij (L_s(x with x_j ~ p⁺_ij) - L_s(x with x_j ~ p⁻_ij)) ∇θ φ_i,j "
+                      "(first order only)"),
+        SiteEstimator("rloo", "score", True, "'score' with the leave-one-out baseline over the "
+                      "K particles (Kool et al. 2019)"),
+        SiteEstimator("arm", "antithetic", True,
+                      "(L_s(b⁽¹⁾) - L_s(b⁽²⁾)) (u - ½) ∇θ φ (Yin & Zhou 2019; first order only)"),
+        SiteEstimator("disarm", "antithetic", True,
+                      "½ (L_s(b) - L_s(b̃)) (-1)^b̃ 1[b ≠ b̃] σ(|φ|) ∇θ φ (Dong et al. 2020; first "
+                      "order only)"),
+        SiteEstimator("rebar", "control_variate", True,
+                      "(L_s(b) - η c(z̃)) ∇θ log p(b) + η ∇θ c(z) - η ∇θ c(z̃), c(z) = L_s(σ(z/τ)), "
+                      "z logistic-perturbed logits, z̃ ~ z | b, η = 1 (Tucker et al. 2017; first "
+                      "order only)"),
+        SiteEstimator("relax", "control_variate", True,
+                      "'rebar' with a flax network in the control variate, c(z) = η L_s(σ(z/τ)) "
+                      "+ r_ψ(σ(z/τ)), ψ from relax_params/relax_networks (Grathwohl et al. 2018; "
+                      "first order only)"),
+        SiteEstimator("gumbel_softmax", "relaxed", False,
+                      "∇θ of the terms at x = σ((φ + logistic noise)/τ); biased"),
+        SiteEstimator("straight_through", "relaxed", False,
+                      "hard b forward, the relaxed sample's gradient; biased"),
+    )
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """Everything static about one program: estimators, baselines, credit assignment."""
+
+    sites: dict[str, SiteInfo]
+    estimators: dict[str, str]  # latent site -> estimator name, in sorted site order
+    baselines: dict[str, Baseline | None]  # score site -> its baseline
+    # score sites upstream of each term and latent site, sorted: the order of a sum is part of
+    # the compiled program, and a set's order would change with PYTHONHASHSEED
+    upstream: dict[str, tuple[str, ...]]
+    downstream_terms: dict[str, tuple[str, ...]]  # latent site -> the terms it reaches
+    enumerated_descendants: dict[str, tuple[str, ...]]  # latent site -> enumerated sites below
+    plates: tuple[Plate, ...]
+    grid: dict[str, np.ndarray]  # enumerated site -> its values, one branch axis each
+    credit_assignment: bool
+    runtime_checks: bool
+    temperature: float
+    sum_and_sample_size: int = 2
+
+    @property
+    def roles(self) -> dict[str, str]:
+        return {n: ESTIMATORS[e].role for n, e in self.estimators.items()}
+
+    def _with_role(self, role: str) -> tuple[str, ...]:
+        return tuple(n for n, e in self.estimators.items() if ESTIMATORS[e].role == role)
+
+    @property
+    def term_names(self) -> tuple[str, ...]:
+        return tuple(sorted(n for n, s in self.sites.items() if s.is_term))
+
+    @property
+    def score_names(self) -> tuple[str, ...]:
+        return self._with_role("score")
+
+    @property
+    def enumerate_names(self) -> tuple[str, ...]:
+        return self._with_role("enumerate")
+
+    @property
+    def measure_valued_names(self) -> tuple[str, ...]:
+        return self._with_role("measure_valued")
+
+    @property
+    def antithetic_names(self) -> tuple[str, ...]:
+        return self._with_role("antithetic")
+
+    @property
+    def control_variate_names(self) -> tuple[str, ...]:
+        return self._with_role("control_variate")
+
+
+def _closure(parents: dict[str, frozenset[str]]) -> dict[str, frozenset[str]]:
+    ancestors: dict[str, frozenset[str]] = {}
+
+    def visit(s, path=()):
+        if s not in ancestors:
+            found = set()
+            for p in parents[s]:
+                if p in path:
+                    continue
+                found |= {p} | visit(p, path + (s,))
+            ancestors[s] = frozenset(found)
+        return ancestors[s]
+
+    for s in parents:
+        visit(s)
+    return ancestors
+
+
+def plan(
+    program: Callable,
+    params: Any,
+    args: tuple,
+    *,
+    num_particles: int,
+    estimators: Mapping[str, str] | None = None,
+    baselines: Mapping[str, Any] | None = None,
+    credit_assignment: bool = True,
+    validate: bool = True,
+    max_enumeration: int = MAX_ENUMERATION,
+    runtime_checks: bool = True,
+    temperature: float = 0.5,
+    sum_and_sample_size: int = 2,
+) -> Plan:
+    """Trace the program abstractly and decide how each site is estimated (checks included)."""
+    name = getattr(program, "__name__", repr(program))
+    if not callable(program):
+        raise TypeError(f"program must be a function program(params, *args); got {type(program).__name__}")
+    sites = inspect_sites(program, params, args)
+    terms = tuple(sorted(n for n, s in sites.items() if s.is_term))
+    latents = sorted(n for n, s in sites.items() if not s.is_term)
+    if not terms:
+        raise ValueError(
+            f"the program {name!r} has no term: J(θ) = E[Σ terms] would be a constant. Add the "
+            "objective with numpyro.factor(name, value) (or an observed numpyro.sample site)"
+        )
+    estimators = dict(estimators or {})
+    for n, e in estimators.items():
+        if n not in sites:
+            raise ValueError(f"estimators names the site {n!r}, which the program does not have; "
+                             f"its latent sites are {latents}")
+        if sites[n].is_term:
+            raise ValueError(f"estimators names {n!r}, an observed site or factor (a term); "
+                             f"only latent sites get estimators: {latents}")
+        if e not in ESTIMATORS:
+            raise ValueError(f"site {n!r}: unknown estimator {e!r}; the known ones are "
+                             f"{sorted(ESTIMATORS)}")
+    if not (isinstance(temperature, int | float) and temperature > 0):
+        raise ValueError(f"temperature must be a positive number, got {temperature!r}")
+    structure = analyse(program, params, args, sites)
+    chosen = {}
+    for n in latents:
+        if n in estimators:
+            chosen[n] = estimators[n]
+        elif sites[n].has_rsample and structure.differentiable[n]:
+            chosen[n] = "pathwise"
+        else:
+            chosen[n] = "score"
+        ESTIMATORS[chosen[n]].check(sites[n])
+    roles = {n: ESTIMATORS[e].role for n, e in chosen.items()}
+    score_names = tuple(n for n in latents if roles[n] == "score")
+    enumerate_names = tuple(n for n in latents if roles[n] == "enumerate")
+
+    baselines = dict(baselines or {})
+    chosen_baselines: dict[str, Baseline | None] = {}
+    for n in baselines:
+        if n not in sites or sites[n].is_term:
+            raise ValueError(f"baselines names {n!r}, which is not a latent site of the program "
+                             f"(latent sites: {latents})")
+        if roles[n] != "score":
+            raise ValueError(f"baselines names site {n!r}, whose estimator is {chosen[n]!r}: "
+                             "baselines apply to score-function sites only")
+    for n in score_names:
+        if chosen[n] == "rloo":
+            if n in baselines:
+                raise ValueError(f"site {n!r}: estimator 'rloo' is 'score' with the leave-one-out "
+                                 "baseline; give it no baseline (or use 'score' with yours)")
+            baselines[n] = leave_one_out()
+        b = as_baseline(baselines[n]) if n in baselines else (
+            leave_one_out() if num_particles >= 2 else None)
+        if b is not None and b.per_coordinate:
+            raise ValueError(f"site {n!r}: the {b.name} baseline is per parameter coordinate; a "
+                             "program's surrogate takes baselines per site element (constant, "
+                             "ema state, leave_one_out, batch_mean)")
+        if b is not None and b.name in ("leave_one_out", "batch_mean") and num_particles < 2:
+            raise ValueError(f"site {n!r}: the {b.name} baseline needs num_particles >= 2, got "
+                             f"{num_particles}")
+        chosen_baselines[n] = b
+
+    if validate:
+        leaves = v.leaf_names(params)
+        unused = [leaf for leaf, used in zip(leaves, structure.params_used) if not used]
+        if unused:
+            raise ValueError(
+                f"{', '.join(unused)} does not affect any sample site or term of the program "
+                f"{name!r}: its gradient would be silently zero. Remove it from params, or check "
+                "that the program uses it"
+            )
+        if score_names:
+            moving = support_moving_params(program, params, args, sites, list(score_names))
+            for n, indices in moving.items():
+                if indices:
+                    raise ValueError(
+                        f"site {n!r}: the support of its distribution ({sites[n].distribution}) "
+                        f"depends on {', '.join(leaves[i] for i in indices)}, so the "
+                        "score-function estimator would be biased (differentiating under the "
+                        "integral ignores the moving boundary). Use 'pathwise' (reparameterise, "
+                        "e.g. x = θ·u with u ~ Uniform(0, 1))"
+                    )
+
+    ancestors = _closure(structure.parents)
+    for s in latents:
+        if roles[s] != "control_variate":
+            continue
+        for d in latents:
+            if s in ancestors[d] and chosen[d] not in ("pathwise", "enumerate"):
+                raise ValueError(
+                    f"site {s!r}: estimator {chosen[s]!r} differentiates the terms below s through a "
+                    f"relaxed value of s, so every latent site below it must be 'pathwise' or "
+                    f"'enumerate' (a sampled discrete value has no derivative); site {d!r} is "
+                    f"{chosen[d]!r}")
+    score_set = set(score_names)
+    upstream, reaches = {}, {}
+    for t in terms:
+        reads = set(structure.term_reads[t])
+        for s in list(reads):
+            reads |= ancestors[s]
+        reaches[t] = reads if credit_assignment else set(latents)
+        upstream[t] = tuple(sorted(reads & score_set if credit_assignment else score_set))
+    for s in latents:
+        upstream[s] = tuple(sorted(ancestors[s] & score_set))
+
+    order: dict[str, Plate] = {}
+    for s in sites.values():
+        for p in s.plates:
+            order.setdefault(p.name, p)
+    summed_and_sampled = [n for n in enumerate_names if chosen[n] == "sum_and_sample"]
+    for n in summed_and_sampled:
+        classes = len(sites[n].support_values)
+        if (isinstance(sum_and_sample_size, bool) or not isinstance(sum_and_sample_size, int)
+                or not 2 <= sum_and_sample_size <= classes):
+            raise ValueError(f"site {n!r}: sum_and_sample_size must be an int in [2, {classes}] "
+                             f"(k - 1 classes summed, one sampled); got {sum_and_sample_size!r}")
+    grid = enumeration_grid(sites, [n for n in enumerate_names if n not in summed_and_sampled],
+                            max_enumeration) if enumerate_names else {}
+    # A sum-and-sample site's branches are indices: the values depend on θ and the particle.
+    grid.update({n: np.arange(sum_and_sample_size, dtype=np.int32) for n in summed_and_sampled})
+    grid = {n: grid[n] for n in enumerate_names}  # one branch axis each, in site order
+    return Plan(
+        sites=sites,
+        estimators=chosen,
+        baselines=chosen_baselines,
+        upstream=upstream,
+        downstream_terms={s: tuple(t for t in terms if s in reaches[t]) for s in latents},
+        enumerated_descendants={s: tuple(e for e in enumerate_names if s in ancestors[e])
+                                for s in latents},
+        plates=tuple(order.values()),
+        grid=grid,
+        credit_assignment=credit_assignment,
+        runtime_checks=bool(runtime_checks),
+        temperature=float(temperature),
+        sum_and_sample_size=int(sum_and_sample_size),
+    )
+
+
+def checks_for(p: Plan):
+    """The plan's run-time checks, unless the caller traces with them off
+    (``validation.runtime_checks(False)``: a training loop's cached step)."""
+    return v.runtime_checks(p.runtime_checks and v.runtime_checks_enabled())
