@@ -192,7 +192,7 @@ def gradient_comparison(seed=0, batches=64):
         out = {}
         for name, (advantage, aggregation) in variants.items():
             g = jax.grad(lambda p, a=advantage, agg=aggregation: sequences.loss(
-                sequences.log_probs(addition.flax_apply, p, prompts[rows], roll), r, roll.mask,
+                sequences.log_probs(addition.logits_fn, p, prompts[rows], roll), r, roll.mask,
                 group_size=8, advantage=a, aggregation=agg))(params)
             out[name] = -ravel_pytree(g)[0]
         return out

@@ -16,6 +16,7 @@ step on ``sequences.loss``. Needs flax (``pip install 'scorefn[vi]'``).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from collections.abc import Callable
 from typing import Any
@@ -25,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from scorefn.sequences.cached import sample_cached
+from scorefn.sequences.cached import flax_logits_fn, sample_cached
 from scorefn.sequences.losses import loss_and_metrics
 from scorefn.sequences.sampling import log_probs
 from scorefn.sequences.transformer import CausalTransformer
@@ -93,6 +94,9 @@ def model() -> CausalTransformer:
                              features=128)
 
 
+logits_fn = flax_logits_fn(model())  # the teacher-forced model, one function object
+
+
 def warm_start(config: Config, key: jax.Array, train_pairs: np.ndarray) -> Any:
     """Parameters after ``config.warmup_steps`` supervised steps on whole answers + EOS."""
     net = model()
@@ -113,7 +117,7 @@ def warm_start(config: Config, key: jax.Array, train_pairs: np.ndarray) -> Any:
         weight = positions <= lengths[rows, None]
 
         def nll(params):
-            logp = log_probs(flax_apply, params, prompts[rows], target)
+            logp = log_probs(logits_fn, params, prompts[rows], target)
             return -jnp.sum(logp * weight) / jnp.sum(weight)
 
         value, grads = jax.value_and_grad(nll)(params)
@@ -125,10 +129,6 @@ def warm_start(config: Config, key: jax.Array, train_pairs: np.ndarray) -> Any:
     return params
 
 
-def flax_apply(params: Any, tokens: jax.Array) -> jax.Array:
-    return model().apply({"params": params}, tokens)
-
-
 def greedy_reward(params: Any, pairs: np.ndarray) -> float:
     """Mean reward of greedy decoding (the argmax token each step) on ``pairs``."""
     # A temperature of 1e-6 puts all the mass on the largest logit: greedy decoding.
@@ -136,6 +136,35 @@ def greedy_reward(params: Any, pairs: np.ndarray) -> float:
                          max_new_tokens=ANSWER_LENGTH + 1, temperature=1e-6, eos_id=EOS)
     answers, lengths = answers_of(pairs)
     return float(jnp.mean(reward(roll.tokens, jnp.asarray(answers), jnp.asarray(lengths))))
+
+
+def rl_optimiser(config: Config) -> optax.GradientTransformation:
+    """Adam with the gradient clipped at global norm 1, the HF Trainer's default."""
+    return optax.chain(optax.clip_by_global_norm(1.0), optax.adam(config.lr))
+
+
+@functools.partial(jax.jit, static_argnames="config")
+def rl_step(params: Any, state: Any, key: jax.Array, prompts: jax.Array, answers: jax.Array,
+            lengths: jax.Array, config: Config) -> tuple[Any, Any, dict]:
+    """One policy-gradient step: P prompts drawn from ``prompts``, K completions each
+    (``sample_cached``), their rewards, ``loss`` and an optimiser step. One compiled program
+    per ``config``."""
+    k = config.num_samples
+    pick, draw = jax.random.split(key)
+    rows = jax.random.choice(pick, prompts.shape[0], (config.prompts_per_step,), replace=False)
+    roll = sample_cached(model(), params, prompts[rows], draw, max_new_tokens=config.max_new_tokens,
+                         num_samples=k, temperature=config.temperature, eos_id=EOS)
+    r = reward(roll.tokens, jnp.repeat(answers[rows], k, axis=0), jnp.repeat(lengths[rows], k))
+
+    def objective(params):
+        logp = log_probs(logits_fn, params, prompts[rows], roll)
+        return loss_and_metrics(logp, r, roll.mask, group_size=k, advantage=config.advantage,
+                                aggregation=config.aggregation)
+
+    (_, metrics), grads = jax.value_and_grad(objective, has_aux=True)(params)
+    updates, state = rl_optimiser(config).update(grads, state, params)
+    metrics["tokens"] = jnp.sum(roll.mask)
+    return optax.apply_updates(params, updates), state, metrics
 
 
 def train(config: Config = Config(), seed: int = 0, *, params: Any = None,
@@ -154,38 +183,18 @@ def train(config: Config = Config(), seed: int = 0, *, params: Any = None,
     wall_warm_start = time.perf_counter() - start
     greedy_first = greedy_reward(params, eval_pairs)
 
-    net = model()
-    optimiser = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(config.lr))
     prompts = jnp.asarray(prompts_of(train_pairs))
     answers, lengths = (jnp.asarray(a) for a in answers_of(train_pairs))
-    k = config.num_samples
-
-    @jax.jit
-    def rl_step(params, state, key):
-        pick, draw = jax.random.split(key)
-        rows = jax.random.choice(pick, len(train_pairs), (config.prompts_per_step,), replace=False)
-        roll = sample_cached(net, params, prompts[rows], draw, max_new_tokens=config.max_new_tokens,
-                             num_samples=k, temperature=config.temperature, eos_id=EOS)
-        r = reward(roll.tokens, jnp.repeat(answers[rows], k, axis=0), jnp.repeat(lengths[rows], k))
-
-        def objective(params):
-            logp = log_probs(flax_apply, params, prompts[rows], roll)
-            return loss_and_metrics(logp, r, roll.mask, group_size=k, advantage=config.advantage,
-                                    aggregation=config.aggregation)
-
-        (_, metrics), grads = jax.value_and_grad(objective, has_aux=True)(params)
-        updates, state = optimiser.update(grads, state, params)
-        metrics["tokens"] = jnp.sum(roll.mask)
-        return optax.apply_updates(params, updates), state, metrics
-
-    state = optimiser.init(params)
-    history = []
+    state = rl_optimiser(config).init(params)
+    metrics = []
     start = time.perf_counter()
     for step, step_key in enumerate(jax.random.split(key, config.steps)):
-        params, state, metrics = rl_step(params, state, step_key)
-        history.append({name: float(value) for name, value in metrics.items()})
+        params, state, step_metrics = rl_step(params, state, step_key, prompts, answers, lengths,
+                                              config)
+        metrics.append(step_metrics)  # left on the device: no wait for the step here
         if on_step is not None:
-            on_step(step, history[-1])
+            on_step(step, {name: float(value) for name, value in step_metrics.items()})
+    history = [{name: float(value) for name, value in m.items()} for m in jax.device_get(metrics)]
     wall_rl = time.perf_counter() - start
     return {"history": history, "greedy_first": greedy_first,
             "greedy_last": greedy_reward(params, eval_pairs), "wall_warm_start": wall_warm_start,
