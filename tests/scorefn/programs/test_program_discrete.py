@@ -71,7 +71,7 @@ def test_rebar_site_is_unbiased_and_its_planted_bias_is_caught(monkeypatch):
     import importlib
 
     # the module, not the function of the same name that scorefn.programs exports
-    surrogate_module = importlib.import_module("scorefn.programs.surrogate")
+    surrogate_module = importlib.import_module("scorefn.programs.reruns")  # where REBAR reruns live
 
     options = dict(num_particles=1, estimators={"z": "rebar", "c": "enumerate"})
     out = repeated_grads(two_site, PARAMS, jax.random.key(34), 3000, **options)
@@ -125,7 +125,7 @@ def test_relax_site_is_unbiased_before_and_after_training_and_its_bias_twin_is_c
     trained = _trained(relax, RELAX_OPTIONS)
     assert_unbiased(repeated_grads(two_site, PARAMS, jax.random.key(41), 3000, **trained,
                                    **RELAX_OPTIONS), TRUE)
-    surrogate_module = importlib.import_module("scorefn.programs.surrogate")
+    surrogate_module = importlib.import_module("scorefn.programs.reruns")  # where REBAR reruns live
     exact = surrogate_module.conditional_uniform
     monkeypatch.setattr(surrogate_module, "conditional_uniform",
                         lambda b, prob, w: jax.lax.stop_gradient(exact(b, prob, w)))
