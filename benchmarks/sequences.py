@@ -9,7 +9,8 @@ GRPO as TRL computes it (``advantage="grpo"``, ``aggregation="sequence_mean"``),
 (``"rloo"``, ``"sequence_sum"``: unbiased) and Dr. GRPO (``"dr_grpo"``, ``"constant"``).
 
 Reported per run: RL steps/s and completion tokens/s over the whole RL phase (compilation of
-scorefn's step included; TRL: the whole ``trainer.train()``), the mean sampled reward of the
+scorefn's step included; TRL: the whole ``trainer.train()``), scorefn's steady-state steps/s
+(after the first step, which compiles the step for a new configuration), the mean sampled reward of the
 first and last 10 steps, the greedy reward on 256 held-out prompts before and after RL. Then
 the samplers' throughput (plain and cached, at the task's T = 4 and at T = 56), and the
 variants' gradients on one batch of the warm-started model (norms and cosines).
@@ -63,6 +64,7 @@ def scorefn_runs(seeds, steps):
             runs.append({"side": "scorefn", "variant": name, "seed": seed, "steps": steps,
                          "wall_warm_start": wall_warm, "wall_rl": out["wall_rl"],
                          "steps_per_s": steps / out["wall_rl"],
+                         "steady_steps_per_s": (steps - 1) / (out["wall_rl"] - out["wall_first_step"]),
                          "tokens_per_s": out["tokens"] / out["wall_rl"],
                          "reward_first": statistics.mean(rewards[:k]),
                          "reward_last": statistics.mean(rewards[-k:]),
@@ -247,18 +249,22 @@ def main():
 
 def report(results):
     runs = results["runs"]
-    print("\nside     variant   steps/s   tokens/s  reward first→last   greedy first→last"
+    print("\nside     variant   steps/s   steady   tokens/s  reward first→last   greedy first→last"
           "  (median of seeds)")
     trl = [r for r in runs if r["side"] == "trl"]
     for side, variant in [("scorefn", v) for v in VARIANTS] + ([("trl", "grpo")] if trl else []):
         rs = [r for r in runs if r["side"] == side and r["variant"] == variant]
         med = {k: statistics.median(r[k] for r in rs) for k in
                ("steps_per_s", "tokens_per_s", "reward_first", "reward_last", "greedy_first", "greedy_last")}
-        ratio = ""
+        ratio, steady = "", "-"
+        if side == "scorefn":
+            steady_speed = statistics.median(r["steady_steps_per_s"] for r in rs)
+            steady = f"{steady_speed:.2f}"
         if trl and side == "scorefn":
             trl_speed = statistics.median(r["steps_per_s"] for r in trl)
-            ratio = f"  ×{med['steps_per_s'] / trl_speed:.2f} TRL's steps/s"
-        print(f"{side:8s} {variant:8s} {med['steps_per_s']:8.2f} {med['tokens_per_s']:9.0f}  "
+            ratio = (f"  ×{med['steps_per_s'] / trl_speed:.2f} TRL's steps/s"
+                     f" (steady ×{steady_speed / trl_speed:.2f})")
+        print(f"{side:8s} {variant:8s} {med['steps_per_s']:8.2f} {steady:>8s} {med['tokens_per_s']:9.0f}  "
               f"{med['reward_first']:.3f} → {med['reward_last']:.3f}      "
               f"{med['greedy_first']:.3f} → {med['greedy_last']:.3f}{ratio}")
 

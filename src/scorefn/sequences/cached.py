@@ -1,16 +1,21 @@
-r"""Sampling with a key-value cache: one new token per model call, for flax attention models.
+r"""Sampling and scoring through a key-value cache, for flax attention models.
 
 The plain ``sample`` runs the whole token buffer through ``logits_fn`` for each new token:
 O(T) calls of length L + T, so O(T (L + T)²) attention work per sequence. A model whose
-attention keeps flax's autoregressive cache (``flax.linen.MultiHeadDotProductAttention(
-decode=True)``) reads each token once instead: L + T calls of length 1.
+attention keeps a key-value cache reads each token once instead, and each prompt once for
+its K samples: the prompt's keys and values are computed for P rows and copied to the P·K.
 
-The model protocol (a flax linen module, ``CausalTransformer`` is one):
+The model protocol (a flax linen module; ``CausalTransformer`` is one):
 
 - ``model.apply({"params": params}, tokens)``: teacher-forced logits [B, L, V] (causal);
-- ``model.apply({"params": params, "cache": cache}, token[:, None], decode=True,
-  mutable=["cache"])``: the next-token logits [B, 1, V] after one more token, and the cache;
+- ``model.apply({"params": params, "cache": cache}, tokens, decode=True, mutable=["cache"])``
+  with tokens [B, n]: the logits [B, n, V] at the next n positions, and the cache with them;
 - ``model.init(key, tokens, decode=True)["cache"]`` sizes the cache for ``tokens.shape``.
+
+A model built on flax's ``MultiHeadDotProductAttention(decode=True)`` takes n = 1 only: the
+prompt is then read one position per call. A model that sets the class attribute
+``chunked_decode = True`` takes any n: the prompt goes through in one call, and
+``log_probs_cached`` scores all completions in one more.
 """
 
 from __future__ import annotations
@@ -45,11 +50,16 @@ def flax_logits_fn(model: Any) -> LogitsFn:
     return logits_fn
 
 
-def _feed(model, params, cache, token):
-    """One more token per row through the cached model: the new cache and next-token logits."""
-    logits, variables = model.apply({"params": params, "cache": cache}, token[:, None],
-                                    decode=True, mutable=["cache"])
-    return variables["cache"], logits[:, -1]
+def _feed(model, params, cache, tokens):
+    """Tokens [B, n] through the cached model: the new cache and their logits [B, n, V]."""
+    logits, variables = model.apply({"params": params, "cache": cache}, tokens, decode=True,
+                                    mutable=["cache"])
+    return variables["cache"], logits
+
+
+def _feed_one(model, params, cache, token):
+    cache, logits = _feed(model, params, cache, token[:, None])
+    return cache, logits[:, -1]
 
 
 def _prefill(model, params, prompts, num_samples, length):
@@ -58,12 +68,18 @@ def _prefill(model, params, prompts, num_samples, length):
     shapes = jax.eval_shape(lambda: model.init(
         jax.random.key(0), jnp.zeros((prompts.shape[0], length), prompts.dtype), decode=True))
     cache = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes["cache"])
-    cache, logits = jax.lax.scan(functools.partial(_feed, model, params), cache, prompts.T)
+    if getattr(model, "chunked_decode", False):
+        cache, logits = _feed(model, params, cache, prompts)
+        last = logits[:, -1]
+    else:
+        cache, logits = jax.lax.scan(functools.partial(_feed_one, model, params), cache,
+                                     prompts.T)
+        last = logits[-1]
 
     def per_row(x):  # the per-prompt arrays (not the shared position counters)
         return jnp.repeat(x, num_samples, axis=0) if x.ndim and x.shape[0] == prompts.shape[0] else x
 
-    return jax.tree.map(per_row, cache), per_row(logits[-1])
+    return jax.tree.map(per_row, cache), per_row(last)
 
 
 @functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "num_samples",
@@ -74,16 +90,23 @@ def _sample_cached(model, params, prompts, key, max_new_tokens, num_samples, tem
     cache, logits = _prefill(model, params, prompts, num_samples,
                              prompts.shape[1] + max_new_tokens)
 
+    def draw(logits, done, step_key):
+        token, logp = next_token(logits, step_key, temperature)
+        return finish(token.astype(prompts.dtype), logp, done, eos_id, pad_id)
+
     def step(carry, step_key):
         cache, logits, done = carry
-        token, logp = next_token(logits, step_key, temperature)
-        token, logp, alive, done = finish(token.astype(prompts.dtype), logp, done, eos_id, pad_id)
-        cache, logits = _feed(model, params, cache, token)
+        token, logp, alive, done = draw(logits, done, step_key)
+        cache, logits = _feed_one(model, params, cache, token)
         return (cache, logits, done), (token, alive, logp)
 
+    # The last token is drawn outside the loop: nothing reads the logits after it.
+    keys = jax.random.split(key, max_new_tokens)
     done = jnp.zeros(logits.shape[0], bool)
-    _, (tokens, mask, logp) = jax.lax.scan(step, (cache, logits, done),
-                                           jax.random.split(key, max_new_tokens))
+    (_, logits, done), (tokens, mask, logp) = jax.lax.scan(step, (cache, logits, done), keys[:-1])
+    token, last_logp, alive, _ = draw(logits, done, keys[-1])
+    tokens, mask, logp = (jnp.concatenate([a, b[None]]) for a, b in
+                          ((tokens, token), (mask, alive), (logp, last_logp)))
     return tokens.T, mask.T.astype(jnp.int32), logp.T
 
 
@@ -105,17 +128,21 @@ def log_probs_cached(model: Any, params: Any, prompts: jax.Array, tokens: jax.Ar
                      *, temperature: float | None = None) -> jax.Array:
     """``log_probs`` through the attention cache: the same values and gradients for a flax
     model (module docstring), with each prompt's positions computed once for its K rows
-    instead of K times, and the completions fed one position at a time, each reading the
-    shared prompt's keys and values. Less arithmetic, more sequential steps: on 2 CPU cores
-    (2-layer, 128-feature model, loss gradient; benchmarks/sequences.py --only scoring)
-    1.4× the teacher-forced pass's speed at 96-token prompts with K = 16 and 4 new tokens,
-    but 0.8× at 48-token prompts with K = 8 and 8 new tokens, and even at 6-token prompts.
-    Worth it for long shared prompts, many samples per prompt and short completions."""
+    instead of K times. A ``chunked_decode`` model then reads the completions (all but their
+    last token, whose logits nothing needs) in one call against the copied prompt cache: per
+    row T − 1 positions instead of the teacher-forced pass's L + T. Other models read them one
+    position per call."""
     prompts = check_prompts(prompts)
     tokens, temperature = rollout_tokens(tokens, temperature, prompts.shape[0])
     cache, first = _prefill(model, params, prompts, tokens.shape[0] // prompts.shape[0],
                             prompts.shape[1] + tokens.shape[1])
     tokens = tokens.astype(prompts.dtype)
-    _, rest = jax.lax.scan(functools.partial(_feed, model, params), cache, tokens.T[:-1])
-    logits = jnp.concatenate([first[None], rest], axis=0).swapaxes(0, 1)
+    if tokens.shape[1] == 1:
+        logits = first[:, None]
+    elif getattr(model, "chunked_decode", False):
+        logits = jnp.concatenate([first[:, None], _feed(model, params, cache, tokens[:, :-1])[1]],
+                                 axis=1)
+    else:
+        _, rest = jax.lax.scan(functools.partial(_feed_one, model, params), cache, tokens.T[:-1])
+        logits = jnp.concatenate([first[None], rest], axis=0).swapaxes(0, 1)
     return chosen_log_probs(logits, tokens, temperature)

@@ -1,15 +1,20 @@
-"""A small causal transformer in flax, GPT-2's shape, with flax's key-value cache.
+r"""A small causal transformer in flax, GPT-2's shape, with a key-value cache.
 
 Pre-LayerNorm blocks (causal multi-head self-attention, a 4× GELU MLP), learned position
 embeddings, the output projection tied to the token embedding, and GPT-2's initialisation
-(weights N(0, 0.02²), the residual projections' scaled by 1/√(2 · num_layers), zero biases). ``decode=True``
-reads one token per call from the attention cache (``sample_cached``). Needs flax
+(weights N(0, 0.02²), the residual projections' scaled by 1/√(2 · num_layers), zero biases).
+
+``decode=True`` reads tokens through the attention cache (``sample_cached``,
+``log_probs_cached``): a call with n tokens writes their keys and values at the next n
+positions, and position i attends to the cached positions ≤ i. Unlike flax's
+``MultiHeadDotProductAttention(decode=True)``, which takes one token per call, a whole prompt
+(or a completion, for scoring) goes through in one call (``chunked_decode``). Needs flax
 (``pip install 'scorefn[vi]'`` or ``'scorefn[rl]'``).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -18,6 +23,54 @@ try:
     import flax.linen as nn
 except ImportError as error:  # pragma: no cover - depends on the installed extras
     raise ImportError("scorefn.sequences.transformer needs flax: pip install 'scorefn[vi]'") from error
+
+
+class CausalSelfAttention(nn.Module):
+    r"""softmax(q kᵀ / √d + causal mask) v per head, with a key-value cache under ``decode``.
+
+    Parameters as flax's ``MultiHeadDotProductAttention`` (``query``, ``key``, ``value``,
+    ``out``, with biases). Under ``decode`` the inputs x [B, n, F] sit at positions ``start``
+    … ``start + n − 1``: their keys and values are written to the cache there, and query i
+    attends to cache positions ≤ ``start + i``. The call that creates the cache (``init``)
+    sizes it for x and attends causally within x."""
+
+    num_heads: int
+    dtype: Any = jnp.float32
+    kernel_init: Any = nn.initializers.lecun_normal()
+    out_kernel_init: Any = nn.initializers.lecun_normal()
+
+    @nn.compact
+    def __call__(self, x: jax.Array, decode: bool = False, start: jax.Array | int = 0) -> jax.Array:
+        features = x.shape[-1]
+        head = features // self.num_heads
+
+        def projection(name):
+            return nn.DenseGeneral((self.num_heads, head), dtype=self.dtype,
+                                   kernel_init=self.kernel_init, name=name)(x)
+
+        query, key, value = projection("query"), projection("key"), projection("value")
+        positions = jnp.arange(x.shape[1])
+        key_positions = positions
+        if decode:
+            initialised = self.has_variable("cache", "cached_key")
+            cached_key = self.variable("cache", "cached_key", jnp.zeros, key.shape, key.dtype)
+            cached_value = self.variable("cache", "cached_value", jnp.zeros, value.shape,
+                                         value.dtype)
+            if initialised:
+                at = (0, start, 0, 0)
+                key = jax.lax.dynamic_update_slice(cached_key.value, key, at)
+                value = jax.lax.dynamic_update_slice(cached_value.value, value, at)
+                cached_key.value, cached_value.value = key, value
+                positions = positions + start
+                key_positions = jnp.arange(key.shape[1])
+        # Positions not yet written hold zeros; the mask keeps them out, as it keeps the future.
+        mask = key_positions[None, :] <= positions[:, None]
+        scores = jnp.einsum("bqhd,bkhd->bhqk", query, key) / jnp.sqrt(head).astype(self.dtype)
+        scores = jnp.where(mask, scores, jnp.finfo(scores.dtype).min)
+        weights = jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(self.dtype)
+        attended = jnp.einsum("bhqk,bkhd->bqhd", weights, value)
+        return nn.DenseGeneral(features, axis=(-2, -1), dtype=self.dtype,
+                               kernel_init=self.out_kernel_init, name="out")(attended)
 
 
 class CausalTransformer(nn.Module):
@@ -29,6 +82,8 @@ class CausalTransformer(nn.Module):
     num_heads: int = 4
     features: int = 128
     dtype: Any = jnp.float32
+    # Decode calls take any number of tokens at once (sequences.cached reads this).
+    chunked_decode: ClassVar[bool] = True
 
     @nn.compact
     def __call__(self, tokens: jax.Array, decode: bool = False) -> jax.Array:
@@ -36,23 +91,22 @@ class CausalTransformer(nn.Module):
         residual = nn.initializers.normal(0.02 / (2 * self.num_layers) ** 0.5)
         embed = nn.Embed(self.vocab_size, self.features, dtype=self.dtype, embedding_init=normal,
                          name="wte")
-        positions = jnp.arange(tokens.shape[1])
+        start = jnp.zeros((), jnp.int32)
         if decode:
             # The next position to write, kept with the attention caches; the init call that
             # sizes the caches leaves it at 0.
             initialised = self.has_variable("cache", "position")
             position = self.variable("cache", "position", lambda: jnp.zeros((), jnp.int32))
             if initialised:
-                positions = positions + position.value
+                start = position.value
                 position.value = position.value + tokens.shape[1]
+        positions = start + jnp.arange(tokens.shape[1])
         x = embed(tokens) + nn.Embed(self.max_length, self.features, dtype=self.dtype,
                                      embedding_init=normal, name="wpe")(positions)[None]
-        mask = None if decode else nn.make_causal_mask(tokens)
         for _ in range(self.num_layers):
             h = nn.LayerNorm(epsilon=1e-5, dtype=self.dtype)(x)
-            x = x + nn.MultiHeadDotProductAttention(
-                self.num_heads, dtype=self.dtype, decode=decode, kernel_init=normal,
-                out_kernel_init=residual)(h, mask=mask)
+            x = x + CausalSelfAttention(self.num_heads, dtype=self.dtype, kernel_init=normal,
+                                        out_kernel_init=residual)(h, decode=decode, start=start)
             h = nn.LayerNorm(epsilon=1e-5, dtype=self.dtype)(x)
             h = nn.Dense(4 * self.features, dtype=self.dtype, kernel_init=normal)(h)
             x = x + nn.Dense(self.features, dtype=self.dtype, kernel_init=residual)(nn.gelu(h))

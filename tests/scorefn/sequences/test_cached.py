@@ -1,11 +1,45 @@
-"""sample_cached (the key-value cache) against the plain sampler on a flax transformer."""
+"""sample_cached and log_probs_cached (the key-value cache) against the plain sampler and the
+teacher-forced pass, on CausalTransformer (decode calls of any length) and on a model built on
+flax's MultiHeadDotProductAttention (one token per decode call)."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from scorefn import sequences
+
+
+class OneTokenDecoder(nn.Module):
+    """One attention layer with flax's own cache, which reads one token per decode call."""
+
+    vocab_size: int = 12
+    features: int = 16
+
+    @nn.compact
+    def __call__(self, tokens, decode=False):
+        embed = nn.Embed(self.vocab_size, self.features)
+        if decode:
+            # flax's cache counts positions per layer; the embedding needs them too
+            initialised = self.has_variable("cache", "position")
+            position = self.variable("cache", "position", lambda: jnp.zeros((), jnp.int32))
+            positions = position.value + jnp.arange(tokens.shape[1])
+            if initialised:
+                position.value = position.value + tokens.shape[1]
+        else:
+            positions = jnp.arange(tokens.shape[1])
+        x = embed(tokens) + nn.Embed(32, self.features)(positions)[None]
+        mask = None if decode else nn.make_causal_mask(tokens)
+        x = x + nn.MultiHeadDotProductAttention(2, decode=decode)(x, mask=mask)
+        return embed.attend(x)
+
+
+@pytest.fixture(scope="module")
+def one_token_decoder():
+    model = OneTokenDecoder()
+    params = model.init(jax.random.key(5), jnp.zeros((1, 4), jnp.int32))["params"]
+    return model, params, jax.random.randint(jax.random.key(6), (2, 4), 1, 12)
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +79,45 @@ def test_decode_logits_equal_teacher_forced_logits(transformer):
         np.testing.assert_allclose(logits[:, 0], forced[:, t], atol=1e-4)
 
 
+def test_decode_in_chunks_equals_teacher_forced_logits(transformer):
+    """CausalTransformer's decode calls take any number of tokens (chunked_decode)."""
+    model, params, prompts = transformer
+    forced = model.apply({"params": params}, prompts)
+    cache = jax.tree.map(jnp.zeros_like, model.init(jax.random.key(0), prompts, decode=True)["cache"])
+    start = 0
+    for size in (2, 1, 3):
+        logits, variables = model.apply({"params": params, "cache": cache},
+                                        prompts[:, start:start + size], decode=True,
+                                        mutable=["cache"])
+        cache = variables["cache"]
+        np.testing.assert_allclose(logits, forced[:, start:start + size], atol=1e-4)
+        start += size
+
+
+@pytest.mark.slow  # the scanned fallbacks' programs and gradients to compile
+def test_one_token_decoder_samples_and_scores_as_the_plain_path(one_token_decoder):
+    """A model whose decode calls take one token: the prompt read one position per call."""
+    model, params, prompts = one_token_decoder
+    assert not getattr(model, "chunked_decode", False)
+    options = dict(max_new_tokens=4, num_samples=3, temperature=0.9, eos_id=0)
+    plain = sequences.sample(sequences.flax_logits_fn(model), params, prompts, jax.random.key(7),
+                             **options)
+    cached = sequences.sample_cached(model, params, prompts, jax.random.key(7), **options)
+    np.testing.assert_array_equal(cached.tokens, plain.tokens)
+    np.testing.assert_allclose(cached.logp, plain.logp, atol=1e-5)
+    rewards = jax.random.normal(jax.random.key(8), (6,))
+
+    def gradient(log_probs_of):
+        return jax.grad(lambda p: sequences.loss(log_probs_of(p), rewards, cached.mask,
+                                                 group_size=3))(params)
+
+    forced = gradient(lambda p: sequences.log_probs(sequences.flax_logits_fn(model), p, prompts,
+                                                    cached))
+    through_cache = gradient(lambda p: sequences.log_probs_cached(model, p, prompts, cached))
+    for a, b in zip(jax.tree.leaves(through_cache), jax.tree.leaves(forced)):
+        np.testing.assert_allclose(a, b, atol=1e-5 * max(1.0, float(np.abs(b).max())))
+
+
 def test_same_logits_fn_object_for_the_same_model(transformer):
     model = transformer[0]
     assert sequences.flax_logits_fn(model) is sequences.flax_logits_fn(model)
@@ -59,7 +132,6 @@ def test_errors(transformer):
                                 eos_id=1.5)
 
 
-@pytest.mark.slow  # two scanned programs and their gradients to compile
 def test_log_probs_cached_equals_the_teacher_forced_pass(transformer):
     """Values and gradients: each prompt's positions computed once for its K rows."""
     model, params, prompts = transformer
