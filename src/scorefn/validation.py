@@ -19,10 +19,20 @@ import jax.numpy as jnp
 import numpy as np
 from jax.tree_util import keystr, tree_flatten_with_path
 
-try:  # dead-code elimination tells us which inputs an output depends on, structurally.
-    from jax._src.interpreters.partial_eval import dce_jaxpr as _dce_jaxpr
-except ImportError:  # pragma: no cover - a JAX without it just skips the structural checks
-    _dce_jaxpr = None
+
+def dead_code_elimination() -> Callable:
+    """jax's ``dce_jaxpr(jaxpr, used_outputs) -> (jaxpr, used_inputs)``, which tells which
+    inputs each output reads, structurally. jax has no public route to it; without it the
+    dependency analysis (credit assignment in programs, which sites are differentiable)
+    cannot run, and guessing would change estimators silently, so its absence is an error."""
+    try:
+        from jax._src.interpreters.partial_eval import dce_jaxpr
+    except ImportError as error:
+        raise ImportError(
+            "scorefn's dependency analysis needs jax._src.interpreters.partial_eval.dce_jaxpr, "
+            f"which jax {jax.__version__} does not have; install a jax release that has it "
+            "(scorefn is tested with the version in its CI log)") from error
+    return dce_jaxpr
 
 
 def is_traced(x: Any) -> bool:
@@ -319,9 +329,9 @@ def _abstract(tree: Any) -> Any:
 
 
 def _used_inputs(fn: Callable[..., Any], *args: Any) -> list[bool] | None:
-    """Which flattened inputs of ``fn(*args)`` its outputs depend on (None if unknown)."""
-    if _dce_jaxpr is None:
-        return None
+    """Which flattened inputs of ``fn(*args)`` its outputs depend on (None if ``fn`` cannot be
+    traced abstractly)."""
+    dce_jaxpr = dead_code_elimination()
     try:
         closed = jax.make_jaxpr(fn)(*_abstract(args))
     except Exception:  # a dist_fn that cannot be traced abstractly: leave the checks to JAX
@@ -329,22 +339,22 @@ def _used_inputs(fn: Callable[..., Any], *args: Any) -> list[bool] | None:
     jaxpr = closed.jaxpr
     if not jaxpr.outvars:
         return [False] * len(jaxpr.invars)
-    _, used = _dce_jaxpr(jaxpr, [True] * len(jaxpr.outvars))
+    _, used = dce_jaxpr(jaxpr, [True] * len(jaxpr.outvars))
     return list(used)
 
 
 def output_dependencies(fn: Callable[..., Any], *args: Any) -> list[list[bool]] | None:
     """For each flattened output of ``fn(*args)``, which flattened inputs it depends on
-    (structurally: a dead-code pass over the jaxpr); None if that cannot be read."""
-    if _dce_jaxpr is None:
-        return None
+    (structurally: a dead-code pass over the jaxpr); None if ``fn`` cannot be traced
+    abstractly. Raises ImportError if jax's dead-code pass is gone (``dead_code_elimination``)."""
+    dce_jaxpr = dead_code_elimination()
     try:
         jaxpr = jax.make_jaxpr(fn)(*_abstract(args)).jaxpr
     except Exception:  # leave it to the caller's conservative default
         return None
     rows = []
     for i in range(len(jaxpr.outvars)):
-        _, used = _dce_jaxpr(jaxpr, [j == i for j in range(len(jaxpr.outvars))])
+        _, used = dce_jaxpr(jaxpr, [j == i for j in range(len(jaxpr.outvars))])
         rows.append(list(used))
     return rows
 

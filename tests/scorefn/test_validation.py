@@ -291,3 +291,13 @@ def test_the_runtime_check_under_vmap_reads_the_batch_once_and_names_the_bad_ele
         with scorefn.validation.runtime_errors():
             jax.block_until_ready(run(x.at[0, 2, 1].set(jnp.nan)))
     assert calls == [(2,)]  # the one failing element, read alone
+
+
+def test_output_dependencies_without_jax_dead_code_pass_raises(monkeypatch):
+    from jax._src.interpreters import partial_eval
+
+    rows = scorefn.validation.output_dependencies(lambda x, y: (x * 2, y), jnp.ones(2), jnp.ones(3))
+    assert rows == [[True, False], [False, True]]
+    monkeypatch.delattr(partial_eval, "dce_jaxpr")
+    with pytest.raises(ImportError, match="does not have; install a jax release"):
+        scorefn.validation.output_dependencies(lambda x: x * 2, jnp.ones(3))

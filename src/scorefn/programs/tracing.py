@@ -303,11 +303,12 @@ def analyse(program: Callable, params: Any, args: tuple, sites: dict[str, SiteIn
     with numpyro.validation_enabled(False):
         rows = v.output_dependencies(substituted, params, example)
     outputs = term_names + latent_names  # dicts flatten in sorted-key order
-    if rows is None:  # no structural analysis: assume everything reads everything
+    if rows is None:  # a program jax cannot trace abstractly: everything reads everything,
+        # through operations that are not assumed differentiable (the score function then)
         everything = frozenset(latent_names)
         return Structure({t: everything for t in term_names},
                          {s: everything - {s} for s in latent_names},
-                         (True,) * num_params, {s: True for s in latent_names})
+                         (True,) * num_params, {s: False for s in latent_names})
     reads = {}
     for out, row in zip(outputs, rows):
         reads[out] = frozenset(latent_names[i] for i, used in enumerate(row[num_params:]) if used)
@@ -328,13 +329,11 @@ def analyse(program: Callable, params: Any, args: tuple, sites: dict[str, SiteIn
                 tangent_outputs, params, example, {n: example[n] for n in float_names})
         offset = num_params + len(latent_names)
         for j, s in enumerate(float_names):
-            ok = True
-            for out, trow in zip(outputs, tangent_rows or rows):
-                if out == s or s not in reads[out]:
-                    continue
-                if tangent_rows is not None and not trow[offset + j]:
-                    ok = False
-            differentiable[s] = ok
+            # Without the tangents' structure (a program jax cannot differentiate abstractly)
+            # no site is assumed differentiable: the score function needs no derivative.
+            differentiable[s] = tangent_rows is not None and all(
+                trow[offset + j] for out, trow in zip(outputs, tangent_rows)
+                if out != s and s in reads[out])
     return Structure(
         {t: reads[t] for t in term_names},
         {s: reads[s] - {s} for s in latent_names},

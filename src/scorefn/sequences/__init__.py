@@ -8,8 +8,8 @@ r"""Policy gradients for autoregressive policies, for users' own training loops.
     grads = jax.grad(objective)(params)                                  # then optax, as usual
 
 ``logits_fn(params, tokens)`` is any causal model ([B, L] tokens to [B, L, V] logits);
-``sample_cached`` samples from a flax model with an attention cache (``CausalTransformer``)
-with one token per model call.
+``sample_cached`` and ``log_probs_cached`` sample and score through a flax model's attention
+cache (``CausalTransformer``'s), each prompt computed once for its K samples.
 ``loss`` covers RLOO, GRPO, Dr. GRPO, REINFORCE++, DAPO's token means, PPO/DAPO clipping and
 GSPO's sequence ratio, and KL penalties, each an independent option whose expected gradient
 is stated exactly (``loss``) and checked by enumeration on ``TabularPolicy``.

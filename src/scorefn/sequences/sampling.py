@@ -161,7 +161,7 @@ def sample(logits_fn: LogitsFn, params: Any, prompts: jax.Array, key: jax.Array,
     the result has B = P · num_samples rows, the samples of one prompt contiguous. One
     compiled program (a ``lax.scan`` over the ``max_new_tokens`` positions, the whole
     token buffer through ``logits_fn`` at each: O(T) model calls of length L + T). For a flax
-    attention model with a key-value cache, ``sample_cached`` makes one length-1 call per token.
+    attention model with a key-value cache, ``sample_cached`` reads each token once.
     Without ``eos_id`` every completion has ``max_new_tokens`` tokens. Same key, same result.
     ``logits_fn`` is a static argument: pass the same function object each call (not a new
     lambda) to reuse the compiled program.

@@ -34,6 +34,20 @@ def test_non_differentiable_reader_makes_the_default_score():
     assert p.estimators == {"x": "score", "u": "pathwise"}
 
 
+def test_without_jax_dead_code_pass_planning_raises_instead_of_guessing(monkeypatch):
+    """The dependency analysis reads a private jax function; if it disappears, planning must
+    fail with a clear error, not treat x (read through x > 0) as pathwise."""
+    from jax._src.interpreters import partial_eval
+
+    def program(p):
+        x = numpyro.sample("x", dist.Normal(p["m"], 1.0))
+        numpyro.factor("step", jnp.where(x > 0, 1.0, 0.0))
+
+    monkeypatch.delattr(partial_eval, "dce_jaxpr")
+    with pytest.raises(ImportError, match="dependency analysis needs jax._src.interpreters"):
+        scorefn.programs.plan(program, {"m": jnp.array(0.1)}, (), num_particles=4)
+
+
 def test_canonical_layout_sums_non_plate_axes_and_orders_plates():
     order = (Plate("a", -2, 3), Plate("b", -1, 4), Plate("c", -1, 5))
     x = jnp.arange(3 * 4 * 2, dtype=jnp.float32).reshape(3, 4, 2)  # plates a, b, then an event-like axis
