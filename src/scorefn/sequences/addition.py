@@ -144,13 +144,14 @@ def rl_optimiser(config: Config) -> optax.GradientTransformation:
     return optax.chain(optax.clip_by_global_norm(1.0), optax.adam(config.lr))
 
 
-@functools.partial(jax.jit, static_argnames="config")
+@functools.partial(jax.jit, static_argnames="config", donate_argnames=("params", "state"))
 def rl_step(params: Any, state: Any, key: jax.Array, prompts: jax.Array, answers: jax.Array,
             lengths: jax.Array, config: Config) -> tuple[Any, Any, dict]:
     """One policy-gradient step: P prompts drawn from ``prompts``, K completions each
     (``sample_cached``), their rewards, ``loss`` on their ``log_probs_cached`` and an
-    optimiser step. One compiled program
-    per ``config``."""
+    optimiser step. One compiled program per ``config``. ``params`` and ``state`` are donated:
+    their buffers hold the new ones, so the arrays passed in are no longer usable (pass copies
+    to keep them)."""
     k = config.num_samples
     pick, draw = jax.random.split(key)
     # P distinct prompts, uniformly: the P largest of N uniforms (top_k, not choice's full sort)
@@ -189,6 +190,7 @@ def train(config: Config = Config(), seed: int = 0, *, params: Any = None,
 
     prompts = jnp.asarray(prompts_of(train_pairs))
     answers, lengths = (jnp.asarray(a) for a in answers_of(train_pairs))
+    params = jax.tree.map(jnp.copy, params)  # rl_step donates its params: keep the caller's
     state = rl_optimiser(config).init(params)
     metrics, wall_first_step = [], 0.0
     start = time.perf_counter()

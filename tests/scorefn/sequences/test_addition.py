@@ -36,7 +36,10 @@ def test_a_short_run_learns():
     standard errors of the windows' means, and the greedy reward on held-out pairs rises."""
     config = addition.Config(warmup_steps=250, steps=80, advantage="rloo",
                              aggregation="sequence_sum")
-    out = addition.train(config, seed=0)
+    warm_key = jax.random.split(jax.random.key(0))[0]  # what train(seed=0) would use
+    warm = addition.warm_start(config, warm_key, addition.split(0)[0])
+    out = addition.train(config, seed=0, params=warm)
+    assert not any(x.is_deleted() for x in jax.tree.leaves(warm))  # the step donates copies
     rewards = np.array([h["reward"] for h in out["history"]])
     first, last = rewards[:10], rewards[-10:]
     standard_error = np.sqrt(first.var(ddof=1) / 10 + last.var(ddof=1) / 10)
