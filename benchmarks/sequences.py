@@ -1,4 +1,4 @@
-"""Sequence-model benchmark: scorefn.sequences against TRL's GRPOTrainer in one run.
+"""Sequence-model benchmark: scorefn.sequences against TRL's and tunix's GRPO in one run.
 
 The task and protocol of ../shared/peers/trl_grpo.py: "a+b=" with two-digit a, b, partial-
 credit reward in [0, 2], a 2-layer GPT-2 of 406,912 parameters, 750 supervised warm-start
@@ -7,19 +7,24 @@ gradients clipped at norm 1, temperature 1, one optimiser step per batch (the ra
 scorefn runs ``scorefn.sequences.addition.train`` (the same settings) with three estimators:
 GRPO as TRL computes it (``advantage="grpo"``, ``aggregation="sequence_mean"``), RLOO
 (``"rloo"``, ``"sequence_sum"``: unbiased) and Dr. GRPO (``"dr_grpo"``, ``"constant"``).
+tunix's GRPOLearner runs the same protocol (``benchmarks/peers/tunix_grpo.py``: tunix's own
+Qwen2 at the same size, since tunix ships no GPT-2; its "vanilla" JAX rollout engine).
 
 Reported per run: RL steps/s and completion tokens/s over the whole RL phase (compilation of
-scorefn's step included; TRL: the whole ``trainer.train()``), scorefn's steady-state steps/s
-(after the first step, which compiles the step for a new configuration), the mean sampled reward of the
-first and last 10 steps, the greedy reward on 256 held-out prompts before and after RL. Then
+scorefn's step included; TRL: the whole ``trainer.train()``; tunix: ``learner.train()``,
+its compilation included), scorefn's steady-state steps/s (after the first step, which
+compiles the step for a new configuration), the mean sampled reward of the first and last 10
+steps, the greedy reward on 256 held-out prompts before and after RL. Then
 the samplers' throughput (plain and cached, at the task's T = 4 and at T = 56), and the
 variants' gradients on one batch of the warm-started model (norms and cosines).
 
     pip install ".[vi]"                                          # flax
     python benchmarks/sequences.py --peer-python /path/to/venv-with-trl/bin/python
     python benchmarks/sequences.py --seeds 0 --skip-peer         # scorefn alone
+    ... --tunix-python /path/to/venv-with-tunix/bin/python       # and tunix's GRPOLearner
 
-The peer's venv: ``pip install torch==2.13.0 && pip install trl transformers datasets``.
+The TRL peer's venv: ``pip install torch==2.13.0 && pip install trl transformers datasets``;
+the tunix peer's (``benchmarks/peers/tunix_grpo.py``): ``pip install google-tunix``.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PEER = ROOT.parent / "shared" / "peers" / "trl_grpo.py"
+TUNIX_PEER = ROOT / "benchmarks" / "peers" / "tunix_grpo.py"
 VARIANTS = {"grpo": ("grpo", "sequence_mean"), "rloo": ("rloo", "sequence_sum"),
             "dr_grpo": ("dr_grpo", "constant")}
 
@@ -74,16 +80,17 @@ def scorefn_runs(seeds, steps):
     return runs
 
 
-def trl_runs(python, seeds, steps):
+def peer_runs(side, python, script, seeds, steps):
+    """The peer script's runs, one process per seed; its last line holds key=value results."""
     runs = []
     for seed in seeds:
-        completed = subprocess.run([python, str(PEER), "--steps", str(steps), "--seed", str(seed)],
+        completed = subprocess.run([python, str(script), "--steps", str(steps), "--seed", str(seed)],
                                    capture_output=True, text=True, timeout=1800)
         if completed.returncode:
-            raise RuntimeError(f"the TRL peer failed:\n{completed.stderr[-3000:]}")
+            raise RuntimeError(f"the {side} peer failed:\n{completed.stderr[-3000:]}")
         lines = completed.stdout.strip().splitlines()
         fields = dict(re.findall(r"(\w+)=([^\s]+)", lines[-1]))
-        runs.append({"side": "trl", "variant": "grpo", "seed": seed, "steps": steps,
+        runs.append({"side": side, "variant": "grpo", "seed": seed, "steps": steps,
                      "versions": lines[-2],
                      **{k: float(fields[k].rstrip("s")) for k in
                         ("wall_sft", "wall_rl", "steps_per_s", "tokens_per_s", "reward_first",
@@ -218,7 +225,10 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=200)
-    parser.add_argument("--peer-python", default=os.environ.get("TRL_PYTHON"))
+    parser.add_argument("--peer-python", default=os.environ.get("TRL_PYTHON"),
+                        help="a venv's python with torch, trl, transformers (the TRL peer)")
+    parser.add_argument("--tunix-python", default=os.environ.get("TUNIX_PYTHON"),
+                        help="a venv's python with google-tunix (the tunix peer); omitted: skipped")
     parser.add_argument("--skip-peer", action="store_true")
     parser.add_argument("--only", choices=["scoring"], help="run one part alone")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "sequences.json"))
@@ -240,7 +250,9 @@ def main():
     if not args.skip_peer:
         if not args.peer_python:
             parser.error("--peer-python (a venv with torch, trl, transformers) or --skip-peer")
-        results["runs"] += trl_runs(args.peer_python, args.seeds, args.steps)
+        results["runs"] += peer_runs("trl", args.peer_python, PEER, args.seeds, args.steps)
+    if args.tunix_python:
+        results["runs"] += peer_runs("tunix", args.tunix_python, TUNIX_PEER, args.seeds, args.steps)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=1))
     report(results)
@@ -251,8 +263,8 @@ def report(results):
     runs = results["runs"]
     print("\nside     variant   steps/s   steady   tokens/s  reward first→last   greedy first→last"
           "  (median of seeds)")
-    trl = [r for r in runs if r["side"] == "trl"]
-    for side, variant in [("scorefn", v) for v in VARIANTS] + ([("trl", "grpo")] if trl else []):
+    peers = [(side, "grpo") for side in ("trl", "tunix") if any(r["side"] == side for r in runs)]
+    for side, variant in [("scorefn", v) for v in VARIANTS] + peers:
         rs = [r for r in runs if r["side"] == side and r["variant"] == variant]
         med = {k: statistics.median(r[k] for r in rs) for k in
                ("steps_per_s", "tokens_per_s", "reward_first", "reward_last", "greedy_first", "greedy_last")}
@@ -260,10 +272,10 @@ def report(results):
         if side == "scorefn":
             steady_speed = statistics.median(r["steady_steps_per_s"] for r in rs)
             steady = f"{steady_speed:.2f}"
-        if trl and side == "scorefn":
-            trl_speed = statistics.median(r["steps_per_s"] for r in trl)
-            ratio = (f"  ×{med['steps_per_s'] / trl_speed:.2f} TRL's steps/s"
-                     f" (steady ×{steady_speed / trl_speed:.2f})")
+            for peer, _ in peers:
+                speed = statistics.median(r["steps_per_s"] for r in runs if r["side"] == peer)
+                ratio += (f"  ×{med['steps_per_s'] / speed:.2f} {peer}'s steps/s"
+                          f" (steady ×{steady_speed / speed:.2f})")
         print(f"{side:8s} {variant:8s} {med['steps_per_s']:8.2f} {steady:>8s} {med['tokens_per_s']:9.0f}  "
               f"{med['reward_first']:.3f} → {med['reward_last']:.3f}      "
               f"{med['greedy_first']:.3f} → {med['greedy_last']:.3f}{ratio}")
