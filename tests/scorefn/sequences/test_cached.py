@@ -67,25 +67,13 @@ def test_cached_sampler_draws_what_the_plain_one_draws(transformer, eos_id):
     np.testing.assert_allclose(np.where(cached.mask, logp, 0), cached.logp, atol=1e-5)
 
 
-def test_decode_logits_equal_teacher_forced_logits(transformer):
-    model, params, prompts = transformer
-    forced = model.apply({"params": params}, prompts)
-    cache = model.init(jax.random.key(0), prompts, decode=True)["cache"]
-    cache = jax.tree.map(jnp.zeros_like, cache)
-    for t in range(prompts.shape[1]):
-        logits, variables = model.apply({"params": params, "cache": cache}, prompts[:, t:t + 1],
-                                        decode=True, mutable=["cache"])
-        cache = variables["cache"]
-        np.testing.assert_allclose(logits[:, 0], forced[:, t], atol=1e-4)
-
-
-def test_decode_in_chunks_equals_teacher_forced_logits(transformer):
-    """CausalTransformer's decode calls take any number of tokens (chunked_decode)."""
+def test_decode_by_one_token_or_several_equals_teacher_forced_logits(transformer):
+    """CausalTransformer's decode calls take one token or any number (chunked_decode)."""
     model, params, prompts = transformer
     forced = model.apply({"params": params}, prompts)
     cache = jax.tree.map(jnp.zeros_like, model.init(jax.random.key(0), prompts, decode=True)["cache"])
     start = 0
-    for size in (2, 1, 3):
+    for size in (1, 1, 3, 1):
         logits, variables = model.apply({"params": params, "cache": cache},
                                         prompts[:, start:start + size], decode=True,
                                         mutable=["cache"])
@@ -138,15 +126,20 @@ def test_log_probs_cached_equals_the_teacher_forced_pass(transformer):
     roll = sequences.sample_cached(model, params, prompts, jax.random.key(3), max_new_tokens=5,
                                    num_samples=4, temperature=0.7, eos_id=0)
     rewards = jax.random.normal(jax.random.key(4), (12,))
-    plain = lambda p: sequences.log_probs(sequences.flax_logits_fn(model), p, prompts, roll)  # noqa: E731
-    cached = lambda p: sequences.log_probs_cached(model, p, prompts, roll)  # noqa: E731
-    np.testing.assert_allclose(cached(params), plain(params), atol=1e-5)
 
-    def gradient(log_probs_of):
-        return jax.jit(jax.grad(lambda p: sequences.loss(log_probs_of(p), rewards, roll.mask,
-                                                         group_size=4, advantage="grpo")))(params)
+    def values_and_gradient(log_probs_of):  # one compiled program each: values as aux
+        def objective(p):
+            logp = log_probs_of(p)
+            return sequences.loss(logp, rewards, roll.mask, group_size=4, advantage="grpo"), logp
 
-    for a, b in zip(jax.tree.leaves(gradient(cached)), jax.tree.leaves(gradient(plain))):
+        return jax.jit(jax.grad(objective, has_aux=True))(params)
+
+    cached_grad, cached_logp = values_and_gradient(
+        lambda p: sequences.log_probs_cached(model, p, prompts, roll))
+    plain_grad, plain_logp = values_and_gradient(
+        lambda p: sequences.log_probs(sequences.flax_logits_fn(model), p, prompts, roll))
+    np.testing.assert_allclose(cached_logp, plain_logp, atol=1e-5)
+    for a, b in zip(jax.tree.leaves(cached_grad), jax.tree.leaves(plain_grad)):
         np.testing.assert_allclose(a, b, atol=1e-5 * max(1.0, float(np.abs(b).max())))
     with pytest.raises(ValueError, match="differs from the rollout's sampling temperature"):
         sequences.log_probs_cached(model, params, prompts, roll, temperature=1.0)
