@@ -39,6 +39,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from scorefn.validation import is_key
+
 MAGIC = b"SCOREFN-CHECKPOINT\n"
 FORMAT = 1
 _PICKLE_PROTOCOLS = (b"\x80",)  # protocol 2 and newer start with PROTO
@@ -132,7 +134,7 @@ def _encode(value: Any, arrays: list, where: str) -> Any:
         if not all(isinstance(k, str) for k in value):
             raise TypeError(f"{where}: a checkpoint stores dicts with str keys only")
         return {"$dict": {k: _encode(v, arrays, f"{where}[{k!r}]") for k, v in value.items()}}
-    if _is_key(value):
+    if is_key(value):
         arrays.append(np.asarray(jax.random.key_data(value)))
         return {"$key": len(arrays) - 1, "impl": _impl_name(value)}
     if isinstance(value, np.ndarray | np.generic | jax.Array):
@@ -148,9 +150,6 @@ def _encode(value: Any, arrays: list, where: str) -> Any:
     return {"$tree": [_encode(x, arrays, f"{where}.leaf{i}") for i, x in enumerate(leaves)],
             "structure": str(treedef)}
 
-
-def _is_key(x: Any) -> bool:
-    return isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jax.dtypes.prng_key)
 
 
 def _impl_name(key: jax.Array) -> str:
@@ -295,7 +294,7 @@ def restore(stored: Any, like: Any = None) -> Any:
 
 
 def _dtype(x: Any) -> str:
-    if _is_key(x):
+    if is_key(x):
         return f"key<{_impl_name(x)}>"
     if isinstance(x, bool | int | float):
         return type(x).__name__

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from scorefn import checkpoints
+from scorefn.validation import is_key
 
 
 def all_finite(tree: Any) -> bool:
@@ -38,14 +39,11 @@ def tree_digest(tree: Any) -> str:
     recorded by what they hold, not by name."""
     h = hashlib.sha256(str(jax.tree.structure(tree)).encode())
     for leaf in jax.tree.leaves(tree):
-        array = np.asarray(jax.random.key_data(leaf) if _is_key(leaf) else leaf)
+        array = np.asarray(jax.random.key_data(leaf) if is_key(leaf) else leaf)
         h.update(f"{array.shape}{array.dtype}".encode())
         h.update(np.ascontiguousarray(array).tobytes())
     return h.hexdigest()
 
-
-def _is_key(x: Any) -> bool:
-    return isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jax.dtypes.prng_key)
 
 
 def refuse_changed_settings(path: str, recorded: dict | None, now: dict, *,

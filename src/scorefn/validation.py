@@ -35,6 +35,23 @@ def dead_code_elimination() -> Callable:
     return dce_jaxpr
 
 
+def is_key(x: Any) -> bool:
+    """Whether ``x`` is a typed JAX PRNG key array (``jax.random.key``)."""
+    return isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jax.dtypes.prng_key)
+
+
+def first_nonfinite(values: np.ndarray) -> tuple[str, int, int, int] | None:
+    """For values ``(N, ...)`` (one row per sample or particle): None if every row is
+    finite, else (``"NaN"`` or ``"inf"`` for the first bad row, its index, the number of bad
+    rows, N): what the run-time guards' messages report."""
+    rows = values.reshape(values.shape[0], -1)
+    bad = ~np.isfinite(rows).all(axis=1)
+    if not bad.any():
+        return None
+    first = int(np.flatnonzero(bad)[0])
+    return ("NaN" if np.isnan(rows[first]).any() else "inf"), first, int(bad.sum()), len(bad)
+
+
 def is_traced(x: Any) -> bool:
     return any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(x))
 

@@ -71,14 +71,12 @@ def magic_box(tau: jax.Array) -> jax.Array:
 
 def _nonfinite_term_message(name: str):
     def message(values: np.ndarray) -> str | None:
-        per_particle = values.reshape(values.shape[0], -1)
-        bad = ~np.isfinite(per_particle).all(axis=1)
-        if not bad.any():
+        found = v.first_nonfinite(values)
+        if found is None:
             return None
-        first = int(np.flatnonzero(bad)[0])
-        kind = "NaN" if np.isnan(per_particle[first]).any() else "inf"
-        return (f"term {name!r} of the program is {kind} at particle {first} ({int(bad.sum())} "
-                f"of {len(bad)} particles): J = E[Σ terms] needs finite terms. Check the factor's "
+        kind, first, bad, total = found
+        return (f"term {name!r} of the program is {kind} at particle {first} ({bad} "
+                f"of {total} particles): J = E[Σ terms] needs finite terms. Check the factor's "
                 "value (or the observed site's log-probability) for the sampled values")
 
     return message

@@ -60,16 +60,14 @@ def _nonfinite_term_message(name: str):
     model's log density: the site, NaN or inf, and the first bad sample."""
 
     def message(values: np.ndarray) -> str | None:
-        per_sample = values.reshape(values.shape[0], -1)
-        bad = ~np.isfinite(per_sample).all(axis=1)
-        if not bad.any():
+        found = v.first_nonfinite(values)
+        if found is None:
             return None
-        first = int(np.flatnonzero(bad)[0])
-        kind = "NaN" if np.isnan(per_sample[first]).any() else "inf"
+        kind, first, bad, total = found
         site = name.split(":")[0]
         return (
             f"the model's log density is not finite at the guide's samples: site {site!r} "
-            f"(term {name!r}) is {kind} at {int(bad.sum())} of {len(bad)} samples (first: "
+            f"(term {name!r}) is {kind} at {bad} of {total} samples (first: "
             f"sample {first}). Check that the guide's support matches the site's support and "
             "that the model is defined for every value the guide can draw"
         )
