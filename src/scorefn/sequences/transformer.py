@@ -28,11 +28,13 @@ except ImportError as error:  # pragma: no cover - depends on the installed extr
 class CausalSelfAttention(nn.Module):
     r"""softmax(q kᵀ / √d + causal mask) v per head, with a key-value cache under ``decode``.
 
-    Parameters as flax's ``MultiHeadDotProductAttention`` (``query``, ``key``, ``value``,
-    ``out``, with biases). Under ``decode`` the inputs x [B, n, F] sit at positions ``start``
-    … ``start + n − 1``: their keys and values are written to the cache there, and query i
-    attends to cache positions ≤ ``start + i``. The call that creates the cache (``init``)
-    sizes it for x and attends causally within x."""
+    The parameters of flax's ``MultiHeadDotProductAttention`` (query, key, value and output
+    kernels with biases), laid out heads first: queries, keys and values are [B, H, T, F/H]
+    straight from their projections, so the attention's products need no transposes. Under
+    ``decode`` the inputs x [B, n, F] sit at positions ``start`` … ``start + n − 1``: their
+    keys and values are written to the cache ([B, H, length, F/H]) there, and query i attends
+    to cache positions ≤ ``start + i``. The call that creates the cache (``init``) sizes it
+    for x and attends causally within x."""
 
     num_heads: int
     dtype: Any = jnp.float32
@@ -44,9 +46,11 @@ class CausalSelfAttention(nn.Module):
         features = x.shape[-1]
         head = features // self.num_heads
 
-        def projection(name):
-            return nn.DenseGeneral((self.num_heads, head), dtype=self.dtype,
-                                   kernel_init=self.kernel_init, name=name)(x)
+        def projection(name):  # [B, T, F] -> [B, H, T, F/H]: heads first, for the products
+            kernel = self.param(f"{name}_kernel", self.kernel_init, (features, self.num_heads, head))
+            bias = self.param(f"{name}_bias", nn.initializers.zeros, (self.num_heads, head))
+            return (jnp.einsum("btf,fhd->bhtd", x, kernel.astype(self.dtype))
+                    + bias.astype(self.dtype)[None, :, None])
 
         query, key, value = projection("query"), projection("key"), projection("value")
         positions = jnp.arange(x.shape[1])
@@ -57,20 +61,21 @@ class CausalSelfAttention(nn.Module):
             cached_value = self.variable("cache", "cached_value", jnp.zeros, value.shape,
                                          value.dtype)
             if initialised:
-                at = (0, start, 0, 0)
+                at = (0, 0, start, 0)
                 key = jax.lax.dynamic_update_slice(cached_key.value, key, at)
                 value = jax.lax.dynamic_update_slice(cached_value.value, value, at)
                 cached_key.value, cached_value.value = key, value
                 positions = positions + start
-                key_positions = jnp.arange(key.shape[1])
+                key_positions = jnp.arange(key.shape[2])
         # Positions not yet written hold zeros; the mask keeps them out, as it keeps the future.
         mask = key_positions[None, :] <= positions[:, None]
-        scores = jnp.einsum("bqhd,bkhd->bhqk", query, key) / jnp.sqrt(head).astype(self.dtype)
+        scores = jnp.einsum("bhqd,bhkd->bhqk", query, key) / jnp.sqrt(head).astype(self.dtype)
         scores = jnp.where(mask, scores, jnp.finfo(scores.dtype).min)
         weights = jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(self.dtype)
-        attended = jnp.einsum("bhqk,bkhd->bqhd", weights, value)
-        return nn.DenseGeneral(features, axis=(-2, -1), dtype=self.dtype,
-                               kernel_init=self.out_kernel_init, name="out")(attended)
+        attended = jnp.einsum("bhqk,bhkd->bhqd", weights, value)
+        out_kernel = self.param("out_kernel", self.out_kernel_init, (self.num_heads, head, features))
+        out_bias = self.param("out_bias", nn.initializers.zeros, (features,))
+        return jnp.einsum("bhqd,hdf->bqf", attended, out_kernel.astype(self.dtype)) + out_bias
 
 
 class CausalTransformer(nn.Module):
