@@ -26,7 +26,6 @@ UNBIASED_BASELINES = {
 }
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("name", list(UNBIASED_BASELINES))
 @pytest.mark.parametrize("make_problem", ALL_PROBLEMS, ids=lambda m: m.__name__)
 def test_baseline_keeps_estimator_unbiased(make_problem, name):
@@ -35,7 +34,6 @@ def test_baseline_keeps_estimator_unbiased(make_problem, name):
     assert_unbiased(estimates, problem.true_grad)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("make_problem", ALL_PROBLEMS, ids=lambda m: m.__name__)
 def test_ema_baseline_keeps_estimator_unbiased(make_problem):
     problem = make_problem()
@@ -43,7 +41,6 @@ def test_ema_baseline_keeps_estimator_unbiased(make_problem):
     assert_unbiased(estimates, problem.true_grad)
 
 
-@pytest.mark.slow
 def test_ema_with_warmup_and_without_debiasing_keeps_estimator_unbiased():
     problem = normal_square()
     estimates = repeated_ema(problem, jax.random.key(13), 50, 2000, decay=0.9, warmup=True,
@@ -51,7 +48,6 @@ def test_ema_with_warmup_and_without_debiasing_keeps_estimator_unbiased():
     assert_unbiased(estimates, problem.true_grad)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(
     "biased, unbiased",
     [(baselines.batch_mean(), baselines.leave_one_out()),
@@ -186,14 +182,12 @@ def gaussian_variance_runs():
     return runs
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("name", ["constant", "leave_one_out", "batch_mean", "optimal", "ema"])
 def test_each_baseline_lowers_variance_on_the_gaussian(gaussian_variance_runs, name):
     z = variance_z(gaussian_variance_runs[name], gaussian_variance_runs["none"])
     assert np.all(z < -4), f"variance not lower than without a baseline: z = {np.round(z, 1)}"
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("other", ["constant", "leave_one_out", "batch_mean", "ema"])
 def test_optimal_baseline_is_lowest_per_coordinate(gaussian_variance_runs, other):
     z = variance_z(gaussian_variance_runs["optimal"], gaussian_variance_runs[other])
@@ -202,7 +196,6 @@ def test_optimal_baseline_is_lowest_per_coordinate(gaussian_variance_runs, other
     assert np.min(z) < -4, f"optimal baseline not lower anywhere: z = {np.round(z, 1)}"
 
 
-@pytest.mark.slow
 def test_variance_check_fails_when_variance_is_not_lower(gaussian_variance_runs):
     """The check above is not vacuous: the same test on the plain estimator fails."""
     z = variance_z(gaussian_variance_runs["none"], gaussian_variance_runs["leave_one_out"])

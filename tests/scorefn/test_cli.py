@@ -45,7 +45,6 @@ def test_optimize_json_line(tmp_path, capsys):
     assert plot.stat().st_size > 5_000
 
 
-@pytest.mark.slow
 def test_optimize_restarts_solve_rastrigin(capsys):
     # Without restarts xNES stalls in a local minimum here (measured: stops at f = 2.98).
     # With them it reaches 0 after 4 restarts (130k evaluations); without the restarts'

@@ -23,7 +23,6 @@ from scorefn import control_variates as cv
 DELTA_PROBLEMS = [p for p in ALL_PROBLEMS if p().differentiable_f]
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("make_problem", ALL_PROBLEMS, ids=lambda m: m.__name__)
 def test_score_control_variate_is_unbiased(make_problem):
     problem = make_problem()
@@ -31,7 +30,6 @@ def test_score_control_variate_is_unbiased(make_problem):
     assert_unbiased(estimates, problem.true_grad)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("make_problem", DELTA_PROBLEMS, ids=lambda m: m.__name__)
 def test_delta_method_control_variate_is_unbiased(make_problem):
     problem = make_problem()
@@ -40,7 +38,6 @@ def test_delta_method_control_variate_is_unbiased(make_problem):
     assert_unbiased(estimates, problem.true_grad)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("make_problem", [normal_square, normal_step], ids=lambda m: m.__name__)
 @pytest.mark.parametrize("coefficient", ["optimal", 0.7])
 def test_generic_control_variate_is_unbiased(make_problem, coefficient):
@@ -50,7 +47,6 @@ def test_generic_control_variate_is_unbiased(make_problem, coefficient):
     assert_unbiased(estimates, problem.true_grad)
 
 
-@pytest.mark.slow
 def test_check_fails_on_a_planted_wrong_expectation():
     """A control variate whose 'known' mean is off by a θ-dependent term biases the estimate."""
     problem = normal_square()
@@ -59,7 +55,6 @@ def test_check_fails_on_a_planted_wrong_expectation():
     assert detects_bias(estimates, problem.true_grad)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("make_problem", [normal_square, normal_step], ids=lambda m: m.__name__)
 def test_batch_fitted_coefficient_bias_is_visible_at_small_n(make_problem):
     """β fitted on the same batch (optimal_batch) is biased at N = 5; leave-one-out is not."""
@@ -85,7 +80,6 @@ def test_score_control_variate_equals_optimal_baseline(key):
         np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.slow
 def test_delta_method_removes_nearly_all_variance_for_a_quadratic():
     """For quadratic f the Taylor expansion is exact: h = f, the estimate is almost exact."""
     problem = normal_square()
@@ -96,7 +90,6 @@ def test_delta_method_removes_nearly_all_variance_for_a_quadratic():
     assert_unbiased(delta, problem.true_grad)
 
 
-@pytest.mark.slow
 def test_generic_control_variate_lowers_variance():
     """h(x) = Σ (x - 1)² (known mean Σ (μ - 1)² + σ²), correlated with f = Σ x²: lower
     variance, coordinate by coordinate, by more than 4 standard errors of the log ratio."""
@@ -172,7 +165,6 @@ def test_delta_method_supports_independent_and_single_multivariate_events():
         dist.MultivariateNormal(jnp.zeros((4, 2)), jnp.eye(2)))   # a batch of MVNs
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("estimator,repeats", [("pathwise", 2000), ("measure_valued", 1000)])
 def test_delta_method_with_pathwise_and_measure_valued_is_unbiased_and_lowers_the_variance(
         estimator, repeats):

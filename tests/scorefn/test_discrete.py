@@ -31,7 +31,6 @@ def estimates(dist_fn, params, f, key, num_samples, num_repeats=3000, **options)
     return np.asarray(out, np.float64)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("t", [0.45, 0.499, 0.6])
 @pytest.mark.parametrize("estimator", ["arm", "disarm", "rloo"])
 def test_unbiased_on_rebar_toy(estimator, t):
@@ -164,7 +163,6 @@ def _relax_estimates(estimator, state, f, key, num_repeats=2000, **options):
                       np.float64)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["rebar", "relax"])
 def test_rebar_and_relax_are_unbiased_for_fixed_and_trained_control_variates(kind):
     dist_fn, params, f, true = rebar_toy(0.45)
@@ -193,7 +191,6 @@ def test_planted_bias_relax_without_the_conditional_correction_is_detected():
     assert detects_bias(np.asarray(planted, np.float64), true)
 
 
-@pytest.mark.slow
 def test_relax_variance_falls_as_its_control_variate_trains():
     dist_fn, params, f, _ = rebar_toy(0.45)
     estimator = scorefn.discrete.relax(SmallMLP(), rebar_term=False)  # RELAX with the network alone
@@ -280,7 +277,6 @@ def test_rebar_through_scorefn_grad_with_fixed_control_variate():
         scorefn.grad(f, dist_fn, params, jax.random.key(0), 2, estimator="relax")
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["rebar", "relax"])
 def test_rebar_and_relax_for_a_categorical(kind):
     """10 classes; f sees one-hot vectors. Unbiased before and after training ψ."""

@@ -20,7 +20,6 @@ NUM_SAMPLES = 50
 NUM_REPEATS = 2000
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("make_problem", ALL_PROBLEMS, ids=lambda m: m.__name__)
 def test_score_estimator_is_unbiased(make_problem):
     problem = make_problem()
@@ -28,7 +27,6 @@ def test_score_estimator_is_unbiased(make_problem):
     assert_unbiased(estimates, problem.true_grad)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(
     "make_problem",
     [p for p in ALL_PROBLEMS if p().reparameterised and p().differentiable_f],
@@ -62,7 +60,6 @@ class OwnScore(scorefn.baselines.Baseline):
         return jax.tree.map(lambda g: values.reshape((-1,) + (1,) * (g.ndim - 1)) - g, scores)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("make_problem", ALL_PROBLEMS, ids=lambda m: m.__name__)
 def test_unbiasedness_check_fails_on_planted_bias(make_problem):
     problem = make_problem()

@@ -292,7 +292,6 @@ def test_natural_gradient_transformation_errors():
         fisher.natural_gradient_dense(jnp.eye(3), {"a": jnp.zeros(2)})
 
 
-@pytest.mark.slow
 def test_natural_gradient_descent_converges_on_an_expected_loss():
     """Minimise E_{x~N(μ,σ²)}[(x - 3)²] = (μ - 3)² + σ² with score-function gradients
     preconditioned by the exact Fisher: μ → 3, σ shrinks."""

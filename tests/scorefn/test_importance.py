@@ -40,7 +40,6 @@ def _repeated_is(problem, behaviour, n, r, key, **options):
                       np.float64)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("case", [_gaussian_case, _categorical_case], ids=["gaussian", "categorical"])
 @pytest.mark.parametrize("baseline", [None, "leave_one_out"])
 def test_ordinary_importance_sampling_is_unbiased(case, baseline):
@@ -50,7 +49,6 @@ def test_ordinary_importance_sampling_is_unbiased(case, baseline):
     assert_unbiased(estimates, problem.true_grad)
 
 
-@pytest.mark.slow
 def test_check_fails_when_the_behaviour_density_is_wrong():
     """A planted bias: weights computed with a q that did not generate the samples."""
     problem, behaviour = _gaussian_case()
@@ -89,7 +87,6 @@ def test_on_policy_weights_reduce_to_the_plain_estimator(key):
         problem.dist_fn, problem.params, x, d))) == pytest.approx(64, rel=1e-5)
 
 
-@pytest.mark.slow
 def test_self_normalised_bias_shrinks_with_n():
     """Biased at N = 5, consistent: no detectable bias at N = 500 with the same test."""
     problem, behaviour = _gaussian_case()
@@ -101,7 +98,6 @@ def test_self_normalised_bias_shrinks_with_n():
     assert_unbiased(large, problem.true_grad)
 
 
-@pytest.mark.slow
 def test_truncated_weights_bound_the_variance_and_bias_the_mean():
     problem, behaviour = _gaussian_case()
     plain = _repeated_is(problem, behaviour, 50, 2000, jax.random.key(64))
@@ -198,7 +194,6 @@ def test_argument_errors(key):
                                  on_low_ess="log")
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("heuristic", ["balance", "power"])
 def test_multiple_importance_sampling_is_unbiased_and_beats_the_worse_proposal(heuristic):
     problem = normal_square()
@@ -246,7 +241,6 @@ def test_per_decision_log_weights():
         importance.per_decision_log_weights(jnp.zeros(3), jnp.zeros(3))
 
 
-@pytest.mark.slow
 def test_per_decision_weights_are_unbiased_for_prefix_functions():
     """Sequences of 3 Bernoulli steps: E_μ[ρ_{1:t} h(a_{1:t})] = E_π[h(a_{1:t})] for each t,
     with h(a_{1:t}) = Σ_{k≤t} a_k, whose π-expectation is t·p."""

@@ -22,7 +22,6 @@ from scorefn.measure_valued import measure_valued_grad
 PROBLEMS = [normal_square, normal_step, poisson_square, bernoulli_rebar]
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("make_problem", PROBLEMS, ids=lambda m: m.__name__)
 @pytest.mark.parametrize("coupling", [True, False], ids=["coupled", "uncoupled"])
 def test_measure_valued_is_unbiased(make_problem, coupling):
@@ -38,7 +37,6 @@ def test_measure_valued_is_unbiased(make_problem, coupling):
     assert_unbiased(estimates, problem.true_grad)
 
 
-@pytest.mark.slow
 def test_maxwell_gaussian_coupling_lowers_the_variance_of_the_scale_derivative():
     problem = normal_square()
 

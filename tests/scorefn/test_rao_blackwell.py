@@ -54,7 +54,6 @@ def _repeated(rao_blackwellize, key, n=20, r=2000, baseline=None):
                       np.float64)
 
 
-@pytest.mark.slow
 def test_enumeration_same_mean_lower_variance_on_a_mixture():
     truth = mixture_problem()[-1]
     plain = _repeated(False, jax.random.key(70))
@@ -65,7 +64,6 @@ def test_enumeration_same_mean_lower_variance_on_a_mixture():
     assert np.all(z < -4), np.round(z, 1)
 
 
-@pytest.mark.slow
 def test_enumeration_with_a_baseline_stays_unbiased():
     truth = mixture_problem()[-1]
     estimates = _repeated(True, jax.random.key(72), baseline=scorefn.baselines.leave_one_out())
@@ -118,7 +116,6 @@ def _chain_estimates(local, key, baseline=None, n=20, r=3000):
                       np.float64)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("baseline", [None, "leave_one_out"])
 def test_local_learning_signals_same_mean_lower_variance(baseline):
     truth = chain_problem()[-1]
@@ -134,7 +131,6 @@ def test_local_learning_signals_same_mean_lower_variance(baseline):
     assert np.sum(z < -4) >= 3, np.round(z, 1)
 
 
-@pytest.mark.slow
 def test_dropping_a_dependency_is_caught_as_bias():
     """A planted bias: forget that term 0 reads bit 1."""
     dist_fn, params, terms, dependencies, truth = chain_problem()

@@ -70,7 +70,6 @@ def _as_arrays(params):
                         is_leaf=lambda x: isinstance(x, tuple))
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_expected_score_is_zero(family):
     dist_fn, strategy = FAMILIES[family]

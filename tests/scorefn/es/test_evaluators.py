@@ -29,7 +29,6 @@ def slow_rastrigin(x):
     return numpy_rastrigin(x)
 
 
-@pytest.mark.slow
 def test_process_pool_with_bounds_matches_in_process():
     options = dict(sigma0=1.0, seed=3, max_evaluations=80, tol_f=-1.0, bounds=(-2.0, 2.0))
     x0 = np.clip(X0, -1.9, 1.9)
@@ -59,7 +58,6 @@ def test_process_pool_refuses_an_f_typed_into_python_c():
     assert "TypeError: evaluator='processes' cannot run an f defined in an interactive" in done.stderr
 
 
-@pytest.mark.slow
 def test_process_pool_timeout_raises_and_stops_the_workers():
     import multiprocessing
     import time

@@ -17,7 +17,6 @@ from scorefn import es, runs
 X0 = np.random.default_rng(0).uniform(-3, 3, 10)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["snes", "xnes"])
 @pytest.mark.parametrize("function, budget", [("sphere", 10_000), ("ellipsoid", 20_000)])
 def test_reaches_1e_8_on_sphere_and_ellipsoid_d10(strategy, function, budget):
@@ -26,14 +25,12 @@ def test_reaches_1e_8_on_sphere_and_ellipsoid_d10(strategy, function, budget):
     assert result.success, (result.f, result.evaluations, result.stop_reason)
 
 
-@pytest.mark.slow
 def test_xnes_solves_rosenbrock_d10():
     result = es.minimize(es.rosenbrock, X0, "xnes", sigma0=0.5, target_f=1e-8,
                          max_evaluations=40_000)
     assert result.success, (result.f, result.evaluations)
 
 
-@pytest.mark.slow
 def test_snes_with_a_slow_scale_rate_solves_rosenbrock_d10():
     """With the default η_σ SNES's scales shrink faster than its mean moves along rosenbrock's
     curved valley (seed 0: f = 7e-3 after 2e5 evaluations); η_σ = 0.01 reaches 1e-8 (122k)."""
@@ -44,7 +41,6 @@ def test_snes_with_a_slow_scale_rate_solves_rosenbrock_d10():
     assert slow.success, (slow.f, slow.evaluations)
 
 
-@pytest.mark.slow
 def test_bernoulli_solves_onemax_d100():
     result = es.minimize(es.onemax, np.full(100, 0.5), "bernoulli", target_f=0.0,
                          max_evaluations=20_000)
@@ -58,7 +54,6 @@ def _snes_state(mean, sigma):
                      jnp.zeros((), jnp.int32))
 
 
-@pytest.mark.slow
 def test_snes_search_gradient_matches_the_closed_form():
     """With raw f values (no shaping), Σ_k f_k ∇ log p / λ estimates ∇E[f]: for the sphere,
     ∇μ = 2μ and ∇log σ = 2σ². The same check catches a planted 10% bias."""
@@ -254,7 +249,6 @@ def test_resume_equals_uninterrupted(tmp_path, evaluator):
                     checkpoint=path, resume=True, **options)
 
 
-@pytest.mark.slow
 def test_openai_es_reaches_1e_8_on_sphere_with_decaying_schedules():
     """Isotropic and fixed-shape: with σ and the Adam step decaying together it reaches 1e-8
     on the sphere; on the 1e6-conditioned ellipsoid it does not (documented, not claimed)."""
@@ -283,7 +277,6 @@ def test_openai_es_uses_mirrored_samples_and_weight_decay():
         es.openai_es(popsize=5)
 
 
-@pytest.mark.slow
 def test_ipop_restarts_solve_rastrigin_d10():
     """Without restarts SNES stalls in a local minimum of rastrigin; growing the population
     over restarts reaches the global one (seeds 0-5 all do within 2e5 evaluations, after 2-4
@@ -350,7 +343,6 @@ def test_bounds_errors():
         es.minimize(es.sphere, np.zeros(2), bounds=(1.0, -1.0))
 
 
-@pytest.mark.slow
 def test_categorical_strategy_finds_a_target_string():
     target = jnp.arange(30) % 4
 
@@ -389,7 +381,6 @@ def test_maxcut_values():
     assert float(es.cycle_maxcut(jnp.array([0, 0, 1, 1]))) == 2.0
 
 
-@pytest.mark.slow
 def test_bernoulli_gets_within_ten_percent_of_the_cycle_maxcut():
     """Independent bits cannot represent the two alternating optima jointly, so runs can stop
     with a couple of uncut edges; they still cut at least 90% of the 40 edges (random: 50%)."""
@@ -448,7 +439,6 @@ def test_xnes_adaptation_sampling_keeps_the_default_rate_when_fitness_is_noise()
     assert float(jnp.max(rates)) < 1.5 * strategy.sizes(10)[2]
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("f,most", [(es.sphere, 0.5), (es.ellipsoid, 0.75), (es.rosenbrock, 0.8)])
 def test_xnes_defaults_need_fewer_evaluations_than_plain_xnes(f, most):
     # Defaults: adaptation sampling and mirrored sampling on. Measured fractions of plain xNES's

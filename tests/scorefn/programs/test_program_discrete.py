@@ -40,7 +40,6 @@ def objective(p):
 TRUE = jax.grad(objective)(PARAMS)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("z", ["arm", "disarm", "rloo", "score", "enumerate"])
 @pytest.mark.parametrize("c", ["rloo", "enumerate"])
 def test_discrete_estimators_per_site_are_unbiased(z, c):
@@ -64,7 +63,6 @@ def test_planted_bias_antithetic_pair_sharing_no_noise_is_detected(monkeypatch):
     assert detects_bias(out, TRUE)
 
 
-@pytest.mark.slow
 def test_rebar_site_is_unbiased_and_its_planted_bias_is_caught(monkeypatch):
     """REBAR per site (η = 1, τ = 0.5) with the Categorical below it enumerated; the planted
     twin detaches z̃'s conditional uniform from φ, so ∇c(z̃) misses how z̃ | b moves with φ."""
@@ -185,7 +183,6 @@ def test_relax_params_are_checked_and_relax_takes_them_from_its_state():
         rebar.grad(two_site, PARAMS, jax.random.key(1), state=state, relax_params={"z": psi})
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("z", ["rloo", "enumerate"])
 def test_sum_and_sample_site_is_unbiased(z):
     """The Categorical site c: its most probable class summed, one of the other two sampled
@@ -206,7 +203,6 @@ def test_sum_and_sample_with_every_class_summed_is_exact():
             np.testing.assert_allclose(g[name], TRUE[name], rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.slow
 def test_sum_and_sample_beats_rloo_at_the_same_number_of_runs_and_its_twin_is_caught(
         monkeypatch):
     """k = 2 with 2 particles (4 runs) against RLOO with 4 particles, on c's logits; the

@@ -212,7 +212,6 @@ def categorical_objective(p):
     return jnp.sum(jax.nn.softmax(p["logits"]) * CAT_R)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("baseline", [None, "loo"])
 @pytest.mark.parametrize("case", ["normal", "categorical"])
 def test_hessian_is_unbiased(case, baseline):

@@ -31,15 +31,7 @@ PENALTIES = [dict(kl_coef=0.3, kl_estimator=e, kl_in=p) for p in sequences.KL_PL
              for e in ("k1", "k2", "k3")] + [dict(entropy_coef=0.2),
                                              dict(kl_coef=0.3, kl_in="loss", kl_estimator="k3",
                                                   aggregation="token_mean", advantage="grpo")]
-# A representative of each kind runs with the quick tests; the rest are marked slow.
-QUICK = [dict(advantage="rloo", aggregation="sequence_sum"),
-         dict(advantage="grpo", aggregation="sequence_mean"),
-         dict(advantage="dr_grpo", aggregation="constant"),
-         dict(advantage="reinforce_pp", aggregation="token_mean"),
-         dict(advantage="rloo", aggregation="token_mean_per_group"),
-         OFF_POLICY[1], OFF_POLICY[3], PENALTIES[0], PENALTIES[5]]
-VARIANTS = [v if v in QUICK else pytest.param(v, marks=pytest.mark.slow)
-            for v in ON_POLICY + OFF_POLICY + PENALTIES]
+VARIANTS = ON_POLICY + OFF_POLICY + PENALTIES
 
 
 def _label(options):

@@ -65,7 +65,6 @@ def vimco_truth():
     return np.array([g[name] for name in sorted(VIMCO_PARAMS)])
 
 
-@pytest.mark.slow
 def test_vimco_is_unbiased_for_the_bound_gradient():
     estimates = loss_gradients(scorefn.vi.VIMCO(K), binary_model, binary_guide, VIMCO_PARAMS,
                                XB, 5000)
@@ -77,7 +76,6 @@ def test_vimco_is_unbiased_for_the_bound_gradient():
     assert_unbiased(np.asarray(values, np.float64)[:, None], np.array([jax.jit(exact_bound)(VIMCO_PARAMS)]))
 
 
-@pytest.mark.slow
 def test_vimco_with_a_baseline_that_sees_its_own_sample_is_caught(monkeypatch):
     """The bound itself as the baseline (L̂_{-k} = L̂): the score term vanishes, biased."""
     monkeypatch.setattr(numpyro_loss, "vimco_learning_signal",  # L̂ - L̂_{-k} with L̂_{-k} = L̂
@@ -87,7 +85,6 @@ def test_vimco_with_a_baseline_that_sees_its_own_sample_is_caught(monkeypatch):
     assert detects_bias(estimates, vimco_truth())
 
 
-@pytest.mark.slow
 def test_iwae_on_a_discrete_guide_is_unbiased_by_the_score_function(monkeypatch):
     """Σ_k (L̂ - w̃_k) ∇ log q(z_k) for a site without rsample; planted: without L̂."""
     estimates = loss_gradients(scorefn.vi.IWAE(K), binary_model, binary_guide, VIMCO_PARAMS,
@@ -139,7 +136,6 @@ def two_sample_z(a, b):
     return (a.mean(0) - b.mean(0)) / se
 
 
-@pytest.mark.slow
 def test_iwae_dreg_is_unbiased_and_has_lower_variance_for_the_guide():
     reference = plain_reparameterised(100000, seed=1)
     estimates = loss_gradients(scorefn.vi.IWAE(K), gaussian_model, gaussian_guide, IWAE_PARAMS,
@@ -153,7 +149,6 @@ def test_iwae_dreg_is_unbiased_and_has_lower_variance_for_the_guide():
         assert estimates[:, i].var() < 0.8 * reference[:, i].var()
 
 
-@pytest.mark.slow
 def test_vimco_on_a_reparameterisable_guide_is_unbiased():
     """VIMCO scores every site, continuous ones too: their draws must reach the trace
     detached (an earlier version detached them after the trace had copied them: biased)."""
@@ -164,7 +159,6 @@ def test_vimco_on_a_reparameterisable_guide_is_unbiased():
     assert np.all(np.abs(z) < Z_MAX), z
 
 
-@pytest.mark.slow
 def test_iwae_without_squared_weights_is_caught(monkeypatch):
     """w̃ in place of w̃² on the path term (the 'sticking the landing' IWAE): biased."""
     monkeypatch.setattr(numpyro_loss, "doubly_reparameterized_weights",
@@ -239,7 +233,6 @@ def stl_truth():
     return np.array([g[name] for name in sorted(IWAE_PARAMS)])
 
 
-@pytest.mark.slow
 def test_path_derivative_elbo_is_unbiased_and_its_detached_twin_is_caught(monkeypatch):
     # pathwise named: a detached log q would otherwise make z's default estimator 'score'
     loss = scorefn.vi.ELBO(num_particles=1, path_derivative=True, estimators={"z": "pathwise"})

@@ -51,7 +51,6 @@ def gradient_estimates(loss, batch, n, seed=0):
                       np.float64)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("batch", [None, 10])
 @pytest.mark.parametrize("estimator,particles", [("rloo", 4), ("disarm", 1)])
 def test_gradient_is_unbiased_for_the_full_data_elbo(batch, estimator, particles):
@@ -62,7 +61,6 @@ def test_gradient_is_unbiased_for_the_full_data_elbo(batch, estimator, particles
     assert_unbiased(estimates, truth)
 
 
-@pytest.mark.slow
 def test_planted_double_subsample_scale_is_detected(monkeypatch):
     """The bias numpyro 0.22's TraceGraph_ELBO has under subsampling (the plate's N/B scale
     applied twice) is caught by the same test."""
