@@ -34,7 +34,8 @@ class CausalSelfAttention(nn.Module):
     ``decode`` the inputs x [B, n, F] sit at positions ``start`` … ``start + n − 1``: their
     keys and values are written to the cache ([B, H, length, F/H]) there, and query i attends
     to cache positions ≤ ``start + i``. The call that creates the cache (``init``) sizes it
-    for x and attends causally within x."""
+    for x and attends causally within x; writing past that length is the caller's to avoid
+    (``sample_cached`` and ``log_probs_cached`` size it for prompt and completion)."""
 
     num_heads: int
     dtype: Any = jnp.float32
@@ -44,6 +45,9 @@ class CausalSelfAttention(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, decode: bool = False, start: jax.Array | int = 0) -> jax.Array:
         features = x.shape[-1]
+        if features % self.num_heads:
+            raise ValueError(f"features ({features}) must be a multiple of num_heads "
+                             f"({self.num_heads})")
         head = features // self.num_heads
 
         def projection(name):  # [B, T, F] -> [B, H, T, F/H]: heads first, for the products
@@ -75,7 +79,8 @@ class CausalSelfAttention(nn.Module):
         attended = jnp.einsum("bhqk,bhkd->bhqd", weights, value)
         out_kernel = self.param("out_kernel", self.out_kernel_init, (self.num_heads, head, features))
         out_bias = self.param("out_bias", nn.initializers.zeros, (features,))
-        return jnp.einsum("bhqd,hdf->bqf", attended, out_kernel.astype(self.dtype)) + out_bias
+        return (jnp.einsum("bhqd,hdf->bqf", attended, out_kernel.astype(self.dtype))
+                + out_bias.astype(self.dtype))
 
 
 class CausalTransformer(nn.Module):

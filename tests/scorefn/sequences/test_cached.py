@@ -113,6 +113,9 @@ def test_same_logits_fn_object_for_the_same_model(transformer):
 
 def test_errors(transformer):
     model, params, prompts = transformer
+    with pytest.raises(ValueError, match=r"features \(30\) must be a multiple of num_heads \(4\)"):
+        sequences.CausalTransformer(vocab_size=12, max_length=8, num_heads=4, features=30).init(
+            jax.random.key(0), prompts)
     with pytest.raises(ValueError, match="max_new_tokens must be an int >= 1"):
         sequences.sample_cached(model, params, prompts, jax.random.key(0), max_new_tokens=0)
     with pytest.raises(ValueError, match="eos_id must be None or a token id"):
