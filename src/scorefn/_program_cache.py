@@ -34,7 +34,6 @@ import numpy as np
 from scorefn import checkpoints, validation
 from scorefn._compilation_cache import enable_compilation_cache
 from scorefn._compiler_options import cpu_options
-from scorefn.validation import is_key
 
 FORMAT = 2  # 2: a scorefn.checkpoints file with the tree structure as JSON
 
@@ -62,10 +61,9 @@ def _environment_digest(packages: tuple[str, ...]) -> str:
     return h.hexdigest()
 
 
-
 def _to_raw(leaves: Sequence[Any]) -> list[Any]:
     # Typed PRNG keys cross the exported boundary as their raw uint32 data.
-    return [jax.random.key_data(x) if is_key(x) else x for x in leaves]
+    return [jax.random.key_data(x) if validation.is_key(x) else x for x in leaves]
 
 
 def _from_raw(raw: Sequence[Any], key_impls: Sequence[Any]) -> list[Any]:
@@ -74,7 +72,7 @@ def _from_raw(raw: Sequence[Any], key_impls: Sequence[Any]) -> list[Any]:
 
 
 def _key_impls(leaves: Sequence[Any]) -> list[Any]:
-    return [jax.random.key_impl(x) if is_key(x) else None for x in leaves]
+    return [jax.random.key_impl(x) if validation.is_key(x) else None for x in leaves]
 
 
 def _impl_names(impls: Sequence[Any]) -> list[str | None]:

@@ -151,7 +151,6 @@ def _encode(value: Any, arrays: list, where: str) -> Any:
             "structure": str(treedef)}
 
 
-
 def _impl_name(key: jax.Array) -> str:
     return str(jax.random.key_impl(key))
 

@@ -45,7 +45,6 @@ def tree_digest(tree: Any) -> str:
     return h.hexdigest()
 
 
-
 def refuse_changed_settings(path: str, recorded: dict | None, now: dict, *,
                             what: str = "settings", may_change: str = "") -> None:
     """The one resume check of every run (es, rl, vi): a ValueError naming each entry of

@@ -9,6 +9,7 @@ traced ones, so a jitted estimator still stops with the same message instead of 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 import os
 from collections.abc import Callable
@@ -19,20 +20,23 @@ import jax.numpy as jnp
 import numpy as np
 from jax.tree_util import keystr, tree_flatten_with_path
 
+# jax keeps its dead-code pass private (no public route in jax or jax.extend): the one place
+# scorefn reaches into jax._src, named here so that tests can remove it.
+DCE_MODULE = "jax._src.interpreters.partial_eval"
+
 
 def dead_code_elimination() -> Callable:
     """jax's ``dce_jaxpr(jaxpr, used_outputs) -> (jaxpr, used_inputs)``, which tells which
-    inputs each output reads, structurally. jax has no public route to it; without it the
-    dependency analysis (credit assignment in programs, which sites are differentiable)
-    cannot run, and guessing would change estimators silently, so its absence is an error."""
+    inputs each output reads, structurally. Without it the dependency analysis (credit
+    assignment in programs, which sites are differentiable) cannot run, and guessing would
+    change estimators silently, so its absence is an error."""
     try:
-        from jax._src.interpreters.partial_eval import dce_jaxpr
-    except ImportError as error:
+        return importlib.import_module(DCE_MODULE).dce_jaxpr
+    except (ImportError, AttributeError) as error:
         raise ImportError(
-            "scorefn's dependency analysis needs jax._src.interpreters.partial_eval.dce_jaxpr, "
-            f"which jax {jax.__version__} does not have; install a jax release that has it "
-            "(scorefn is tested with the version in its CI log)") from error
-    return dce_jaxpr
+            f"scorefn's dependency analysis needs {DCE_MODULE}.dce_jaxpr, which jax "
+            f"{jax.__version__} does not have; install a jax release that has it (scorefn is "
+            "tested with the version in its CI log)") from error
 
 
 def is_key(x: Any) -> bool:

@@ -62,19 +62,23 @@ def _feed_one(model, params, cache, token):
     return cache, logits[:, -1]
 
 
+def _feed_all(model, params, cache, tokens):
+    """``_feed`` for any model: one call where it takes several tokens (``chunked_decode``),
+    else one position per call in a ``lax.scan``."""
+    if getattr(model, "chunked_decode", False):
+        return _feed(model, params, cache, tokens)
+    cache, logits = jax.lax.scan(functools.partial(_feed_one, model, params), cache, tokens.T)
+    return cache, logits.swapaxes(0, 1)
+
+
 def _prefill(model, params, prompts, num_samples, length):
     """The cache after each prompt, computed once per prompt and then copied to its
     ``num_samples`` rows, and the logits that predict the first new token: [P·K, V]."""
     shapes = jax.eval_shape(lambda: model.init(
         jax.random.key(0), jnp.zeros((prompts.shape[0], length), prompts.dtype), decode=True))
     cache = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes["cache"])
-    if getattr(model, "chunked_decode", False):
-        cache, logits = _feed(model, params, cache, prompts)
-        last = logits[:, -1]
-    else:
-        cache, logits = jax.lax.scan(functools.partial(_feed_one, model, params), cache,
-                                     prompts.T)
-        last = logits[-1]
+    cache, logits = _feed_all(model, params, cache, prompts)
+    last = logits[:, -1]
 
     def per_row(x):  # the per-prompt arrays (not the shared position counters)
         return jnp.repeat(x, num_samples, axis=0) if x.ndim and x.shape[0] == prompts.shape[0] else x
@@ -137,12 +141,8 @@ def log_probs_cached(model: Any, params: Any, prompts: jax.Array, tokens: jax.Ar
     cache, first = _prefill(model, params, prompts, tokens.shape[0] // prompts.shape[0],
                             prompts.shape[1] + tokens.shape[1])
     tokens = tokens.astype(prompts.dtype)
-    if tokens.shape[1] == 1:
-        logits = first[:, None]
-    elif getattr(model, "chunked_decode", False):
-        logits = jnp.concatenate([first[:, None], _feed(model, params, cache, tokens[:, :-1])[1]],
+    logits = first[:, None]
+    if tokens.shape[1] > 1:  # the last token's logits predict nothing scored
+        logits = jnp.concatenate([logits, _feed_all(model, params, cache, tokens[:, :-1])[1]],
                                  axis=1)
-    else:
-        _, rest = jax.lax.scan(functools.partial(_feed_one, model, params), cache, tokens.T[:-1])
-        logits = jnp.concatenate([first[None], rest], axis=0).swapaxes(0, 1)
     return chosen_log_probs(logits, tokens, temperature)

@@ -39,8 +39,9 @@ class CausalSelfAttention(nn.Module):
 
     num_heads: int
     dtype: Any = jnp.float32
-    kernel_init: Any = nn.initializers.lecun_normal()
-    out_kernel_init: Any = nn.initializers.lecun_normal()
+    # The kernels are [F, H, F/H] and [H, F/H, F]: fan-in over F, and over (H, F/H).
+    kernel_init: Any = nn.initializers.lecun_normal(in_axis=0, out_axis=(1, 2))
+    out_kernel_init: Any = nn.initializers.lecun_normal(in_axis=(0, 1), out_axis=2)
 
     @nn.compact
     def __call__(self, x: jax.Array, decode: bool = False, start: jax.Array | int = 0) -> jax.Array:
