@@ -14,8 +14,10 @@ The model protocol (a flax linen module; ``CausalTransformer`` is one):
 
 A model built on flax's ``MultiHeadDotProductAttention(decode=True)`` takes n = 1 only: the
 prompt is then read one position per call. A model that sets the class attribute
-``chunked_decode = True`` takes any n: the prompt goes through in one call, and
-``log_probs_cached`` scores all completions in one more.
+``chunked_decode = True`` takes any n, and the keyword ``logits_to_keep`` = k (the logits of
+the last k positions only, as in transformers): the prompt goes through in one call that
+computes its last position's logits alone, and ``log_probs_cached`` scores all completions in
+one more.
 """
 
 from __future__ import annotations
@@ -50,10 +52,10 @@ def flax_logits_fn(model: Any) -> LogitsFn:
     return logits_fn
 
 
-def _feed(model, params, cache, tokens):
+def _feed(model, params, cache, tokens, **options):
     """Tokens [B, n] through the cached model: the new cache and their logits [B, n, V]."""
     logits, variables = model.apply({"params": params, "cache": cache}, tokens, decode=True,
-                                    mutable=["cache"])
+                                    mutable=["cache"], **options)
     return variables["cache"], logits
 
 
@@ -77,7 +79,10 @@ def _prefill(model, params, prompts, num_samples, length):
     shapes = jax.eval_shape(lambda: model.init(
         jax.random.key(0), jnp.zeros((prompts.shape[0], length), prompts.dtype), decode=True))
     cache = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes["cache"])
-    cache, logits = _feed_all(model, params, cache, prompts)
+    if getattr(model, "chunked_decode", False):  # only the last position's logits are read
+        cache, logits = _feed(model, params, cache, prompts, logits_to_keep=1)
+    else:
+        cache, logits = _feed_all(model, params, cache, prompts)
     last = logits[:, -1]
 
     def per_row(x):  # the per-prompt arrays (not the shared position counters)

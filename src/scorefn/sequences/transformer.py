@@ -93,11 +93,20 @@ class CausalTransformer(nn.Module):
     num_heads: int = 4
     features: int = 128
     dtype: Any = jnp.float32
-    # Decode calls take any number of tokens at once (sequences.cached reads this).
+    # Decode calls take any number of tokens at once, and logits_to_keep (sequences.cached
+    # reads this).
     chunked_decode: ClassVar[bool] = True
 
     @nn.compact
-    def __call__(self, tokens: jax.Array, decode: bool = False) -> jax.Array:
+    def __call__(self, tokens: jax.Array, decode: bool = False,
+                 logits_to_keep: int | None = None) -> jax.Array:
+        """Logits [B, n, V] for tokens [B, n]; with ``logits_to_keep`` = k, those of the last k
+        positions only, [B, k, V] (transformers' argument of that name): the last block's MLP
+        and the output projection then skip the other positions, whose keys and values the
+        attention still reads."""
+        if logits_to_keep is not None and not 1 <= logits_to_keep <= tokens.shape[1]:
+            raise ValueError(f"logits_to_keep must be None or an int from 1 to the number of "
+                             f"tokens ({tokens.shape[1]}), got {logits_to_keep!r}")
         normal = nn.initializers.normal(0.02)
         residual = nn.initializers.normal(0.02 / (2 * self.num_layers) ** 0.5)
         embed = nn.Embed(self.vocab_size, self.features, dtype=self.dtype, embedding_init=normal,
@@ -114,10 +123,12 @@ class CausalTransformer(nn.Module):
         positions = start + jnp.arange(tokens.shape[1])
         x = embed(tokens) + nn.Embed(self.max_length, self.features, dtype=self.dtype,
                                      embedding_init=normal, name="wpe")(positions)[None]
-        for _ in range(self.num_layers):
+        for layer in range(self.num_layers):
             h = nn.LayerNorm(epsilon=1e-5, dtype=self.dtype)(x)
             x = x + CausalSelfAttention(self.num_heads, dtype=self.dtype, kernel_init=normal,
                                         out_kernel_init=residual)(h, decode=decode, start=start)
+            if logits_to_keep is not None and layer == self.num_layers - 1:
+                x = x[:, -logits_to_keep:]
             h = nn.LayerNorm(epsilon=1e-5, dtype=self.dtype)(x)
             h = nn.Dense(4 * self.features, dtype=self.dtype, kernel_init=normal)(h)
             x = x + nn.Dense(self.features, dtype=self.dtype, kernel_init=residual)(nn.gelu(h))

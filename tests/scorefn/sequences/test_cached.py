@@ -82,6 +82,21 @@ def test_decode_by_one_token_or_several_equals_teacher_forced_logits(transformer
         start += size
 
 
+def test_logits_to_keep_gives_the_last_positions_logits(transformer):
+    model, params, prompts = transformer
+    forced = model.apply({"params": params}, prompts)
+    np.testing.assert_allclose(model.apply({"params": params}, prompts, logits_to_keep=2),
+                               forced[:, -2:], atol=1e-5)
+    cache = jax.tree.map(jnp.zeros_like, model.init(jax.random.key(0), prompts, decode=True)["cache"])
+    logits, _ = model.apply({"params": params, "cache": cache}, prompts, decode=True,
+                            logits_to_keep=1, mutable=["cache"])
+    np.testing.assert_allclose(logits, forced[:, -1:], atol=1e-4)
+    for bad in (0, 7):
+        with pytest.raises(ValueError, match=rf"logits_to_keep must be None or an int from 1 to "
+                                             rf"the number of tokens \(6\), got {bad}"):
+            model.apply({"params": params}, prompts, logits_to_keep=bad)
+
+
 @pytest.mark.slow  # the scanned fallbacks' programs and gradients to compile
 def test_one_token_decoder_samples_and_scores_as_the_plain_path(one_token_decoder):
     """A model whose decode calls take one token: the prompt read one position per call."""
