@@ -10,6 +10,9 @@ GRPO as TRL computes it (``advantage="grpo"``, ``aggregation="sequence_mean"``),
 tunix's GRPOLearner runs the same protocol (``benchmarks/peers/tunix_grpo.py``: tunix's own
 Qwen2 at the same size, since tunix ships no GPT-2; its "vanilla" JAX rollout engine).
 
+The runs go seed by seed (scorefn's three, then each peer's), and a ratio is the median over
+seeds of that seed's ratio: this machine's speed drifts by up to 25% over minutes.
+
 Reported per run: RL steps/s and completion tokens/s over the whole RL phase (compilation of
 scorefn's step included; TRL: the whole ``trainer.train()``; tunix: ``learner.train()``,
 its compilation included), scorefn's steady-state steps/s (after the first step, which
@@ -246,13 +249,17 @@ def main():
         return scoring_passes() and 0
     results = {"info": info, "samplers": sampler_throughput(), "scoring": scoring_passes(),
                "gradients": gradient_comparison()}
-    results["runs"] = scorefn_runs(args.seeds, args.steps)
-    if not args.skip_peer:
-        if not args.peer_python:
-            parser.error("--peer-python (a venv with torch, trl, transformers) or --skip-peer")
-        results["runs"] += peer_runs("trl", args.peer_python, PEER, args.seeds, args.steps)
-    if args.tunix_python:
-        results["runs"] += peer_runs("tunix", args.tunix_python, TUNIX_PEER, args.seeds, args.steps)
+    if not args.skip_peer and not args.peer_python:
+        parser.error("--peer-python (a venv with torch, trl, transformers) or --skip-peer")
+    # Seed by seed, each side in turn: this machine's speed drifts by up to 25% over minutes,
+    # so each seed's ratio compares runs made minutes apart, not a block of runs an hour apart.
+    results["runs"] = []
+    for seed in args.seeds:
+        results["runs"] += scorefn_runs([seed], args.steps)
+        if not args.skip_peer:
+            results["runs"] += peer_runs("trl", args.peer_python, PEER, [seed], args.steps)
+        if args.tunix_python:
+            results["runs"] += peer_runs("tunix", args.tunix_python, TUNIX_PEER, [seed], args.steps)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=1))
     report(results)
@@ -270,12 +277,14 @@ def report(results):
                ("steps_per_s", "tokens_per_s", "reward_first", "reward_last", "greedy_first", "greedy_last")}
         ratio, steady = "", "-"
         if side == "scorefn":
-            steady_speed = statistics.median(r["steady_steps_per_s"] for r in rs)
-            steady = f"{steady_speed:.2f}"
+            steady = f"{statistics.median(r['steady_steps_per_s'] for r in rs):.2f}"
             for peer, _ in peers:
-                speed = statistics.median(r["steps_per_s"] for r in runs if r["side"] == peer)
-                ratio += (f"  ×{med['steps_per_s'] / speed:.2f} {peer}'s steps/s"
-                          f" (steady ×{steady_speed / speed:.2f})")
+                # the ratio of each seed's runs (made one after the other), median over seeds
+                speed = {r["seed"]: r["steps_per_s"] for r in runs if r["side"] == peer}
+                paired = [(r["steps_per_s"] / speed[r["seed"]],
+                           r["steady_steps_per_s"] / speed[r["seed"]]) for r in rs]
+                ratio += (f"  ×{statistics.median(p[0] for p in paired):.2f} {peer}'s steps/s"
+                          f" (steady ×{statistics.median(p[1] for p in paired):.2f})")
         print(f"{side:8s} {variant:8s} {med['steps_per_s']:8.2f} {steady:>8s} {med['tokens_per_s']:9.0f}  "
               f"{med['reward_first']:.3f} → {med['reward_last']:.3f}      "
               f"{med['greedy_first']:.3f} → {med['greedy_last']:.3f}{ratio}")
