@@ -45,14 +45,6 @@ def __getattr__(name: str):
         import importlib
 
         return importlib.import_module("scorefn.rl")
-    if name == "evaluate":
-        # One word per idea: "evaluate" is a policy's or a model's evaluation elsewhere
-        # (scorefn.rl.evaluate, diagnostics.evaluate_estimator).
-        import warnings
-
-        warnings.warn("scorefn.evaluate is now called scorefn.f_values", DeprecationWarning,
-                      stacklevel=2)
-        return f_values
     raise AttributeError(f"module 'scorefn' has no attribute {name!r}")
 
 

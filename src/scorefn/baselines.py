@@ -23,6 +23,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from scorefn.numerics import ratio_or_zero
+
 
 def leave_one_out_ratio(numerator: jax.Array, denominator: jax.Array) -> jax.Array:
     r"""(Σ_{m≠n} a_m) / (Σ_{m≠n} c_m) for every n, along axis 0, in O(N) time.
@@ -31,8 +33,7 @@ def leave_one_out_ratio(numerator: jax.Array, denominator: jax.Array) -> jax.Arr
     """
     num = jnp.sum(numerator, axis=0, keepdims=True) - numerator
     den = jnp.sum(denominator, axis=0, keepdims=True) - denominator
-    safe = jnp.where(den == 0, 1.0, den)
-    return jnp.where(den == 0, 0.0, num / safe)
+    return ratio_or_zero(num, den)
 
 
 def leave_one_out_log_mean(log_w: jax.Array) -> jax.Array:
@@ -173,7 +174,7 @@ class Optimal(Baseline):
             if self.mode == "leave_one_out":
                 return leave_one_out_ratio(f * g2, g2)
             num, den = jnp.sum(f * g2, axis=0), jnp.sum(g2, axis=0)
-            b = jnp.where(den == 0, 0.0, num / jnp.where(den == 0, 1.0, den))
+            b = ratio_or_zero(num, den)
             return jnp.broadcast_to(b, g.shape)
 
         return jax.tree.map(per_leaf, scores)

@@ -85,8 +85,8 @@ def _optimize(args: argparse.Namespace) -> int:
     return 0
 
 
-VI_MODELS = ("logistic-breast-cancer", "gaussian-mixture", "discrete-vae-digits")
-BASELINES = ("auto", "none", "ema", "leave-one-out", "optimal")
+VI_MODELS = ("logistic_breast_cancer", "gaussian_mixture", "discrete_vae_digits")
+BASELINES = ("auto", "none", "ema", "leave_one_out", "optimal")
 
 
 def _fit(args: argparse.Namespace) -> int:
@@ -95,7 +95,7 @@ def _fit(args: argparse.Namespace) -> int:
 
     from scorefn import baselines, vi
 
-    if args.model == "discrete-vae-digits":
+    if args.model == "discrete_vae_digits":
         return _fit_discrete_vae(args)
     from scorefn.vi.objectives import ESTIMATORS
 
@@ -104,15 +104,15 @@ def _fit(args: argparse.Namespace) -> int:
         raise CommandError(f"--estimator {args.estimator} is not one of "
                            f"{', '.join(ESTIMATORS)} for --model {args.model}")
     args.lr = 0.01 if args.lr is None else args.lr
-    if args.model == "logistic-breast-cancer":
+    if args.model == "logistic_breast_cancer":
         model, data = vi.models.logistic_regression, vi.models.breast_cancer()
     else:
         model, data = vi.models.gaussian_mixture, (vi.models.mixture_data(args.seed)[0],)
     name = args.baseline
     if name == "auto":  # no baseline for pathwise-only fits; else LOO when K ≥ 2, EMA for K = 1
         name = "none" if args.estimator in ("pathwise", "iwae", "vimco") else (
-            "leave-one-out" if args.samples >= 2 else "ema")
-    baseline = {"none": None, "ema": baselines.ema(0.9), "leave-one-out": baselines.leave_one_out(),
+            "leave_one_out" if args.samples >= 2 else "ema")
+    baseline = {"none": None, "ema": baselines.ema(0.9), "leave_one_out": baselines.leave_one_out(),
                 "optimal": baselines.optimal()}[name]
     plot = args.plot or f"elbo_{args.model}_{args.estimator}.png"
     try:
@@ -141,10 +141,10 @@ def _fit_discrete_vae(args: argparse.Namespace) -> int:
     estimator = args.estimator or "disarm"
     if estimator not in discrete_vae.ESTIMATORS:
         raise CommandError(f"--estimator {estimator} is not one of "
-                           f"{', '.join(discrete_vae.ESTIMATORS)} for --model discrete-vae-digits")
+                           f"{', '.join(discrete_vae.ESTIMATORS)} for --model discrete_vae_digits")
     if args.baseline not in ("auto", "ema"):
-        raise CommandError("--model discrete-vae-digits sets its baselines per estimator "
-                           "(score: ema, rloo: leave-one-out); leave --baseline out")
+        raise CommandError("--model discrete_vae_digits sets its baselines per estimator "
+                           "(score: ema, rloo: leave_one_out); leave --baseline out")
     model = discrete_vae.DiscreteVAE(latents=args.latents, hidden=args.hidden)
     plot = args.plot or f"elbo_{args.model}_{estimator}.png"
     try:
@@ -382,19 +382,19 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--model", required=True, choices=VI_MODELS, help="the worked model")
     fit.add_argument("--estimator", default=None,
                      help=f"ELBO gradient estimator: {', '.join(ESTIMATORS)} (default: mixed); "
-                          f"for discrete-vae-digits, {discrete}")
+                          f"for discrete_vae_digits, {discrete}")
     fit.add_argument("--guide", choices=["mean_field", "full_rank"], default="mean_field",
                      help="the variational family")
     fit.add_argument("--steps", type=_positive_int, default=3000, help="optimisation steps")
     fit.add_argument("--samples", type=_positive_int, default=1, help="K, guide samples per step")
     fit.add_argument("--baseline", choices=BASELINES, default="auto",
-                     help="for score-function blocks (auto: leave-one-out if K >= 2, else ema)")
+                     help="for score-function blocks (auto: leave_one_out if K >= 2, else ema)")
     fit.add_argument("--lr", type=_positive_float, default=None,
-                     help="Adam's learning rate (default 0.01; 0.001 for discrete-vae-digits)")
+                     help="Adam's learning rate (default 0.01; 0.001 for discrete_vae_digits)")
     fit.add_argument("--latents", type=_positive_int, default=32,
-                     help="discrete-vae-digits: Bernoulli latents")
+                     help="discrete_vae_digits: Bernoulli latents")
     fit.add_argument("--hidden", type=_nonnegative_int, default=0,
-                     help="discrete-vae-digits: units of the encoder's and decoder's hidden layer "
+                     help="discrete_vae_digits: units of the encoder's and decoder's hidden layer "
                           "(0: linear)")
     fit.add_argument("--seed", type=int, default=0, help="the PRNG seed")
     fit.add_argument("--plot", default=None, help="ELBO-curve PNG (default: elbo_<model>_<estimator>.png)")

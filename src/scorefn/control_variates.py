@@ -24,7 +24,6 @@ Learning", JMLR 21(132), section 7.
 from __future__ import annotations
 
 import dataclasses
-import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -34,7 +33,7 @@ from numpyro.distributions import Distribution
 
 from scorefn.baselines import leave_one_out_ratio
 from scorefn.discrete import base_distribution
-from scorefn.numerics import full_precision
+from scorefn.numerics import full_precision, ratio_or_zero
 from scorefn.types import DistFn
 
 HFn = Callable[[jax.Array], jax.Array]
@@ -56,10 +55,6 @@ class ControlVariate:
     name: str = "control_variate"
 
     def __post_init__(self):
-        if self.coefficient == "optimal-batch":  # the name before option strings were snake case
-            warnings.warn("coefficient='optimal-batch' is now called 'optimal_batch'",
-                          DeprecationWarning, stacklevel=3)
-            object.__setattr__(self, "coefficient", "optimal_batch")
         if isinstance(self.coefficient, str) and self.coefficient not in (
             "optimal",
             "optimal_batch",
@@ -212,11 +207,11 @@ def with_control_variate(terms: Any, controls: Any, coefficient: Any, fit: Any =
         n = a.shape[0]
         others_mean = (jnp.sum(a, 0) - a) / (n - 1)
         num = (jnp.sum(a * c, 0) - a * c) - others_mean * (jnp.sum(c, 0) - c)
-        return _safe_ratio(num, jnp.sum(c * c, 0) - c * c)
+        return ratio_or_zero(num, jnp.sum(c * c, 0) - c * c)
 
     def batch_beta(a, c):
         centre = jnp.mean(a, 0) if centred else 0.0
-        return _safe_ratio(jnp.sum((a - centre) * c, 0), jnp.sum(c * c, 0))[None]
+        return ratio_or_zero(jnp.sum((a - centre) * c, 0), jnp.sum(c * c, 0))[None]
 
     if coefficient == "optimal":
         beta = jax.tree.map(loo_beta, fit, controls)
@@ -225,7 +220,3 @@ def with_control_variate(terms: Any, controls: Any, coefficient: Any, fit: Any =
     else:
         beta = jax.tree.map(lambda c: jnp.asarray(coefficient, c.dtype), controls)
     return jax.tree.map(lambda t, bj, c: t - bj * c, terms, beta, controls)
-
-
-def _safe_ratio(num, den):
-    return jnp.where(den == 0, 0.0, num / jnp.where(den == 0, 1.0, den))

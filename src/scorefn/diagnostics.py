@@ -334,7 +334,7 @@ def compare(
     Returns a ``ComparisonTable`` (and prints it with rich unless ``print_table=False``).
     """
     v.check_key(key)
-    num_samples = v.check_num_samples(num_samples, minimum=2)
+    num_samples = v.check_int(num_samples, "num_samples", 2)
     if estimators is None:
         estimators = default_estimators(f, dist_fn, params)
     ref_key, key = jax.random.split(key)

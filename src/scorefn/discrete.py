@@ -117,7 +117,7 @@ def antithetic_grad(
     ``dist_fn``).
     """
     v.check_key(key)
-    num_samples = v.check_num_samples(num_samples, minimum=2)
+    num_samples = v.check_int(num_samples, "num_samples", 2)
     if num_samples % 2:
         raise ValueError(f"estimator={estimator!r} evaluates f at antithetic pairs: num_samples "
                          f"must be even (2 per pair), got {num_samples}")
@@ -190,7 +190,7 @@ def relaxed_grad(
     one-hot vectors (..., K) for a Categorical.
     """
     v.check_key(key)
-    num_samples = v.check_num_samples(num_samples)
+    num_samples = v.check_int(num_samples, "num_samples")
     if estimator not in RELAXATIONS:
         raise ValueError(f"estimator must be one of {RELAXATIONS}, got {estimator!r}")
     if not (isinstance(temperature, int | float) and temperature > 0):
@@ -357,7 +357,7 @@ class Relax:
         """The estimate of ∇θ E[f(b)] (a pytree like params) and the state after one step of
         ψ on the same samples' variance (``train=False``: the state unchanged)."""
         v.check_key(key)
-        num_samples = v.check_num_samples(num_samples)
+        num_samples = v.check_int(num_samples, "num_samples")
         logits, categorical = self.logits(dist_fn(params))
         logits = jax.lax.stop_gradient(logits)
 
@@ -431,7 +431,7 @@ def sum_and_sample_grad(
     built-in baseline can be lower still when the mass is spread over many classes.
     """
     v.check_key(key)
-    k = v.check_num_samples(num_samples, minimum=2)
+    k = v.check_int(num_samples, "num_samples", 2)
     d = dist_fn(params)
     base = base_distribution(d)
     if not isinstance(base, dist.CategoricalLogits | dist.CategoricalProbs) or d.batch_shape != ():

@@ -347,7 +347,7 @@ def pathwise_grad(
     unbiased with the leave-one-out ``"optimal"`` β or a fixed one.
     """
     v.check_key(key)
-    num_samples = v.check_num_samples(num_samples)
+    num_samples = v.check_int(num_samples, "num_samples")
     d = dist_fn(params)
     if not d.has_rsample:
         raise ValueError(

@@ -44,7 +44,7 @@ from scorefn.numerics import full_precision, solve_small_systems
 from scorefn.sampling import sample
 from scorefn.scores import flatten_per_sample, joint_log_prob, log_prob, per_sample_scores
 from scorefn.types import DistFn
-from scorefn.validation import check_key, check_num_samples, output_dependencies
+from scorefn.validation import check_int, check_key, output_dependencies
 
 
 def unravel_like(tree: Any, flat: jax.Array) -> Any:
@@ -204,7 +204,7 @@ def fisher_information(
     check_key(key)
     if num_samples is None:
         raise ValueError("an empirical Fisher needs num_samples as well as key")
-    num_samples = check_num_samples(num_samples)
+    num_samples = check_int(num_samples, "num_samples")
     return empirical_fisher(dist_fn, params, sample(dist_fn, params, key, num_samples))
 
 

@@ -133,7 +133,7 @@ def measure_valued_grad(
     the leave-one-out ``"optimal"`` β or a fixed one.
     """
     v.check_key(key)
-    num_samples = v.check_num_samples(num_samples)
+    num_samples = v.check_int(num_samples, "num_samples")
     outer = dist_fn(params)
     # A sample's shape; Independent (to_event) and expanded wrappers are looked through.
     batch_shape = tuple(outer.batch_shape) + tuple(outer.event_shape)

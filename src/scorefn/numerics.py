@@ -3,7 +3,8 @@
 - ``full_precision``: matrix products at full precision where a cancellation needs it;
 - ``matmul_epsilon``: the machine epsilon the backend's float32 matrix products really have,
   measured, from which a tolerance is derived;
-- ``solve_small_systems``: many small linear systems at once, fast on CPU.
+- ``solve_small_systems``: many small linear systems at once, fast on CPU;
+- ``ratio_or_zero``: a / c, with 0 where c = 0 (and a gradient that stays finite there).
 
 Full precision, the one helper for every backend:
 
@@ -92,3 +93,10 @@ def solve_small_systems(matrices: jax.Array, rhs: jax.Array) -> jax.Array:
         r0, r1 = rhs[..., 0], rhs[..., 1]
         return jnp.stack([(d * r0 - b * r1) / det, (a * r1 - c * r0) / det], axis=-1)
     return jnp.linalg.solve(matrices, rhs[..., None])[..., 0]
+
+
+def ratio_or_zero(numerator: jax.Array, denominator: jax.Array) -> jax.Array:
+    """numerator / denominator elementwise, 0 where the denominator is 0. The division never
+    sees a zero, so neither the value nor its gradient is NaN there."""
+    zero = denominator == 0
+    return jnp.where(zero, 0.0, numerator / jnp.where(zero, 1.0, denominator))

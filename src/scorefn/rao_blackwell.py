@@ -140,7 +140,7 @@ def enumerate_grad(
     Unbiased either way; with enumeration the variance is never higher.
     """
     v.check_key(key)
-    num_samples = v.check_num_samples(num_samples)
+    num_samples = v.check_int(num_samples, "num_samples")
     key_x1, key_x2 = jax.random.split(key)
     x1 = sample(marginal_fn, params, key_x1, num_samples)
     conditional = conditional_fn(params, x1[0])

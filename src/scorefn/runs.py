@@ -49,12 +49,13 @@ def refuse_changed_settings(path: str, recorded: dict | None, now: dict, *,
                             what: str = "settings", may_change: str = "") -> None:
     """The one resume check of every run (es, rl, vi): a ValueError naming each entry of
     ``now`` that differs from the ``recorded`` one, with both values, so a resume never
-    continues a run under other settings while its checkpoint claims the old ones.
-    ``recorded`` None (a checkpoint from before settings were recorded) passes. Tuples and
-    lists compare equal, and so do two NaNs (the same setting). ``may_change`` names what
-    a resume is allowed to change, for the message."""
+    continues a run under other settings while its checkpoint claims the old ones; a
+    checkpoint that records no settings (``recorded`` None) cannot be checked and is refused.
+    Tuples and lists compare equal, and so do two NaNs (the same setting). ``may_change``
+    names what a resume is allowed to change, for the message."""
     if recorded is None:
-        return
+        raise ValueError(f"{path} records no {what}, so a resume cannot check that they are "
+                         "the same; start a new run")
 
     def plain(value):
         return list(value) if isinstance(value, tuple) else value

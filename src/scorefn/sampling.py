@@ -7,7 +7,7 @@ from typing import Any
 import jax
 
 from scorefn.types import DistFn
-from scorefn.validation import check_key, check_num_samples
+from scorefn.validation import check_int, check_key
 
 
 def sample(dist_fn: DistFn, params: Any, key: jax.Array, num_samples: int) -> jax.Array:
@@ -19,5 +19,5 @@ def sample(dist_fn: DistFn, params: Any, key: jax.Array, num_samples: int) -> ja
     simulator, a remote worker) before ``scorefn.score_grad`` is called.
     """
     check_key(key)
-    num_samples = check_num_samples(num_samples)
+    num_samples = check_int(num_samples, "num_samples")
     return jax.lax.stop_gradient(dist_fn(params).sample(key, (num_samples,)))

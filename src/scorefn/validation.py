@@ -44,16 +44,22 @@ def is_key(x: Any) -> bool:
     return isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jax.dtypes.prng_key)
 
 
-def first_nonfinite(values: np.ndarray) -> tuple[str, int, int, int] | None:
-    """For values ``(N, ...)`` (one row per sample or particle): None if every row is
-    finite, else (``"NaN"`` or ``"inf"`` for the first bad row, its index, the number of bad
-    rows, N): what the run-time guards' messages report."""
-    rows = values.reshape(values.shape[0], -1)
-    bad = ~np.isfinite(rows).all(axis=1)
-    if not bad.any():
-        return None
-    first = int(np.flatnonzero(bad)[0])
-    return ("NaN" if np.isnan(rows[first]).any() else "inf"), first, int(bad.sum()), len(bad)
+def nonfinite_message(describe: Callable[[str, int, int, int], str]
+                      ) -> Callable[[np.ndarray], str | None]:
+    """A ``finite_guard`` message for values ``(N, ...)``, one row per sample or particle:
+    None while every row is finite, else ``describe(kind, first, bad, total)``: ``"NaN"`` or
+    ``"inf"`` for the first bad row, its index, the number of bad rows, N."""
+
+    def message(values: np.ndarray) -> str | None:
+        rows = values.reshape(values.shape[0], -1)
+        bad = ~np.isfinite(rows).all(axis=1)
+        if not bad.any():
+            return None
+        first = int(np.flatnonzero(bad)[0])
+        kind = "NaN" if np.isnan(rows[first]).any() else "inf"
+        return describe(kind, first, int(bad.sum()), len(bad))
+
+    return message
 
 
 def is_traced(x: Any) -> bool:
@@ -77,12 +83,13 @@ def check_key(key: Any, name: str = "key") -> None:
     )
 
 
-def check_num_samples(num_samples: Any, minimum: int = 1) -> int:
-    if isinstance(num_samples, bool) or not isinstance(num_samples, int | np.integer):
-        raise TypeError(f"num_samples must be a positive int, got {num_samples!r}")
-    if num_samples < minimum:
-        raise ValueError(f"num_samples must be at least {minimum}, got {num_samples}")
-    return int(num_samples)
+def check_int(value: Any, name: str, minimum: int = 1) -> int:
+    """``value`` as a Python int if it is an int (a NumPy integer too, not a bool) of at least
+    ``minimum``; else a ValueError naming ``name``: "steps must be an int >= 1, got 0"."""
+    if (isinstance(value, bool) or not isinstance(value, int | np.integer)
+            or value < minimum):
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return int(value)
 
 
 _RUNTIME_CHECKS = [True]

@@ -61,9 +61,9 @@ CLI_LOADERS = {
                  "--log-dir", "{folder}/logs"],
     "optimize": ["optimize", "--function", "sphere", "--dim", "3", "--max-evals", "200",
                  "--resume", "--checkpoint", "{path}"],
-    "fit": ["fit", "--model", "gaussian-mixture", "--steps", "10", "--resume",
+    "fit": ["fit", "--model", "gaussian_mixture", "--steps", "10", "--resume",
             "--checkpoint", "{path}"],
-    "fit discrete VAE": ["fit", "--model", "discrete-vae-digits", "--steps", "10", "--resume",
+    "fit discrete VAE": ["fit", "--model", "discrete_vae_digits", "--steps", "10", "--resume",
                          "--checkpoint", "{path}"],
 }
 

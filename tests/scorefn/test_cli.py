@@ -74,11 +74,11 @@ def test_optimize_categorical_on_a_binary_function(capsys):
 
 def test_fit_json_line_and_resume(tmp_path, capsys):
     plot, ckpt = tmp_path / "elbo.png", tmp_path / "run.ckpt"
-    args = ["fit", "--model", "logistic-breast-cancer", "--estimator", "score_rb", "--samples", "8",
+    args = ["fit", "--model", "logistic_breast_cancer", "--estimator", "score_rb", "--samples", "8",
             "--plot", str(plot), "--checkpoint", str(ckpt), "--json"]
     assert main([*args, "--steps", "200"]) == 0
     first = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert first["steps"] == 200 and first["baseline"] == "leave-one-out"
+    assert first["steps"] == 200 and first["baseline"] == "leave_one_out"
     assert main([*args, "--steps", "400", "--resume"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["steps"] == 400 and result["wall_s"] > 0
@@ -113,7 +113,7 @@ def test_rl_train_unknown_env_lists_known_ones(cli_error):
 
 @pytest.mark.parametrize("argv,message", [
     (["rl", "train", "--total-steps", "0"], "--total-steps: expected a positive int, got 0"),
-    (["fit", "--model", "gaussian-mixture", "--steps", "0"], "--steps: expected a positive int"),
+    (["fit", "--model", "gaussian_mixture", "--steps", "0"], "--steps: expected a positive int"),
     (["optimize", "--function", "sphere", "--dim", "0"], "--dim: expected a positive int"),
     (["optimize", "--function", "sphere", "--sigma0", "-1"], "--sigma0: expected a positive"),
     (["rl", "eval", "--checkpoint", "/no/such/file.ckpt"], "--checkpoint: no such file"),

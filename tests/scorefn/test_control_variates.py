@@ -194,9 +194,10 @@ def test_control_variates_only_where_they_apply(key):
     np.testing.assert_allclose(jnp.mean(terms["loc"], axis=0), mean["loc"], rtol=1e-5)
 
 
-def test_the_old_coefficient_name_warns_and_means_the_same():
-    with pytest.warns(DeprecationWarning, match="'optimal-batch' is now called 'optimal_batch'"):
-        old = cv.generic(lambda x: jnp.sum(x), lambda d: jnp.sum(d.mean), "optimal-batch")
-    assert old.coefficient == "optimal_batch" and not old.unbiased
+def test_coefficient_names():
+    batch = cv.generic(lambda x: jnp.sum(x), lambda d: jnp.sum(d.mean), "optimal_batch")
+    assert batch.coefficient == "optimal_batch" and not batch.unbiased
+    with pytest.raises(ValueError, match="coefficient must be 'optimal', 'optimal_batch' or a number"):
+        cv.generic(lambda x: jnp.sum(x), lambda d: jnp.sum(d.mean), "optimal-batch")
     with pytest.raises(ValueError, match="coefficient must be 'optimal', 'optimal_batch' or a number"):
         cv.generic(lambda x: jnp.sum(x), lambda d: jnp.sum(d.mean), "best")

@@ -92,6 +92,6 @@ def test_compare_reports_bad_problems_clearly():
     problem = normal_square()
     with pytest.raises(TypeError, match="key must be a JAX PRNG key"):
         scorefn.compare(problem.f, problem.dist_fn, problem.params, 0)
-    with pytest.raises(ValueError, match="num_samples must be at least 2"):
+    with pytest.raises(ValueError, match="num_samples must be an int >= 2"):
         scorefn.compare(problem.f, problem.dist_fn, problem.params, jax.random.key(0),
                         num_samples=1)

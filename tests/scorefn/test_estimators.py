@@ -254,10 +254,8 @@ def test_batched_and_pytree_distribution_parameters(key):
     assert g["outer"]["loc"].shape == (2, 3) and g["log_scale"].shape == (2, 3)
 
 
-def test_f_values_is_step_two_and_the_old_name_warns():
+def test_f_values_is_step_two():
     x = jnp.arange(6.0).reshape(3, 2)
     np.testing.assert_array_equal(scorefn.f_values(lambda r: r.sum(), x), [1.0, 5.0, 9.0])
     np.testing.assert_array_equal(scorefn.f_values(lambda b: b.sum(-1), x, vectorized=True),
                                   [1.0, 5.0, 9.0])
-    with pytest.warns(DeprecationWarning, match="scorefn.evaluate is now called scorefn.f_values"):
-        assert scorefn.evaluate is scorefn.f_values

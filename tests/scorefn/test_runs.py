@@ -16,7 +16,8 @@ def test_settings_check_names_what_changed_and_allows_what_may():
     recorded = {"lr": 0.1, "layers": [64, 64], "clip": math.nan, "key": [0, 1]}
     runs.refuse_changed_settings("run.ckpt", recorded, {"lr": 0.1, "layers": (64, 64),
                                                         "clip": math.nan, "key": [0, 1]})
-    runs.refuse_changed_settings("run.ckpt", None, {"lr": 0.2})  # nothing recorded: passes
+    with pytest.raises(ValueError, match="run.ckpt records no settings, so a resume cannot"):
+        runs.refuse_changed_settings("run.ckpt", None, {"lr": 0.2})
     with pytest.raises(ValueError, match=r"run.ckpt was written by a run with other settings "
                                          r"\(key \(the seed\), lr=0.1, now 0.2\); resume it with "
                                          r"the same ones \(steps may change\)"):

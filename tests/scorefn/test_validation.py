@@ -303,11 +303,12 @@ def test_output_dependencies_without_jax_dead_code_pass_raises(monkeypatch):
         scorefn.validation.output_dependencies(lambda x: x * 2, jnp.ones(3))
 
 
-def test_first_nonfinite_and_is_key():
+def test_nonfinite_message_and_is_key():
+    message = scorefn.validation.nonfinite_message(lambda *found: found)
     values = np.zeros((5, 2))
-    assert scorefn.validation.first_nonfinite(values) is None
+    assert message(values) is None
     values[3, 1], values[4, 0] = np.inf, np.nan
-    assert scorefn.validation.first_nonfinite(values) == ("inf", 3, 2, 5)
+    assert message(values) == ("inf", 3, 2, 5)
     assert scorefn.validation.is_key(jax.random.key(0))
     assert not scorefn.validation.is_key(jax.random.PRNGKey(0))  # raw uint32 data
     assert not scorefn.validation.is_key(np.zeros(2))

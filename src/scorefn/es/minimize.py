@@ -194,8 +194,8 @@ def minimize(
         run_chunk = compiled_generations(strat, f, generations_per_call, nan_policy)
     else:
         ask, tell = _compiled_ask_tell(strat)
-        if workers is not None and workers < 1:
-            raise ValueError(f"workers must be a positive int, got {workers}")
+        if workers is not None:
+            v.check_int(workers, "workers")
         if evaluation_timeout is not None and not (
                 np.ndim(evaluation_timeout) == 0 and evaluation_timeout > 0):
             raise ValueError(

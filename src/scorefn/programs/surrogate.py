@@ -69,17 +69,11 @@ def magic_box(tau: jax.Array) -> jax.Array:
     return jnp.exp(tau - jax.lax.stop_gradient(tau))
 
 
-def _nonfinite_term_message(name: str):
-    def message(values: np.ndarray) -> str | None:
-        found = v.first_nonfinite(values)
-        if found is None:
-            return None
-        kind, first, bad, total = found
-        return (f"term {name!r} of the program is {kind} at particle {first} ({bad} "
-                f"of {total} particles): J = E[Σ terms] needs finite terms. Check the factor's "
-                "value (or the observed site's log-probability) for the sampled values")
-
-    return message
+def _nonfinite_term_message(name: str) -> Callable[[np.ndarray], str | None]:
+    return v.nonfinite_message(lambda kind, first, bad, total: (
+        f"term {name!r} of the program is {kind} at particle {first} ({bad} of {total} "
+        "particles): J = E[Σ terms] needs finite terms. Check the factor's value (or the "
+        "observed site's log-probability) for the sampled values"))
 
 
 def _particles(program, params, key, args, p: Plan, num_particles: int, cut: frozenset,
@@ -194,9 +188,7 @@ def surrogate_parts(program, params, key, args, p: Plan, num_particles: int,
 
 def _check_call(params, key, num_particles):
     v.check_key(key)
-    if (isinstance(num_particles, bool) or not isinstance(num_particles, int | np.integer)
-            or num_particles < 1):
-        raise ValueError(f"num_particles must be a positive int, got {num_particles!r}")
+    v.check_int(num_particles, "num_particles")
     v.check_float_params(params)
 
 

@@ -84,7 +84,8 @@ def _support_values(support: Any) -> tuple | None:
     return None
 
 
-def _plates(msg: dict) -> tuple[Plate, ...]:
+def plates_of(msg: dict) -> tuple[Plate, ...]:
+    """The plates of a numpyro site (its message or trace entry), innermost last."""
     return tuple(Plate(f.name, f.dim, f.size) for f in msg.get("cond_indep_stack", ()))
 
 
@@ -183,12 +184,12 @@ class Recorder(Messenger):
             scale = msg.get("scale")
             if scale is not None:
                 log_prob = log_prob * scale
-            self.terms[name] = {"value": log_prob, "plates": _plates(msg), "fn": d}
+            self.terms[name] = {"value": log_prob, "plates": plates_of(msg), "fn": d}
             return
         role = None if self.roles is None else self.roles[name]
         if role in ("score", "measure_valued") or (role == "pathwise" and name in self.cut):
             msg["value"] = jax.lax.stop_gradient(msg["value"])
-        self.latents[name] = {"value": msg["value"], "plates": _plates(msg), "fn": d,
+        self.latents[name] = {"value": msg["value"], "plates": plates_of(msg), "fn": d,
                               "mask": msg.get("mask")}
 
     def latent_log_prob(self, name: str) -> jax.Array:

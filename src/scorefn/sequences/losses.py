@@ -116,8 +116,7 @@ def token_weights(mask: jax.Array, group_size: int, aggregation: str = "sequence
 
 def _check_options(advantage, aggregation, ratio, clip, kl_estimator, kl_in, group_size, rows,
                    ref_logp, kl_coef):
-    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
-        raise ValueError(f"group_size must be an int >= 1, got {group_size!r}")
+    v.check_int(group_size, "group_size")
     if rows % group_size:
         raise ValueError(f"the batch has {rows} sequences, not a multiple of group_size="
                          f"{group_size}")

@@ -25,6 +25,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from scorefn import validation as v
+
 LogitsFn = Callable[[Any, jax.Array], jax.Array]
 
 
@@ -69,12 +71,6 @@ def check_temperature(temperature: Any) -> float:
     return float(temperature)
 
 
-def positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-    return value
-
-
 def check_eos_id(eos_id: Any) -> None:
     if eos_id is not None and (isinstance(eos_id, bool) or not isinstance(eos_id, int) or eos_id < 0):
         raise ValueError(f"eos_id must be None or a token id (an int >= 0), got {eos_id!r}")
@@ -84,8 +80,8 @@ def sampling_options(max_new_tokens: Any, num_samples: Any, temperature: Any,
                      eos_id: Any) -> tuple[int, int, float, int | None]:
     """The samplers' options, checked: (max_new_tokens, num_samples, temperature, eos_id)."""
     check_eos_id(eos_id)
-    return (positive_int("max_new_tokens", max_new_tokens),
-            positive_int("num_samples", num_samples), check_temperature(temperature), eos_id)
+    return (v.check_int(max_new_tokens, "max_new_tokens"),
+            v.check_int(num_samples, "num_samples"), check_temperature(temperature), eos_id)
 
 
 def check_logits(logits: jax.Array, tokens: jax.Array) -> None:

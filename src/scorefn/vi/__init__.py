@@ -27,7 +27,6 @@ from scorefn.vi.model import LogJoint, Model, NumPyroModel, as_model
 from scorefn.vi.numpyro_loss import ELBO, IWAE, VIMCO, amortized_posterior, elbo_program
 from scorefn.vi.objectives import (
     ESTIMATORS,
-    RENAMED_ESTIMATORS,
     ElboGradient,
     elbo,
     elbo_grad,
@@ -37,7 +36,6 @@ from scorefn.vi.objectives import (
 __all__ = [
     "ELBO",
     "ESTIMATORS",
-    "RENAMED_ESTIMATORS",
     "IWAE",
     "Block",
     "ElboGradient",

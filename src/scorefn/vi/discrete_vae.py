@@ -13,7 +13,7 @@ chosen estimator's while the decoder's (and the encoder's direct path through -l
 ordinary autodiff. The data are scikit-learn's bundled 8×8 digits, binarised at half the
 pixel range, with a fixed train/test split: nothing is downloaded.
 
-Used by ``scorefn fit --model discrete-vae-digits`` and by ``benchmarks/discrete_vae.py``.
+Used by ``scorefn fit --model discrete_vae_digits`` and by ``benchmarks/discrete_vae.py``.
 """
 
 from __future__ import annotations
@@ -99,9 +99,7 @@ class DiscreteVAE:
     def __post_init__(self):
         for name in ("latents", "hidden"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < (1 if name == "latents" else 0):
-                raise ValueError(f"{name} must be an int >= {1 if name == 'latents' else 0}, "
-                                 f"got {value!r}")
+            v.check_int(value, name, 1 if name == "latents" else 0)
 
     @property
     def encoder(self) -> nn.Module:
@@ -256,8 +254,7 @@ def fit(
                              ("batch_size", batch_size, 1), ("steps_per_call", steps_per_call, 1),
                              ("variance_samples", variance_samples, 2),
                              ("evaluation_samples", evaluation_samples, 1)):
-        if not isinstance(value, (int, np.integer)) or value < low:
-            raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+        v.check_int(value, name, low)
     if estimator == "rloo" and num_particles < 2:
         raise ValueError("estimator='rloo' needs num_particles >= 2 (its baseline for one "
                          "particle is the mean of the others)")

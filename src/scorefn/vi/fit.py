@@ -193,8 +193,7 @@ def fit(
     """
     v.check_key(key)
     estimator = estimator_name(estimator)
-    if not isinstance(steps, int | np.integer) or steps < 1:
-        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    v.check_int(steps, "steps")
     enable_compilation_cache()
     model, guide = _resolve(model, guide, data)
     # The default is flattened into one vector (the same steps; a smaller program to compile).

@@ -9,12 +9,11 @@ Two kinds of model are accepted:
 - a **log-joint function** ``log_joint(z, *data) -> scalar``, wrapped in ``LogJoint``,
   with z a dict of named latents whose names and shapes come from the guide.
 
-Either way the model exposes its log joint as a sum of **terms** (one per NumPyro site, each
-an array over the site's plates) and which latent sites each term reads. The
-Rao-Blackwellised ELBO (``scorefn.vi.objectives``) uses that to give each guide factor only the
-terms that depend on it, as Pyro's TraceGraph_ELBO does with its dependency graph; the
-dependencies are read off the traced computation (a dead-code pass over its jaxpr), and
-plates localise a term's elements to the latent elements with the same plate index.
+Either way the model exposes its log joint as a sum of **terms** (``term_values``: one per
+NumPyro site, each an array over the site's plates) and its latent sites with their plates.
+The objectives run model and guide as one stochastic program (``scorefn.vi.guide_programs``),
+where ``scorefn.programs`` reads which terms each guide site reaches and gives each site only
+those (credit assignment, as Pyro's TraceGraph_ELBO does with its dependency graph).
 """
 
 from __future__ import annotations
@@ -40,13 +39,7 @@ from numpyro.distributions.transforms import biject_to
 from numpyro.infer.util import _unconstrain_reparam, compute_log_probs
 
 from scorefn import validation as v
-
-
-@dataclasses.dataclass(frozen=True)
-class Plate:
-    name: str
-    dim: int  # negative, counted from the right of the site's batch shape
-    size: int
+from scorefn.programs.tracing import Plate, plates_of
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,20 +57,10 @@ class LatentSite:
     dtype: Any = jnp.float32
 
 
-@dataclasses.dataclass(frozen=True)
-class Term:
-    """One summand array of log p(x, z): its plates and the latent sites it reads."""
-
-    name: str
-    plates: tuple[Plate, ...]
-    depends_on: frozenset[str]
-
-
 class Model(abc.ABC):
-    """Common interface: ``latents``, ``terms`` and ``term_values(z)``."""
+    """Common interface: ``latents`` and ``term_values(z)``."""
 
     latents: dict[str, LatentSite]
-    terms: dict[str, Term]
 
     @abc.abstractmethod
     def term_values(self, z: dict[str, jax.Array]) -> dict[str, jax.Array]:
@@ -89,22 +72,6 @@ class Model(abc.ABC):
 
     def constrain(self, z: dict[str, jax.Array]) -> dict[str, jax.Array]:
         return z
-
-
-def _plates(site: dict) -> tuple[Plate, ...]:
-    return tuple(Plate(f.name, f.dim, f.size) for f in site.get("cond_indep_stack", ()))
-
-
-def _term_dependencies(fn: Callable, z: dict[str, jax.Array], names: list[str]) -> dict[str, set]:
-    """For each output term of ``fn(z)`` (a dict), the latent names it depends on."""
-    leaves_in = list(z)
-    deps = v.output_dependencies(fn, z)
-    if deps is None:  # no dependency analysis available: every term reads every latent
-        return {name: set(leaves_in) for name in names}
-    # make_jaxpr flattens dicts in sorted-key order, inputs and outputs alike.
-    in_names = sorted(leaves_in)
-    out_names = sorted(names)
-    return {out: {in_names[i] for i, used in enumerate(row) if used} for out, row in zip(out_names, deps)}
 
 
 class NumPyroModel(Model):
@@ -138,11 +105,6 @@ class NumPyroModel(Model):
                 "and pass a guide"
             )
         self.latents = found
-        example = {n: jax.ShapeDtypeStruct(s.shape, s.dtype) for n, s in found.items()}
-        plates: dict[str, tuple[Plate, ...]] = {}
-        jax.eval_shape(lambda z: self._record_plates(z, plates), example)
-        deps = _term_dependencies(self.term_values, example, list(plates))
-        self.terms = {n: Term(n, plates[n], frozenset(deps[n])) for n in plates}
 
     def _inspect_prior(self, found: dict) -> None:
         trace = handlers.trace(handlers.seed(self.fn, 0)).get_trace(*self.args, **self.kwargs)
@@ -161,7 +123,7 @@ class NumPyroModel(Model):
                 shape = tuple(biject_to(d.support).inverse_shape(shape))
             dtype = jnp.result_type(site["value"])
             batch_ndim = len(jnp.shape(site["value"])) - len(d.event_shape)
-            found[name] = LatentSite(name, shape, discrete, batch_ndim, _plates(site), d.support,
+            found[name] = LatentSite(name, shape, discrete, batch_ndim, plates_of(site), d.support,
                                      k, dtype)
 
     def _trace(self, z: dict[str, jax.Array]):
@@ -173,12 +135,6 @@ class NumPyroModel(Model):
         model = handlers.substitute(handlers.seed(self.fn, 0),
                                     substitute_fn=partial(_unconstrain_reparam, continuous))
         return compute_log_probs(model, self.args, self.kwargs, discrete, sum_log_prob=False)
-
-    def _record_plates(self, z, plates: dict) -> None:
-        _, trace = self._trace(z)
-        for name, site in trace.items():
-            if site["type"] == "sample":
-                plates[name] = _plates(site)
 
     def constrain(self, z: dict[str, jax.Array]) -> dict[str, jax.Array]:
         _, trace = self._trace(z)
@@ -204,12 +160,10 @@ class LogJoint(Model):
         self.fn = fn
         self.args = tuple(data)
         self.latents = {}
-        self.terms = {}
 
     def bind(self, latents: dict[str, LatentSite], data: tuple = ()) -> LogJoint:
         bound = LogJoint(self.fn, data or self.args)
         bound.latents = dict(latents)
-        bound.terms = {"log_joint": Term("log_joint", (), frozenset(latents))}
         return bound
 
     def term_values(self, z: dict[str, jax.Array]) -> dict[str, jax.Array]:

@@ -55,31 +55,14 @@ from scorefn.scores import log_prob
 STATE_PREFIX = "scorefn/ema/"
 
 
-def _nonfinite_term_message(name: str):
+def _nonfinite_term_message(name: str) -> Callable[[np.ndarray], str | None]:
     """The message of ``scorefn.validation.finite_guard`` for a term ``(K, ...)`` of the
     model's log density: the site, NaN or inf, and the first bad sample."""
-
-    def message(values: np.ndarray) -> str | None:
-        found = v.first_nonfinite(values)
-        if found is None:
-            return None
-        kind, first, bad, total = found
-        site = name.split(":")[0]
-        return (
-            f"the model's log density is not finite at the guide's samples: site {site!r} "
-            f"(term {name!r}) is {kind} at {bad} of {total} samples (first: "
-            f"sample {first}). Check that the guide's support matches the site's support and "
-            "that the model is defined for every value the guide can draw"
-        )
-
-    return message
-
-
-def _check_particles(num_particles: Any, minimum: int = 1) -> int:
-    if (isinstance(num_particles, bool) or not isinstance(num_particles, int)
-            or num_particles < minimum):
-        raise ValueError(f"num_particles must be an int >= {minimum}, got {num_particles!r}")
-    return num_particles
+    return v.nonfinite_message(lambda kind, first, bad, total: (
+        f"the model's log density is not finite at the guide's samples: site "
+        f"{name.split(':')[0]!r} (term {name!r}) is {kind} at {bad} of {total} samples "
+        f"(first: sample {first}). Check that the guide's support matches the site's support "
+        "and that the model is defined for every value the guide can draw"))
 
 
 class ELBO(NumPyroELBO):
@@ -125,7 +108,7 @@ class ELBO(NumPyroELBO):
                  runtime_checks: bool = True, path_derivative: bool = False,
                  credit_assignment: bool = True,
                  control_variates: Mapping[str, ControlVariate] | None = None):
-        super().__init__(num_particles=_check_particles(num_particles))
+        super().__init__(num_particles=v.check_int(num_particles, "num_particles"))
         self.path_derivative = bool(path_derivative)
         self.credit_assignment = bool(credit_assignment)
         self.control_variates = dict(control_variates or {})
@@ -336,7 +319,7 @@ class _MultiSampleBound(NumPyroELBO):
     can_infer_discrete = True
 
     def __init__(self, num_particles: int = 8, *, runtime_checks: bool = True):
-        super().__init__(num_particles=_check_particles(num_particles, minimum=2))
+        super().__init__(num_particles=v.check_int(num_particles, "num_particles", 2))
         self.runtime_checks = runtime_checks
 
     def _particles(self, rng_key, particle: Callable) -> Any:

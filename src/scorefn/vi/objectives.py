@@ -36,7 +36,6 @@ only (their direct ∇θ log q has mean zero), as the path derivative does.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -57,10 +56,6 @@ from scorefn.vi.model import Model
 from scorefn.vi.numpyro_loss import ELBO, IWAE, VIMCO
 
 ESTIMATORS = ("score", "score_rb", "pathwise", "mixed", "iwae", "vimco")
-#: The names these estimators had before the package used one word per idea (``pathwise``
-#: as in ``scorefn.grad``) and one convention for option strings (snake case). Still
-#: accepted, with a DeprecationWarning.
-RENAMED_ESTIMATORS = {"reparam": "pathwise", "score-rb": "score_rb"}
 
 
 class ElboGradient(NamedTuple):
@@ -74,13 +69,7 @@ class ElboGradient(NamedTuple):
 
 
 def estimator_name(estimator: str) -> str:
-    """``estimator`` checked against ``ESTIMATORS``; an old name (``RENAMED_ESTIMATORS``)
-    gives its new one, with a DeprecationWarning."""
-    if estimator in RENAMED_ESTIMATORS:
-        new = RENAMED_ESTIMATORS[estimator]
-        warnings.warn(f"estimator={estimator!r} is now called {new!r}", DeprecationWarning,
-                      stacklevel=3)
-        return new
+    """``estimator`` checked against ``ESTIMATORS``."""
     if estimator not in ESTIMATORS:
         raise ValueError(f"unknown estimator {estimator!r}; known: {', '.join(ESTIMATORS)}")
     return estimator
@@ -135,7 +124,7 @@ def elbo(model: Model, guide: Guide, params: dict[str, Any], key: jax.Array,
          num_samples: int = 1000) -> jax.Array:
     """Monte Carlo estimate (1/K) Σ_k [log p(x, z_k) - log q_θ(z_k)], z_k ~ q_θ; unbiased."""
     v.check_key(key)
-    num_samples = v.check_num_samples(num_samples)
+    num_samples = v.check_int(num_samples, "num_samples")
     value, _ = _objective(model, guide, params, key, "score", num_samples)(params)
     return value
 
@@ -177,7 +166,7 @@ def elbo_grad(
     """
     estimator = estimator_name(estimator)
     v.check_key(key)
-    num_samples = v.check_num_samples(num_samples)
+    num_samples = v.check_int(num_samples, "num_samples")
     if estimator in ("iwae", "vimco") and num_samples < 2:
         raise ValueError(f"estimator={estimator!r} is a multi-sample bound: num_samples must be "
                          f">= 2, got {num_samples}")

@@ -107,5 +107,5 @@ def test_ray_timeout_raises(tmp_path):
 def test_evaluator_argument_errors():
     with pytest.raises(ValueError, match="evaluator must be one of"):
         es.minimize(numpy_rastrigin, X0, "snes", evaluator="dask")
-    with pytest.raises(ValueError, match="workers must be a positive int"):
+    with pytest.raises(ValueError, match="workers must be an int >= 1"):
         es.minimize(numpy_rastrigin, X0, "snes", evaluator="processes", workers=0)

@@ -172,7 +172,7 @@ def test_bad_baselines_and_calls():
     with pytest.raises(ValueError, match="needs num_particles >= 2"):
         scorefn.programs.grad(three_site, THREE_SITE_PARAMS, KEY, num_particles=1,
                               baselines={"b": scorefn.baselines.leave_one_out()})
-    with pytest.raises(ValueError, match="num_particles must be a positive int"):
+    with pytest.raises(ValueError, match="num_particles must be an int >= 1"):
         scorefn.programs.grad(three_site, THREE_SITE_PARAMS, KEY, num_particles=0)
     with pytest.raises(TypeError, match="key must be a JAX PRNG key"):
         scorefn.programs.grad(three_site, THREE_SITE_PARAMS, 0)

@@ -132,13 +132,13 @@ def test_argument_errors(digits):
 @pytest.mark.slow  # a long end-to-end run
 def test_cli_fit_discrete_vae_json(tmp_path, capsys, cli_error):
     plot = str(tmp_path / "curve.png")
-    code = main(["fit", "--model", "discrete-vae-digits", "--estimator", "arm", "--steps", "40",
+    code = main(["fit", "--model", "discrete_vae_digits", "--estimator", "arm", "--steps", "40",
                  "--latents", "4", "--json", "--plot", plot])
     assert code == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["estimator"] == "arm" and result["steps"] == 40 and result["unbiased"]
     assert set(result["test"]) == {"elbo", "log_likelihood"}
     assert "is not one of score, rloo" in cli_error(
-        ["fit", "--model", "discrete-vae-digits", "--estimator", "vimco", "--steps", "5"])
-    assert re.search("not one of .*for --model gaussian-mixture", cli_error(
-        ["fit", "--model", "gaussian-mixture", "--estimator", "disarm", "--steps", "5"]))
+        ["fit", "--model", "discrete_vae_digits", "--estimator", "vimco", "--steps", "5"])
+    assert re.search("not one of .*for --model gaussian_mixture", cli_error(
+        ["fit", "--model", "gaussian_mixture", "--estimator", "disarm", "--steps", "5"]))

@@ -21,12 +21,11 @@ TRUE_GRAD = jax.grad(closed_form_elbo)(PARAMS)
 R = 3000
 
 
-def test_model_terms_and_dependencies(conjugate):
+def test_model_latents_plates_and_log_joint(conjugate):
     model, _ = conjugate
     assert set(model.latents) == {"z"}
     assert model.latents["z"].shape == (3,)
-    assert model.terms["x"].depends_on == {"z"}
-    assert [p.name for p in model.terms["x"].plates] == ["dims"]
+    assert [p.name for p in model.latents["z"].plates] == ["dims"]
     z = {"z": jnp.array([0.1, 0.2, 0.3])}
     assert jnp.allclose(model.log_joint(z), jnp.sum(jax.scipy.stats.norm.logpdf(z["z"]))
                         + jnp.sum(jax.scipy.stats.norm.logpdf(X, z["z"], 0.5)))
