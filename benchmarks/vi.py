@@ -90,9 +90,9 @@ def scorefn_lr(estimator, k, baseline, seed):
 
     from scorefn import vi
 
-    x, y = vi.models.breast_cancer()
+    x, y = vi.examples.breast_cancer()
     guide = vi.mean_field(families={"w": _exp_normal((x.shape[1],)), "b": _exp_normal(())})
-    result = vi.fit(vi.models.logistic_regression, guide, (x, y), jax.random.key(seed),
+    result = vi.fit(vi.examples.logistic_regression, guide, (x, y), jax.random.key(seed),
                     estimator=estimator, num_samples=k, baseline=_baseline(baseline),
                     steps=LR_STEPS, progress=False)
     w = np.asarray(result.params["w"]["loc"])
@@ -109,10 +109,10 @@ def scorefn_mix(estimator, k, seed):
 
     from scorefn import vi
 
-    x, z_true = vi.models.mixture_data()
-    guide = vi.mean_field(vi.as_model(vi.models.gaussian_mixture, (x,)),
+    x, z_true = vi.examples.mixture_data()
+    guide = vi.mean_field(vi.as_model(vi.examples.gaussian_mixture, (x,)),
                           {"mu": _exp_normal((2,), [-1.0, 1.0])})
-    result = vi.fit(vi.models.gaussian_mixture, guide, (x,), jax.random.key(seed),
+    result = vi.fit(vi.examples.gaussian_mixture, guide, (x,), jax.random.key(seed),
                     estimator=estimator, num_samples=k,
                     baseline=_baseline("ema" if k == 1 else "leave-one-out"), steps=MIX_STEPS,
                     progress=False)
@@ -131,8 +131,8 @@ def scorefn_mix_variance(estimator, num_samples=1, baseline="ema", warmup=50, re
     from scorefn import baselines, vi
     from scorefn.vi.objectives import ema_states
 
-    x, _ = vi.models.mixture_data()
-    model = vi.as_model(vi.models.gaussian_mixture, (x,))
+    x, _ = vi.examples.mixture_data()
+    model = vi.as_model(vi.examples.gaussian_mixture, (x,))
     guide = vi.mean_field(model, {"mu": _exp_normal((2,), [-1.0, 1.0])})
     params = guide.init()
     ema = baselines.ema(0.9)
@@ -226,7 +226,7 @@ def pyro_lr(variant, seed, steps=LR_STEPS):
 
     from scorefn import vi
 
-    x, y = (torch.tensor(np.asarray(a)) for a in vi.models.breast_cancer())
+    x, y = (torch.tensor(np.asarray(a)) for a in vi.examples.breast_cancer())
     model, make_guide = pyro_lr_model_and_guides()
     elbo_class, sf, bl = {"trace": (Trace_ELBO, False, False), "tg_sf": (TraceGraph_ELBO, True, True),
                           "tg_sf_nob": (TraceGraph_ELBO, True, False)}[variant]
@@ -252,9 +252,9 @@ def mc_elbo_of(lw, sw, lb, sb):
 
     from scorefn import vi
 
-    x, y = vi.models.breast_cancer()
+    x, y = vi.examples.breast_cancer()
     guide = vi.mean_field(families={"w": _exp_normal((x.shape[1],)), "b": _exp_normal(())})
-    model = vi.as_model(vi.models.logistic_regression, (x, y))
+    model = vi.as_model(vi.examples.logistic_regression, (x, y))
     params = {"w": {"loc": jnp.asarray(lw), "log_scale": jnp.log(jnp.asarray(sw))},
               "b": {"loc": jnp.asarray(lb), "log_scale": jnp.log(jnp.asarray(sb))}}
     mc = jax.jit(jax.vmap(lambda k: vi.elbo(model, guide, params, k, 1)))(
@@ -294,7 +294,7 @@ def pyro_mix(seed, steps=MIX_STEPS):
 
     from scorefn import vi
 
-    x_np, z_true = vi.models.mixture_data()
+    x_np, z_true = vi.examples.mixture_data()
     x = torch.tensor(np.asarray(x_np))
     model, guide = pyro_mix_parts()
     pyro.clear_param_store()
@@ -319,7 +319,7 @@ def pyro_mix_variance(baseline=True, warmup=50, repeats=500):
 
     from scorefn import vi
 
-    x = torch.tensor(np.asarray(vi.models.mixture_data()[0]))
+    x = torch.tensor(np.asarray(vi.examples.mixture_data()[0]))
     model, guide = pyro_mix_parts(baseline)
     pyro.clear_param_store()
     pyro.set_rng_seed(0)
@@ -343,9 +343,9 @@ def nuts_reference():
 
     from scorefn import vi
 
-    mcmc = MCMC(NUTS(vi.models.logistic_regression), num_warmup=1000, num_samples=2000,
+    mcmc = MCMC(NUTS(vi.examples.logistic_regression), num_warmup=1000, num_samples=2000,
                 progress_bar=False)
-    mcmc.run(jax.random.key(1), *vi.models.breast_cancer())
+    mcmc.run(jax.random.key(1), *vi.examples.breast_cancer())
     s = mcmc.get_samples()
     return np.asarray(s["w"].mean(0)), np.asarray(s["w"].std(0))
 

@@ -13,9 +13,9 @@ import numpy as np
 
 from scorefn import baselines, vi
 
-x, z_true = vi.models.mixture_data(seed=0, num_points=500)
+x, z_true = vi.examples.mixture_data(seed=0, num_points=500)
 for estimator in ("mixed", "score"):
-    result = vi.fit(vi.models.gaussian_mixture, "mean_field", (x,), jax.random.key(0),
+    result = vi.fit(vi.examples.gaussian_mixture, "mean_field", (x,), jax.random.key(0),
                     estimator=estimator, baseline=baselines.ema(0.9), steps=2000,
                     plot=f"vi_gaussian_mixture_{estimator}.png")
     z_hat = np.asarray(result.params["z"]) > 0

@@ -16,8 +16,8 @@ from numpyro.infer import MCMC, NUTS  # noqa: E402
 
 from scorefn import baselines, vi  # noqa: E402
 
-x, y = vi.models.breast_cancer()
-mcmc = MCMC(NUTS(vi.models.logistic_regression), num_warmup=500, num_samples=1000,
+x, y = vi.examples.breast_cancer()
+mcmc = MCMC(NUTS(vi.examples.logistic_regression), num_warmup=500, num_samples=1000,
             progress_bar=False)
 mcmc.run(jax.random.key(1), x, y)
 w_nuts = np.asarray(mcmc.get_samples()["w"])
@@ -30,7 +30,7 @@ runs = {
 }
 fig, ax = plt.subplots(figsize=(7, 4))
 for name, options in runs.items():
-    result = vi.fit(vi.models.logistic_regression, "mean_field", (x, y), jax.random.key(0),
+    result = vi.fit(vi.examples.logistic_regression, "mean_field", (x, y), jax.random.key(0),
                     steps=3000, **options)
     error = np.abs(np.asarray(result.means()["w"]) - w_nuts.mean(0)) / w_nuts.std(0)
     print(f"{name:32s} ELBO {result.elbo(jax.random.key(2)):8.2f}   max |mean - NUTS| / sd "

@@ -3,7 +3,7 @@
 import os
 import pickle
 
-from scorefn import checkpoints
+from scorefn.runs import checkpoints
 
 
 def edit(path: str, change) -> None:

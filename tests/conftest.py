@@ -5,7 +5,7 @@ import tempfile
 
 # The tests are compile-bound: hundreds of small programs, each run a few times. XLA's CPU
 # backend compiles them about twice as fast without LLVM's optimisation passes and its fusion
-# emitters (scorefn._compiler_options.FAST_COMPILE); the programs compute the same things.
+# emitters (scorefn.runs.compiler_options.FAST_COMPILE); the programs compute the same things.
 # Set before jax starts its backend; SCOREFN_TEST_XLA_DEFAULTS=1 keeps XLA's defaults.
 if not os.environ.get("SCOREFN_TEST_XLA_DEFAULTS"):
     os.environ["XLA_FLAGS"] = " ".join([

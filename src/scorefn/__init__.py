@@ -29,10 +29,10 @@ from scorefn import (
     sequences,
     vi,
 )
-from scorefn._compilation_cache import enable_compilation_cache
 from scorefn.diagnostics import compare
 from scorefn.estimators import f_values, grad, pathwise_grad, score_grad, standardized
 from scorefn.fisher import fisher_information, natural_gradient
+from scorefn.runs.compilation_cache import enable_compilation_cache
 from scorefn.sampling import sample
 from scorefn.scores import joint_log_prob, per_sample_scores
 

@@ -27,7 +27,7 @@ from jax.flatten_util import ravel_pytree
 
 from scorefn import baselines as baselines_lib
 from scorefn import control_variates as cv_lib
-from scorefn import validation as v
+from scorefn import validation
 from scorefn.estimators import BIASED_ESTIMATORS, grad, score_grad
 from scorefn.sampling import sample
 
@@ -179,7 +179,7 @@ def evaluate_estimator(
 ) -> EstimatorReport:
     """Run a jittable ``estimator(key) -> gradient`` ``num_repeats`` times and report
     bias, variance, SNR and the median wall time per estimate against ``reference``."""
-    v.check_key(key)
+    validation.check_key(key)
     thunk = repeated_estimates(estimator, key, num_repeats)
     estimates, seconds = timed(thunk, timing_repeats)
     return summarize(
@@ -333,8 +333,8 @@ def compare(
 
     Returns a ``ComparisonTable`` (and prints it with rich unless ``print_table=False``).
     """
-    v.check_key(key)
-    num_samples = v.check_int(num_samples, "num_samples", 2)
+    validation.check_key(key)
+    num_samples = validation.check_int(num_samples, "num_samples", 2)
     if estimators is None:
         estimators = default_estimators(f, dist_fn, params)
     ref_key, key = jax.random.split(key)

@@ -47,7 +47,7 @@ import numpy as np
 import numpyro.distributions as dist
 import optax
 
-from scorefn import validation as v
+from scorefn import validation
 from scorefn.types import DistFn
 
 RELAXATIONS = ("gumbel_softmax", "straight_through")
@@ -116,8 +116,8 @@ def antithetic_grad(
     The gradient in the logits φ reaches ``params`` by the chain rule (a VJP through
     ``dist_fn``).
     """
-    v.check_key(key)
-    num_samples = v.check_int(num_samples, "num_samples", 2)
+    validation.check_key(key)
+    num_samples = validation.check_int(num_samples, "num_samples", 2)
     if num_samples % 2:
         raise ValueError(f"estimator={estimator!r} evaluates f at antithetic pairs: num_samples "
                          f"must be even (2 per pair), got {num_samples}")
@@ -134,9 +134,10 @@ def antithetic_grad(
         return f(b) if vectorized else jax.vmap(f)(b)
 
     f1, f2 = evaluate(first), evaluate(second)
-    v.check_values_shape(f1, pairs)
+    validation.check_values_shape(f1, pairs)
     diff = (f1 - f2).astype(logits.dtype)
-    guard = v.finite_guard((f1, v.nonfinite_values_message), (f2, v.nonfinite_values_message))
+    guard = validation.finite_guard((f1, validation.nonfinite_values_message),
+                                    (f2, validation.nonfinite_values_message))
     weights = antithetic_weights(logits, u, first, second, estimator)
     g_logits = jnp.mean(diff.reshape((pairs,) + (1,) * len(shape)) * weights, axis=0) + guard
     _, vjp = jax.vjp(lambda p: bernoulli_logits(dist_fn(p), shape, estimator), params)
@@ -189,8 +190,8 @@ def relaxed_grad(
     f must be differentiable and accept relaxed values: floats in (0, 1) for a Bernoulli,
     one-hot vectors (..., K) for a Categorical.
     """
-    v.check_key(key)
-    num_samples = v.check_int(num_samples, "num_samples")
+    validation.check_key(key)
+    num_samples = validation.check_int(num_samples, "num_samples")
     if estimator not in RELAXATIONS:
         raise ValueError(f"estimator must be one of {RELAXATIONS}, got {estimator!r}")
     if not (isinstance(temperature, int | float) and temperature > 0):
@@ -200,11 +201,11 @@ def relaxed_grad(
     def mean_value(p):
         x = relaxed_sample(dist_fn(p), key, (num_samples,), temperature, straight)
         values = f(x) if vectorized else jax.vmap(f)(x)
-        v.check_values_shape(values, num_samples)
+        validation.check_values_shape(values, num_samples)
         return jnp.mean(values), values
 
     grad, values = jax.grad(mean_value, has_aux=True)(params)
-    guard = v.finite_guard((values, v.nonfinite_values_message))
+    guard = validation.finite_guard((values, validation.nonfinite_values_message))
     return jax.tree.map(lambda g: g + guard.astype(g.dtype), grad)
 
 
@@ -287,7 +288,7 @@ class Relax:
     def init(self, key: jax.Array, d: dist.Distribution) -> RelaxState:
         """ψ at its initial values (the network initialised with ``key`` on the relaxed
         sample's shape: a sample's shape, + (K,) for a Categorical)."""
-        v.check_key(key)
+        validation.check_key(key)
         logits, _ = self.logits(d)
         params = {"log_temperature": jnp.log(jnp.asarray(self.temperature, jnp.float32)),
                   "eta": jnp.asarray(self.eta if self.rebar_term else 0.0, jnp.float32)}
@@ -356,8 +357,8 @@ class Relax:
              train: bool = True) -> tuple[Any, RelaxState]:
         """The estimate of ∇θ E[f(b)] (a pytree like params) and the state after one step of
         ψ on the same samples' variance (``train=False``: the state unchanged)."""
-        v.check_key(key)
-        num_samples = v.check_int(num_samples, "num_samples")
+        validation.check_key(key)
+        num_samples = validation.check_int(num_samples, "num_samples")
         logits, categorical = self.logits(dist_fn(params))
         logits = jax.lax.stop_gradient(logits)
 
@@ -373,7 +374,7 @@ class Relax:
         else:
             per = self.per_sample_logit_grads(f, logits, state.params, key, num_samples,
                                               categorical=categorical)
-        guard = v.finite_guard((per, _nonfinite_relax_message(self.name)))
+        guard = validation.finite_guard((per, _nonfinite_relax_message(self.name)))
         g_logits = jnp.mean(per, axis=0) + guard
         _, vjp = jax.vjp(lambda p: self.logits(dist_fn(p))[0], params)
         (grad,) = vjp(jax.lax.stop_gradient(g_logits))
@@ -430,8 +431,8 @@ def sum_and_sample_grad(
     single-sample score function it Rao-Blackwellises; the unordered-set estimator's
     built-in baseline can be lower still when the mass is spread over many classes.
     """
-    v.check_key(key)
-    k = v.check_int(num_samples, "num_samples", 2)
+    validation.check_key(key)
+    k = validation.check_int(num_samples, "num_samples", 2)
     d = dist_fn(params)
     base = base_distribution(d)
     if not isinstance(base, dist.CategoricalLogits | dist.CategoricalProbs) or d.batch_shape != ():
@@ -452,7 +453,7 @@ def sum_and_sample_grad(
     dtype = sample_dtype_of(d)
     f_top = jax.vmap(f)(top.astype(dtype))
     f_x = f(x.astype(dtype))
-    guard = v.finite_guard((jnp.append(f_top, f_x), v.nonfinite_values_message))
+    guard = validation.finite_guard((jnp.append(f_top, f_x), validation.nonfinite_values_message))
     f_top, f_x = jax.lax.stop_gradient(f_top), jax.lax.stop_gradient(f_x)
 
     def surrogate(p):

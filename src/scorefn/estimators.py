@@ -30,7 +30,7 @@ import numpy as np
 import numpyro
 import optax
 
-from scorefn import validation as v
+from scorefn import validation
 from scorefn.baselines import Baseline, as_baseline, leave_one_out
 from scorefn.control_variates import ControlVariate, with_control_variate
 from scorefn.discrete import antithetic_grad, rebar, relaxed_grad, sum_and_sample_grad
@@ -67,12 +67,12 @@ def f_values(f: Callable, samples: jax.Array, vectorized: bool = False) -> jax.A
 def _prepare_values(
     values: Any, samples: Any, num_samples: int, nan_policy: str, dtype, batch_shape=None
 ):
-    values = v.check_values_shape(values, num_samples, batch_shape).astype(dtype)
+    values = validation.check_values_shape(values, num_samples, batch_shape).astype(dtype)
     if nan_policy not in NAN_POLICIES:
         raise ValueError(f"nan_policy must be one of {NAN_POLICIES}, got {nan_policy!r}")
     if nan_policy == "raise":
         return samples, values  # checked with log_prob in one guard, see score_grad
-    if v.is_traced(values):
+    if validation.is_traced(values):
         raise ValueError(
             "nan_policy='drop' changes the number of samples, so it needs concrete values: call "
             "score_grad outside jax.jit (evaluate f in Python), or use nan_policy='raise'"
@@ -195,18 +195,18 @@ def _checked_inputs(dist_fn, params, samples, values, *, baseline, control_varia
                     max_norm, nan_policy, per_sample, validate, per_factor) -> _CheckedInputs:
     """``score_grad``'s checks that need no run time (shapes, dtypes, options, structure);
     values with NaN dropped under ``nan_policy="drop"``; the baseline as a ``Baseline``."""
-    v.check_float_params(params)
+    validation.check_float_params(params)
     d = dist_fn(params)
-    v.check_distribution(d)
-    num_samples = v.check_samples_shape(d, samples)
+    validation.check_distribution(d)
+    num_samples = validation.check_samples_shape(d, samples)
     samples, values = _prepare_values(
         values, samples, num_samples, nan_policy, _float_dtype(params),
         tuple(d.batch_shape) if per_factor else None,
     )
     per_factor = values.ndim > 1
     if validate:
-        v.check_support_independent(dist_fn, params)
-        v.check_params_used(dist_fn, params, samples)
+        validation.check_support_independent(dist_fn, params)
+        validation.check_params_used(dist_fn, params, samples)
     if standardize and num_samples < 2:
         raise ValueError("standardize=True divides by the standard deviation of the N values, "
                          f"which needs num_samples >= 2; got {num_samples}")
@@ -242,10 +242,10 @@ def _runtime_guard(d, dist_fn, params, samples, values, finite_log_prob, *, chec
     """The one run-time check of ``score_grad`` (a zero, or a ValueError from the host when
     it fails; see ``validation.finite_guard``), or None when nothing is checked."""
     ok = jnp.all(jnp.isfinite(values))
-    checks = [(values, v.nonfinite_values_message)] if check_values else []
+    checks = [(values, validation.nonfinite_values_message)] if check_values else []
     if validate:
         # A zero scale or a probability outside [0, 1] gives NaN or a wrong gradient quietly.
-        arguments_ok, argument_checks = v.argument_checks(d)
+        arguments_ok, argument_checks = validation.argument_checks(d)
         ok = ok & arguments_ok
         checks = argument_checks + checks
     if validate and external_samples:
@@ -257,8 +257,8 @@ def _runtime_guard(d, dist_fn, params, samples, values, finite_log_prob, *, chec
             with numpyro.validation_enabled(True):
                 return joint_log_prob(dist_fn(params), samples)
 
-        checks.append((log_prob_with_mask, v.neg_inf_log_prob_message))
-    return v.finite_guard(*checks, ok=ok) if checks else None
+        checks.append((log_prob_with_mask, validation.neg_inf_log_prob_message))
+    return validation.finite_guard(*checks, ok=ok) if checks else None
 
 
 def _with_guard(tree: Any, guard: jax.Array) -> Any:
@@ -346,8 +346,8 @@ def pathwise_grad(
 
     unbiased with the leave-one-out ``"optimal"`` β or a fixed one.
     """
-    v.check_key(key)
-    num_samples = v.check_int(num_samples, "num_samples")
+    validation.check_key(key)
+    num_samples = validation.check_int(num_samples, "num_samples")
     d = dist_fn(params)
     if not d.has_rsample:
         raise ValueError(
@@ -361,13 +361,13 @@ def pathwise_grad(
     def values_of(p, fn=f):
         x = dist_fn(p).rsample(key, (num_samples,))
         values = f_values(fn, x, vectorized)
-        v.check_values_shape(values, num_samples)
+        validation.check_values_shape(values, num_samples)
         return values
 
     if control_variate is not None:
         h, mean_fn = control_variate.prepare(dist_fn, params)
         values = values_of(params)
-        guard = v.finite_guard((values, v.nonfinite_values_message))
+        guard = validation.finite_guard((values, validation.nonfinite_values_message))
         terms = _per_sample_jacobian(values_of, params, num_samples)
         h_terms = _per_sample_jacobian(lambda p: values_of(p, h), params, num_samples)
         controls = jax.tree.map(lambda a, m: a - m[None], h_terms, jax.grad(mean_fn)(params))
@@ -381,7 +381,7 @@ def pathwise_grad(
 
     if per_sample:
         values = values_of(params)
-        guard = v.finite_guard((values, v.nonfinite_values_message))
+        guard = validation.finite_guard((values, validation.nonfinite_values_message))
         # The N × P Jacobian of the values: forward mode costs P passes over the N samples
         # and O(N·P) memory; reverse mode (jacrev) would vmap N cotangents, an N × N
         # intermediate (1.6 GB at N = 20,000). Reverse only when P exceeds N.
@@ -392,7 +392,7 @@ def pathwise_grad(
         return jnp.mean(values), values
 
     estimate, values = jax.grad(mean_value, has_aux=True)(params)
-    guard = v.finite_guard((values, v.nonfinite_values_message))
+    guard = validation.finite_guard((values, validation.nonfinite_values_message))
     estimate = _with_guard(estimate, guard)
     if max_norm is not None:
         estimate, _ = optax.clip_by_global_norm(max_norm).update(estimate, optax.EmptyState())
@@ -452,8 +452,8 @@ def grad(
     """
     if estimator not in ESTIMATORS:
         raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
-    v.check_float_params(params)
-    v.check_distribution(dist_fn(params))
+    validation.check_float_params(params)
+    validation.check_distribution(dist_fn(params))
     if estimator == "rloo":
         if baseline is not None:
             raise ValueError("estimator='rloo' is 'score' with the leave-one-out baseline: pass no "

@@ -28,7 +28,7 @@ import numpy as np
 from jax.scipy.special import logsumexp
 from numpyro.distributions import Distribution
 
-from scorefn import validation as v
+from scorefn import validation
 from scorefn.baselines import as_baseline
 from scorefn.estimators import score_grad
 from scorefn.scores import joint_log_prob, log_prob
@@ -127,7 +127,7 @@ def _behaviour_log_prob(behaviour: Any, samples: jax.Array, num_samples: int) ->
 
 def log_weights(dist_fn: DistFn, params: Any, samples: jax.Array, behaviour: Any) -> jax.Array:
     """ℓ_n = log p_θ(x_n) - log q(x_n), shape (N,); ``behaviour`` is q or stored log q."""
-    num_samples = v.check_samples_shape(dist_fn(params), samples)
+    num_samples = validation.check_samples_shape(dist_fn(params), samples)
     log_q = _behaviour_log_prob(behaviour, samples, num_samples)
     return jax.lax.stop_gradient(joint_log_prob(dist_fn(params), samples)) - log_q
 
@@ -187,7 +187,7 @@ def _ess_check(log_w: jax.Array, threshold: float | None, policy: str,
             warnings.warn(text, RuntimeWarning, stacklevel=stacklevel)
         return np.zeros((), dtype)
 
-    if not v.is_traced(log_w) and not v.is_traced(weights):
+    if not validation.is_traced(log_w) and not validation.is_traced(weights):
         report(log_w, weights, stacklevel=4)
         return jnp.zeros((), dtype)
 
@@ -258,10 +258,10 @@ def is_score_grad(
     if weighting == "truncated" and not truncation > 0:
         raise ValueError(f"truncation must be positive, got {truncation}")
     d = dist_fn(params)
-    num_samples = v.check_samples_shape(d, samples)
-    values = v.check_values_shape(values, num_samples).astype(jnp.result_type(float))
-    v.check_support_independent(dist_fn, params)
-    v.check_params_used(dist_fn, params, samples)
+    num_samples = validation.check_samples_shape(d, samples)
+    values = validation.check_values_shape(values, num_samples).astype(jnp.result_type(float))
+    validation.check_support_independent(dist_fn, params)
+    validation.check_params_used(dist_fn, params, samples)
     baseline = as_baseline(baseline)
     if baseline is not None and baseline.per_coordinate:
         raise ValueError("is_score_grad takes per-sample baselines (constant, ema, leave_one_out)")
@@ -276,8 +276,8 @@ def is_score_grad(
         weights = jnp.exp(log_w)
     # A sample outside p_θ's support has weight 0 and contributes nothing: not an error.
     ok = jnp.all(jnp.isfinite(values)) & jnp.all(jnp.isfinite(weights))
-    guard = v.finite_guard(
-        (values, v.nonfinite_values_message),
+    guard = validation.finite_guard(
+        (values, validation.nonfinite_values_message),
         (jnp.stack([weights, log_w]), _overflow_message),
         ok=ok,
     )
@@ -325,8 +325,9 @@ def mis_score_grad(
             "samples, values and proposals must be sequences of the same non-zero length, one "
             f"entry per proposal; got {len(samples)}, {len(values)} and {len(proposals)}"
         )
-    counts = [v.check_samples_shape(dist_fn(params), x) for x in samples]
-    values = [v.check_values_shape(f, n).astype(jnp.result_type(float)) for f, n in zip(values, counts)]
+    counts = [validation.check_samples_shape(dist_fn(params), x) for x in samples]
+    values = [validation.check_values_shape(f, n).astype(jnp.result_type(float))
+              for f, n in zip(values, counts)]
     log_counts = jnp.log(jnp.asarray(counts, jnp.result_type(float)))
     coefficients, stacked_samples = [], []
     for j, (x, f) in enumerate(zip(samples, values)):
@@ -343,7 +344,7 @@ def mis_score_grad(
         stacked_samples.append(x)
     coefficients = jnp.concatenate(coefficients)
     all_samples = jnp.concatenate(stacked_samples)
-    guard = v.finite_guard(*[(f, v.nonfinite_values_message) for f in values],
+    guard = validation.finite_guard(*[(f, validation.nonfinite_values_message) for f in values],
                            (coefficients, _nonfinite_weights_message))
     # The estimator is a sum over all samples, not a mean: scale by their number.
     return _weighted_score_grad(dist_fn, params, all_samples,

@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpyro.distributions as dist
 
-from scorefn import validation as v
+from scorefn import validation
 from scorefn.control_variates import with_control_variate
 from scorefn.types import DistFn
 
@@ -132,8 +132,8 @@ def measure_valued_grad(
     the same samples and perturbations (common random numbers): mean zero, so unbiased with
     the leave-one-out ``"optimal"`` β or a fixed one.
     """
-    v.check_key(key)
-    num_samples = v.check_int(num_samples, "num_samples")
+    validation.check_key(key)
+    num_samples = validation.check_int(num_samples, "num_samples")
     outer = dist_fn(params)
     # A sample's shape; Independent (to_event) and expanded wrappers are looked through.
     batch_shape = tuple(outer.batch_shape) + tuple(outer.event_shape)
@@ -145,7 +145,7 @@ def measure_valued_grad(
             f"{type(outer).__name__} with event_shape {tuple(outer.event_shape)}. Use "
             "estimator='score'."
         )
-    v.check_params_used(dist_fn, params, jnp.zeros((1, *outer.batch_shape, *outer.event_shape),
+    validation.check_params_used(dist_fn, params, jnp.zeros((1, *outer.batch_shape, *outer.event_shape),
                                                    jnp.result_type(float)))
     key_x, key_parts = jax.random.split(key)
     x = jax.lax.stop_gradient(d.sample(key_x, (num_samples,)))
@@ -164,7 +164,7 @@ def measure_valued_grad(
     terms = []  # per sample: c (f(x⁺) - f(x⁻)) for each coordinate, (N, *batch_shape)
     for c, plus, minus in perturbations(d, key_parts, flat, coupling):
         diffs = jax.lax.stop_gradient(difference(plus, minus))
-        guard = v.finite_guard((diffs, v.nonfinite_values_message))
+        guard = validation.finite_guard((diffs, validation.nonfinite_values_message))
         terms.append((c * diffs + guard).reshape(num_samples, *batch_shape))
 
     # The map from the parameters' weak derivatives to θ is linear: apply it per sample or

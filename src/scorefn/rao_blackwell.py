@@ -40,7 +40,7 @@ import numpy as np
 import numpyro
 from numpyro.distributions import Distribution
 
-from scorefn import validation as v
+from scorefn import validation
 from scorefn.baselines import as_baseline
 from scorefn.estimators import score_grad
 from scorefn.numerics import full_precision
@@ -139,8 +139,8 @@ def enumerate_grad(
 
     Unbiased either way; with enumeration the variance is never higher.
     """
-    v.check_key(key)
-    num_samples = v.check_int(num_samples, "num_samples")
+    validation.check_key(key)
+    num_samples = validation.check_int(num_samples, "num_samples")
     key_x1, key_x2 = jax.random.split(key)
     x1 = sample(marginal_fn, params, key_x1, num_samples)
     conditional = conditional_fn(params, x1[0])
@@ -155,7 +155,7 @@ def enumerate_grad(
             f"batch_shape {tuple(conditional.batch_shape)}"
         )
 
-    v.check_support_independent(marginal_fn, params)
+    validation.check_support_independent(marginal_fn, params)
     if not rao_blackwellize:
         keys = jax.random.split(key_x2, num_samples)
         x2 = jax.vmap(lambda k, a: jax.lax.stop_gradient(conditional_fn(params, a).sample(k)))(
@@ -185,7 +185,7 @@ def enumerate_grad(
     expected = jax.lax.stop_gradient(conditional_expectation(params))
     # Some params may belong to the conditional only: check the marginal's support here and
     # skip score_grad's "every param is used" check.
-    v.check_support_independent(marginal_fn, params)
+    validation.check_support_independent(marginal_fn, params)
     outer = score_grad(marginal_fn, params, x1, expected, baseline=baseline, validate=False)
     with numpyro.validation_enabled(False):
         inner = jax.grad(lambda p: jnp.mean(conditional_expectation(p)))(params)
@@ -197,7 +197,7 @@ def _score_of(log_prob_fn: Callable[[Any], jax.Array], params: Any, values: jax.
     b = as_baseline(baseline)
     centred = values if b is None else values - b(values)
     weights = jax.lax.stop_gradient(centred)
-    guard = v.finite_guard((values, v.nonfinite_values_message))
+    guard = validation.finite_guard((values, validation.nonfinite_values_message))
     with numpyro.validation_enabled(False):
         estimate = jax.grad(lambda p: jnp.mean(weights * log_prob_fn(p)))(params)
     return jax.tree.map(lambda g: g + guard.astype(g.dtype), estimate)

@@ -14,10 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from scorefn import validation as v
-from scorefn._compiler_options import WIDE_REDUCTIONS
-from scorefn._program_cache import cached_jit
-from scorefn.checkpoints import restore
+from scorefn import validation
 from scorefn.es.bernoulli import bernoulli
 from scorefn.es.bounds import penalized
 from scorefn.es.categorical import categorical
@@ -26,6 +23,9 @@ from scorefn.es.snes import snes
 from scorefn.es.strategy import Strategy
 from scorefn.es.xnes import xnes
 from scorefn.runs import Run, describe, saved_figure
+from scorefn.runs.checkpoints import restore
+from scorefn.runs.compiler_options import WIDE_REDUCTIONS
+from scorefn.runs.export_cache import cached_jit
 
 EVALUATORS = ("jax", "python", "processes", "ray")
 STRATEGIES = {"snes": snes, "xnes": xnes, "openai_es": openai_es, "bernoulli": bernoulli,
@@ -133,7 +133,7 @@ def minimize(
         ``resume=True`` continues from it (an error when the file does not exist). A
         resumed run gives the same result as an uninterrupted one with the same seed. With
         ``restarts``, this file records the finished runs and each run checkpoints itself
-        in ``<checkpoint>.run<k>``. The file holds only data (``scorefn.checkpoints``).
+        in ``<checkpoint>.run<k>``. The file holds only data (``scorefn.runs.checkpoints``).
       overwrite: a fresh run (no ``resume``) refuses a ``checkpoint`` that already exists,
         so that earlier work is never replaced silently; ``overwrite=True`` starts over in
         its place.
@@ -178,7 +178,7 @@ def minimize(
         raise ValueError(f"evaluator must be one of {EVALUATORS}, got {evaluator!r}")
     if key is None:
         key = jax.random.key(seed)
-    v.check_key(key)
+    validation.check_key(key)
     d = x0.shape[0]
     # First, so that the compilation cache is on before anything compiles.
     run = Run("scorefn.es", CHECKPOINT_VERSION, checkpoint=checkpoint, resume=resume,
@@ -195,7 +195,7 @@ def minimize(
     else:
         ask, tell = _compiled_ask_tell(strat)
         if workers is not None:
-            v.check_int(workers, "workers")
+            validation.check_int(workers, "workers")
         if evaluation_timeout is not None and not (
                 np.ndim(evaluation_timeout) == 0 and evaluation_timeout > 0):
             raise ValueError(
@@ -541,7 +541,7 @@ def compiled_generations(strat, f, generations: int, nan_policy: str):
         state, best_x, best_f = carry
         x, state = strat.ask(state)
         fitness = _checked(jax.vmap(f)(x), x)
-        guard = v.finite_guard((fitness, _nan_message)) if nan_policy == "raise" else 0.0
+        guard = validation.finite_guard((fitness, _nan_message)) if nan_policy == "raise" else 0.0
         fitness = jnp.where(jnp.isfinite(fitness), fitness, jnp.inf) + guard
         state = strat.tell(state, x, fitness)
         i = jnp.argmin(fitness)

@@ -20,21 +20,21 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from scorefn import validation as v
+from scorefn import validation
 from scorefn.diagnostics import ComparisonTable, repeated_estimates, summarize, timed
 from scorefn.programs.plan import ESTIMATORS
-from scorefn.programs.surrogate import Choice, choose
+from scorefn.programs.surrogate import Configuration, configure
 
 _OPTIONS = ("num_particles", "estimators", "baselines", "credit_assignment", "max_enumeration",
             "runtime_checks", "temperature", "sum_and_sample_size", "relax_params",
             "relax_networks", "control_variates")
 
 
-def _planned(program, params, args, options) -> Choice:
+def _planned(program, params, args, options) -> Configuration:
     unknown = set(options) - set(_OPTIONS)
     if unknown:
         raise ValueError(f"unknown option(s) {sorted(unknown)}; a choice takes {list(_OPTIONS)}")
-    return choose(program, params, args, **options)
+    return configure(program, params, args, **options)
 
 
 def site_contributions(program: Callable, params: Any, key: jax.Array, *args: Any,
@@ -47,11 +47,11 @@ def site_contributions(program: Callable, params: Any, key: jax.Array, *args: An
     different sites need not add up to the estimate: a term that two sites reach is
     differentiated through both.
     """
-    v.check_key(key)
+    validation.check_key(key)
     return _contributions(program, params, key, args, _planned(program, params, args, options))
 
 
-def _contributions(program, params, key, args, chosen: Choice):
+def _contributions(program, params, key, args, chosen: Configuration):
     def gradient(cut):
         return jax.grad(lambda q: chosen.parts(program, q, key, args, cut)[0])(params)
 
@@ -81,7 +81,7 @@ def site_variances(program: Callable, params: Any, key: jax.Array, *args: Any,
                    num_repeats: int = 200, **options: Any) -> SiteVariances:
     """The variance of each site's contribution (see ``site_contributions``) over
     ``num_repeats`` independent estimates, per parameter coordinate and in total."""
-    v.check_key(key)
+    validation.check_key(key)
     if num_repeats < 2:
         raise ValueError(f"num_repeats must be at least 2 to measure a variance, got {num_repeats}")
     chosen = _planned(program, params, args, options)
@@ -145,7 +145,7 @@ def compare(
     4 × ``num_repeats`` estimates of the first choice, whose standard error enters the
     z-scores.
     """
-    v.check_key(key)
+    validation.check_key(key)
     if not choices:
         raise ValueError("choices is empty: give at least one {name: options}")
     planned = {name: _planned(program, params, args, options) for name, options in choices.items()}

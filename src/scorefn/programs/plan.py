@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from scorefn import validation as v
+from scorefn import validation
 from scorefn.baselines import Baseline, as_baseline, leave_one_out
 from scorefn.programs.tracing import (
     Plate,
@@ -278,7 +278,7 @@ def plan(
         chosen_baselines[n] = b
 
     if validate:
-        leaves = v.leaf_names(params)
+        leaves = validation.leaf_names(params)
         unused = [leaf for leaf, used in zip(leaves, structure.params_used) if not used]
         if unused:
             raise ValueError(
@@ -356,4 +356,4 @@ def plan(
 def checks_for(p: Plan):
     """The plan's run-time checks, unless the caller traces with them off
     (``validation.runtime_checks(False)``: a training loop's cached step)."""
-    return v.runtime_checks(p.runtime_checks and v.runtime_checks_enabled())
+    return validation.runtime_checks(p.runtime_checks and validation.runtime_checks_enabled())

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro
 
-from scorefn import validation as v
+from scorefn import validation
 from scorefn.control_variates import ControlVariate, with_control_variate
 from scorefn.discrete import antithetic_weights, bernoulli_logits
 from scorefn.measure_valued import as_supported, distribution_parameters, perturbations
@@ -25,7 +25,7 @@ from scorefn.programs.plan import Plan, checks_for
 from scorefn.programs.tracing import (
     Recorder,
     canonical,
-    run,
+    record,
 )
 
 
@@ -43,10 +43,10 @@ def measure_valued_term(program, params, args, p: Plan, rec: Recorder, site_keys
     d = as_supported(rec.latents[site]["fn"], tuple(jnp.shape(x)))
     flat = x.reshape(1, -1).astype(jnp.result_type(float))
     key = jax.random.fold_in(site_keys[-1], index + 1)
-    quiet = jax.lax.stop_gradient(params)
+    frozen = jax.lax.stop_gradient(params)
 
     def reached(value):
-        return _reached(program, quiet, args, p, site_keys, forced, site,
+        return _reached(program, frozen, args, p, site_keys, forced, site,
                         value.reshape(x.shape).astype(x.dtype))
 
     def difference(plus, minus, j):
@@ -57,10 +57,10 @@ def measure_valued_term(program, params, args, p: Plan, rec: Recorder, site_keys
     for phi, (c, plus, minus) in zip(phis, perturbations(d, key, flat)):
         diffs = jax.vmap(difference)(plus[0], minus[0], jnp.arange(flat.shape[1]))
         with checks_for(p):
-            guard = v.finite_guard((diffs, _nonfinite_reached_message(site)))
+            guard = validation.finite_guard((diffs, _nonfinite_reached_message(site)))
         estimate = jax.lax.stop_gradient(c * diffs)
         phi = phi.reshape(-1)
-        out = out + v.guarded(jnp.sum(estimate * (phi - jax.lax.stop_gradient(phi))), guard)
+        out = out + validation.guarded(jnp.sum(estimate * (phi - jax.lax.stop_gradient(phi))), guard)
     return out
 
 
@@ -111,7 +111,7 @@ def _reached(program, params, args, p: Plan, site_keys, forced, site: str, value
     below = p.enumerated_descendants.get(site, ())
 
     def once(values):
-        rec = run(program, params, site_keys[-1], args,
+        rec = record(program, params, site_keys[-1], args,
                   Recorder(p.roles, {**forced, **values, site: value}, frozenset(),
                            site_keys[:len(p.estimators)], p.estimators, p.temperature,
                            p.sum_and_sample_size))
@@ -145,11 +145,11 @@ def antithetic_term(program, params, args, p: Plan, rec: Recorder, site_keys, fo
                      second, by_plate=True)
     diff = mine - other
     with checks_for(p):
-        guard = v.finite_guard((diff, _nonfinite_reached_message(site)))
+        guard = validation.finite_guard((diff, _nonfinite_reached_message(site)))
     weights = antithetic_weights(logits, u, first, second, p.estimators[site])
     phi = bernoulli_logits(rec.latents[site]["fn"], tuple(jnp.shape(u)), p.estimators[site])
     estimate = jax.lax.stop_gradient(diff * weights)
-    return v.guarded(jnp.sum(estimate * (phi - jax.lax.stop_gradient(phi))), guard)
+    return validation.guarded(jnp.sum(estimate * (phi - jax.lax.stop_gradient(phi))), guard)
 
 
 def conditional_uniform(b: jax.Array, prob: jax.Array, w: jax.Array) -> jax.Array:
@@ -208,7 +208,7 @@ def rebar_term(program, params, args, p: Plan, rec: Recorder, site_keys, forced,
     else:  # constant in θ, differentiable in ψ
         signal = jax.lax.stop_gradient(reached_terms) - control(jax.lax.stop_gradient(z_given_b))
     with checks_for(p):
-        guard = v.finite_guard((jax.lax.stop_gradient(jnp.stack([jnp.sum(signal), jnp.sum(c_z)])),
+        guard = validation.finite_guard((jax.lax.stop_gradient(jnp.stack([jnp.sum(signal), jnp.sum(c_z)])),
                                 _nonfinite_reached_message(site)))
     log_p = b * jax.nn.log_sigmoid(phi) + (1 - b) * jax.nn.log_sigmoid(-phi)
 
@@ -217,7 +217,7 @@ def rebar_term(program, params, args, p: Plan, rec: Recorder, site_keys, forced,
 
     estimate = (jnp.sum(signal * zero_valued(log_p)) + zero_valued(jnp.sum(c_z))
                 - zero_valued(jnp.sum(c_given_b)))
-    return v.guarded(estimate, guard)
+    return validation.guarded(estimate, guard)
 
 
 def _per_element_network(network: Any, net_params: Any, value: jax.Array, p: Plan,
@@ -277,7 +277,7 @@ def control_variate_term(program, params, key, args, p: Plan, num_particles: int
 
     def parts(site_keys, x):
         def rerun(theta):  # the particle again, x_s forced, every other key the same
-            return run(program, theta, site_keys[-1], args,
+            return record(program, theta, site_keys[-1], args,
                        Recorder(p.roles, {site: x}, frozenset(), site_keys[:n], p.estimators,
                                 p.temperature, p.sum_and_sample_size))
 

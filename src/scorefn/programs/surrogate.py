@@ -46,7 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro
 
-from scorefn import validation as v
+from scorefn import validation
 from scorefn.control_variates import ControlVariate
 from scorefn.programs.plan import MAX_ENUMERATION, Plan, checks_for, plan
 from scorefn.programs.reruns import (
@@ -60,7 +60,7 @@ from scorefn.programs.reruns import (
 from scorefn.programs.tracing import (
     Recorder,
     canonical,
-    run,
+    record,
 )
 
 
@@ -70,7 +70,7 @@ def magic_box(tau: jax.Array) -> jax.Array:
 
 
 def _nonfinite_term_message(name: str) -> Callable[[np.ndarray], str | None]:
-    return v.nonfinite_message(lambda kind, first, bad, total: (
+    return validation.nonfinite_message(lambda kind, first, bad, total: (
         f"term {name!r} of the program is {kind} at particle {first} ({bad} of {total} "
         "particles): J = E[Σ terms] needs finite terms. Check the factor's value (or the "
         "observed site's log-probability) for the sampled values"))
@@ -88,23 +88,23 @@ def _particles(program, params, key, args, p: Plan, num_particles: int, cut: fro
     num_latents = len(p.estimators)
 
     def one(site_keys, forced):
-        rec = run(program, params, site_keys[-1], args,
+        rec = record(program, params, site_keys[-1], args,
                   Recorder(p.roles, forced, cut, site_keys[:num_latents], p.estimators,
                            p.temperature, p.sum_and_sample_size))
         terms = {t: canonical(rec.terms[t]["value"], p.sites[t].plates, order) for t in p.term_names}
         scores = {s: canonical(rec.latent_log_prob(s), p.sites[s].plates, order)
                   for s in p.score_names}
         enum = {e: jnp.sum(rec.latent_log_prob(e)) for e in p.enumerate_names}
-        weak = sum((measure_valued_term(program, params, args, p, rec, site_keys, forced, i, s)
+        rerun_terms = sum((measure_valued_term(program, params, args, p, rec, site_keys, forced, i, s)
                     for i, s in enumerate(p.measure_valued_names) if s not in cut), jnp.zeros(()))
-        weak = weak + sum((antithetic_term(program, params, args, p, rec, site_keys, forced, s)
+        rerun_terms = rerun_terms + sum((antithetic_term(program, params, args, p, rec, site_keys, forced, s)
                            for s in p.antithetic_names if s not in cut), jnp.zeros(()))
         relax_params, relax_networks = relax
-        weak = weak + sum((rebar_term(program, params, args, p, rec, site_keys, forced, s,
+        rerun_terms = rerun_terms + sum((rebar_term(program, params, args, p, rec, site_keys, forced, s,
                                        relax_params.get(s), relax_networks.get(s))
                            for s in p.control_variate_names if s not in cut), jnp.zeros(()))
         values = {s: jax.lax.stop_gradient(rec.latents[s]["value"]) for s in kept}
-        return terms, scores, enum, weak, values
+        return terms, scores, enum, rerun_terms, values
 
     def particle(k):
         if not p.grid:
@@ -121,7 +121,7 @@ def surrogate_parts(program, params, key, args, p: Plan, num_particles: int,
                     control_variates: Mapping[str, ControlVariate] | None = None):
     """The surrogate's value and each score site's learning signal (K, *branches, *plates)."""
     control_variates = dict(control_variates or {})
-    terms, scores, enum, weak, values = _particles(program, params, key, args, p,
+    terms, scores, enum, rerun_terms, values = _particles(program, params, key, args, p,
                                                    num_particles, cut, relax,
                                                    tuple(control_variates))
     order = p.plates
@@ -138,12 +138,12 @@ def surrogate_parts(program, params, key, args, p: Plan, num_particles: int,
     scores = {s: jax.lax.stop_gradient(r) if s in cut else r for s, r in scores.items()}
     enum = {e: jax.lax.stop_gradient(x) if e in cut else x for e, x in enum.items()}
     with checks_for(p):
-        guard = v.finite_guard(*[(jax.lax.stop_gradient(terms[t]), _nonfinite_term_message(t))
+        guard = validation.finite_guard(*[(jax.lax.stop_gradient(terms[t]), _nonfinite_term_message(t))
                                  for t in p.term_names])
     branch_shape = terms[p.term_names[0]].shape[:first_plate]
     enum_log_prob = sum(enum.values(), jnp.zeros(branch_shape))
 
-    total = weak
+    total = rerun_terms
     for t in p.term_names:
         w = sum((sum_plates(scores[s], plates_of[t]) for s in p.upstream[t]), 0.0)
         # Σ_n □(w) c_n = □(w) Σ_n c_n along the plates w is constant on: the sum first, so
@@ -183,13 +183,13 @@ def surrogate_parts(program, params, key, args, p: Plan, num_particles: int,
             continue
         value = value + control_variate_term(program, params, key, args, p, num_particles, s,
                                               cv, values[s], signals[s])
-    return v.guarded(value, guard), signals
+    return validation.guarded(value, guard), signals
 
 
 def _check_call(params, key, num_particles):
-    v.check_key(key)
-    v.check_int(num_particles, "num_particles")
-    v.check_float_params(params)
+    validation.check_key(key)
+    validation.check_int(num_particles, "num_particles")
+    validation.check_float_params(params)
 
 
 def surrogate(
@@ -273,7 +273,7 @@ def surrogate(
         (K, M, *plates), to update an EMA baseline: ``state = ema.update(L, state)``.
     """
     _check_call(params, key, num_particles)
-    chosen = choose(program, params, args, num_particles=num_particles, estimators=estimators,
+    chosen = configure(program, params, args, num_particles=num_particles, estimators=estimators,
                     baselines=baselines, credit_assignment=credit_assignment, validate=validate,
                     max_enumeration=max_enumeration, runtime_checks=runtime_checks,
                     temperature=temperature, sum_and_sample_size=sum_and_sample_size,
@@ -284,7 +284,7 @@ def surrogate(
 
 
 @dataclasses.dataclass(frozen=True)
-class Choice:
+class Configuration:
     """Every option of ``surrogate`` for one program, checked: the ``Plan`` (what tracing
     decides) and the options that are values, not structure (ψ of ``"rebar"`` sites, control
     variates)."""
@@ -301,14 +301,14 @@ class Choice:
                                self.relax, self.control_variates)
 
 
-def choose(program: Callable, params: Any, args: tuple, *, num_particles: int = 8,
+def configure(program: Callable, params: Any, args: tuple, *, num_particles: int = 8,
            relax_params: Mapping[str, Mapping[str, Any]] | None = None,
            relax_networks: Mapping[str, Any] | None = None,
            control_variates: Mapping[str, ControlVariate] | None = None,
-           **plan_options: Any) -> Choice:
+           **plan_options: Any) -> Configuration:
     """``surrogate``'s options checked against the program (``plan_options`` are ``plan``'s)."""
     p = plan(program, params, args, num_particles=int(num_particles), **plan_options)
-    return Choice(p, int(num_particles), _checked_relax(relax_params, relax_networks, p),
+    return Configuration(p, int(num_particles), _checked_relax(relax_params, relax_networks, p),
                   _checked_control_variates(control_variates, p, int(num_particles)))
 
 

@@ -32,7 +32,7 @@ from numpyro import handlers
 from numpyro.distributions import constraints
 from numpyro.handlers import Messenger
 
-from scorefn import validation as v
+from scorefn import validation
 from scorefn.discrete import (
     antithetic_pair,
     base_distribution,
@@ -78,7 +78,7 @@ def _support_values(support: Any) -> tuple | None:
         return (0, 1)
     if isinstance(support, constraints.integer_interval):
         low, high = support.lower_bound, support.upper_bound
-        if v.is_traced([low, high]) or np.ndim(low) or np.ndim(high):
+        if validation.is_traced([low, high]) or np.ndim(low) or np.ndim(high):
             return None
         return tuple(range(int(low), int(high) + 1))
     return None
@@ -226,7 +226,7 @@ def sum_and_sample_branch(d: Any, index: jax.Array, key: jax.Array | None,
     return value.astype(jnp.int32), weight
 
 
-def run(program: Callable, params: Any, key: jax.Array, args: tuple, recorder: Recorder) -> Recorder:
+def record(program: Callable, params: Any, key: jax.Array, args: tuple, recorder: Recorder) -> Recorder:
     """Run ``program(params, *args)`` once under ``recorder``, seeded with ``key``."""
     with handlers.seed(rng_seed=key), recorder:
         program(params, *args)
@@ -238,7 +238,7 @@ def inspect_sites(program: Callable, params: Any, args: tuple) -> dict[str, Site
     infos: dict[str, SiteInfo] = {}
 
     def abstract_run(p, a):
-        rec = run(program, p, jax.random.key(0), a, Recorder())
+        rec = record(program, p, jax.random.key(0), a, Recorder())
         for name, site in rec.latents.items():
             d = site["fn"]
             infos[name] = SiteInfo(
@@ -296,13 +296,13 @@ def analyse(program: Callable, params: Any, args: tuple, sites: dict[str, SiteIn
     num_params = len(jax.tree.leaves(params))
 
     def substituted(p, values):
-        rec = run(program, p, jax.random.key(0), args, Recorder(forced=values))
+        rec = record(program, p, jax.random.key(0), args, Recorder(forced=values))
         return ({n: rec.terms[n]["value"] for n in term_names},
                 {n: rec.latent_log_prob(n) for n in latent_names})
 
     example = _example_values(latents)
     with numpyro.validation_enabled(False):
-        rows = v.output_dependencies(substituted, params, example)
+        rows = validation.output_dependencies(substituted, params, example)
     outputs = term_names + latent_names  # dicts flatten in sorted-key order
     if rows is None:  # a program jax cannot trace abstractly: everything reads everything,
         # through operations that are not assumed differentiable (the score function then)
@@ -326,7 +326,7 @@ def analyse(program: Callable, params: Any, args: tuple, sites: dict[str, SiteIn
     differentiable = {s: False for s in latent_names}
     if float_names:
         with numpyro.validation_enabled(False):
-            tangent_rows = v.output_dependencies(
+            tangent_rows = validation.output_dependencies(
                 tangent_outputs, params, example, {n: example[n] for n in float_names})
         offset = num_params + len(latent_names)
         for j, s in enumerate(float_names):
@@ -349,7 +349,7 @@ def support_moving_params(program: Callable, params: Any, args: tuple,
     latents = {n: s for n, s in sites.items() if not s.is_term}
 
     def support_arrays(p, values):
-        rec = run(program, p, jax.random.key(0), args, Recorder(forced=values))
+        rec = record(program, p, jax.random.key(0), args, Recorder(forced=values))
         out = []
         for n in names:
             support = rec.latents[n]["fn"].support
@@ -360,7 +360,7 @@ def support_moving_params(program: Callable, params: Any, args: tuple,
 
     num_params = len(jax.tree.leaves(params))
     with numpyro.validation_enabled(False):
-        rows = v.output_dependencies(support_arrays, params, _example_values(latents))
+        rows = validation.output_dependencies(support_arrays, params, _example_values(latents))
     if rows is None:
         return {}
     return {n: [i for i in range(num_params) if row[i]] for n, row in zip(names, rows)}

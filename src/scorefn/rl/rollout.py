@@ -14,9 +14,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from scorefn import scores
-from scorefn._compiler_options import FAST_COMPILE, cpu_options
 from scorefn.rl.envs import GymnasiumEnv, JaxEnv
 from scorefn.rl.networks import ActorCritic
+from scorefn.runs.compiler_options import FAST_COMPILE, cpu_options
 from scorefn.sampling import sample
 
 

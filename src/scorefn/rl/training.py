@@ -19,12 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from scorefn import checkpoints, runs
-from scorefn._compilation_cache import enable_compilation_cache
-from scorefn._compiler_options import BACKEND_O2, FAST_COMPILE, cpu_options
-from scorefn._program_cache import cached_jit
-from scorefn.checkpoints import restore
-from scorefn.rl import defaults as D
+from scorefn import runs
+from scorefn.rl import defaults
 from scorefn.rl.envs import (
     THRESHOLDS,
     GymnasiumEnv,
@@ -35,7 +31,11 @@ from scorefn.rl.envs import (
 from scorefn.rl.networks import ActorCritic
 from scorefn.rl.registry import algorithm
 from scorefn.rl.rollout import GymnasiumRunner, jax_reset, jax_rollout
-from scorefn.runs import all_finite
+from scorefn.runs import all_finite, checkpoints
+from scorefn.runs.checkpoints import restore
+from scorefn.runs.compilation_cache import enable_compilation_cache
+from scorefn.runs.compiler_options import BACKEND_O2, FAST_COMPILE, cpu_options
+from scorefn.runs.export_cache import cached_jit
 from scorefn.validation import runtime_checks
 
 CHECKPOINT_VERSION = 4  # 3: the hyperparameters as the run's settings; 4: data only
@@ -107,11 +107,11 @@ def make_config(algo: str, env_id: str, **hyperparameters: Any):
         raise ValueError(f"unknown hyperparameter(s) {unknown} for {algo}; known: {sorted(fields)}")
     # What the Config gets without overrides: its fields' defaults, the algorithm's, the
     # environment's. An override is checked against the value it replaces.
-    defaults = {**registered.config_overrides, **D.defaults(algo, env_id)}
-    replaced = {**{f.name: f.default for f in dataclasses.fields(module.Config)}, **defaults}
+    chosen = {**registered.config_overrides, **defaults.defaults(algo, env_id)}
+    replaced = {**{f.name: f.default for f in dataclasses.fields(module.Config)}, **chosen}
     for name, value in hyperparameters.items():
         _check_hyperparameter_type(algo, name, value, replaced.get(name, dataclasses.MISSING))
-    return module.Config(**{**defaults, **hyperparameters})
+    return module.Config(**{**chosen, **hyperparameters})
 
 
 def _check_hyperparameter_type(algo: str, name: str, value: Any, default: Any) -> None:
@@ -202,7 +202,7 @@ def evaluate_gymnasium(env_id: str, policy: ActorCritic, policy_params: Any, see
 def load_checkpoint(path: str, seed_index: int = 0) -> TrainResult:
     """A ``TrainResult`` (policy parameters of one seed, history, config) from a
     checkpoint written by ``train``, e.g. for ``evaluate``. The file is data only
-    (``scorefn.checkpoints``): reading it never runs code, and a damaged file, or one of
+    (``scorefn.runs.checkpoints``): reading it never runs code, and a damaged file, or one of
     another kind, is a ``CheckpointError`` naming it."""
     payload = checkpoints.load(path, kind="scorefn.rl", version=CHECKPOINT_VERSION)
     try:
@@ -278,7 +278,7 @@ def train(
         events when ``tensorboardX`` is installed) there.
       checkpoint: write the run state there after every evaluation, and the state of the
         best evaluation so far beside it (``best_checkpoint_path(checkpoint)``); data only
-        (``scorefn.checkpoints``), so reading one never runs code.
+        (``scorefn.runs.checkpoints``), so reading one never runs code.
       resume: continue from ``checkpoint`` (an error when it does not exist). A gymnax run
         resumes exactly. A gymnasium run resumes its learner exactly (params, optimiser,
         key, steps) but its environments start new episodes: their Python state cannot be
@@ -296,7 +296,7 @@ def train(
     config = make_config(algo, env, **hyperparameters)
     module = algorithm(algo).module
     seeds = list(seeds) if seeds is not None else [seed]
-    total_steps = total_steps or D.total_steps(algo, env)
+    total_steps = total_steps or defaults.total_steps(algo, env)
     if resolve_backend(env, backend) == "gymnax":
         environment = make(env, "gymnax")
     else:  # gymnasium, or an unknown id: make's error lists the known ones

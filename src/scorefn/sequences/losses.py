@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from scorefn import validation as v
+from scorefn import validation
 from scorefn.baselines import batch_mean, leave_one_out
 from scorefn.divergences import KL_ESTIMATORS, kl_estimate
 from scorefn.estimators import standardized
@@ -116,7 +116,7 @@ def token_weights(mask: jax.Array, group_size: int, aggregation: str = "sequence
 
 def _check_options(advantage, aggregation, ratio, clip, kl_estimator, kl_in, group_size, rows,
                    ref_logp, kl_coef):
-    v.check_int(group_size, "group_size")
+    validation.check_int(group_size, "group_size")
     if rows % group_size:
         raise ValueError(f"the batch has {rows} sequences, not a multiple of group_size="
                          f"{group_size}")
@@ -212,7 +212,7 @@ def loss_and_metrics(
         ref_logp = jax.lax.stop_gradient(masked("ref_logp", ref_logp))
         checks.append((ref_logp, _nonfinite_message("ref_logp", "logp")))
         ok = ok & jnp.all(jnp.isfinite(ref_logp)) & jnp.all(ref_logp <= 1e-4)
-    guard = v.finite_guard(*checks, ok=ok)
+    guard = validation.finite_guard(*checks, ok=ok)
 
     lengths = jnp.sum(on, axis=1)
     metrics: dict[str, jax.Array] = {"reward": jnp.mean(rewards), "length": jnp.mean(lengths)}
@@ -262,7 +262,7 @@ def loss_and_metrics(
     total = -jnp.sum(weights * jnp.where(on, objective, zero))
     if kl_tokens is not None and kl_in == "loss":
         total = total + kl_coef * jnp.sum(weights * kl_tokens)
-    return v.guarded(total, guard), metrics
+    return validation.guarded(total, guard), metrics
 
 
 def loss(

@@ -25,7 +25,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from scorefn import validation as v
+from scorefn import validation
 
 LogitsFn = Callable[[Any, jax.Array], jax.Array]
 
@@ -80,8 +80,8 @@ def sampling_options(max_new_tokens: Any, num_samples: Any, temperature: Any,
                      eos_id: Any) -> tuple[int, int, float, int | None]:
     """The samplers' options, checked: (max_new_tokens, num_samples, temperature, eos_id)."""
     check_eos_id(eos_id)
-    return (v.check_int(max_new_tokens, "max_new_tokens"),
-            v.check_int(num_samples, "num_samples"), check_temperature(temperature), eos_id)
+    return (validation.check_int(max_new_tokens, "max_new_tokens"),
+            validation.check_int(num_samples, "num_samples"), check_temperature(temperature), eos_id)
 
 
 def check_logits(logits: jax.Array, tokens: jax.Array) -> None:

@@ -19,7 +19,7 @@ $$
 - ``scorefn.vi.discrete_vae``: a discrete VAE on digits with the discrete estimators.
 """
 
-from scorefn.vi import models
+from scorefn.vi import examples
 from scorefn.vi.fit import FitResult, fit
 from scorefn.vi.guide_programs import guide_program, model_program
 from scorefn.vi.guides import Block, Guide, auto_guide, full_rank, mean_field
@@ -57,5 +57,5 @@ __all__ = [
     "guide_program",
     "model_program",
     "mean_field",
-    "models",
+    "examples",
 ]

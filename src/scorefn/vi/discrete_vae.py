@@ -39,15 +39,14 @@ except ImportError as error:  # pragma: no cover - flax is in the vi extra
                       f"({error})") from error
 
 from scorefn import baselines as baseline_lib
-from scorefn import programs
-from scorefn import validation as v
-from scorefn.checkpoints import restore
+from scorefn import programs, validation
 from scorefn.runs import (
     Run,
     plot_with_running_mean,
     saved_figure,
     tree_digest,
 )
+from scorefn.runs.checkpoints import restore
 
 #: per-site estimators a fit can use for the latents (``"score"`` is REINFORCE with an
 #: exponential-moving-average baseline; ``"rloo"`` needs ``num_particles >= 2``; ``"arm"`` and
@@ -99,7 +98,7 @@ class DiscreteVAE:
     def __post_init__(self):
         for name in ("latents", "hidden"):
             value = getattr(self, name)
-            v.check_int(value, name, 1 if name == "latents" else 0)
+            validation.check_int(value, name, 1 if name == "latents" else 0)
 
     @property
     def encoder(self) -> nn.Module:
@@ -242,7 +241,7 @@ def fit(
       steps_per_call: steps per compiled call (a ``lax.scan``); progress and checkpoints
         follow calls.
       checkpoint: write the whole state there after every call (data only,
-        ``scorefn.checkpoints``).
+        ``scorefn.runs.checkpoints``).
       resume: continue from ``checkpoint``, with the same result as an uninterrupted run,
         and refuses a checkpoint written with other settings (or a missing one).
       overwrite: a fresh run refuses a ``checkpoint`` that already exists; ``True`` starts
@@ -254,7 +253,7 @@ def fit(
                              ("batch_size", batch_size, 1), ("steps_per_call", steps_per_call, 1),
                              ("variance_samples", variance_samples, 2),
                              ("evaluation_samples", evaluation_samples, 1)):
-        v.check_int(value, name, low)
+        validation.check_int(value, name, low)
     if estimator == "rloo" and num_particles < 2:
         raise ValueError("estimator='rloo' needs num_particles >= 2 (its baseline for one "
                          "particle is the mean of the others)")
@@ -270,7 +269,7 @@ def fit(
                              f"shape {a.shape}")
     if batch_size > train.shape[0]:
         raise ValueError(f"batch_size {batch_size} exceeds the {train.shape[0]} training images")
-    v.check_key(key)
+    validation.check_key(key)
     variance_at = sorted({0, steps // 2, steps} if variance_at is None else set(variance_at))
     if any(not 0 <= s <= steps for s in variance_at):
         raise ValueError(f"variance_at must be steps in [0, {steps}], got {variance_at}")
@@ -350,7 +349,7 @@ def fit(
             # Calls end at the variance checkpoints so that each is measured at its step.
             end = min([done + steps_per_call, steps] + [s for s in variance_at if s > done])
             tic = time.perf_counter()
-            with v.runtime_errors(f"fit steps {done} to {end - 1}"):
+            with validation.runtime_errors(f"fit steps {done} to {end - 1}"):
                 carry, values = run_steps(carry, step_keys[done:end], _batches(
                     batch_seed, train.shape[0], batch_size, done, end))
                 values = np.asarray(values)

@@ -19,12 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from scorefn import validation as v
-from scorefn._compilation_cache import enable_compilation_cache
-from scorefn._compiler_options import BACKEND_O2
-from scorefn._program_cache import cached_jit
+from scorefn import validation
 from scorefn.baselines import Ema
-from scorefn.checkpoints import restore
 from scorefn.runs import (
     Run,
     all_finite,
@@ -33,6 +29,10 @@ from scorefn.runs import (
     saved_figure,
     tree_digest,
 )
+from scorefn.runs.checkpoints import restore
+from scorefn.runs.compilation_cache import enable_compilation_cache
+from scorefn.runs.compiler_options import BACKEND_O2
+from scorefn.runs.export_cache import cached_jit
 from scorefn.vi.guides import Guide, auto_guide
 from scorefn.vi.model import LatentSite, LogJoint, Model, NumPyroModel, as_model
 from scorefn.vi.objectives import elbo, elbo_grad, ema_states, estimator_name
@@ -179,7 +179,7 @@ def fit(
       baseline: for score-function blocks: a core baseline (``leave_one_out()`` ...) or
         ``scorefn.baselines.ema(decay)``, whose per-site state ``fit`` keeps.
       control_variate: for ``estimator="score"``.
-      checkpoint: a file written after every chunk (data only, ``scorefn.checkpoints``);
+      checkpoint: a file written after every chunk (data only, ``scorefn.runs.checkpoints``);
         ``resume=True`` continues from it (an error when the file does not exist).
       overwrite: a fresh run refuses a ``checkpoint`` that already exists (earlier work is
         never replaced silently); ``overwrite=True`` starts over in its place.
@@ -191,9 +191,9 @@ def fit(
     ``scorefn.enable_compilation_cache``), so a second run of the same fit does not
     compile again.
     """
-    v.check_key(key)
+    validation.check_key(key)
     estimator = estimator_name(estimator)
-    v.check_int(steps, "steps")
+    validation.check_int(steps, "steps")
     enable_compilation_cache()
     model, guide = _resolve(model, guide, data)
     # The default is flattened into one vector (the same steps; a smaller program to compile).
@@ -242,7 +242,7 @@ def fit(
             n = min(chunk_size, steps - done)
             start = (params, opt_state, baseline_state)
             # Traced without host callbacks, so the compiled chunk can be cached on disk.
-            with v.runtime_checks(False):
+            with validation.runtime_checks(False):
                 carry, values = run_chunk(start, jnp.arange(done, done + n))
             values = np.asarray(values)
             if not np.all(np.isfinite(values)) or not all_finite(carry[0]):
@@ -270,7 +270,7 @@ def _replay(checked_step, carry, start: int, n: int) -> None:
     """Run the chunk's steps one by one with the checks on: the first non-finite log
     density raises its error (which names the model site)."""
     for index in range(start, start + n):
-        with v.runtime_errors(f"fit step {index}"):
+        with validation.runtime_errors(f"fit step {index}"):
             carry, value = checked_step(carry, jnp.asarray(index))
             finite = np.isfinite(np.asarray(value))
         if not finite:

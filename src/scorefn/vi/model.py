@@ -38,7 +38,7 @@ from numpyro.distributions.transforms import biject_to
 # it would drift from numpyro's transforms; the tests pin the log density it gives.
 from numpyro.infer.util import _unconstrain_reparam, compute_log_probs
 
-from scorefn import validation as v
+from scorefn import validation
 from scorefn.programs.tracing import Plate, plates_of
 
 
@@ -117,7 +117,7 @@ class NumPyroModel(Model):
             k = None
             if discrete:
                 upper = getattr(d.support, "upper_bound", None)
-                if upper is not None and not v.is_traced(upper):
+                if upper is not None and not validation.is_traced(upper):
                     k = int(np.max(np.asarray(upper))) + 1
             else:
                 shape = tuple(biject_to(d.support).inverse_shape(shape))

@@ -42,7 +42,7 @@ from typing import Any, NamedTuple
 import jax
 
 from scorefn import control_variates as cvs
-from scorefn import validation as v
+from scorefn import validation
 from scorefn.baselines import EmaState, Optimal
 from scorefn.vi.guide_programs import (
     guide_program,
@@ -123,8 +123,8 @@ def _objective(model: Model, guide: Guide, params: dict[str, Any], key: jax.Arra
 def elbo(model: Model, guide: Guide, params: dict[str, Any], key: jax.Array,
          num_samples: int = 1000) -> jax.Array:
     """Monte Carlo estimate (1/K) Σ_k [log p(x, z_k) - log q_θ(z_k)], z_k ~ q_θ; unbiased."""
-    v.check_key(key)
-    num_samples = v.check_int(num_samples, "num_samples")
+    validation.check_key(key)
+    num_samples = validation.check_int(num_samples, "num_samples")
     value, _ = _objective(model, guide, params, key, "score", num_samples)(params)
     return value
 
@@ -132,7 +132,7 @@ def elbo(model: Model, guide: Guide, params: dict[str, Any], key: jax.Array,
 def iwae_bound(model: Model, guide: Guide, params: dict[str, Any], key: jax.Array,
                num_samples: int) -> jax.Array:
     """log (1/K) Σ_k w_k for one set of K samples: an unbiased estimate of L_K ≥ L."""
-    v.check_key(key)
+    validation.check_key(key)
     value, _ = _objective(model, guide, params, key, "vimco", num_samples)(params)
     return value
 
@@ -165,8 +165,8 @@ def elbo_grad(
         the value the guide block draws (the unconstrained one).
     """
     estimator = estimator_name(estimator)
-    v.check_key(key)
-    num_samples = v.check_int(num_samples, "num_samples")
+    validation.check_key(key)
+    num_samples = validation.check_int(num_samples, "num_samples")
     if estimator in ("iwae", "vimco") and num_samples < 2:
         raise ValueError(f"estimator={estimator!r} is a multi-sample bound: num_samples must be "
                          f">= 2, got {num_samples}")

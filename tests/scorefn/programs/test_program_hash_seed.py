@@ -22,8 +22,8 @@ def model(theta):  # a term with three score sites upstream, summed in some orde
 key = jax.random.key(0)
 texts = [jax.jit(jax.grad(lambda t, k: programs.surrogate(model, t, k, num_particles=4)))
          .lower(jnp.array([0.1, -0.2, 0.3]), key).as_text()]
-x, _ = vi.models.mixture_data(num_points=20)
-m = vi.as_model(vi.models.gaussian_mixture, (x,))
+x, _ = vi.examples.mixture_data(num_points=20)
+m = vi.as_model(vi.examples.gaussian_mixture, (x,))
 guide = vi.auto_guide(m)
 for estimator in ("score_rb", "mixed"):
     texts.append(jax.jit(lambda p, k: vi.elbo_grad(m, guide, p, k, estimator=estimator,

@@ -13,8 +13,8 @@ from closed_forms import assert_unbiased, detects_bias
 from jax.flatten_util import ravel_pytree
 
 import scorefn
-from scorefn import checkpoints
 from scorefn.cli import main
+from scorefn.runs import checkpoints
 from scorefn.vi import discrete_vae as dv
 
 SMALL = dv.DiscreteVAE(latents=3, hidden=4)

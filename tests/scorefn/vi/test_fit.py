@@ -13,14 +13,14 @@ from scorefn import baselines, vi
 
 @pytest.fixture(scope="module")
 def breast_cancer():
-    return vi.models.breast_cancer()
+    return vi.examples.breast_cancer()
 
 
 @pytest.fixture(scope="module")
 def nuts_means(breast_cancer):
     from numpyro.infer import MCMC, NUTS
 
-    mcmc = MCMC(NUTS(vi.models.logistic_regression), num_warmup=500, num_samples=1000,
+    mcmc = MCMC(NUTS(vi.examples.logistic_regression), num_warmup=500, num_samples=1000,
                 progress_bar=False)
     mcmc.run(jax.random.key(1), *breast_cancer)
     samples = mcmc.get_samples()
@@ -33,7 +33,7 @@ def test_logistic_regression_estimators_agree_with_nuts(breast_cancer, nuts_mean
     elbos = {}
     for estimator, k, baseline in [("pathwise", 1, None), ("score_rb", 16, baselines.leave_one_out()),
                                    ("score", 16, baselines.leave_one_out())]:
-        result = vi.fit(vi.models.logistic_regression, None, breast_cancer, key,
+        result = vi.fit(vi.examples.logistic_regression, None, breast_cancer, key,
                         estimator=estimator, num_samples=k, baseline=baseline, steps=3000,
                         progress=False)
         elbos[estimator] = result.elbo(jax.random.key(7), 4000)
@@ -71,8 +71,8 @@ def test_full_rank_guide_on_the_conjugate_model(key):
 
 
 def test_gaussian_mixture_trains_with_score_function_for_the_assignments(key):
-    x, z_true = vi.models.mixture_data(num_points=200)
-    result = vi.fit(vi.models.gaussian_mixture, None, (x,), key, estimator="mixed",
+    x, z_true = vi.examples.mixture_data(num_points=200)
+    result = vi.fit(vi.examples.gaussian_mixture, None, (x,), key, estimator="mixed",
                     num_samples=4, baseline=baselines.leave_one_out(), steps=1500,
                     progress=False)
     locs = np.sort(np.asarray(result.params["mu"]["loc"]))
@@ -83,37 +83,37 @@ def test_gaussian_mixture_trains_with_score_function_for_the_assignments(key):
 
 
 def test_ema_baseline_state_is_kept_per_factor(key):
-    x, _ = vi.models.mixture_data(num_points=50)
-    result = vi.fit(vi.models.gaussian_mixture, None, (x,), key, estimator="score_rb",
+    x, _ = vi.examples.mixture_data(num_points=50)
+    result = vi.fit(vi.examples.gaussian_mixture, None, (x,), key, estimator="score_rb",
                     baseline=baselines.ema(0.9), steps=200, progress=False)
     assert np.all(np.isfinite(result.objective))
 
 
 def test_same_seed_same_run_and_resume_equals_uninterrupted(tmp_path, key):
-    x, _ = vi.models.mixture_data(num_points=50)
+    x, _ = vi.examples.mixture_data(num_points=50)
     options = dict(estimator="mixed", num_samples=2, baseline=baselines.ema(0.8), chunk_size=50,
                    progress=False)
-    full = vi.fit(vi.models.gaussian_mixture, None, (x,), key, steps=200, **options)
-    again = vi.fit(vi.models.gaussian_mixture, None, (x,), key, steps=200, **options)
+    full = vi.fit(vi.examples.gaussian_mixture, None, (x,), key, steps=200, **options)
+    again = vi.fit(vi.examples.gaussian_mixture, None, (x,), key, steps=200, **options)
     np.testing.assert_array_equal(full.objective, again.objective)
     path = str(tmp_path / "run.ckpt")
-    vi.fit(vi.models.gaussian_mixture, None, (x,), key, steps=100, checkpoint=path, **options)
-    resumed = vi.fit(vi.models.gaussian_mixture, None, (x,), key, steps=200, checkpoint=path,
+    vi.fit(vi.examples.gaussian_mixture, None, (x,), key, steps=100, checkpoint=path, **options)
+    resumed = vi.fit(vi.examples.gaussian_mixture, None, (x,), key, steps=200, checkpoint=path,
                      resume=True, **options)
     np.testing.assert_array_equal(resumed.objective, full.objective)
     for a, b in zip(jax.tree.leaves(resumed.params), jax.tree.leaves(full.params)):
         np.testing.assert_array_equal(a, b)
     with pytest.raises(ValueError, match="estimator='mixed'"):
-        vi.fit(vi.models.gaussian_mixture, None, (x,), key, steps=200, checkpoint=path,
+        vi.fit(vi.examples.gaussian_mixture, None, (x,), key, steps=200, checkpoint=path,
                resume=True, **{**options, "estimator": "score_rb"})
     # Any other setting that changes the run is refused too, named (steps may grow).
     for change, match in ((dict(key=jax.random.key(7)), r"key \(the seed\)"),
                           (dict(optimizer=optax.flatten(optax.adam(0.02))), "optimizer="),
                           (dict(data=(x + 1.0,)), "data="),
                           (dict(baseline=baselines.ema(0.5)), "baseline="),
-                          (dict(model=vi.models.logistic_regression, data=(x[:, None], x > 0)),
+                          (dict(model=vi.examples.logistic_regression, data=(x[:, None], x > 0)),
                            "model=")):
-        args = dict(model=vi.models.gaussian_mixture, data=(x,), key=key)
+        args = dict(model=vi.examples.gaussian_mixture, data=(x,), key=key)
         args.update({k: v for k, v in change.items() if k in args})
         with pytest.raises(ValueError, match=f"other settings .*{match}"):
             vi.fit(args["model"], None, args["data"], args["key"], steps=300, checkpoint=path,
@@ -156,8 +156,8 @@ def test_mixture_gradient_variance_per_estimator(key):
     of magnitude; pathwise μ (mixed) cuts μ's."""
     from vi_conjugate import repeated_grads
 
-    x, _ = vi.models.mixture_data(num_points=100)
-    model = vi.as_model(vi.models.gaussian_mixture, (x,))
+    x, _ = vi.examples.mixture_data(num_points=100)
+    model = vi.as_model(vi.examples.gaussian_mixture, (x,))
     guide = vi.auto_guide(model)
     params = guide.init()
     size = {n: p.size for n, p in zip(["mu_loc", "mu_scale", "z"], jax.tree.leaves(params))}

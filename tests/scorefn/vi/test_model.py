@@ -85,8 +85,8 @@ def test_guide_with_the_wrong_shape():
 
 
 def test_unknown_estimator_and_impossible_combinations(key):
-    x, _ = vi.models.mixture_data(num_points=10)
-    model = vi.as_model(vi.models.gaussian_mixture, (x,))
+    x, _ = vi.examples.mixture_data(num_points=10)
+    model = vi.as_model(vi.examples.gaussian_mixture, (x,))
     guide = vi.auto_guide(model)
     params = guide.init()
     with pytest.raises(ValueError, match="unknown estimator 'elbo'.*score_rb"):

@@ -9,7 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from scorefn import checkpoints, runs
+from scorefn import runs
+from scorefn.runs import checkpoints
 
 
 def test_settings_check_names_what_changed_and_allows_what_may():

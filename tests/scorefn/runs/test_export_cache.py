@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from checkpoint_files import kind_of, malicious_pickle
 
-from scorefn import _compiler_options, _program_cache
+from scorefn.runs import compiler_options, export_cache
 
 
 class Carry(NamedTuple):
@@ -19,7 +19,7 @@ class Carry(NamedTuple):
 
 @pytest.fixture
 def folder(tmp_path, monkeypatch):
-    monkeypatch.setattr(_program_cache, "_programs_dir", lambda: str(tmp_path))
+    monkeypatch.setattr(export_cache, "_programs_dir", lambda: str(tmp_path))
     return tmp_path
 
 
@@ -48,13 +48,13 @@ def _same(a, b):
 def test_a_cached_program_equals_jit_and_is_not_traced_again(folder):
     traces = []
     expected = jax.jit(_step_counting([]))(_carry(), 2.0)
-    first = _program_cache.cached_jit(_step_counting(traces), key=("test", 1))(_carry(), 2.0)
+    first = export_cache.cached_jit(_step_counting(traces), key=("test", 1))(_carry(), 2.0)
     _same(first, expected)
     assert len(list(folder.glob("*.program"))) == 1
     traced = len(traces)
     assert traced >= 1
     # A new cached_jit (as in a new process) loads the program: no Python tracing at all.
-    again = _program_cache.cached_jit(_step_counting(traces), key=("test", 1))
+    again = export_cache.cached_jit(_step_counting(traces), key=("test", 1))
     second = again(_carry(), 2.0)
     assert len(traces) == traced
     _same(second, expected)
@@ -66,20 +66,20 @@ def test_a_cached_program_equals_jit_and_is_not_traced_again(folder):
 
 def test_key_and_shapes_select_different_programs(folder):
     traces = []
-    _program_cache.cached_jit(_step_counting(traces), key=("a",))(_carry(), 2.0)
-    _program_cache.cached_jit(_step_counting(traces), key=("b",))(_carry(), 2.0)
+    export_cache.cached_jit(_step_counting(traces), key=("a",))(_carry(), 2.0)
+    export_cache.cached_jit(_step_counting(traces), key=("b",))(_carry(), 2.0)
     bigger = Carry(jnp.arange(5.0), jax.random.key(7))
-    _program_cache.cached_jit(_step_counting(traces), key=("a",))(bigger, 2.0)
+    export_cache.cached_jit(_step_counting(traces), key=("a",))(bigger, 2.0)
     assert len(list(folder.glob("*.program"))) == 3
     assert len(traces) >= 3
 
 
 def test_a_corrupt_file_is_traced_again_and_replaced(folder):
-    _program_cache.cached_jit(_step_counting([]), key=("c",))(_carry(), 2.0)
+    export_cache.cached_jit(_step_counting([]), key=("c",))(_carry(), 2.0)
     (path,) = folder.glob("*.program")
     path.write_bytes(b"not a program")
     traces = []
-    out = _program_cache.cached_jit(_step_counting(traces), key=("c",))(_carry(), 2.0)
+    out = export_cache.cached_jit(_step_counting(traces), key=("c",))(_carry(), 2.0)
     assert len(traces) >= 1
     _same(out, jax.jit(_step_counting([]))(_carry(), 2.0))
     assert path.read_bytes() != b"not a program"
@@ -90,11 +90,11 @@ def test_off_and_unexportable_programs_fall_back_to_jit(folder, monkeypatch):
         jax.debug.callback(lambda v: None, x)
         return x * 2
 
-    out = _program_cache.cached_jit(with_callback, key=("cb",))(jnp.ones(2))
+    out = export_cache.cached_jit(with_callback, key=("cb",))(jnp.ones(2))
     np.testing.assert_array_equal(out, 2 * np.ones(2))
     assert not list(folder.glob("*.program"))
-    monkeypatch.setattr(_program_cache, "_programs_dir", lambda: None)
-    out = _program_cache.cached_jit(_step_counting([]), key=("off",))(_carry(), 2.0)
+    monkeypatch.setattr(export_cache, "_programs_dir", lambda: None)
+    out = export_cache.cached_jit(_step_counting([]), key=("off",))(_carry(), 2.0)
     _same(out, jax.jit(_step_counting([]))(_carry(), 2.0))
     assert not list(folder.glob("*.program"))
 
@@ -102,26 +102,26 @@ def test_off_and_unexportable_programs_fall_back_to_jit(folder, monkeypatch):
 def test_compiler_options_are_part_of_the_program(folder):
     # As scorefn passes them: the CPU presets on the CPU backend, none elsewhere (a GPU's
     # compiler rejects the CPU's options), so there are two programs only on the CPU.
-    options = _compiler_options.cpu_options(_compiler_options.FAST_COMPILE)
+    options = compiler_options.cpu_options(compiler_options.FAST_COMPILE)
     traces = []
-    fast = _program_cache.cached_jit(_step_counting(traces), key=("o",), compiler_options=options)
+    fast = export_cache.cached_jit(_step_counting(traces), key=("o",), compiler_options=options)
     out = fast(_carry(), 2.0)
-    default = _program_cache.cached_jit(_step_counting(traces), key=("o",))(_carry(), 2.0)
+    default = export_cache.cached_jit(_step_counting(traces), key=("o",))(_carry(), 2.0)
     assert len(list(folder.glob("*.program"))) == (2 if options else 1)
     np.testing.assert_allclose(np.asarray(out[0].x), np.asarray(default[0].x), rtol=1e-6)
-    _same(_program_cache.cached_jit(_step_counting([]), key=("o",),
+    _same(export_cache.cached_jit(_step_counting([]), key=("o",),
                                     compiler_options=options)(_carry(), 2.0), out)
 
 
 def test_the_program_cache_never_unpickles(folder, tmp_path):
     """A cache file replaced by a crafted pickle is not read as one: the program is traced
     again, the file replaced, and the pickle's code never runs."""
-    step = _program_cache.cached_jit(lambda x: {"y": x * 2}, key=("pickle test",))
+    step = export_cache.cached_jit(lambda x: {"y": x * 2}, key=("pickle test",))
     np.testing.assert_array_equal(step(np.ones(2))["y"], 2 * np.ones(2))
     (path,) = folder.glob("*.program")
     marker = str(tmp_path / "code-ran")
     malicious_pickle(str(path), marker)
-    again = _program_cache.cached_jit(lambda x: {"y": x * 2}, key=("pickle test",))
+    again = export_cache.cached_jit(lambda x: {"y": x * 2}, key=("pickle test",))
     np.testing.assert_array_equal(again(np.ones(2))["y"], 2 * np.ones(2))
     assert not os.path.exists(marker)
     assert kind_of(str(path)) == "scorefn program"  # replaced by a data-only file

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from scorefn import checkpoints
+from scorefn.runs import checkpoints
 from scorefn.validation import is_key
 
 
@@ -108,7 +108,7 @@ class Run:
     discrete VAE): its checkpoint, the settings check on resume, the progress bar, the
     metrics files and the compilation cache.
 
-    - ``restored``: on ``resume`` the payload of the checkpoint (``scorefn.checkpoints``;
+    - ``restored``: on ``resume`` the payload of the checkpoint (``scorefn.runs.checkpoints``;
       pytrees of custom nodes come back as ``StoredTree``, for ``checkpoints.restore``),
       after checking its kind and version and refusing other ``settings`` (naming them);
       ``resume`` without a ``checkpoint`` path, or naming a file that does not exist, is an
@@ -135,7 +135,7 @@ class Run:
                  field: str = "value", log_dir: str | None = None, step_field: str = "step",
                  compilation_cache: bool = True, overwrite: bool = False):
         if compilation_cache:
-            from scorefn._compilation_cache import enable_compilation_cache
+            from scorefn.runs.compilation_cache import enable_compilation_cache
 
             enable_compilation_cache()
         if resume and checkpoint is None:

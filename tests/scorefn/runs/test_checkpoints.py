@@ -1,4 +1,4 @@
-"""scorefn.checkpoints: data-only files, checked before they are read, damage named."""
+"""scorefn.runs.checkpoints: data-only files, checked before they are read, damage named."""
 
 import math
 import os
@@ -10,8 +10,8 @@ import optax
 import pytest
 from checkpoint_files import DAMAGE_MESSAGES, damaged_copies, malicious_pickle
 
-from scorefn import checkpoints
-from scorefn.checkpoints import CheckpointError
+from scorefn.runs import checkpoints
+from scorefn.runs.checkpoints import CheckpointError
 
 
 def _payload():

@@ -20,7 +20,7 @@ class CommandError(Exception):
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from scorefn.demo import run_demo
+    from scorefn.cli.demo import run_demo
 
     sizes = tuple(int(s) for s in args.sample_sizes.split(","))
     result = run_demo(args.out, seed=args.seed, num_samples=args.num_samples,
@@ -105,9 +105,9 @@ def _fit(args: argparse.Namespace) -> int:
                            f"{', '.join(ESTIMATORS)} for --model {args.model}")
     args.lr = 0.01 if args.lr is None else args.lr
     if args.model == "logistic_breast_cancer":
-        model, data = vi.models.logistic_regression, vi.models.breast_cancer()
+        model, data = vi.examples.logistic_regression, vi.examples.breast_cancer()
     else:
-        model, data = vi.models.gaussian_mixture, (vi.models.mixture_data(args.seed)[0],)
+        model, data = vi.examples.gaussian_mixture, (vi.examples.mixture_data(args.seed)[0],)
     name = args.baseline
     if name == "auto":  # no baseline for pathwise-only fits; else LOO when K ≥ 2, EMA for K = 1
         name = "none" if args.estimator in ("pathwise", "iwae", "vimco") else (
@@ -456,7 +456,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
-    from scorefn._compilation_cache import enable_compilation_cache
+    from scorefn.runs.compilation_cache import enable_compilation_cache
 
     enable_compilation_cache()
     name = " ".join(["scorefn", args.command] + ([args.rl_command] if args.command == "rl" else []))
@@ -474,7 +474,7 @@ def main(argv: list[str] | None = None) -> int:
     except (CommandError, ImportError) as error:
         parser.exit(2, f"{name}: error: {error}\n")
     except ValueError as error:
-        from scorefn.checkpoints import CheckpointError
+        from scorefn.runs.checkpoints import CheckpointError
 
         if not isinstance(error, CheckpointError):
             raise

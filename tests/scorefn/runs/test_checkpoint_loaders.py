@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 from checkpoint_files import DAMAGE_MESSAGES, damaged_copies, malicious_pickle
 
-from scorefn import checkpoints, es, rl, vi
-from scorefn.checkpoints import CheckpointError
+from scorefn import es, rl, vi
+from scorefn.runs import checkpoints
+from scorefn.runs.checkpoints import CheckpointError
 
 
 def _es_resume(path):
@@ -38,8 +39,8 @@ def _rl_resume(path):
 
 
 def _vi_resume(path):
-    x, _ = vi.models.mixture_data(num_points=10)
-    vi.fit(vi.models.gaussian_mixture, None, (x,), jax.random.key(0), steps=10, checkpoint=path,
+    x, _ = vi.examples.mixture_data(num_points=10)
+    vi.fit(vi.examples.gaussian_mixture, None, (x,), jax.random.key(0), steps=10, checkpoint=path,
            resume=True, progress=False)
 
 

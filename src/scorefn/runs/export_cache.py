@@ -11,7 +11,7 @@ the program and only compiles it (a compilation-cache hit) without tracing.
 
 The programs live in ``<compilation cache>/scorefn-programs`` and follow the same switch:
 ``SCOREFN_COMPILATION_CACHE=0`` turns both off. Any failure to export, save or load falls
-back to plain ``jax.jit``. Each file is a ``scorefn.checkpoints`` file (data only): the
+back to plain ``jax.jit``. Each file is a ``scorefn.runs.checkpoints`` file (data only): the
 output's tree structure is stored as JSON naming its node types by module and name, and a
 type is found only among modules already imported and only if JAX knows it as a pytree node
 (nothing is imported or unpickled to read the file); anything else is a cache miss.
@@ -31,11 +31,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from scorefn import checkpoints, validation
-from scorefn._compilation_cache import enable_compilation_cache
-from scorefn._compiler_options import cpu_options
+from scorefn import validation
+from scorefn.runs import checkpoints
+from scorefn.runs.compilation_cache import enable_compilation_cache
+from scorefn.runs.compiler_options import cpu_options
 
-FORMAT = 2  # 2: a scorefn.checkpoints file with the tree structure as JSON
+FORMAT = 2  # 2: a scorefn.runs.checkpoints file with the tree structure as JSON
 
 
 @functools.cache
@@ -148,7 +149,7 @@ def cached_jit(fn: Callable, *, key: tuple | None, packages: Sequence[str] = (),
     still skips XLA's compile on a later run. ``packages`` names the libraries ``fn`` is
     traced from besides jax and scorefn, whose versions join the digest.
     ``compiler_options`` go to XLA on CPU only (e.g.
-    ``scorefn._compiler_options.FAST_COMPILE``); ``jit_options`` (``static_argnums``) to
+    ``scorefn.runs.compiler_options.FAST_COMPILE``); ``jit_options`` (``static_argnums``) to
     ``jax.jit`` when ``key`` is None.
     """
     options = cpu_options(compiler_options)

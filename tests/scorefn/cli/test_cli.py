@@ -162,7 +162,7 @@ def test_rl_train_gymnasium_gets_its_own_folder_and_checkpoints(tmp_path, monkey
 
 def test_runs_never_overwrite_and_an_interrupted_run_says_how_to_resume(
         tmp_path, capsys, cli_error, monkeypatch):
-    from scorefn import checkpoints
+    from scorefn.runs import checkpoints
 
     path = str(tmp_path / "run.ckpt")
     argv = ["optimize", "--function", "rosenbrock", "--dim", "4", "--max-evals", "4000",
