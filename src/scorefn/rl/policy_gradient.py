@@ -33,7 +33,7 @@ def policy_gradient(policy: ActorCritic, policy_params: Any, obs: jax.Array, act
     z = n if normalizer is None else normalizer
     signal = jax.lax.stop_gradient(weights / z)
     return score_grad(lambda p: policy.dist(p, obs), policy_params, actions[None], signal[None],
-                      per_factor=True, samples_from_dist=True)
+                      per_factor=True, samples_from_dist=True, validate=False)
 
 
 def entropy_grad(policy: ActorCritic, policy_params: Any, obs: jax.Array,

@@ -17,7 +17,7 @@ minibatches.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -26,15 +26,15 @@ import optax
 from scorefn.estimators import standardized
 from scorefn.fisher import kl, kl_fisher_vector_product, natural_gradient_cg
 from scorefn.importance import log_weights_per_factor
-from scorefn.rl.networks import ActorCritic, NetworkConfig
+from scorefn.rl import actor_critic
+from scorefn.rl.actor_critic import State
+from scorefn.rl.networks import ActorCritic
 from scorefn.rl.policy_gradient import policy_gradient
-from scorefn.rl.returns import gae
-from scorefn.rl.rollout import Transition, flatten
+from scorefn.rl.rollout import Transition
 
 
 @dataclasses.dataclass(frozen=True)
-class Config(NetworkConfig):
-    num_envs: int = 8
+class Config(actor_critic.Config):
     num_steps: int = 128
     gamma: float = 0.99
     gae_lambda: float = 0.95
@@ -48,32 +48,27 @@ class Config(NetworkConfig):
     value_minibatch_size: int = 256
 
 
-class State(NamedTuple):
-    params: Any
-    value_opt_state: Any
-
-
 episodic = False
 
 
 def init(key: jax.Array, policy: ActorCritic, env: Any, config: Config) -> State:
+    """The networks, and Adam's state for the value function's (the policy steps without an
+    optimiser)."""
     params = policy.init(key, env.obs_shape)
     return State(params, optax.adam(config.value_learning_rate).init(params["value"]))
 
 
 def update(state: State, batch: Transition, key: jax.Array, policy: ActorCritic,
            config: Config) -> tuple[State, dict]:
-    advantages, targets = gae(batch.reward, batch.value, batch.next_value, batch.terminated,
-                              batch.truncated, config.gamma, config.gae_lambda)
-    flat = flatten(batch)
-    adv = advantages.reshape(-1)
-    adv = standardized(adv, ddof=1)  # torch's unbiased std, as SB3
+    data = actor_critic.rollout_data(batch, config.gamma, config.gae_lambda)
+    obs, actions, flat_targets = data["obs"], data["action"], data["target"]
+    adv = standardized(data["advantage"], ddof=1)  # torch's unbiased std, as SB3
     old = state.params["policy"]
 
     def dist_fn(p):
-        return policy.dist(p, flat.obs)
+        return policy.dist(p, obs)
 
-    g = policy_gradient(policy, old, flat.obs, flat.action, adv)
+    g = policy_gradient(policy, old, obs, actions, adv)
     fvp = kl_fisher_vector_product(dist_fn, old)
     x = natural_gradient_cg(fvp, g, damping=config.cg_damping, maxiter=config.cg_iterations)
     x_fx = _dot(x, fvp(x))
@@ -81,7 +76,7 @@ def update(state: State, batch: Transition, key: jax.Array, policy: ActorCritic,
     old_dist = dist_fn(old)
 
     def surrogate_and_kl(p):
-        ratio = jnp.exp(log_weights_per_factor(dist_fn(p), flat.action, flat.log_prob))
+        ratio = jnp.exp(log_weights_per_factor(dist_fn(p), actions, data["log_prob"]))
         return jnp.mean(ratio * adv), jnp.mean(kl(old_dist, dist_fn(p)))
 
     def candidate(fraction):
@@ -97,16 +92,15 @@ def update(state: State, batch: Transition, key: jax.Array, policy: ActorCritic,
     else:
         fraction = jnp.asarray(1.0)
     new_policy = candidate(fraction)
-    _, step_kl = surrogate_and_kl(new_policy)
+    new_surrogate, step_kl = surrogate_and_kl(new_policy)
 
     value_opt = optax.adam(config.value_learning_rate)
     n = adv.shape[0]
     num_minibatches = max(1, n // config.value_minibatch_size)
-    flat_targets = targets.reshape(-1)
 
     def value_epoch(carry, key):
         order = jax.random.permutation(key, n)[: num_minibatches * config.value_minibatch_size]
-        obs = flat.obs[order].reshape((num_minibatches, -1) + flat.obs.shape[1:])
+        mb_obs = obs[order].reshape((num_minibatches, -1) + obs.shape[1:])
         tgt = flat_targets[order].reshape(num_minibatches, -1)
 
         def step(carry, mb):
@@ -116,12 +110,12 @@ def update(state: State, batch: Transition, key: jax.Array, policy: ActorCritic,
             u, s = value_opt.update(grad, s, p)
             return (optax.apply_updates(p, u), s), loss
 
-        return jax.lax.scan(step, carry, (obs, tgt))
+        return jax.lax.scan(step, carry, (mb_obs, tgt))
 
     (value_params, value_opt_state), losses = jax.lax.scan(
-        value_epoch, (state.params["value"], state.value_opt_state),
+        value_epoch, (state.params["value"], state.opt_state),
         jax.random.split(key, config.value_epochs))
-    metrics = {"value_loss": jnp.mean(losses[-1]), "kl": step_kl, "step_fraction": fraction,
+    metrics = {"policy_loss": -new_surrogate, "value_loss": jnp.mean(losses[-1]), "kl": step_kl, "step_fraction": fraction,
                "entropy": jnp.mean(old_dist.entropy())}
     return State({"policy": new_policy, "value": value_params}, value_opt_state), metrics
 
