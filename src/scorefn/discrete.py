@@ -47,7 +47,7 @@ import numpy as np
 import numpyro.distributions as dist
 import optax
 
-from scorefn import validation
+from scorefn import guards, validation
 from scorefn.types import DistFn
 
 RELAXATIONS = ("gumbel_softmax", "straight_through")
@@ -136,8 +136,8 @@ def antithetic_grad(
     f1, f2 = evaluate(first), evaluate(second)
     validation.check_values_shape(f1, pairs)
     diff = (f1 - f2).astype(logits.dtype)
-    guard = validation.finite_guard((f1, validation.nonfinite_values_message),
-                                    (f2, validation.nonfinite_values_message))
+    guard = guards.finite_guard((f1, guards.nonfinite_values_message),
+                                    (f2, guards.nonfinite_values_message))
     weights = antithetic_weights(logits, u, first, second, estimator)
     g_logits = jnp.mean(diff.reshape((pairs,) + (1,) * len(shape)) * weights, axis=0) + guard
     _, vjp = jax.vjp(lambda p: bernoulli_logits(dist_fn(p), shape, estimator), params)
@@ -205,7 +205,7 @@ def relaxed_grad(
         return jnp.mean(values), values
 
     grad, values = jax.grad(mean_value, has_aux=True)(params)
-    guard = validation.finite_guard((values, validation.nonfinite_values_message))
+    guard = guards.finite_guard((values, guards.nonfinite_values_message))
     return jax.tree.map(lambda g: g + guard.astype(g.dtype), grad)
 
 
@@ -374,7 +374,7 @@ class Relax:
         else:
             per = self.per_sample_logit_grads(f, logits, state.params, key, num_samples,
                                               categorical=categorical)
-        guard = validation.finite_guard((per, _nonfinite_relax_message(self.name)))
+        guard = guards.finite_guard((per, _nonfinite_relax_message(self.name)))
         g_logits = jnp.mean(per, axis=0) + guard
         _, vjp = jax.vjp(lambda p: self.logits(dist_fn(p))[0], params)
         (grad,) = vjp(jax.lax.stop_gradient(g_logits))
@@ -453,7 +453,7 @@ def sum_and_sample_grad(
     dtype = sample_dtype_of(d)
     f_top = jax.vmap(f)(top.astype(dtype))
     f_x = f(x.astype(dtype))
-    guard = validation.finite_guard((jnp.append(f_top, f_x), validation.nonfinite_values_message))
+    guard = guards.finite_guard((jnp.append(f_top, f_x), guards.nonfinite_values_message))
     f_top, f_x = jax.lax.stop_gradient(f_top), jax.lax.stop_gradient(f_x)
 
     def surrogate(p):

@@ -30,7 +30,7 @@ import numpy as np
 import numpyro
 import optax
 
-from scorefn import validation
+from scorefn import guards, validation
 from scorefn.baselines import Baseline, as_baseline, leave_one_out
 from scorefn.control_variates import ControlVariate, with_control_variate
 from scorefn.discrete import antithetic_grad, rebar, relaxed_grad, sum_and_sample_grad
@@ -240,12 +240,12 @@ def _checked_inputs(dist_fn, params, samples, values, *, baseline, control_varia
 def _runtime_guard(d, dist_fn, params, samples, values, finite_log_prob, *, check_values: bool,
                    validate: bool, external_samples: bool) -> jax.Array | None:
     """The one run-time check of ``score_grad`` (a zero, or a ValueError from the host when
-    it fails; see ``validation.finite_guard``), or None when nothing is checked."""
+    it fails; see ``guards.finite_guard``), or None when nothing is checked."""
     ok = jnp.all(jnp.isfinite(values))
-    checks = [(values, validation.nonfinite_values_message)] if check_values else []
+    checks = [(values, guards.nonfinite_values_message)] if check_values else []
     if validate:
         # A zero scale or a probability outside [0, 1] gives NaN or a wrong gradient quietly.
-        arguments_ok, argument_checks = validation.argument_checks(d)
+        arguments_ok, argument_checks = guards.argument_checks(d)
         ok = ok & arguments_ok
         checks = argument_checks + checks
     if validate and external_samples:
@@ -257,8 +257,8 @@ def _runtime_guard(d, dist_fn, params, samples, values, finite_log_prob, *, chec
             with numpyro.validation_enabled(True):
                 return joint_log_prob(dist_fn(params), samples)
 
-        checks.append((log_prob_with_mask, validation.neg_inf_log_prob_message))
-    return validation.finite_guard(*checks, ok=ok) if checks else None
+        checks.append((log_prob_with_mask, guards.neg_inf_log_prob_message))
+    return guards.finite_guard(*checks, ok=ok) if checks else None
 
 
 def _with_guard(tree: Any, guard: jax.Array) -> Any:
@@ -367,7 +367,7 @@ def pathwise_grad(
     if control_variate is not None:
         h, mean_fn = control_variate.prepare(dist_fn, params)
         values = values_of(params)
-        guard = validation.finite_guard((values, validation.nonfinite_values_message))
+        guard = guards.finite_guard((values, guards.nonfinite_values_message))
         terms = _per_sample_jacobian(values_of, params, num_samples)
         h_terms = _per_sample_jacobian(lambda p: values_of(p, h), params, num_samples)
         controls = jax.tree.map(lambda a, m: a - m[None], h_terms, jax.grad(mean_fn)(params))
@@ -381,7 +381,7 @@ def pathwise_grad(
 
     if per_sample:
         values = values_of(params)
-        guard = validation.finite_guard((values, validation.nonfinite_values_message))
+        guard = guards.finite_guard((values, guards.nonfinite_values_message))
         # The N × P Jacobian of the values: forward mode costs P passes over the N samples
         # and O(N·P) memory; reverse mode (jacrev) would vmap N cotangents, an N × N
         # intermediate (1.6 GB at N = 20,000). Reverse only when P exceeds N.
@@ -392,7 +392,7 @@ def pathwise_grad(
         return jnp.mean(values), values
 
     estimate, values = jax.grad(mean_value, has_aux=True)(params)
-    guard = validation.finite_guard((values, validation.nonfinite_values_message))
+    guard = guards.finite_guard((values, guards.nonfinite_values_message))
     estimate = _with_guard(estimate, guard)
     if max_norm is not None:
         estimate, _ = optax.clip_by_global_norm(max_norm).update(estimate, optax.EmptyState())

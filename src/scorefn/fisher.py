@@ -40,11 +40,12 @@ import optax
 from jax.flatten_util import ravel_pytree
 from numpyro.distributions import Distribution, kl_divergence
 
+from scorefn.dependencies import output_dependencies
 from scorefn.numerics import full_precision, solve_small_systems
 from scorefn.sampling import sample
 from scorefn.scores import flatten_per_sample, joint_log_prob, log_prob, per_sample_scores
 from scorefn.types import DistFn
-from scorefn.validation import check_int, check_key, output_dependencies
+from scorefn.validation import check_int, check_key
 
 
 def unravel_like(tree: Any, flat: jax.Array) -> Any:

@@ -28,7 +28,7 @@ import numpy as np
 from jax.scipy.special import logsumexp
 from numpyro.distributions import Distribution
 
-from scorefn import validation
+from scorefn import guards, validation
 from scorefn.baselines import as_baseline
 from scorefn.estimators import score_grad
 from scorefn.scores import joint_log_prob, log_prob
@@ -276,8 +276,8 @@ def is_score_grad(
         weights = jnp.exp(log_w)
     # A sample outside p_θ's support has weight 0 and contributes nothing: not an error.
     ok = jnp.all(jnp.isfinite(values)) & jnp.all(jnp.isfinite(weights))
-    guard = validation.finite_guard(
-        (values, validation.nonfinite_values_message),
+    guard = guards.finite_guard(
+        (values, guards.nonfinite_values_message),
         (jnp.stack([weights, log_w]), _overflow_message),
         ok=ok,
     )
@@ -344,7 +344,7 @@ def mis_score_grad(
         stacked_samples.append(x)
     coefficients = jnp.concatenate(coefficients)
     all_samples = jnp.concatenate(stacked_samples)
-    guard = validation.finite_guard(*[(f, validation.nonfinite_values_message) for f in values],
+    guard = guards.finite_guard(*[(f, guards.nonfinite_values_message) for f in values],
                            (coefficients, _nonfinite_weights_message))
     # The estimator is a sum over all samples, not a mean: scale by their number.
     return _weighted_score_grad(dist_fn, params, all_samples,

@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpyro.distributions as dist
 
-from scorefn import validation
+from scorefn import guards, validation
 from scorefn.control_variates import with_control_variate
 from scorefn.types import DistFn
 
@@ -164,7 +164,7 @@ def measure_valued_grad(
     terms = []  # per sample: c (f(x⁺) - f(x⁻)) for each coordinate, (N, *batch_shape)
     for c, plus, minus in perturbations(d, key_parts, flat, coupling):
         diffs = jax.lax.stop_gradient(difference(plus, minus))
-        guard = validation.finite_guard((diffs, validation.nonfinite_values_message))
+        guard = guards.finite_guard((diffs, guards.nonfinite_values_message))
         terms.append((c * diffs + guard).reshape(num_samples, *batch_shape))
 
     # The map from the parameters' weak derivatives to θ is linear: apply it per sample or

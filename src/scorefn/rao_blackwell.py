@@ -40,7 +40,7 @@ import numpy as np
 import numpyro
 from numpyro.distributions import Distribution
 
-from scorefn import validation
+from scorefn import guards, validation
 from scorefn.baselines import as_baseline
 from scorefn.estimators import score_grad
 from scorefn.numerics import full_precision
@@ -197,7 +197,7 @@ def _score_of(log_prob_fn: Callable[[Any], jax.Array], params: Any, values: jax.
     b = as_baseline(baseline)
     centred = values if b is None else values - b(values)
     weights = jax.lax.stop_gradient(centred)
-    guard = validation.finite_guard((values, validation.nonfinite_values_message))
+    guard = guards.finite_guard((values, guards.nonfinite_values_message))
     with numpyro.validation_enabled(False):
         estimate = jax.grad(lambda p: jnp.mean(weights * log_prob_fn(p)))(params)
     return jax.tree.map(lambda g: g + guard.astype(g.dtype), estimate)

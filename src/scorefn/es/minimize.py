@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from scorefn import validation
+from scorefn import guards, validation
 from scorefn.es.bernoulli import bernoulli
 from scorefn.es.bounds import penalized
 from scorefn.es.categorical import categorical
@@ -541,7 +541,7 @@ def compiled_generations(strat, f, generations: int, nan_policy: str):
         state, best_x, best_f = carry
         x, state = strat.ask(state)
         fitness = _checked(jax.vmap(f)(x), x)
-        guard = validation.finite_guard((fitness, _nan_message)) if nan_policy == "raise" else 0.0
+        guard = guards.finite_guard((fitness, _nan_message)) if nan_policy == "raise" else 0.0
         fitness = jnp.where(jnp.isfinite(fitness), fitness, jnp.inf) + guard
         state = strat.tell(state, x, fitness)
         i = jnp.argmin(fitness)

@@ -27,7 +27,7 @@ from typing import Any
 
 import jax
 
-from scorefn.validation import runtime_checks
+from scorefn.guards import runtime_checks
 
 
 class Strategy(abc.ABC):

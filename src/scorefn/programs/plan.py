@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from scorefn import validation
+from scorefn import guards, validation
 from scorefn.baselines import Baseline, as_baseline, leave_one_out
 from scorefn.programs.tracing import (
     Plate,
@@ -355,5 +355,5 @@ def plan(
 
 def checks_for(p: Plan):
     """The plan's run-time checks, unless the caller traces with them off
-    (``validation.runtime_checks(False)``: a training loop's cached step)."""
-    return validation.runtime_checks(p.runtime_checks and validation.runtime_checks_enabled())
+    (``guards.runtime_checks(False)``: a training loop's cached step)."""
+    return guards.runtime_checks(p.runtime_checks and guards.runtime_checks_enabled())

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro
 
-from scorefn import validation
+from scorefn import guards
 from scorefn.control_variates import ControlVariate, with_control_variate
 from scorefn.discrete import antithetic_weights, bernoulli_logits
 from scorefn.measure_valued import as_supported, distribution_parameters, perturbations
@@ -57,10 +57,10 @@ def measure_valued_term(program, params, args, p: Plan, rec: Recorder, site_keys
     for phi, (c, plus, minus) in zip(phis, perturbations(d, key, flat)):
         diffs = jax.vmap(difference)(plus[0], minus[0], jnp.arange(flat.shape[1]))
         with checks_for(p):
-            guard = validation.finite_guard((diffs, _nonfinite_reached_message(site)))
+            guard = guards.finite_guard((diffs, _nonfinite_reached_message(site)))
         estimate = jax.lax.stop_gradient(c * diffs)
         phi = phi.reshape(-1)
-        out = out + validation.guarded(jnp.sum(estimate * (phi - jax.lax.stop_gradient(phi))), guard)
+        out = out + guards.guarded(jnp.sum(estimate * (phi - jax.lax.stop_gradient(phi))), guard)
     return out
 
 
@@ -145,11 +145,11 @@ def antithetic_term(program, params, args, p: Plan, rec: Recorder, site_keys, fo
                      second, by_plate=True)
     diff = mine - other
     with checks_for(p):
-        guard = validation.finite_guard((diff, _nonfinite_reached_message(site)))
+        guard = guards.finite_guard((diff, _nonfinite_reached_message(site)))
     weights = antithetic_weights(logits, u, first, second, p.estimators[site])
     phi = bernoulli_logits(rec.latents[site]["fn"], tuple(jnp.shape(u)), p.estimators[site])
     estimate = jax.lax.stop_gradient(diff * weights)
-    return validation.guarded(jnp.sum(estimate * (phi - jax.lax.stop_gradient(phi))), guard)
+    return guards.guarded(jnp.sum(estimate * (phi - jax.lax.stop_gradient(phi))), guard)
 
 
 def conditional_uniform(b: jax.Array, prob: jax.Array, w: jax.Array) -> jax.Array:
@@ -208,7 +208,7 @@ def rebar_term(program, params, args, p: Plan, rec: Recorder, site_keys, forced,
     else:  # constant in θ, differentiable in ψ
         signal = jax.lax.stop_gradient(reached_terms) - control(jax.lax.stop_gradient(z_given_b))
     with checks_for(p):
-        guard = validation.finite_guard((jax.lax.stop_gradient(jnp.stack([jnp.sum(signal), jnp.sum(c_z)])),
+        guard = guards.finite_guard((jax.lax.stop_gradient(jnp.stack([jnp.sum(signal), jnp.sum(c_z)])),
                                 _nonfinite_reached_message(site)))
     log_p = b * jax.nn.log_sigmoid(phi) + (1 - b) * jax.nn.log_sigmoid(-phi)
 
@@ -217,7 +217,7 @@ def rebar_term(program, params, args, p: Plan, rec: Recorder, site_keys, forced,
 
     estimate = (jnp.sum(signal * zero_valued(log_p)) + zero_valued(jnp.sum(c_z))
                 - zero_valued(jnp.sum(c_given_b)))
-    return validation.guarded(estimate, guard)
+    return guards.guarded(estimate, guard)
 
 
 def _per_element_network(network: Any, net_params: Any, value: jax.Array, p: Plan,

@@ -46,7 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro
 
-from scorefn import validation
+from scorefn import guards, validation
 from scorefn.control_variates import ControlVariate
 from scorefn.programs.plan import MAX_ENUMERATION, Plan, checks_for, plan
 from scorefn.programs.reruns import (
@@ -70,7 +70,7 @@ def magic_box(tau: jax.Array) -> jax.Array:
 
 
 def _nonfinite_term_message(name: str) -> Callable[[np.ndarray], str | None]:
-    return validation.nonfinite_message(lambda kind, first, bad, total: (
+    return guards.nonfinite_message(lambda kind, first, bad, total: (
         f"term {name!r} of the program is {kind} at particle {first} ({bad} of {total} "
         "particles): J = E[Σ terms] needs finite terms. Check the factor's value (or the "
         "observed site's log-probability) for the sampled values"))
@@ -138,7 +138,7 @@ def surrogate_parts(program, params, key, args, p: Plan, num_particles: int,
     scores = {s: jax.lax.stop_gradient(r) if s in cut else r for s, r in scores.items()}
     enum = {e: jax.lax.stop_gradient(x) if e in cut else x for e, x in enum.items()}
     with checks_for(p):
-        guard = validation.finite_guard(*[(jax.lax.stop_gradient(terms[t]), _nonfinite_term_message(t))
+        guard = guards.finite_guard(*[(jax.lax.stop_gradient(terms[t]), _nonfinite_term_message(t))
                                  for t in p.term_names])
     branch_shape = terms[p.term_names[0]].shape[:first_plate]
     enum_log_prob = sum(enum.values(), jnp.zeros(branch_shape))
@@ -183,7 +183,7 @@ def surrogate_parts(program, params, key, args, p: Plan, num_particles: int,
             continue
         value = value + control_variate_term(program, params, key, args, p, num_particles, s,
                                               cv, values[s], signals[s])
-    return validation.guarded(value, guard), signals
+    return guards.guarded(value, guard), signals
 
 
 def _check_call(params, key, num_particles):

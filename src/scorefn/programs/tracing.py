@@ -32,7 +32,7 @@ from numpyro import handlers
 from numpyro.distributions import constraints
 from numpyro.handlers import Messenger
 
-from scorefn import validation
+from scorefn import dependencies, validation
 from scorefn.discrete import (
     antithetic_pair,
     base_distribution,
@@ -302,7 +302,7 @@ def analyse(program: Callable, params: Any, args: tuple, sites: dict[str, SiteIn
 
     example = _example_values(latents)
     with numpyro.validation_enabled(False):
-        rows = validation.output_dependencies(substituted, params, example)
+        rows = dependencies.output_dependencies(substituted, params, example)
     outputs = term_names + latent_names  # dicts flatten in sorted-key order
     if rows is None:  # a program jax cannot trace abstractly: everything reads everything,
         # through operations that are not assumed differentiable (the score function then)
@@ -326,7 +326,7 @@ def analyse(program: Callable, params: Any, args: tuple, sites: dict[str, SiteIn
     differentiable = {s: False for s in latent_names}
     if float_names:
         with numpyro.validation_enabled(False):
-            tangent_rows = validation.output_dependencies(
+            tangent_rows = dependencies.output_dependencies(
                 tangent_outputs, params, example, {n: example[n] for n in float_names})
         offset = num_params + len(latent_names)
         for j, s in enumerate(float_names):
@@ -360,7 +360,7 @@ def support_moving_params(program: Callable, params: Any, args: tuple,
 
     num_params = len(jax.tree.leaves(params))
     with numpyro.validation_enabled(False):
-        rows = validation.output_dependencies(support_arrays, params, _example_values(latents))
+        rows = dependencies.output_dependencies(support_arrays, params, _example_values(latents))
     if rows is None:
         return {}
     return {n: [i for i in range(num_params) if row[i]] for n, row in zip(names, rows)}

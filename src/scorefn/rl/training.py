@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from scorefn import runs
+from scorefn.guards import runtime_checks
 from scorefn.rl import defaults
 from scorefn.rl.envs import (
     THRESHOLDS,
@@ -36,7 +37,6 @@ from scorefn.runs.checkpoints import restore
 from scorefn.runs.compilation_cache import enable_compilation_cache
 from scorefn.runs.compiler_options import BACKEND_O2, FAST_COMPILE, cpu_options
 from scorefn.runs.export_cache import cached_jit
-from scorefn.validation import runtime_checks
 
 CHECKPOINT_VERSION = 4  # 3: the hyperparameters as the run's settings; 4: data only
 

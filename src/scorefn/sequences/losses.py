@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from scorefn import validation
+from scorefn import guards, validation
 from scorefn.baselines import batch_mean, leave_one_out
 from scorefn.divergences import KL_ESTIMATORS, kl_estimate
 from scorefn.estimators import standardized
@@ -212,7 +212,7 @@ def loss_and_metrics(
         ref_logp = jax.lax.stop_gradient(masked("ref_logp", ref_logp))
         checks.append((ref_logp, _nonfinite_message("ref_logp", "logp")))
         ok = ok & jnp.all(jnp.isfinite(ref_logp)) & jnp.all(ref_logp <= 1e-4)
-    guard = validation.finite_guard(*checks, ok=ok)
+    guard = guards.finite_guard(*checks, ok=ok)
 
     lengths = jnp.sum(on, axis=1)
     metrics: dict[str, jax.Array] = {"reward": jnp.mean(rewards), "length": jnp.mean(lengths)}
@@ -262,7 +262,7 @@ def loss_and_metrics(
     total = -jnp.sum(weights * jnp.where(on, objective, zero))
     if kl_tokens is not None and kl_in == "loss":
         total = total + kl_coef * jnp.sum(weights * kl_tokens)
-    return validation.guarded(total, guard), metrics
+    return guards.guarded(total, guard), metrics
 
 
 def loss(

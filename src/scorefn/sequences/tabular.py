@@ -22,9 +22,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from scorefn.guards import runtime_checks
 from scorefn.sequences.losses import loss
 from scorefn.sequences.sampling import check_prompts, log_probs
-from scorefn.validation import runtime_checks
 
 
 class TabularPolicy:

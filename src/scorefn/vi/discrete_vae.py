@@ -39,7 +39,7 @@ except ImportError as error:  # pragma: no cover - flax is in the vi extra
                       f"({error})") from error
 
 from scorefn import baselines as baseline_lib
-from scorefn import programs, validation
+from scorefn import guards, programs, validation
 from scorefn.runs import (
     Run,
     plot_with_running_mean,
@@ -349,7 +349,7 @@ def fit(
             # Calls end at the variance checkpoints so that each is measured at its step.
             end = min([done + steps_per_call, steps] + [s for s in variance_at if s > done])
             tic = time.perf_counter()
-            with validation.runtime_errors(f"fit steps {done} to {end - 1}"):
+            with guards.runtime_errors(f"fit steps {done} to {end - 1}"):
                 carry, values = run_steps(carry, step_keys[done:end], _batches(
                     batch_seed, train.shape[0], batch_size, done, end))
                 values = np.asarray(values)

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from scorefn import validation
+from scorefn import guards, validation
 from scorefn.baselines import Ema
 from scorefn.runs import (
     Run,
@@ -242,7 +242,7 @@ def fit(
             n = min(chunk_size, steps - done)
             start = (params, opt_state, baseline_state)
             # Traced without host callbacks, so the compiled chunk can be cached on disk.
-            with validation.runtime_checks(False):
+            with guards.runtime_checks(False):
                 carry, values = run_chunk(start, jnp.arange(done, done + n))
             values = np.asarray(values)
             if not np.all(np.isfinite(values)) or not all_finite(carry[0]):
@@ -270,7 +270,7 @@ def _replay(checked_step, carry, start: int, n: int) -> None:
     """Run the chunk's steps one by one with the checks on: the first non-finite log
     density raises its error (which names the model site)."""
     for index in range(start, start + n):
-        with validation.runtime_errors(f"fit step {index}"):
+        with guards.runtime_errors(f"fit step {index}"):
             carry, value = checked_step(carry, jnp.asarray(index))
             finite = np.isfinite(np.asarray(value))
         if not finite:

@@ -40,7 +40,7 @@ from numpyro import handlers
 from numpyro.infer.elbo import ELBO as NumPyroELBO
 from numpyro.primitives import Messenger, mutable
 
-from scorefn import programs, validation
+from scorefn import guards, programs, validation
 from scorefn.baselines import Ema, EmaState, vimco_learning_signal
 from scorefn.control_variates import ControlVariate
 from scorefn.importance import (
@@ -55,9 +55,9 @@ STATE_PREFIX = "scorefn/ema/"
 
 
 def _nonfinite_term_message(name: str) -> Callable[[np.ndarray], str | None]:
-    """The message of ``scorefn.validation.finite_guard`` for a term ``(K, ...)`` of the
+    """The message of ``scorefn.guards.finite_guard`` for a term ``(K, ...)`` of the
     model's log density: the site, NaN or inf, and the first bad sample."""
-    return validation.nonfinite_message(lambda kind, first, bad, total: (
+    return guards.nonfinite_message(lambda kind, first, bad, total: (
         f"the model's log density is not finite at the guide's samples: site "
         f"{name.split(':')[0]!r} (term {name!r}) is {kind} at {bad} of {total} samples "
         f"(first: sample {first}). Check that the guide's support matches the site's support "
@@ -340,7 +340,7 @@ class _MultiSampleBound(NumPyroELBO):
                   for n, t in model_terms.items()]
         checks += [(jax.lax.stop_gradient(t), _nonfinite_term_message(f"guide {n}"))
                    for n, t in log_q.items()]
-        return validation.finite_guard(*checks)
+        return guards.finite_guard(*checks)
 
     def loss_with_mutable_state(self, rng_key, param_map, model, guide, *args, **kwargs):
         # each subclass's ``surrogate``: value L̂, gradient its estimator of ∇L_K
@@ -413,7 +413,7 @@ class IWAE(_MultiSampleBound):
             log_q = sum(q_scored.values())
             signal = jax.lax.stop_gradient(bound - self_normalized_weights(log_w))
             surrogate = surrogate + jnp.sum(signal * (log_q - jax.lax.stop_gradient(log_q)))
-        return validation.guarded(surrogate, self._guard(p_theta, q_path))
+        return guards.guarded(surrogate, self._guard(p_theta, q_path))
 
     @staticmethod
     def _check_guide(guide_trace: Mapping, model_trace: Mapping, latents: list[str]) -> None:
@@ -471,7 +471,7 @@ class VIMCO(_MultiSampleBound):
         signal = jax.lax.stop_gradient(vimco_learning_signal(log_w))
         surrogate = (bound + jnp.sum(self_normalized_weights(log_w) * (log_w_live - log_w))
                      + jnp.sum(signal * (log_q_total - jax.lax.stop_gradient(log_q_total))))
-        return validation.guarded(surrogate, self._guard(log_p, log_q))
+        return guards.guarded(surrogate, self._guard(log_p, log_q))
 
 
 def _model_trace(model: Callable, params: Any, guide_trace: Mapping, args: tuple,

@@ -42,7 +42,7 @@ def test_without_jax_dead_code_pass_planning_raises_instead_of_guessing(monkeypa
         x = numpyro.sample("x", dist.Normal(p["m"], 1.0))
         numpyro.factor("step", jnp.where(x > 0, 1.0, 0.0))
 
-    monkeypatch.delattr(importlib.import_module(scorefn.validation.DCE_MODULE), "dce_jaxpr")
+    monkeypatch.delattr(importlib.import_module(scorefn.dependencies.DCE_MODULE), "dce_jaxpr")
     with pytest.raises(ImportError, match="dependency analysis needs jax._src.interpreters"):
         scorefn.programs.plan(program, {"m": jnp.array(0.1)}, (), num_particles=4)
 

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from scorefn import sequences, validation
+from scorefn import guards, sequences
 
 REWARDS = jnp.array([1.0, 3.0, 2.0, 2.0, 0.0, 4.0])  # 3 groups of 2; the middle one all equal
 MASK = jnp.array([[1, 1, 0], [1, 0, 0], [1, 1, 1], [1, 1, 0], [1, 0, 0], [1, 1, 1]])
@@ -131,7 +131,7 @@ def test_bad_values_raise_under_jit(where, message):
     with pytest.raises(jax.errors.JaxRuntimeError) as info:
         jax.block_until_ready(step(logp, rewards))
     assert message in str(info.value).strip().splitlines()[-1]  # jax's text ends with ours
-    with pytest.raises(ValueError, match=message), validation.runtime_errors():
+    with pytest.raises(ValueError, match=message), guards.runtime_errors():
         jax.block_until_ready(step(logp, rewards))
     with pytest.raises(ValueError, match=message):
         sequences.loss(logp, rewards, MASK, group_size=2)  # eagerly: scorefn's ValueError

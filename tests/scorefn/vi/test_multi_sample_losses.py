@@ -212,7 +212,7 @@ def test_multi_sample_errors():
     with pytest.raises(ValueError, match="site 'x' .* is NaN"):
         scorefn.vi.VIMCO(K).loss(jax.random.key(0), {"m": 0.0, "s": 1.0}, bad_model,
                                  gaussian_guide, 0.5)
-    with pytest.raises(ValueError, match="site 'x' .* is NaN"), scorefn.validation.runtime_errors():
+    with pytest.raises(ValueError, match="site 'x' .* is NaN"), scorefn.guards.runtime_errors():
         jax.jit(lambda p: scorefn.vi.IWAE(K).loss(jax.random.key(0), p, bad_model,
                                                   gaussian_guide, 0.5))({"m": 0.0, "s": 1.0})
 

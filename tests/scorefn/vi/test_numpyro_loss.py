@@ -235,7 +235,7 @@ def test_model_and_guide_mismatches_are_errors():
 
     svi = SVI(nan_model, guide, optax.adam(0.05), loss=scorefn.vi.ELBO(num_particles=2))
     state = svi.init(jax.random.key(0), X)
-    with pytest.raises(ValueError, match="model/penalty"), scorefn.validation.runtime_errors():
+    with pytest.raises(ValueError, match="model/penalty"), scorefn.guards.runtime_errors():
         jax.block_until_ready(jax.jit(svi.update)(state, X))
 
 
