@@ -184,7 +184,7 @@ def seconds_per_generation(d, rounds=3, repeats=5):
 
 
 def _scorefn_generations(strat, x0, gens):
-    from scorefn.es.minimize import compiled_generations
+    from scorefn.es.run import compiled_generations
 
     run = compiled_generations(strat, es.sphere, gens, "penalize")
     carry = (strat.init(jax.random.key(0), x0, 0.5), x0, jnp.asarray(jnp.inf))
