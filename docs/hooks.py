@@ -6,7 +6,8 @@ for the repository, so its links point into ``docs/``, and on the site the same 
 the root. An example page holds one marker line,
 ``<!-- run-example: examples/NAME.py -->``, which is replaced by the script's source, what it
 printed and the figures it saved, from a fresh run in a temporary directory. A failing
-example fails the build.
+example fails the build. The marker ``<!-- estimator-registry -->`` becomes the table of
+``scorefn.registry``, so that the docs list exactly the estimators the code has.
 
 MathJax (its self-contained SVG build) comes from the ``django-static-mathjax`` package of the
 ``docs`` extra and is copied into the site, so the pages render their formulas with no
@@ -27,6 +28,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 README_MARKER = "<!-- README.md -->"
+REGISTRY_MARKER = "<!-- estimator-registry -->"
 MARKER = re.compile(r"^<!-- run-example: (?P<path>\S+) -->$", re.MULTILINE)
 # The ANSI codes and carriage-return redraws of rich's progress bars, which a page cannot show.
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
@@ -71,11 +73,29 @@ def run_example(relative: str) -> str:
     return "\n".join(parts)
 
 
+def registry_table() -> str:
+    """``scorefn.registry`` as a Markdown table, one row per estimator."""
+    from scorefn import registry
+
+    def yes(flag):
+        return "yes" if flag else "no"
+
+    rows = ["| estimator | family | unbiased | first order only | `scorefn.grad` | programs | "
+            "needs | gradient |", "|---|---|---|---|---|---|---|---|"]
+    for e in registry.ESTIMATORS.values():
+        cells = (f"`{e.name}`", e.family, yes(e.unbiased), yes(e.first_order_only),
+                 yes(e.single_distribution), yes(e.program), e.needs, e.formula)
+        rows.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(rows) + "\n"
+
+
 def on_page_markdown(markdown: str, page, config, files) -> str:
     if markdown.strip() == README_MARKER:
         # Read here rather than through a snippet, which would be inserted only after this hook.
         readme = (ROOT / "README.md").read_text()
         markdown = readme.replace("](docs/", "](").replace("](BENCHMARKS.md)", "](benchmarks.md)")
+    if REGISTRY_MARKER in markdown:
+        markdown = markdown.replace(REGISTRY_MARKER, registry_table())
     return MARKER.sub(lambda match: run_example(match["path"]), markdown)
 
 

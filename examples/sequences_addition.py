@@ -28,16 +28,16 @@ import numpy as np  # noqa: E402
 from scorefn.sequences import addition  # noqa: E402
 
 SEEDS, STEPS = (0, 1, 2), 150
-ESTIMATORS = {"rloo (sequence_sum)": ("rloo", "sequence_sum"),
+VARIANTS = {"rloo (sequence_sum)": ("rloo", "sequence_sum"),
               "grpo (sequence_mean)": ("grpo", "sequence_mean"),
               "dr_grpo (constant)": ("dr_grpo", "constant")}
 config = addition.Config(warmup_steps=400, steps=STEPS)
 train_pairs, _ = addition.split(0)
 
-curves = {name: [] for name in ESTIMATORS}
+curves = {name: [] for name in VARIANTS}
 for seed in SEEDS:
     warm = addition.warm_start(config, jax.random.split(jax.random.key(seed))[0], train_pairs)
-    for name, (advantage, aggregation) in ESTIMATORS.items():
+    for name, (advantage, aggregation) in VARIANTS.items():
         run = dataclasses.replace(config, advantage=advantage, aggregation=aggregation)
         out = addition.train(run, seed, params=warm)
         rewards = [h["reward"] for h in out["history"]]

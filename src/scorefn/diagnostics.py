@@ -27,8 +27,8 @@ from jax.flatten_util import ravel_pytree
 
 from scorefn import baselines as baselines_lib
 from scorefn import control_variates as cv_lib
-from scorefn import validation
-from scorefn.estimators import BIASED_ESTIMATORS, grad, score_grad
+from scorefn import registry, validation
+from scorefn.estimators import grad, score_grad
 from scorefn.sampling import sample
 
 
@@ -385,7 +385,7 @@ def compare(
 def _claimed_unbiased(options: Mapping[str, Any]) -> bool:
     if options.get("standardize") or options.get("max_norm") is not None:
         return False
-    if options.get("estimator") in BIASED_ESTIMATORS:
+    if not registry.estimator(options.get("estimator", "score")).unbiased:
         return False
     baseline = baselines_lib.as_baseline(options.get("baseline"))
     if baseline is not None and not baseline.unbiased:

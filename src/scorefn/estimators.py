@@ -30,7 +30,7 @@ import numpy as np
 import numpyro
 import optax
 
-from scorefn import guards, validation
+from scorefn import guards, registry, validation
 from scorefn.baselines import Baseline, as_baseline, leave_one_out
 from scorefn.control_variates import ControlVariate, with_control_variate
 from scorefn.discrete import antithetic_grad, rebar, relaxed_grad, sum_and_sample_grad
@@ -39,10 +39,8 @@ from scorefn.sampling import sample
 from scorefn.scores import joint_log_prob, log_prob, scores_and_log_prob
 from scorefn.types import DistFn
 
-ESTIMATORS = ("score", "pathwise", "measure_valued", "rloo", "arm", "disarm", "sum_and_sample",
-              "rebar", "relax", "gumbel_softmax", "straight_through")
-#: Estimators that are biased for ∇θ E[f] by construction (relaxations).
-BIASED_ESTIMATORS = ("gumbel_softmax", "straight_through")
+#: The estimators ``grad`` takes for one distribution: ``scorefn.registry``'s, by name.
+ESTIMATORS = registry.names(single_distribution=True)
 NAN_POLICIES = ("raise", "drop")
 
 
@@ -478,7 +476,8 @@ def grad(
             "r = scorefn.discrete.relax(network); state = r.init(key, dist_fn(params)); "
             "g, state = r.grad(f, dist_fn, params, key, num_samples, state)"
         )
-    if estimator in ("arm", "disarm", "sum_and_sample", "rebar", *BIASED_ESTIMATORS):
+    family = registry.ESTIMATORS[estimator].family
+    if family in ("antithetic", "enumerate", "control_variate", "relaxed"):
         if per_sample or max_norm is not None:
             raise ValueError(f"estimator={estimator!r} takes no per_sample or max_norm")
         if estimator == "rebar":
@@ -491,7 +490,7 @@ def grad(
             if vectorized:
                 raise ValueError("estimator='sum_and_sample' evaluates f per class: vectorized=False")
             return sum_and_sample_grad(f, dist_fn, params, key, num_samples)
-        if estimator in BIASED_ESTIMATORS:
+        if family == "relaxed":
             return relaxed_grad(f, dist_fn, params, key, num_samples, estimator=estimator,
                                 temperature=temperature, vectorized=vectorized)
         return antithetic_grad(f, dist_fn, params, key, num_samples, estimator=estimator,

@@ -97,12 +97,12 @@ def _fit(args: argparse.Namespace) -> int:
 
     if args.model == "discrete_vae_digits":
         return _fit_discrete_vae(args)
-    from scorefn.vi.objectives import ESTIMATORS
+    from scorefn.vi.objectives import OBJECTIVES
 
     args.estimator = args.estimator or "mixed"
-    if args.estimator not in ESTIMATORS:
+    if args.estimator not in OBJECTIVES:
         raise CommandError(f"--estimator {args.estimator} is not one of "
-                           f"{', '.join(ESTIMATORS)} for --model {args.model}")
+                           f"{', '.join(OBJECTIVES)} for --model {args.model}")
     args.lr = 0.01 if args.lr is None else args.lr
     if args.model == "logistic_breast_cancer":
         model, data = vi.examples.logistic_regression, vi.examples.breast_cancer()
@@ -369,7 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
     optimize.add_argument("--json", action="store_true", help="end with one JSON line")
     optimize.set_defaults(run=_optimize)
 
-    from scorefn.vi.objectives import ESTIMATORS
+    from scorefn.vi.objectives import OBJECTIVES
 
     try:
         from scorefn.vi.discrete_vae import ESTIMATORS as DISCRETE_VAE_ESTIMATORS
@@ -381,7 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
                                         "extra: pip install 'scorefn[vi]')")
     fit.add_argument("--model", required=True, choices=VI_MODELS, help="the worked model")
     fit.add_argument("--estimator", default=None,
-                     help=f"ELBO gradient estimator: {', '.join(ESTIMATORS)} (default: mixed); "
+                     help=f"ELBO gradient estimator: {', '.join(OBJECTIVES)} (default: mixed); "
                           f"for discrete_vae_digits, {discrete}")
     fit.add_argument("--guide", choices=["mean_field", "full_rank"], default="mean_field",
                      help="the variational family")

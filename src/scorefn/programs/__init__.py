@@ -23,7 +23,7 @@ from scorefn.programs.diagnostics import (
     site_variances,
 )
 from scorefn.programs.learned_control_variates import Relax, rebar, relax
-from scorefn.programs.plan import ESTIMATORS, SiteEstimator, plan
+from scorefn.programs.plan import ESTIMATORS, plan
 from scorefn.programs.surrogate import grad, magic_box, surrogate
 
 __all__ = [
@@ -31,7 +31,6 @@ __all__ = [
     "ProgramComparison",
     "Relax",
     "SiteVariances",
-    "SiteEstimator",
     "compare",
     "grad",
     "magic_box",

@@ -1,9 +1,10 @@
-"""Planning a stochastic program's gradient: the per-site estimators of the registry, the
-checks of every option against the traced sites, and the ``Plan`` the surrogate runs.
+"""Planning a stochastic program's gradient: the checks of every option against the traced
+sites, and the ``Plan`` the surrogate runs.
 
-``plan`` traces the program once, gives each latent site its estimator (``SiteEstimator``,
-checked against the site's distribution), works out which terms each score site reaches
-(credit assignment, plate by plate) and the enumeration grid, and returns a frozen ``Plan``.
+``plan`` traces the program once, gives each latent site its estimator (an entry of
+``scorefn.registry``, checked against the site's distribution by ``check_site``), works out
+which terms each score site reaches (credit assignment, plate by plate) and the enumeration
+grid, and returns a frozen ``Plan``.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from scorefn import guards, validation
+from scorefn import guards, registry, validation
 from scorefn.baselines import Baseline, as_baseline, leave_one_out
 from scorefn.programs.tracing import (
     Plate,
@@ -24,108 +25,62 @@ from scorefn.programs.tracing import (
     inspect_sites,
     support_moving_params,
 )
+from scorefn.registry import Estimator
 
 MAX_ENUMERATION = 4096
 
 
-@dataclasses.dataclass(frozen=True)
-class SiteEstimator:
-    """A per-site gradient estimator of the program registry.
-
-    ``role`` says how the site enters the surrogate: ``"score"`` (its log-probability in the
-    magic boxes of the terms downstream, its value detached), ``"pathwise"`` (its
-    reparameterised value carries the gradient) or ``"enumerate"`` (its finite support summed
-    exactly, weighted by the probabilities).
-    """
-
-    name: str
-    role: str
-    unbiased: bool
-    formula: str
-
-    def check(self, site: SiteInfo) -> None:
-        if self.role == "pathwise" and not site.has_rsample:
-            raise ValueError(
-                f"site {site.name!r}: estimator 'pathwise' needs a reparameterised sampler, but "
-                f"its distribution {site.distribution} has none (has_rsample=False; discrete "
-                "distributions never do). Use 'score' or, for a finite support, 'enumerate'"
-            )
-        if self.role == "measure_valued" and not site.measure_valued:
-            raise ValueError(
-                f"site {site.name!r}: estimator 'measure_valued' has weak-derivative "
-                f"decompositions for Normal, Poisson and Bernoulli (also inside to_event and "
-                f"plates); {site.distribution} has none. Use 'score' or 'pathwise'"
-            )
-        if self.role == "antithetic" and site.family not in ("BernoulliLogits", "BernoulliProbs"):
-            raise ValueError(
-                f"site {site.name!r}: estimator {self.name!r} is for Bernoulli sites (batched, "
-                f"to_event or in plates); {site.distribution} is not one. Use 'score' (with "
-                "'rloo', the leave-one-out baseline) or 'enumerate'"
-            )
-        if self.role == "control_variate" and site.family not in ("BernoulliLogits",
-                                                                    "BernoulliProbs"):
-            raise ValueError(
-                f"site {site.name!r}: in a program {self.name!r} is for Bernoulli sites "
-                f"(batched, to_event or in plates); {site.distribution} is not one: a program "
-                "reads a Categorical value as an index, where a relaxed (one-hot) value cannot "
-                "go. For one Categorical distribution, scorefn.grad(..., "
-                f"estimator={self.name!r}) and scorefn.discrete.{self.name}()"
-            )
-        if self.role == "relaxed" and site.family not in ("BernoulliLogits", "BernoulliProbs"):
-            raise ValueError(
-                f"site {site.name!r}: in a program the {self.name!r} relaxation is for Bernoulli "
-                f"sites (a relaxed Categorical would change the value's shape to one-hot; use "
-                f"scorefn.grad for that); {site.distribution} is not one"
-            )
-        if self.name == "sum_and_sample" and (
-                site.family not in ("CategoricalLogits", "CategoricalProbs") or site.shape != ()):
-            raise ValueError(
-                f"site {site.name!r}: in a program 'sum_and_sample' is for one Categorical value "
-                f"(shape (), outside plates); {site.distribution} with shape {site.shape} is not "
-                "one. Use 'enumerate' or 'rloo'")
-        if self.role == "enumerate" and site.support_values is None:
-            raise ValueError(
-                f"site {site.name!r}: estimator 'enumerate' needs a finite support known when "
-                f"tracing (Bernoulli, Categorical, integer intervals with fixed bounds); "
-                f"{site.distribution} has none. Use 'score'"
-            )
+#: The registry's estimators that a program's sites take (``scorefn.registry``), by name.
+ESTIMATORS: dict[str, Estimator] = {n: registry.ESTIMATORS[n] for n in registry.names(program=True)}
 
 
-ESTIMATORS: dict[str, SiteEstimator] = {
-    e.name: e
-    for e in (
-        SiteEstimator("score", "score", True,
-                      "(L_s - b_s) ∇θ log p_θ(x_s), L_s the terms downstream of s"),
-        SiteEstimator("pathwise", "pathwise", True, "∇θ Σ_t c_t(T(ε, θ)), x_s = T(ε, θ)"),
-        SiteEstimator("enumerate", "enumerate", True,
-                      "∇θ Σ_v p_θ(x_s = v) E[Σ_t c_t | x_s = v], summed exactly"),
-        SiteEstimator("sum_and_sample", "enumerate", True,
-                      "∇θ [Σ_{c∈C} p_θ(c) L(c) + (1 - p_θ(C)) □(log q_θ(x)) L(x)], C the k - 1 "
-                      "most probable classes, x ~ q = p(· | x ∉ C) (Liu et al. 2019)"),
-        SiteEstimator("measure_valued", "measure_valued", True,
-                      "Σ_ij c_ij (L_s(x with x_j ~ p⁺_ij) - L_s(x with x_j ~ p⁻_ij)) ∇θ φ_i,j "
-                      "(first order only)"),
-        SiteEstimator("rloo", "score", True, "'score' with the leave-one-out baseline over the "
-                      "K particles (Kool et al. 2019)"),
-        SiteEstimator("arm", "antithetic", True,
-                      "(L_s(b⁽¹⁾) - L_s(b⁽²⁾)) (u - ½) ∇θ φ (Yin & Zhou 2019; first order only)"),
-        SiteEstimator("disarm", "antithetic", True,
-                      "½ (L_s(b) - L_s(b̃)) (-1)^b̃ 1[b ≠ b̃] σ(|φ|) ∇θ φ (Dong et al. 2020; first "
-                      "order only)"),
-        SiteEstimator("rebar", "control_variate", True,
-                      "(L_s(b) - η c(z̃)) ∇θ log p(b) + η ∇θ c(z) - η ∇θ c(z̃), c(z) = L_s(σ(z/τ)), "
-                      "z logistic-perturbed logits, z̃ ~ z | b, η = 1 (Tucker et al. 2017; first "
-                      "order only)"),
-        SiteEstimator("relax", "control_variate", True,
-                      "'rebar' with a flax network in the control variate, c(z) = η L_s(σ(z/τ)) "
-                      "+ r_ψ(σ(z/τ)), ψ from relax_params/relax_networks (Grathwohl et al. 2018; "
-                      "first order only)"),
-        SiteEstimator("gumbel_softmax", "relaxed", False,
-                      "∇θ of the terms at x = σ((φ + logistic noise)/τ); biased"),
-        SiteEstimator("straight_through", "relaxed", False,
-                      "hard b forward, the relaxed sample's gradient; biased"),
-    )
-}
+def check_site(estimator: Estimator, site: SiteInfo) -> None:
+    """ValueError unless ``site``'s distribution offers what ``estimator`` needs in a program."""
+    if estimator.family == "pathwise" and not site.has_rsample:
+        raise ValueError(
+            f"site {site.name!r}: estimator 'pathwise' needs a reparameterised sampler, but "
+            f"its distribution {site.distribution} has none (has_rsample=False; discrete "
+            "distributions never do). Use 'score' or, for a finite support, 'enumerate'"
+        )
+    if estimator.family == "measure_valued" and not site.measure_valued:
+        raise ValueError(
+            f"site {site.name!r}: estimator 'measure_valued' has weak-derivative "
+            f"decompositions for Normal, Poisson and Bernoulli (also inside to_event and "
+            f"plates); {site.distribution} has none. Use 'score' or 'pathwise'"
+        )
+    bernoulli = site.distribution_class in ("BernoulliLogits", "BernoulliProbs")
+    if estimator.family == "antithetic" and not bernoulli:
+        raise ValueError(
+            f"site {site.name!r}: estimator {estimator.name!r} is for Bernoulli sites (batched, "
+            f"to_event or in plates); {site.distribution} is not one. Use 'score' (with "
+            "'rloo', the leave-one-out baseline) or 'enumerate'"
+        )
+    if estimator.family == "control_variate" and not bernoulli:
+        raise ValueError(
+            f"site {site.name!r}: in a program {estimator.name!r} is for Bernoulli sites "
+            f"(batched, to_event or in plates); {site.distribution} is not one: a program "
+            "reads a Categorical value as an index, where a relaxed (one-hot) value cannot "
+            "go. For one Categorical distribution, scorefn.grad(..., "
+            f"estimator={estimator.name!r}) and scorefn.discrete.{estimator.name}()"
+        )
+    if estimator.family == "relaxed" and not bernoulli:
+        raise ValueError(
+            f"site {site.name!r}: in a program the {estimator.name!r} relaxation is for Bernoulli "
+            f"sites (a relaxed Categorical would change the value's shape to one-hot; use "
+            f"scorefn.grad for that); {site.distribution} is not one"
+        )
+    if estimator.name == "sum_and_sample" and (
+            site.distribution_class not in ("CategoricalLogits", "CategoricalProbs") or site.shape != ()):
+        raise ValueError(
+            f"site {site.name!r}: in a program 'sum_and_sample' is for one Categorical value "
+            f"(shape (), outside plates); {site.distribution} with shape {site.shape} is not "
+            "one. Use 'enumerate' or 'rloo'")
+    if estimator.family == "enumerate" and site.support_values is None:
+        raise ValueError(
+            f"site {site.name!r}: estimator 'enumerate' needs a finite support known when "
+            f"tracing (Bernoulli, Categorical, integer intervals with fixed bounds); "
+            f"{site.distribution} has none. Use 'score'"
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,11 +103,12 @@ class Plan:
     sum_and_sample_size: int = 2
 
     @property
-    def roles(self) -> dict[str, str]:
-        return {n: ESTIMATORS[e].role for n, e in self.estimators.items()}
+    def families(self) -> dict[str, str]:
+        """Each latent site's estimator family (``scorefn.registry.FAMILIES``)."""
+        return {n: ESTIMATORS[e].family for n, e in self.estimators.items()}
 
-    def _with_role(self, role: str) -> tuple[str, ...]:
-        return tuple(n for n, e in self.estimators.items() if ESTIMATORS[e].role == role)
+    def _of_family(self, family: str) -> tuple[str, ...]:
+        return tuple(n for n, e in self.estimators.items() if ESTIMATORS[e].family == family)
 
     @property
     def term_names(self) -> tuple[str, ...]:
@@ -160,23 +116,23 @@ class Plan:
 
     @property
     def score_names(self) -> tuple[str, ...]:
-        return self._with_role("score")
+        return self._of_family("score")
 
     @property
     def enumerate_names(self) -> tuple[str, ...]:
-        return self._with_role("enumerate")
+        return self._of_family("enumerate")
 
     @property
     def measure_valued_names(self) -> tuple[str, ...]:
-        return self._with_role("measure_valued")
+        return self._of_family("measure_valued")
 
     @property
     def antithetic_names(self) -> tuple[str, ...]:
-        return self._with_role("antithetic")
+        return self._of_family("antithetic")
 
     @property
     def control_variate_names(self) -> tuple[str, ...]:
-        return self._with_role("control_variate")
+        return self._of_family("control_variate")
 
 
 def _closure(parents: dict[str, frozenset[str]]) -> dict[str, frozenset[str]]:
@@ -246,10 +202,10 @@ def plan(
             chosen[n] = "pathwise"
         else:
             chosen[n] = "score"
-        ESTIMATORS[chosen[n]].check(sites[n])
-    roles = {n: ESTIMATORS[e].role for n, e in chosen.items()}
-    score_names = tuple(n for n in latents if roles[n] == "score")
-    enumerate_names = tuple(n for n in latents if roles[n] == "enumerate")
+        check_site(ESTIMATORS[chosen[n]], sites[n])
+    families = {n: ESTIMATORS[e].family for n, e in chosen.items()}
+    score_names = tuple(n for n in latents if families[n] == "score")
+    enumerate_names = tuple(n for n in latents if families[n] == "enumerate")
 
     baselines = dict(baselines or {})
     chosen_baselines: dict[str, Baseline | None] = {}
@@ -257,7 +213,7 @@ def plan(
         if n not in sites or sites[n].is_term:
             raise ValueError(f"baselines names {n!r}, which is not a latent site of the program "
                              f"(latent sites: {latents})")
-        if roles[n] != "score":
+        if families[n] != "score":
             raise ValueError(f"baselines names site {n!r}, whose estimator is {chosen[n]!r}: "
                              "baselines apply to score-function sites only")
     for n in score_names:
@@ -300,7 +256,7 @@ def plan(
 
     ancestors = _closure(structure.parents)
     for s in latents:
-        if roles[s] != "control_variate":
+        if families[s] != "control_variate":
             continue
         for d in latents:
             if s in ancestors[d] and chosen[d] not in ("pathwise", "enumerate"):

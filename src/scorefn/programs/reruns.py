@@ -112,7 +112,7 @@ def _reached(program, params, args, p: Plan, site_keys, forced, site: str, value
 
     def once(values):
         rec = record(program, params, site_keys[-1], args,
-                  Recorder(p.roles, {**forced, **values, site: value}, frozenset(),
+                  Recorder(p.families, {**forced, **values, site: value}, frozenset(),
                            site_keys[:len(p.estimators)], p.estimators, p.temperature,
                            p.sum_and_sample_size))
         total = _reached_terms(rec, p, site, by_plate)
@@ -278,7 +278,7 @@ def control_variate_term(program, params, key, args, p: Plan, num_particles: int
     def parts(site_keys, x):
         def rerun(theta):  # the particle again, x_s forced, every other key the same
             return record(program, theta, site_keys[-1], args,
-                       Recorder(p.roles, {site: x}, frozenset(), site_keys[:n], p.estimators,
+                       Recorder(p.families, {site: x}, frozenset(), site_keys[:n], p.estimators,
                                 p.temperature, p.sum_and_sample_size))
 
         def log_p_and_mean(theta):

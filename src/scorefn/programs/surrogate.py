@@ -89,7 +89,7 @@ def _particles(program, params, key, args, p: Plan, num_particles: int, cut: fro
 
     def one(site_keys, forced):
         rec = record(program, params, site_keys[-1], args,
-                  Recorder(p.roles, forced, cut, site_keys[:num_latents], p.estimators,
+                  Recorder(p.families, forced, cut, site_keys[:num_latents], p.estimators,
                            p.temperature, p.sum_and_sample_size))
         terms = {t: canonical(rec.terms[t]["value"], p.sites[t].plates, order) for t in p.term_names}
         scores = {s: canonical(rec.latent_log_prob(s), p.sites[s].plates, order)

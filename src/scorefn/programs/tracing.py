@@ -66,8 +66,8 @@ class SiteInfo:
     has_rsample: bool
     discrete: bool
     support_values: tuple | None  # a finite support known at trace time, else None
-    measure_valued: bool = False  # a weak-derivative decomposition exists for its family
-    family: str = ""  # the distribution under to_event / plate wrappers
+    measure_valued: bool = False  # a weak-derivative decomposition exists for its class
+    distribution_class: str = ""  # the distribution under to_event / plate wrappers
 
 
 def _support_values(support: Any) -> tuple | None:
@@ -100,7 +100,8 @@ class Recorder(Messenger):
     """Records a program's sites and applies each latent site's estimator to its value.
 
     Args:
-      roles: site name -> ``"score" | "pathwise" | "enumerate"`` (None: record only).
+      families: site name -> its estimator's family (``scorefn.registry.FAMILIES``; None:
+        record only).
       forced: site name -> value to use instead of sampling (enumerated sites, or every site
         in the structural analysis).
       cut: sites whose pathwise value is detached (for per-site diagnostics).
@@ -114,12 +115,12 @@ class Recorder(Messenger):
         branch index (see ``sum_and_sample_branch``).
     """
 
-    def __init__(self, roles: dict[str, str] | None = None, forced: dict | None = None,
+    def __init__(self, families: dict[str, str] | None = None, forced: dict | None = None,
                  cut: frozenset = frozenset(), site_keys: jax.Array | None = None,
                  estimators: dict[str, str] | None = None, temperature: float = 0.5,
                  sum_and_sample_size: int = 2):
         super().__init__()
-        self.roles = roles
+        self.families = families
         self.forced = forced or {}
         self.cut = cut
         self.site_keys = site_keys
@@ -139,13 +140,13 @@ class Recorder(Messenger):
         name = msg["name"]
         key = None if self.site_keys is None else self.site_keys[self._count]
         self._count += 1
-        role = None if self.roles is None else self.roles[name]
+        family = None if self.families is None else self.families[name]
         if name in self.forced and self.estimators.get(name) == "sum_and_sample":
             msg["value"], self.branch_log_weights[name] = sum_and_sample_branch(
                 msg["fn"], self.forced[name], key, self.sum_and_sample_size)
         elif name in self.forced:
             msg["value"] = self.forced[name]
-        elif role == "antithetic" and key is not None:
+        elif family == "antithetic" and key is not None:
             d = msg["fn"]
             shape = tuple(d.shape(msg["kwargs"].get("sample_shape", ())))
             logits = jax.lax.stop_gradient(bernoulli_logits(d, shape, self.estimators[name]))
@@ -154,7 +155,7 @@ class Recorder(Messenger):
             dtype = sample_dtype_of(d)
             msg["value"] = first.astype(dtype)
             self.antithetic[name] = (u, logits, first, second.astype(dtype))
-        elif role == "control_variate" and key is not None:
+        elif family == "control_variate" and key is not None:
             # REBAR: b = 1[z > 0] for logistic-perturbed logits z = φ + log u - log(1 - u);
             # the second uniform draws z̃ | b (scorefn.programs.surrogate's _rebar_term).
             d = msg["fn"]
@@ -164,7 +165,7 @@ class Recorder(Messenger):
             u, w = (jax.random.uniform(k, shape, logits.dtype, 1e-6, 1 - 1e-6) for k in (k_u, k_w))
             msg["value"] = (u > jax.nn.sigmoid(-logits)).astype(sample_dtype_of(d))
             self.control_variate[name] = (u, w)
-        elif role == "relaxed" and key is not None:
+        elif family == "relaxed" and key is not None:
             d = msg["fn"]
             sample_shape = tuple(msg["kwargs"].get("sample_shape", ()))
             msg["value"] = relaxed_sample(d, key, sample_shape, self.temperature,
@@ -186,8 +187,8 @@ class Recorder(Messenger):
                 log_prob = log_prob * scale
             self.terms[name] = {"value": log_prob, "plates": plates_of(msg), "fn": d}
             return
-        role = None if self.roles is None else self.roles[name]
-        if role in ("score", "measure_valued") or (role == "pathwise" and name in self.cut):
+        family = None if self.families is None else self.families[name]
+        if family in ("score", "measure_valued") or (family == "pathwise" and name in self.cut):
             msg["value"] = jax.lax.stop_gradient(msg["value"])
         self.latents[name] = {"value": msg["value"], "plates": plates_of(msg), "fn": d,
                               "mask": msg.get("mask")}

@@ -26,7 +26,7 @@ from scorefn.vi.guides import Block, Guide, auto_guide, full_rank, mean_field
 from scorefn.vi.model import LogJoint, Model, NumPyroModel, as_model
 from scorefn.vi.numpyro_loss import ELBO, IWAE, VIMCO, amortized_posterior, elbo_program
 from scorefn.vi.objectives import (
-    ESTIMATORS,
+    OBJECTIVES,
     ElboGradient,
     elbo,
     elbo_grad,
@@ -35,7 +35,7 @@ from scorefn.vi.objectives import (
 
 __all__ = [
     "ELBO",
-    "ESTIMATORS",
+    "OBJECTIVES",
     "IWAE",
     "Block",
     "ElboGradient",

@@ -39,7 +39,7 @@ except ImportError as error:  # pragma: no cover - flax is in the vi extra
                       f"({error})") from error
 
 from scorefn import baselines as baseline_lib
-from scorefn import guards, programs, validation
+from scorefn import guards, programs, registry, validation
 from scorefn.runs import (
     Run,
     plot_with_running_mean,
@@ -52,8 +52,9 @@ from scorefn.runs.checkpoints import restore
 #: exponential-moving-average baseline; ``"rloo"`` needs ``num_particles >= 2``; ``"arm"`` and
 #: ``"disarm"`` use one antithetic pair, two evaluations, per particle; ``"rebar"`` (η = 1,
 #: τ = ``temperature``) three).
-ESTIMATORS = ("score", "rloo", "arm", "disarm", "rebar", "gumbel_softmax", "straight_through")
-BIASED = ("gumbel_softmax", "straight_through")
+#: The registry's program estimators for a Bernoulli site that need no learned state.
+ESTIMATORS = registry.names(program=True, learned=False,
+                            family=("score", "antithetic", "control_variate", "relaxed"))
 CHECKPOINT_VERSION = 1
 PIXELS = 64
 
@@ -199,7 +200,7 @@ class DiscreteVAEFit:
                 "test": self.test,
                 "gradient_variance": {str(k): x for k, x in self.gradient_variance.items()},
                 "us_per_step": self.us_per_step, "wall_s": self.wall_s,
-                "unbiased": self.estimator not in BIASED}
+                "unbiased": registry.ESTIMATORS[self.estimator].unbiased}
 
 
 def fit(

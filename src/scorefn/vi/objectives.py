@@ -55,7 +55,7 @@ from scorefn.vi.guides import Guide
 from scorefn.vi.model import Model
 from scorefn.vi.numpyro_loss import ELBO, IWAE, VIMCO
 
-ESTIMATORS = ("score", "score_rb", "pathwise", "mixed", "iwae", "vimco")
+OBJECTIVES = ("score", "score_rb", "pathwise", "mixed", "iwae", "vimco")
 
 
 class ElboGradient(NamedTuple):
@@ -69,9 +69,9 @@ class ElboGradient(NamedTuple):
 
 
 def estimator_name(estimator: str) -> str:
-    """``estimator`` checked against ``ESTIMATORS``."""
-    if estimator not in ESTIMATORS:
-        raise ValueError(f"unknown estimator {estimator!r}; known: {', '.join(ESTIMATORS)}")
+    """``estimator`` checked against ``OBJECTIVES``."""
+    if estimator not in OBJECTIVES:
+        raise ValueError(f"unknown estimator {estimator!r}; known: {', '.join(OBJECTIVES)}")
     return estimator
 
 
@@ -155,7 +155,7 @@ def elbo_grad(
       guide: from ``scorefn.vi.guides``.
       params: the guide's params (``guide.init()`` to start).
       key: a PRNG key (the same key gives the same estimate).
-      estimator: one of ``ESTIMATORS`` (see the module docstring).
+      estimator: one of ``OBJECTIVES`` (see the module docstring).
       num_samples: K samples per step (≥ 2 for ``leave_one_out``, ``iwae`` and ``vimco``).
       baseline: for the score-function sites: a core baseline (``leave_one_out()``,
         ``optimal()`` with ``"score"``), a number, an ``scorefn.baselines.EmaState`` (shaped
