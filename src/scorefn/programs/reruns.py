@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -29,25 +29,37 @@ from scorefn.programs.tracing import (
 )
 
 
-def measure_valued_term(program, params, args, p: Plan, rec: Recorder, site_keys, forced,
-                         index: int, site: str) -> jax.Array:
+class Particle(NamedTuple):
+    """One particle's run of a program, with what a rerun of it needs: the program, its
+    parameters and arguments, the plan, the particle's per-site keys and forced values (its
+    branch of the enumerated sites), and the recorder of its own run."""
+
+    program: Callable
+    params: Any
+    args: tuple
+    plan: Plan
+    site_keys: jax.Array
+    forced: dict
+    recorder: Recorder
+
+
+def measure_valued_term(particle: Particle, index: int, site: str) -> jax.Array:
     """Σ_ij stop_gradient(c_ij (L⁺_ij - L⁻_ij)) · (φ_ij - stop_gradient(φ_ij)): value 0, its
     gradient the weak-derivative estimate for site s, by the chain rule through its
     distribution parameters φ (Pflug 1989; Mohamed et al. 2020, section 6). L± are the
     terms s reaches, from runs of the program with element j of x_s replaced by a draw from
     p±_ij and every other site drawing with the same keys (common random numbers, so the
     terms element j does not reach cancel exactly)."""
+    p, rec = particle.plan, particle.recorder
     if not p.downstream_terms[site]:
         return jnp.zeros(())
     x = jax.lax.stop_gradient(rec.latents[site]["value"])
     d = as_supported(rec.latents[site]["fn"], tuple(jnp.shape(x)))
     flat = x.reshape(1, -1).astype(jnp.result_type(float))
-    key = jax.random.fold_in(site_keys[-1], index + 1)
-    frozen = jax.lax.stop_gradient(params)
+    key = jax.random.fold_in(particle.site_keys[-1], index + 1)
 
     def reached(value):
-        return _reached(program, frozen, args, p, site_keys, forced, site,
-                        value.reshape(x.shape).astype(x.dtype))
+        return _reached(particle, site, value.reshape(x.shape).astype(x.dtype))
 
     def difference(plus, minus, j):
         return reached(flat[0].at[j].set(plus)) - reached(flat[0].at[j].set(minus))
@@ -101,20 +113,22 @@ def _reached_terms(rec: Recorder, p: Plan, site: str, by_plate: bool) -> jax.Arr
     return total.reshape(shape)
 
 
-def _reached(program, params, args, p: Plan, site_keys, forced, site: str, value,
-             by_plate: bool = False, differentiable: bool = False) -> jax.Array:
-    """E[Σ terms reached from s | x_s = value]: one rerun with s forced (every other site
-    drawing with the same keys), summed exactly over the enumerated sites below s; per
-    element of s's plates if ``by_plate``; detached unless ``differentiable`` (then its
-    gradient flows through ``value``, and through ``params`` if they are not detached)."""
+def _reached(particle: Particle, site: str, value, by_plate: bool = False,
+             differentiable: bool = False) -> jax.Array:
+    """E[Σ terms reached from s | x_s = value]: one rerun of the particle with s forced
+    (every other site drawing with the same keys) and θ detached, summed exactly over the
+    enumerated sites below s; per element of s's plates if ``by_plate``; detached unless
+    ``differentiable`` (then its gradient flows through ``value``)."""
+    p = particle.plan
     maybe_stop = (lambda x: x) if differentiable else jax.lax.stop_gradient
     below = p.enumerated_descendants.get(site, ())
+    frozen = jax.lax.stop_gradient(particle.params)
 
     def once(values):
-        rec = record(program, params, site_keys[-1], args,
-                  Recorder(p.families, {**forced, **values, site: value}, frozenset(),
-                           site_keys[:len(p.estimators)], p.estimators, p.temperature,
-                           p.sum_and_sample_size))
+        rec = record(particle.program, frozen, particle.site_keys[-1], particle.args,
+                     Recorder(p.families, {**particle.forced, **values, site: value},
+                              frozenset(), particle.site_keys[:len(p.estimators)],
+                              p.estimators, p.temperature, p.sum_and_sample_size))
         total = _reached_terms(rec, p, site, by_plate)
         log_w = sum((jnp.sum(rec.latent_log_prob(e)) for e in below), jnp.zeros(()))
         return total, log_w
@@ -126,12 +140,12 @@ def _reached(program, params, args, p: Plan, site_keys, forced, site: str, value
     return maybe_stop(jnp.sum(weights * totals, axis=tuple(range(log_w.ndim))))
 
 
-def antithetic_term(program, params, args, p: Plan, rec: Recorder, site_keys, forced,
-                     site: str) -> jax.Array:
+def antithetic_term(particle: Particle, site: str) -> jax.Array:
     """Σ_i stop_gradient((L_s(first) - L_s(second)) w_i) · (φ_i - stop_gradient(φ_i)) for an
     ARM or DisARM site: value 0, its gradient the antithetic estimate, through the logits φ
     (see ``scorefn.discrete``). The particle's run used the pair's first sample; the
     second comes from a rerun with every other site drawing with the same keys."""
+    p, rec = particle.plan, particle.recorder
     if not p.downstream_terms[site]:
         return jnp.zeros(())
     u, logits, first, second = rec.antithetic[site]
@@ -141,8 +155,7 @@ def antithetic_term(program, params, args, p: Plan, rec: Recorder, site_keys, fo
     # Inside a plate, element i's pair is weighted by the terms with its plate index only
     # (the others' difference has mean zero given b_i, b̃_i): credit assignment.
     mine = jax.lax.stop_gradient(_reached_terms(rec, p, site, by_plate=True))
-    other = _reached(program, jax.lax.stop_gradient(params), args, p, site_keys, forced, site,
-                     second, by_plate=True)
+    other = _reached(particle, site, second, by_plate=True)
     diff = mine - other
     with checks_for(p):
         guard = guards.finite_guard((diff, _nonfinite_reached_message(site)))
@@ -158,9 +171,8 @@ def conditional_uniform(b: jax.Array, prob: jax.Array, w: jax.Array) -> jax.Arra
     return jnp.clip(b * (1 - prob + w * prob) + (1 - b) * w * (1 - prob), 1e-6, 1 - 1e-6)
 
 
-def rebar_term(program, params, args, p: Plan, rec: Recorder, site_keys, forced,
-                site: str, psi: Mapping[str, Any] | None = None,
-                network: Any = None) -> jax.Array:
+def rebar_term(particle: Particle, site: str, psi: Mapping[str, Any] | None = None,
+               network: Any = None) -> jax.Array:
     r"""Value 0, its gradient REBAR's (with ``network``, RELAX's) estimate for a Bernoulli
     site's sampling path (η = 1, τ = the plan's temperature, or ψ = (η, log τ[, the network's
     params]) from ``psi``; see ``scorefn.discrete.Relax``):
@@ -178,6 +190,7 @@ def rebar_term(program, params, args, p: Plan, rec: Recorder, site_keys, forced,
     which keeps the per-element estimate unbiased). With ``psi`` the estimate is
     differentiable in ψ (its learning signal reruns c at z̃ with θ detached, a fourth run),
     so ψ can take a step down the estimator's variance."""
+    p, rec = particle.plan, particle.recorder
     if not p.downstream_terms[site]:
         return jnp.zeros(())
     u, w = rec.control_variate[site]
@@ -186,13 +199,11 @@ def rebar_term(program, params, args, p: Plan, rec: Recorder, site_keys, forced,
     b = jax.lax.stop_gradient(jnp.asarray(rec.latents[site]["value"], phi.dtype))
     prob = jax.nn.sigmoid(phi)
     z, z_given_b = (phi + jnp.log(x) - jnp.log1p(-x) for x in (u, conditional_uniform(b, prob, w)))
-    frozen = jax.lax.stop_gradient(params)
     temperature = p.temperature if psi is None else jnp.exp(psi["log_temperature"])
 
     def control(zz):
         value = jax.nn.sigmoid(zz / temperature).astype(phi.dtype)
-        reached = _reached(program, frozen, args, p, site_keys, forced, site, value,
-                           by_plate=True, differentiable=True)
+        reached = _reached(particle, site, value, by_plate=True, differentiable=True)
         if psi is None:
             return reached
         out = psi["eta"] * reached

@@ -50,6 +50,7 @@ from scorefn import guards, validation
 from scorefn.control_variates import ControlVariate
 from scorefn.programs.plan import MAX_ENUMERATION, Plan, checks_for, plan
 from scorefn.programs.reruns import (
+    Particle,
     antithetic_term,
     control_variate_term,
     measure_valued_term,
@@ -89,20 +90,20 @@ def _particles(program, params, key, args, p: Plan, num_particles: int, cut: fro
 
     def one(site_keys, forced):
         rec = record(program, params, site_keys[-1], args,
-                  Recorder(p.families, forced, cut, site_keys[:num_latents], p.estimators,
-                           p.temperature, p.sum_and_sample_size))
+                     Recorder(p.families, forced, cut, site_keys[:num_latents], p.estimators,
+                              p.temperature, p.sum_and_sample_size))
         terms = {t: canonical(rec.terms[t]["value"], p.sites[t].plates, order) for t in p.term_names}
         scores = {s: canonical(rec.latent_log_prob(s), p.sites[s].plates, order)
                   for s in p.score_names}
         enum = {e: jnp.sum(rec.latent_log_prob(e)) for e in p.enumerate_names}
-        rerun_terms = sum((measure_valued_term(program, params, args, p, rec, site_keys, forced, i, s)
-                    for i, s in enumerate(p.measure_valued_names) if s not in cut), jnp.zeros(()))
-        rerun_terms = rerun_terms + sum((antithetic_term(program, params, args, p, rec, site_keys, forced, s)
-                           for s in p.antithetic_names if s not in cut), jnp.zeros(()))
+        particle = Particle(program, params, args, p, site_keys, forced, rec)
         relax_params, relax_networks = relax
-        rerun_terms = rerun_terms + sum((rebar_term(program, params, args, p, rec, site_keys, forced, s,
-                                       relax_params.get(s), relax_networks.get(s))
-                           for s in p.control_variate_names if s not in cut), jnp.zeros(()))
+        rerun_terms = sum(
+            [measure_valued_term(particle, i, s)
+             for i, s in enumerate(p.measure_valued_names) if s not in cut]
+            + [antithetic_term(particle, s) for s in p.antithetic_names if s not in cut]
+            + [rebar_term(particle, s, relax_params.get(s), relax_networks.get(s))
+               for s in p.control_variate_names if s not in cut], jnp.zeros(()))
         values = {s: jax.lax.stop_gradient(rec.latents[s]["value"]) for s in kept}
         return terms, scores, enum, rerun_terms, values
 
