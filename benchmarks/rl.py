@@ -24,6 +24,13 @@ torch runs with 1 thread, as in the peer scripts.
     pip install ".[bench]"
     python benchmarks/rl.py                     # about 15 minutes
     python benchmarks/rl.py --only ppo --seeds 0
+
+Continuous control (gymnasium MuJoCo, ``pip install "gymnasium[mujoco]"``), not in the default
+run: ``--only continuous --peer-python PYTHON``, PYTHON a venv's with stable-baselines3,
+torch and gymnasium[mujoco], which runs ``../shared/peers/sb3_mujoco.py`` (SB3 PPO with
+CleanRL's settings and observation/reward normalisation). InvertedPendulum-v5: env steps
+and wall seconds until the deterministic evaluation (every 10,000 steps on both sides)
+reaches 950; both clocks cover the whole run, setup and evaluations included.
 """
 
 from __future__ import annotations
@@ -184,6 +191,55 @@ def scorefn_solve(algo, env_id, seed, backend="auto"):
             "process_s": time.perf_counter() - t0}
 
 
+def scorefn_mujoco(env_id, seed, steps, every):
+    """PPO with CleanRL's settings (``scorefn.rl.defaults``) until the env's threshold."""
+    import numpy as np
+
+    from scorefn import rl
+
+    t0 = time.perf_counter()
+    result = rl.train(env_id, "ppo", seed, steps, eval_every=every, stop_when_solved=True,
+                      progress=False)
+    evals = [float(np.mean(row["eval_mean"])) for row in result.history]
+    return {"solved_at_steps": result.solved_at_steps(), "wall": time.perf_counter() - t0,
+            "best_eval": max(evals), "last_eval": evals[-1]}
+
+
+def sb3_mujoco(python, env_id, seed, steps, threshold, every):
+    """``../shared/peers/sb3_mujoco.py`` in ``python``'s venv: its one line, parsed."""
+    import re
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "shared" / "peers" / "sb3_mujoco.py"
+    done = subprocess.run([python, str(script), env_id, str(seed), str(steps), str(threshold),
+                           str(every)], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"sb3_mujoco.py failed:\n{done.stderr[-3000:]}")
+    fields = dict(re.findall(r"(\w+)=(\S+)", done.stdout.strip().splitlines()[-1]))
+    solved = None if fields["solved_at"] == "None" else int(fields["solved_at"])
+    return {"solved_at_steps": solved, "wall": float(fields["wall"]),
+            "best_eval": float(fields["best_eval"])}
+
+
+def continuous_table(seeds, peer_python, env_id="InvertedPendulum-v5", steps=100_000,
+                     every=10_000, threshold=950.0):
+    med = statistics.median
+    rows = []
+    for seed in seeds:  # seed by seed, each side in turn: the machine's speed drifts
+        ours = fresh("scorefn_mujoco", env_id, seed, steps, every)
+        peer = sb3_mujoco(peer_python, env_id, seed, steps, threshold, every)
+        rows.append((ours, peer))
+        print(f"ppo {env_id} seed {seed}: SB3 solved at {peer['solved_at_steps']} steps in "
+              f"{peer['wall']:.1f}s; scorefn at {ours['solved_at_steps']} steps in "
+              f"{ours['wall']:.1f}s", flush=True)
+    ratio = med(peer["wall"] / ours["wall"] for ours, peer in rows)
+    print(f"ppo {env_id} MEDIAN to {threshold:g}: SB3 {med(p['wall'] for _, p in rows):.1f}s at "
+          f"{med(p['solved_at_steps'] or steps for _, p in rows):,.0f} steps; scorefn "
+          f"{med(o['wall'] for o, _ in rows):.1f}s at "
+          f"{med(o['solved_at_steps'] or steps for o, _ in rows):,.0f} steps; scorefn "
+          f"{ratio:.2f}x faster (median of per-seed ratios)", flush=True)
+
+
 def scorefn_throughput(algo, seed, steps=200_000):
     from scorefn import rl
 
@@ -246,7 +302,7 @@ def sample_efficiency(num_seeds=10):
 WORKERS = {"sb3_solve": sb3_solve, "sb3_throughput": sb3_throughput, "scorefn_solve": scorefn_solve,
            "scorefn_throughput": scorefn_throughput, "scorefn_many_seeds": scorefn_many_seeds,
            "scorefn_rollout_rate": scorefn_rollout_rate, "sample_efficiency": sample_efficiency,
-           "update_equivalence": update_equivalence}
+           "update_equivalence": update_equivalence, "scorefn_mujoco": scorefn_mujoco}
 
 
 def fresh(name, *args, cache=None):
@@ -303,11 +359,24 @@ def main():
                                                    "rollout", "gymnasium", "a2c", "acrobot",
                                                    "efficiency"])
     ap.add_argument("--worker", nargs="+")
+    ap.add_argument("--peer-python", default=None,
+                    help="continuous: a venv's python with stable-baselines3 and gymnasium[mujoco]")
     args = ap.parse_args()
     if args.worker:
         name, *rest = args.worker
         print(json.dumps(WORKERS[name](*map(_convert, rest))))
         return
+    if "continuous" in args.only:
+        if not args.peer_python:
+            ap.error("--only continuous needs --peer-python (a venv with stable-baselines3)")
+        import jax
+
+        print(f"{platform.machine()}, {os.cpu_count()} cores; jax {jax.__version__}, gymnasium "
+              f"{importlib.metadata.version('gymnasium')}, mujoco "
+              f"{importlib.metadata.version('mujoco')}", flush=True)
+        continuous_table(args.seeds, args.peer_python)
+        if args.only == ["continuous"]:
+            return
     print(machine(), flush=True)
     sb3_ppo_wall = None
     if "equivalence" in args.only:

@@ -25,6 +25,7 @@ THRESHOLDS = {
     "MountainCar-v0": -110.0,
     "MountainCarContinuous-v0": 90.0,
     "Pendulum-v1": -200.0,
+    "InvertedPendulum-v5": 950.0,  # gymnasium's reward_threshold for the task
 }
 
 
