@@ -1,0 +1,53 @@
+"""Continuous control on gymnasium's MuJoCo tasks: bounded actions and a short learning run."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from scorefn import rl
+from scorefn.rl.envs import GymnasiumEnv
+from scorefn.rl.networks import ActorCritic
+
+pytest.importorskip("mujoco")
+ENV = "InvertedPendulum-v5"
+
+
+@pytest.fixture(scope="module")
+def env():
+    env = GymnasiumEnv(ENV, num_envs=1, seed=0)
+    yield env
+    env.close()
+
+
+def test_the_policy_density_is_the_gaussian_of_the_unclipped_action(env):
+    """Bounded actions are clipped for the environment, and the score is that of the Gaussian
+    the action was drawn from: its density integrates to 1 over the real line, mass beyond
+    the bounds included (a density renormalised to the box would not)."""
+    policy = ActorCritic(env.action_space, hidden=(8,), log_std_init=0.5)
+    params = policy.init(jax.random.key(0), env.obs_shape)
+    dist = policy.dist(params["policy"], jnp.zeros((1, *env.obs_shape)))
+    low, high = float(env.action_space.low[0]), float(env.action_space.high[0])
+    grid = np.linspace(-40.0, 40.0, 80_001)
+    density = np.exp(np.asarray(dist.log_prob(jnp.asarray(grid[:, None, None], jnp.float32)),
+                                np.float64))[:, 0]
+    total = np.trapezoid(density, grid)  # summed in float64
+    box = (grid >= low) & (grid <= high)
+    inside = np.trapezoid(density[box], grid[box])
+    assert abs(total - 1.0) < 1e-4
+    assert inside < 0.99  # this wide policy puts mass outside [-3, 3], which clipping maps in
+    # the environment receives the clipped action: an action beyond the bound acts as the bound
+    first = env.reset(seed=5)
+    beyond = env.step(np.array([[10.0]], np.float32))[0]
+    second = env.reset(seed=5)
+    bound = env.step(np.array([[high]], np.float32))[0]
+    np.testing.assert_array_equal(first, second)
+    np.testing.assert_allclose(beyond, bound)
+
+
+@pytest.mark.slow  # about 15 s: 2048-step PPO updates until the evaluation reaches 950
+def test_ppo_solves_inverted_pendulum_with_cleanrl_settings():
+    result = rl.train(ENV, "ppo", seed=0, total_steps=60_000, eval_every=4096,
+                      stop_when_solved=True, progress=False)
+    assert result.solved_at_steps() is not None and result.solved_at_steps() <= 60_000
+    assert max(float(np.mean(row["eval_mean"])) for row in result.history) >= 950
