@@ -123,6 +123,7 @@ def update_equivalence(algo, num_updates=5, seed=0):
 
     from scorefn.rl import training
     from scorefn.rl.envs import make
+    from scorefn.rl.registry import algorithm
     from scorefn.rl.rollout import Transition
 
     torch.set_num_threads(1)
@@ -143,8 +144,8 @@ def update_equivalence(algo, num_updates=5, seed=0):
                 "value": net([extractor.value_net[0], extractor.value_net[2], sb3.value_net])}
 
     config = training.make_config(algo, "CartPole-v1")
-    module = training._algorithm(algo)
-    policy = training._policy(make("CartPole-v1", "gymnax"), config)
+    module = algorithm(algo).module
+    policy = training.make_policy(make("CartPole-v1", "gymnax"), config)
     params = weights()
     state = module.State(params, module.optimizer(config).init(params))
     update = jax.jit(lambda s, b: module.update(s, b, jax.random.key(0), policy, config))

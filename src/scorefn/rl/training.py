@@ -136,7 +136,8 @@ def _check_hyperparameter_type(algo: str, name: str, value: Any, default: Any) -
                          f"{default!r}); got {value!r}")
 
 
-def _policy(env, config) -> ActorCritic:
+def make_policy(env, config) -> ActorCritic:
+    """The policy and value networks ``config`` describes, for ``env``'s spaces."""
     return ActorCritic(env.action_space, hidden=tuple(config.hidden),
                        state_dependent_std=config.state_dependent_std,
                        log_std_init=config.log_std_init, obs_ndim=len(env.obs_shape))
@@ -214,7 +215,7 @@ def load_checkpoint(path: str, seed_index: int = 0) -> TrainResult:
     if not 0 <= seed_index < len(seeds):
         raise ValueError(f"seed_index must be in [0, {len(seeds)}) for {path}, which holds seeds "
                          f"{seeds}; got {seed_index}")
-    policy = _policy(env, config)
+    policy = make_policy(env, config)
     if backend == "gymnasium":
         env.close()
     params = restore(payload["params"])
@@ -301,7 +302,7 @@ def train(
         environment = make(env, "gymnax")
     else:  # gymnasium, or an unknown id: make's error lists the known ones
         environment = make(env, backend, num_envs=config.num_envs, seed=seeds[0])
-    policy = _policy(environment, config)
+    policy = make_policy(environment, config)
     steps_per_update = config.num_envs * (environment.max_episode_steps if module.episodic
                                           else config.num_steps)
     eval_every = eval_every or max(steps_per_update, total_steps // 20)
