@@ -11,6 +11,7 @@ gymnasium environment the rollout steps a vector env in Python and the update is
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import time
 from typing import Any
@@ -30,6 +31,7 @@ from scorefn.rl.envs import (
     resolve_backend,
 )
 from scorefn.rl.networks import ActorCritic
+from scorefn.rl.normalization import ObservationNormalizer, RewardScaler
 from scorefn.rl.registry import algorithm
 from scorefn.rl.rollout import GymnasiumRunner, jax_reset, jax_rollout
 from scorefn.runs import all_finite, checkpoints
@@ -53,6 +55,8 @@ class TrainResult:
     config: Any
     policy: ActorCritic
     seeds: list[int]
+    # the running observation statistics the policy was trained with (normalize_observations)
+    observation_stats: dict | None = None
 
     @property
     def env_steps(self) -> int:
@@ -172,11 +176,14 @@ def evaluate_jax(env: JaxEnv, policy: ActorCritic, policy_params: Any, key: jax.
 
 
 def evaluate_gymnasium(env_id: str, policy: ActorCritic, policy_params: Any, seed: int = 0,
-                       episodes: int = 20) -> float:
+                       episodes: int = 20, observation_stats: dict | None = None) -> float:
     """Mean return of ``episodes`` deterministic episodes, run side by side in one vector
     env (one policy call per time step for all of them); episode i starts from
-    ``reset(seed=seed * 1000 + i)``."""
+    ``reset(seed=seed * 1000 + i)``. With ``observation_stats`` (a trained run's, see
+    ``scorefn.rl.normalization``) the policy reads observations normalised by them, frozen."""
     env = GymnasiumEnv(env_id, num_envs=episodes, seed=seed * 1000)
+    normalize = (lambda o: o) if observation_stats is None else functools.partial(
+        ObservationNormalizer(env.obs_shape, observation_stats), update=False)
     # Some gymnasium envs (CliffWalking) have no time limit, and a deterministic policy can
     # walk in circles: cap the episode as training's rollouts do.
     limit = env.max_episode_steps
@@ -186,7 +193,7 @@ def evaluate_gymnasium(env_id: str, policy: ActorCritic, policy_params: Any, see
     try:
         obs = env.reset()
         for _ in range(limit):
-            action = np.asarray(act(policy_params, jnp.asarray(obs)))
+            action = np.asarray(act(policy_params, jnp.asarray(normalize(obs))))
             if policy.space.discrete:
                 action = action.astype(np.int64)  # toy-text envs index tables with it
             # finished episodes restart in the vector env; their later rewards are not counted
@@ -222,15 +229,19 @@ def load_checkpoint(path: str, seed_index: int = 0) -> TrainResult:
     if payload.get("batched"):
         params = jax.tree.map(lambda x: x[seed_index], params)
     _check_policy(env, policy, params)
+    # numpy float64, as saved (not restore's JAX float32): the statistics the run used
     return TrainResult(payload["env"], payload["algo"], params, payload["history"], config, policy,
-                       [payload["seeds"][seed_index]])
+                       [payload["seeds"][seed_index]], payload.get("observation_stats"))
 
 
 def evaluate(result_or_env: Any, params: Any = None, *, policy: ActorCritic | None = None,
-             episodes: int = 20, seed: int = 0, backend: str = "auto") -> float:
-    """Deterministic evaluation: ``evaluate(result)`` or ``evaluate(env_id, params, policy=...)``."""
+             episodes: int = 20, seed: int = 0, backend: str = "auto",
+             observation_stats: dict | None = None) -> float:
+    """Deterministic evaluation: ``evaluate(result)`` or ``evaluate(env_id, params, policy=...)``
+    (``observation_stats``: a run's normalisation statistics; a ``TrainResult`` brings its own)."""
     if isinstance(result_or_env, TrainResult):
         env_id, params, policy = result_or_env.env_id, result_or_env.params, result_or_env.policy
+        observation_stats = result_or_env.observation_stats
         if len(result_or_env.seeds) > 1:
             params = jax.tree.map(lambda x: x[0], params)
     else:
@@ -243,7 +254,7 @@ def evaluate(result_or_env: Any, params: Any = None, *, policy: ActorCritic | No
         return float(jax.jit(lambda p, k: evaluate_jax(env, policy, p, k, episodes))(
             params["policy"], jax.random.key(seed)))
     env.close()
-    return evaluate_gymnasium(env_id, policy, params["policy"], seed, episodes)
+    return evaluate_gymnasium(env_id, policy, params["policy"], seed, episodes, observation_stats)
 
 
 def train(
@@ -307,6 +318,11 @@ def train(
                                           else config.num_steps)
     eval_every = eval_every or max(steps_per_update, total_steps // 20)
     updates_per_chunk = max(1, round(eval_every / steps_per_update))
+    normalizing = [name for name in ("normalize_observations", "scale_rewards")
+                   if getattr(config, name, False)]
+    if normalizing and not isinstance(environment, GymnasiumEnv):
+        raise ValueError(f"{' and '.join(normalizing)} apply to gymnasium environments; {env} "
+                         "runs on gymnax (backend='gymnasium' to run it there)")
     if isinstance(environment, GymnasiumEnv):
         if len(seeds) > 1:
             raise ValueError("several seeds at once need a gymnax environment (vmap)")
@@ -358,7 +374,8 @@ def train(
             if stop_when_solved and threshold is not None and np.all(np.max(
                     [np.atleast_1d(r["eval_mean"]) for r in history], axis=0) >= threshold):
                 break
-    result = TrainResult(env, algo, runner.final_params(), history, config, policy, seeds)
+    result = TrainResult(env, algo, runner.final_params(), history, config, policy, seeds,
+                         runner.observation_stats())
     if log_dir is not None and history:
         result.plot(os.path.join(log_dir, "learning_curve.png"))
     return result
@@ -452,6 +469,9 @@ class _JaxLoop:
         return np.asarray(self._evaluate(self.carry, np.asarray(self.seeds, np.int32),
                                          np.full(len(self.seeds), index))).tolist()
 
+    def observation_stats(self) -> None:
+        return None  # gymnax observations are not normalised
+
     def finite(self):
         return all_finite(self.carry[0].params)
 
@@ -486,7 +506,10 @@ class _GymnasiumLoop:
         self.learner = cached_jit(lambda k: module.init(k, policy, env, config),
                                 key=cache_key + ("init",), packages=packages,
                                 compiler_options=FAST_COMPILE)(k_init)
-        self.runner = GymnasiumRunner(env, policy)
+        self.runner = GymnasiumRunner(
+            env, policy,
+            ObservationNormalizer(env.obs_shape) if config.normalize_observations else None,
+            RewardScaler(env.num_envs, config.gamma) if config.scale_rewards else None)
         self._update = cached_jit(lambda s, b, k: module.update(s, b, k, policy, config),
                                   key=cache_key + ("update",), packages=packages,
                                   compiler_options=BACKEND_O2)
@@ -507,7 +530,12 @@ class _GymnasiumLoop:
     def evaluate(self, episodes):
         self.eval_index += 1
         return evaluate_gymnasium(self.env.id, self.policy, self.learner.params["policy"],
-                                  seed=self.seed * 7919 + self.eval_index, episodes=episodes)
+                                  seed=self.seed * 7919 + self.eval_index, episodes=episodes,
+                                  observation_stats=self.observation_stats())
+
+    def observation_stats(self) -> dict | None:
+        normalizer = self.runner.observations
+        return None if normalizer is None else normalizer.state()
 
     def finite(self):
         return all_finite(self.learner.params)
@@ -518,16 +546,27 @@ class _GymnasiumLoop:
     backend = "gymnasium"
 
     def state(self) -> dict:
-        """What a checkpoint needs to resume the learner exactly (not the environments)."""
-        return {"learner": self.learner, "key": self.key, "eval_index": self.eval_index}
+        """What a checkpoint needs to resume the learner exactly (not the environments), and
+        the normalisation statistics the policy depends on."""
+        state = {"learner": self.learner, "key": self.key, "eval_index": self.eval_index}
+        if self.runner.observations is not None:
+            state["observation_stats"] = self.runner.observations.state()
+        if self.runner.rewards is not None:
+            state["reward_stats"] = self.runner.rewards.state()
+        return state
 
     def restore(self, payload: dict) -> None:
         self.learner, self.key = restore((payload["learner"], payload["key"]),
                                          like=(self.learner, self.key))
         self.eval_index = payload["eval_index"]
+        if self.runner.observations is not None:
+            self.runner.observations = ObservationNormalizer(
+                self.env.obs_shape, payload["observation_stats"])
+        if self.runner.rewards is not None:
+            self.runner.rewards = RewardScaler(self.env.num_envs, self.config.gamma,
+                                               payload["reward_stats"])
         # New episodes, seeded by where the run stopped: the old ones' state is gone.
-        self.runner.obs = self.env.reset(seed=self.seed + 7919 * self.eval_index)
-        self.runner.episode_return[:] = 0.0
+        self.runner.reset(seed=self.seed + 7919 * self.eval_index)
 
 
 

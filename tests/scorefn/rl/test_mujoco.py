@@ -51,3 +51,28 @@ def test_ppo_solves_inverted_pendulum_with_cleanrl_settings():
                       stop_when_solved=True, progress=False)
     assert result.solved_at_steps() is not None and result.solved_at_steps() <= 60_000
     assert max(float(np.mean(row["eval_mean"])) for row in result.history) >= 950
+
+
+def test_normalisation_statistics_are_checkpointed_evaluated_with_and_resumed(tmp_path):
+    path = str(tmp_path / "run.ckpt")
+    options = dict(seed=0, progress=False, num_steps=256, num_epochs=2, eval_every=512)
+    first = rl.train(ENV, "ppo", total_steps=512, checkpoint=path, **options)
+    stats = first.observation_stats
+    assert stats is not None and stats["count"] > 512  # every observation seen, and the resets
+    loaded = rl.load_checkpoint(path)
+    for name in ("mean", "var", "count"):
+        np.testing.assert_array_equal(loaded.observation_stats[name], stats[name])
+    # evaluation reads the frozen statistics: with others, the same policy acts otherwise
+    assert rl.evaluate(loaded, episodes=3) == rl.evaluate(first, episodes=3)
+    shifted = {**stats, "mean": np.asarray(stats["mean"]) + 5.0}
+    assert rl.evaluate(loaded.env_id, loaded.params, policy=loaded.policy, episodes=3,
+                       observation_stats=shifted) != rl.evaluate(loaded, episodes=3)
+    resumed = rl.train(ENV, "ppo", total_steps=1024, checkpoint=path, resume=True, **options)
+    assert resumed.observation_stats["count"] > stats["count"]  # continued, not restarted
+
+
+def test_normalisation_is_refused_on_gymnax():
+    with pytest.raises(ValueError, match="normalize_observations apply to gymnasium environments; "
+                                         "CartPole-v1 runs on gymnax"):
+        rl.train("CartPole-v1", "ppo", total_steps=256, normalize_observations=True,
+                 progress=False)

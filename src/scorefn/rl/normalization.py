@@ -1,0 +1,78 @@
+r"""Running observation normalisation and reward scaling for gymnasium rollouts, as
+Stable-Baselines3's ``VecNormalize`` and CleanRL's gymnasium wrappers do them.
+
+- Observations: o ↦ clip((o − μ) / √(σ² + ε), −10, 10), with μ, σ² the running mean and
+  variance of every observation seen in training (gymnasium's ``RunningMeanStd``, Chan et
+  al.'s parallel update). Evaluation and ``rl eval`` use the statistics frozen, as saved in
+  the checkpoint.
+- Rewards: r_t ↦ clip(r_t / √(Var[R] + ε), −10, 10), with R_t = γ R_{t−1} + r_t the discounted
+  return accumulated along each episode (reset at its end) and Var[R] its running variance.
+  Only the learner sees scaled rewards; returns are logged and evaluated unscaled.
+
+Both change what the policy gradient sees, not its estimator: the policy and value network
+read normalised observations, and the scaled rewards rescale every advantage of a batch by
+nearly the same factor.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from gymnasium.wrappers.utils import RunningMeanStd
+
+CLIP = 10.0
+EPSILON = 1e-8
+
+
+def _state(rms: RunningMeanStd) -> dict[str, Any]:
+    return {"mean": np.asarray(rms.mean), "var": np.asarray(rms.var), "count": float(rms.count)}
+
+
+def _load(rms: RunningMeanStd, state: dict[str, Any]) -> None:
+    rms.mean = np.asarray(state["mean"], np.float64).reshape(np.shape(rms.mean))
+    rms.var = np.asarray(state["var"], np.float64).reshape(np.shape(rms.var))
+    rms.count = float(state["count"])
+
+
+class ObservationNormalizer:
+    """Observations (batch first) normalised by the running statistics of those seen."""
+
+    def __init__(self, shape: tuple[int, ...], state: dict[str, Any] | None = None):
+        self.rms = RunningMeanStd(shape=shape)
+        if state is not None:
+            _load(self.rms, state)
+
+    def __call__(self, obs: np.ndarray, update: bool = True) -> np.ndarray:
+        """``obs`` normalised, after adding it to the statistics when ``update``."""
+        if update:
+            self.rms.update(np.asarray(obs, np.float64))
+        return np.clip((obs - self.rms.mean) / np.sqrt(self.rms.var + EPSILON), -CLIP,
+                       CLIP).astype(np.float32)
+
+    def state(self) -> dict[str, Any]:
+        """The statistics (mean, variance, count), for a checkpoint."""
+        return _state(self.rms)
+
+
+class RewardScaler:
+    """Rewards divided by the running standard deviation of the discounted return."""
+
+    def __init__(self, num_envs: int, gamma: float, state: dict[str, Any] | None = None):
+        self.gamma = gamma
+        self.rms = RunningMeanStd(shape=())
+        self.returns = np.zeros(num_envs)
+        if state is not None:
+            _load(self.rms, state)
+            self.returns = np.asarray(state["returns"], np.float64).reshape(num_envs)
+
+    def __call__(self, reward: np.ndarray, done: np.ndarray) -> np.ndarray:
+        """This step's rewards scaled; the returns of finished episodes start again at 0."""
+        self.returns = self.returns * self.gamma + reward
+        self.rms.update(self.returns)
+        scaled = np.clip(reward / np.sqrt(self.rms.var + EPSILON), -CLIP, CLIP)
+        self.returns[done] = 0.0
+        return scaled.astype(np.float32)
+
+    def state(self) -> dict[str, Any]:
+        return {**_state(self.rms), "returns": np.asarray(self.returns)}
