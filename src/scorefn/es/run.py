@@ -74,24 +74,25 @@ class OptimizeResult:
 def run_strategy(f: Callable, x0: Any, strat: Strategy, options: RunOptions) -> OptimizeResult:
     """One run of ``strat`` from ``x0`` until a stopping criterion (``minimize``'s loop, its
     arguments checked there)."""
-    (sigma0, key, max_evaluations, target_f, tol_x, tol_f, stagnation, nan_policy, evaluator,
-     workers, ray_address, evaluation_timeout, generations_per_call, progress, plot,
-     checkpoint, resume, overwrite) = (getattr(options, field.name)
-                                       for field in dataclasses.fields(options))
+    o = options
+    sigma0, key, max_evaluations, nan_policy, evaluator = (
+        o.sigma0, o.key, o.max_evaluations, o.nan_policy, o.evaluator)
+    target_f, tol_x, tol_f, stagnation = o.target_f, o.tol_x, o.tol_f, o.stagnation
+    checkpoint, resume, plot = o.checkpoint, o.resume, o.plot
     x0 = jnp.asarray(x0, jnp.result_type(float))
     d = x0.shape[0]
     # First, so that the compilation cache is on before anything compiles.
     run = Run("scorefn.es", CHECKPOINT_VERSION, checkpoint=checkpoint, resume=resume,
               settings=None if checkpoint is None else run_settings(
                   f, x0, key, sigma0, nan_policy, evaluator),
-              may_change="max_evaluations and the stopping criteria", progress=progress,
+              may_change="max_evaluations and the stopping criteria", progress=o.progress,
               description=strat.name, total=max_evaluations, unit="evals", field="best f",
-              overwrite=overwrite)
+              overwrite=o.overwrite)
     state = _compiled_init(strat)(key, x0, float(sigma0))
     popsize = strat.population_size(state)
 
     if evaluator == "jax":
-        run_chunk = compiled_generations(strat, f, generations_per_call, nan_policy)
+        run_chunk = compiled_generations(strat, f, o.generations_per_call, nan_policy)
     else:
         ask, tell = _compiled_ask_tell(strat)
 
@@ -117,7 +118,7 @@ def run_strategy(f: Callable, x0: Any, strat: Strategy, options: RunOptions) -> 
         last_best = min(last_best, b)
     started = time.perf_counter()
     batch_evaluator = None if evaluator == "jax" else BatchEvaluator(
-        evaluator, f, workers, ray_address, evaluation_timeout)
+        evaluator, f, o.workers, o.ray_address, o.evaluation_timeout)
     try:
         with run:
             while (records[-1][0] if records else 0) < max_evaluations:
