@@ -41,7 +41,6 @@ from scorefn.types import DistFn
 
 #: The estimators ``grad`` takes for one distribution: ``scorefn.registry``'s, by name.
 ESTIMATORS = registry.names(single_distribution=True)
-NAN_POLICIES = ("raise", "drop")
 
 
 def standardized(values: jax.Array, eps: float = 1e-8, ddof: int = 0) -> jax.Array:
@@ -66,8 +65,7 @@ def _prepare_values(
     values: Any, samples: Any, num_samples: int, nan_policy: str, dtype, batch_shape=None
 ):
     values = validation.check_values_shape(values, num_samples, batch_shape).astype(dtype)
-    if nan_policy not in NAN_POLICIES:
-        raise ValueError(f"nan_policy must be one of {NAN_POLICIES}, got {nan_policy!r}")
+    validation.check_nan_policy(nan_policy, ("raise", "drop"))
     if nan_policy == "raise":
         return samples, values  # checked with log_prob in one guard, see score_grad
     if validation.is_traced(values):

@@ -44,6 +44,22 @@ def check_key(key: Any, name: str = "key") -> None:
     )
 
 
+#: What to do with a non-finite value of f: every policy scorefn knows, with its meaning.
+#: Each entry point takes those that make sense for it (``check_nan_policy``).
+NAN_POLICIES = {
+    "raise": "stop with a ValueError naming how many values are not finite and the first",
+    "drop": "leave those samples out of the estimate (outside jit only)",
+    "penalize": "rank those candidates last (search strategies)",
+}
+
+
+def check_nan_policy(nan_policy: Any, accepted: tuple[str, ...]) -> str:
+    """``nan_policy`` if it is one of the ``NAN_POLICIES`` this entry point ``accepted``."""
+    if nan_policy not in accepted:
+        raise ValueError(f"nan_policy must be one of {accepted}, got {nan_policy!r}")
+    return nan_policy
+
+
 def check_int(value: Any, name: str, minimum: int = 1) -> int:
     """``value`` as a Python int if it is an int (a NumPy integer too, not a bool) of at least
     ``minimum``; else a ValueError naming ``name``: "steps must be an int >= 1, got 0"."""

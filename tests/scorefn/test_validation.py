@@ -213,3 +213,11 @@ def test_is_key():
     assert scorefn.validation.is_key(jax.random.key(0))
     assert not scorefn.validation.is_key(jax.random.PRNGKey(0))  # raw uint32 data
     assert not scorefn.validation.is_key(np.zeros(2))
+
+
+def test_one_list_of_nan_policies():
+    assert scorefn.validation.check_nan_policy("drop", ("raise", "drop")) == "drop"
+    with pytest.raises(ValueError, match=r"nan_policy must be one of \('penalize', 'raise'\), "
+                                         r"got 'drop'"):
+        scorefn.validation.check_nan_policy("drop", ("penalize", "raise"))
+    assert set(scorefn.validation.NAN_POLICIES) == {"raise", "drop", "penalize"}

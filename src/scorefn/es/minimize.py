@@ -23,7 +23,6 @@ from scorefn.es.evaluators import check_options as check_evaluator_options
 from scorefn.es.openai_es import openai_es
 from scorefn.es.restarts import run_with_restarts
 from scorefn.es.run import (
-    NAN_POLICIES,
     OptimizeResult,
     RunOptions,
     plot_convergence,
@@ -35,8 +34,7 @@ from scorefn.es.xnes import xnes
 
 STRATEGIES = {"snes": snes, "xnes": xnes, "openai_es": openai_es, "bernoulli": bernoulli,
               "categorical": categorical}
-__all__ = ["EVALUATORS", "NAN_POLICIES", "STRATEGIES", "OptimizeResult", "minimize",
-           "plot_convergence"]
+__all__ = ["EVALUATORS", "STRATEGIES", "OptimizeResult", "minimize", "plot_convergence"]
 
 
 def _strategy(strategy: str | Strategy) -> Strategy:
@@ -146,8 +144,7 @@ def minimize(
         raise ValueError(f"x0 must be a 1-D array of length d >= 1, got shape {x.shape}")
     if not jnp.all(jnp.isfinite(x)):
         raise ValueError("x0 must be finite")
-    if nan_policy not in NAN_POLICIES:
-        raise ValueError(f"nan_policy must be one of {NAN_POLICIES}, got {nan_policy!r}")
+    validation.check_nan_policy(nan_policy, ("penalize", "raise"))
     if evaluator != "jax":
         check_evaluator_options(evaluator, workers, evaluation_timeout)
     key = jax.random.key(seed) if key is None else key

@@ -23,7 +23,6 @@ from scorefn.runs.checkpoints import restore
 from scorefn.runs.compiler_options import WIDE_REDUCTIONS
 from scorefn.runs.export_cache import cached_jit
 
-NAN_POLICIES = ("penalize", "raise")
 CHECKPOINT_VERSION = 4  # 2: xNES state carries its (adapted) η_σ; 3: the strategy's options; 4: the settings
 
 
