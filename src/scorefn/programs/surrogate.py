@@ -122,9 +122,8 @@ def surrogate_parts(program, params, key, args, p: Plan, num_particles: int,
                     control_variates: Mapping[str, ControlVariate] | None = None):
     """The surrogate's value and each score site's learning signal (K, *branches, *plates)."""
     control_variates = dict(control_variates or {})
-    terms, scores, enum, rerun_terms, values = _particles(program, params, key, args, p,
-                                                   num_particles, cut, relax,
-                                                   tuple(control_variates))
+    terms, scores, enum, rerun_terms, values = _particles(
+        program, params, key, args, p, num_particles, cut, relax, tuple(control_variates))
     order = p.plates
     first_plate = 1 + max(len(p.enumerate_names), 1)
     plate_axes = tuple(range(first_plate, first_plate + len(order)))

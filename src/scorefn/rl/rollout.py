@@ -109,10 +109,11 @@ class GymnasiumRunner:
             obs, reward, terminated, truncated, final = self.env.step(action_np)
             done = np.logical_or(terminated, truncated)
             if self.observations is not None:
-                obs, final = self.observations(obs), self.observations(final, update=False)
+                obs = self.observations(obs)
             learner_reward = reward if self.rewards is None else self.rewards(reward, done)
-            for i in np.flatnonzero(done):
-                finals[(t, i)] = final[i]
+            for i in np.flatnonzero(done):  # the episode's last observation, as the policy reads it
+                finals[(t, i)] = (final[i] if self.observations is None
+                                  else self.observations(final[i:i + 1], update=False)[0])
             total = self.episode_return + reward
             for name, value_t in zip(fields, (
                     self.obs, action_np, learner_reward, terminated, truncated,

@@ -64,11 +64,12 @@ def _feed_one(model, params, cache, token):
     return cache, logits[:, -1]
 
 
-def _feed_all(model, params, cache, tokens):
+def _feed_all(model, params, cache, tokens, **options):
     """``_feed`` for any model: one call where it takes several tokens (``chunked_decode``),
-    else one position per call in a ``lax.scan``."""
+    with ``options`` (``logits_to_keep``), else one position per call in a ``lax.scan`` (every
+    position's logits)."""
     if getattr(model, "chunked_decode", False):
-        return _feed(model, params, cache, tokens)
+        return _feed(model, params, cache, tokens, **options)
     cache, logits = jax.lax.scan(functools.partial(_feed_one, model, params), cache, tokens.T)
     return cache, logits.swapaxes(0, 1)
 
@@ -79,10 +80,8 @@ def _prefill(model, params, prompts, num_samples, length):
     shapes = jax.eval_shape(lambda: model.init(
         jax.random.key(0), jnp.zeros((prompts.shape[0], length), prompts.dtype), decode=True))
     cache = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes["cache"])
-    if getattr(model, "chunked_decode", False):  # only the last position's logits are read
-        cache, logits = _feed(model, params, cache, prompts, logits_to_keep=1)
-    else:
-        cache, logits = _feed_all(model, params, cache, prompts)
+    # only the last position's logits are read
+    cache, logits = _feed_all(model, params, cache, prompts, logits_to_keep=1)
     last = logits[:, -1]
 
     def per_row(x):  # the per-prompt arrays (not the shared position counters)
