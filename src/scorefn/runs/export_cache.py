@@ -39,18 +39,27 @@ from scorefn.runs.compiler_options import cpu_options
 FORMAT = 2  # 2: a scorefn.runs.checkpoints file with the tree structure as JSON
 
 
+def source_files() -> list[str]:
+    """Every module of the scorefn package (whose text joins each program's digest), by
+    path relative to the package folder."""
+    import scorefn
+
+    root = os.path.dirname(os.path.abspath(scorefn.__file__))
+    return sorted(os.path.relpath(os.path.join(folder, name), root)
+                  for folder, _, files in os.walk(root) for name in files if name.endswith(".py"))
+
+
 @functools.cache
 def _environment_digest(packages: tuple[str, ...]) -> str:
     """scorefn's own source and the versions of the libraries a program is traced from."""
+    import scorefn
+
     h = hashlib.sha256()
-    root = os.path.dirname(os.path.abspath(__file__))
-    for folder, _, files in sorted(os.walk(root)):
-        for name in sorted(files):
-            if name.endswith(".py"):
-                path = os.path.join(folder, name)
-                h.update(os.path.relpath(path, root).encode())
-                with open(path, "rb") as f:
-                    h.update(f.read())
+    root = os.path.dirname(os.path.abspath(scorefn.__file__))
+    for relative in source_files():
+        h.update(relative.encode())
+        with open(os.path.join(root, relative), "rb") as f:
+            h.update(f.read())
     for package in ("jax", "jaxlib", *packages):
         try:
             version = importlib.metadata.version(package)

@@ -125,3 +125,18 @@ def test_the_program_cache_never_unpickles(folder, tmp_path):
     np.testing.assert_array_equal(again(np.ones(2))["y"], 2 * np.ones(2))
     assert not os.path.exists(marker)
     assert kind_of(str(path)) == "scorefn program"  # replaced by a data-only file
+
+
+def test_the_digest_covers_every_module_of_the_package():
+    # A program traced from scorefn.rl must not be reused after rl/ changes: the digest reads
+    # the whole package, not only the folder the cache's own module lies in.
+    import sys
+
+    import scorefn.rl.training  # noqa: F401
+
+    root = os.path.dirname(os.path.abspath(sys.modules["scorefn"].__file__))
+    listed = set(export_cache.source_files())
+    imported = {os.path.relpath(m.__file__, root) for name, m in list(sys.modules.items())
+                if name.startswith("scorefn.") and getattr(m, "__file__", None)}
+    assert {"__init__.py", "rl/training.py", "runs/export_cache.py"} <= listed
+    assert imported <= listed
