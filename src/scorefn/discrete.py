@@ -108,13 +108,14 @@ def antithetic_grad(
     *,
     estimator: str = "disarm",
     vectorized: bool = False,
+    runtime_checks: bool = True,
 ) -> Any:
     r"""ARM (``estimator="arm"``) or DisARM (``"disarm"``) estimate of ∇θ E_{b~p_θ}[f(b)] for a
     Bernoulli ``dist_fn(params)``; unbiased (see the module docstring for the formulas).
 
     ``num_samples`` evaluations of f: ``num_samples // 2`` antithetic pairs (it must be even).
     The gradient in the logits φ reaches ``params`` by the chain rule (a VJP through
-    ``dist_fn``).
+    ``dist_fn``). ``runtime_checks``: as ``scorefn.score_grad``'s (False: no host callback under ``jit``).
     """
     validation.check_key(key)
     num_samples = validation.check_int(num_samples, "num_samples", 2)
@@ -137,7 +138,7 @@ def antithetic_grad(
     validation.check_values_shape(f1, pairs)
     diff = (f1 - f2).astype(logits.dtype)
     guard = guards.finite_guard((f1, guards.nonfinite_values_message),
-                                    (f2, guards.nonfinite_values_message))
+                                (f2, guards.nonfinite_values_message), enabled=runtime_checks)
     weights = antithetic_weights(logits, u, first, second, estimator)
     g_logits = jnp.mean(diff.reshape((pairs,) + (1,) * len(shape)) * weights, axis=0) + guard
     _, vjp = jax.vjp(lambda p: bernoulli_logits(dist_fn(p), shape, estimator), params)
@@ -183,12 +184,14 @@ def relaxed_grad(
     estimator: str = "gumbel_softmax",
     temperature: float = 0.5,
     vectorized: bool = False,
+    runtime_checks: bool = True,
 ) -> Any:
     r"""Gumbel-softmax (``"gumbel_softmax"``) or straight-through (``"straight_through"``)
     estimate (1/N) Σ_n ∇θ f(x_n(θ)); **biased** for ∇θ E[f(b)] (see the module docstring).
 
     f must be differentiable and accept relaxed values: floats in (0, 1) for a Bernoulli,
-    one-hot vectors (..., K) for a Categorical.
+    one-hot vectors (..., K) for a Categorical. ``runtime_checks``: as
+    ``scorefn.score_grad``'s (False: no host callback under ``jit``).
     """
     validation.check_key(key)
     num_samples = validation.check_int(num_samples, "num_samples")
@@ -205,7 +208,8 @@ def relaxed_grad(
         return jnp.mean(values), values
 
     grad, values = jax.grad(mean_value, has_aux=True)(params)
-    guard = guards.finite_guard((values, guards.nonfinite_values_message))
+    guard = guards.finite_guard((values, guards.nonfinite_values_message),
+                                enabled=runtime_checks)
     return jax.tree.map(lambda g: g + guard.astype(g.dtype), grad)
 
 
@@ -354,9 +358,10 @@ class Relax:
 
     def grad(self, f: Callable, dist_fn: DistFn, params: Any,
              key: jax.Array, num_samples: int, state: RelaxState, *,
-             train: bool = True) -> tuple[Any, RelaxState]:
+             train: bool = True, runtime_checks: bool = True) -> tuple[Any, RelaxState]:
         """The estimate of ∇θ E[f(b)] (a pytree like params) and the state after one step of
-        ψ on the same samples' variance (``train=False``: the state unchanged)."""
+        ψ on the same samples' variance (``train=False``: the state unchanged).
+        ``runtime_checks``: as ``scorefn.score_grad``'s (False: no host callback under ``jit``)."""
         validation.check_key(key)
         num_samples = validation.check_int(num_samples, "num_samples")
         logits, categorical = self.logits(dist_fn(params))
@@ -374,7 +379,8 @@ class Relax:
         else:
             per = self.per_sample_logit_grads(f, logits, state.params, key, num_samples,
                                               categorical=categorical)
-        guard = guards.finite_guard((per, _nonfinite_relax_message(self.name)))
+        guard = guards.finite_guard((per, _nonfinite_relax_message(self.name)),
+                                    enabled=runtime_checks)
         g_logits = jnp.mean(per, axis=0) + guard
         _, vjp = jax.vjp(lambda p: self.logits(dist_fn(p))[0], params)
         (grad,) = vjp(jax.lax.stop_gradient(g_logits))
@@ -411,6 +417,8 @@ def sum_and_sample_grad(
     params: Any,
     key: jax.Array,
     num_samples: int,
+    *,
+    runtime_checks: bool = True,
 ) -> Any:
     r"""Sum-and-sample estimate of ∇θ E_{x~Cat(p_θ)}[f(x)] (Liu et al. 2019; Kool et al.
     2020, section 3), unbiased: the k - 1 most probable classes C are summed exactly and one
@@ -430,6 +438,7 @@ def sum_and_sample_grad(
     exact whenever the top k - 1 classes hold all the mass, and is never worse than the
     single-sample score function it Rao-Blackwellises; the unordered-set estimator's
     built-in baseline can be lower still when the mass is spread over many classes.
+    ``runtime_checks``: as ``scorefn.score_grad``'s (False: no host callback under ``jit``).
     """
     validation.check_key(key)
     k = validation.check_int(num_samples, "num_samples", 2)
@@ -453,7 +462,8 @@ def sum_and_sample_grad(
     dtype = sample_dtype_of(d)
     f_top = jax.vmap(f)(top.astype(dtype))
     f_x = f(x.astype(dtype))
-    guard = guards.finite_guard((jnp.append(f_top, f_x), guards.nonfinite_values_message))
+    guard = guards.finite_guard((jnp.append(f_top, f_x), guards.nonfinite_values_message),
+                                enabled=runtime_checks)
     f_top, f_x = jax.lax.stop_gradient(f_top), jax.lax.stop_gradient(f_x)
 
     def surrogate(p):

@@ -102,6 +102,7 @@ def score_grad(
     validate: bool = True,
     per_factor: bool = False,
     samples_from_dist: bool = False,
+    runtime_checks: bool = True,
 ) -> Any:
     r"""Score-function estimate of ∇θ E_{x~p_θ}[f(x)] from samples and their f values.
 
@@ -140,6 +141,10 @@ def score_grad(
       samples_from_dist: the caller drew ``samples`` from ``dist_fn(params)`` itself, so
         the run-time check that external samples lie in the support (and have a finite
         log_prob) is skipped; the other checks stay.
+      runtime_checks: under ``jit``, the checks of values, arguments and external samples
+        run in the compiled program (a ``lax.cond`` whose error branch calls back to
+        Python). False leaves them out (no host callback: the program can be exported and
+        cached; check the outputs yourself), as scorefn's training loops do.
 
     Returns:
       A pytree shaped like ``params`` (with a leading N axis if ``per_sample``).
@@ -167,7 +172,7 @@ def score_grad(
             finite_log_prob = jnp.isfinite(surrogate)
     guard = _runtime_guard(checked.distribution, dist_fn, params, samples, values, finite_log_prob,
                            check_values=nan_policy == "raise", validate=validate,
-                           external_samples=not samples_from_dist)
+                           external_samples=not samples_from_dist, enabled=runtime_checks)
     if guard is not None:
         estimate = _with_guard(estimate, guard)
         if per_sample:
@@ -234,7 +239,7 @@ def _checked_inputs(dist_fn, params, samples, values, *, baseline, control_varia
 
 
 def _runtime_guard(d, dist_fn, params, samples, values, finite_log_prob, *, check_values: bool,
-                   validate: bool, external_samples: bool) -> jax.Array | None:
+                   validate: bool, external_samples: bool, enabled: bool) -> jax.Array | None:
     """The one run-time check of ``score_grad`` (a zero, or a ValueError from the host when
     it fails; see ``guards.finite_guard``), or None when nothing is checked."""
     ok = jnp.all(jnp.isfinite(values))
@@ -254,7 +259,7 @@ def _runtime_guard(d, dist_fn, params, samples, values, finite_log_prob, *, chec
                 return joint_log_prob(dist_fn(params), samples)
 
         checks.append((log_prob_with_mask, guards.neg_inf_log_prob_message))
-    return guards.finite_guard(*checks, ok=ok) if checks else None
+    return guards.finite_guard(*checks, ok=ok, enabled=enabled) if checks else None
 
 
 def _with_guard(tree: Any, guard: jax.Array) -> Any:
@@ -327,6 +332,7 @@ def pathwise_grad(
     max_norm: float | None = None,
     per_sample: bool = False,
     control_variate: ControlVariate | None = None,
+    runtime_checks: bool = True,
 ) -> Any:
     r"""Pathwise (reparameterisation) estimate (1/N) Σ_n ∇θ f(T(ε_n, θ)); unbiased.
 
@@ -340,7 +346,8 @@ def pathwise_grad(
       \left(\nabla_\theta h(T(\epsilon_n, \theta)) - \nabla_\theta \mathbb{E}_\theta[h]\right)\right]
     $$
 
-    unbiased with the leave-one-out ``"optimal"`` β or a fixed one.
+    unbiased with the leave-one-out ``"optimal"`` β or a fixed one. ``runtime_checks``: as
+    ``score_grad``'s (a ValueError under ``jit`` when f returns NaN or inf).
     """
     validation.check_key(key)
     num_samples = validation.check_int(num_samples, "num_samples")
@@ -363,7 +370,8 @@ def pathwise_grad(
     if control_variate is not None:
         h, mean_fn = control_variate.prepare(dist_fn, params)
         values = values_of(params)
-        guard = guards.finite_guard((values, guards.nonfinite_values_message))
+        guard = guards.finite_guard((values, guards.nonfinite_values_message),
+                                    enabled=runtime_checks)
         terms = _per_sample_jacobian(values_of, params, num_samples)
         h_terms = _per_sample_jacobian(lambda p: values_of(p, h), params, num_samples)
         controls = jax.tree.map(lambda a, m: a - m[None], h_terms, jax.grad(mean_fn)(params))
@@ -377,7 +385,8 @@ def pathwise_grad(
 
     if per_sample:
         values = values_of(params)
-        guard = guards.finite_guard((values, guards.nonfinite_values_message))
+        guard = guards.finite_guard((values, guards.nonfinite_values_message),
+                                    enabled=runtime_checks)
         # The N × P Jacobian of the values: forward mode costs P passes over the N samples
         # and O(N·P) memory; reverse mode (jacrev) would vmap N cotangents, an N × N
         # intermediate (1.6 GB at N = 20,000). Reverse only when P exceeds N.
@@ -388,7 +397,7 @@ def pathwise_grad(
         return jnp.mean(values), values
 
     estimate, values = jax.grad(mean_value, has_aux=True)(params)
-    guard = guards.finite_guard((values, guards.nonfinite_values_message))
+    guard = guards.finite_guard((values, guards.nonfinite_values_message), enabled=runtime_checks)
     estimate = _with_guard(estimate, guard)
     if max_norm is not None:
         estimate, _ = optax.clip_by_global_norm(max_norm).update(estimate, optax.EmptyState())
@@ -421,6 +430,7 @@ def grad(
     vectorized: bool = False,
     validate: bool = True,
     temperature: float = 0.5,
+    runtime_checks: bool = True,
 ) -> Any:
     r"""Estimate ∇θ E_{x~p_θ}[f(x)] in one call, for a JAX-traceable f.
 
@@ -437,7 +447,8 @@ def grad(
     τ = ``temperature`` held fixed (unbiased; to learn them, or RELAX's network, use
     ``scorefn.discrete.Relax`` with its state); ``"gumbel_softmax"`` and
     ``"straight_through"`` are the **biased** relaxations with ``temperature``. jit- and
-    vmap-compatible; the same key gives the same bits. See ``score_grad`` for the options.
+    vmap-compatible; the same key gives the same bits. See ``score_grad`` for the options
+    (``runtime_checks`` among them, taken by every estimator).
 
     For example:
 
@@ -483,26 +494,30 @@ def grad(
                 raise ValueError("estimator='rebar' evaluates f per sample: vectorized=False")
             rebar_cv = rebar(temperature=temperature)
             state = rebar_cv.init(key, dist_fn(params))
-            return rebar_cv.grad(f, dist_fn, params, key, num_samples, state, train=False)[0]
+            return rebar_cv.grad(f, dist_fn, params, key, num_samples, state, train=False,
+                                 runtime_checks=runtime_checks)[0]
         if estimator == "sum_and_sample":
             if vectorized:
                 raise ValueError("estimator='sum_and_sample' evaluates f per class: vectorized=False")
-            return sum_and_sample_grad(f, dist_fn, params, key, num_samples)
+            return sum_and_sample_grad(f, dist_fn, params, key, num_samples,
+                                       runtime_checks=runtime_checks)
         if family == "relaxed":
             return relaxed_grad(f, dist_fn, params, key, num_samples, estimator=estimator,
-                                temperature=temperature, vectorized=vectorized)
+                                temperature=temperature, vectorized=vectorized,
+                                runtime_checks=runtime_checks)
         return antithetic_grad(f, dist_fn, params, key, num_samples, estimator=estimator,
-                               vectorized=vectorized)
+                               vectorized=vectorized, runtime_checks=runtime_checks)
     if estimator == "measure_valued":
         if vectorized or max_norm is not None:
             raise ValueError("estimator='measure_valued' takes no vectorized or max_norm")
         return measure_valued_grad(f, dist_fn, params, key, num_samples, per_sample=per_sample,
-                                   control_variate=control_variate)
+                                   control_variate=control_variate,
+                                   runtime_checks=runtime_checks)
     if estimator == "pathwise":
         return pathwise_grad(
             f, dist_fn, params, key, num_samples,
             vectorized=vectorized, max_norm=max_norm, per_sample=per_sample,
-            control_variate=control_variate,
+            control_variate=control_variate, runtime_checks=runtime_checks,
         )
     samples = sample(dist_fn, params, key, num_samples)
     values = f_values(f, samples, vectorized)
@@ -511,4 +526,5 @@ def grad(
         baseline=baseline, control_variate=control_variate,
         standardize=standardize, max_norm=max_norm, nan_policy=nan_policy,
         per_sample=per_sample, validate=validate, samples_from_dist=True,
+        runtime_checks=runtime_checks,
     )

@@ -4,9 +4,10 @@ A value check (non-finite ``f`` values, ``log_prob = -inf``, a distribution's ar
 its constraint) raises at once on concrete arrays and through ``jax.debug.callback`` on
 traced ones, so a jitted estimator stops with scorefn's message instead of returning NaN.
 Inside a user's own ``jit`` the error's text ends with that message; scorefn's own loops
-re-raise it as its ValueError (``runtime_errors``). Training loops trace their step with the
-guards off (``runtime_checks(False)``: a program with a host callback cannot be stored in
-JAX's persistent compilation cache) and check the step's outputs themselves.
+re-raise it as its ValueError (``runtime_errors``). Each public function with such a check
+takes ``runtime_checks: bool = True`` and passes it to ``finite_guard``; training loops pass
+False (a program with a host callback cannot be exported or stored in JAX's persistent
+compilation cache) and check the step's outputs themselves.
 """
 
 from __future__ import annotations
@@ -40,26 +41,6 @@ def nonfinite_message(describe: Callable[[str, int, int, int], str]
         return describe(kind, first, int(bad.sum()), len(bad))
 
     return message
-
-
-_RUNTIME_CHECKS = [True]
-
-
-@contextlib.contextmanager
-def runtime_checks(enabled: bool):
-    """Turn the run-time (host-callback) finiteness checks of ``finite_guard`` on or off
-    for computations *traced* inside the block.
-
-    Training loops trace their step with checks off: a compiled program with a host callback
-    cannot be stored in JAX's persistent compilation cache. They check the step's outputs
-    themselves and, on a non-finite value, replay the failing steps with the checks on to
-    name the cause.
-    """
-    _RUNTIME_CHECKS.append(bool(enabled))
-    try:
-        yield
-    finally:
-        _RUNTIME_CHECKS.pop()
 
 
 class _ScorefnCheckFilter(logging.Filter):
@@ -132,11 +113,6 @@ def runtime_errors(context: str | None = None):
         raise original from None
 
 
-def runtime_checks_enabled() -> bool:
-    """Whether computations traced now get the run-time checks (see ``runtime_checks``)."""
-    return _RUNTIME_CHECKS[-1]
-
-
 def guarded(value: jax.Array, guard: jax.Array) -> jax.Array:
     """``value`` with the zero of ``finite_guard`` joined as a factor, value · (1 + guard).
 
@@ -148,7 +124,8 @@ def guarded(value: jax.Array, guard: jax.Array) -> jax.Array:
 
 
 def finite_guard(
-    *checks: tuple[Any, Callable[[np.ndarray], str | None]], ok: Any = None
+    *checks: tuple[Any, Callable[[np.ndarray], str | None]], ok: Any = None,
+    enabled: bool = True,
 ) -> jax.Array:
     """Raise ``ValueError`` if a checked array holds a non-finite number; return a scalar 0.
 
@@ -157,7 +134,9 @@ def finite_guard(
     checked at run time at almost no cost: a ``lax.cond`` on ``ok`` (default: every array is
     finite) whose error branch alone builds the arrays (thunks are called only there) and
     calls back to Python. The returned zero must be added to the caller's output, so the
-    check cannot be removed by dead-code elimination.
+    check cannot be removed by dead-code elimination. ``enabled=False`` (a caller's
+    ``runtime_checks=False``) leaves traced arrays unchecked: no host callback in the
+    program, whose caller checks its outputs itself.
     """
     message_fns = [m for _, m in checks]
     sources = [a for a, _ in checks]
@@ -180,7 +159,7 @@ def finite_guard(
             raise ValueError(text)
         return jnp.zeros((), dtype)
 
-    if not runtime_checks_enabled():
+    if not enabled:
         return jnp.zeros((), dtype)
 
     def on_host(*host_arrays):

@@ -232,6 +232,7 @@ def is_score_grad(
     baseline: Any = None,
     ess_threshold: float | None = 0.05,
     on_low_ess: str = "warn",
+    runtime_checks: bool = True,
 ) -> Any:
     r"""Off-policy score-function estimate of ∇θ E_{p_θ}[f] from samples of q.
 
@@ -248,6 +249,9 @@ def is_score_grad(
         ESS/N falls below it (default 5%); every weight zero, or every weight underflowing to
         0 with ordinary or truncated weighting, is reported the same way at any threshold
         (the estimate would be an exact 0). ``on_low_ess="ignore"`` turns both off.
+      runtime_checks: under ``jit``, the checks of values and weights run in the compiled
+        program (as ``scorefn.score_grad``'s); False leaves them out (the ESS check follows
+        ``on_low_ess``).
 
     Overflowing weights raise a ValueError instead of returning NaN. jit- and vmap-compatible.
     """
@@ -279,20 +283,21 @@ def is_score_grad(
     guard = guards.finite_guard(
         (values, guards.nonfinite_values_message),
         (jnp.stack([weights, log_w]), _overflow_message),
-        ok=ok,
+        ok=ok, enabled=runtime_checks,
     )
     guard = guard + _ess_check(log_w, ess_threshold, on_low_ess,
                                None if weighting == "self_normalized" else weights)
-    return _weighted_score_grad(dist_fn, params, samples, weights * centred, guard)
+    return _weighted_score_grad(dist_fn, params, samples, weights * centred, guard,
+                                runtime_checks)
 
 
-def _weighted_score_grad(dist_fn, params, samples, coefficients, guard) -> Any:
+def _weighted_score_grad(dist_fn, params, samples, coefficients, guard, runtime_checks) -> Any:
     """(1/N) Σ_n c_n ∇θ log p_θ(x_n) through the core's ``scorefn.score_grad``, the
     weights already checked by ``guard`` (non-finite ones are zeroed so that the guard's
     message, not the core's generic one, reports them)."""
     coefficients = jnp.where(jnp.isfinite(coefficients), coefficients, 0.0)
     estimate = score_grad(dist_fn, params, samples, coefficients, validate=False,
-                          samples_from_dist=True)
+                          samples_from_dist=True, runtime_checks=runtime_checks)
     return jax.tree.map(lambda g: g + guard.astype(g.dtype), estimate)
 
 
@@ -305,6 +310,7 @@ def mis_score_grad(
     *,
     heuristic: str = "balance",
     power: float = 2.0,
+    runtime_checks: bool = True,
 ) -> Any:
     r"""Multiple importance sampling over proposals q_1..q_J with n_j samples each:
 
@@ -316,7 +322,8 @@ def mis_score_grad(
     with the balance heuristic h_j(x) = n_j q_j(x) / Σ_i n_i q_i(x) (Veach & Guibas 1995),
     under which each term is p_θ(x) f g / Σ_i n_i q_i(x): the mixture density; or the power
     heuristic h_j ∝ (n_j q_j)^β. Unbiased for any heuristic whose h_j sum to one wherever
-    p f ≠ 0. All weights are formed with logsumexp.
+    p f ≠ 0. All weights are formed with logsumexp. ``runtime_checks``: as
+    ``scorefn.score_grad``'s (False: no host callback under ``jit``).
     """
     if heuristic not in ("balance", "power"):
         raise ValueError(f"heuristic must be 'balance' or 'power', got {heuristic!r}")
@@ -345,10 +352,11 @@ def mis_score_grad(
     coefficients = jnp.concatenate(coefficients)
     all_samples = jnp.concatenate(stacked_samples)
     guard = guards.finite_guard(*[(f, guards.nonfinite_values_message) for f in values],
-                           (coefficients, _nonfinite_weights_message))
+                                (coefficients, _nonfinite_weights_message),
+                                enabled=runtime_checks)
     # The estimator is a sum over all samples, not a mean: scale by their number.
     return _weighted_score_grad(dist_fn, params, all_samples,
-                                coefficients * all_samples.shape[0], guard)
+                                coefficients * all_samples.shape[0], guard, runtime_checks)
 
 
 def _nonfinite_weights_message(coefficients: np.ndarray) -> str | None:

@@ -118,6 +118,7 @@ def measure_valued_grad(
     coupling: bool = True,
     per_sample: bool = False,
     control_variate: Any = None,
+    runtime_checks: bool = True,
 ) -> Any:
     r"""Measure-valued estimate of ∇θ E_{x~p_θ}[f(x)]; unbiased, f need not be differentiable.
 
@@ -130,7 +131,8 @@ def measure_valued_grad(
     A ``control_variate`` h (from ``scorefn.control_variates``, E[h] in closed form)
     subtracts β ⊙ (ĝ_h,n - ∇θ E_θ[h]), where ĝ_h,n is the same weak-derivative term for h on
     the same samples and perturbations (common random numbers): mean zero, so unbiased with
-    the leave-one-out ``"optimal"`` β or a fixed one.
+    the leave-one-out ``"optimal"`` β or a fixed one. ``runtime_checks``: as
+    ``scorefn.score_grad``'s (False: no host callback under ``jit``).
     """
     validation.check_key(key)
     num_samples = validation.check_int(num_samples, "num_samples")
@@ -164,7 +166,8 @@ def measure_valued_grad(
     terms = []  # per sample: c (f(x⁺) - f(x⁻)) for each coordinate, (N, *batch_shape)
     for c, plus, minus in perturbations(d, key_parts, flat, coupling):
         diffs = jax.lax.stop_gradient(difference(plus, minus))
-        guard = guards.finite_guard((diffs, guards.nonfinite_values_message))
+        guard = guards.finite_guard((diffs, guards.nonfinite_values_message),
+                                    enabled=runtime_checks)
         terms.append((c * diffs + guard).reshape(num_samples, *batch_shape))
 
     # The map from the parameters' weak derivatives to θ is linear: apply it per sample or

@@ -126,6 +126,7 @@ def enumerate_grad(
     *,
     baseline: Any = None,
     rao_blackwellize: bool = True,
+    runtime_checks: bool = True,
 ) -> Any:
     r"""∇θ E_{x₁~p_θ, x₂~p_θ(·|x₁)}[f(x₁, x₂)] with x₂ summed out exactly.
 
@@ -136,6 +137,7 @@ def enumerate_grad(
         ``enumerate_support`` (Bernoulli, Categorical, Binomial...), batch_shape ().
       rao_blackwellize: ``False`` samples x₂ instead and applies the plain score function to
         the joint: the estimator this one improves on, for comparison.
+      runtime_checks: as ``scorefn.score_grad``'s (False: no host callback under ``jit``).
 
     Unbiased either way; with enumeration the variance is never higher.
     """
@@ -166,7 +168,7 @@ def enumerate_grad(
             lp2 = jax.vmap(lambda a, b: log_prob(conditional_fn(p, a), b))(x1, x2)
             return joint_log_prob(marginal_fn(p), x1) + lp2
 
-        return _score_of(pair_log_prob, params, values, baseline)
+        return _score_of(pair_log_prob, params, values, baseline, runtime_checks)
 
     support = conditional.enumerate_support(expand=False)  # (K,)
 
@@ -186,18 +188,19 @@ def enumerate_grad(
     # Some params may belong to the conditional only: check the marginal's support here and
     # skip score_grad's "every param is used" check.
     validation.check_support_independent(marginal_fn, params)
-    outer = score_grad(marginal_fn, params, x1, expected, baseline=baseline, validate=False)
+    outer = score_grad(marginal_fn, params, x1, expected, baseline=baseline, validate=False,
+                       runtime_checks=runtime_checks)
     with numpyro.validation_enabled(False):
         inner = jax.grad(lambda p: jnp.mean(conditional_expectation(p)))(params)
     return jax.tree.map(jnp.add, outer, inner)
 
 
 def _score_of(log_prob_fn: Callable[[Any], jax.Array], params: Any, values: jax.Array,
-              baseline: Any) -> Any:
+              baseline: Any, runtime_checks: bool) -> Any:
     b = as_baseline(baseline)
     centred = values if b is None else values - b(values)
     weights = jax.lax.stop_gradient(centred)
-    guard = guards.finite_guard((values, guards.nonfinite_values_message))
+    guard = guards.finite_guard((values, guards.nonfinite_values_message), enabled=runtime_checks)
     with numpyro.validation_enabled(False):
         estimate = jax.grad(lambda p: jnp.mean(weights * log_prob_fn(p)))(params)
     return jax.tree.map(lambda g: g + guard.astype(g.dtype), estimate)

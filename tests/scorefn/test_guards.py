@@ -100,3 +100,142 @@ def test_nonfinite_message():
     assert message(values) is None
     values[3, 1], values[4, 0] = np.inf, np.nan
     assert message(values) == ("inf", 3, 2, 5)
+
+
+def _normal(p):
+    return dist.Normal(p["mu"], jnp.ones(3))
+
+
+def _bernoulli(p):
+    return dist.Bernoulli(logits=p["mu"])
+
+
+def _categorical(p):
+    return dist.Categorical(logits=p["mu"])
+
+
+_MU = {"mu": jnp.array([0.1, -0.2, 0.3])}
+
+
+def _sample_and_values(key):
+    x = scorefn.sample(_normal, _MU, key, 8)
+    return x, jnp.sum(x, axis=-1)
+
+
+def _core(estimator, dist_fn=_normal, num_samples=8, **options):
+    def make(checks):
+        return lambda key: scorefn.grad(lambda x: jnp.sum(x), dist_fn, _MU, key, num_samples,
+                                        estimator=estimator, runtime_checks=checks, **options)
+    return make
+
+
+def _score_grad(checks):
+    def fn(key):
+        x, v = _sample_and_values(key)
+        return scorefn.score_grad(_normal, _MU, x, v, runtime_checks=checks)
+    return fn
+
+
+def _is_score_grad(checks):
+    def fn(key):
+        x, v = _sample_and_values(key)
+        return scorefn.importance.is_score_grad(_normal, _MU, x, v, _normal(_MU),
+                                                on_low_ess="ignore", runtime_checks=checks)
+    return fn
+
+
+def _mis_score_grad(checks):
+    def fn(key):
+        x, v = _sample_and_values(key)
+        return scorefn.importance.mis_score_grad(_normal, _MU, [x], [v], [_normal(_MU)],
+                                                 runtime_checks=checks)
+    return fn
+
+
+def _enumerate_grad(checks):
+    def fn(key):
+        return scorefn.rao_blackwell.enumerate_grad(
+            lambda a, b: a + b, lambda p: dist.Normal(p["mu"][0], 1.0),
+            lambda p, a: dist.Bernoulli(logits=p["mu"][1] * a), _MU, key, 8,
+            runtime_checks=checks)
+    return fn
+
+
+def _sequence_loss(checks):
+    def fn(key):
+        logp = -jax.random.uniform(key, (4, 3))
+        return jax.grad(lambda lp: scorefn.sequences.loss(
+            lp, jnp.arange(4.0), jnp.ones((4, 3)), group_size=2, runtime_checks=checks))(logp)
+    return fn
+
+
+def _search_gradient(checks):
+    strategy = scorefn.es.SNES(popsize=8)
+    state = strategy.init(jax.random.key(1), jnp.zeros(3), 1.0)
+
+    def fn(key):
+        x = jax.random.normal(key, (8, 3))
+        return strategy.search_gradient(state, x, jnp.arange(8.0), runtime_checks=checks)
+    return fn
+
+
+def _policy_gradient(checks):
+    from scorefn import rl
+
+    env = rl.make("CartPole-v1")
+    policy = rl.ActorCritic(env.action_space, hidden=(8,))
+    params = policy.init(jax.random.key(0), env.obs_shape)
+
+    def fn(key):
+        obs = jax.random.normal(key, (6, 4))
+        actions = jnp.arange(6) % 2
+        return rl.policy_gradient(policy, params["policy"], obs, actions, jnp.ones(6),
+                                  runtime_checks=checks)
+    return fn
+
+
+def _elbo_grad(checks):
+    from scorefn import vi
+
+    def model():
+        import numpyro
+        z = numpyro.sample("z", dist.Normal(0.0, 1.0))
+        numpyro.sample("x", dist.Normal(z, 1.0), obs=0.5)
+
+    m = vi.as_model(model)
+    guide = vi.guides.auto_guide(m)
+    params = guide.init()
+    return lambda key: vi.elbo_grad(m, guide, params, key, estimator="score", num_samples=4,
+                                    runtime_checks=checks).grad
+
+
+CHECKED = {
+    "score_grad": _score_grad,
+    "grad score": _core("score"),
+    "grad pathwise": _core("pathwise"),
+    "grad measure_valued": _core("measure_valued"),
+    "grad disarm": _core("disarm", _bernoulli),
+    "grad gumbel_softmax": _core("gumbel_softmax", _bernoulli),
+    "grad rebar": _core("rebar", _bernoulli),
+    "grad sum_and_sample": _core("sum_and_sample", _categorical, num_samples=2),
+    "is_score_grad": _is_score_grad,
+    "mis_score_grad": _mis_score_grad,
+    "enumerate_grad": _enumerate_grad,
+    "sequences.loss": _sequence_loss,
+    "es search_gradient": _search_gradient,
+    "rl.policy_gradient": _policy_gradient,
+    "vi.elbo_grad": _elbo_grad,
+}
+
+
+@pytest.mark.parametrize("name", sorted(CHECKED))
+def test_runtime_checks_false_leaves_no_host_callback(name):
+    """Every function with a run-time check takes runtime_checks and honours it: on, the
+    traced program holds the check's host callback; off, none (the training loops rely on
+    it to export and cache their programs). The "on" half is the planted twin: a jaxpr
+    search that could not see a callback would fail it."""
+    def callbacks(checks):
+        return str(jax.make_jaxpr(CHECKED[name](checks))(jax.random.key(0))).count("callback")
+
+    assert callbacks(True) > 0
+    assert callbacks(False) == 0

@@ -56,10 +56,12 @@ class LogitsSearch(NES):
         x = self.distribution(state.logits).sample(sub, (popsize,))
         return x.astype(state.logits.dtype), state._replace(key=key)
 
-    def search_gradient(self, state: LogitsState, x: jax.Array, values: jax.Array) -> dict:
+    def search_gradient(self, state: LogitsState, x: jax.Array, values: jax.Array, *,
+                        runtime_checks: bool = True) -> dict:
         """Σ_k values_k ∇θ log p_θ(x_k), by the score function."""
         return score_grad(self.search_distribution, {"logits": state.logits}, self.as_samples(x),
-                          values * x.shape[0], validate=False)
+                          values * x.shape[0], validate=False,
+                          runtime_checks=runtime_checks)
 
     def natural_gradient(self, state: LogitsState, grad: dict) -> dict:
         blocks = fisher.elementwise_fisher(self.search_distribution, {"logits": state.logits})

@@ -77,10 +77,11 @@ class OpenAIES(NES):
     def _dist_fn(self, sigma):
         return lambda params: dist.Normal(params["loc"], sigma)
 
-    def search_gradient(self, state: OpenAIESState, x: jax.Array, values: jax.Array) -> dict:
+    def search_gradient(self, state: OpenAIESState, x: jax.Array, values: jax.Array, *,
+                        runtime_checks: bool = True) -> dict:
         """(1/λ) Σ_k values_k ∇μ log p(x_k), by the score function."""
         return score_grad(self._dist_fn(state.sigma), {"loc": state.mean}, x, values,
-                          validate=False)
+                          validate=False, runtime_checks=runtime_checks)
 
     def natural_gradient(self, state: OpenAIESState, grad: dict) -> dict:
         blocks = fisher.elementwise_fisher(self._dist_fn(state.sigma), {"loc": state.mean})

@@ -85,10 +85,12 @@ class SNES(NES):
         x = state.mean + jnp.exp(state.log_scale) * eps
         return x, state._replace(key=key)
 
-    def search_gradient(self, state: SNESState, x: jax.Array, values: jax.Array) -> dict:
+    def search_gradient(self, state: SNESState, x: jax.Array, values: jax.Array, *,
+                        runtime_checks: bool = True) -> dict:
         """Σ_k values_k ∇θ log p_θ(x_k) for θ = (loc, log_scale), by the score function."""
         params = {"loc": state.mean, "log_scale": state.log_scale}
-        return score_grad(search_distribution, params, x, values * x.shape[0], validate=False)
+        return score_grad(search_distribution, params, x, values * x.shape[0], validate=False,
+                          runtime_checks=runtime_checks)
 
     def natural_gradient(self, state: SNESState, grad: dict) -> dict:
         loc, log_scale = fisher.diagonal_gaussian_natural_gradient(

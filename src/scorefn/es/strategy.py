@@ -27,8 +27,6 @@ from typing import Any
 
 import jax
 
-from scorefn.guards import runtime_checks
-
 
 class Strategy(abc.ABC):
     """Base class of the strategies that ``scorefn.es.minimize`` runs (see the module)."""
@@ -74,8 +72,10 @@ class NES(Strategy):
     (``scorefn.score_grad``) at rank utilities. Every built-in strategy is one."""
 
     @abc.abstractmethod
-    def search_gradient(self, state: Any, x: jax.Array, values: jax.Array) -> Any:
-        """Σ_k values_k ∇θ log p_θ(x_k) on the search distribution's parameters θ."""
+    def search_gradient(self, state: Any, x: jax.Array, values: jax.Array, *,
+                        runtime_checks: bool = True) -> Any:
+        """Σ_k values_k ∇θ log p_θ(x_k) on the search distribution's parameters θ
+        (``runtime_checks``: ``scorefn.score_grad``'s, passed on)."""
 
     @abc.abstractmethod
     def natural_gradient(self, state: Any, grad: Any) -> Any:
@@ -84,10 +84,10 @@ class NES(Strategy):
     def natural_search_gradient(self, state: Any, x: jax.Array, utilities: jax.Array) -> Any:
         """``natural_gradient`` of ``search_gradient`` at rank utilities: NES's update direction.
 
-        Traced without the estimator's run-time finiteness guard on the values: utilities
-        are finite by construction (non-finite fitness ranks last), so the guard could never
+        Without the estimator's run-time finiteness guard on the values: utilities are
+        finite by construction (non-finite fitness ranks last), so the guard could never
         fire, and its host callback would keep the compiled program out of JAX's persistent
         compilation cache (a second ``scorefn optimize`` would compile again).
         """
-        with runtime_checks(False):
-            return self.natural_gradient(state, self.search_gradient(state, x, utilities))
+        return self.natural_gradient(
+            state, self.search_gradient(state, x, utilities, runtime_checks=False))

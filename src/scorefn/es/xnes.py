@@ -128,10 +128,11 @@ class XNES(NES):
         with full_precision():
             return state.mean + state.sigma * z @ state.b.T, state._replace(key=key)
 
-    def search_gradient(self, state: XNESState, x: jax.Array, values: jax.Array) -> dict:
+    def search_gradient(self, state: XNESState, x: jax.Array, values: jax.Array, *,
+                        runtime_checks: bool = True) -> dict:
         """Σ_k values_k ∇ log p(x_k) in the local coordinates (δ, M) at 0, by the score function."""
         return score_grad(local_distribution(state), _origin(state), x, values * x.shape[0],
-                          validate=False)
+                          validate=False, runtime_checks=runtime_checks)
 
     def natural_gradient(self, state: XNESState, grad: dict) -> dict:
         delta, m = fisher.gaussian_local_natural_gradient(grad["delta"], grad["m"])

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from scorefn import guards, registry, validation
+from scorefn import registry, validation
 from scorefn.baselines import Baseline, as_baseline, leave_one_out
 from scorefn.programs.tracing import (
     Plate,
@@ -307,9 +307,3 @@ def plan(
         temperature=float(temperature),
         sum_and_sample_size=int(sum_and_sample_size),
     )
-
-
-def checks_for(p: Plan):
-    """The plan's run-time checks, unless the caller traces with them off
-    (``guards.runtime_checks(False)``: a training loop's cached step)."""
-    return guards.runtime_checks(p.runtime_checks and guards.runtime_checks_enabled())

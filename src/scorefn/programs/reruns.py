@@ -21,7 +21,7 @@ from scorefn import guards
 from scorefn.control_variates import ControlVariate, with_control_variate
 from scorefn.discrete import antithetic_weights, bernoulli_logits
 from scorefn.measure_valued import as_supported, distribution_parameters, perturbations
-from scorefn.programs.plan import Plan, checks_for
+from scorefn.programs.plan import Plan
 from scorefn.programs.tracing import (
     Recorder,
     canonical,
@@ -68,8 +68,8 @@ def measure_valued_term(particle: Particle, index: int, site: str) -> jax.Array:
     out = jnp.zeros(())
     for phi, (c, plus, minus) in zip(phis, perturbations(d, key, flat)):
         diffs = jax.vmap(difference)(plus[0], minus[0], jnp.arange(flat.shape[1]))
-        with checks_for(p):
-            guard = guards.finite_guard((diffs, _nonfinite_reached_message(site)))
+        guard = guards.finite_guard((diffs, _nonfinite_reached_message(site)),
+                                    enabled=p.runtime_checks)
         estimate = jax.lax.stop_gradient(c * diffs)
         phi = phi.reshape(-1)
         out = out + guards.guarded(jnp.sum(estimate * (phi - jax.lax.stop_gradient(phi))), guard)
@@ -157,8 +157,8 @@ def antithetic_term(particle: Particle, site: str) -> jax.Array:
     mine = jax.lax.stop_gradient(_reached_terms(rec, p, site, by_plate=True))
     other = _reached(particle, site, second, by_plate=True)
     diff = mine - other
-    with checks_for(p):
-        guard = guards.finite_guard((diff, _nonfinite_reached_message(site)))
+    guard = guards.finite_guard((diff, _nonfinite_reached_message(site)),
+                                enabled=p.runtime_checks)
     weights = antithetic_weights(logits, u, first, second, p.estimators[site])
     phi = bernoulli_logits(rec.latents[site]["fn"], tuple(jnp.shape(u)), p.estimators[site])
     estimate = jax.lax.stop_gradient(diff * weights)
@@ -218,9 +218,8 @@ def rebar_term(particle: Particle, site: str, psi: Mapping[str, Any] | None = No
         signal = jax.lax.stop_gradient(reached_terms - c_given_b)
     else:  # constant in θ, differentiable in ψ
         signal = jax.lax.stop_gradient(reached_terms) - control(jax.lax.stop_gradient(z_given_b))
-    with checks_for(p):
-        guard = guards.finite_guard((jax.lax.stop_gradient(jnp.stack([jnp.sum(signal), jnp.sum(c_z)])),
-                                _nonfinite_reached_message(site)))
+    guard = guards.finite_guard((jax.lax.stop_gradient(jnp.stack([jnp.sum(signal), jnp.sum(c_z)])),
+                                 _nonfinite_reached_message(site)), enabled=p.runtime_checks)
     log_p = b * jax.nn.log_sigmoid(phi) + (1 - b) * jax.nn.log_sigmoid(-phi)
 
     def zero_valued(x):

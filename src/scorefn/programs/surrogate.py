@@ -48,7 +48,7 @@ import numpyro
 
 from scorefn import guards, validation
 from scorefn.control_variates import ControlVariate
-from scorefn.programs.plan import MAX_ENUMERATION, Plan, checks_for, plan
+from scorefn.programs.plan import MAX_ENUMERATION, Plan, plan
 from scorefn.programs.reruns import (
     Particle,
     antithetic_term,
@@ -137,9 +137,8 @@ def surrogate_parts(program, params, key, args, p: Plan, num_particles: int,
         plates_of = {n: set() for n in p.sites}
     scores = {s: jax.lax.stop_gradient(r) if s in cut else r for s, r in scores.items()}
     enum = {e: jax.lax.stop_gradient(x) if e in cut else x for e, x in enum.items()}
-    with checks_for(p):
-        guard = guards.finite_guard(*[(jax.lax.stop_gradient(terms[t]), _nonfinite_term_message(t))
-                                 for t in p.term_names])
+    guard = guards.finite_guard(*[(jax.lax.stop_gradient(terms[t]), _nonfinite_term_message(t))
+                                  for t in p.term_names], enabled=p.runtime_checks)
     branch_shape = terms[p.term_names[0]].shape[:first_plate]
     enum_log_prob = sum(enum.values(), jnp.zeros(branch_shape))
 

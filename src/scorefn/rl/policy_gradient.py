@@ -27,13 +27,18 @@ from scorefn.rl.networks import ActorCritic
 
 
 def policy_gradient(policy: ActorCritic, policy_params: Any, obs: jax.Array, actions: jax.Array,
-                    weights: jax.Array, normalizer: Any = None) -> Any:
-    """(1/Z) Σ_n w_n ∇θ log π_θ(a_n | s_n) for flat batches; Z = N by default."""
+                    weights: jax.Array, normalizer: Any = None, *,
+                    runtime_checks: bool = True) -> Any:
+    """(1/Z) Σ_n w_n ∇θ log π_θ(a_n | s_n) for flat batches; Z = N by default.
+
+    ``runtime_checks``: as ``scorefn.score_grad``'s; the algorithms here pass False, since
+    ``rl.train`` checks each chunk's losses and parameters itself."""
     n = actions.shape[0]
     z = n if normalizer is None else normalizer
     signal = jax.lax.stop_gradient(weights / z)
     return score_grad(lambda p: policy.dist(p, obs), policy_params, actions[None], signal[None],
-                      per_factor=True, samples_from_dist=True, validate=False)
+                      per_factor=True, samples_from_dist=True, validate=False,
+                      runtime_checks=runtime_checks)
 
 
 def entropy_grad(policy: ActorCritic, policy_params: Any, obs: jax.Array,

@@ -21,7 +21,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from scorefn import runs
-from scorefn.guards import runtime_checks
 from scorefn.rl import defaults
 from scorefn.rl.envs import (
     THRESHOLDS,
@@ -452,10 +451,10 @@ class _JaxLoop:
         self.eval_index = 0
 
     def run_chunk(self):
-        # Traced without host callbacks, so the compiled chunk can be cached on disk; the
-        # driver checks losses and parameters after each chunk instead.
-        with runtime_checks(False):
-            self.carry, metrics, steps = self._chunk(self.carry)
+        # The algorithms trace their updates without host callbacks (runtime_checks=False),
+        # so the compiled chunk can be cached on disk; the driver checks losses and
+        # parameters after each chunk instead.
+        self.carry, metrics, steps = self._chunk(self.carry)
         steps = np.atleast_1d(np.asarray(steps))
         metrics = {k: np.asarray(v) for k, v in metrics.items()}
         return ({k: (float(v) if self.single else v.tolist()) for k, v in metrics.items()},
@@ -521,8 +520,7 @@ class _GymnasiumLoop:
         for _ in range(self.updates_per_chunk):
             self.key, k_roll, k_update = _split3(self.key)
             batch = self.runner.rollout(self.learner.params, k_roll, self.config.num_steps)
-            with runtime_checks(False):
-                self.learner, metrics = self._update(self.learner, batch, k_update)
+            self.learner, metrics = self._update(self.learner, batch, k_update)
             steps += int(batch.reward.size)
             metrics_list.append({k: float(v) for k, v in metrics.items()})
         return {k: float(np.mean([m[k] for m in metrics_list])) for k in metrics_list[0]}, steps

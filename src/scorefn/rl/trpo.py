@@ -68,7 +68,7 @@ def update(state: State, batch: Transition, key: jax.Array, policy: ActorCritic,
     def dist_fn(p):
         return policy.dist(p, obs)
 
-    g = policy_gradient(policy, old, obs, actions, adv)
+    g = policy_gradient(policy, old, obs, actions, adv, runtime_checks=False)
     fvp = kl_fisher_vector_product(dist_fn, old)
     x = natural_gradient_cg(fvp, g, damping=config.cg_damping, maxiter=config.cg_iterations)
     x_fx = _dot(x, fvp(x))

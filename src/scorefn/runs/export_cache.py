@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from scorefn import guards, validation
+from scorefn import validation
 from scorefn.runs import checkpoints
 from scorefn.runs.compilation_cache import enable_compilation_cache
 from scorefn.runs.compiler_options import cpu_options
@@ -176,13 +176,11 @@ def cached_jit(fn: Callable, *, key: tuple | None, packages: Sequence[str] = (),
             return jitted(*args)
         leaves, in_tree = jax.tree.flatten(args)
         leaves = [x if hasattr(x, "dtype") else jnp.asarray(x) for x in leaves]
-        # Host-callback checks change the program (and cannot be exported): part of the key.
-        checks = guards.runtime_checks_enabled()
-        signature = (in_tree, tuple((x.shape, x.dtype) for x in leaves), checks)
+        signature = (in_tree, tuple((x.shape, x.dtype) for x in leaves))
         program = programs.get(signature)  # the per-call path: no hashing of the digest
         if program is None:
             described = (str(in_tree), tuple((tuple(x.shape), str(x.dtype)) for x in leaves))
-            digest = hashlib.sha256(repr((FORMAT, key, described, checks, options,
+            digest = hashlib.sha256(repr((FORMAT, key, described, options,
                                           _environment_digest(tuple(packages)))).encode()).hexdigest()
             args = jax.tree.unflatten(in_tree, leaves)
             program = (_load(folder, digest, options)

@@ -173,7 +173,7 @@ def loss_and_metrics(
     behaviour_logp: jax.Array | None = None, clip: tuple[float, float] | None = None,
     ratio: str = "token", ref_logp: jax.Array | None = None, kl_coef: float = 0.0,
     kl_estimator: str = "k1", kl_in: str = "reward", entropy_coef: float = 0.0,
-    std_eps: float = 1e-4,
+    std_eps: float = 1e-4, runtime_checks: bool = True,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """``loss`` and its metrics, for ``jax.value_and_grad(..., has_aux=True)``.
 
@@ -212,7 +212,7 @@ def loss_and_metrics(
         ref_logp = jax.lax.stop_gradient(masked("ref_logp", ref_logp))
         checks.append((ref_logp, _nonfinite_message("ref_logp", "logp")))
         ok = ok & jnp.all(jnp.isfinite(ref_logp)) & jnp.all(ref_logp <= 1e-4)
-    guard = guards.finite_guard(*checks, ok=ok)
+    guard = guards.finite_guard(*checks, ok=ok, enabled=runtime_checks)
 
     lengths = jnp.sum(on, axis=1)
     metrics: dict[str, jax.Array] = {"reward": jnp.mean(rewards), "length": jnp.mean(lengths)}
@@ -271,7 +271,7 @@ def loss(
     behaviour_logp: jax.Array | None = None, clip: tuple[float, float] | None = None,
     ratio: str = "token", ref_logp: jax.Array | None = None, kl_coef: float = 0.0,
     kl_estimator: str = "k1", kl_in: str = "reward", entropy_coef: float = 0.0,
-    std_eps: float = 1e-4,
+    std_eps: float = 1e-4, runtime_checks: bool = True,
 ) -> jax.Array:
     r"""A scalar to minimise whose gradient is the chosen estimate of −∇J.
 
@@ -324,10 +324,12 @@ def loss(
     with ``sequence_sum`` an unbiased estimate of α ∇H(π_θ(·|x)) joins the gradient.
 
     Under ``jax.jit`` a non-finite reward or log-probability where the mask is 1, or a
-    "log-probability" above 0, raises scorefn's ValueError at run time.
+    "log-probability" above 0, raises scorefn's ValueError at run time (a host callback in
+    the compiled program; ``runtime_checks=False`` leaves it out, for a caller that checks the
+    loss itself).
     """
     return loss_and_metrics(
         logp, rewards, mask, group_size=group_size, advantage=advantage, aggregation=aggregation,
         behaviour_logp=behaviour_logp, clip=clip, ratio=ratio, ref_logp=ref_logp,
         kl_coef=kl_coef, kl_estimator=kl_estimator, kl_in=kl_in, entropy_coef=entropy_coef,
-        std_eps=std_eps)[0]
+        std_eps=std_eps, runtime_checks=runtime_checks)[0]

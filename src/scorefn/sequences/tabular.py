@@ -22,7 +22,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from scorefn.guards import runtime_checks
 from scorefn.sequences.losses import loss
 from scorefn.sequences.sampling import check_prompts, log_probs
 
@@ -155,12 +154,12 @@ class TabularPolicy:
                      ("behaviour_logp", "ref_logp") if name in tables}
             return -jax.grad(lambda x: loss(
                 x, tables["rewards"][rows_prompt, index], tables["mask"][index],
-                group_size=group_size, **extra, **options))(tables["logp"][rows_prompt, index])
+                group_size=group_size, runtime_checks=False, **extra, **options)
+            )(tables["logp"][rows_prompt, index])
 
         # Inputs are finite by construction: no run-time guard (under vmap it would copy every
         # batch's arrays to the host once).
-        with runtime_checks(False):
-            coef = jax.jit(jax.vmap(coefficients))(jnp.asarray(batches))
+        coef = jax.jit(jax.vmap(coefficients))(jnp.asarray(batches))
         coef = np.asarray(coef, np.float64)
         draws = sum(np.einsum("st,std->sd", coef[:, i], scores[p][batches[:, i]])
                     for i, p in enumerate(prompt))

@@ -11,6 +11,7 @@ run exactly (every step's key depends only on the step's index).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from typing import Any
 
@@ -219,11 +220,11 @@ def fit(
         done, history = int(state["step"]), list(state["history"])
         run.announce_resume(done, steps)
 
-    def step(carry, index):
+    def step(carry, index, runtime_checks=True):
         params, opt_state, bstate = carry
         out = elbo_grad(model, guide, params, jax.random.fold_in(key, index), estimator=estimator,
                         num_samples=num_samples, baseline=bstate if ema is not None else baseline,
-                        control_variate=control_variate)
+                        control_variate=control_variate, runtime_checks=runtime_checks)
         ascent = jax.tree.map(jnp.negative, out.grad)
         updates, opt_state = optimizer.update(ascent, opt_state, params)
         params = optax.apply_updates(params, updates)
@@ -232,7 +233,10 @@ def fit(
         return (params, opt_state, bstate), out.objective
 
     # key=None: the model and its data cannot be named; the compilation cache still applies.
-    run_chunk = cached_jit(lambda carry, idx: jax.lax.scan(step, carry, idx), key=None,
+    # Without host callbacks (runtime_checks=False), so the compiled chunk can be cached on
+    # disk; the loop checks each chunk's ELBO and parameters instead.
+    unchecked_step = functools.partial(step, runtime_checks=False)
+    run_chunk = cached_jit(lambda carry, idx: jax.lax.scan(unchecked_step, carry, idx), key=None,
                            compiler_options=BACKEND_O2)
     checked_step = jax.jit(step)  # with the run-time checks, to replay a failing chunk
     started = time.perf_counter()
@@ -241,9 +245,7 @@ def fit(
         while done < steps:
             n = min(chunk_size, steps - done)
             start = (params, opt_state, baseline_state)
-            # Traced without host callbacks, so the compiled chunk can be cached on disk.
-            with guards.runtime_checks(False):
-                carry, values = run_chunk(start, jnp.arange(done, done + n))
+            carry, values = run_chunk(start, jnp.arange(done, done + n))
             values = np.asarray(values)
             if not np.all(np.isfinite(values)) or not all_finite(carry[0]):
                 _replay(checked_step, start, done, n)  # raises, naming the site, if it can

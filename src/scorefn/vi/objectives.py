@@ -83,12 +83,12 @@ def _site_baseline(baseline: Any, block: str, site: str) -> Any:
 
 def _objective(model: Model, guide: Guide, params: dict[str, Any], key: jax.Array,
                estimator: str, num_samples: int, baseline: Any = None,
-               control_variate: Any = None) -> Callable:
+               control_variate: Any = None, runtime_checks: bool = True) -> Callable:
     """``params -> (surrogate value, signals)`` of the loss object of ``estimator``."""
     model_fn, guide_fn = model_program(model), guide_program(model, guide)
     args, kwargs = model_arguments(model)
     if estimator in ("iwae", "vimco"):
-        loss = (IWAE if estimator == "iwae" else VIMCO)(num_samples)
+        loss = (IWAE if estimator == "iwae" else VIMCO)(num_samples, runtime_checks=runtime_checks)
 
         def bound(p):
             return loss.surrogate(key, param_map(guide, p), model_fn, guide_fn, *args,
@@ -112,7 +112,8 @@ def _objective(model: Model, guide: Guide, params: dict[str, Any], key: jax.Arra
                 controls[site] = unconstrained_control_variate(control_variate)
             baselines[site] = b
     loss = ELBO(num_samples, estimators=estimators, baselines=baselines, path_derivative=True,
-                credit_assignment=estimator != "score", control_variates=controls)
+                credit_assignment=estimator != "score", control_variates=controls,
+                runtime_checks=runtime_checks)
 
     def elbo_surrogate(p):
         return loss.surrogate(key, param_map(guide, p), model_fn, guide_fn, *args, **kwargs)
@@ -147,6 +148,7 @@ def elbo_grad(
     num_samples: int = 1,
     baseline: Any = None,
     control_variate: Any = None,
+    runtime_checks: bool = True,
 ) -> ElboGradient:
     r"""One gradient estimate of the ELBO (``iwae``/``vimco``: of L_K), for gradient *ascent*.
 
@@ -163,6 +165,9 @@ def elbo_grad(
         ``{site or block: baseline}``. None: no baseline.
       control_variate: a ``scorefn.control_variates`` control variate (``score`` only), on
         the value the guide block draws (the unconstrained one).
+      runtime_checks: under ``jit``, a ValueError naming the term when a log density is not
+        finite (a host callback in the compiled program); ``fit`` passes False and checks
+        each chunk's ELBO and parameters itself.
     """
     estimator = estimator_name(estimator)
     validation.check_key(key)
@@ -194,7 +199,7 @@ def elbo_grad(
                 f"({', '.join(type(dists[b]).__name__ for b in bad)}) is not. Use 'mixed' "
                 "(pathwise for continuous blocks, score function for the others)")
     objective = _objective(model, guide, params, key, estimator, num_samples, baseline,
-                           control_variate)
+                           control_variate, runtime_checks)
     (value, signals), grad = jax.value_and_grad(objective, has_aux=True)(params)
     return ElboGradient(grad, value, signals)
 
