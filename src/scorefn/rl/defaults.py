@@ -6,9 +6,9 @@ Stable-Baselines3 peer benchmark. PPO on gymnasium's MuJoCo tasks takes CleanRL'
 ``ppo_continuous_action`` settings (and ``../shared/peers/sb3_mujoco.py``'s): one
 environment, 2048 steps per update, 10 epochs of minibatches of 64, Adam at 3e-4, γ 0.99,
 GAE 0.95, clip 0.2, gradients clipped at norm 0.5, advantages standardised per minibatch,
-observations normalised and rewards scaled (``scorefn.rl.normalization``). CleanRL also
-anneals the learning rate, which scorefn does not do yet. ``TOTAL_STEPS`` is the training budget used when
-``total_steps`` is not given.
+observations normalised and rewards scaled (``scorefn.rl.normalization``), the learning rate
+annealed linearly to 0 over the run (``anneal_lr``). ``TOTAL_STEPS`` is the training budget
+used when ``total_steps`` is not given.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ _MUJOCO_PPO = {"num_envs": 1, "num_steps": 2048, "num_epochs": 10, "minibatch_si
                "learning_rate": 3e-4, "gamma": 0.99, "gae_lambda": 0.95, "clip_eps": 0.2,
                "value_coef": 0.5, "entropy_coef": 0.0, "max_grad_norm": 0.5,
                "normalize_advantages": True, "normalize_observations": True,
-               "scale_rewards": True}
+               "scale_rewards": True, "anneal_lr": True}
 MUJOCO_TASKS = ("InvertedPendulum-v5", "Hopper-v5", "HalfCheetah-v5", "Walker2d-v5", "Ant-v5")
 
 OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {

@@ -12,7 +12,9 @@ $$
 (``scorefn.rl.actor_critic.loss``), whose policy gradient is the score-function estimate with
 signal ρ Â 1[unclipped]. Options: value clipping (``clip_value``), stopping the epochs once
 the approximate KL(π_old ‖ π_θ) of a minibatch exceeds ``target_kl``, advantage
-standardisation per minibatch.
+standardisation per minibatch, and CleanRL's linear learning-rate annealing (``anneal_lr``):
+update i = 0, 1, ... of ``total_updates`` steps at α (1 − i / ``total_updates``), and at 0 past
+the last (``rl.train`` sets ``total_updates`` from ``total_steps``).
 """
 
 from __future__ import annotations
@@ -45,15 +47,45 @@ class Config(actor_critic.Config):
     max_grad_norm: float = 0.5
     target_kl: float | None = None
     normalize_advantages: bool = True
+    anneal_lr: bool = False
+    total_updates: int = 0  # of the annealing; rl.train fills it in from total_steps
+
+    def __post_init__(self):
+        if self.anneal_lr and self.target_kl is not None:
+            raise ValueError("anneal_lr counts optimiser steps (num_epochs × minibatches per "
+                             "update), which target_kl's early stop skips: use one or the other")
 
 
 episodic = False
 
 
+def optimizer_steps_per_update(config: Config) -> int:
+    """num_epochs × minibatches: the optimiser steps of one update."""
+    n = config.num_envs * config.num_steps
+    return config.num_epochs * max(1, n // config.minibatch_size)
+
+
+def learning_rate(config: Config) -> float | optax.Schedule:
+    """α, or with ``anneal_lr`` the schedule α (1 − i / total_updates)₊ at optimiser step c,
+    i = c // ``optimizer_steps_per_update``: constant within an update, as CleanRL's."""
+    if not config.anneal_lr:
+        return config.learning_rate
+    if not (isinstance(config.total_updates, int) and config.total_updates >= 1):
+        raise ValueError("anneal_lr needs total_updates >= 1 (the updates the learning rate "
+                         f"falls to 0 over; rl.train sets it), got {config.total_updates!r}")
+    per_update, total, rate = (optimizer_steps_per_update(config), config.total_updates,
+                               config.learning_rate)
+
+    def schedule(count: jax.Array) -> jax.Array:
+        return rate * jnp.maximum(1.0 - (count // per_update) / total, 0.0)
+
+    return schedule
+
+
 def optimizer(config: Config) -> optax.GradientTransformation:
     # Flattened: one vector instead of a dozen small leaves (a third less to compile).
     return optax.flatten(optax.chain(optax.clip_by_global_norm(config.max_grad_norm),
-                                     optax.adam(config.learning_rate, eps=1e-5)))
+                                     optax.adam(learning_rate(config), eps=1e-5)))
 
 
 def init(key: jax.Array, policy: ActorCritic, env: Any, config: Config) -> State:

@@ -308,6 +308,10 @@ def train(
     module = algorithm(algo).module
     seeds = list(seeds) if seeds is not None else [seed]
     total_steps = total_steps or defaults.total_steps(algo, env)
+    if getattr(config, "anneal_lr", False) and not config.total_updates:
+        # The updates the loop runs for total_steps (it runs whole updates).
+        config = dataclasses.replace(config, total_updates=-(-total_steps // (
+            config.num_envs * config.num_steps)))
     if resolve_backend(env, backend) == "gymnax":
         environment = make(env, "gymnax")
     else:  # gymnasium, or an unknown id: make's error lists the known ones
@@ -334,7 +338,9 @@ def train(
     wall = time.perf_counter() - setup_started
     run = runs.Run("scorefn.rl", CHECKPOINT_VERSION, checkpoint=checkpoint, resume=resume,
                     settings=dataclasses.asdict(config), what="hyperparameters",
-                    may_change="total_steps", progress=progress, description=f"{algo} {env}",
+                    # anneal_lr's schedule is set by total_steps: then it stays
+                    may_change="" if getattr(config, "anneal_lr", False) else "total_steps",
+                    progress=progress, description=f"{algo} {env}",
                     total=total_steps, unit="steps", field="eval", log_dir=log_dir,
                     step_field="env_steps", overwrite=overwrite)
     if run.restored is not None:
