@@ -30,7 +30,9 @@ run: ``--only continuous --peer-python PYTHON``, PYTHON a venv's with stable-bas
 torch and gymnasium[mujoco], which runs ``../shared/peers/sb3_mujoco.py`` (SB3 PPO with
 CleanRL's settings and observation/reward normalisation). InvertedPendulum-v5: env steps
 and wall seconds until the deterministic evaluation (every 10,000 steps on both sides)
-reaches 950; both clocks cover the whole run, setup and evaluations included.
+reaches 950; both clocks cover the whole run, setup and evaluations included (10 episodes
+each). Other tasks run a budget: ``--env Hopper-v5 --steps 1000000 --every 100000`` (about
+35 minutes a seed) gives each side's wall time and evaluations.
 """
 
 from __future__ import annotations
@@ -193,17 +195,20 @@ def scorefn_solve(algo, env_id, seed, backend="auto"):
 
 
 def scorefn_mujoco(env_id, seed, steps, every):
-    """PPO with CleanRL's settings (``scorefn.rl.defaults``) until the env's threshold."""
+    """PPO with CleanRL's settings (``scorefn.rl.defaults``) until the env's threshold, or
+    for ``steps`` (tasks without one)."""
     import numpy as np
 
     from scorefn import rl
 
     t0 = time.perf_counter()
+    # 10 evaluation episodes, as the peer script's
     result = rl.train(env_id, "ppo", seed, steps, eval_every=every, stop_when_solved=True,
-                      progress=False)
+                      eval_episodes=10, progress=False)
     evals = [float(np.mean(row["eval_mean"])) for row in result.history]
     return {"solved_at_steps": result.solved_at_steps(), "wall": time.perf_counter() - t0,
-            "best_eval": max(evals), "last_eval": evals[-1]}
+            "best_eval": max(evals), "last_eval": evals[-1],
+            "env_steps": int(result.history[-1]["env_steps"])}
 
 
 def sb3_mujoco(python, env_id, seed, steps, threshold, every):
@@ -219,11 +224,18 @@ def sb3_mujoco(python, env_id, seed, steps, threshold, every):
     fields = dict(re.findall(r"(\w+)=(\S+)", done.stdout.strip().splitlines()[-1]))
     solved = None if fields["solved_at"] == "None" else int(fields["solved_at"])
     return {"solved_at_steps": solved, "wall": float(fields["wall"]),
-            "best_eval": float(fields["best_eval"])}
+            "best_eval": float(fields["best_eval"]), "last_eval": float(fields["last_eval"])}
 
 
 def continuous_table(seeds, peer_python, env_id="InvertedPendulum-v5", steps=100_000,
-                     every=10_000, threshold=950.0):
+                     every=10_000):
+    """To the task's threshold (``rl.THRESHOLDS``: InvertedPendulum-v5) or, for a task
+    without one (Hopper-v5, HalfCheetah-v5), ``steps`` each: wall time and evaluations."""
+    from scorefn import rl
+
+    threshold = rl.THRESHOLDS.get(env_id)
+    if threshold is None:
+        return budget_table(seeds, peer_python, env_id, steps, every)
     med = statistics.median
     rows = []
     for seed in seeds:  # seed by seed, each side in turn: the machine's speed drifts
@@ -239,6 +251,24 @@ def continuous_table(seeds, peer_python, env_id="InvertedPendulum-v5", steps=100
           f"{med(o['wall'] for o, _ in rows):.1f}s at "
           f"{med(o['solved_at_steps'] or steps for o, _ in rows):,.0f} steps; scorefn "
           f"{ratio:.2f}x faster (median of per-seed ratios)", flush=True)
+
+
+def budget_table(seeds, peer_python, env_id, steps, every):
+    med = statistics.median
+    rows = []
+    for seed in seeds:
+        ours = fresh("scorefn_mujoco", env_id, seed, steps, every)
+        peer = sb3_mujoco(peer_python, env_id, seed, steps, float("inf"), every)
+        rows.append((ours, peer))
+        print(f"ppo {env_id} seed {seed}, {steps:,} steps: SB3 {peer['wall']:.0f}s, eval last "
+              f"{peer['last_eval']:.0f} best {peer['best_eval']:.0f}; scorefn "
+              f"{ours['wall']:.0f}s ({ours['env_steps']:,} steps), eval last "
+              f"{ours['last_eval']:.0f} best {ours['best_eval']:.0f}", flush=True)
+    ratio = med(p["wall"] / o["wall"] * o["env_steps"] / steps for o, p in rows)
+    print(f"ppo {env_id} MEDIAN over {len(rows)} seeds: last eval SB3 "
+          f"{med(p['last_eval'] for _, p in rows):.0f}, scorefn "
+          f"{med(o['last_eval'] for o, _ in rows):.0f}; scorefn {ratio:.2f}x SB3's steps/s "
+          "(median of per-seed ratios)", flush=True)
 
 
 def scorefn_throughput(algo, seed, steps=200_000):
@@ -362,6 +392,13 @@ def main():
     ap.add_argument("--worker", nargs="+")
     ap.add_argument("--peer-python", default=None,
                     help="continuous: a venv's python with stable-baselines3 and gymnasium[mujoco]")
+    ap.add_argument("--env", default="InvertedPendulum-v5",
+                    help="continuous: the MuJoCo task (InvertedPendulum-v5 to its threshold; "
+                         "others for --steps)")
+    ap.add_argument("--steps", type=int, default=100_000,
+                    help="continuous: the step budget (each side)")
+    ap.add_argument("--every", type=int, default=10_000,
+                    help="continuous: env steps between evaluations (10 episodes each side)")
     args = ap.parse_args()
     if args.worker:
         name, *rest = args.worker
@@ -375,7 +412,7 @@ def main():
         print(f"{platform.machine()}, {os.cpu_count()} cores; jax {jax.__version__}, gymnasium "
               f"{importlib.metadata.version('gymnasium')}, mujoco "
               f"{importlib.metadata.version('mujoco')}", flush=True)
-        continuous_table(args.seeds, args.peer_python)
+        continuous_table(args.seeds, args.peer_python, args.env, args.steps, args.every)
         if args.only == ["continuous"]:
             return
     print(machine(), flush=True)
