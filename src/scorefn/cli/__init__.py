@@ -406,7 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
                                              "extra: pip install 'scorefn[rl]')")
     rl_commands = rl_parser.add_subparsers(dest="rl_command", required=True, metavar="COMMAND")
     train = command(rl_commands, "train", help="train a policy")
-    train.add_argument("--env", default="CartPole-v1", help="a gymnax or gymnasium id")
+    train.add_argument("--env", default="CartPole-v1", help="a gymnax, gymnasium or brax id (brax:hopper)")
     train.add_argument("--algo", default="ppo", help="reinforce, a2c, ppo, trpo or npg")
     train.add_argument("--seed", type=int, default=0, help="the seed of one run")
     train.add_argument("--seeds", default=None,
@@ -414,8 +414,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "reports every seed (default: --seed alone)")
     train.add_argument("--total-steps", type=_positive_int, default=None,
                        help="env steps (default: per algorithm and env, scorefn.rl.defaults)")
-    train.add_argument("--backend", choices=["auto", "gymnax", "gymnasium"], default="auto",
-                       help="auto: gymnax where it has the env")
+    train.add_argument("--backend", choices=["auto", "gymnax", "gymnasium", "brax"], default="auto",
+                       help="auto: brax for brax: ids, gymnax where it has the env")
     train.add_argument("--eval-every", type=_positive_int, default=None,
                        help="env steps between evaluations (default: total / 20)")
     train.add_argument("--stop-when-solved", action="store_true",
@@ -439,8 +439,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--seed", type=int, default=0, help="the episodes' seed")
     evaluate.add_argument("--seed-index", type=int, default=0,
                           help="which seed of a multi-seed run")
-    evaluate.add_argument("--backend", choices=["auto", "gymnax", "gymnasium"], default="auto",
-                          help="auto: gymnax where it has the env")
+    evaluate.add_argument("--backend", choices=["auto", "gymnax", "gymnasium", "brax"], default="auto",
+                          help="auto: brax for brax: ids, gymnax where it has the env")
     evaluate.add_argument("--json", action="store_true", help="end with one JSON line")
     evaluate.set_defaults(run=_rl_eval)
     return parser

@@ -1,6 +1,6 @@
-"""Environments: gymnax (pure JAX, inside jit) and gymnasium (vectorised, in Python).
+"""Environments: gymnax and brax (pure JAX, inside jit) and gymnasium (vectorised, in Python).
 
-Both expose the same step contract, with termination and truncation kept apart:
+All expose the same step contract, with termination and truncation kept apart:
 
     obs, state, reward, terminated, truncated, final_obs = env.step(key, state, action)
 
@@ -53,18 +53,31 @@ def _gymnasium_ids() -> list[str]:
     return sorted(k for k in gymnasium.envs.registry if "/" not in k)
 
 
+# brax's tasks (``brax.envs``), named here with brax's prefix: ``brax:hopper``
+BRAX_ENVS = ("ant", "halfcheetah", "hopper", "humanoid", "humanoidstandup", "inverted_pendulum",
+             "inverted_double_pendulum", "pusher", "reacher", "swimmer", "walker2d")
+BACKENDS = ("auto", "gymnax", "gymnasium", "brax")
+
+
+def _check_backend(backend: str) -> None:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}; got {backend!r}")
+
+
 def resolve_backend(env_id: str, backend: str = "auto") -> str:
-    """The backend ``backend="auto"`` (or the given one) runs ``env_id`` on: ``"gymnax"``
-    when gymnax has the id, else ``"gymnasium"``."""
-    if backend not in ("auto", "gymnax", "gymnasium"):
-        raise ValueError(f"backend must be 'auto', 'gymnax' or 'gymnasium'; got {backend!r}")
+    """The backend ``backend="auto"`` (or the given one) runs ``env_id`` on: ``"brax"`` for a
+    ``brax:`` id, ``"gymnax"`` when gymnax has the id, else ``"gymnasium"``."""
+    _check_backend(backend)
     if backend == "auto":
+        if env_id.startswith("brax:"):
+            return "brax"
         return "gymnax" if env_id in _gymnax_ids() else "gymnasium"
     return backend
 
 
 def known_envs() -> dict[str, list[str]]:
-    return {"gymnax": _gymnax_ids(), "gymnasium": _gymnasium_ids()}
+    return {"gymnax": _gymnax_ids(), "gymnasium": _gymnasium_ids(),
+            "brax": [f"brax:{name}" for name in BRAX_ENVS]}
 
 
 class JaxEnv:
@@ -107,6 +120,59 @@ class JaxEnv:
     def _vector_action(self) -> bool:
         # gymnax's Pendulum and MountainCarContinuous take a scalar action
         return self.id not in ("Pendulum-v1", "MountainCarContinuous-v0")
+
+
+class BraxEnv(JaxEnv):
+    """A brax task (``brax:hopper``), stepped inside jit like a gymnax one.
+
+    Episodes last ``episode_length`` steps (brax's default, 1,000): reaching it is a
+    truncation, which bootstraps; brax's ``done`` is a termination, which does not. An ended
+    episode is reset with the step's key (a fresh initial state, not brax's
+    ``AutoResetWrapper``'s cached first state) and the step returns the observation it
+    reached as ``final_obs``. Actions are clipped to brax's [-1, 1].
+    """
+
+    backend = "brax"
+
+    def __init__(self, env_id: str, physics: str | None = None, episode_length: int = 1000):
+        try:
+            import brax.envs
+        except ImportError as error:
+            raise ImportError(f"{env_id} needs brax, which is not installed ({error}): "
+                              "pip install 'scorefn[brax]'") from None
+        name = env_id.removeprefix("brax:")
+        if name not in BRAX_ENVS:
+            raise ValueError(f"unknown brax environment {env_id!r}; known: "
+                             f"{', '.join('brax:' + n for n in BRAX_ENVS)}")
+        self.id = env_id
+        self.env = brax.envs.get_environment(name, **({"backend": physics} if physics else {}))
+        self.obs_shape = (int(self.env.observation_size),)
+        size = int(self.env.action_size)
+        self.action_space = Space(False, shape=(size,), low=-np.ones(size, np.float32),
+                                  high=np.ones(size, np.float32))
+        self.max_episode_steps = int(episode_length)
+
+    def reset(self, key: jax.Array):
+        state = self.env.reset(key)
+        return state.obs.astype(jnp.float32), (state, jnp.zeros((), jnp.int32))
+
+    def step(self, key: jax.Array, state: Any, action: jax.Array):
+        brax_state, steps = state
+        action = jnp.clip(action, self.action_space.low, self.action_space.high)
+        reached = self.env.step(brax_state, action)
+        steps = steps + 1
+        terminated = jnp.asarray(reached.done) > 0
+        truncated = (steps >= self.max_episode_steps) & ~terminated
+        fresh_obs, fresh = self.reset(key)
+        ended = terminated | truncated
+
+        def pick(new, old):
+            return jnp.where(ended, new, old)
+
+        next_state = jax.tree.map(pick, fresh, (reached, steps))
+        final_obs = reached.obs.astype(jnp.float32)
+        return (pick(fresh_obs, final_obs), next_state, jnp.asarray(reached.reward, jnp.float32),
+                terminated, truncated, final_obs)
 
 
 def observation_encoder(space: Any, env_id: str = "the environment"):
@@ -201,9 +267,13 @@ class GymnasiumEnv:
 
 
 def make(env_id: str, backend: str = "auto", **options: Any) -> JaxEnv | GymnasiumEnv:
-    """An environment by id. ``backend="auto"`` prefers gymnax (the fully compiled path)."""
-    if backend not in ("auto", "gymnax", "gymnasium"):
-        raise ValueError(f"backend must be 'auto', 'gymnax' or 'gymnasium'; got {backend!r}")
+    """An environment by id. ``backend="auto"`` prefers gymnax (the fully compiled path);
+    ``brax:`` ids are brax's (``options``: ``physics``, brax's pipeline backend, e.g.
+    ``"positional"``; ``episode_length``)."""
+    _check_backend(backend)
+    if resolve_backend(env_id, backend) == "brax":
+        return BraxEnv(env_id, **{k: v for k, v in options.items()
+                                  if k in ("physics", "episode_length")})
     if backend in ("auto", "gymnax") and env_id in _gymnax_ids():
         return JaxEnv(env_id)
     if backend in ("auto", "gymnasium"):

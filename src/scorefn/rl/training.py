@@ -1,6 +1,6 @@
 """``train`` and ``evaluate``: the driver shared by every algorithm.
 
-On a gymnax environment the whole loop (rollout → update, repeated) is compiled: chunks of
+On a gymnax or brax environment the whole loop (rollout → update, repeated) is compiled: chunks of
 updates run as one ``lax.scan``; with ``seeds=[...]`` the chunk is ``vmap``-ped over seeds,
 so 16 seeds train as one program. The training wall time counts the setup (environments,
 networks, compilation) and the chunks. Between chunks: a deterministic evaluation (not
@@ -277,10 +277,11 @@ def train(
     """Train ``algo`` on ``env`` and return the parameters and metrics.
 
     Args:
-      env: an environment id: gymnax's (compiled end to end) or gymnasium's.
+      env: an environment id: gymnax's or brax's (``"brax:hopper"``; both compiled end to
+        end) or gymnasium's.
       algo: ``"reinforce"``, ``"a2c"``, ``"ppo"``, ``"trpo"`` or ``"npg"``.
       seed: the seed of one run.
-      seeds: several seeds trained at once (vmap; gymnax only), instead of ``seed``.
+      seeds: several seeds trained at once (vmap; gymnax and brax), instead of ``seed``.
       total_steps: environment steps (default per algorithm and env, ``scorefn.rl.defaults``).
       eval_every: env steps between deterministic evaluations (default ~ total / 20).
       stop_when_solved: stop once every seed has reached the env's threshold at an evaluation
@@ -290,8 +291,8 @@ def train(
       checkpoint: write the run state there after every evaluation, and the state of the
         best evaluation so far beside it (``best_checkpoint_path(checkpoint)``); data only
         (``scorefn.runs.checkpoints``), so reading one never runs code.
-      resume: continue from ``checkpoint`` (an error when it does not exist). A gymnax run
-        resumes exactly. A gymnasium run resumes its learner exactly (params, optimiser,
+      resume: continue from ``checkpoint`` (an error when it does not exist). A gymnax or
+        brax run resumes exactly. A gymnasium run resumes its learner exactly (params, optimiser,
         key, steps) but its environments start new episodes: their Python state cannot be
         saved.
       overwrite: a fresh run refuses a ``checkpoint`` or ``log_dir`` metrics that already
@@ -312,8 +313,8 @@ def train(
         # The updates the loop runs for total_steps (it runs whole updates).
         config = dataclasses.replace(config, total_updates=-(-total_steps // (
             config.num_envs * config.num_steps)))
-    if resolve_backend(env, backend) == "gymnax":
-        environment = make(env, "gymnax")
+    if resolve_backend(env, backend) in ("gymnax", "brax"):
+        environment = make(env, resolve_backend(env, backend))
     else:  # gymnasium, or an unknown id: make's error lists the known ones
         environment = make(env, backend, num_envs=config.num_envs, seed=seeds[0])
     policy = make_policy(environment, config)
@@ -324,11 +325,12 @@ def train(
     normalizing = [name for name in ("normalize_observations", "scale_rewards")
                    if getattr(config, name, False)]
     if normalizing and not isinstance(environment, GymnasiumEnv):
+        hint = " (backend='gymnasium' to run it there)" if environment.backend == "gymnax" else ""
         raise ValueError(f"{' and '.join(normalizing)} apply to gymnasium environments; {env} "
-                         "runs on gymnax (backend='gymnasium' to run it there)")
+                         f"runs on {environment.backend}{hint}")
     if isinstance(environment, GymnasiumEnv):
         if len(seeds) > 1:
-            raise ValueError("several seeds at once need a gymnax environment (vmap)")
+            raise ValueError("several seeds at once need a gymnax or brax environment (vmap)")
         runner = _GymnasiumLoop(environment, policy, module, config, seeds[0], updates_per_chunk)
     else:
         runner = _JaxLoop(environment, policy, module, config, seeds, updates_per_chunk,
@@ -399,7 +401,7 @@ def _is_best(history: list[dict]) -> bool:
 
 
 class _JaxLoop:
-    """Chunks of compiled updates on gymnax, vmapped over seeds."""
+    """Chunks of compiled updates on gymnax or brax, vmapped over seeds."""
 
     def __init__(self, env: JaxEnv, policy, module, config, seeds, updates_per_chunk, episodes):
         self.env, self.policy, self.module, self.config = env, policy, module, config
@@ -441,7 +443,7 @@ class _JaxLoop:
         # The traced programs are cached on disk: everything they close over is named here.
         key = ("scorefn.rl", module.__name__, env.id, repr(config), policy, updates_per_chunk,
                episodes, self.single)
-        packages = ("flax", "gymnax", "numpyro", "optax")
+        packages = ("flax", env.backend, "numpyro", "optax")
         # Seeds are initialised one after another (lax.map), not vmapped: a vmapped orthogonal
         # initialisation is a batched LAPACK QR, which jaxlib's CPU kernel splits into tasks on
         # the same intra-op thread pool it runs on and then waits for; with two such QRs running
@@ -475,7 +477,7 @@ class _JaxLoop:
                                          np.full(len(self.seeds), index))).tolist()
 
     def observation_stats(self) -> None:
-        return None  # gymnax observations are not normalised
+        return None  # gymnax and brax observations are not normalised
 
     def finite(self):
         return all_finite(self.carry[0].params)
@@ -483,7 +485,9 @@ class _JaxLoop:
     def final_params(self):
         return self.carry[0].params
 
-    backend = "gymnax"
+    @property
+    def backend(self) -> str:
+        return self.env.backend
 
     def state(self) -> dict:
         """What a checkpoint needs to resume this loop exactly."""

@@ -1,0 +1,56 @@
+"""brax tasks through scorefn.rl: the step contract (termination apart from truncation, the
+observation reached before a reset), and PPO compiled end to end."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from scorefn import rl
+
+pytest.importorskip("brax")
+
+
+@pytest.fixture(scope="module")
+def short_pendulum():
+    return rl.make("brax:inverted_pendulum", episode_length=3)
+
+
+def test_a_time_limit_truncates_and_returns_the_observation_it_reached(short_pendulum):
+    env = short_pendulum
+    step = jax.jit(env.step)
+    obs, state = env.reset(jax.random.key(0))
+    brax_state = state[0]
+    action = jnp.zeros(1)
+    for t in range(3):
+        key = jax.random.key(10 + t)
+        obs, state, reward, terminated, truncated, final_obs = step(key, state, action)
+        brax_state = env.env.step(brax_state, action)  # brax's own step, for comparison
+        np.testing.assert_allclose(final_obs, brax_state.obs, rtol=1e-5, atol=1e-6)
+        assert not bool(terminated)
+        assert bool(truncated) == (t == 2)  # the twin: steps 1 and 2 are not truncated
+    # the episode ended: the next observation is a fresh reset with the step's key
+    np.testing.assert_allclose(obs, env.reset(jax.random.key(12))[0], rtol=1e-6)
+    assert not np.allclose(obs, final_obs)
+    assert int(state[1]) == 0
+
+
+def test_a_fall_terminates_without_truncation():
+    env = rl.make("brax:inverted_pendulum")
+    step = jax.jit(env.step)
+    _, state = env.reset(jax.random.key(0))
+    for t in range(200):  # pushed one way the pole falls within a few dozen steps
+        _, state, _, terminated, truncated, _ = step(jax.random.key(t), state, jnp.ones(1))
+        if bool(terminated):
+            break
+    assert bool(terminated) and not bool(truncated) and t < 199
+
+
+def test_brax_ids_resolve_and_unknown_ones_are_refused():
+    assert rl.resolve_backend("brax:hopper") == "brax"
+    assert "brax:halfcheetah" in rl.known_envs()["brax"]
+    with pytest.raises(ValueError, match="unknown brax environment 'brax:nope'"):
+        rl.make("brax:nope")
+    with pytest.raises(ValueError, match="normalize_observations apply to gymnasium"):
+        rl.train("brax:inverted_pendulum", "ppo", total_steps=512, progress=False,
+                 normalize_observations=True)
