@@ -22,6 +22,13 @@ _MUJOCO_PPO = {"num_envs": 1, "num_steps": 2048, "num_epochs": 10, "minibatch_si
                "normalize_advantages": True, "normalize_observations": True,
                "scale_rewards": True, "anneal_lr": True}
 MUJOCO_TASKS = ("InvertedPendulum-v5", "Hopper-v5", "HalfCheetah-v5", "Walker2d-v5", "Ant-v5")
+# brax's tasks, compiled end to end: CleanRL's per-minibatch settings over 4 environments
+# (2,048 steps per update as CleanRL's, without the normalisations, which are gymnasium's)
+_BRAX_PPO = {**{k: v for k, v in _MUJOCO_PPO.items()
+                if k not in ("normalize_observations", "scale_rewards")},
+             "num_envs": 4, "num_steps": 512}
+BRAX_TASKS = ("brax:inverted_pendulum", "brax:reacher", "brax:hopper", "brax:halfcheetah",
+              "brax:ant")
 
 OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
     "ppo": {
@@ -34,6 +41,7 @@ OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
                         "num_epochs": 10, "minibatch_size": 64, "learning_rate": 1e-3,
                         "clip_eps": 0.2, "normalize_advantages": True, "log_std_init": -0.5},
         **{task: dict(_MUJOCO_PPO) for task in MUJOCO_TASKS},
+        **{task: dict(_BRAX_PPO) for task in BRAX_TASKS},
     },
     "a2c": {
         # rl-zoo: n_envs 8, ent_coef 0, SB3 defaults (n_steps 5, RMSprop 7e-4, gae 1.0)
@@ -59,7 +67,7 @@ OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
 TOTAL_STEPS: dict[str, dict[str, int]] = {
     "ppo": {"CartPole-v1": 100_000, "Acrobot-v1": 500_000, "Pendulum-v1": 500_000,
             # CleanRL's budget: 1M steps per MuJoCo task
-            "InvertedPendulum-v5": 100_000,
+            "InvertedPendulum-v5": 100_000, "brax:inverted_pendulum": 100_000,
             **{task: 1_000_000 for task in MUJOCO_TASKS[1:]}},
     "a2c": {"CartPole-v1": 500_000, "Acrobot-v1": 500_000},
     "reinforce": {"CartPole-v1": 1_000_000, "Acrobot-v1": 1_000_000},
