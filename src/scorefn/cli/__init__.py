@@ -273,7 +273,9 @@ def _rl_eval(args: argparse.Namespace) -> int:
         result = rl.load_checkpoint(args.checkpoint, args.seed_index)
         mean = rl.evaluate(result, episodes=args.episodes, seed=args.seed,
                            backend=args.backend)
-    except ValueError as error:
+        if args.video:
+            rl.record_video(result, args.video, seed=args.seed)
+    except (ValueError, ImportError, RuntimeError) as error:
         raise CommandError(str(error)) from None
     if args.json:
         print(json.dumps({"env": result.env_id, "algo": result.algo, "eval_mean": mean,
@@ -281,6 +283,8 @@ def _rl_eval(args: argparse.Namespace) -> int:
     else:
         print(f"{result.algo} on {result.env_id} ({result.env_steps:,} env steps): mean return "
               f"{mean:.1f} over {args.episodes} deterministic episodes")
+        if args.video:
+            print(f"video: {args.video}")
     return 0
 
 
@@ -441,6 +445,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help="which seed of a multi-seed run")
     evaluate.add_argument("--backend", choices=["auto", "gymnax", "gymnasium", "brax"], default="auto",
                           help="auto: brax for brax: ids, gymnax where it has the env")
+    evaluate.add_argument("--video", default=None,
+                          help="also render one deterministic episode into this .gif or .mp4 "
+                               "(gymnasium environments; MuJoCo renders headless through EGL)")
     evaluate.add_argument("--json", action="store_true", help="end with one JSON line")
     evaluate.set_defaults(run=_rl_eval)
     return parser

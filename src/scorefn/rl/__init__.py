@@ -35,6 +35,7 @@ from scorefn.rl.training import (  # noqa: E402
     make_config,
     train,
 )
+from scorefn.rl.video import record_video  # noqa: E402
 
 #: The built-in algorithms; ``algorithms()`` also lists those added with ``register``.
 ALGORITHMS = algorithms()
@@ -56,6 +57,7 @@ __all__ = [
     "load_checkpoint",
     "make",
     "make_config",
+    "record_video",
     "policy_gradient",
     "ppo",
     "register",
