@@ -68,7 +68,8 @@ def _optimize(args: argparse.Namespace) -> int:
                              max_evaluations=args.max_evals, target_f=target,
                              progress=not args.json, plot=args.plot, restarts=args.restarts,
                              bounds=bounds, evaluator=args.evaluator, workers=args.workers,
-                             checkpoint=args.checkpoint, resume=args.resume,
+                             devices=args.devices, checkpoint=args.checkpoint,
+                             resume=args.resume,
                              overwrite=args.overwrite)
     except (ValueError, TypeError) as error:
         raise CommandError(str(error)) from None
@@ -367,6 +368,9 @@ def build_parser() -> argparse.ArgumentParser:
     optimize.add_argument("--workers", type=_positive_int, default=None,
                           help="processes or Ray CPUs for --evaluator processes/ray "
                                "(default: the CPU count)")
+    optimize.add_argument("--devices", type=_positive_int, default=None,
+                          help="split each population across this many JAX devices "
+                               "(--evaluator jax; default: one)")
     _run_options(optimize, "written as it runs")
     optimize.add_argument("--plot", default=None, help="save a convergence PNG here "
                                                        "(default: none)")

@@ -21,6 +21,7 @@ from scorefn.es.strategy import Strategy
 from scorefn.runs import Run, describe, saved_figure
 from scorefn.runs.checkpoints import restore
 from scorefn.runs.compiler_options import WIDE_REDUCTIONS
+from scorefn.runs.devices import mesh_of, replicated, split
 from scorefn.runs.export_cache import cached_jit
 
 CHECKPOINT_VERSION = 4  # 2: xNES state carries its (adapted) η_σ; 3: the strategy's options; 4: the settings
@@ -44,6 +45,7 @@ class RunOptions:
     ray_address: str | None = None
     evaluation_timeout: float | None = None
     generations_per_call: int = 50
+    devices: Any = None
     progress: bool = False
     plot: str | None = None
     checkpoint: str | None = None
@@ -91,7 +93,8 @@ def run_strategy(f: Callable, x0: Any, strat: Strategy, options: RunOptions) -> 
     popsize = strat.population_size(state)
 
     if evaluator == "jax":
-        run_chunk = compiled_generations(strat, f, o.generations_per_call, nan_policy)
+        run_chunk = compiled_generations(strat, f, o.generations_per_call, nan_policy,
+                                         mesh_of(o.devices, "population"))
     else:
         ask, tell = _compiled_ask_tell(strat)
 
@@ -249,14 +252,16 @@ def _compiled_ask_tell(strat):
 
 
 @functools.lru_cache(maxsize=64)
-def compiled_generations(strat, f, generations: int, nan_policy: str):
+def compiled_generations(strat, f, generations: int, nan_policy: str, mesh: Any = None):
     """One jitted function running ``generations`` generations (ask, vmap(f), tell, track the
-    best); cached so that repeated runs on the same problem compile once."""
+    best); cached so that repeated runs on the same problem compile once. With a ``mesh``
+    the population is split across its devices for ``vmap(f)`` and the fitness gathered on
+    every device before ``tell`` (``scorefn.runs.devices``)."""
 
     def generation(carry, _):
         state, best_x, best_f = carry
         x, state = strat.ask(state)
-        fitness = _checked(jax.vmap(f)(x), x)
+        fitness = replicated(_checked(jax.vmap(f)(split(x, mesh)), x), mesh)
         guard = guards.finite_guard((fitness, _nan_message)) if nan_policy == "raise" else 0.0
         fitness = jnp.where(jnp.isfinite(fitness), fitness, jnp.inf) + guard
         state = strat.tell(state, x, fitness)

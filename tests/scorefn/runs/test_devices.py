@@ -1,0 +1,97 @@
+"""Several devices in one process (scorefn.runs.devices): es.minimize splits its population
+across 8 simulated CPU devices, really (each device computes its share), with the same
+result as one device, and resumes with another device count."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import pytest
+
+from scorefn import es
+from scorefn.runs.devices import mesh_of
+
+EIGHT_DEVICES = textwrap.dedent("""
+    import json, re, sys
+    import jax, jax.numpy as jnp, numpy as np
+    from scorefn import es
+    from scorefn.es.run import compiled_generations
+    from scorefn.runs.devices import mesh_of
+
+    def f(x):
+        return jnp.sum(jnp.cos(3 * x)) + jnp.sum(x ** 2)
+
+    def close(a, b, atol=1e-6):  # float32: f compiled for a shard may differ in its last bits
+        return bool(np.allclose(a, b, rtol=1e-5, atol=atol))
+
+    out = {"devices": len(jax.devices())}
+    for strategy in ("xnes", "snes", es.snes(popsize=10)):  # 10 does not divide by 8
+        name = strategy if isinstance(strategy, str) else "snes10"
+        one = es.minimize(f, jnp.ones(10), strategy, seed=0, max_evaluations=3000)
+        eight = es.minimize(f, jnp.ones(10), strategy, seed=0, max_evaluations=3000,
+                            devices=8)
+        other_seed = es.minimize(f, jnp.ones(10), strategy, seed=1, max_evaluations=3000)
+        # x where f is flat: its last bits move it by up to about 2e-4 here
+        out[name] = [close(one.f, eight.f), close(one.x, eight.x, atol=1e-3),
+                     close(one.history, eight.history),
+                     close(one.history, other_seed.history)]  # the twin: a different run
+    # the work is split: the compiled chunk computes f on 16/8 = 2 candidates per device
+    strat = es.xnes(popsize=16)
+    state = strat.init(jax.random.key(0), jnp.ones(10), 1.0)
+    shapes = {}
+    for n in (None, 8):
+        chunk = compiled_generations(strat, f, 2, "penalize", mesh_of(n, "population"))
+        text = chunk.lower((state, jnp.ones(10), jnp.asarray(jnp.inf))).compile().as_text()
+        shapes[str(n)] = sorted(set(re.findall(r"(f32\\[\\d+,10\\])\\S* cosine", text)))
+    out["shapes"] = shapes
+    # a run checkpointed on 8 devices resumes on one, as if uninterrupted
+    path = sys.argv[1]
+    es.minimize(f, jnp.ones(10), es.xnes(popsize=16), seed=1, max_evaluations=800,
+                devices=8, checkpoint=path, generations_per_call=10)
+    resumed = es.minimize(f, jnp.ones(10), es.xnes(popsize=16), seed=1, max_evaluations=1600,
+                          checkpoint=path, resume=True, generations_per_call=10)
+    whole = es.minimize(f, jnp.ones(10), es.xnes(popsize=16), seed=1, max_evaluations=1600,
+                        generations_per_call=10)
+    out["resume"] = [resumed.f == whole.f, resumed.history == whole.history]
+    print(json.dumps(out))
+""")
+
+
+@pytest.fixture(scope="module")
+def eight_devices(tmp_path_factory):
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
+    path = str(tmp_path_factory.mktemp("devices") / "run.ckpt")
+    done = subprocess.run([sys.executable, "-c", EIGHT_DEVICES, path], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_eight_devices_give_the_one_device_run(eight_devices):
+    assert eight_devices["devices"] == 8
+    for name in ("xnes", "snes", "snes10"):
+        assert eight_devices[name] == [True, True, True, False], name
+
+
+def test_each_device_evaluates_its_share_of_the_population(eight_devices):
+    # one device: f on all 16 candidates; eight: on 2 each (the twin: not a replicated copy)
+    assert eight_devices["shapes"] == {"None": ["f32[16,10]"], "8": ["f32[2,10]"]}
+
+
+def test_a_run_resumes_with_another_device_count(eight_devices):
+    assert eight_devices["resume"] == [True, True]
+
+
+def test_devices_are_checked_before_the_run():
+    n = len(jax.devices())
+    with pytest.raises(ValueError, match=r"devices must be between 1 and the .*xla_force_host"):
+        es.minimize(lambda x: (x ** 2).sum(), [1.0, 2.0], devices=n + 1, max_evaluations=10)
+    with pytest.raises(TypeError, match="devices must be None, an int"):
+        mesh_of("all")
+    with pytest.raises(ValueError, match="evaluator='python' evaluates on the host"):
+        es.minimize(lambda x: float((x ** 2).sum()), [1.0, 2.0], evaluator="python",
+                    devices=1, max_evaluations=10)
+    assert mesh_of(None) is None and mesh_of(1).devices.size == 1
