@@ -84,7 +84,7 @@ def sequential_returns(env_id, policy, params, seed, episodes):
 def test_vectorised_evaluation_equals_episode_by_episode(env_id):
     """The side-by-side episodes give exactly the returns of the sequential episodes (the
     same reset seeds, a deterministic policy), including those that end early."""
-    from scorefn.rl.training import evaluate_gymnasium
+    from scorefn.rl.evaluation import evaluate_gymnasium
 
     result = rl.train(env_id, "ppo", seed=1, total_steps=2048, backend="gymnasium",
                       progress=False, eval_episodes=2)
