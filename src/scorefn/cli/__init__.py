@@ -240,7 +240,7 @@ def _rl_train(args: argparse.Namespace) -> int:
                           backend=args.backend, eval_every=args.eval_every, log_dir=log_dir,
                           checkpoint=args.checkpoint, resume=args.resume, overwrite=args.overwrite,
                           stop_when_solved=args.stop_when_solved, progress=not args.json,
-                          **_hyperparameters(args.set))
+                          devices=args.devices, **_hyperparameters(args.set))
     except ValueError as error:
         raise CommandError(str(error)) from None
     checkpoint = args.checkpoint
@@ -418,8 +418,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--algo", default="ppo", help="reinforce, a2c, ppo, trpo or npg")
     train.add_argument("--seed", type=int, default=0, help="the seed of one run")
     train.add_argument("--seeds", default=None,
-                       help="comma-separated seeds trained at once (vmap; gymnax); --json then "
-                            "reports every seed (default: --seed alone)")
+                       help="comma-separated seeds trained at once (vmap; gymnax, brax); --json "
+                            "then reports every seed (default: --seed alone)")
+    train.add_argument("--devices", type=_positive_int, default=None,
+                       help="split the seeds (or one seed's environments) across this many JAX "
+                            "devices (gymnax, brax; default: one)")
     train.add_argument("--total-steps", type=_positive_int, default=None,
                        help="env steps (default: per algorithm and env, scorefn.rl.defaults)")
     train.add_argument("--backend", choices=["auto", "gymnax", "gymnasium", "brax"], default="auto",

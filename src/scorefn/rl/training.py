@@ -37,6 +37,7 @@ from scorefn.runs import all_finite, checkpoints
 from scorefn.runs.checkpoints import restore
 from scorefn.runs.compilation_cache import enable_compilation_cache
 from scorefn.runs.compiler_options import BACKEND_O2, FAST_COMPILE
+from scorefn.runs.devices import mesh_of, on_mesh, split
 from scorefn.runs.export_cache import cached_jit
 
 CHECKPOINT_VERSION = 4  # 3: the hyperparameters as the run's settings; 4: data only
@@ -215,6 +216,7 @@ def train(
     backend: str = "auto",
     eval_every: int | None = None,
     eval_episodes: int = 20,
+    devices: Any = None,
     stop_when_solved: bool = False,
     log_dir: str | None = None,
     checkpoint: str | None = None,
@@ -233,6 +235,10 @@ def train(
       seeds: several seeds trained at once (vmap; gymnax and brax), instead of ``seed``.
       total_steps: environment steps (default per algorithm and env, ``scorefn.rl.defaults``).
       eval_every: env steps between deterministic evaluations (default ~ total / 20).
+      devices: split the compiled run (gymnax, brax) across devices: a count, a list of
+        devices or a ``jax.sharding.Mesh`` (``scorefn.runs.devices``): the seeds, or with one
+        seed its ``num_envs`` environments; the same run as on one device up to float32
+        rounding. A checkpoint resumes on any device count.
       stop_when_solved: stop once every seed has reached the env's threshold at an evaluation
         (with one seed: at its first evaluation at or above it).
       log_dir: write ``metrics.csv``, ``metrics.jsonl``, ``learning_curve.png`` (and TensorBoard
@@ -277,13 +283,16 @@ def train(
         hint = " (backend='gymnasium' to run it there)" if environment.backend == "gymnax" else ""
         raise ValueError(f"{' and '.join(normalizing)} apply to gymnasium environments; {env} "
                          f"runs on {environment.backend}{hint}")
+    mesh = mesh_of(devices, "seeds" if len(seeds) > 1 else "environments")
     if isinstance(environment, GymnasiumEnv):
-        if len(seeds) > 1:
-            raise ValueError("several seeds at once need a gymnax or brax environment (vmap)")
+        if len(seeds) > 1 or mesh is not None:
+            raise ValueError(f"{'several seeds at once' if len(seeds) > 1 else 'devices='} "
+                             "need a gymnax or brax environment (compiled; gymnasium steps in "
+                             "Python)")
         runner = _GymnasiumLoop(environment, policy, module, config, seeds[0], updates_per_chunk)
     else:
         runner = _JaxLoop(environment, policy, module, config, seeds, updates_per_chunk,
-                          eval_episodes)
+                          eval_episodes, mesh)
     # No _check_policy here: train builds the policy from the environment's action space.
     history: list[dict] = []
     wall = time.perf_counter() - setup_started
@@ -352,9 +361,10 @@ def _is_best(history: list[dict]) -> bool:
 class _JaxLoop:
     """Chunks of compiled updates on gymnax or brax, vmapped over seeds."""
 
-    def __init__(self, env: JaxEnv, policy, module, config, seeds, updates_per_chunk, episodes):
+    def __init__(self, env: JaxEnv, policy, module, config, seeds, updates_per_chunk, episodes,
+                 mesh=None):
         self.env, self.policy, self.module, self.config = env, policy, module, config
-        self.seeds = seeds
+        self.seeds, self.mesh = seeds, mesh
         self.single = len(seeds) == 1
 
         def init_one(seed):
@@ -389,6 +399,18 @@ class _JaxLoop:
 
         # One seed compiles without the seed axis (a smaller program); several are vmapped.
         batch = (lambda f: f) if self.single else jax.vmap
+
+        def placed(carry):
+            # across the mesh: the seeds, or with one seed its environments
+            if self.single:
+                state, env_carry, key = carry
+                return state, jax.tree.map(lambda x: split(x, mesh), env_carry), key
+            return jax.tree.map(lambda x: split(x, mesh), carry)
+
+        def sharded(carry):
+            carry, metrics, steps = batch(chunk)(placed(carry))
+            return placed(carry), metrics, steps
+
         # The traced programs are cached on disk: everything they close over is named here.
         key = ("scorefn.rl", module.__name__, env.id, repr(config), policy, updates_per_chunk,
                episodes, self.single)
@@ -401,8 +423,11 @@ class _JaxLoop:
         self.carry = cached_jit(init, key=key + ("init",), packages=packages,
                                 compiler_options=FAST_COMPILE)(
             seeds[0] if self.single else jnp.asarray(seeds))
-        self._chunk = cached_jit(batch(chunk), key=key + ("chunk",), packages=packages,
-                                 compiler_options=BACKEND_O2)
+        if mesh is None:
+            self._chunk = cached_jit(batch(chunk), key=key + ("chunk",), packages=packages,
+                                     compiler_options=BACKEND_O2)
+        else:  # not exported: the program is partitioned for this mesh
+            self._chunk = cached_jit(sharded, key=None, compiler_options=BACKEND_O2)
         self._evaluate = cached_jit(batch(evaluate), key=key + ("evaluate",), packages=packages,
                                     compiler_options=FAST_COMPILE)
         self.eval_index = 0
@@ -411,7 +436,7 @@ class _JaxLoop:
         # The algorithms trace their updates without host callbacks (runtime_checks=False),
         # so the compiled chunk can be cached on disk; the driver checks losses and
         # parameters after each chunk instead.
-        self.carry, metrics, steps = self._chunk(self.carry)
+        self.carry, metrics, steps = self._chunk(on_mesh(self.carry, self.mesh))
         steps = np.atleast_1d(np.asarray(steps))
         metrics = {k: np.asarray(v) for k, v in metrics.items()}
         return ({k: (float(v) if self.single else v.tolist()) for k, v in metrics.items()},

@@ -53,3 +53,11 @@ def replicated(x: Any, mesh: Mesh | None) -> Any:
     if mesh is None:
         return x
     return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, PartitionSpec()))
+
+
+def on_mesh(tree: Any, mesh: Mesh | None) -> Any:
+    """``tree``'s arrays copied onto every device of the mesh (outside ``jit``), so that a
+    program partitioned for the mesh accepts them; unchanged without one."""
+    if mesh is None:
+        return tree
+    return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))

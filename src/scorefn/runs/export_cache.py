@@ -176,11 +176,14 @@ def cached_jit(fn: Callable, *, key: tuple | None, packages: Sequence[str] = (),
             return jitted(*args)
         leaves, in_tree = jax.tree.flatten(args)
         leaves = [x if hasattr(x, "dtype") else jnp.asarray(x) for x in leaves]
-        signature = (in_tree, tuple((x.shape, x.dtype) for x in leaves))
+        # An export is for the devices its inputs live on: their count joins the key.
+        devices = max((len(x.sharding.device_set) for x in leaves if hasattr(x, "sharding")),
+                      default=1)
+        signature = (in_tree, tuple((x.shape, x.dtype) for x in leaves), devices)
         program = programs.get(signature)  # the per-call path: no hashing of the digest
         if program is None:
             described = (str(in_tree), tuple((tuple(x.shape), str(x.dtype)) for x in leaves))
-            digest = hashlib.sha256(repr((FORMAT, key, described, options,
+            digest = hashlib.sha256(repr((FORMAT, key, described, devices, options,
                                           _environment_digest(tuple(packages)))).encode()).hexdigest()
             args = jax.tree.unflatten(in_tree, leaves)
             program = (_load(folder, digest, options)

@@ -1,6 +1,7 @@
-"""Several devices in one process (scorefn.runs.devices): es.minimize splits its population
-across 8 simulated CPU devices, really (each device computes its share), with the same
-result as one device, and resumes with another device count."""
+"""Several devices in one process (scorefn.runs.devices) on 8 simulated CPU devices:
+es.minimize splits its population, really (each device computes its share), with the same
+result as one device, and resumes with another device count; rl.train splits its seeds, or
+one seed's environments, with the same result."""
 
 import json
 import os
@@ -56,6 +57,27 @@ EIGHT_DEVICES = textwrap.dedent("""
     whole = es.minimize(f, jnp.ones(10), es.xnes(popsize=16), seed=1, max_evaluations=1600,
                         generations_per_call=10)
     out["resume"] = [resumed.f == whole.f, resumed.history == whole.history]
+
+    # rl.train: 8 seeds split over 8 devices (each holds one), one seed's environments
+    from scorefn import rl
+    small = dict(total_steps=1024, eval_every=512, num_epochs=2, progress=False)
+
+    def same(x, y):
+        leaves = zip(jax.tree.leaves(x.params), jax.tree.leaves(y.params))
+        return (all(close(np.asarray(u), np.asarray(v)) for u, v in leaves)
+                and [r["eval_mean"] for r in x.history] == [r["eval_mean"] for r in y.history])
+
+    seeds = list(range(8))
+    split_seeds = rl.train("CartPole-v1", "ppo", seeds=seeds, devices=8, **small)
+    leaf = jax.tree.leaves(split_seeds.params)[0]
+    out["rl"] = {
+        "seeds": same(split_seeds, rl.train("CartPole-v1", "ppo", seeds=seeds, **small)),
+        "share": [int(leaf.shape[0]), int(leaf.sharding.shard_shape(leaf.shape)[0])],
+        "environments": same(rl.train("CartPole-v1", "ppo", seed=0, devices=8, **small),
+                             rl.train("CartPole-v1", "ppo", seed=0, **small)),
+        "twin": same(rl.train("CartPole-v1", "ppo", seed=0, **small),
+                     rl.train("CartPole-v1", "ppo", seed=1, **small)),
+    }
     print(json.dumps(out))
 """)
 
@@ -85,6 +107,12 @@ def test_a_run_resumes_with_another_device_count(eight_devices):
     assert eight_devices["resume"] == [True, True]
 
 
+def test_rl_splits_seeds_or_environments_with_the_same_result(eight_devices):
+    rl = eight_devices["rl"]
+    assert rl["seeds"] and rl["environments"] and not rl["twin"]
+    assert rl["share"] == [8, 1]  # each device holds one seed's parameters
+
+
 def test_devices_are_checked_before_the_run():
     n = len(jax.devices())
     with pytest.raises(ValueError, match=r"devices must be between 1 and the .*xla_force_host"):
@@ -95,3 +123,6 @@ def test_devices_are_checked_before_the_run():
         es.minimize(lambda x: float((x ** 2).sum()), [1.0, 2.0], evaluator="python",
                     devices=1, max_evaluations=10)
     assert mesh_of(None) is None and mesh_of(1).devices.size == 1
+    from scorefn import rl
+    with pytest.raises(ValueError, match="devices= need a gymnax or brax environment"):
+        rl.train("InvertedPendulum-v5", "ppo", total_steps=64, devices=1, progress=False)
