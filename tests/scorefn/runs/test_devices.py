@@ -78,6 +78,13 @@ EIGHT_DEVICES = textwrap.dedent("""
         "twin": same(rl.train("CartPole-v1", "ppo", seed=0, **small),
                      rl.train("CartPole-v1", "ppo", seed=1, **small)),
     }
+    # checkpointed on 8 devices, resumed on one
+    rl_path = path + ".rl"
+    rl.train("CartPole-v1", "ppo", seeds=seeds, devices=8, checkpoint=rl_path,
+             **{**small, "total_steps": 512})
+    out["rl"]["resume"] = same(
+        rl.train("CartPole-v1", "ppo", seeds=seeds, checkpoint=rl_path, resume=True, **small),
+        rl.train("CartPole-v1", "ppo", seeds=seeds, **small))
     print(json.dumps(out))
 """)
 
@@ -110,6 +117,7 @@ def test_a_run_resumes_with_another_device_count(eight_devices):
 def test_rl_splits_seeds_or_environments_with_the_same_result(eight_devices):
     rl = eight_devices["rl"]
     assert rl["seeds"] and rl["environments"] and not rl["twin"]
+    assert rl["resume"]  # checkpointed on 8 devices, resumed on one
     assert rl["share"] == [8, 1]  # each device holds one seed's parameters
 
 
