@@ -27,7 +27,7 @@ from scorefn.programs.surrogate import Configuration, configure
 
 _OPTIONS = ("num_particles", "estimators", "baselines", "credit_assignment", "max_enumeration",
             "runtime_checks", "temperature", "sum_and_sample_size", "relax_params",
-            "relax_networks", "control_variates")
+            "relax_networks", "control_variates", "devices")
 
 
 def _planned(program, params, args, options) -> Configuration:

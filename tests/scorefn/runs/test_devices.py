@@ -1,7 +1,7 @@
 """Several devices in one process (scorefn.runs.devices) on 8 simulated CPU devices:
 es.minimize splits its population, really (each device computes its share), with the same
 result as one device, and resumes with another device count; rl.train splits its seeds, or
-one seed's environments, with the same result."""
+one seed's environments, and programs their particles, with the same result."""
 
 import json
 import os
@@ -85,6 +85,33 @@ EIGHT_DEVICES = textwrap.dedent("""
     out["rl"]["resume"] = same(
         rl.train("CartPole-v1", "ppo", seeds=seeds, checkpoint=rl_path, resume=True, **small),
         rl.train("CartPole-v1", "ppo", seeds=seeds, **small))
+    # programs: 16 particles split over 8 devices, 2 each
+    import numpyro
+    import numpyro.distributions as dist
+    import scorefn
+
+    def program(p, x):
+        z = numpyro.sample("z", dist.Bernoulli(logits=p["a"]))
+        y = numpyro.sample("y", dist.Normal(p["m"] + z, 1.0))
+        numpyro.factor("f", -(y - x) ** 2 + jnp.cos(3 * y))
+
+    params, key = {"a": jnp.array(0.3), "m": jnp.array(0.1)}, jax.random.key(0)
+
+    def program_grad(devices, k=key):
+        return jax.jit(lambda p, k: scorefn.programs.grad(
+            program, p, k, 1.0, num_particles=16, devices=devices))
+
+    def grads(devices, k=key):
+        g = program_grad(devices)(params, k)
+        return np.array([g["a"], g["m"]])
+
+    def cosine_shapes(devices):
+        text = program_grad(devices).lower(params, key).compile().as_text()
+        return sorted(set(re.findall(r"f32\[(\d+)\]\S* cosine", text)))
+
+    out["programs"] = {"same": close(grads(None), grads(8)),
+                       "twin": close(grads(None), grads(None, jax.random.key(1))),
+                       "shapes": [cosine_shapes(None), cosine_shapes(8)]}
     print(json.dumps(out))
 """)
 
@@ -119,6 +146,12 @@ def test_rl_splits_seeds_or_environments_with_the_same_result(eight_devices):
     assert rl["seeds"] and rl["environments"] and not rl["twin"]
     assert rl["resume"]  # checkpointed on 8 devices, resumed on one
     assert rl["share"] == [8, 1]  # each device holds one seed's parameters
+
+
+def test_program_particles_split_with_the_same_gradient(eight_devices):
+    programs = eight_devices["programs"]
+    assert programs["same"] and not programs["twin"]
+    assert programs["shapes"] == [["16"], ["2"]]  # the factor on 16 particles, or 2 a device
 
 
 def test_devices_are_checked_before_the_run():
