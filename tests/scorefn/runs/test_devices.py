@@ -107,7 +107,7 @@ EIGHT_DEVICES = textwrap.dedent("""
 
     def cosine_shapes(devices):
         text = program_grad(devices).lower(params, key).compile().as_text()
-        return sorted(set(re.findall(r"f32\[(\d+)\]\S* cosine", text)))
+        return sorted(set(re.findall(r"f32\\[(\\d+)\\]\\S* cosine", text)))
 
     out["programs"] = {"same": close(grads(None), grads(8)),
                        "twin": close(grads(None), grads(None, jax.random.key(1))),
