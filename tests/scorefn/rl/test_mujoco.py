@@ -55,7 +55,10 @@ def test_ppo_solves_inverted_pendulum_with_cleanrl_settings():
 
 def test_normalisation_statistics_are_checkpointed_evaluated_with_and_resumed(tmp_path):
     path = str(tmp_path / "run.ckpt")
-    options = dict(seed=0, progress=False, num_steps=256, num_epochs=2, eval_every=512)
+    # total_updates: the annealing schedule of the whole run (4 updates of 256 steps), which
+    # its first part then shares, so that the run may be extended on resume
+    options = dict(seed=0, progress=False, num_steps=256, num_epochs=2, eval_every=512,
+                   total_updates=4)
     first = rl.train(ENV, "ppo", total_steps=512, checkpoint=path, **options)
     stats = first.observation_stats
     assert stats is not None and stats["count"] > 512  # every observation seen, and the resets
