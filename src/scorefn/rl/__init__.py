@@ -15,6 +15,8 @@ policy gradients all go through ``scorefn.score_grad``
 Fisher-vector products and conjugate gradient.
 """
 
+import importlib.metadata
+
 try:
     import flax  # noqa: F401
     import gymnasium  # noqa: F401
@@ -22,8 +24,15 @@ try:
 except ImportError as error:  # pragma: no cover - the extra is part of the test install
     raise ImportError(f"scorefn.rl needs the rl extra: pip install 'scorefn[rl]' ({error})") from error
 
+
 from scorefn.rl import a2c, defaults, envs, ppo, reinforce, returns, trpo  # noqa: E402
-from scorefn.rl.envs import THRESHOLDS, known_envs, make, resolve_backend  # noqa: E402
+from scorefn.rl.envs import (  # noqa: E402
+    THRESHOLDS,
+    check_gymnax_version,
+    known_envs,
+    make,
+    resolve_backend,
+)
 from scorefn.rl.networks import ActorCritic  # noqa: E402
 from scorefn.rl.policy_gradient import policy_gradient  # noqa: E402
 from scorefn.rl.registry import Algorithm, algorithm, algorithms, register  # noqa: E402
@@ -36,6 +45,8 @@ from scorefn.rl.training import (  # noqa: E402
     train,
 )
 from scorefn.rl.video import record_video  # noqa: E402
+
+check_gymnax_version(importlib.metadata.version("gymnax"))
 
 #: The built-in algorithms; ``algorithms()`` also lists those added with ``register``.
 ALGORITHMS = algorithms()

@@ -42,6 +42,16 @@ class Space:
     high: Any = None
 
 
+def check_gymnax_version(version: str) -> None:
+    """An ImportError for gymnax before 1.0, whose step returns one ``done`` for termination
+    and truncation, which must stay apart here (only a truncation bootstraps)."""
+    head = version.split(".")[0]
+    if not head.isdigit() or int(head) < 1:
+        raise ImportError(f"scorefn.rl needs gymnax >= 1.0 (termination apart from truncation); "
+                          f"gymnax {version} is installed: pip install 'gymnax>=1.0' (it needs "
+                          "gymnasium < 1.4)")
+
+
 def _gymnax_ids() -> list[str]:
     import gymnax
 

@@ -92,3 +92,11 @@ def test_vectorised_evaluation_equals_episode_by_episode(env_id):
     params = result.params["policy"]
     fast = evaluate_gymnasium(env_id, policy, params, seed=3, episodes=6)
     assert fast == pytest.approx(sequential_returns(env_id, policy, params, 3, 6), rel=1e-6)
+
+
+def test_gymnax_before_1_0_is_refused_with_the_fix():
+    # gymnax 0.0.9's step merges termination and truncation; a resolver that picks it
+    # (gymnax 1.0 needs gymnasium < 1.4) gets this message, not an unpacking error
+    with pytest.raises(ImportError, match=r"needs gymnax >= 1.0 .*pip install 'gymnax>=1.0'"):
+        rl.envs.check_gymnax_version("0.0.9")
+    rl.envs.check_gymnax_version("1.0.1")
