@@ -268,8 +268,9 @@ def train(
         # The updates the loop runs for total_steps (it runs whole updates).
         config = dataclasses.replace(config, total_updates=-(-total_steps // (
             config.num_envs * config.num_steps)))
-    if resolve_backend(env, backend) in ("gymnax", "brax"):
-        environment = make(env, resolve_backend(env, backend))
+    resolved = resolve_backend(env, backend)
+    if resolved in ("gymnax", "brax"):
+        environment = make(env, resolved)
     else:  # gymnasium, or an unknown id: make's error lists the known ones
         environment = make(env, backend, num_envs=config.num_envs, seed=seeds[0])
     policy = make_policy(environment, config)

@@ -39,12 +39,16 @@ from scorefn.runs.compiler_options import cpu_options
 FORMAT = 2  # 2: a scorefn.runs.checkpoints file with the tree structure as JSON
 
 
+def _package_root() -> str:
+    import scorefn
+
+    return os.path.dirname(os.path.abspath(scorefn.__file__))
+
+
 def source_files() -> list[str]:
     """Every module of the scorefn package (whose text joins each program's digest), by
     path relative to the package folder."""
-    import scorefn
-
-    root = os.path.dirname(os.path.abspath(scorefn.__file__))
+    root = _package_root()
     return sorted(os.path.relpath(os.path.join(folder, name), root)
                   for folder, _, files in os.walk(root) for name in files if name.endswith(".py"))
 
@@ -52,10 +56,8 @@ def source_files() -> list[str]:
 @functools.cache
 def _environment_digest(packages: tuple[str, ...]) -> str:
     """scorefn's own source and the versions of the libraries a program is traced from."""
-    import scorefn
-
     h = hashlib.sha256()
-    root = os.path.dirname(os.path.abspath(scorefn.__file__))
+    root = _package_root()
     for relative in source_files():
         h.update(relative.encode())
         with open(os.path.join(root, relative), "rb") as f:
