@@ -17,6 +17,7 @@ import numpy as np
 
 from scorefn import registry, validation
 from scorefn.baselines import Baseline, as_baseline, leave_one_out
+from scorefn.programs.families import FAMILIES, SiteFamily
 from scorefn.programs.tracing import (
     Plate,
     SiteInfo,
@@ -35,52 +36,9 @@ ESTIMATORS: dict[str, Estimator] = {n: registry.ESTIMATORS[n] for n in registry.
 
 
 def check_site(estimator: Estimator, site: SiteInfo) -> None:
-    """ValueError unless ``site``'s distribution offers what ``estimator`` needs in a program."""
-    if estimator.family == "pathwise" and not site.has_rsample:
-        raise ValueError(
-            f"site {site.name!r}: estimator 'pathwise' needs a reparameterised sampler, but "
-            f"its distribution {site.distribution} has none (has_rsample=False; discrete "
-            "distributions never do). Use 'score' or, for a finite support, 'enumerate'"
-        )
-    if estimator.family == "measure_valued" and not site.measure_valued:
-        raise ValueError(
-            f"site {site.name!r}: estimator 'measure_valued' has weak-derivative "
-            f"decompositions for Normal, Poisson and Bernoulli (also inside to_event and "
-            f"plates); {site.distribution} has none. Use 'score' or 'pathwise'"
-        )
-    bernoulli = site.distribution_class in ("BernoulliLogits", "BernoulliProbs")
-    if estimator.family == "antithetic" and not bernoulli:
-        raise ValueError(
-            f"site {site.name!r}: estimator {estimator.name!r} is for Bernoulli sites (batched, "
-            f"to_event or in plates); {site.distribution} is not one. Use 'score' (with "
-            "'rloo', the leave-one-out baseline) or 'enumerate'"
-        )
-    if estimator.family == "control_variate" and not bernoulli:
-        raise ValueError(
-            f"site {site.name!r}: in a program {estimator.name!r} is for Bernoulli sites "
-            f"(batched, to_event or in plates); {site.distribution} is not one: a program "
-            "reads a Categorical value as an index, where a relaxed (one-hot) value cannot "
-            "go. For one Categorical distribution, scorefn.grad(..., "
-            f"estimator={estimator.name!r}) and scorefn.discrete.{estimator.name}()"
-        )
-    if estimator.family == "relaxed" and not bernoulli:
-        raise ValueError(
-            f"site {site.name!r}: in a program the {estimator.name!r} relaxation is for Bernoulli "
-            f"sites (a relaxed Categorical would change the value's shape to one-hot; use "
-            f"scorefn.grad for that); {site.distribution} is not one"
-        )
-    if estimator.name == "sum_and_sample" and (
-            site.distribution_class not in ("CategoricalLogits", "CategoricalProbs") or site.shape != ()):
-        raise ValueError(
-            f"site {site.name!r}: in a program 'sum_and_sample' is for one Categorical value "
-            f"(shape (), outside plates); {site.distribution} with shape {site.shape} is not "
-            "one. Use 'enumerate' or 'rloo'")
-    if estimator.family == "enumerate" and site.support_values is None:
-        raise ValueError(
-            f"site {site.name!r}: estimator 'enumerate' needs a finite support known when "
-            f"tracing (Bernoulli, Categorical, integer intervals with fixed bounds); "
-            f"{site.distribution} has none. Use 'score'"
-        )
+    """ValueError unless ``site``'s distribution offers what ``estimator`` needs in a program
+    (its family's ``check``, ``programs.families``)."""
+    FAMILIES[estimator.family].check(estimator, site)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,11 +61,12 @@ class Plan:
     sum_and_sample_size: int = 2
 
     @property
-    def families(self) -> dict[str, str]:
-        """Each latent site's estimator family (``scorefn.registry.FAMILIES``)."""
-        return {n: ESTIMATORS[e].family for n, e in self.estimators.items()}
+    def families(self) -> dict[str, SiteFamily]:
+        """Each latent site's estimator family, its implementation (``programs.families``)."""
+        return {n: FAMILIES[ESTIMATORS[e].family] for n, e in self.estimators.items()}
 
-    def _of_family(self, family: str) -> tuple[str, ...]:
+    def of_family(self, family: str) -> tuple[str, ...]:
+        """The latent sites whose estimator is of ``family``, in site order."""
         return tuple(n for n, e in self.estimators.items() if ESTIMATORS[e].family == family)
 
     @property
@@ -116,23 +75,14 @@ class Plan:
 
     @property
     def score_names(self) -> tuple[str, ...]:
-        return self._of_family("score")
+        return self.of_family("score")
 
     @property
     def enumerate_names(self) -> tuple[str, ...]:
-        return self._of_family("enumerate")
+        return self.of_family("enumerate")
 
-    @property
-    def measure_valued_names(self) -> tuple[str, ...]:
-        return self._of_family("measure_valued")
 
-    @property
-    def antithetic_names(self) -> tuple[str, ...]:
-        return self._of_family("antithetic")
 
-    @property
-    def control_variate_names(self) -> tuple[str, ...]:
-        return self._of_family("control_variate")
 
 
 def _closure(parents: dict[str, frozenset[str]]) -> dict[str, frozenset[str]]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -21,12 +21,14 @@ from scorefn import guards
 from scorefn.control_variates import ControlVariate, with_control_variate
 from scorefn.discrete import antithetic_weights, bernoulli_logits
 from scorefn.measure_valued import as_supported, distribution_parameters, perturbations
-from scorefn.programs.plan import Plan
 from scorefn.programs.tracing import (
     Recorder,
     canonical,
     record,
 )
+
+if TYPE_CHECKING:  # plan imports the families, which import these terms
+    from scorefn.programs.plan import Plan
 
 
 class Particle(NamedTuple):
@@ -148,7 +150,7 @@ def antithetic_term(particle: Particle, site: str) -> jax.Array:
     p, rec = particle.plan, particle.recorder
     if not p.downstream_terms[site]:
         return jnp.zeros(())
-    u, logits, first, second = rec.antithetic[site]
+    u, logits, first, second = rec.drawn[site]
     # The particle's own run is one branch of the enumerated sites below s, weighted by its
     # probability given the first sample outside; the second sample's signal is summed over
     # those branches here.
@@ -193,7 +195,7 @@ def rebar_term(particle: Particle, site: str, psi: Mapping[str, Any] | None = No
     p, rec = particle.plan, particle.recorder
     if not p.downstream_terms[site]:
         return jnp.zeros(())
-    u, w = rec.control_variate[site]
+    u, w = rec.drawn[site]
     d = rec.latents[site]["fn"]
     phi = bernoulli_logits(d, tuple(jnp.shape(u)), "rebar")
     b = jax.lax.stop_gradient(jnp.asarray(rec.latents[site]["value"], phi.dtype))

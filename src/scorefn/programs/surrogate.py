@@ -51,12 +51,9 @@ from scorefn.control_variates import ControlVariate
 from scorefn.programs.plan import MAX_ENUMERATION, Plan, plan
 from scorefn.programs.reruns import (
     Particle,
-    antithetic_term,
     control_variate_term,
-    measure_valued_term,
     over_branches,
     particle_keys,
-    rebar_term,
 )
 from scorefn.programs.tracing import (
     Recorder,
@@ -98,13 +95,10 @@ def _particles(program, params, key, args, p: Plan, num_particles: int, cut: fro
                   for s in p.score_names}
         enum = {e: jnp.sum(rec.latent_log_prob(e)) for e in p.enumerate_names}
         particle = Particle(program, params, args, p, site_keys, forced, rec)
-        relax_params, relax_networks = relax
-        rerun_terms = sum(
-            [measure_valued_term(particle, i, s)
-             for i, s in enumerate(p.measure_valued_names) if s not in cut]
-            + [antithetic_term(particle, s) for s in p.antithetic_names if s not in cut]
-            + [rebar_term(particle, s, relax_params.get(s), relax_networks.get(s))
-               for s in p.control_variate_names if s not in cut], jnp.zeros(()))
+        families = p.families
+        rerun_terms = sum((t for t in (
+            families[s].term(particle, s, p.of_family(families[s].name).index(s), relax)
+            for s in p.estimators if s not in cut) if t is not None), jnp.zeros(()))
         values = {s: jax.lax.stop_gradient(rec.latents[s]["value"]) for s in kept}
         return terms, scores, enum, rerun_terms, values
 
@@ -353,14 +347,15 @@ def _checked_relax(relax_params: Mapping[str, Any] | None,
                    relax_networks: Mapping[str, Any] | None,
                    p: Plan) -> tuple[dict[str, Any], dict[str, Any]]:
     relax_params, relax_networks = dict(relax_params or {}), dict(relax_networks or {})
+    sites = p.of_family("control_variate")
     for name, mapping in (("relax_params", relax_params), ("relax_networks", relax_networks)):
         for site in mapping:
-            if site not in p.control_variate_names:
+            if site not in sites:
                 raise ValueError(f"{name} names site {site!r}, which is not a 'rebar' or "
                                  f"'relax' site of the program (those are "
-                                 f"{list(p.control_variate_names)}); give it "
+                                 f"{list(sites)}); give it "
                                  "estimators={site: 'rebar'} (or 'relax')")
-    for site in p.control_variate_names:
+    for site in sites:
         if p.estimators[site] == "relax" and site not in relax_networks:
             raise ValueError(f"site {site!r}: estimator 'relax' learns a control-variate network: "
                              f"pass relax_networks={{{site!r}: a flax module}} and its params in "

@@ -33,13 +33,7 @@ from numpyro.distributions import constraints
 from numpyro.handlers import Messenger
 
 from scorefn import dependencies, validation
-from scorefn.discrete import (
-    antithetic_pair,
-    base_distribution,
-    bernoulli_logits,
-    relaxed_sample,
-    sample_dtype_of,
-)
+from scorefn.discrete import base_distribution
 from scorefn.measure_valued import as_supported
 from scorefn.scores import log_prob as fixed_log_prob
 
@@ -100,22 +94,26 @@ class Recorder(Messenger):
     """Records a program's sites and applies each latent site's estimator to its value.
 
     Args:
-      families: site name -> its estimator's family (``scorefn.registry.FAMILIES``; None:
-        record only).
+      families: site name -> its estimator's family, an implementation of
+        ``programs.families.SiteFamily`` (None: record only). The family draws the value
+        (or leaves it to numpyro), says whether the program sees it detached, and forces an
+        enumerated value.
       forced: site name -> value to use instead of sampling (enumerated sites, or every site
         in the structural analysis).
-      cut: sites whose pathwise value is detached (for per-site diagnostics).
+      cut: sites whose value is detached whatever their family (for per-site diagnostics).
       site_keys: one PRNG key per latent site, in the order the program reaches them (from
         one batched split); None leaves the keys to numpyro's ``seed`` (one split per site,
         in sequence: about 1.4x the time of a whole small program on CPU).
-      estimators: site name -> estimator name, for the sites whose value the estimator
-        draws itself (ARM and DisARM pairs, relaxations).
+      estimators: site name -> estimator name (the family's draw reads it: ARM or DisARM,
+        Gumbel-softmax or straight-through).
       temperature: the relaxations' temperature.
       sum_and_sample_size: k of the ``"sum_and_sample"`` sites, whose forced value is a
         branch index (see ``sum_and_sample_branch``).
+
+    After the run, ``drawn`` holds what each family's draw kept for its rerun term.
     """
 
-    def __init__(self, families: dict[str, str] | None = None, forced: dict | None = None,
+    def __init__(self, families: dict[str, Any] | None = None, forced: dict | None = None,
                  cut: frozenset = frozenset(), site_keys: jax.Array | None = None,
                  estimators: dict[str, str] | None = None, temperature: float = 0.5,
                  sum_and_sample_size: int = 2):
@@ -128,8 +126,7 @@ class Recorder(Messenger):
         self.temperature = temperature
         self.latents: dict[str, dict] = {}
         self.terms: dict[str, dict] = {}
-        self.antithetic: dict[str, tuple] = {}
-        self.control_variate: dict[str, tuple] = {}
+        self.drawn: dict[str, Any] = {}
         self.sum_and_sample_size = sum_and_sample_size
         self.branch_log_weights: dict[str, jax.Array] = {}
         self._count = 0
@@ -141,35 +138,22 @@ class Recorder(Messenger):
         key = None if self.site_keys is None else self.site_keys[self._count]
         self._count += 1
         family = None if self.families is None else self.families[name]
-        if name in self.forced and self.estimators.get(name) == "sum_and_sample":
-            msg["value"], self.branch_log_weights[name] = sum_and_sample_branch(
-                msg["fn"], self.forced[name], key, self.sum_and_sample_size)
-        elif name in self.forced:
-            msg["value"] = self.forced[name]
-        elif family == "antithetic" and key is not None:
-            d = msg["fn"]
-            shape = tuple(d.shape(msg["kwargs"].get("sample_shape", ())))
-            logits = jax.lax.stop_gradient(bernoulli_logits(d, shape, self.estimators[name]))
-            u = jax.random.uniform(key, shape, dtype=logits.dtype)
-            first, second = antithetic_pair(logits, u, self.estimators[name])
-            dtype = sample_dtype_of(d)
-            msg["value"] = first.astype(dtype)
-            self.antithetic[name] = (u, logits, first, second.astype(dtype))
-        elif family == "control_variate" and key is not None:
-            # REBAR: b = 1[z > 0] for logistic-perturbed logits z = φ + log u - log(1 - u);
-            # the second uniform draws z̃ | b (scorefn.programs.surrogate's _rebar_term).
-            d = msg["fn"]
-            shape = tuple(d.shape(msg["kwargs"].get("sample_shape", ())))
-            logits = jax.lax.stop_gradient(bernoulli_logits(d, shape, "rebar"))
-            k_u, k_w = jax.random.split(key)
-            u, w = (jax.random.uniform(k, shape, logits.dtype, 1e-6, 1 - 1e-6) for k in (k_u, k_w))
-            msg["value"] = (u > jax.nn.sigmoid(-logits)).astype(sample_dtype_of(d))
-            self.control_variate[name] = (u, w)
-        elif family == "relaxed" and key is not None:
-            d = msg["fn"]
-            sample_shape = tuple(msg["kwargs"].get("sample_shape", ()))
-            msg["value"] = relaxed_sample(d, key, sample_shape, self.temperature,
-                                          self.estimators[name] == "straight_through")
+        if name in self.forced:
+            if family is None:
+                msg["value"] = self.forced[name]
+                return
+            msg["value"], log_weight = family.force(self.estimators[name], msg["fn"],
+                                                    self.forced[name], key,
+                                                    self.sum_and_sample_size)
+            if log_weight is not None:
+                self.branch_log_weights[name] = log_weight
+            return
+        drawn = None
+        if family is not None and key is not None:
+            drawn = family.draw(self.estimators[name], msg["fn"], key,
+                                tuple(msg["kwargs"].get("sample_shape", ())), self.temperature)
+        if drawn is not None:
+            msg["value"], self.drawn[name] = drawn
         elif key is not None and msg["kwargs"].get("rng_key") is None:
             msg["kwargs"]["rng_key"] = key
 
@@ -188,7 +172,7 @@ class Recorder(Messenger):
             self.terms[name] = {"value": log_prob, "plates": plates_of(msg), "fn": d}
             return
         family = None if self.families is None else self.families[name]
-        if family in ("score", "measure_valued") or (family == "pathwise" and name in self.cut):
+        if family is not None and (family.detached or name in self.cut):
             msg["value"] = jax.lax.stop_gradient(msg["value"])
         self.latents[name] = {"value": msg["value"], "plates": plates_of(msg), "fn": d,
                               "mask": msg.get("mask")}

@@ -51,13 +51,13 @@ def test_discrete_estimators_per_site_are_unbiased(z, c):
 def test_planted_bias_antithetic_pair_sharing_no_noise_is_detected(monkeypatch):
     """DisARM's second sample drawn independently (no antithetic coupling): the weights no
     longer match the pair, and the same test fails."""
-    import scorefn.programs.tracing as tracing
+    import scorefn.programs.families as families
 
     def independent_pair(logits, u, estimator):
         other = jax.random.uniform(jax.random.key(0), u.shape)
         return (u < jax.nn.sigmoid(logits)), (other < jax.nn.sigmoid(logits))
 
-    monkeypatch.setattr(tracing, "antithetic_pair", independent_pair)
+    monkeypatch.setattr(families, "antithetic_pair", independent_pair)
     out = repeated_grads(two_site, PARAMS, jax.random.key(32), 3000, num_particles=2,
                          estimators={"z": "disarm", "c": "enumerate"})
     assert detects_bias(out, TRUE)
@@ -207,7 +207,7 @@ def test_sum_and_sample_beats_rloo_at_the_same_number_of_runs_and_its_twin_is_ca
         monkeypatch):
     """k = 2 with 2 particles (4 runs) against RLOO with 4 particles, on c's logits; the
     planted twin drops the sampled branch's score (its weight detached): biased."""
-    import scorefn.programs.tracing as tracing
+    import scorefn.programs.families as families
 
     options = dict(estimators={"z": "enumerate", "c": "sum_and_sample"}, sum_and_sample_size=2)
     summed = repeated_grads(two_site, PARAMS, jax.random.key(52), 3000, num_particles=2,
@@ -219,13 +219,13 @@ def test_sum_and_sample_beats_rloo_at_the_same_number_of_runs_and_its_twin_is_ca
     # class's logit gains least: its branch is exact either way)
     assert summed[:, logits].var(0).sum() < 0.7 * rloo[:, logits].var(0).sum()
     assert np.median(variance_z(summed[:, logits], rloo[:, logits])) < -4
-    exact = tracing.sum_and_sample_branch
+    exact = families.sum_and_sample_branch
 
     def without_the_tail_score(d, index, key, k):
         value, weight = exact(d, index, key, k)
         return value, jnp.where(index < k - 1, weight, jax.lax.stop_gradient(weight))
 
-    monkeypatch.setattr(tracing, "sum_and_sample_branch", without_the_tail_score)
+    monkeypatch.setattr(families, "sum_and_sample_branch", without_the_tail_score)
     planted = repeated_grads(two_site, PARAMS, jax.random.key(52), 3000, num_particles=2,
                              **options)
     assert detects_bias(planted, TRUE)
