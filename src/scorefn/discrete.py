@@ -224,8 +224,35 @@ class RelaxState(NamedTuple):
     opt_state: Any
 
 
-def _logistic(logits: jax.Array, u: jax.Array) -> jax.Array:
+def logistic_perturbed(logits: jax.Array, u: jax.Array) -> jax.Array:
+    """z = φ + log u − log(1 − u) for u ~ Uniform(0, 1): b = 1[z > 0] is a Bernoulli(σ(φ))
+    draw, and σ(z/τ) its relaxation."""
     return logits + jnp.log(u) - jnp.log1p(-u)
+
+
+def conditional_uniform(b: jax.Array, prob: jax.Array, w: jax.Array) -> jax.Array:
+    """u' ~ Uniform(0, 1) given 1[u' > 1 - p] = b, from w ~ Uniform(0, 1): the uniform whose
+    logistic perturbation z̃ = φ + log u' - log(1 - u') is z | b (differentiable in p)."""
+    return jnp.clip(b * (1 - prob + w * prob) + (1 - b) * w * (1 - prob), 1e-6, 1 - 1e-6)
+
+
+def rebar_estimate(log_p: jax.Array, signal: jax.Array, c_z: jax.Array,
+                   c_given_b: jax.Array) -> jax.Array:
+    r"""REBAR's (and RELAX's) estimate as a term of value 0 whose gradient is
+
+    $$
+    \left(f(b) - c(\tilde z)\right) \nabla \log p(b) + \nabla c(z) - \nabla c(\tilde z),
+    $$
+
+    from ``log_p`` = log p(b), ``signal`` = f(b) − c(z̃) held constant in θ (differentiable
+    in the control variate's ψ, so that a step of ψ down the estimate's square sees it),
+    ``c_z`` = c(z) and ``c_given_b`` = c(z̃). One distribution (``Relax``) and a program's
+    site (``programs.reruns.rebar_term``, with the terms the site reaches as f) share it."""
+    def zero_valued(x):
+        return x - jax.lax.stop_gradient(x)
+
+    return (jnp.sum(signal * zero_valued(log_p)) + zero_valued(jnp.sum(c_z))
+            - zero_valued(jnp.sum(c_given_b)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -329,30 +356,25 @@ class Relax:
                 v_b = jnp.sum(hard * v1, -1, keepdims=True)
                 z_other = -jnp.log(-jnp.log(v1) / jnp.exp(log_p_all) - jnp.log(v_b))
                 z_cond = jnp.where(hard > 0, -jnp.log(-jnp.log(v_b)), z_other)
-                log_p = jnp.sum(hard * log_p_all)
-                c_cond = self._control(f, psi, z_cond, True)
-                out = jax.lax.stop_gradient(f(hard) - c_cond) * log_p + self._control(f, psi, z, True)
-                return out - c_cond if correction else out
+                return estimate(jnp.sum(hard * log_p_all), hard, z, z_cond, True)
 
             return jax.grad(surrogate)(logits)
 
         def one(u1, v1):
             def surrogate(phi):
-                z = _logistic(phi, u1)
+                z = logistic_perturbed(phi, u1)
                 b = jax.lax.stop_gradient((z > 0).astype(phi.dtype))
-                theta = jax.nn.sigmoid(phi)
-                u_cond = b * (1 - theta + v1 * theta) + (1 - b) * v1 * (1 - theta)
-                u_cond = jnp.clip(u_cond, 1e-6, 1 - 1e-6)
-                z_cond = _logistic(phi, u_cond)
+                z_cond = logistic_perturbed(phi, conditional_uniform(b, jax.nn.sigmoid(phi), v1))
                 log_p = jnp.sum(b * jax.nn.log_sigmoid(phi) + (1 - b) * jax.nn.log_sigmoid(-phi))
-                c_cond = self._control(f, psi, z_cond)
-                learning_signal = jax.lax.stop_gradient(f(b) - c_cond)
-                out = learning_signal * log_p + self._control(f, psi, z)
-                if correction:
-                    out = out - c_cond
-                return out
+                return estimate(log_p, b, z, z_cond, False)
 
             return jax.grad(surrogate)(logits)
+
+        def estimate(log_p, b, z, z_cond, categorical):
+            signal = (jax.lax.stop_gradient(f(b))
+                      - self._control(f, psi, jax.lax.stop_gradient(z_cond), categorical))
+            c_cond = self._control(f, psi, z_cond, categorical) if correction else 0.0
+            return rebar_estimate(log_p, signal, self._control(f, psi, z, categorical), c_cond)
 
         return jax.vmap(one_categorical if categorical else one)(u, v_)
 

@@ -208,6 +208,33 @@ def test_relax_variance_falls_as_its_control_variate_trains():
     assert np.median(variance_z(after, before)) < -4
 
 
+@pytest.mark.parametrize("categorical", [False, True])
+def test_the_control_variates_step_sees_the_learning_signal(categorical):
+    """ψ's step descends the mean square of the per-sample estimates, whose learning signal
+    f(b) − c_ψ(z̃) depends on ψ: the gradient in η matches a central difference of the mean
+    square (ĝ is linear in η for REBAR, so the difference is exact up to rounding). Dropping
+    the signal's dependence on ψ (held constant) misses the term −∂c/∂η ∇log p(b)."""
+    estimator = scorefn.discrete.rebar()
+    logits = jnp.stack([LOGITS, -LOGITS], -1) if categorical else LOGITS
+    d = dist.Categorical(logits=logits) if categorical else dist.Bernoulli(logits=logits)
+    state = estimator.init(jax.random.key(0), d)
+
+    def f(b):
+        return jnp.sum((b[..., 0] if categorical else b) - 0.45) ** 2
+
+    def mean_square(eta):
+        psi = {**state.params, "eta": eta}
+        per = estimator.per_sample_logit_grads(f, logits, psi, jax.random.key(3), 64,
+                                               categorical=categorical)
+        return jnp.mean(jnp.sum(per.reshape(64, -1) ** 2, axis=1))
+
+    eta, h = state.params["eta"], 0.25
+    exact = float(jax.grad(mean_square)(eta))
+    difference = float((mean_square(eta + h) - mean_square(eta - h)) / (2 * h))
+    assert abs(difference) > 1e-2
+    assert exact == pytest.approx(difference, rel=1e-3)
+
+
 def test_relax_checks():
     with pytest.raises(ValueError, match="rebar_term must be True"):
         scorefn.discrete.Relax(None, rebar_term=False)

@@ -19,7 +19,13 @@ import numpyro
 
 from scorefn import guards
 from scorefn.control_variates import ControlVariate, with_control_variate
-from scorefn.discrete import antithetic_weights, bernoulli_logits
+from scorefn.discrete import (
+    antithetic_weights,
+    bernoulli_logits,
+    conditional_uniform,
+    logistic_perturbed,
+    rebar_estimate,
+)
 from scorefn.measure_valued import as_supported, distribution_parameters, perturbations
 from scorefn.programs.tracing import (
     Recorder,
@@ -167,12 +173,6 @@ def antithetic_term(particle: Particle, site: str) -> jax.Array:
     return guards.guarded(jnp.sum(estimate * (phi - jax.lax.stop_gradient(phi))), guard)
 
 
-def conditional_uniform(b: jax.Array, prob: jax.Array, w: jax.Array) -> jax.Array:
-    """u' ~ Uniform(0, 1) given 1[u' > 1 - p] = b, from w ~ Uniform(0, 1): the uniform whose
-    logistic perturbation z̃ = φ + log u' - log(1 - u') is z | b (differentiable in p)."""
-    return jnp.clip(b * (1 - prob + w * prob) + (1 - b) * w * (1 - prob), 1e-6, 1 - 1e-6)
-
-
 def rebar_term(particle: Particle, site: str, psi: Mapping[str, Any] | None = None,
                network: Any = None) -> jax.Array:
     r"""Value 0, its gradient REBAR's (with ``network``, RELAX's) estimate for a Bernoulli
@@ -200,7 +200,8 @@ def rebar_term(particle: Particle, site: str, psi: Mapping[str, Any] | None = No
     phi = bernoulli_logits(d, tuple(jnp.shape(u)), "rebar")
     b = jax.lax.stop_gradient(jnp.asarray(rec.latents[site]["value"], phi.dtype))
     prob = jax.nn.sigmoid(phi)
-    z, z_given_b = (phi + jnp.log(x) - jnp.log1p(-x) for x in (u, conditional_uniform(b, prob, w)))
+    z = logistic_perturbed(phi, u)
+    z_given_b = logistic_perturbed(phi, conditional_uniform(b, prob, w))
     temperature = p.temperature if psi is None else jnp.exp(psi["log_temperature"])
 
     def control(zz):
@@ -223,13 +224,7 @@ def rebar_term(particle: Particle, site: str, psi: Mapping[str, Any] | None = No
     guard = guards.finite_guard((jax.lax.stop_gradient(jnp.stack([jnp.sum(signal), jnp.sum(c_z)])),
                                  _nonfinite_reached_message(site)), enabled=p.runtime_checks)
     log_p = b * jax.nn.log_sigmoid(phi) + (1 - b) * jax.nn.log_sigmoid(-phi)
-
-    def zero_valued(x):
-        return x - jax.lax.stop_gradient(x)
-
-    estimate = (jnp.sum(signal * zero_valued(log_p)) + zero_valued(jnp.sum(c_z))
-                - zero_valued(jnp.sum(c_given_b)))
-    return guards.guarded(estimate, guard)
+    return guards.guarded(rebar_estimate(log_p, signal, c_z, c_given_b), guard)
 
 
 def _per_element_network(network: Any, net_params: Any, value: jax.Array, p: Plan,
