@@ -476,24 +476,39 @@ def sum_and_sample_grad(
     if k > num_classes:
         raise ValueError(f"num_samples = {k} evaluations exceed the {num_classes} classes: "
                          "enumerate the Categorical exactly instead")
-    logits_now = jax.lax.stop_gradient(base.logits)
-    top = jnp.argsort(-logits_now)[: k - 1]
-    in_top = jnp.zeros(num_classes, bool).at[top].set(True)
-    tail_logits = jnp.where(in_top, -jnp.inf, logits_now)
-    x = jax.random.categorical(key, tail_logits)
     dtype = sample_dtype_of(d)
-    f_top = jax.vmap(f)(top.astype(dtype))
-    f_x = f(x.astype(dtype))
-    guard = guards.finite_guard((jnp.append(f_top, f_x), guards.nonfinite_values_message),
+    values, _ = sum_and_sample_branches(jax.lax.stop_gradient(base.logits), key, k)
+    f_values = jax.vmap(f)(values.astype(dtype))
+    guard = guards.finite_guard((f_values, guards.nonfinite_values_message),
                                 enabled=runtime_checks)
-    f_top, f_x = jax.lax.stop_gradient(f_top), jax.lax.stop_gradient(f_x)
+    f_values = jax.lax.stop_gradient(f_values)
 
     def surrogate(p):
-        log_p = jax.nn.log_softmax(base_distribution(dist_fn(p)).logits)
-        p_top = jnp.exp(log_p[top])
-        rest = 1.0 - jnp.sum(p_top)
-        log_tail = log_p[x] - jnp.log(rest)
-        return jnp.sum(p_top * f_top) + rest * f_x * jnp.exp(log_tail - jax.lax.stop_gradient(log_tail))
+        log_weights = sum_and_sample_branches(base_distribution(dist_fn(p)).logits, key, k)[1]
+        return jnp.sum(jnp.exp(log_weights) * f_values)
 
     grad = jax.grad(surrogate)(params)
     return jax.tree.map(lambda g: g + guard.astype(g.dtype), grad)
+
+
+def sum_and_sample_branches(logits: jax.Array, key: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
+    r"""The k branches of sum-and-sample for one Categorical with ``logits`` (Liu et al.
+    2019): the k − 1 most probable classes C (chosen with the gradient stopped), each with log
+    weight log p_θ(c), then x ~ q(x) = p_θ(x | x ∉ C) drawn with ``key``, with log weight
+    log p_θ(x) − stop_gradient(log q_θ(x)): in value log(1 − p_θ(C)), and its gradient
+    carries q's score (the DiCE magic box), so that
+
+    $$
+    \sum_{c \in C} p_	heta(c) f(c) + (1 - p_	heta(C))\, \square(\log q_	heta(x)) f(x)
+    $$
+
+    is unbiased for E[f] at every order of differentiation. Returns the values [k] (int32)
+    and the log weights [k], differentiable in the logits."""
+    log_p = jax.nn.log_softmax(logits, axis=-1)
+    top = jnp.argsort(-jax.lax.stop_gradient(log_p), axis=-1)[:k - 1]
+    in_top = jnp.zeros(log_p.shape, bool).at[top].set(True)
+    sampled = jax.random.categorical(key, jnp.where(in_top, -jnp.inf, jax.lax.stop_gradient(log_p)))
+    log_q = log_p[sampled] - jax.nn.logsumexp(jnp.where(in_top, -jnp.inf, log_p))
+    values = jnp.append(top, sampled).astype(jnp.int32)
+    log_weights = jnp.append(log_p[top], log_p[sampled] - jax.lax.stop_gradient(log_q))
+    return values, log_weights

@@ -33,7 +33,7 @@ from numpyro.distributions import constraints
 from numpyro.handlers import Messenger
 
 from scorefn import dependencies, validation
-from scorefn.discrete import base_distribution
+from scorefn.discrete import base_distribution, sum_and_sample_branches
 from scorefn.measure_valued import as_supported
 from scorefn.scores import log_prob as fixed_log_prob
 
@@ -188,27 +188,12 @@ class Recorder(Messenger):
 
 def sum_and_sample_branch(d: Any, index: jax.Array, key: jax.Array | None,
                           k: int) -> tuple[jax.Array, jax.Array]:
-    r"""Branch ``index`` of a sum-and-sample site (Liu et al. 2019) with k branches: the
-    k - 1 most probable classes C (chosen with the gradient stopped) are branches 0..k-2,
-    with log weight log p_θ(c); branch k - 1 is x ~ q(x) = p_θ(x | x ∉ C), drawn with the
-    site's key, with log weight log p_θ(x) - stop_gradient(log q_θ(x)): in value
-    log(1 - p_θ(C)), and its gradient carries q's score (the DiCE magic box), so that
-
-        Σ_c p(c) L(c) + (1 - p(C)) □(log q(x)) L(x)
-
-    is unbiased for E[L] at every order of differentiation."""
-    logits = d.logits
-    log_p = jax.nn.log_softmax(logits, axis=-1)
-    top = jnp.argsort(-jax.lax.stop_gradient(log_p), axis=-1)[:k - 1]
-    in_top = jnp.zeros(log_p.shape, bool).at[top].set(True)
-    tail = jnp.where(in_top, -jnp.inf, jax.lax.stop_gradient(log_p))
-    sampled = jax.random.categorical(key if key is not None else jax.random.key(0), tail)
-    summed = index < k - 1
-    value = jnp.where(summed, top[jnp.clip(index, 0, k - 2)], sampled)
-    log_tail = jax.nn.logsumexp(jnp.where(in_top, -jnp.inf, log_p))
-    log_q = log_p[sampled] - log_tail
-    weight = jnp.where(summed, log_p[value], log_p[sampled] - jax.lax.stop_gradient(log_q))
-    return value.astype(jnp.int32), weight
+    """Branch ``index`` of a sum-and-sample site with k branches, its value and log weight
+    (``scorefn.discrete.sum_and_sample_branches``: the k - 1 most probable classes, then one
+    drawn from the rest with the site's key)."""
+    values, log_weights = sum_and_sample_branches(d.logits, key if key is not None else
+                                                  jax.random.key(0), k)
+    return values[index], log_weights[index]
 
 
 def record(program: Callable, params: Any, key: jax.Array, args: tuple, recorder: Recorder) -> Recorder:
