@@ -43,21 +43,31 @@ from scorefn.programs.surrogate import surrogate
 @dataclasses.dataclass(frozen=True)
 class Relax:
     """Learned control variates of ``"rebar"`` program sites: η and τ per site (REBAR), and
-    a flax network per site in ``networks`` (RELAX)."""
+    a flax network per site in ``networks`` (RELAX); the program counterpart of
+    ``scorefn.discrete.Relax``, with the same fields (a network per site) and state.
+    ``temperature`` and ``eta``: ψ's starting values."""
 
     networks: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     optimizer: Any = None  # an optax GradientTransformation (default optax.adam(1e-2))
+    temperature: float = 0.5
+    eta: float = 1.0
+
+    def __post_init__(self):
+        if not (isinstance(self.temperature, int | float) and self.temperature > 0):
+            raise ValueError(f"temperature must be a positive number, got {self.temperature!r}")
 
     def _optimizer(self) -> optax.GradientTransformation:
         return self.optimizer if self.optimizer is not None else optax.adam(1e-2)
 
     def init(self, sites: Sequence[str], key: jax.Array | None = None,
-             inputs: Mapping[str, jax.Array] | None = None, *, eta: float = 1.0,
-             temperature: float = 0.5) -> RelaxState:
-        """ψ for each of the ``"rebar"`` ``sites``, starting at ``eta`` and ``temperature``;
-        a site with a network is initialised with ``key`` on ``inputs[site]``, one element
-        of its relaxed value (its plates indexed, e.g. ``jnp.zeros(16)`` for 16 latent bits
-        per data point)."""
+             inputs: Mapping[str, jax.Array] | None = None, *, eta: float | None = None,
+             temperature: float | None = None) -> RelaxState:
+        """ψ for each of the ``"rebar"`` ``sites``, starting at ``eta`` and ``temperature``
+        (by default the estimator's own); a site with a network is initialised with ``key``
+        on ``inputs[site]``, one element of its relaxed value (its plates indexed, e.g.
+        ``jnp.zeros(16)`` for 16 latent bits per data point)."""
+        eta = self.eta if eta is None else eta
+        temperature = self.temperature if temperature is None else temperature
         if not (isinstance(temperature, int | float) and temperature > 0):
             raise ValueError(f"temperature must be a positive number, got {temperature!r}")
         if isinstance(sites, str) or not sites:
@@ -108,15 +118,17 @@ class Relax:
         return g, RelaxState(optax.apply_updates(state.params, updates), opt_state)
 
 
-def rebar(optimizer: Any = None) -> Relax:
-    """REBAR per site with η and τ learned (Tucker et al. 2017). See ``Relax``."""
-    return Relax({}, optimizer)
+def rebar(temperature: float = 0.5, eta: float = 1.0, optimizer: Any = None) -> Relax:
+    """REBAR per site with η and τ learned (Tucker et al. 2017); ``scorefn.discrete.rebar``'s
+    arguments. See ``Relax``."""
+    return Relax({}, optimizer, temperature, eta)
 
 
-def relax(networks: Mapping[str, Any], optimizer: Any = None) -> Relax:
+def relax(networks: Mapping[str, Any], optimizer: Any = None, temperature: float = 0.5,
+          eta: float = 1.0) -> Relax:
     """RELAX per site (Grathwohl et al. 2018): η, τ and a flax network r_ψ per site in
     ``networks``, one element of the site's relaxed value -> a scalar. See ``Relax``."""
     if not networks:
         raise ValueError("relax needs a network for at least one site; for η and τ alone use "
                          "scorefn.programs.rebar()")
-    return Relax(dict(networks), optimizer)
+    return Relax(dict(networks), optimizer, temperature, eta)

@@ -181,6 +181,12 @@ def test_relax_params_are_checked_and_relax_takes_them_from_its_state():
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     with pytest.raises(TypeError, match="takes ψ from its state"):
         rebar.grad(two_site, PARAMS, jax.random.key(1), state=state, relax_params={"z": psi})
+    # ψ's starting values given as to scorefn.discrete.rebar, or at init
+    started = scorefn.programs.rebar(temperature=0.3, eta=0.6).init(["z"]).params["z"]
+    np.testing.assert_allclose([started["eta"], started["log_temperature"]], [0.6, np.log(0.3)],
+                               rtol=1e-6)
+    with pytest.raises(ValueError, match="temperature must be a positive number"):
+        scorefn.programs.relax({"z": SmallMLP()}, temperature=0.0)
 
 
 @pytest.mark.parametrize("z", ["rloo", "enumerate"])
