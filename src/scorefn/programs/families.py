@@ -30,7 +30,9 @@ if TYPE_CHECKING:
     from scorefn.programs.tracing import SiteInfo
     from scorefn.registry import Estimator
 
-_BERNOULLI = ("BernoulliLogits", "BernoulliProbs")
+def _require_bernoulli(site: SiteInfo, why: str) -> None:
+    if site.distribution_class not in ("BernoulliLogits", "BernoulliProbs"):
+        raise ValueError(f"site {site.name!r}: {why}")
 
 
 class SiteFamily:
@@ -122,11 +124,10 @@ class Antithetic(SiteFamily):
     detached = False  # a Bernoulli value: nothing to differentiate
 
     def check(self, estimator, site):
-        if site.distribution_class not in _BERNOULLI:
-            raise ValueError(
-                f"site {site.name!r}: estimator {estimator.name!r} is for Bernoulli sites "
-                f"(batched, to_event or in plates); {site.distribution} is not one. Use "
-                "'score' (with 'rloo', the leave-one-out baseline) or 'enumerate'")
+        _require_bernoulli(site, (
+            f"estimator {estimator.name!r} is for Bernoulli sites (batched, to_event or in "
+            f"plates); {site.distribution} is not one. Use 'score' (with 'rloo', the "
+            "leave-one-out baseline) or 'enumerate'"))
 
     def draw(self, estimator, d, key, sample_shape, temperature):
         shape = tuple(d.shape(sample_shape))
@@ -148,13 +149,12 @@ class ControlVariate(SiteFamily):
     detached = False
 
     def check(self, estimator, site):
-        if site.distribution_class not in _BERNOULLI:
-            raise ValueError(
-                f"site {site.name!r}: in a program {estimator.name!r} is for Bernoulli sites "
-                f"(batched, to_event or in plates); {site.distribution} is not one: a program "
-                "reads a Categorical value as an index, where a relaxed (one-hot) value cannot "
-                "go. For one Categorical distribution, scorefn.grad(..., "
-                f"estimator={estimator.name!r}) and scorefn.discrete.{estimator.name}()")
+        _require_bernoulli(site, (
+            f"in a program {estimator.name!r} is for Bernoulli sites (batched, to_event or in "
+            f"plates); {site.distribution} is not one: a program reads a Categorical value as "
+            "an index, where a relaxed (one-hot) value cannot go. For one Categorical "
+            f"distribution, scorefn.grad(..., estimator={estimator.name!r}) and "
+            f"scorefn.discrete.{estimator.name}()"))
 
     def draw(self, estimator, d, key, sample_shape, temperature):
         shape = tuple(d.shape(sample_shape))
@@ -176,11 +176,10 @@ class Relaxed(SiteFamily):
     detached = False
 
     def check(self, estimator, site):
-        if site.distribution_class not in _BERNOULLI:
-            raise ValueError(
-                f"site {site.name!r}: in a program the {estimator.name!r} relaxation is for "
-                f"Bernoulli sites (a relaxed Categorical would change the value's shape to "
-                f"one-hot; use scorefn.grad for that); {site.distribution} is not one")
+        _require_bernoulli(site, (
+            f"in a program the {estimator.name!r} relaxation is for Bernoulli sites (a relaxed "
+            f"Categorical would change the value's shape to one-hot; use scorefn.grad for "
+            f"that); {site.distribution} is not one"))
 
     def draw(self, estimator, d, key, sample_shape, temperature):
         return relaxed_sample(d, key, sample_shape, temperature,
