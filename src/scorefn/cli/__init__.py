@@ -121,7 +121,7 @@ def _fit(args: argparse.Namespace) -> int:
                         estimator=args.estimator, optimizer=optax.adam(args.lr), steps=args.steps,
                         num_samples=args.samples, baseline=baseline, checkpoint=args.checkpoint,
                         resume=args.resume, overwrite=args.overwrite, progress=not args.json,
-                        plot=plot)
+                        plot=plot, devices=args.devices)
     except ValueError as error:
         raise CommandError(str(error)) from None
     if args.json:
@@ -153,7 +153,8 @@ def _fit_discrete_vae(args: argparse.Namespace) -> int:
             model, discrete_vae.binarized_digits(), jax.random.key(args.seed),
             estimator=estimator, num_particles=args.samples, steps=args.steps,
             learning_rate=1e-3 if args.lr is None else args.lr, checkpoint=args.checkpoint,
-            resume=args.resume, overwrite=args.overwrite, progress=not args.json)
+            resume=args.resume, overwrite=args.overwrite, progress=not args.json,
+            devices=args.devices)
     except ValueError as error:
         raise CommandError(str(error)) from None
     result.plot(plot)
@@ -405,6 +406,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="discrete_vae_digits: units of the encoder's and decoder's hidden layer "
                           "(0: linear)")
     fit.add_argument("--seed", type=int, default=0, help="the PRNG seed")
+    fit.add_argument("--devices", type=_positive_int, default=None,
+                     help="split the data (discrete_vae_digits: each minibatch) across this many "
+                          "JAX devices (default: one)")
     fit.add_argument("--plot", default=None, help="ELBO-curve PNG (default: elbo_<model>_<estimator>.png)")
     _run_options(fit, "written every 100 steps")
     fit.add_argument("--json", action="store_true", help="end with one JSON line")

@@ -31,6 +31,7 @@ import numpyro
 import numpyro.distributions as dist
 import optax
 from jax.flatten_util import ravel_pytree
+from jax.sharding import Mesh
 
 try:
     import flax.linen as nn
@@ -47,6 +48,7 @@ from scorefn.runs import (
     tree_digest,
 )
 from scorefn.runs.checkpoints import restore
+from scorefn.runs.devices import mesh_of, on_mesh, split
 
 #: per-site estimators a fit can use for the latents (``"score"`` is REINFORCE with an
 #: exponential-moving-average baseline; ``"rloo"`` needs ``num_particles >= 2``; ``"arm"`` and
@@ -223,6 +225,7 @@ def fit(
     resume: bool = False,
     overwrite: bool = False,
     progress: bool = False,
+    devices: int | Sequence[Any] | Mesh | None = None,
 ) -> DiscreteVAEFit:
     """Train ``model`` on ``data = (train, test)`` with Adam, the latents' gradient from
     ``estimator`` (one of ``ESTIMATORS``) through ``scorefn.programs.surrogate``.
@@ -247,6 +250,10 @@ def fit(
         and refuses a checkpoint written with other settings (or a missing one).
       overwrite: a fresh run refuses a ``checkpoint`` that already exists; ``True`` starts
         over in its place.
+      devices: split each step's minibatch across devices (a count, a device list or a
+        ``jax.sharding.Mesh``; ``scorefn.runs.devices``), the parameters replicated: the same
+        run as on one device up to the order of the sums. A checkpoint resumes on any
+        device count.
     """
     if estimator not in ESTIMATORS:
         raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
@@ -299,11 +306,13 @@ def fit(
                                             baselines={"z": baseline}, **options)
         return value, ema.update(signals["z"], baseline)
 
+    mesh = mesh_of(devices, "data")
+
     def step(carry, inputs):
         params, opt_state, baseline = carry
         k_program, batch = inputs
         (value, baseline), grads = jax.value_and_grad(objective, has_aux=True)(
-            params, k_program, train_device[batch], baseline)
+            params, k_program, split(train_device[batch], mesh), baseline)
         updates, opt_state = optimizer.update(jax.tree.map(jnp.negative, grads), opt_state,
                                               params)  # ascend the ELBO
         return (optax.apply_updates(params, updates), opt_state, baseline), value / batch_size
@@ -351,7 +360,7 @@ def fit(
             end = min([done + steps_per_call, steps] + [s for s in variance_at if s > done])
             tic = time.perf_counter()
             with guards.runtime_errors(f"fit steps {done} to {end - 1}"):
-                carry, values = run_steps(carry, step_keys[done:end], _batches(
+                carry, values = run_steps(on_mesh(carry, mesh), step_keys[done:end], _batches(
                     batch_seed, train.shape[0], batch_size, done, end))
                 values = np.asarray(values)
             timings.append(((time.perf_counter() - tic) / (end - done), end - done))

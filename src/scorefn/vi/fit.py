@@ -13,12 +13,14 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from scorefn import guards, validation
 from scorefn.baselines import Ema
@@ -33,6 +35,7 @@ from scorefn.runs import (
 from scorefn.runs.checkpoints import restore
 from scorefn.runs.compilation_cache import enable_compilation_cache
 from scorefn.runs.compiler_options import BACKEND_O2
+from scorefn.runs.devices import mesh_of, on_mesh
 from scorefn.runs.export_cache import cached_jit
 from scorefn.vi.guides import Guide, auto_guide
 from scorefn.vi.model import LatentSite, LogJoint, Model, NumPyroModel, as_model
@@ -163,6 +166,7 @@ def fit(
     chunk_size: int = 100,
     progress: bool = True,
     plot: str | None = None,
+    devices: int | Sequence[Any] | Mesh | None = None,
 ) -> FitResult:
     """Maximise the ELBO (``iwae``/``vimco``: L_K) over the guide's parameters.
 
@@ -187,6 +191,12 @@ def fit(
       chunk_size: steps per compiled chunk (progress and checkpoints happen between chunks).
       progress: show a rich progress bar with the running ELBO.
       plot: save the ELBO curve as a PNG there.
+      devices: split the data across devices (a count, a device list or a ``jax.sharding.Mesh``;
+        ``scorefn.runs.devices``): each data array whose leading axis the device count divides
+        is sharded along it, the rest and the parameters replicated, so each device evaluates
+        the likelihood of its share of the observations for every guide sample. The same run
+        as on one device up to the order of the sums (float32 rounding). A checkpoint resumes
+        on any device count.
 
     JAX's persistent compilation cache is turned on (see
     ``scorefn.enable_compilation_cache``), so a second run of the same fit does not
@@ -220,10 +230,16 @@ def fit(
         done, history = int(state["step"]), list(state["history"])
         run.announce_resume(done, steps)
 
-    def step(carry, index, runtime_checks=True):
+    mesh = mesh_of(devices, "data")
+    arrays, bind = _data_arrays(model)
+    arrays = [jax.device_put(x, _data_sharding(x, mesh)) if mesh is not None else x
+              for x in arrays]
+
+    def step(carry, index, arrays, runtime_checks=True):
         params, opt_state, bstate = carry
-        out = elbo_grad(model, guide, params, jax.random.fold_in(key, index), estimator=estimator,
-                        num_samples=num_samples, baseline=bstate if ema is not None else baseline,
+        out = elbo_grad(bind(arrays), guide, params, jax.random.fold_in(key, index),
+                        estimator=estimator, num_samples=num_samples,
+                        baseline=bstate if ema is not None else baseline,
                         control_variate=control_variate, runtime_checks=runtime_checks)
         ascent = jax.tree.map(jnp.negative, out.grad)
         updates, opt_state = optimizer.update(ascent, opt_state, params)
@@ -232,23 +248,26 @@ def fit(
             bstate = {n: ema.update(out.signals[n], s) for n, s in bstate.items()}
         return (params, opt_state, bstate), out.objective
 
-    # key=None: the model and its data cannot be named; the compilation cache still applies.
+    # key=None: the model cannot be named; the compilation cache still applies. The data's
+    # arrays are arguments (not constants), so that they can live split across devices.
     # Without host callbacks (runtime_checks=False), so the compiled chunk can be cached on
     # disk; the loop checks each chunk's ELBO and parameters instead.
     unchecked_step = functools.partial(step, runtime_checks=False)
-    run_chunk = cached_jit(lambda carry, idx: jax.lax.scan(unchecked_step, carry, idx), key=None,
-                           compiler_options=BACKEND_O2)
+    run_chunk = cached_jit(lambda carry, idx, arrays: jax.lax.scan(
+        lambda c, i: unchecked_step(c, i, arrays), carry, idx), key=None,
+        compiler_options=BACKEND_O2)
     checked_step = jax.jit(step)  # with the run-time checks, to replay a failing chunk
     started = time.perf_counter()
     with run:
         run.advance(done)
         while done < steps:
             n = min(chunk_size, steps - done)
-            start = (params, opt_state, baseline_state)
-            carry, values = run_chunk(start, jnp.arange(done, done + n))
+            start = on_mesh((params, opt_state, baseline_state), mesh)
+            carry, values = run_chunk(start, jnp.arange(done, done + n), arrays)
             values = np.asarray(values)
             if not np.all(np.isfinite(values)) or not all_finite(carry[0]):
-                _replay(checked_step, start, done, n)  # raises, naming the site, if it can
+                # raises, naming the site, if it can
+                _replay(functools.partial(checked_step, arrays=arrays), start, done, n)
                 bad = done + int(np.flatnonzero(~np.isfinite(values))[0]) if not np.all(
                     np.isfinite(values)) else done + n
                 kept = f"; the last good state is in {checkpoint} (step {done})" if checkpoint else ""
@@ -266,6 +285,30 @@ def fit(
     if plot:
         result.plot(plot)
     return result
+
+
+def _data_arrays(model: Model) -> tuple[list[jax.Array], Callable[[list], Model]]:
+    """The model's data arrays (the leaves of its arguments with at least one axis) and a
+    function that binds other arrays of the same shapes in their place; the other leaves
+    (numbers, strings, None) stay as they are."""
+    leaves, tree = jax.tree.flatten((model.args, model.kwargs))
+    dynamic = [i for i, x in enumerate(leaves)
+               if isinstance(x, np.ndarray | jax.Array) and np.ndim(x) >= 1]
+
+    def bind(arrays: list) -> Model:
+        replaced = list(leaves)
+        for i, x in zip(dynamic, arrays):
+            replaced[i] = x
+        return model.with_data(*jax.tree.unflatten(tree, replaced))
+
+    return [jnp.asarray(leaves[i]) for i in dynamic], bind
+
+
+def _data_sharding(x: jax.Array, mesh: Mesh) -> NamedSharding:
+    """Split along the leading axis when the device count divides it, else replicated."""
+    if x.shape[0] % mesh.size == 0:
+        return NamedSharding(mesh, PartitionSpec(mesh.axis_names))
+    return NamedSharding(mesh, PartitionSpec())
 
 
 def _replay(checked_step, carry, start: int, n: int) -> None:

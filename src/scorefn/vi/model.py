@@ -19,6 +19,7 @@ those (credit assignment, as Pyro's TraceGraph_ELBO does with its dependency gra
 from __future__ import annotations
 
 import abc
+import copy
 import dataclasses
 from collections.abc import Callable
 from functools import partial
@@ -72,6 +73,13 @@ class Model(abc.ABC):
 
     def constrain(self, z: dict[str, jax.Array]) -> dict[str, jax.Array]:
         return z
+
+    def with_data(self, args: tuple, kwargs: dict) -> Model:
+        """The same model on other data of the same structure and shapes (e.g. the traced
+        arrays of a compiled step), with nothing inspected again."""
+        other = copy.copy(self)
+        other.args, other.kwargs = tuple(args), dict(kwargs)
+        return other
 
 
 class NumPyroModel(Model):
@@ -159,6 +167,7 @@ class LogJoint(Model):
     def __init__(self, fn: Callable, data: tuple = ()):
         self.fn = fn
         self.args = tuple(data)
+        self.kwargs: dict = {}
         self.latents = {}
 
     def bind(self, latents: dict[str, LatentSite], data: tuple = ()) -> LogJoint:

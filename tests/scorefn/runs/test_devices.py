@@ -1,7 +1,8 @@
 """Several devices in one process (scorefn.runs.devices) on 8 simulated CPU devices:
 es.minimize splits its population, really (each device computes its share), with the same
 result as one device, and resumes with another device count; rl.train splits its seeds, or
-one seed's environments, and programs their particles, with the same result."""
+one seed's environments, programs their particles and vi.fit its data, with the same
+result."""
 
 import json
 import os
@@ -112,6 +113,65 @@ EIGHT_DEVICES = textwrap.dedent("""
     out["programs"] = {"same": close(grads(None), grads(8)),
                        "twin": close(grads(None), grads(None, jax.random.key(1))),
                        "shapes": [cosine_shapes(None), cosine_shapes(8)]}
+
+    # vi.fit: 64 observations split over 8 devices, 8 each
+    import importlib
+    from scorefn import vi
+    fit_module = importlib.import_module("scorefn.vi.fit")
+    X = jax.random.normal(jax.random.key(0), (64, 3))
+    y = (X @ jnp.array([1.0, -2.0, 0.5]) > 0).astype(jnp.float32)
+
+    def logistic(X, y):
+        w = numpyro.sample("w", dist.Normal(jnp.zeros(3), 1.0).to_event(1))
+        with numpyro.plate("data", X.shape[0]):
+            numpyro.sample("y", dist.Bernoulli(logits=X @ w), obs=y)
+
+    chunks = []  # each compiled chunk and its arguments, to read its program
+    exact_cached_jit = fit_module.cached_jit
+
+    def recording(fn, **options):
+        jitted = exact_cached_jit(fn, **options)
+
+        def call(*args):
+            chunks.append((jitted, args))
+            return jitted(*args)
+        return call
+
+    fit_module.cached_jit = recording
+    small = dict(estimator="score", num_samples=4, steps=200, chunk_size=100, progress=False)
+
+    def fit(seed=2, **options):
+        return vi.fit(logistic, None, (X, y), jax.random.key(seed), **{**small, **options})
+
+    def data_shapes():  # the data's rows per device in the last compiled chunk
+        jitted, args = chunks[-1]
+        return sorted(set(re.findall(r"f32\[(\d+),3\]", jitted.lower(*args).compile().as_text())))
+
+    one = fit()
+    one_shapes = data_shapes()
+    eight = fit(devices=8)
+    eight_shapes = data_shapes()
+    vi_path = path + ".vi"
+    fit(devices=8, steps=100, checkpoint=vi_path)
+    resumed = fit(checkpoint=vi_path, resume=True)
+    out["vi"] = {"same": close(one.objective, eight.objective, 1e-4)
+                 and all(close(a, b) for a, b in zip(jax.tree.leaves(one.params),
+                                                      jax.tree.leaves(eight.params))),
+                 "twin": close(one.objective, fit(seed=3).objective, 1e-4),
+                 "resume": close(one.objective, resumed.objective, 1e-4),
+                 "shapes": [one_shapes, eight_shapes]}
+
+    # the discrete VAE: each minibatch of 16 images split over 8 devices
+    from scorefn.vi import discrete_vae as dv
+    digits, vae = dv.binarized_digits(), dv.DiscreteVAE(latents=8, hidden=0)
+    options = dict(estimator="disarm", steps=20, batch_size=16, steps_per_call=10,
+                   variance_at=[], variance_samples=2, evaluation_samples=2)
+
+    def vae_elbo(seed=0, **more):
+        return dv.fit(vae, digits, jax.random.key(seed), **options, **more).elbo
+
+    out["discrete_vae"] = [close(vae_elbo(), vae_elbo(devices=8), 1e-4),
+                           close(vae_elbo(), vae_elbo(seed=1), 1e-4)]
     print(json.dumps(out))
 """)
 
@@ -152,6 +212,15 @@ def test_program_particles_split_with_the_same_gradient(eight_devices):
     programs = eight_devices["programs"]
     assert programs["same"] and not programs["twin"]
     assert programs["shapes"] == [["16"], ["2"]]  # the factor on 16 particles, or 2 a device
+
+
+def test_vi_splits_the_data_with_the_same_fit(eight_devices):
+    fitted = eight_devices["vi"]
+    assert fitted["same"] and not fitted["twin"] and fitted["resume"]
+    # the compiled step reads 64 observations on one device, 8 on each of eight (the 4 guide
+    # samples of w are the [4, 3] array)
+    assert fitted["shapes"] == [["4", "64"], ["4", "8"]]
+    assert eight_devices["discrete_vae"] == [True, False]  # the same ELBO trace; the twin not
 
 
 def test_devices_are_checked_before_the_run():
