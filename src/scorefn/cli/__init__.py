@@ -14,6 +14,11 @@ import os
 import shlex
 import sys
 
+from scorefn.cli.processes import add_options as add_process_options
+from scorefn.cli.processes import joined as joined_processes
+from scorefn.cli.processes import leave as leave_processes
+from scorefn.cli.processes import start as start_processes
+
 
 class CommandError(Exception):
     """An error in how a command was called: one line on stderr, exit status 2."""
@@ -373,6 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="split each population across this many JAX devices "
                                "(--evaluator jax; default: one)")
     _run_options(optimize, "written as it runs")
+    add_process_options(optimize, _positive_int)
     optimize.add_argument("--plot", default=None, help="save a convergence PNG here "
                                                        "(default: none)")
     optimize.add_argument("--json", action="store_true", help="end with one JSON line")
@@ -411,6 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "JAX devices (default: one)")
     fit.add_argument("--plot", default=None, help="ELBO-curve PNG (default: elbo_<model>_<estimator>.png)")
     _run_options(fit, "written every 100 steps")
+    add_process_options(fit, _positive_int)
     fit.add_argument("--json", action="store_true", help="end with one JSON line")
     fit.set_defaults(run=_fit)
 
@@ -446,6 +453,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="hyperparameters, e.g. --set learning_rate=3e-4 num_envs=16 "
                             "(default: per algorithm and env)")
     train.add_argument("--json", action="store_true", help="end with one JSON line")
+    add_process_options(train, _positive_int)
     train.set_defaults(run=_rl_train)
     evaluate = command(rl_commands, "eval", help="evaluate a checkpoint deterministically")
     evaluate.add_argument("--checkpoint", required=True, type=_existing_file,
@@ -474,11 +482,26 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
+    try:
+        return _main(parser, args, argv)
+    except BaseException as error:
+        if not joined_processes():
+            raise
+        leave_processes(error)
+
+
+def _main(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list[str]) -> int:
     from scorefn.runs.compilation_cache import enable_compilation_cache
 
     enable_compilation_cache()
     name = " ".join(["scorefn", args.command] + ([args.rl_command] if args.command == "rl" else []))
     try:
+        try:
+            launched = start_processes(args, argv)
+        except ValueError as error:
+            raise CommandError(str(error)) from None
+        if launched is not None:
+            return launched
         return args.run(args)
     except KeyboardInterrupt:
         checkpoint = getattr(args, "checkpoint", None)

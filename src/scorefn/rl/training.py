@@ -39,6 +39,7 @@ from scorefn.runs.compilation_cache import enable_compilation_cache
 from scorefn.runs.compiler_options import BACKEND_O2, FAST_COMPILE
 from scorefn.runs.devices import mesh_of, on_mesh, split
 from scorefn.runs.export_cache import cached_jit
+from scorefn.runs.processes import to_host
 
 CHECKPOINT_VERSION = 4  # 3: the hyperparameters as the run's settings; 4: data only
 
@@ -333,7 +334,7 @@ def train(
             if checkpoint is not None:
                 run.save(**runner.state(), params=runner.final_params(), history=history,
                          wall=wall, algo=algo, env=env, seeds=seeds, backend=runner.backend)
-                if _is_best(history):
+                if _is_best(history) and run.main:
                     checkpoints.copy(checkpoint, best_checkpoint_path(checkpoint))
             run.advance(min(env_steps, total_steps), f"{np.mean(eval_mean):.1f}")
             threshold = THRESHOLDS.get(env)
@@ -438,6 +439,7 @@ class _JaxLoop:
         # so the compiled chunk can be cached on disk; the driver checks losses and
         # parameters after each chunk instead.
         self.carry, metrics, steps = self._chunk(on_mesh(self.carry, self.mesh))
+        metrics, steps = to_host((metrics, steps))  # gathered when seeds span processes
         steps = np.atleast_1d(np.asarray(steps))
         metrics = {k: np.asarray(v) for k, v in metrics.items()}
         return ({k: (float(v) if self.single else v.tolist()) for k, v in metrics.items()},
@@ -448,17 +450,17 @@ class _JaxLoop:
         self.eval_index += 1
         if self.single:
             return float(self._evaluate(self.carry, np.int32(self.seeds[0]), index))
-        return np.asarray(self._evaluate(self.carry, np.asarray(self.seeds, np.int32),
-                                         np.full(len(self.seeds), index))).tolist()
+        return np.asarray(to_host(self._evaluate(self.carry, np.asarray(self.seeds, np.int32),
+                                                 np.full(len(self.seeds), index)))).tolist()
 
     def observation_stats(self) -> None:
         return None  # gymnax and brax observations are not normalised
 
     def finite(self):
-        return all_finite(self.carry[0].params)
+        return all_finite(to_host(self.carry[0].params))
 
     def final_params(self):
-        return self.carry[0].params
+        return to_host(self.carry[0].params)
 
     @property
     def backend(self) -> str:

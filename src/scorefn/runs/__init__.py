@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from scorefn.runs import checkpoints
+from scorefn.runs.processes import barrier, is_main, to_host
 from scorefn.validation import is_key
 
 
@@ -122,7 +123,10 @@ class Run:
     - ``log(row)``: the metrics files in ``log_dir`` (``MetricsLog``; appended to on resume);
     - JAX's persistent compilation cache, turned on (``compilation_cache=False``: left as it
       is), so a second run of the same programs does not compile them again;
-    - as a context manager, the bar stops and the metrics files close on every way out.
+    - as a context manager, the bar stops and the metrics files close on every way out;
+    - under ``jax.distributed`` (``scorefn.runs.processes``) every process runs the loop and
+      calls ``save``, which gathers arrays split across processes; process 0 alone writes
+      the checkpoint and the metrics and shows the progress.
 
     The loop itself (what a chunk computes, when to stop) stays the application's, so its
     algorithm reads top to bottom.
@@ -153,10 +157,13 @@ class Run:
                                     what=what, may_change=may_change)
         else:
             refuse_overwrite(checkpoint, log_dir, overwrite)
-        self.progress = progress
-        self._bar_options = (progress, description, total, unit, field)
+        # every process checks the files before process 0 writes any
+        barrier(f"scorefn run {kind}")
+        self.main = is_main()
+        self.progress = progress and self.main
+        self._bar_options = (self.progress, description, total, unit, field)
         self._bar = None
-        self._metrics_options = (log_dir, step_field)
+        self._metrics_options = (log_dir if self.main else None, step_field)
         self._metrics = None
 
     def __enter__(self) -> Run:
@@ -180,8 +187,10 @@ class Run:
     def save(self, **state: Any) -> None:
         """Write ``state`` with the settings and the version (nothing without a path)."""
         if self.checkpoint is not None:
-            checkpoints.save(self.checkpoint, {**state, "settings": self.settings},
-                             kind=self.kind, version=self.version)
+            state = to_host(state)  # a collective when arrays span processes: all call it
+            if self.main:
+                checkpoints.save(self.checkpoint, {**state, "settings": self.settings},
+                                 kind=self.kind, version=self.version)
 
     def announce_resume(self, done: int, total: int, unit: str = "steps") -> None:
         """Say on stderr where a resumed run continues (with ``progress`` on)."""
@@ -201,7 +210,7 @@ class Run:
 def saved_figure(path: str, figsize: tuple[float, float] = (6, 4)):
     """A matplotlib figure and its axes (Agg, no display needed), saved to ``path`` at 120 dpi
     and closed when the block ends: the plots of every run (ES convergence, RL learning
-    curves, ELBO curves)."""
+    curves, ELBO curves). Under ``jax.distributed``, process 0 alone writes it."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -211,7 +220,8 @@ def saved_figure(path: str, figsize: tuple[float, float] = (6, 4)):
     try:
         yield fig, ax
         fig.tight_layout()
-        fig.savefig(path, dpi=120)
+        if is_main():
+            fig.savefig(path, dpi=120)
     finally:
         plt.close(fig)
 

@@ -57,7 +57,23 @@ def replicated(x: Any, mesh: Mesh | None) -> Any:
 
 def on_mesh(tree: Any, mesh: Mesh | None) -> Any:
     """``tree``'s arrays copied onto every device of the mesh (outside ``jit``), so that a
-    program partitioned for the mesh accepts them; unchanged without one."""
+    program partitioned for the mesh accepts them; arrays already on the mesh's devices (a
+    previous call's outputs, split or not) stay as they are, since moving them between
+    processes is not a transfer XLA's CPU backend offers. Unchanged without a mesh."""
     if mesh is None:
         return tree
-    return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
+    devices = set(mesh.devices.flat)
+    whole = NamedSharding(mesh, PartitionSpec())
+
+    def place(x):
+        if isinstance(x, jax.Array) and set(x.sharding.device_set) == devices:
+            return x
+        if isinstance(x, jax.Array) and jax.process_count() > 1:
+            # across processes an array goes from host memory, the same on every process
+            if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+                return jax.random.wrap_key_data(place(jax.random.key_data(x)),
+                                                impl=jax.random.key_impl(x))
+            x = np.asarray(x)
+        return jax.device_put(x, whole)
+
+    return jax.tree.map(place, tree)

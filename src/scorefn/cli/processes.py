@@ -1,0 +1,95 @@
+"""The command's options for runs across processes (``scorefn.runs.processes``)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+from typing import NoReturn
+
+_joined = False
+
+
+def joined() -> bool:
+    """Whether this process joined a run across processes."""
+    return _joined
+
+
+def leave(error: BaseException) -> NoReturn:
+    """End this process of a run across processes at once, with ``error``'s status: on a
+    normal exit ``jax.distributed`` waits at its shutdown barrier for every other process
+    (minutes), which a failed process's peers never reach."""
+    code = error.code if isinstance(error, SystemExit) else 1
+    if not isinstance(error, SystemExit):
+        traceback.print_exc()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code if isinstance(code, int) else 1)
+
+
+def add_options(parser: argparse.ArgumentParser, positive_int) -> None:
+    """``--processes N`` (N local processes), and ``--coordinator``, ``--num-processes``,
+    ``--process-id`` for one process of a run across machines."""
+    group = parser.add_argument_group("across processes (jax.distributed)")
+    group.add_argument("--processes", type=positive_int, default=None,
+                       help="run as N local processes, one coordinator on localhost and CPU "
+                            "collectives over gloo; the run splits across all their devices")
+    group.add_argument("--coordinator", default=None, metavar="HOST:PORT",
+                       help="this process belongs to a run across machines: the coordinator "
+                            "(process 0's host) and a free port, the same on every machine")
+    group.add_argument("--num-processes", type=positive_int, default=None,
+                       help="with --coordinator: how many processes in all")
+    group.add_argument("--process-id", type=int, default=None,
+                       help="with --coordinator: this process's index, 0 to N - 1")
+
+
+def without_processes(argv: list[str]) -> list[str]:
+    """``argv`` without its ``--processes N`` (or ``--processes=N``)."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--processes":
+            skip = True
+        elif not arg.startswith("--processes="):
+            out.append(arg)
+    return out
+
+
+def start(args: argparse.Namespace, argv: list[str]) -> int | None:
+    """Launch the local processes (an exit status), or join a run across processes (None:
+    go on and run the command here). With several processes the run's ``--devices``
+    defaults to every device of every process. A ValueError names a wrong combination."""
+    from scorefn.runs import processes  # imports jax: not at the parser's import
+
+    if getattr(args, "processes", None) is None and getattr(args, "coordinator", None) is None:
+        if processes.initialize_from_environment():
+            _all_devices(args)
+        return None
+    if args.processes is not None and args.coordinator is not None:
+        raise ValueError("--processes starts local processes itself; --coordinator joins a run "
+                         "started elsewhere: give one of them")
+    if args.processes is not None:
+        if processes.COORDINATOR in os.environ:  # a launched child: join
+            processes.initialize_from_environment()
+            _all_devices(args)
+            return None
+        if args.processes == 1:
+            return None
+        return processes.launch([sys.executable, "-m", "scorefn", *without_processes(argv)],
+                                args.processes)
+    if args.num_processes is None or args.process_id is None:
+        raise ValueError("--coordinator needs --num-processes and --process-id")
+    processes.initialize(args.coordinator, args.num_processes, args.process_id)
+    _all_devices(args)
+    return None
+
+
+def _all_devices(args: argparse.Namespace) -> None:
+    import jax
+
+    global _joined
+    _joined = True
+    if getattr(args, "devices", "absent") is None:
+        args.devices = jax.device_count()
