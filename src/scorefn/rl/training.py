@@ -10,6 +10,7 @@ gymnasium environment the rollout steps a vector env in Python and the update is
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import time
@@ -218,6 +219,7 @@ def train(
     eval_every: int | None = None,
     eval_episodes: int = 20,
     devices: Any = None,
+    vectorization_mode: str = "sync",
     stop_when_solved: bool = False,
     log_dir: str | None = None,
     checkpoint: str | None = None,
@@ -240,6 +242,10 @@ def train(
         devices or a ``jax.sharding.Mesh`` (``scorefn.runs.devices``): the seeds, or with one
         seed its ``num_envs`` environments; the same run as on one device up to float32
         rounding. A checkpoint resumes on any device count.
+      vectorization_mode: a gymnasium run's vector environment: ``"sync"`` (its copies
+        stepped in turn in this process) or ``"async"`` (a subprocess per copy, stepped in
+        parallel on the machine's cores: for simulators whose step outweighs the exchange);
+        the same run either way, and a resume may change it.
       stop_when_solved: stop once every seed has reached the env's threshold at an evaluation
         (with one seed: at its first evaluation at or above it).
       log_dir: write ``metrics.csv``, ``metrics.jsonl``, ``learning_curve.png`` (and TensorBoard
@@ -271,9 +277,14 @@ def train(
             config.num_envs * config.num_steps)))
     resolved = resolve_backend(env, backend)
     if resolved in ("gymnax", "brax"):
+        if vectorization_mode != "sync":
+            raise ValueError(f"vectorization_mode={vectorization_mode!r} is for gymnasium "
+                             f"environments; {env} runs on {resolved}, compiled with its "
+                             "environments vmapped")
         environment = make(env, resolved)
     else:  # gymnasium, or an unknown id: make's error lists the known ones
-        environment = make(env, backend, num_envs=config.num_envs, seed=seeds[0])
+        environment = make(env, backend, num_envs=config.num_envs, seed=seeds[0],
+                           vectorization_mode=vectorization_mode)
     policy = make_policy(environment, config)
     steps_per_update = config.num_envs * (environment.max_episode_steps if module.episodic
                                           else config.num_steps)
@@ -312,7 +323,8 @@ def train(
         wall += run.restored["wall"]
         run.announce_resume(int(history[-1]["env_steps"]) if history else 0, total_steps,
                             "env step")
-    with run:
+    with run, contextlib.closing(environment) if isinstance(environment, GymnasiumEnv) else \
+            contextlib.nullcontext():  # an async vector env's subprocesses end with the run
         env_steps = int(history[-1]["env_steps"]) if history else 0
         run.advance(env_steps)
         while env_steps < total_steps:
