@@ -1,5 +1,6 @@
 """One script for a machine with an accelerator: the test suite, the core benchmark,
-many-seed PPO and ES generations up to d = 1e6, written to one markdown file.
+many-seed PPO, ES generations up to d = 1e6 and, with several accelerators, the sharded runs
+of benchmarks/scale.py, written to one markdown file.
 
 Sized to a few minutes on one GPU; ``--quick`` shrinks every part so that it also runs on a
 CPU (that is how it is tested). Each part runs in a subprocess with a time limit, and a part
@@ -119,6 +120,19 @@ def main(argv=None) -> int:
                   f"{r['device']} |" for r in rows] + [""]
     except (ValueError, IndexError, KeyError):
         lines += ["", "```", tail, "```", ""]
+
+    # Sharded runs: the population, seeds, data or particles split across every accelerator
+    # (benchmarks/scale.py); with one device there is nothing to split.
+    count = run([python, "-c", "import jax; print(jax.device_count())"], 300)[1].splitlines()
+    devices = int(count[-1]) if count and count[-1].strip().isdigit() else 1
+    lines += ["## Across devices (benchmarks/scale.py)", ""]
+    if devices > 1:
+        parts = "es,programs" if quick else "es,rl,vi,programs"
+        status, tail, wall = run([python, os.path.join(HERE, "scale.py"), "--n", str(devices),
+                                  "--parts", parts, "--repeats", "1" if quick else "3"], 1200)
+        lines += [f"{status} in {wall:.0f} s", "", "```", tail, "```", ""]
+    else:
+        lines += ["One device: nothing to split.", ""]
 
     text = "\n".join(lines)
     with open(args.out, "w") as fh:

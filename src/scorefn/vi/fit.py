@@ -49,7 +49,8 @@ class FitResult:
     """The fitted guide and the run's record.
 
     ``objective`` holds every step's one-sample-set estimate of the ELBO (of L_K for
-    ``iwae``/``vimco``); ``final_elbo`` averages the last 100.
+    ``iwae``/``vimco``); ``final_elbo`` averages the last 100. ``steps_per_s``: the steady
+    rate, over the chunks after the first (which compiles); NaN with one chunk.
     """
 
     model: Model
@@ -59,6 +60,7 @@ class FitResult:
     estimator: str
     num_samples: int
     wall_s: float
+    steps_per_s: float = float("nan")
 
     @property
     def steps(self) -> int:
@@ -115,6 +117,7 @@ class FitResult:
 
     def as_dict(self) -> dict[str, Any]:
         return {"elbo": self.final_elbo, "steps": self.steps, "wall_s": self.wall_s,
+                "steps_per_s": None if np.isnan(self.steps_per_s) else self.steps_per_s,
                 "estimator": self.estimator, "num_samples": self.num_samples}
 
 
@@ -258,13 +261,16 @@ def fit(
         compiler_options=BACKEND_O2)
     checked_step = jax.jit(step)  # with the run-time checks, to replay a failing chunk
     started = time.perf_counter()
+    chunks = []  # (steps, seconds) of each chunk run here
     with run:
         run.advance(done)
         while done < steps:
             n = min(chunk_size, steps - done)
+            tic = time.perf_counter()
             start = on_mesh((params, opt_state, baseline_state), mesh)
             carry, values = run_chunk(start, jnp.arange(done, done + n), arrays)
             values = np.asarray(values)
+            chunks.append((n, time.perf_counter() - tic))
             if not np.all(np.isfinite(values)) or not all_finite(carry[0]):
                 # raises, naming the site, if it can
                 _replay(functools.partial(checked_step, arrays=arrays), start, done, n)
@@ -280,8 +286,11 @@ def fit(
             run.save(params=params, opt_state=opt_state, baseline_state=baseline_state,
                      step=done, history=list(history))
             run.advance(done, f"{np.mean(history[-100:]):.2f}")
+    steady = chunks[1:]
     result = FitResult(model, guide, params, np.asarray(history), estimator, num_samples,
-                       time.perf_counter() - started)
+                       time.perf_counter() - started,
+                       sum(n for n, _ in steady) / sum(t for _, t in steady) if steady
+                       else float("nan"))
     if plot:
         result.plot(plot)
     return result

@@ -128,8 +128,10 @@ def test_posterior_helpers_and_plot(tmp_path, key):
     assert samples["z"].shape == (500, 3)
     predictive = result.predictive(key, 200)
     assert predictive["x"].shape == (200, 3)
-    assert set(result.as_dict()) >= {"elbo", "steps", "wall_s"}
+    assert set(result.as_dict()) >= {"elbo", "steps", "wall_s", "steps_per_s"}
     assert result.steps == 300
+    # three chunks of 100: the rate of the two after the one that compiles
+    assert 200 / result.wall_s < result.steps_per_s < float("inf")
 
 
 def test_log_joint_model_with_an_explicit_guide(key):
