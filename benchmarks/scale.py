@@ -10,8 +10,9 @@ collectives over gloo) whose devices the run splits across:
 - ``vi``: ELBO steps per second (a logistic regression on 8,192 × 32 generated data);
 - ``programs``: gradient estimates per second (``programs.grad``, 4,096 particles).
 
-Then ``gym``: PPO on gymnasium's HalfCheetah-v5 with 4 environments, sync against async
-(``vectorization_mode``) vector environments, environment steps per second.
+Then ``gym``: PPO on gymnasium's HalfCheetah-v5 with 4 environments, the sync vector env
+against the async one and 2 Ray actors (``vectorization_mode``), environment steps per
+second.
 
 A rate is a steady-state one (compilation left out), the median of ``--repeats`` runs;
 the efficiency is the rate over N times the one-device rate. On a CPU the "devices" share
@@ -94,7 +95,7 @@ elif part == "gym":
     mode = sys.argv[2]
     result = rl.train("HalfCheetah-v5", "ppo", 0, 3 * 8192, backend="gymnasium",
                       vectorization_mode=mode, num_envs=4, eval_every=8192, eval_episodes=1,
-                      progress=False)
+                      workers=2 if mode == "ray" else None, progress=False)
     first, last = result.history[0], result.history[-1]
     rate = (last["env_steps"] - first["env_steps"]) / (last["wall_s"] - first["wall_s"])
     unit = "env steps/s"
@@ -135,7 +136,7 @@ def main() -> None:
     rows = []
     for part in args.parts.split(","):
         variants = ({f"gymnasium {m}": ([sys.executable, worker], base, [m])
-                     for m in ("sync", "async")} if part == "gym" else
+                     for m in ("sync", "async", "ray")} if part == "gym" else
                     {name: (cmd, env, []) for name, (cmd, env) in layouts.items()})
         reference = None
         for name, (command, env, extra) in variants.items():

@@ -247,7 +247,7 @@ def _rl_train(args: argparse.Namespace) -> int:
                           checkpoint=args.checkpoint, resume=args.resume, overwrite=args.overwrite,
                           stop_when_solved=args.stop_when_solved, progress=not args.json,
                           devices=args.devices, vectorization_mode=args.vectorization_mode,
-                          **_hyperparameters(args.set))
+                          workers=args.workers, **_hyperparameters(args.set))
     except ValueError as error:
         raise CommandError(str(error)) from None
     checkpoint = args.checkpoint
@@ -435,9 +435,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--devices", type=_positive_int, default=None,
                        help="split the seeds (or one seed's environments) across this many JAX "
                             "devices (gymnax, brax; default: one)")
-    train.add_argument("--vectorization-mode", choices=["sync", "async"], default="sync",
-                       help="gymnasium's vector env: sync (in turn, in this process) or async "
-                            "(a subprocess per environment, in parallel)")
+    train.add_argument("--vectorization-mode", choices=["sync", "async", "ray"], default="sync",
+                       help="gymnasium's vector env: sync (in turn, in this process), async (a "
+                            "subprocess per environment) or ray (Ray actors)")
+    train.add_argument("--workers", type=_positive_int, default=None,
+                       help="Ray actors for --vectorization-mode ray (default: one per "
+                            "environment)")
     train.add_argument("--total-steps", type=_positive_int, default=None,
                        help="env steps (default: per algorithm and env, scorefn.rl.defaults)")
     train.add_argument("--backend", choices=["auto", "gymnax", "gymnasium", "brax"], default="auto",

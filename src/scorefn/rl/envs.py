@@ -220,30 +220,40 @@ def _missing_extra_message(env_id: str, error: Exception) -> str:
     return f"gymnasium's {env_id} needs a package that is not installed ({text}): {hint}"
 
 
-VECTORIZATION_MODES = ("sync", "async")
+VECTORIZATION_MODES = ("sync", "async", "ray")
 
 
 class GymnasiumEnv:
     """``num_envs`` copies of a gymnasium environment in one vector env, reset on the same
     step (``AutoresetMode.SAME_STEP``) so that ``final_obs`` is at hand.
-    ``vectorization_mode``: gymnasium's ``"sync"`` (one process steps every copy in turn) or
+    ``vectorization_mode``: gymnasium's ``"sync"`` (one process steps every copy in turn),
     ``"async"`` (``AsyncVectorEnv``: a subprocess per copy, stepped in parallel on the
-    machine's cores); the same transitions either way."""
+    machine's cores) or ``"ray"`` (``rl.ray_envs.RayVectorEnv``: ``workers`` Ray actors, on
+    this machine or a Ray cluster); the same transitions each way."""
 
     backend = "gymnasium"
 
     def __init__(self, env_id: str, num_envs: int = 1, seed: int = 0,
-                 vectorization_mode: str = "sync"):
+                 vectorization_mode: str = "sync", workers: int | None = None):
         import gymnasium as gym
 
         if vectorization_mode not in VECTORIZATION_MODES:
             raise ValueError(f"vectorization_mode must be one of {VECTORIZATION_MODES}, got "
                              f"{vectorization_mode!r}")
+        if workers is not None and vectorization_mode != "ray":
+            raise ValueError(f"workers is for vectorization_mode='ray' (Ray actors); got "
+                             f"vectorization_mode={vectorization_mode!r}")
         self.id = env_id
         self.num_envs = num_envs
         try:
-            self.env = gym.make_vec(env_id, num_envs=num_envs, vectorization_mode=vectorization_mode,
-                                    vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP})
+            if vectorization_mode == "ray":
+                from scorefn.rl.ray_envs import RayVectorEnv
+
+                self.env = RayVectorEnv(env_id, num_envs, workers)
+            else:
+                self.env = gym.make_vec(
+                    env_id, num_envs=num_envs, vectorization_mode=vectorization_mode,
+                    vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP})
         except gym.error.DependencyNotInstalled as error:
             raise ImportError(_missing_extra_message(env_id, error)) from None
         space = self.env.single_action_space

@@ -220,6 +220,7 @@ def train(
     eval_episodes: int = 20,
     devices: Any = None,
     vectorization_mode: str = "sync",
+    workers: int | None = None,
     stop_when_solved: bool = False,
     log_dir: str | None = None,
     checkpoint: str | None = None,
@@ -243,9 +244,11 @@ def train(
         seed its ``num_envs`` environments; the same run as on one device up to float32
         rounding. A checkpoint resumes on any device count.
       vectorization_mode: a gymnasium run's vector environment: ``"sync"`` (its copies
-        stepped in turn in this process) or ``"async"`` (a subprocess per copy, stepped in
-        parallel on the machine's cores: for simulators whose step outweighs the exchange);
-        the same run either way, and a resume may change it.
+        stepped in turn in this process), ``"async"`` (a subprocess per copy, stepped in
+        parallel on the machine's cores) or ``"ray"`` (``workers`` Ray actors, default one
+        per copy, on this machine or the Ray cluster ``ray.init(address=...)`` joined): for
+        simulators whose step outweighs the exchange. The same run each way; a resume may
+        change it.
       stop_when_solved: stop once every seed has reached the env's threshold at an evaluation
         (with one seed: at its first evaluation at or above it).
       log_dir: write ``metrics.csv``, ``metrics.jsonl``, ``learning_curve.png`` (and TensorBoard
@@ -277,14 +280,14 @@ def train(
             config.num_envs * config.num_steps)))
     resolved = resolve_backend(env, backend)
     if resolved in ("gymnax", "brax"):
-        if vectorization_mode != "sync":
+        if vectorization_mode != "sync" or workers is not None:
             raise ValueError(f"vectorization_mode={vectorization_mode!r} is for gymnasium "
                              f"environments; {env} runs on {resolved}, compiled with its "
                              "environments vmapped")
         environment = make(env, resolved)
     else:  # gymnasium, or an unknown id: make's error lists the known ones
         environment = make(env, backend, num_envs=config.num_envs, seed=seeds[0],
-                           vectorization_mode=vectorization_mode)
+                           vectorization_mode=vectorization_mode, workers=workers)
     policy = make_policy(environment, config)
     steps_per_update = config.num_envs * (environment.max_episode_steps if module.episodic
                                           else config.num_steps)

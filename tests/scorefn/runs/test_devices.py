@@ -145,7 +145,7 @@ EIGHT_DEVICES = textwrap.dedent("""
 
     def data_shapes():  # the data's rows per device in the last compiled chunk
         jitted, args = chunks[-1]
-        return sorted(set(re.findall(r"f32\[(\d+),3\]", jitted.lower(*args).compile().as_text())))
+        return sorted(set(re.findall(r"f32\\[(\\d+),3\\]", jitted.lower(*args).compile().as_text())))
 
     one = fit()
     one_shapes = data_shapes()
