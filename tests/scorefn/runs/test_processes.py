@@ -77,15 +77,28 @@ VI_SCRIPT = textwrap.dedent("""
     result = vi.fit(logistic, None, (X, y), jax.random.key(2), estimator="score",
                     num_samples=4, steps=200, progress=False, devices=jax.device_count(),
                     checkpoint=sys.argv[1])
+
+    import scorefn  # a program's particles, split across the processes' devices
+
+    def program(p, x):
+        z = numpyro.sample("z", dist.Bernoulli(logits=p["a"]))
+        numpyro.factor("f", -(p["m"] + z - x) ** 2)
+
+    params = {"a": jnp.array(0.3), "m": jnp.array(0.1)}
+    grad = jax.jit(lambda p, k: scorefn.programs.grad(program, p, k, 1.0, num_particles=16,
+                                                      devices=jax.device_count()))
+    g = processes.to_host(grad(params, jax.random.key(0)))
     if processes.is_main():
         print(json.dumps({"objective": result.objective.tolist(),
+                          "grad": [float(g["a"]), float(g["m"])],
                           "processes": jax.process_count()}))
 """)
 
 
-def test_vi_across_two_processes_splits_the_data(tmp_path):
+def test_vi_and_programs_across_two_processes(tmp_path):
     """A script of one's own under ``python -m scorefn.runs.processes 2``: the data split
-    across the two processes' devices gives the one-process ELBO trace."""
+    across the two processes' devices gives the one-process ELBO trace, a program's
+    particles split across them the one-process gradient."""
     script = tmp_path / "fit.py"
     script.write_text(VI_SCRIPT)
 
@@ -99,6 +112,7 @@ def test_vi_across_two_processes_splits_the_data(tmp_path):
     one = run(checkpoint="one.ckpt")
     assert two["processes"] == 2 and one["processes"] == 1
     np.testing.assert_allclose(two["objective"], one["objective"], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(two["grad"], one["grad"], rtol=1e-5, atol=1e-6)
     assert os.path.getsize(tmp_path / "two.ckpt") > 0
 
 
