@@ -281,9 +281,10 @@ def train(
     resolved = resolve_backend(env, backend)
     if resolved in ("gymnax", "brax"):
         if vectorization_mode != "sync" or workers is not None:
-            raise ValueError(f"vectorization_mode={vectorization_mode!r} is for gymnasium "
-                             f"environments; {env} runs on {resolved}, compiled with its "
-                             "environments vmapped")
+            given = (f"vectorization_mode={vectorization_mode!r}" if vectorization_mode != "sync"
+                     else "workers")
+            raise ValueError(f"{given} is for gymnasium environments; {env} runs on "
+                             f"{resolved}, compiled with its environments vmapped")
         environment = make(env, resolved)
     else:  # gymnasium, or an unknown id: make's error lists the known ones
         environment = make(env, backend, num_envs=config.num_envs, seed=seeds[0],

@@ -34,6 +34,8 @@ def test_vectorization_mode_is_checked():
     with pytest.raises(ValueError, match="vectorization_mode='async' is for gymnasium"):
         rl.train("CartPole-v1", "ppo", total_steps=64, vectorization_mode="async",
                  progress=False)
+    with pytest.raises(ValueError, match="workers is for gymnasium environments"):
+        rl.train("CartPole-v1", "ppo", total_steps=64, workers=2, progress=False)
     with pytest.raises(ValueError, match="workers is for vectorization_mode='ray'"):
         rl.train("CartPole-v1", "ppo", total_steps=64, backend="gymnasium", workers=2,
                  progress=False)
