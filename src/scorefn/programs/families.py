@@ -1,11 +1,12 @@
 r"""Each estimator family's part in a stochastic program, behind one protocol.
 
-A family (``scorefn.registry.FAMILIES``) enters a program in up to four ways, the methods
+A family (``scorefn.registry.FAMILIES``) enters a program in up to five ways, the members
 of ``SiteFamily``: which sites it accepts (``check``), how the site's value is drawn
-(``draw``: numpyro's own sampler unless the family draws it itself), whether the program
-sees that value detached (``detached``: the gradient then flows through the log-probability
-or a rerun term instead), and the term of value 0 whose first derivative is its estimate
-(``term``, from reruns of the program with the site's value replaced; ``programs.reruns``).
+(``draw``: numpyro's own sampler unless the family draws it itself) or forced (``force``:
+an enumerated branch), whether the program sees that value detached (``detached``: the
+gradient then flows through the log-probability or a rerun term instead), and the term of
+value 0 whose first derivative is its estimate (``term``, from reruns of the program with
+the site's value replaced; ``programs.reruns``).
 ``plan`` checks each site through ``FAMILIES``, the ``Recorder`` draws through it and the
 particle loop adds its terms through it: none of them branches on a family's name.
 
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
     from scorefn.programs.reruns import Particle
     from scorefn.programs.tracing import SiteInfo
     from scorefn.registry import Estimator
+
 
 def _require_bernoulli(site: SiteInfo, why: str) -> None:
     if site.distribution_class not in ("BernoulliLogits", "BernoulliProbs"):
