@@ -19,10 +19,14 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 
 def mesh_of(devices: int | Sequence[Any] | Mesh | None, axis: str = "batch") -> Mesh | None:
-    """The mesh a run's ``devices=`` names: None (one device, no mesh), a count (the first
-    ``devices`` of ``jax.devices()``), a sequence of devices, or a ``Mesh`` (used as it is;
-    the batch is split over all its axes)."""
-    if devices is None or isinstance(devices, Mesh):
+    """The mesh a run's ``devices=`` names: None (the mesh of the caller's
+    ``jax.set_mesh(...)`` context if there is one, else one device and no mesh), a count (the
+    first ``devices`` of ``jax.devices()``), a sequence of devices, or a ``Mesh`` (used as it
+    is; the batch is split over all its axes)."""
+    if devices is None:
+        current = jax.sharding.get_mesh()
+        return None if current is None or current.empty else current
+    if isinstance(devices, Mesh):
         return devices
     if isinstance(devices, int) and not isinstance(devices, bool):
         available = jax.devices()

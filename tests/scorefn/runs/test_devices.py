@@ -110,9 +110,12 @@ EIGHT_DEVICES = textwrap.dedent("""
         text = program_grad(devices).lower(params, key).compile().as_text()
         return sorted(set(re.findall(r"f32\\[(\\d+)\\]\\S* cosine", text)))
 
+    from jax.sharding import Mesh
+    with jax.set_mesh(Mesh(np.array(jax.devices()), ("particles",))):  # the caller's mesh
+        in_context = cosine_shapes(None)
     out["programs"] = {"same": close(grads(None), grads(8)),
                        "twin": close(grads(None), grads(None, jax.random.key(1))),
-                       "shapes": [cosine_shapes(None), cosine_shapes(8)]}
+                       "shapes": [cosine_shapes(None), cosine_shapes(8), in_context]}
 
     # vi.fit: 64 observations split over 8 devices, 8 each
     import importlib
@@ -211,7 +214,9 @@ def test_rl_splits_seeds_or_environments_with_the_same_result(eight_devices):
 def test_program_particles_split_with_the_same_gradient(eight_devices):
     programs = eight_devices["programs"]
     assert programs["same"] and not programs["twin"]
-    assert programs["shapes"] == [["16"], ["2"]]  # the factor on 16 particles, or 2 a device
+    # the factor on 16 particles, or 2 a device: with devices=8, or devices=None under the
+    # caller's jax.set_mesh context
+    assert programs["shapes"] == [["16"], ["2"], ["2"]]
 
 
 def test_vi_splits_the_data_with_the_same_fit(eight_devices):
