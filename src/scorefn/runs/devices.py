@@ -24,7 +24,8 @@ def mesh_of(devices: int | Sequence[Any] | Mesh | None, axis: str = "batch") -> 
     first ``devices`` of ``jax.devices()``), a sequence of devices, or a ``Mesh`` (used as it
     is; the batch is split over all its axes)."""
     if devices is None:
-        current = jax.sharding.get_mesh()
+        get_mesh = getattr(jax.sharding, "get_mesh", None)  # jax.set_mesh's, jax >= 0.7
+        current = None if get_mesh is None else get_mesh()
         return None if current is None or current.empty else current
     if isinstance(devices, Mesh):
         return devices
