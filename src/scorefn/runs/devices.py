@@ -25,7 +25,12 @@ def mesh_of(devices: int | Sequence[Any] | Mesh | None, axis: str = "batch") -> 
     is; the batch is split over all its axes)."""
     if devices is None:
         get_mesh = getattr(jax.sharding, "get_mesh", None)  # jax.set_mesh's, jax >= 0.7
-        current = None if get_mesh is None else get_mesh()
+        if get_mesh is None:
+            return None
+        try:
+            current = get_mesh()
+        except ValueError:  # inside jit: the context's mesh is abstract there
+            current = jax.sharding.get_abstract_mesh()
         return None if current is None or current.empty else current
     if isinstance(devices, Mesh):
         return devices
