@@ -499,7 +499,7 @@ def sum_and_sample_branches(logits: jax.Array, key: jax.Array, k: int) -> tuple[
     carries q's score (the DiCE magic box), so that
 
     $$
-    \sum_{c \in C} p_	heta(c) f(c) + (1 - p_	heta(C))\, \square(\log q_	heta(x)) f(x)
+    \sum_{c \in C} p_\theta(c) f(c) + (1 - p_\theta(C))\, \square(\log q_\theta(x)) f(x)
     $$
 
     is unbiased for E[f] at every order of differentiation. Returns the values [k] (int32)

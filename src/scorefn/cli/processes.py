@@ -63,30 +63,25 @@ def start(args: argparse.Namespace, argv: list[str]) -> int | None:
     defaults to every device of every process. A ValueError names a wrong combination."""
     from scorefn.runs import processes  # imports jax: not at the parser's import
 
-    if getattr(args, "processes", None) is None and getattr(args, "coordinator", None) is None:
-        if processes.initialize_from_environment():
-            _all_devices(args)
-        return None
-    if args.processes is not None and args.coordinator is not None:
+    count, coordinator = getattr(args, "processes", None), getattr(args, "coordinator", None)
+    if count is not None and coordinator is not None:
         raise ValueError("--processes starts local processes itself; --coordinator joins a run "
                          "started elsewhere: give one of them")
-    if args.processes is not None:
-        if processes.COORDINATOR in os.environ:  # a launched child: join
-            processes.initialize_from_environment()
-            _all_devices(args)
-            return None
-        if args.processes == 1:
-            return None
-        return processes.launch([sys.executable, "-m", "scorefn", *without_processes(argv)],
-                                args.processes)
-    if args.num_processes is None or args.process_id is None:
-        raise ValueError("--coordinator needs --num-processes and --process-id")
-    processes.initialize(args.coordinator, args.num_processes, args.process_id)
-    _all_devices(args)
+    if coordinator is not None:
+        if args.num_processes is None or args.process_id is None:
+            raise ValueError("--coordinator needs --num-processes and --process-id")
+        processes.initialize(coordinator, args.num_processes, args.process_id)
+    elif not processes.initialize_from_environment():  # a launched process joins this way
+        if count is not None and count > 1:
+            return processes.launch([sys.executable, "-m", "scorefn", *without_processes(argv)],
+                                    count)
+        return None
+    _joined_run(args)
     return None
 
 
-def _all_devices(args: argparse.Namespace) -> None:
+def _joined_run(args: argparse.Namespace) -> None:
+    """This process is one of a run's: its ``--devices`` default to every process's."""
     import jax
 
     global _joined

@@ -82,9 +82,6 @@ class Plan:
         return self.of_family("enumerate")
 
 
-
-
-
 def _closure(parents: dict[str, frozenset[str]]) -> dict[str, frozenset[str]]:
     ancestors: dict[str, frozenset[str]] = {}
 

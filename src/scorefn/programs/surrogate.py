@@ -96,9 +96,9 @@ def _particles(program, params, key, args, p: Plan, num_particles: int, cut: fro
         enum = {e: jnp.sum(rec.latent_log_prob(e)) for e in p.enumerate_names}
         particle = Particle(program, params, args, p, site_keys, forced, rec)
         families = p.families
-        rerun_terms = sum((t for t in (
-            families[s].term(particle, s, p.of_family(families[s].name).index(s), relax)
-            for s in p.estimators if s not in cut) if t is not None), jnp.zeros(()))
+        own_terms = [families[s].term(particle, s, p.of_family(families[s].name).index(s), relax)
+                     for s in p.estimators if s not in cut]  # None: the family has none
+        rerun_terms = sum((t for t in own_terms if t is not None), jnp.zeros(()))
         values = {s: jax.lax.stop_gradient(rec.latents[s]["value"]) for s in kept}
         return terms, scores, enum, rerun_terms, values
 

@@ -119,9 +119,10 @@ def launch(command: list[str], num_processes: int, *, port: int | None = None) -
 
 
 def to_host(tree: Any) -> Any:
-    """Every array leaf as a NumPy array on this host: an array split across processes is
-    gathered from all of them (``multihost_utils.process_allgather``, a collective that
-    every process must call), a replicated one read from a local copy."""
+    """``tree`` readable whole on this host: an array split across processes is gathered
+    from all of them into a NumPy array (``multihost_utils.process_allgather``, a collective
+    that every process must call), a replicated one read from a local copy; arrays this
+    process holds whole stay as they are."""
     from jax.experimental import multihost_utils
 
     def gather(x):
