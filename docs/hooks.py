@@ -83,8 +83,11 @@ def registry_table() -> str:
     rows = ["| estimator | family | unbiased | first order only | `scorefn.grad` | programs | "
             "needs | gradient |", "|---|---|---|---|---|---|---|---|"]
     for e in registry.ESTIMATORS.values():
+        single = yes(e.single_distribution)
+        if e.single_distribution and e.options:
+            single += " (" + ", ".join(f"`{o}`" for o in e.options) + ")"
         cells = (f"`{e.name}`", e.family, yes(e.unbiased), yes(e.first_order_only),
-                 yes(e.single_distribution), yes(e.program), e.needs, e.formula)
+                 single, yes(e.program), e.needs, e.formula)
         rows.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(rows) + "\n"
 

@@ -447,8 +447,10 @@ def grad(
     τ = ``temperature`` held fixed (unbiased; to learn them, or RELAX's network, use
     ``scorefn.discrete.Relax`` with its state); ``"gumbel_softmax"`` and
     ``"straight_through"`` are the **biased** relaxations with ``temperature``. jit- and
-    vmap-compatible; the same key gives the same bits. See ``score_grad`` for the options
-    (``runtime_checks`` among them, taken by every estimator).
+    vmap-compatible; the same key gives the same bits. See ``score_grad`` for the options.
+    Each estimator takes those its entry in ``scorefn.registry`` lists
+    (``Estimator.options``; ``validate`` and ``runtime_checks`` every one) and refuses the
+    others by name: a temperature given to ``"score"`` is an error, not ignored.
 
     For example:
 
@@ -459,72 +461,96 @@ def grad(
     """
     if estimator not in ESTIMATORS:
         raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
+    entry = registry.ESTIMATORS[estimator]
     validation.check_float_params(params)
     validation.check_distribution(dist_fn(params))
-    if estimator == "rloo":
-        if baseline is not None:
-            raise ValueError("estimator='rloo' is 'score' with the leave-one-out baseline: pass no "
-                             "baseline (or use estimator='score' with your baseline)")
-        estimator, baseline = "score", leave_one_out()
-    if estimator != "score" and (baseline is not None or standardize):
+    if entry.learned:
         raise ValueError(
-            "baselines and standardize apply to the score-function estimator; "
-            f"estimator={estimator!r} takes none of them"
+            f"estimator={estimator!r} learns a control-variate network, which needs state: use "
+            f"r = scorefn.discrete.{estimator}(network); state = r.init(key, dist_fn(params)); "
+            "g, state = r.grad(f, dist_fn, params, key, num_samples, state)"
         )
-    if control_variate is not None and estimator not in ("score", "pathwise", "measure_valued"):
-        raise ValueError(
-            "control variates apply to the score-function, pathwise and measure-valued "
-            f"estimators; estimator={estimator!r} takes none")
+    options = {"baseline": baseline, "control_variate": control_variate,
+               "standardize": standardize, "max_norm": max_norm, "nan_policy": nan_policy,
+               "per_sample": per_sample, "vectorized": vectorized, "temperature": temperature}
+    given = {name: value for name, value in options.items()
+             if not _is_default(value, registry.GRAD_OPTIONS[name])}
+    for name in given:
+        if name not in entry.options:
+            raise ValueError(_refusal(estimator, name))
     if control_variate is not None and not isinstance(control_variate, ControlVariate):
         raise TypeError(
             "control_variate must come from scorefn.control_variates (generic, score, "
             f"delta_method); got {type(control_variate).__name__}")
-    if estimator == "relax":
-        raise ValueError(
-            "estimator='relax' learns a control-variate network, which needs state: use "
-            "r = scorefn.discrete.relax(network); state = r.init(key, dist_fn(params)); "
-            "g, state = r.grad(f, dist_fn, params, key, num_samples, state)"
-        )
-    family = registry.ESTIMATORS[estimator].family
-    if family in ("antithetic", "enumerate", "control_variate", "relaxed"):
-        if per_sample or max_norm is not None:
-            raise ValueError(f"estimator={estimator!r} takes no per_sample or max_norm")
-        if estimator == "rebar":
-            if vectorized:
-                raise ValueError("estimator='rebar' evaluates f per sample: vectorized=False")
-            rebar_cv = rebar(temperature=temperature)
-            state = rebar_cv.init(key, dist_fn(params))
-            return rebar_cv.grad(f, dist_fn, params, key, num_samples, state, train=False,
-                                 runtime_checks=runtime_checks)[0]
-        if estimator == "sum_and_sample":
-            if vectorized:
-                raise ValueError("estimator='sum_and_sample' evaluates f per class: vectorized=False")
-            return sum_and_sample_grad(f, dist_fn, params, key, num_samples,
-                                       runtime_checks=runtime_checks)
-        if family == "relaxed":
-            return relaxed_grad(f, dist_fn, params, key, num_samples, estimator=estimator,
-                                temperature=temperature, vectorized=vectorized,
-                                runtime_checks=runtime_checks)
-        return antithetic_grad(f, dist_fn, params, key, num_samples, estimator=estimator,
-                               vectorized=vectorized, runtime_checks=runtime_checks)
-    if estimator == "measure_valued":
-        if vectorized or max_norm is not None:
-            raise ValueError("estimator='measure_valued' takes no vectorized or max_norm")
-        return measure_valued_grad(f, dist_fn, params, key, num_samples, per_sample=per_sample,
-                                   control_variate=control_variate,
-                                   runtime_checks=runtime_checks)
-    if estimator == "pathwise":
-        return pathwise_grad(
-            f, dist_fn, params, key, num_samples,
-            vectorized=vectorized, max_norm=max_norm, per_sample=per_sample,
-            control_variate=control_variate, runtime_checks=runtime_checks,
-        )
+    return ONE_DISTRIBUTION[entry.family](estimator, f, dist_fn, params, key, num_samples,
+                                          validate=validate, runtime_checks=runtime_checks,
+                                          **given)
+
+
+def _is_default(value: Any, default: Any) -> bool:
+    return value is default or (isinstance(value, str | bool | int | float | np.generic)
+                                and value == default)
+
+
+def _refusal(estimator: str, option: str) -> str:
+    """Why ``grad`` refuses ``option`` for ``estimator``, and which estimators take it."""
+    if estimator == "rloo" and option == "baseline":
+        return ("estimator='rloo' is 'score' with the leave-one-out baseline: pass no baseline "
+                "(or use estimator='score' with your baseline)")
+    if option in ("baseline", "standardize"):
+        return ("baselines and standardize apply to the score-function estimator; "
+                f"estimator={estimator!r} takes none of them")
+    if option == "control_variate":
+        return ("control variates apply to the score-function, pathwise and measure-valued "
+                f"estimators; estimator={estimator!r} takes none")
+    takers = [e.name for e in registry.ESTIMATORS.values() if option in e.options]
+    taken = registry.ESTIMATORS[estimator].options
+    return (f"estimator={estimator!r} takes no {option} (the estimators that do: "
+            f"{', '.join(takers)}); of grad's options it takes "
+            f"{', '.join(taken) if taken else 'none'}")
+
+
+# How ``grad`` runs each family of ``scorefn.registry`` for one distribution: ``run(estimator,
+# f, dist_fn, params, key, num_samples, *, validate, runtime_checks, **options)``, options
+# being those of the estimator's registry entry that the caller gave. A program's site of the
+# same family runs the same functions of ``scorefn.discrete`` and ``scorefn.measure_valued``
+# (``programs.families``): on the same draws a one-site program gives the same estimate.
+
+
+def _score_family(estimator, f, dist_fn, params, key, num_samples, *, validate, runtime_checks,
+                  vectorized=False, **options):
+    if estimator == "rloo":
+        options["baseline"] = leave_one_out()
     samples = sample(dist_fn, params, key, num_samples)
     values = f_values(f, samples, vectorized)
-    return score_grad(
-        dist_fn, params, samples, values,
-        baseline=baseline, control_variate=control_variate,
-        standardize=standardize, max_norm=max_norm, nan_policy=nan_policy,
-        per_sample=per_sample, validate=validate, samples_from_dist=True,
-        runtime_checks=runtime_checks,
-    )
+    return score_grad(dist_fn, params, samples, values, validate=validate,
+                      samples_from_dist=True, runtime_checks=runtime_checks, **options)
+
+
+def _control_variate_family(estimator, f, dist_fn, params, key, num_samples, *, validate,
+                            runtime_checks, temperature=0.5):
+    cv = rebar(temperature=temperature)
+    state = cv.init(key, dist_fn(params))
+    return cv.grad(f, dist_fn, params, key, num_samples, state, train=False,
+                   runtime_checks=runtime_checks)[0]
+
+
+def _calling(function: Callable, *, named: bool = False) -> Callable:
+    """A family's function as ``grad`` runs it (``named``: it takes ``estimator=``)."""
+    def run(estimator, f, dist_fn, params, key, num_samples, *, validate, **options):
+        if named:
+            options["estimator"] = estimator
+        return function(f, dist_fn, params, key, num_samples, **options)
+
+    return run
+
+
+ONE_DISTRIBUTION: dict[str, Callable] = {
+    "score": _score_family,
+    "pathwise": _calling(pathwise_grad),
+    "measure_valued": _calling(measure_valued_grad),
+    "antithetic": _calling(antithetic_grad, named=True),
+    "enumerate": _calling(sum_and_sample_grad),  # sum-and-sample, its one-distribution member
+    "control_variate": _control_variate_family,
+    "relaxed": _calling(relaxed_grad, named=True),
+}
