@@ -7,8 +7,14 @@ Stable-Baselines3 peer benchmark. PPO on gymnasium's MuJoCo tasks takes CleanRL'
 environment, 2048 steps per update, 10 epochs of minibatches of 64, Adam at 3e-4, γ 0.99,
 GAE 0.95, clip 0.2, gradients clipped at norm 0.5, advantages standardised per minibatch,
 observations normalised and rewards scaled (``scorefn.rl.normalization``), the learning rate
-annealed linearly to 0 over the run (``anneal_lr``). ``TOTAL_STEPS`` is the training budget
-used when ``total_steps`` is not given.
+annealed linearly to 0 over the run (``anneal_lr``). A2C and TRPO on the MuJoCo tasks take
+rl-zoo's (``hyperparams/a2c.yml`` and ``trpo.yml``, the "Mujoco Envs" entries): A2C is
+Stable-Baselines3's A2C with ``normalize: true`` (one environment, 5 steps per update,
+RMSprop at 7e-4, GAE λ 1), TRPO sb3-contrib's with rl-zoo's tuned settings (2
+environments of 1,024 steps, KL bound 0.01 (HalfCheetah 0.04), 25 conjugate-gradient
+iterations with damping 0.1, the critic 20 epochs of minibatches of 128 at 1e-3), both with
+observations normalised and rewards scaled, over 1M steps. ``TOTAL_STEPS`` is the training
+budget used when ``total_steps`` is not given.
 """
 
 from __future__ import annotations
@@ -27,6 +33,18 @@ MUJOCO_TASKS = ("InvertedPendulum-v5", "Hopper-v5", "HalfCheetah-v5", "Walker2d-
 _BRAX_PPO = {**{k: v for k, v in _MUJOCO_PPO.items()
                 if k not in ("normalize_observations", "scale_rewards")},
              "num_envs": 4, "num_steps": 512}
+# rl-zoo's a2c.yml, "HalfCheetah-v4: &mujoco-defaults" (normalize: true) over SB3's A2C defaults
+_MUJOCO_A2C = {"num_envs": 1, "num_steps": 5, "gamma": 0.99, "gae_lambda": 1.0,
+               "learning_rate": 7e-4, "value_coef": 0.5, "entropy_coef": 0.0,
+               "max_grad_norm": 0.5, "normalize_advantages": False,
+               "normalize_observations": True, "scale_rewards": True}
+# rl-zoo's trpo.yml, "Ant-v3: &mujoco-defaults" (pybullet-defaults: n_envs 2, n_steps 1024,
+# batch_size 128, gae_lambda 0.95, cg_max_steps 25, cg_damping 0.1, n_critic_updates 20,
+# learning_rate 1e-3, normalize: true), target_kl sb3-contrib's 0.01, HalfCheetah's 0.04
+_MUJOCO_TRPO = {"num_envs": 2, "num_steps": 1024, "gamma": 0.99, "gae_lambda": 0.95,
+                "max_kl": 0.01, "cg_iterations": 25, "cg_damping": 0.1,
+                "value_epochs": 20, "value_minibatch_size": 128, "value_learning_rate": 1e-3,
+                "normalize_observations": True, "scale_rewards": True}
 BRAX_TASKS = ("brax:inverted_pendulum", "brax:reacher", "brax:hopper", "brax:halfcheetah",
               "brax:ant")
 
@@ -47,6 +65,7 @@ OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
         # rl-zoo: n_envs 8, ent_coef 0, SB3 defaults (n_steps 5, RMSprop 7e-4, gae 1.0)
         "CartPole-v1": {},
         "Acrobot-v1": {"entropy_coef": 0.0},
+        **{task: dict(_MUJOCO_A2C) for task in MUJOCO_TASKS},
     },
     "reinforce": {
         "CartPole-v1": {},
@@ -57,6 +76,8 @@ OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
         "Acrobot-v1": {},
         "Pendulum-v1": {"num_envs": 4, "num_steps": 1024, "gamma": 0.9, "gae_lambda": 0.95,
                         "max_kl": 0.02, "log_std_init": -0.5},
+        **{task: dict(_MUJOCO_TRPO) for task in MUJOCO_TASKS},
+        "HalfCheetah-v5": {**_MUJOCO_TRPO, "max_kl": 0.04},
     },
     "npg": {
         "CartPole-v1": {},
@@ -69,9 +90,12 @@ TOTAL_STEPS: dict[str, dict[str, int]] = {
             # CleanRL's budget: 1M steps per MuJoCo task
             "InvertedPendulum-v5": 100_000, "brax:inverted_pendulum": 100_000,
             **{task: 1_000_000 for task in MUJOCO_TASKS[1:]}},
-    "a2c": {"CartPole-v1": 500_000, "Acrobot-v1": 500_000},
+    # rl-zoo's budget: 1M steps per MuJoCo task
+    "a2c": {"CartPole-v1": 500_000, "Acrobot-v1": 500_000,
+            **{task: 1_000_000 for task in MUJOCO_TASKS}},
     "reinforce": {"CartPole-v1": 1_000_000, "Acrobot-v1": 1_000_000},
-    "trpo": {"CartPole-v1": 200_000, "Acrobot-v1": 500_000, "Pendulum-v1": 500_000},
+    "trpo": {"CartPole-v1": 200_000, "Acrobot-v1": 500_000, "Pendulum-v1": 500_000,
+             **{task: 1_000_000 for task in MUJOCO_TASKS}},
     "npg": {"CartPole-v1": 200_000, "Acrobot-v1": 500_000},
 }
 DEFAULT_TOTAL_STEPS = 500_000

@@ -53,6 +53,15 @@ def test_ppo_solves_inverted_pendulum_with_cleanrl_settings():
     assert max(float(np.mean(row["eval_mean"])) for row in result.history) >= 950
 
 
+@pytest.mark.slow  # about 20 s each
+@pytest.mark.parametrize("algo", ["a2c", "trpo"])
+def test_a2c_and_trpo_solve_inverted_pendulum_with_rl_zoo_settings(algo):
+    assert rl.defaults.defaults(algo, ENV)["normalize_observations"]
+    result = rl.train(ENV, algo, seed=0, total_steps=60_000, eval_every=4096,
+                      stop_when_solved=True, progress=False)
+    assert result.solved_at_steps() is not None and result.solved_at_steps() <= 60_000
+
+
 def test_normalisation_statistics_are_checkpointed_evaluated_with_and_resumed(tmp_path):
     path = str(tmp_path / "run.ckpt")
     # total_updates: the annealing schedule of the whole run (4 updates of 256 steps), which
