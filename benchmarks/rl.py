@@ -32,7 +32,8 @@ CleanRL's settings and observation/reward normalisation). InvertedPendulum-v5: e
 and wall seconds until the deterministic evaluation (every 10,000 steps on both sides)
 reaches 950; both clocks cover the whole run, setup and evaluations included (10 episodes
 each). Other tasks run a budget: ``--env Hopper-v5 --steps 1000000 --every 100000`` (about
-35 minutes a seed) gives each side's wall time and evaluations.
+35 minutes a seed) gives each side's wall time and evaluations; ``--budget`` runs the
+budget on InvertedPendulum-v5 too (CleanRL's 1M-step protocol).
 """
 
 from __future__ import annotations
@@ -194,16 +195,16 @@ def scorefn_solve(algo, env_id, seed, backend="auto"):
             "process_s": time.perf_counter() - t0}
 
 
-def scorefn_mujoco(env_id, seed, steps, every):
-    """PPO with CleanRL's settings (``scorefn.rl.defaults``) until the env's threshold, or
-    for ``steps`` (tasks without one)."""
+def scorefn_mujoco(env_id, seed, steps, every, stop=1):
+    """PPO with CleanRL's settings (``scorefn.rl.defaults``) until the env's threshold (with
+    ``stop``), or for ``steps`` (tasks without one, or ``stop=0``)."""
     import numpy as np
 
     from scorefn import rl
 
     t0 = time.perf_counter()
     # 10 evaluation episodes, as the peer script's
-    result = rl.train(env_id, "ppo", seed, steps, eval_every=every, stop_when_solved=True,
+    result = rl.train(env_id, "ppo", seed, steps, eval_every=every, stop_when_solved=bool(stop),
                       eval_episodes=10, progress=False)
     evals = [float(np.mean(row["eval_mean"])) for row in result.history]
     return {"solved_at_steps": result.solved_at_steps(), "wall": time.perf_counter() - t0,
@@ -228,13 +229,14 @@ def sb3_mujoco(python, env_id, seed, steps, threshold, every):
 
 
 def continuous_table(seeds, peer_python, env_id="InvertedPendulum-v5", steps=100_000,
-                     every=10_000):
+                     every=10_000, budget=False):
     """To the task's threshold (``rl.THRESHOLDS``: InvertedPendulum-v5) or, for a task
-    without one (Hopper-v5, HalfCheetah-v5), ``steps`` each: wall time and evaluations."""
+    without one (Hopper-v5, HalfCheetah-v5) or with ``budget``, ``steps`` each: wall time and
+    evaluations."""
     from scorefn import rl
 
     threshold = rl.THRESHOLDS.get(env_id)
-    if threshold is None:
+    if threshold is None or budget:
         return budget_table(seeds, peer_python, env_id, steps, every)
     med = statistics.median
     rows = []
@@ -257,7 +259,7 @@ def budget_table(seeds, peer_python, env_id, steps, every):
     med = statistics.median
     rows = []
     for seed in seeds:
-        ours = fresh("scorefn_mujoco", env_id, seed, steps, every)
+        ours = fresh("scorefn_mujoco", env_id, seed, steps, every, 0)
         peer = sb3_mujoco(peer_python, env_id, seed, steps, float("inf"), every)
         rows.append((ours, peer))
         print(f"ppo {env_id} seed {seed}, {steps:,} steps: SB3 {peer['wall']:.0f}s, eval last "
@@ -399,6 +401,9 @@ def main():
                     help="continuous: the step budget (each side)")
     ap.add_argument("--every", type=int, default=10_000,
                     help="continuous: env steps between evaluations (10 episodes each side)")
+    ap.add_argument("--budget", action="store_true",
+                    help="continuous: run --steps even on a task with a threshold "
+                         "(InvertedPendulum-v5 at 1M steps, CleanRL's protocol)")
     args = ap.parse_args()
     if args.worker:
         name, *rest = args.worker
@@ -412,7 +417,8 @@ def main():
         print(f"{platform.machine()}, {os.cpu_count()} cores; jax {jax.__version__}, gymnasium "
               f"{importlib.metadata.version('gymnasium')}, mujoco "
               f"{importlib.metadata.version('mujoco')}", flush=True)
-        continuous_table(args.seeds, args.peer_python, args.env, args.steps, args.every)
+        continuous_table(args.seeds, args.peer_python, args.env, args.steps, args.every,
+                         args.budget)
         if args.only == ["continuous"]:
             return
     print(machine(), flush=True)
