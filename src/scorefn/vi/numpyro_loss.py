@@ -54,7 +54,7 @@ from scorefn.scores import log_prob
 STATE_PREFIX = "scorefn/ema/"
 
 
-def _nonfinite_term_message(name: str) -> Callable[[np.ndarray], str | None]:
+def _nonfinite_density_message(name: str) -> Callable[[np.ndarray], str | None]:
     """The message of ``scorefn.guards.finite_guard`` for a term ``(K, ...)`` of the
     model's log density: the site, NaN or inf, and the first bad sample."""
     return guards.nonfinite_message(lambda kind, first, bad, total: (
@@ -336,9 +336,9 @@ class _MultiSampleBound(NumPyroELBO):
                ) -> jax.Array:
         if not self.runtime_checks:
             return jnp.zeros(())
-        checks = [(jax.lax.stop_gradient(t), _nonfinite_term_message(n))
+        checks = [(jax.lax.stop_gradient(t), _nonfinite_density_message(n))
                   for n, t in model_terms.items()]
-        checks += [(jax.lax.stop_gradient(t), _nonfinite_term_message(f"guide {n}"))
+        checks += [(jax.lax.stop_gradient(t), _nonfinite_density_message(f"guide {n}"))
                    for n, t in log_q.items()]
         return guards.finite_guard(*checks)
 
