@@ -514,7 +514,8 @@ def _refusal(estimator: str, option: str) -> str:
 # f, dist_fn, params, key, num_samples, *, validate, runtime_checks, **options)``, options
 # being those of the estimator's registry entry that the caller gave. A program's site of the
 # same family runs the same functions of ``scorefn.discrete`` and ``scorefn.measure_valued``
-# (``programs.families``): on the same draws a one-site program gives the same estimate.
+# (``programs.families``); for the score family, ARM, DisARM, REBAR and the relaxations a
+# one-site program on the same draws gives the same estimate (tested).
 
 
 def _score_family(estimator, f, dist_fn, params, key, num_samples, *, validate, runtime_checks,
