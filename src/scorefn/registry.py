@@ -58,7 +58,6 @@ class Estimator:
             raise ValueError(f"options must be among {tuple(GRAD_OPTIONS)}, got {sorted(unknown)}")
 
 
-
 ESTIMATORS: dict[str, Estimator] = {e.name: e for e in (
     Estimator("score", "score", True, False, "any distribution; f need not be differentiable",
               "(f(x) - b) ∇θ log p_θ(x); in a program (L_s - b_s) ∇θ log p_θ(x_s), L_s the "

@@ -160,7 +160,6 @@ def test_one_site_program_matches_the_core_score_grad():
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), g, core)
 
 
-
 @pytest.mark.parametrize("estimator", ["arm", "disarm", "rebar", "gumbel_softmax",
                                        "straight_through"])
 def test_one_site_program_is_scorefn_grad_on_the_same_draws(estimator):
@@ -190,6 +189,7 @@ def test_one_site_program_is_scorefn_grad_on_the_same_draws(estimator):
     other = jax.vmap(lambda kk: scorefn.grad(f, dist_fn, params, kk, n, estimator=estimator))(
         jax.random.split(jax.random.key(5), k))
     assert np.max(np.abs(g["logits"] - np.mean(other["logits"], axis=0))) > 1e-3
+
 
 def test_same_key_same_bits_jit_and_vmap_over_seeds():
     keys = jax.random.split(jax.random.key(5), 2)
