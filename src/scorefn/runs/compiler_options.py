@@ -6,6 +6,7 @@ Each is passed as ``jax.jit(..., compiler_options=cpu_options(PRESET))``: on ano
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -29,5 +30,22 @@ WIDE_REDUCTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_
 
 
 def cpu_options(options: dict[str, Any] | None) -> dict[str, Any] | None:
-    """``options`` on the CPU backend, None elsewhere (they are tuned for XLA's CPU compiler)."""
-    return options if jax.default_backend() == "cpu" else None
+    """``options`` on the CPU backend, None elsewhere (they are tuned for XLA's CPU compiler).
+
+    Only the options the installed XLA knows are kept: they are tuning, and XLA renames or
+    removes its flags between jax releases (jax 0.11 dropped
+    ``xla_cpu_use_fusion_emitters``), which would otherwise fail every compile."""
+    if options is None or jax.default_backend() != "cpu":
+        return None
+    return {name: value for name, value in options.items() if _known(name, value)}
+
+
+@functools.cache
+def _known(name: str, value: Any) -> bool:
+    """Whether XLA compiles a trivial program with the option ``name=value``."""
+    try:
+        jax.jit(lambda x: x + 1, compiler_options={name: value}).lower(
+            jax.ShapeDtypeStruct((), "float32")).compile()
+    except Exception:  # XLA raises its own error type, which differs between releases
+        return False
+    return True
