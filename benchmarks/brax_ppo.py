@@ -1,0 +1,254 @@
+"""brax: scorefn's PPO against brax's own ``brax.training.agents.ppo`` on the same tasks.
+
+Both sides get brax's tuned PPO settings for the task (brax's training notebook: 5-step
+unrolls, 32 minibatches, 4 epochs, Adam at 3e-4, γ 0.97, GAE 0.95, clip 0.3, entropy 1e-2,
+2,048 environments (Ant: 4,096) and batches of 1,024 (2,048) unrolls) and the same
+networks (scorefn's: tanh MLPs of 64 × 64 for the policy and the value; brax is given them
+through its ``network_factory``), gradients clipped at norm 0.5. One update is
+``num_envs × 80`` env steps on both sides: brax collects 16 unrolls of 5 steps per
+environment, scorefn 80 steps per environment. What stays each side's own: brax normalises
+observations and scales rewards by 10 (its notebook's settings; scorefn does neither on brax),
+its policy is a tanh-squashed Gaussian with a state-dependent scale, scorefn's a Gaussian
+with a state-independent log-σ whose action is clipped to [-1, 1]; brax's GAE runs over each
+5-step unroll, scorefn's over the 80 steps.
+
+Reported per task: env steps per second of training once compiled (between the second and
+the last evaluation after training began; rollouts and updates, the evaluations (128
+deterministic episodes on both sides) not counted: brax's ``training/walltime`` and
+scorefn's ``wall_s``), the seconds of the whole call (the process's start, imports,
+compilation and evaluations included), the first evaluation at or above the task's
+threshold with its training seconds (scorefn's include building the environment and the
+networks), and the last evaluation. Each side runs in its own
+process, bounded by ``--timeout``; a side cut short reports the evaluations it reached.
+
+    python benchmarks/brax_ppo.py --out brax.md                  # on a GPU
+    python benchmarks/brax_ppo.py --quick --out /tmp/brax.md     # small sizes, for a CPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+# brax's notebook settings per task: (num_envs, batch_size, env steps, threshold, physics:
+# brax's default pipeline, which rl.train runs, seconds allowed each side on a GPU)
+TASKS = {
+    "inverted_pendulum": (2048, 1024, 2_000_000, 950.0, "generalized", 100),
+    "ant": (4096, 2048, 10_000_000, 2000.0, "generalized", 190),
+}
+QUICK = {"inverted_pendulum": (64, 32, 40_960, 950.0, "generalized", 300)}
+UNROLL, MINIBATCHES, EPOCHS, EVALS, EVAL_EPISODES = 5, 32, 4, 6, 128
+COMMON = dict(learning_rate=3e-4, gamma=0.97, gae_lambda=0.95, clip=0.3, entropy=1e-2,
+              max_grad_norm=0.5)
+
+
+def _restore_device_put_replicated() -> None:
+    """brax 0.14's PPO calls ``jax.device_put_replicated``, which jax 0.10 removed: put
+    back the replacement JAX's pmap migration guide gives (the value stacked once per
+    device, sharded along that axis), so the peer runs unchanged on current jax."""
+    import jax
+    import jax.numpy as jnp
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    try:
+        jax.device_put_replicated  # noqa: B018
+        return
+    except AttributeError:
+        pass
+
+    def device_put_replicated(value, devices):
+        sharding = NamedSharding(Mesh(list(devices), ("devices",)), PartitionSpec("devices"))
+        return jax.tree.map(lambda x: jax.device_put(
+            jnp.stack([jnp.asarray(x)] * len(devices)), sharding), value)
+
+    jax.device_put_replicated = device_put_replicated
+
+
+def run_brax(task: str, num_envs: int, batch: int, steps: int, physics: str, evals: int,
+             seed: int) -> None:
+    import functools
+
+    import flax.linen as nn
+    from brax import envs
+    from brax.training.agents.ppo import networks as ppo_networks
+    from brax.training.agents.ppo import train as ppo
+
+    _restore_device_put_replicated()
+
+    def progress(step, metrics):
+        # training/walltime: the epochs' time so far (the first one's compilation included),
+        # the evaluations not counted, as scorefn's wall_s
+        print(json.dumps({"env_steps": int(step),
+                          "wall_s": float(metrics.get("training/walltime", 0.0)),
+                          "eval": float(metrics["eval/episode_reward"])}), flush=True)
+
+    network = functools.partial(ppo_networks.make_ppo_networks,
+                                policy_hidden_layer_sizes=(64, 64),
+                                value_hidden_layer_sizes=(64, 64), activation=nn.tanh)
+    ppo.train(environment=envs.get_environment(task, backend=physics), num_timesteps=steps,
+              num_envs=num_envs, batch_size=batch, unroll_length=UNROLL,
+              num_minibatches=MINIBATCHES, num_updates_per_batch=EPOCHS,
+              learning_rate=COMMON["learning_rate"], discounting=COMMON["gamma"],
+              gae_lambda=COMMON["gae_lambda"], clipping_epsilon=COMMON["clip"],
+              entropy_cost=COMMON["entropy"], max_grad_norm=COMMON["max_grad_norm"],
+              normalize_observations=True, reward_scaling=10.0, episode_length=1000,
+              num_evals=evals, num_eval_envs=EVAL_EPISODES, deterministic_eval=True,
+              network_factory=network, seed=seed, progress_fn=progress)
+
+
+def run_scorefn(task: str, num_envs: int, batch: int, steps: int, physics: str, evals: int,
+                seed: int, log_dir: str) -> None:
+    from scorefn import rl
+
+    per_env = batch * UNROLL * MINIBATCHES // num_envs
+    per_update = num_envs * per_env
+    # brax's schedule: an evaluation after each of (evals - 1) stretches of whole updates,
+    # as many as reach ``steps`` (brax's also evaluates before training)
+    updates = -(-steps // ((evals - 1) * per_update))
+    # rl.train runs brax's default physics, which the table names; its rows go to
+    # log_dir/metrics.jsonl as they come, which the parent reads (also after a time-out)
+    rl.train(f"brax:{task}", "ppo", seed, total_steps=updates * (evals - 1) * per_update,
+             eval_every=updates * per_update, eval_episodes=EVAL_EPISODES, num_envs=num_envs,
+             num_steps=per_env, num_epochs=EPOCHS, minibatch_size=batch * UNROLL,
+             learning_rate=COMMON["learning_rate"], gamma=COMMON["gamma"],
+             gae_lambda=COMMON["gae_lambda"], clip_eps=COMMON["clip"],
+             entropy_coef=COMMON["entropy"], max_grad_norm=COMMON["max_grad_norm"],
+             progress=False, log_dir=log_dir)
+
+
+def side(library: str, task: str, settings: tuple, evals: int, seed: int,
+         timeout: float) -> dict:
+    """One side in a subprocess: its evaluation rows, status and wall seconds."""
+    num_envs, batch, steps, _, physics, _ = settings
+    log_dir = tempfile.mkdtemp(prefix="brax_ppo_")
+    command = [sys.executable, __file__, "--worker", library, "--task", task, "--settings",
+               json.dumps([num_envs, batch, steps, physics, evals, seed, log_dir])]
+    started = time.perf_counter()
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+        status = "ok" if done.returncode == 0 else f"exit {done.returncode}"
+        out, err = done.stdout, done.stderr
+    except subprocess.TimeoutExpired as error:
+        status = f"timed out after {timeout:.0f} s"
+        out = (error.stdout or b"").decode(errors="replace")
+        err = (error.stderr or b"").decode(errors="replace")
+    if library == "scorefn":
+        metrics = os.path.join(log_dir, "metrics.jsonl")
+        lines = open(metrics).read().splitlines() if os.path.exists(metrics) else []
+        out = "\n".join(json.dumps({"env_steps": row["env_steps"], "wall_s": row["wall_s"],
+                                     "eval": row["eval_mean"]})
+                         for row in map(json.loads, lines))
+    shutil.rmtree(log_dir, ignore_errors=True)
+    rows = []
+    for line in out.splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            pass
+    tail = "" if status == "ok" else "\n".join(err.strip().splitlines()[-15:])
+    return {"status": status, "rows": rows, "call_s": time.perf_counter() - started,
+            "error": tail}
+
+
+def summary(result: dict, threshold: float) -> dict:
+    rows = result["rows"]
+    # From the second evaluation after training began: brax compiles its training epoch
+    # again on its second call (seen here: 11 s against 0.6 s for the later ones)
+    trained = [r for r in rows if r["env_steps"] > 0][1:]
+    rate = None
+    if len(trained) >= 2:
+        first, last = trained[0], trained[-1]
+        rate = (last["env_steps"] - first["env_steps"]) / (last["wall_s"] - first["wall_s"])
+    solved = next((r for r in rows if r["eval"] >= threshold), None)
+    return {"rate": rate, "solved": solved, "last": rows[-1] if rows else None}
+
+
+def versions() -> str:
+    names = ("jax", "jaxlib", "brax", "mujoco", "flax", "optax")
+    found = []
+    for name in names:
+        try:
+            found.append(f"{name} {importlib.metadata.version(name)}")
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return ", ".join(found)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default="brax_ppo.md")
+    parser.add_argument("--json", default=None, help="also write the rows as JSON here")
+    parser.add_argument("--quick", action="store_true", help="small sizes, for a CPU")
+    parser.add_argument("--tasks", default=None, help="comma-separated, default every task")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--evals", type=int, default=None,
+                        help=f"evaluations, the one before training included (default {EVALS})")
+    parser.add_argument("--timeout", type=float, default=None,
+                        help="seconds per side (default per task: TASKS)")
+    parser.add_argument("--worker", choices=("brax", "scorefn"), help=argparse.SUPPRESS)
+    parser.add_argument("--task", help=argparse.SUPPRESS)
+    parser.add_argument("--settings", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        num_envs, batch, steps, physics, evals, seed, log_dir = json.loads(args.settings)
+        if args.worker == "brax":
+            run_brax(args.task, num_envs, batch, steps, physics, evals, seed)
+        else:
+            run_scorefn(args.task, num_envs, batch, steps, physics, evals, seed, log_dir)
+        return 0
+
+    import jax
+
+    table = QUICK if args.quick else TASKS
+    tasks = args.tasks.split(",") if args.tasks else list(table)
+    evals = args.evals or (4 if args.quick else EVALS)
+    results = {}
+    lines = [f"brax PPO against scorefn PPO ({'quick' if args.quick else 'full'} run), "
+             f"{time.strftime('%Y-%m-%d')}, device {jax.devices()[0]}, {versions()}", "",
+             "| task (physics) | envs | steps | library | env steps/s once compiled | "
+             "call s | first eval ≥ threshold: steps, s | last eval: steps, return | status |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for task in tasks:
+        settings = table[task]
+        threshold = settings[3]
+        results[task] = {}
+        for library in ("brax", "scorefn"):
+            result = side(library, task, settings, evals, args.seed,
+                          args.timeout or settings[5])
+            results[task][library] = result
+            s = summary(result, threshold)
+            rate = f"{s['rate']:,.0f}" if s["rate"] else "–"
+            solved = (f"{s['solved']['env_steps']:,}, {s['solved']['wall_s']:.1f}"
+                      if s["solved"] else f"not reached ({threshold:g})")
+            last = (f"{s['last']['env_steps']:,}, {s['last']['eval']:.1f}" if s["last"]
+                    else "–")
+            lines.append(f"| {task} ({settings[4]}) | {settings[0]:,} | {settings[2]:,} | "
+                         f"{library} | {rate} | {result['call_s']:.0f} | {solved} | {last} | "
+                         f"{result['status']} |")
+            print(lines[-1], flush=True)
+        rates = [summary(results[task][lib], threshold)["rate"] for lib in ("brax", "scorefn")]
+        if all(rates):
+            lines.append(f"| {task} | | | scorefn / brax | {rates[1] / rates[0]:.2f}× | | | | |")
+    errors = [(t, lib, r["error"]) for t, sides in results.items() for lib, r in sides.items()
+              if r["error"]]
+    for task, library, error in errors:
+        lines += ["", f"{library} on {task}:", "```", error, "```"]
+    text = "\n".join(lines)
+    with open(args.out, "w") as fh:
+        fh.write(text + "\n")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(results, fh, indent=1)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
