@@ -160,7 +160,8 @@ def side(library: str, task: str, settings: tuple, evals: int, seed: int,
 def summary(result: dict, threshold: float) -> dict:
     rows = result["rows"]
     # From the second evaluation after training began: brax compiles its training epoch
-    # again on its second call (seen here: 11 s against 0.6 s for the later ones)
+    # again on its second call (on 2 CPU cores, quick sizes: 11 s against 0.6 s for the
+    # later ones; on an H200, Ant: 14 s against 4 s)
     trained = [r for r in rows if r["env_steps"] > 0][1:]
     rate = None
     if len(trained) >= 2:
