@@ -179,8 +179,12 @@ EIGHT_DEVICES = textwrap.dedent("""
 """)
 
 
+# One subprocess on eight devices runs every check below (one to two minutes): the tests
+# that read it are marked slow.
 @pytest.fixture(scope="module")
 def eight_devices(tmp_path_factory):
+    # XLA's default flags, as users compile (not the session's unoptimised ones, conftest.py,
+    # under which ES's one- and eight-device runs drift apart past the tolerance)
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
     path = str(tmp_path_factory.mktemp("devices") / "run.ckpt")
     done = subprocess.run([sys.executable, "-c", EIGHT_DEVICES, path], env=env,
@@ -189,21 +193,25 @@ def eight_devices(tmp_path_factory):
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_eight_devices_give_the_one_device_run(eight_devices):
     assert eight_devices["devices"] == 8
     for name in ("xnes", "snes", "snes10"):
         assert eight_devices[name] == [True, True, True, False], name
 
 
+@pytest.mark.slow
 def test_each_device_evaluates_its_share_of_the_population(eight_devices):
     # one device: f on all 16 candidates; eight: on 2 each (the twin: not a replicated copy)
     assert eight_devices["shapes"] == {"None": ["f32[16,10]"], "8": ["f32[2,10]"]}
 
 
+@pytest.mark.slow
 def test_a_run_resumes_with_another_device_count(eight_devices):
     assert eight_devices["resume"] == [True, True]
 
 
+@pytest.mark.slow
 def test_rl_splits_seeds_or_environments_with_the_same_result(eight_devices):
     rl = eight_devices["rl"]
     assert rl["seeds"] and rl["environments"] and not rl["twin"]
@@ -211,6 +219,7 @@ def test_rl_splits_seeds_or_environments_with_the_same_result(eight_devices):
     assert rl["share"] == [8, 1]  # each device holds one seed's parameters
 
 
+@pytest.mark.slow
 def test_program_particles_split_with_the_same_gradient(eight_devices):
     programs = eight_devices["programs"]
     assert programs["same"] and not programs["twin"]
@@ -219,6 +228,7 @@ def test_program_particles_split_with_the_same_gradient(eight_devices):
     assert programs["shapes"] == [["16"], ["2"], ["2"]]
 
 
+@pytest.mark.slow
 def test_vi_splits_the_data_with_the_same_fit(eight_devices):
     fitted = eight_devices["vi"]
     assert fitted["same"] and not fitted["twin"] and fitted["resume"]

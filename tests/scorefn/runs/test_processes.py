@@ -95,6 +95,7 @@ VI_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # two pairs of processes, each compiling a fit or a program
 def test_vi_and_programs_across_two_processes(tmp_path):
     """A script of one's own under ``python -m scorefn.runs.processes 2``: the data split
     across the two processes' devices gives the one-process ELBO trace, a program's
