@@ -1,11 +1,12 @@
 """One script for a machine with an accelerator: the test suite, the core benchmark,
 many-seed PPO, ES generations up to d = 1e6, scorefn's PPO against brax's own on brax's tasks
-(benchmarks/brax_ppo.py, when brax is installed) and, with several accelerators, the sharded
-runs of benchmarks/scale.py, written to one markdown file.
+(benchmarks/brax_ppo.py; it needs brax, ``pip install "scorefn[brax]"``) and, with several
+accelerators, the sharded runs of benchmarks/scale.py, written to one markdown file.
 
-Sized to a few minutes on one GPU; ``--quick`` shrinks every part so that it also runs on a
-CPU (that is how it is tested). Each part runs in a subprocess with a time limit, and a part
-that fails or times out is reported as such, not hidden; the other parts still run.
+Sized to a few minutes a part on one GPU (the brax part: about 8 minutes on an H200);
+``--quick`` shrinks every part so that it also runs on a CPU (that is how it is tested). Each
+part runs in a subprocess with a time limit, and a part that fails or times out is reported
+as such, not hidden; the other parts still run.
 
     python benchmarks/gpu.py --out gpu_results.md            # on the GPU machine
     python benchmarks/gpu.py --quick --out /tmp/gpu_quick.md   # anywhere
