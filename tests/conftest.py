@@ -3,17 +3,20 @@
 import os
 import tempfile
 
+import jax
+import pytest
+
 # The tests are compile-bound: hundreds of small programs, each run a few times. XLA's CPU
 # backend compiles them about twice as fast without LLVM's optimisation passes and its fusion
 # emitters (scorefn.runs.compiler_options.FAST_COMPILE); the programs compute the same things.
-# Set before jax starts its backend; SCOREFN_TEST_XLA_DEFAULTS=1 keeps XLA's defaults.
+# Set before jax starts its backend (importing jax does not); SCOREFN_TEST_XLA_DEFAULTS=1
+# keeps XLA's defaults.
 if not os.environ.get("SCOREFN_TEST_XLA_DEFAULTS"):
-    os.environ["XLA_FLAGS"] = " ".join([
-        os.environ.get("XLA_FLAGS", ""), "--xla_backend_optimization_level=0",
-        "--xla_cpu_use_fusion_emitters=false"]).strip()
-
-import jax  # noqa: E402
-import pytest  # noqa: E402
+    # jax 0.11 removed the fusion emitters' flag, and XLA aborts on a flag it does not know
+    emitters = ([] if tuple(int(p) for p in jax.__version__.split(".")[:2]) >= (0, 11)
+                else ["--xla_cpu_use_fusion_emitters=false"])
+    os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", ""),
+                                        "--xla_backend_optimization_level=0", *emitters]).strip()
 
 # Workers of pytest-xdist compile many of the same estimators: share XLA's compilation cache.
 jax.config.update(
