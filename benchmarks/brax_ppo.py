@@ -36,14 +36,25 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import NamedTuple
 
-# brax's notebook settings per task: (num_envs, batch_size, env steps, threshold, physics:
-# brax's default pipeline, which rl.train runs, seconds allowed each side on a GPU)
+
+class Task(NamedTuple):
+    """brax's notebook settings for a task, and what the benchmark allows it."""
+
+    num_envs: int
+    batch_size: int       # unrolls per minibatch (brax's batch_size)
+    steps: int            # env steps asked for
+    threshold: float      # the return whose first reaching is timed
+    physics: str          # brax's default pipeline, which rl.train runs
+    timeout: float        # seconds allowed each side
+
+
 TASKS = {
-    "inverted_pendulum": (2048, 1024, 2_000_000, 950.0, "generalized", 100),
-    "ant": (4096, 2048, 10_000_000, 2000.0, "generalized", 190),
+    "inverted_pendulum": Task(2048, 1024, 2_000_000, 950.0, "generalized", 100),
+    "ant": Task(4096, 2048, 10_000_000, 2000.0, "generalized", 190),
 }
-QUICK = {"inverted_pendulum": (64, 32, 40_960, 950.0, "generalized", 300)}
+QUICK = {"inverted_pendulum": Task(64, 32, 40_960, 950.0, "generalized", 300)}
 UNROLL, MINIBATCHES, EPOCHS, EVALS, EVAL_EPISODES = 5, 32, 4, 6, 128
 COMMON = dict(learning_rate=3e-4, gamma=0.97, gae_lambda=0.95, clip=0.3, entropy=1e-2,
               max_grad_norm=0.5)
@@ -71,8 +82,8 @@ def _restore_device_put_replicated() -> None:
     jax.device_put_replicated = device_put_replicated
 
 
-def run_brax(task: str, num_envs: int, batch: int, steps: int, physics: str, evals: int,
-             seed: int) -> None:
+def run_brax(name: str, task: Task, evals: int, seed: int) -> None:
+    """brax's PPO, printing one JSON row per evaluation as it comes."""
     import functools
 
     import flax.linen as nn
@@ -92,8 +103,9 @@ def run_brax(task: str, num_envs: int, batch: int, steps: int, physics: str, eva
     network = functools.partial(ppo_networks.make_ppo_networks,
                                 policy_hidden_layer_sizes=(64, 64),
                                 value_hidden_layer_sizes=(64, 64), activation=nn.tanh)
-    ppo.train(environment=envs.get_environment(task, backend=physics), num_timesteps=steps,
-              num_envs=num_envs, batch_size=batch, unroll_length=UNROLL,
+    ppo.train(environment=envs.get_environment(name, backend=task.physics),
+              num_timesteps=task.steps, num_envs=task.num_envs, batch_size=task.batch_size,
+              unroll_length=UNROLL,
               num_minibatches=MINIBATCHES, num_updates_per_batch=EPOCHS,
               learning_rate=COMMON["learning_rate"], discounting=COMMON["gamma"],
               gae_lambda=COMMON["gae_lambda"], clipping_epsilon=COMMON["clip"],
@@ -103,33 +115,32 @@ def run_brax(task: str, num_envs: int, batch: int, steps: int, physics: str, eva
               network_factory=network, seed=seed, progress_fn=progress)
 
 
-def run_scorefn(task: str, num_envs: int, batch: int, steps: int, physics: str, evals: int,
-                seed: int, log_dir: str) -> None:
+def run_scorefn(name: str, task: Task, evals: int, seed: int, log_dir: str) -> None:
+    """scorefn's PPO with the same settings; its rows go to ``log_dir/metrics.jsonl``."""
     from scorefn import rl
 
-    per_env = batch * UNROLL * MINIBATCHES // num_envs
-    per_update = num_envs * per_env
+    per_env = task.batch_size * UNROLL * MINIBATCHES // task.num_envs
+    per_update = task.num_envs * per_env
     # brax's schedule: an evaluation after each of (evals - 1) stretches of whole updates,
     # as many as reach ``steps`` (brax's also evaluates before training)
-    updates = -(-steps // ((evals - 1) * per_update))
-    # rl.train runs brax's default physics, which the table names; its rows go to
-    # log_dir/metrics.jsonl as they come, which the parent reads (also after a time-out)
-    rl.train(f"brax:{task}", "ppo", seed, total_steps=updates * (evals - 1) * per_update,
-             eval_every=updates * per_update, eval_episodes=EVAL_EPISODES, num_envs=num_envs,
-             num_steps=per_env, num_epochs=EPOCHS, minibatch_size=batch * UNROLL,
+    updates = -(-task.steps // ((evals - 1) * per_update))
+    # rl.train runs brax's default physics (task.physics names it); the rows are written as
+    # they come, so the parent reads them after a time-out too
+    rl.train(f"brax:{name}", "ppo", seed, total_steps=updates * (evals - 1) * per_update,
+             eval_every=updates * per_update, eval_episodes=EVAL_EPISODES,
+             num_envs=task.num_envs, num_steps=per_env, num_epochs=EPOCHS,
+             minibatch_size=task.batch_size * UNROLL,
              learning_rate=COMMON["learning_rate"], gamma=COMMON["gamma"],
              gae_lambda=COMMON["gae_lambda"], clip_eps=COMMON["clip"],
              entropy_coef=COMMON["entropy"], max_grad_norm=COMMON["max_grad_norm"],
              progress=False, log_dir=log_dir)
 
 
-def side(library: str, task: str, settings: tuple, evals: int, seed: int,
-         timeout: float) -> dict:
+def side(library: str, name: str, task: Task, evals: int, seed: int, timeout: float) -> dict:
     """One side in a subprocess: its evaluation rows, status and wall seconds."""
-    num_envs, batch, steps, _, physics, _ = settings
     log_dir = tempfile.mkdtemp(prefix="brax_ppo_")
-    command = [sys.executable, __file__, "--worker", library, "--task", task, "--settings",
-               json.dumps([num_envs, batch, steps, physics, evals, seed, log_dir])]
+    command = [sys.executable, __file__, "--worker", library, "--task", name, "--settings",
+               json.dumps([list(task), evals, seed, log_dir])]
     started = time.perf_counter()
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
@@ -141,17 +152,12 @@ def side(library: str, task: str, settings: tuple, evals: int, seed: int,
         err = (error.stderr or b"").decode(errors="replace")
     if library == "scorefn":
         metrics = os.path.join(log_dir, "metrics.jsonl")
-        lines = open(metrics).read().splitlines() if os.path.exists(metrics) else []
-        out = "\n".join(json.dumps({"env_steps": row["env_steps"], "wall_s": row["wall_s"],
-                                     "eval": row["eval_mean"]})
-                         for row in map(json.loads, lines))
+        logged = open(metrics).read().splitlines() if os.path.exists(metrics) else []
+        rows = [{"env_steps": row["env_steps"], "wall_s": row["wall_s"],
+                 "eval": row["eval_mean"]} for row in map(json.loads, logged)]
+    else:  # brax's rows are the JSON lines among its output
+        rows = [json.loads(line) for line in out.splitlines() if line.startswith('{"env_steps"')]
     shutil.rmtree(log_dir, ignore_errors=True)
-    rows = []
-    for line in out.splitlines():
-        try:
-            rows.append(json.loads(line))
-        except ValueError:
-            pass
     tail = "" if status == "ok" else "\n".join(err.strip().splitlines()[-15:])
     return {"status": status, "rows": rows, "call_s": time.perf_counter() - started,
             "error": tail}
@@ -198,17 +204,20 @@ def main(argv=None) -> int:
     parser.add_argument("--settings", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        num_envs, batch, steps, physics, evals, seed, log_dir = json.loads(args.settings)
+        task, evals, seed, log_dir = json.loads(args.settings)
         if args.worker == "brax":
-            run_brax(args.task, num_envs, batch, steps, physics, evals, seed)
+            run_brax(args.task, Task(*task), evals, seed)
         else:
-            run_scorefn(args.task, num_envs, batch, steps, physics, evals, seed, log_dir)
+            run_scorefn(args.task, Task(*task), evals, seed, log_dir)
         return 0
 
     import jax
 
     table = QUICK if args.quick else TASKS
-    tasks = args.tasks.split(",") if args.tasks else list(table)
+    names = args.tasks.split(",") if args.tasks else list(table)
+    if set(names) - set(table):
+        parser.error(f"--tasks: unknown {', '.join(sorted(set(names) - set(table)))}; "
+                     f"known{' with --quick' if args.quick else ''}: {', '.join(table)}")
     evals = args.evals or (4 if args.quick else EVALS)
     results = {}
     lines = [f"brax PPO against scorefn PPO ({'quick' if args.quick else 'full'} run), "
@@ -216,27 +225,26 @@ def main(argv=None) -> int:
              "| task (physics) | envs | steps | library | env steps/s once compiled | "
              "call s | first eval ≥ threshold: steps, s | last eval: steps, return | status |",
              "|---|---|---|---|---|---|---|---|---|"]
-    for task in tasks:
-        settings = table[task]
-        threshold = settings[3]
-        results[task] = {}
+    for name in names:
+        task = table[name]
+        results[name] = {}
+        summaries = {}
         for library in ("brax", "scorefn"):
-            result = side(library, task, settings, evals, args.seed,
-                          args.timeout or settings[5])
-            results[task][library] = result
-            s = summary(result, threshold)
+            result = side(library, name, task, evals, args.seed, args.timeout or task.timeout)
+            results[name][library] = result
+            s = summaries[library] = summary(result, task.threshold)
             rate = f"{s['rate']:,.0f}" if s["rate"] else "–"
             solved = (f"{s['solved']['env_steps']:,}, {s['solved']['wall_s']:.1f}"
-                      if s["solved"] else f"not reached ({threshold:g})")
+                      if s["solved"] else f"not reached ({task.threshold:g})")
             last = (f"{s['last']['env_steps']:,}, {s['last']['eval']:.1f}" if s["last"]
                     else "–")
-            lines.append(f"| {task} ({settings[4]}) | {settings[0]:,} | {settings[2]:,} | "
+            lines.append(f"| {name} ({task.physics}) | {task.num_envs:,} | {task.steps:,} | "
                          f"{library} | {rate} | {result['call_s']:.0f} | {solved} | {last} | "
                          f"{result['status']} |")
             print(lines[-1], flush=True)
-        rates = [summary(results[task][lib], threshold)["rate"] for lib in ("brax", "scorefn")]
-        if all(rates):
-            lines.append(f"| {task} | | | scorefn / brax | {rates[1] / rates[0]:.2f}× | | | | |")
+        if summaries["brax"]["rate"] and summaries["scorefn"]["rate"]:
+            ratio = summaries["scorefn"]["rate"] / summaries["brax"]["rate"]
+            lines.append(f"| {name} | | | scorefn / brax | {ratio:.2f}× | | | | |")
     errors = [(t, lib, r["error"]) for t, sides in results.items() for lib, r in sides.items()
               if r["error"]]
     for task, library, error in errors:

@@ -113,7 +113,6 @@ def test_compiler_options_are_part_of_the_program(folder):
                                     compiler_options=options)(_carry(), 2.0), out)
 
 
-@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the presets are the CPU's")
 def test_compiler_options_the_installed_xla_lacks_are_dropped():
     # XLA renames and removes its flags between jax releases: a preset naming one that is
     # gone must not fail every compile (jax 0.11 dropped xla_cpu_use_fusion_emitters).
@@ -121,7 +120,8 @@ def test_compiler_options_the_installed_xla_lacks_are_dropped():
     with pytest.raises(Exception, match="xla_cpu_no_such_option_in_any_release"):
         jax.jit(lambda x: x + 1, compiler_options=gone)(1.0)  # the twin: unfiltered, it fails
     options = compiler_options.cpu_options({**gone, **compiler_options.BACKEND_O2})
-    assert options == compiler_options.BACKEND_O2
+    # on another backend the CPU's presets are dropped whole
+    assert options == (compiler_options.BACKEND_O2 if jax.default_backend() == "cpu" else None)
     assert float(jax.jit(lambda x: x + 1, compiler_options=options)(1.0)) == 2.0
 
 
