@@ -3,14 +3,17 @@
 Both sides get brax's tuned PPO settings for the task (brax's training notebook: 5-step
 unrolls, 32 minibatches, 4 epochs, Adam at 3e-4, γ 0.97, GAE 0.95, clip 0.3, entropy 1e-2,
 2,048 environments (Ant: 4,096) and batches of 1,024 (2,048) unrolls) and the same
-networks (scorefn's: tanh MLPs of 64 × 64 for the policy and the value; brax is given them
-through its ``network_factory``), gradients clipped at norm 0.5. One update is
+networks (``--networks``: tanh MLPs of 64 × 64 for the policy and the value, or brax's
+default ones, a policy of 4 × 32 and a value function of 5 × 256 with silu; brax is given
+them through its ``network_factory``), gradients clipped at norm 0.5, a constant learning rate
+and brax's weight of the value loss (0.25 × the mean squared error). One update is
 ``num_envs × 80`` env steps on both sides: brax collects 16 unrolls of 5 steps per
 environment, scorefn 80 steps per environment. What stays each side's own: brax normalises
 observations and scales rewards by 10 (its notebook's settings; scorefn does neither on brax),
-its policy is a tanh-squashed Gaussian with a state-dependent scale, scorefn's a Gaussian
-with a state-independent log-σ whose action is clipped to [-1, 1]; brax's GAE runs over each
-5-step unroll, scorefn's over the 80 steps.
+its policy is a tanh-squashed Gaussian (its scale a free parameter, initially 1), scorefn's a
+Gaussian (a free log-σ, initially 0) whose action is clipped to [-1, 1]; each side keeps its
+own initialisation; brax's GAE runs over each 5-step unroll, scorefn's over the 80 steps, and
+brax does not bootstrap at the time limit (its default), scorefn does.
 
 Reported per task: env steps per second of training once compiled (between the second and
 the last evaluation after training began; rollouts and updates, the evaluations (128
@@ -56,6 +59,9 @@ TASKS = {
 }
 QUICK = {"inverted_pendulum": Task(64, 32, 40_960, 950.0, "generalized", 300)}
 UNROLL, MINIBATCHES, EPOCHS, EVALS, EVAL_EPISODES = 5, 32, 4, 6, 128
+# Both sides' networks: (policy's hidden layers, value function's, their nonlinearity)
+NETWORKS = {"tanh64": ((64, 64), (64, 64), "tanh"),
+            "brax": ((32,) * 4, (256,) * 5, "silu")}   # brax's make_ppo_networks defaults
 COMMON = dict(learning_rate=3e-4, gamma=0.97, gae_lambda=0.95, clip=0.3, entropy=1e-2,
               max_grad_norm=0.5)
 
@@ -82,7 +88,7 @@ def _restore_device_put_replicated() -> None:
     jax.device_put_replicated = device_put_replicated
 
 
-def run_brax(name: str, task: Task, evals: int, seed: int) -> None:
+def run_brax(name: str, task: Task, evals: int, seed: int, networks: str) -> None:
     """brax's PPO, printing one JSON row per evaluation as it comes."""
     import functools
 
@@ -100,9 +106,11 @@ def run_brax(name: str, task: Task, evals: int, seed: int) -> None:
                           "wall_s": float(metrics.get("training/walltime", 0.0)),
                           "eval": float(metrics["eval/episode_reward"])}), flush=True)
 
+    policy, value, activation = NETWORKS[networks]
     network = functools.partial(ppo_networks.make_ppo_networks,
-                                policy_hidden_layer_sizes=(64, 64),
-                                value_hidden_layer_sizes=(64, 64), activation=nn.tanh)
+                                policy_hidden_layer_sizes=policy,
+                                value_hidden_layer_sizes=value,
+                                activation={"tanh": nn.tanh, "silu": nn.silu}[activation])
     ppo.train(environment=envs.get_environment(name, backend=task.physics),
               num_timesteps=task.steps, num_envs=task.num_envs, batch_size=task.batch_size,
               unroll_length=UNROLL,
@@ -115,9 +123,12 @@ def run_brax(name: str, task: Task, evals: int, seed: int) -> None:
               network_factory=network, seed=seed, progress_fn=progress)
 
 
-def run_scorefn(name: str, task: Task, evals: int, seed: int, log_dir: str) -> None:
+def run_scorefn(name: str, task: Task, evals: int, seed: int, log_dir: str,
+                networks: str) -> None:
     """scorefn's PPO with the same settings; its rows go to ``log_dir/metrics.jsonl``."""
     from scorefn import rl
+
+    policy, value, activation = NETWORKS[networks]
 
     per_env = task.batch_size * UNROLL * MINIBATCHES // task.num_envs
     per_update = task.num_envs * per_env
@@ -133,14 +144,18 @@ def run_scorefn(name: str, task: Task, evals: int, seed: int, log_dir: str) -> N
              learning_rate=COMMON["learning_rate"], gamma=COMMON["gamma"],
              gae_lambda=COMMON["gae_lambda"], clip_eps=COMMON["clip"],
              entropy_coef=COMMON["entropy"], max_grad_norm=COMMON["max_grad_norm"],
-             progress=False, log_dir=log_dir)
+             # brax's constant learning rate (scorefn's brax default anneals it), and its
+             # value loss, 0.5 · vf_loss_coefficient (0.5) · mean squared error
+             anneal_lr=False, value_coef=0.25, normalize_observations=True, hidden=policy, value_hidden=value,
+             activation=activation, progress=False, log_dir=log_dir)
 
 
-def side(library: str, name: str, task: Task, evals: int, seed: int, timeout: float) -> dict:
+def side(library: str, name: str, task: Task, evals: int, seed: int, timeout: float,
+         networks: str) -> dict:
     """One side in a subprocess: its evaluation rows, status and wall seconds."""
     log_dir = tempfile.mkdtemp(prefix="brax_ppo_")
     command = [sys.executable, __file__, "--worker", library, "--task", name, "--settings",
-               json.dumps([list(task), evals, seed, log_dir])]
+               json.dumps([list(task), evals, seed, log_dir, networks])]
     started = time.perf_counter()
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
@@ -199,16 +214,19 @@ def main(argv=None) -> int:
                         help=f"evaluations, the one before training included (default {EVALS})")
     parser.add_argument("--timeout", type=float, default=None,
                         help="seconds per side (default per task: TASKS)")
+    parser.add_argument("--networks", choices=tuple(NETWORKS), default="tanh64",
+                        help="both sides' networks: tanh MLPs of 64 × 64 (tanh64) or brax's "
+                             "defaults (brax: policy 4 × 32, value 5 × 256, silu)")
     parser.add_argument("--worker", choices=("brax", "scorefn"), help=argparse.SUPPRESS)
     parser.add_argument("--task", help=argparse.SUPPRESS)
     parser.add_argument("--settings", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        task, evals, seed, log_dir = json.loads(args.settings)
+        task, evals, seed, log_dir, networks = json.loads(args.settings)
         if args.worker == "brax":
-            run_brax(args.task, Task(*task), evals, seed)
+            run_brax(args.task, Task(*task), evals, seed, networks)
         else:
-            run_scorefn(args.task, Task(*task), evals, seed, log_dir)
+            run_scorefn(args.task, Task(*task), evals, seed, log_dir, networks)
         return 0
 
     import jax
@@ -230,7 +248,8 @@ def main(argv=None) -> int:
         results[name] = {}
         summaries = {}
         for library in ("brax", "scorefn"):
-            result = side(library, name, task, evals, args.seed, args.timeout or task.timeout)
+            result = side(library, name, task, evals, args.seed, args.timeout or task.timeout,
+                          args.networks)
             results[name][library] = result
             s = summaries[library] = summary(result, task.threshold)
             rate = f"{s['rate']:,.0f}" if s["rate"] else "–"

@@ -13,18 +13,20 @@ import numpy as np
 
 from scorefn.rl.envs import GymnasiumEnv, JaxEnv
 from scorefn.rl.networks import ActorCritic
-from scorefn.rl.normalization import ObservationNormalizer
+from scorefn.rl.normalization import ObservationNormalizer, normalized
 from scorefn.runs.compiler_options import FAST_COMPILE, cpu_options
 
 
 def evaluate_jax(env: JaxEnv, policy: ActorCritic, policy_params: Any, key: jax.Array,
-                 episodes: int = 20) -> jax.Array:
-    """Mean undiscounted return of ``episodes`` deterministic episodes (argmax / mean action)."""
+                 episodes: int = 20, observation_stats: dict | None = None) -> jax.Array:
+    """Mean undiscounted return of ``episodes`` deterministic episodes (argmax / mean action);
+    with ``observation_stats`` the policy reads observations normalised by them, frozen."""
     obs, state = jax.vmap(env.reset)(jax.random.split(key, episodes))
 
     def step(carry, key):
         obs, state, total, alive = carry
-        action = policy.mode(policy_params, obs)
+        action = policy.mode(policy_params, obs if observation_stats is None
+                             else normalized(observation_stats, obs))
         obs, state, reward, terminated, truncated, _ = jax.vmap(env.step)(
             jax.random.split(key, episodes), state, action)
         total = total + jnp.where(alive, reward, 0.0)

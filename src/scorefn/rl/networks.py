@@ -23,19 +23,30 @@ import numpyro.distributions as dist
 
 from scorefn.rl.envs import Space
 
+# The hidden layers' nonlinearities, by name (silu is brax's "swish")
+ACTIVATIONS = {"tanh": nn.tanh, "relu": nn.relu, "silu": nn.silu}
+
 
 class MLP(nn.Module):
-    """tanh MLP with orthogonal initialisation (gain √2 inside, ``out_scale`` at the head)."""
+    """MLP with orthogonal initialisation (gain √2 inside, ``out_scale`` at the head)."""
 
     hidden: Sequence[int]
     out: int
     out_scale: float = 1.0
+    activation: str = "tanh"
 
     @nn.compact
     def __call__(self, x):
+        act = ACTIVATIONS[self.activation]
         for width in self.hidden:
-            x = nn.tanh(nn.Dense(width, kernel_init=nn.initializers.orthogonal(np.sqrt(2)))(x))
+            x = act(nn.Dense(width, kernel_init=nn.initializers.orthogonal(np.sqrt(2)))(x))
         return nn.Dense(self.out, kernel_init=nn.initializers.orthogonal(self.out_scale))(x)
+
+
+def check_activation(activation: str) -> None:
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}; "
+                         f"got {activation!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +56,11 @@ class NetworkConfig:
     hidden: tuple[int, ...] = (64, 64)
     log_std_init: float = 0.0  # continuous actions: initial log σ
     state_dependent_std: bool = False  # continuous actions: log σ from the MLP, not a vector
+    value_hidden: tuple[int, ...] | None = None  # the value MLP's layers; None: ``hidden``
+    activation: str = "tanh"  # the hidden layers' nonlinearity: tanh, relu or silu
+
+    def __post_init__(self):
+        check_activation(self.activation)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +72,11 @@ class ActorCritic:
     state_dependent_std: bool = False
     log_std_init: float = 0.0
     obs_ndim: int = 1  # trailing observation dims, flattened for the MLP (e.g. MinAtar's 10×10×C)
+    value_hidden: tuple[int, ...] | None = None  # None: the policy's ``hidden``
+    activation: str = "tanh"
+
+    def __post_init__(self):
+        check_activation(self.activation)
 
     @property
     def action_dim(self) -> int:
@@ -63,10 +84,12 @@ class ActorCritic:
 
     def _actor(self) -> MLP:
         heads = 2 if (not self.space.discrete and self.state_dependent_std) else 1
-        return MLP(self.hidden, heads * self.action_dim, out_scale=0.01)
+        return MLP(self.hidden, heads * self.action_dim, out_scale=0.01,
+                   activation=self.activation)
 
     def _critic(self) -> MLP:
-        return MLP(self.hidden, 1, out_scale=1.0)
+        hidden = self.hidden if self.value_hidden is None else self.value_hidden
+        return MLP(hidden, 1, out_scale=1.0, activation=self.activation)
 
     def _flat(self, obs: jax.Array) -> jax.Array:
         if self.obs_ndim == 1:

@@ -51,6 +51,7 @@ class Config(actor_critic.Config):
     total_updates: int = 0  # of the annealing; rl.train fills it in from total_steps
 
     def __post_init__(self):
+        super().__post_init__()
         if self.anneal_lr and self.target_kl is not None:
             raise ValueError("anneal_lr counts optimiser steps (num_epochs × minibatches per "
                              "update), which target_kl's early stop skips: use one or the other")

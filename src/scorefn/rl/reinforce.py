@@ -54,6 +54,7 @@ class Config(NetworkConfig):
     value_epochs: int = 5
 
     def __post_init__(self):
+        super().__post_init__()
         if self.baseline not in BASELINES:
             raise ValueError(f"baseline must be one of {BASELINES}; got {self.baseline!r}")
 

@@ -7,6 +7,7 @@ Python with the policy jitted. Both return the same ``Transition`` batch, time f
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import jax
@@ -16,10 +17,11 @@ import numpy as np
 from scorefn import scores
 from scorefn.rl.envs import GymnasiumEnv, JaxEnv
 from scorefn.rl.networks import ActorCritic
+from scorefn.rl.normalization import normalized, updated_stats
 from scorefn.runs.compiler_options import FAST_COMPILE, cpu_options
 from scorefn.sampling import sample
 
-if TYPE_CHECKING:  # gymnasium's utilities, imported where a runner normalises
+if TYPE_CHECKING:
     from scorefn.rl.normalization import ObservationNormalizer, RewardScaler
 
 
@@ -41,11 +43,15 @@ class EnvCarry(NamedTuple):
     episode_return: jax.Array
 
 
-def act(policy: ActorCritic, params: dict[str, Any], obs: jax.Array, key: jax.Array):
-    """a ~ π(· | obs) with its log-probability and V(obs), for a batch of observations."""
+def policy_step(policy: ActorCritic, params: dict[str, Any], obs: jax.Array, key: jax.Array):
+    """a ~ π(· | obs) with its log-probability, for a batch of observations."""
     action = sample(lambda p: policy.dist(p, obs), params["policy"], key, 1)[0]
-    log_prob = scores.log_prob(policy.dist(params["policy"], obs), action)
-    return action, log_prob, policy.value(params["value"], obs)
+    return action, scores.log_prob(policy.dist(params["policy"], obs), action)
+
+
+def act(policy: ActorCritic, params: dict[str, Any], obs: jax.Array, key: jax.Array):
+    """``policy_step``'s action and log-probability, and V(obs)."""
+    return *policy_step(policy, params, obs, key), policy.value(params["value"], obs)
 
 
 def jax_reset(env: JaxEnv, key: jax.Array, num_envs: int) -> EnvCarry:
@@ -54,23 +60,38 @@ def jax_reset(env: JaxEnv, key: jax.Array, num_envs: int) -> EnvCarry:
 
 
 def jax_rollout(env: JaxEnv, policy: ActorCritic, params: dict[str, Any], carry: EnvCarry,
-                key: jax.Array, num_steps: int) -> tuple[EnvCarry, Transition]:
-    """``num_steps`` steps of every environment, inside jit."""
+                key: jax.Array, num_steps: int, obs_stats: dict[str, jax.Array] | None = None
+                ) -> tuple[EnvCarry, Transition, dict[str, jax.Array] | None]:
+    """``num_steps`` steps of every environment, inside jit. With ``obs_stats``
+    (``scorefn.rl.normalization``) the policy and the critic read observations normalised by
+    them, as the transitions hold them, and the statistics returned have taken in the
+    rollout's observations; without, the observations are the environment's and None is
+    returned."""
     num_envs = carry.obs.shape[0]
+    normalize = (lambda o: o) if obs_stats is None else functools.partial(normalized, obs_stats)
 
     def one_step(carry: EnvCarry, key):
         key_act, key_env = jax.random.split(key)
-        action, log_prob, value = act(policy, params, carry.obs, key_act)
+        action, log_prob = policy_step(policy, params, normalize(carry.obs), key_act)
         obs, state, reward, terminated, truncated, final_obs = jax.vmap(env.step)(
             jax.random.split(key_env, num_envs), carry.state, action)
-        next_value = policy.value(params["value"], final_obs)
         done = jnp.logical_or(terminated, truncated)
         total = carry.episode_return + reward
-        transition = Transition(carry.obs, action, reward, terminated, truncated, log_prob, value,
-                                next_value, jnp.where(done, total, 0.0))
-        return EnvCarry(state, obs, jnp.where(done, 0.0, total)), transition
+        transition = Transition(carry.obs, action, reward, terminated, truncated, log_prob, None,
+                                None, jnp.where(done, total, 0.0))
+        return EnvCarry(state, obs, jnp.where(done, 0.0, total)), (transition, final_obs)
 
-    return jax.lax.scan(one_step, carry, jax.random.split(key, num_steps))
+    carry, (transition, final_obs) = jax.lax.scan(one_step, carry,
+                                                  jax.random.split(key, num_steps))
+    # The critic reads the whole window at once, after the loop: two products over
+    # num_steps × num_envs rows instead of two small ones in each of the loop's sequential
+    # steps (V(s'_t) for every t, s'_t being s_{t+1} except where an episode ended).
+    raw = transition.obs
+    obs = normalize(raw)
+    transition = transition._replace(
+        obs=obs, value=policy.value(params["value"], obs),
+        next_value=policy.value(params["value"], normalize(final_obs)))
+    return carry, transition, None if obs_stats is None else updated_stats(obs_stats, raw)
 
 
 class GymnasiumRunner:

@@ -31,7 +31,7 @@ from scorefn.rl.envs import (
 )
 from scorefn.rl.evaluation import evaluate_gymnasium, evaluate_jax
 from scorefn.rl.networks import ActorCritic
-from scorefn.rl.normalization import ObservationNormalizer, RewardScaler
+from scorefn.rl.normalization import ObservationNormalizer, RewardScaler, initial_stats
 from scorefn.rl.registry import algorithm
 from scorefn.rl.rollout import GymnasiumRunner, jax_reset, jax_rollout
 from scorefn.runs import all_finite, checkpoints
@@ -146,7 +146,9 @@ def make_policy(env, config) -> ActorCritic:
     """The policy and value networks ``config`` describes, for ``env``'s spaces."""
     return ActorCritic(env.action_space, hidden=tuple(config.hidden),
                        state_dependent_std=config.state_dependent_std,
-                       log_std_init=config.log_std_init, obs_ndim=len(env.obs_shape))
+                       log_std_init=config.log_std_init, obs_ndim=len(env.obs_shape),
+                       value_hidden=config.value_hidden and tuple(config.value_hidden),
+                       activation=config.activation)
 
 
 def _check_policy(env, policy: ActorCritic, params) -> None:
@@ -177,12 +179,13 @@ def load_checkpoint(path: str, seed_index: int = 0) -> TrainResult:
     if backend == "gymnasium":
         env.close()
     params = restore(payload["params"])
-    if payload.get("batched"):
-        params = jax.tree.map(lambda x: x[seed_index], params)
+    stats = payload.get("observation_stats")
+    if payload.get("batched"):  # the seed's parameters and statistics
+        params, stats = jax.tree.map(lambda x: x[seed_index], (params, stats))
     _check_policy(env, policy, params)
     # numpy float64, as saved (not restore's JAX float32): the statistics the run used
     return TrainResult(payload["env"], payload["algo"], params, payload["history"], config, policy,
-                       [payload["seeds"][seed_index]], payload.get("observation_stats"))
+                       [payload["seeds"][seed_index]], stats)
 
 
 def evaluate(result_or_env: Any, params: Any = None, *, policy: ActorCritic | None = None,
@@ -193,8 +196,8 @@ def evaluate(result_or_env: Any, params: Any = None, *, policy: ActorCritic | No
     if isinstance(result_or_env, TrainResult):
         env_id, params, policy = result_or_env.env_id, result_or_env.params, result_or_env.policy
         observation_stats = result_or_env.observation_stats
-        if len(result_or_env.seeds) > 1:
-            params = jax.tree.map(lambda x: x[0], params)
+        if len(result_or_env.seeds) > 1:  # the first seed's parameters and statistics
+            params, observation_stats = jax.tree.map(lambda x: x[0], (params, observation_stats))
     else:
         env_id = result_or_env
         if params is None or policy is None:
@@ -202,8 +205,9 @@ def evaluate(result_or_env: Any, params: Any = None, *, policy: ActorCritic | No
     env = make(env_id, backend)
     _check_policy(env, policy, params)
     if isinstance(env, JaxEnv):
-        return float(jax.jit(lambda p, k: evaluate_jax(env, policy, p, k, episodes))(
-            params["policy"], jax.random.key(seed)))
+        stats = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), observation_stats)
+        return float(jax.jit(lambda p, k, s: evaluate_jax(env, policy, p, k, episodes, s))(
+            params["policy"], jax.random.key(seed), stats))
     env.close()
     return evaluate_gymnasium(env_id, policy, params["policy"], seed, episodes, observation_stats)
 
@@ -294,12 +298,11 @@ def train(
                                           else config.num_steps)
     eval_every = eval_every or max(steps_per_update, total_steps // 20)
     updates_per_chunk = max(1, round(eval_every / steps_per_update))
-    normalizing = [name for name in ("normalize_observations", "scale_rewards")
-                   if getattr(config, name, False)]
-    if normalizing and not isinstance(environment, GymnasiumEnv):
+    if getattr(config, "scale_rewards", False) and not isinstance(environment, GymnasiumEnv):
         hint = " (backend='gymnasium' to run it there)" if environment.backend == "gymnax" else ""
-        raise ValueError(f"{' and '.join(normalizing)} apply to gymnasium environments; {env} "
-                         f"runs on {environment.backend}{hint}")
+        raise ValueError(f"scale_rewards applies to gymnasium environments; {env} runs on "
+                         f"{environment.backend}{hint} (normalize_observations applies to "
+                         "every backend)")
     mesh = mesh_of(devices, "seeds" if len(seeds) > 1 else "environments")
     if isinstance(environment, GymnasiumEnv):
         if len(seeds) > 1 or mesh is not None:
@@ -384,27 +387,32 @@ class _JaxLoop:
         self.env, self.policy, self.module, self.config = env, policy, module, config
         self.seeds, self.mesh = seeds, mesh
         self.single = len(seeds) == 1
+        # The carry: (learner state, environments, key), and the observation statistics
+        # when the run normalises observations (scorefn.rl.normalization).
+        self.normalizing = getattr(config, "normalize_observations", False)
 
         def init_one(seed):
             key = jax.random.key(seed)
             k_init, k_env, key = jax.random.split(key, 3)
             state = module.init(k_init, policy, env, config)
-            return state, jax_reset(env, k_env, config.num_envs), key
+            carry = state, jax_reset(env, k_env, config.num_envs), key
+            return carry + (initial_stats(env.obs_shape),) if self.normalizing else carry
 
         def one_update(carry, _):
-            state, env_carry, key = carry
+            state, env_carry, key, *stats = carry
             key, k_reset, k_roll, k_update = jax.random.split(key, 4)
             if module.episodic:  # whole episodes from fresh starts: unbiased reward-to-go
                 env_carry = jax_reset(env, k_reset, config.num_envs)
                 num_steps = env.max_episode_steps
             else:
                 num_steps = config.num_steps
-            env_carry, batch = jax_rollout(env, policy, state.params, env_carry, k_roll, num_steps)
+            env_carry, batch, obs_stats = jax_rollout(env, policy, state.params, env_carry, k_roll,
+                                                      num_steps, *stats)
             state, metrics = module.update(state, batch, k_update, policy, config)
             done = batch.terminated | batch.truncated
             metrics["train_return"] = jnp.sum(batch.episode_return) / jnp.maximum(jnp.sum(done), 1)
             metrics["env_steps"] = metrics.get("env_steps", jnp.asarray(batch.reward.size))
-            return (state, env_carry, key), metrics
+            return (state, env_carry, key) + ((obs_stats,) if stats else ()), metrics
 
         def chunk(carry):
             carry, metrics = jax.lax.scan(one_update, carry, None, length=updates_per_chunk)
@@ -413,7 +421,8 @@ class _JaxLoop:
 
         def evaluate(carry, seed, index):
             key = jax.random.fold_in(jax.random.key(seed + 10_007), index)
-            return evaluate_jax(env, policy, carry[0].params["policy"], key, episodes)
+            return evaluate_jax(env, policy, carry[0].params["policy"], key, episodes,
+                                carry[3] if self.normalizing else None)
 
         # One seed compiles without the seed axis (a smaller program); several are vmapped.
         batch = (lambda f: f) if self.single else jax.vmap
@@ -421,8 +430,8 @@ class _JaxLoop:
         def placed(carry):
             # across the mesh: the seeds, or with one seed its environments
             if self.single:
-                state, env_carry, key = carry
-                return state, jax.tree.map(lambda x: split(x, mesh), env_carry), key
+                state, env_carry, *rest = carry
+                return state, jax.tree.map(lambda x: split(x, mesh), env_carry), *rest
             return jax.tree.map(lambda x: split(x, mesh), carry)
 
         def sharded(carry):
@@ -469,8 +478,11 @@ class _JaxLoop:
         return np.asarray(to_host(self._evaluate(self.carry, np.asarray(self.seeds, np.int32),
                                                  np.full(len(self.seeds), index)))).tolist()
 
-    def observation_stats(self) -> None:
-        return None  # gymnax and brax observations are not normalised
+    def observation_stats(self) -> dict | None:
+        """The observation statistics (a leading seed axis with several seeds), as numpy."""
+        if not self.normalizing:
+            return None
+        return {k: np.asarray(v, np.float64) for k, v in to_host(self.carry[3]).items()}
 
     def finite(self):
         return all_finite(to_host(self.carry[0].params))
@@ -484,8 +496,10 @@ class _JaxLoop:
 
     def state(self) -> dict:
         """What a checkpoint needs to resume this loop exactly."""
-        return {"carry": self.carry, "eval_index": self.eval_index,
-                "batched": not self.single}
+        state = {"carry": self.carry, "eval_index": self.eval_index, "batched": not self.single}
+        if self.normalizing:  # beside the carry, for load_checkpoint and evaluation
+            state["observation_stats"] = self.observation_stats()
+        return state
 
     def restore(self, payload: dict) -> None:
         self.carry = restore(payload["carry"], like=self.carry)

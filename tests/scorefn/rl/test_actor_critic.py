@@ -91,3 +91,25 @@ def test_a2c_ppo_trpo_share_config_fields_and_state():
         assert issubclass(module.Config, actor_critic.Config)
         assert module.State is actor_critic.State
     assert (a2c.Config().num_steps, ppo.Config().num_steps, trpo.Config().num_steps) == (5, 32, 128)
+
+
+def test_the_value_network_may_have_its_own_layers_and_the_nonlinearity_is_chosen():
+    space = Space(False, shape=(2,), low=-1.0, high=1.0)
+    policy = ActorCritic(space, hidden=(8,), value_hidden=(16, 16), activation="silu")
+    params = policy.init(jax.random.key(0), (4,))
+    kernels = [x.shape for x in jax.tree.leaves(params["value"]) if x.ndim == 2]
+    assert kernels == [(4, 16), (16, 16), (16, 1)]
+    assert [x.shape for x in jax.tree.leaves(params["policy"]) if x.ndim == 2] == [(4, 8), (8, 2)]
+    obs = jax.random.normal(jax.random.key(1), (3, 4))
+    hidden = params["value"]["params"]["Dense_0"]
+    first = obs @ hidden["kernel"] + hidden["bias"]
+    out = params["value"]["params"]
+    rest = jax.nn.silu(jax.nn.silu(first) @ out["Dense_1"]["kernel"] + out["Dense_1"]["bias"])
+    expected = (rest @ out["Dense_2"]["kernel"] + out["Dense_2"]["bias"])[:, 0]
+    np.testing.assert_allclose(policy.value(params["value"], obs), expected, rtol=1e-5,
+                               atol=1e-6)
+    # planted: the default tanh computes another function of the same parameters
+    tanh = ActorCritic(space, hidden=(8,), value_hidden=(16, 16))
+    assert not np.allclose(tanh.value(params["value"], obs), expected, atol=1e-3)
+    with pytest.raises(ValueError, match="activation must be one of tanh, relu, silu; got 'gelu'"):
+        ppo.Config(activation="gelu")

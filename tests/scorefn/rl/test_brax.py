@@ -51,9 +51,9 @@ def test_brax_ids_resolve_and_unknown_ones_are_refused():
     assert "brax:halfcheetah" in rl.known_envs()["brax"]
     with pytest.raises(ValueError, match="unknown brax environment 'brax:nope'"):
         rl.make("brax:nope")
-    with pytest.raises(ValueError, match="normalize_observations apply to gymnasium"):
+    with pytest.raises(ValueError, match="scale_rewards applies to gymnasium"):
         rl.train("brax:inverted_pendulum", "ppo", total_steps=512, progress=False,
-                 normalize_observations=True)
+                 scale_rewards=True)
 
 
 @pytest.mark.slow

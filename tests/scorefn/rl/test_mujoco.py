@@ -83,8 +83,7 @@ def test_normalisation_statistics_are_checkpointed_evaluated_with_and_resumed(tm
     assert resumed.observation_stats["count"] > stats["count"]  # continued, not restarted
 
 
-def test_normalisation_is_refused_on_gymnax():
-    with pytest.raises(ValueError, match="normalize_observations apply to gymnasium environments; "
+def test_reward_scaling_is_refused_on_gymnax():
+    with pytest.raises(ValueError, match="scale_rewards applies to gymnasium environments; "
                                          "CartPole-v1 runs on gymnax"):
-        rl.train("CartPole-v1", "ppo", total_steps=256, normalize_observations=True,
-                 progress=False)
+        rl.train("CartPole-v1", "ppo", total_steps=256, scale_rewards=True, progress=False)

@@ -1,9 +1,16 @@
 """Observation normalisation and reward scaling: the statistics are those of the data seen,
-the scaling is SB3's VecNormalize's, and a state restores them exactly."""
+the scaling is SB3's VecNormalize's, a state restores them exactly, and the compiled
+runs' statistics are the same."""
 
 import numpy as np
 
-from scorefn.rl.normalization import ObservationNormalizer, RewardScaler
+from scorefn.rl.normalization import (
+    ObservationNormalizer,
+    RewardScaler,
+    initial_stats,
+    normalized,
+    updated_stats,
+)
 
 
 def test_observations_are_normalised_by_the_statistics_of_all_seen():
@@ -40,3 +47,26 @@ def test_rewards_are_divided_by_the_discounted_returns_std():
     restored = RewardScaler(2, 0.9, scaler.state())
     np.testing.assert_array_equal(restored.returns, scaler.returns)
     np.testing.assert_array_equal(restored(reward, done), scaler(reward, done))
+
+
+def test_compiled_statistics_are_those_of_all_observations_taken_in():
+    """The compiled run's statistics (JAX, one update per rollout) equal gymnasium's
+    RunningMeanStd fed the same batches, and normalise as the numpy normaliser does."""
+    import jax.numpy as jnp
+
+    rng = np.random.default_rng(2)
+    batches = [rng.normal(-1.0, 3.0, (5, 4, 2)).astype(np.float32) for _ in range(20)]
+    stats = initial_stats((2,))
+    reference = ObservationNormalizer((2,))
+    for batch in batches:
+        stats = updated_stats(stats, jnp.asarray(batch))
+        reference(batch.reshape(-1, 2))
+    seen = np.concatenate([b.reshape(-1, 2) for b in batches])
+    np.testing.assert_allclose(stats["mean"], seen.mean(0), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(stats["var"], seen.var(0), rtol=1e-4)
+    np.testing.assert_allclose(float(stats["count"]), len(seen) + 1e-4, rtol=1e-6)
+    np.testing.assert_allclose(normalized(stats, jnp.asarray(batches[0])),
+                               reference(batches[0], update=False), rtol=1e-4, atol=1e-4)
+    # planted: the last batch alone, as a forgetting update would keep, is far off
+    alone = updated_stats(initial_stats((2,)), jnp.asarray(batches[-1]))
+    assert not np.allclose(alone["var"], seen.var(0), rtol=0.05)

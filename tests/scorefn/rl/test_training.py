@@ -110,8 +110,8 @@ def test_next_value_is_the_value_of_the_observation_before_the_reset(backend):
     policy = rl.ActorCritic(env.action_space)
     params = policy.init(jax.random.key(0), env.obs_shape)
     if backend == "gymnax":
-        _, batch = jax_rollout(env, policy, params, jax_reset(env, jax.random.key(1), 2),
-                               jax.random.key(2), 200)
+        _, batch, _ = jax_rollout(env, policy, params, jax_reset(env, jax.random.key(1), 2),
+                                  jax.random.key(2), 200)
     else:
         batch = GymnasiumRunner(env, policy).rollout(params, jax.random.key(2), 200)
     done = np.asarray(batch.terminated | batch.truncated)[:-1]
@@ -182,3 +182,27 @@ def test_backend_resolution():
     assert rl.best_checkpoint_path("runs/x/checkpoint.ckpt") == "runs/x/checkpoint.best.ckpt"
 
 
+
+
+def test_a_compiled_run_normalises_observations_and_checkpoints_the_statistics(tmp_path):
+    """normalize_observations on gymnax (compiled): the statistics take in every rollout's
+    observations, travel in the checkpoint (one set per seed), are what evaluation reads, and
+    a resume continues them: the same run as uninterrupted."""
+    path = str(tmp_path / "run.ckpt")
+    options = dict(SMALL, seeds=[0, 1], normalize_observations=True)
+    full = rl.train("CartPole-v1", "ppo", **options)
+    stats = full.observation_stats
+    assert stats["mean"].shape == (2, 4)  # a set per seed
+    np.testing.assert_allclose(stats["count"], 4096 + 1e-4)  # each rollout's observations
+    assert np.all(np.abs(stats["mean"]) < 1) and np.all(stats["var"] > 0)
+    rl.train("CartPole-v1", "ppo", checkpoint=path, **{**options, "total_steps": 2048})
+    resumed = rl.train("CartPole-v1", "ppo", checkpoint=path, resume=True, **options)
+    assert [r["eval_mean"] for r in resumed.history] == [r["eval_mean"] for r in full.history]
+    for name in ("mean", "var", "count"):
+        np.testing.assert_array_equal(resumed.observation_stats[name], stats[name])
+    loaded = rl.load_checkpoint(path, seed_index=1)
+    np.testing.assert_array_equal(loaded.observation_stats["mean"], stats["mean"][1])
+    # evaluation reads the statistics: shifted ones make the same policy act otherwise
+    shifted = {**loaded.observation_stats, "mean": loaded.observation_stats["mean"] + 3.0}
+    assert rl.evaluate(loaded, episodes=5) != rl.evaluate(
+        "CartPole-v1", loaded.params, policy=loaded.policy, episodes=5, observation_stats=shifted)
