@@ -309,12 +309,12 @@ def scorefn_rollout_rate(num_envs=2048, num_steps=128, repeats=5):
     params = policy.init(jax.random.key(0), env.obs_shape)
     run = jax.jit(lambda c, k: jax_rollout(env, policy, params, c, k, num_steps))
     carry = jax_reset(env, jax.random.key(1), num_envs)
-    carry, batch = run(carry, jax.random.key(2))
+    carry, batch, _ = run(carry, jax.random.key(2))
     jax.block_until_ready(batch)
     times = []
     for i in range(repeats):
         t0 = time.perf_counter()
-        carry, batch = run(carry, jax.random.key(3 + i))
+        carry, batch, _ = run(carry, jax.random.key(3 + i))
         jax.block_until_ready(batch)
         times.append(time.perf_counter() - t0)
     return {"steps_per_s": num_envs * num_steps / statistics.median(times)}

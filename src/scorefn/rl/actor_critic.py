@@ -37,16 +37,16 @@ from scorefn.scores import log_prob
 @dataclasses.dataclass(frozen=True)
 class Config(NetworkConfig):
     """The fields A2C, PPO and TRPO share: ``num_envs`` environments stepped ``num_steps``
-    times per update, the discount γ, GAE's λ, and on gymnasium environments observation
-    normalisation and reward scaling (``scorefn.rl.normalization``). Each algorithm's Config
+    times per update, the discount γ, GAE's λ, observation normalisation and, on gymnasium
+    environments, reward scaling (``scorefn.rl.normalization``). Each algorithm's Config
     subclasses it, with its own defaults and fields."""
 
     num_envs: int = 8
     num_steps: int = 32
     gamma: float = 0.99
     gae_lambda: float = 0.95
-    # gymnasium environments only (scorefn.rl.normalization): running observation
-    # normalisation, and rewards scaled by the discounted return's running std
+    # scorefn.rl.normalization: running observation normalisation (every backend), and
+    # rewards scaled by the discounted return's running std (gymnasium environments)
     normalize_observations: bool = False
     scale_rewards: bool = False
 

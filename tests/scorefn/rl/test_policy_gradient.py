@@ -33,7 +33,7 @@ def _estimates(key, config, signal_fn=None):
     def one(k):
         k_reset, k_roll = jax.random.split(k)
         carry = jax_reset(ENV, k_reset, EPISODES)
-        _, batch = jax_rollout(ENV, POLICY, PARAMS, carry, k_roll, ENV.max_episode_steps)
+        _, batch, _ = jax_rollout(ENV, POLICY, PARAMS, carry, k_roll, ENV.max_episode_steps)
         if signal_fn is None:
             g, *_ = reinforce.gradient(PARAMS, ema, batch, POLICY, config)
         else:
