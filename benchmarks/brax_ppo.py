@@ -242,6 +242,8 @@ def main(argv=None) -> int:
     if set(names) - set(table):
         parser.error(f"--tasks: unknown {', '.join(sorted(set(names) - set(table)))}; "
                      f"known{' with --quick' if args.quick else ''}: {', '.join(table)}")
+    if not set(args.libraries.split(",")) <= {"brax", "scorefn"}:
+        parser.error(f"--libraries: brax, scorefn or both; got {args.libraries!r}")
     evals = args.evals or (4 if args.quick else EVALS)
     results = {}
     lines = [f"brax PPO against scorefn PPO ({'quick' if args.quick else 'full'} run), "

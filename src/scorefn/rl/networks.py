@@ -61,6 +61,11 @@ class NetworkConfig:
 
     def __post_init__(self):
         check_activation(self.activation)
+        if self.value_hidden is not None and not (
+                isinstance(self.value_hidden, tuple | list)
+                and all(isinstance(w, int) and w > 0 for w in self.value_hidden)):
+            raise ValueError("value_hidden must be None (the policy's layers) or a list of "
+                             f"positive layer widths, e.g. [256, 256]; got {self.value_hidden!r}")
 
 
 @dataclasses.dataclass(frozen=True)

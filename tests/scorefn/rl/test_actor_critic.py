@@ -113,3 +113,5 @@ def test_the_value_network_may_have_its_own_layers_and_the_nonlinearity_is_chose
     assert not np.allclose(tanh.value(params["value"], obs), expected, atol=1e-3)
     with pytest.raises(ValueError, match="activation must be one of tanh, relu, silu; got 'gelu'"):
         ppo.Config(activation="gelu")
+    with pytest.raises(ValueError, match="value_hidden must be None .* got 'abc'"):
+        ppo.Config(value_hidden="abc")
