@@ -29,9 +29,9 @@ _MUJOCO_PPO = {"num_envs": 1, "num_steps": 2048, "num_epochs": 10, "minibatch_si
                "scale_rewards": True, "anneal_lr": True}
 MUJOCO_TASKS = ("InvertedPendulum-v5", "Hopper-v5", "HalfCheetah-v5", "Walker2d-v5", "Ant-v5")
 # brax's tasks, compiled end to end: CleanRL's per-minibatch settings over 4 environments
-# (2,048 steps per update as CleanRL's, without the normalisations, which are gymnasium's)
-_BRAX_PPO = {**{k: v for k, v in _MUJOCO_PPO.items()
-                if k not in ("normalize_observations", "scale_rewards")},
+# (2,048 steps per update as CleanRL's) with its observation normalisation, without its
+# reward scaling, which is gymnasium's
+_BRAX_PPO = {**{k: v for k, v in _MUJOCO_PPO.items() if k != "scale_rewards"},
              "num_envs": 4, "num_steps": 512}
 # rl-zoo's a2c.yml, "HalfCheetah-v4: &mujoco-defaults" (normalize: true) over SB3's A2C defaults
 _MUJOCO_A2C = {"num_envs": 1, "num_steps": 5, "gamma": 0.99, "gae_lambda": 1.0,
