@@ -8,11 +8,12 @@ default ones, a policy of 4 × 32 and a value function of 5 × 256 with silu; br
 them through its ``network_factory``), gradients clipped at norm 0.5, a constant learning rate
 and brax's weight of the value loss (0.25 × the mean squared error). One update is
 ``num_envs × 80`` env steps on both sides: brax collects 16 unrolls of 5 steps per
-environment, scorefn 80 steps per environment. What stays each side's own: brax normalises
-observations and scales rewards by 10 (its notebook's settings; scorefn does neither on brax),
-its policy is a tanh-squashed Gaussian (its scale a free parameter, initially 1), scorefn's a
-Gaussian (a free log-σ, initially 0) whose action is clipped to [-1, 1]; each side keeps its
-own initialisation; brax's GAE runs over each 5-step unroll, scorefn's over the 80 steps, and
+environment, scorefn 80 steps per environment. Both normalise observations (brax's running
+statistics; scorefn's ``normalize_observations``). What stays each side's own: brax scales
+rewards by 10 (its notebook's setting; scorefn's reward scaling is for gymnasium), its policy
+is a tanh-squashed Gaussian (its scale a free parameter, initially 1), scorefn's a Gaussian
+(a free log-σ, initially 0) whose action is clipped to [-1, 1]; each side keeps its own
+initialisation; brax's GAE runs over each 5-step unroll, scorefn's over the 80 steps, and
 brax does not bootstrap at the time limit (its default), scorefn does.
 
 Reported per task: env steps per second of training once compiled (between the second and
@@ -150,8 +151,9 @@ def run_scorefn(name: str, task: Task, evals: int, seed: int, log_dir: str,
              entropy_coef=COMMON["entropy"], max_grad_norm=COMMON["max_grad_norm"],
              # brax's constant learning rate (scorefn's brax default anneals it), and its
              # value loss, 0.5 · vf_loss_coefficient (0.5) · mean squared error
-             anneal_lr=False, value_coef=0.25, normalize_observations=True, hidden=policy, value_hidden=value,
-             activation=activation, progress=False, log_dir=log_dir)
+             anneal_lr=False, value_coef=0.25, normalize_observations=True,
+             hidden=policy, value_hidden=value, activation=activation,
+             progress=False, log_dir=log_dir)
 
 
 def side(library: str, name: str, task: Task, evals: int, seed: int, timeout: float,

@@ -28,16 +28,17 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from gymnasium.wrappers.utils import RunningMeanStd
 
 CLIP = 10.0
 EPSILON = 1e-8
 
 
-def _state(rms: Any) -> dict[str, Any]:
+def _state(rms: RunningMeanStd) -> dict[str, Any]:
     return {"mean": np.asarray(rms.mean), "var": np.asarray(rms.var), "count": float(rms.count)}
 
 
-def _load(rms: Any, state: dict[str, Any]) -> None:
+def _load(rms: RunningMeanStd, state: dict[str, Any]) -> None:
     rms.mean = np.asarray(state["mean"], np.float64).reshape(np.shape(rms.mean))
     rms.var = np.asarray(state["var"], np.float64).reshape(np.shape(rms.var))
     rms.count = float(state["count"])
@@ -47,8 +48,6 @@ class ObservationNormalizer:
     """Observations (batch first) normalised by the running statistics of those seen."""
 
     def __init__(self, shape: tuple[int, ...], state: dict[str, Any] | None = None):
-        from gymnasium.wrappers.utils import RunningMeanStd
-
         self.rms = RunningMeanStd(shape=shape)
         if state is not None:
             _load(self.rms, state)
@@ -69,8 +68,6 @@ class RewardScaler:
     """Rewards divided by the running standard deviation of the discounted return."""
 
     def __init__(self, num_envs: int, gamma: float, state: dict[str, Any] | None = None):
-        from gymnasium.wrappers.utils import RunningMeanStd
-
         self.gamma = gamma
         self.rms = RunningMeanStd(shape=())
         self.returns = np.zeros(num_envs)
@@ -104,7 +101,9 @@ def normalized(stats: dict[str, Any], obs: jax.Array) -> jax.Array:
 
 def updated_stats(stats: dict[str, Any], obs: jax.Array) -> dict[str, jax.Array]:
     """The statistics after taking in ``obs`` (any leading axes, then the observation's):
-    Chan et al.'s parallel update of mean and variance, gymnasium's formula."""
+    Chan et al.'s parallel update of mean and variance, the formula of gymnasium's
+    ``update_mean_var_count_from_moments``, here in jax.numpy (gymnasium's calls numpy, which
+    cannot trace)."""
     batch = obs.reshape((-1,) + stats["mean"].shape)
     n = jnp.asarray(batch.shape[0], jnp.float32)
     mean, var = jnp.mean(batch, axis=0), jnp.var(batch, axis=0)

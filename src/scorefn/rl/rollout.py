@@ -8,7 +8,7 @@ Python with the policy jitted. Both return the same ``Transition`` batch, time f
 from __future__ import annotations
 
 import functools
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -17,12 +17,14 @@ import numpy as np
 from scorefn import scores
 from scorefn.rl.envs import GymnasiumEnv, JaxEnv
 from scorefn.rl.networks import ActorCritic
-from scorefn.rl.normalization import normalized, updated_stats
+from scorefn.rl.normalization import (
+    ObservationNormalizer,
+    RewardScaler,
+    normalized,
+    updated_stats,
+)
 from scorefn.runs.compiler_options import FAST_COMPILE, cpu_options
 from scorefn.sampling import sample
-
-if TYPE_CHECKING:  # gymnasium's utilities, imported where a runner normalises
-    from scorefn.rl.normalization import ObservationNormalizer, RewardScaler
 
 
 class Transition(NamedTuple):
