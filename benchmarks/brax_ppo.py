@@ -129,7 +129,7 @@ def run_brax(name: str, task: Task, evals: int, seed: int, networks: str) -> Non
 
 
 def run_scorefn(name: str, task: Task, evals: int, seed: int, log_dir: str,
-                networks: str) -> None:
+                networks: str, clip_actions: bool = False) -> None:
     """scorefn's PPO with the same settings; its rows go to ``log_dir/metrics.jsonl``."""
     from scorefn import rl
 
@@ -153,15 +153,15 @@ def run_scorefn(name: str, task: Task, evals: int, seed: int, log_dir: str,
              # value loss, 0.5 · vf_loss_coefficient (0.5) · mean squared error
              anneal_lr=False, value_coef=0.25, normalize_observations=True,
              hidden=policy, value_hidden=value, activation=activation,
-             progress=False, log_dir=log_dir)
+             squash_actions=not clip_actions, progress=False, log_dir=log_dir)
 
 
 def side(library: str, name: str, task: Task, evals: int, seed: int, timeout: float,
-         networks: str) -> dict:
+         networks: str, clip_actions: bool = False) -> dict:
     """One side in a subprocess: its evaluation rows, status and wall seconds."""
     log_dir = tempfile.mkdtemp(prefix="brax_ppo_")
     command = [sys.executable, __file__, "--worker", library, "--task", name, "--settings",
-               json.dumps([list(task), evals, seed, log_dir, networks])]
+               json.dumps([list(task), evals, seed, log_dir, networks, clip_actions])]
     started = time.perf_counter()
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
@@ -223,6 +223,9 @@ def main(argv=None) -> int:
     parser.add_argument("--networks", choices=tuple(NETWORKS), default="tanh64",
                         help="both sides' networks: tanh MLPs of 64 × 64 (tanh64) or brax's "
                              "defaults (brax: policy 4 × 32, value 5 × 256, silu)")
+    parser.add_argument("--clip-actions", action="store_true",
+                        help="scorefn's policy: a Gaussian clipped to the bounds instead of "
+                             "brax's tanh-squashed Gaussian (squash_actions)")
     parser.add_argument("--libraries", default="brax,scorefn",
                         help="the sides to run, comma-separated (one alone: to rerun it)")
     parser.add_argument("--worker", choices=("brax", "scorefn"), help=argparse.SUPPRESS)
@@ -230,11 +233,11 @@ def main(argv=None) -> int:
     parser.add_argument("--settings", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        task, evals, seed, log_dir, networks = json.loads(args.settings)
+        task, evals, seed, log_dir, networks, clip_actions = json.loads(args.settings)
         if args.worker == "brax":
             run_brax(args.task, Task(*task), evals, seed, networks)
         else:
-            run_scorefn(args.task, Task(*task), evals, seed, log_dir, networks)
+            run_scorefn(args.task, Task(*task), evals, seed, log_dir, networks, clip_actions)
         return 0
 
     import jax
@@ -259,7 +262,7 @@ def main(argv=None) -> int:
         summaries = {}
         for library in args.libraries.split(","):
             result = side(library, name, task, evals, args.seed, args.timeout or task.timeout,
-                          args.networks)
+                          args.networks, args.clip_actions)
             results[name][library] = result
             s = summaries[library] = summary(result, task.threshold)
             rate = f"{s['rate']:,.0f}" if s["rate"] else "–"

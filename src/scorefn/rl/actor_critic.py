@@ -103,7 +103,7 @@ def loss(params: Any, policy: ActorCritic, data: dict[str, jax.Array], *,
         clipped = data["value"] + jnp.clip(values - data["value"], -clip_value, clip_value)
         value_loss = jnp.maximum(value_loss, (clipped - data["target"]) ** 2)
     value_loss = jnp.mean(value_loss)
-    entropy = jnp.mean(dist.entropy())
+    entropy = jnp.mean(policy.entropy(dist))
 
     total = policy_loss + value_coef * value_loss
     if entropy_coef:  # a zero coefficient leaves the entropy's gradient out of the program

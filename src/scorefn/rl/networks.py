@@ -1,9 +1,28 @@
-"""Policies and value functions: flax MLPs whose policy head is a numpyro distribution.
+r"""Policies and value functions: flax MLPs whose policy head is a numpyro distribution.
 
 - discrete actions: Categorical(logits = MLP(s));
 - continuous actions: Normal(MLP(s), exp(log σ)) over the action vector (``to_event(1)``),
   with log σ a free parameter vector (state-independent, the default) or a second head
   of the MLP (``state_dependent_std=True``).
+
+Bounded continuous actions reach the environment in one of two ways. By default the Gaussian's
+draw u is the action, which the environment clips to its box [l, h]; the score is the
+Gaussian's at u (CleanRL's and SB3's choice). With ``squash_actions=True`` the environment
+gets a = c + w·tanh(u) (c = (l + h)/2, w = (h − l)/2; brax's and SAC's choice), whose density
+is
+
+$$
+\pi(a \mid s) = \mathcal N(u;\ \mu(s), \sigma^2)\ \prod_i \frac{1}{w_i\,(1 - \tanh^2 u_i)},
+\qquad u = \operatorname{atanh}\big((a - c)/w\big).
+$$
+
+The Jacobian factor does not depend on θ, so ∇θ log π(a | s) = ∇θ log N(u; μ, σ²), and the
+ratio π_θ(a | s)/π_old(a | s) is the Gaussians' at u, as is the KL between two such
+policies (KL is invariant under an invertible map of the variable). The rollout therefore
+stores u, and ``dist`` is the Gaussian over u for both choices; ``env_action`` maps u to what
+the environment gets, ``action_dist`` is the distribution of that action (numpyro's
+``SigmoidTransform`` between affine maps: tanh(u) = 2·sigmoid(2u) − 1) and ``entropy`` its
+entropy (see there).
 
 The policy and the value function have separate parameters, ``params["policy"]`` and
 ``params["value"]``, so that the policy's distribution reads only its own.
@@ -25,6 +44,9 @@ from scorefn.rl.envs import Space
 
 # The hidden layers' nonlinearities, by name (silu is brax's "swish")
 ACTIVATIONS = {"tanh": nn.tanh, "relu": nn.relu, "silu": nn.silu}
+# Quadrature nodes and weights for E_{u ~ N(μ, σ²)}[log(1 − tanh² u)] (``mean_log_sech2``)
+_HERMITE_NODES, _HERMITE_WEIGHTS = np.polynomial.hermite.hermgauss(32)
+_LAGUERRE_NODES, _LAGUERRE_WEIGHTS = np.polynomial.laguerre.laggauss(16)
 
 
 class MLP(nn.Module):
@@ -43,6 +65,32 @@ class MLP(nn.Module):
         return nn.Dense(self.out, kernel_init=nn.initializers.orthogonal(self.out_scale))(x)
 
 
+def mean_log_sech2(loc: jax.Array, scale: jax.Array) -> jax.Array:
+    """E[log(1 − tanh² u)] for u ~ N(loc, scale²), elementwise: the squashed policy's
+    expected log-Jacobian, to ~1e-7 for every loc and scale.
+
+    log(1 − tanh² u) = 2 log 2 − 2u − 2 softplus(−2u) is analytic but bends within |u| ≲ 1,
+    so Gauss–Hermite quadrature (32 nodes) serves scale < 1 and fails for wide Gaussians.
+    For scale ≥ 1 it is 2 log 2 − 2 E|u| − 2 E[log(1 + e^{−2|u|})], E|u| the folded normal's
+    mean (closed form) and the last term, folded onto v = |u| ≥ 0, Gauss–Laguerre (16 nodes)
+    with weight e^{−2v}."""
+    # narrow: Gauss–Hermite, u = μ + √2 σ x
+    u = loc[..., None] + np.sqrt(2.0) * scale[..., None] * _HERMITE_NODES
+    narrow = jnp.sum(2.0 * (np.log(2.0) - u - jax.nn.softplus(-2.0 * u)) * _HERMITE_WEIGHTS,
+                     axis=-1) / np.sqrt(np.pi)
+    # wide: closed-form E|u| and Gauss–Laguerre over v = x / 2
+    z = loc / scale
+    abs_mean = (scale * np.sqrt(2.0 / np.pi) * jnp.exp(-0.5 * z ** 2)
+                + loc * (1.0 - 2.0 * jax.scipy.special.ndtr(-z)))
+    v = _LAGUERRE_NODES / 2.0
+    folded = (jax.scipy.stats.norm.pdf(v, loc[..., None], scale[..., None])
+              + jax.scipy.stats.norm.pdf(-v, loc[..., None], scale[..., None]))
+    tail = jnp.sum(_LAGUERRE_WEIGHTS * np.exp(2.0 * v) * np.logaddexp(0.0, -2.0 * v) * folded,
+                   axis=-1) / 2.0
+    wide = 2.0 * np.log(2.0) - 2.0 * abs_mean - 2.0 * tail
+    return jnp.where(scale < 1.0, narrow, wide)
+
+
 def check_activation(activation: str) -> None:
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}; "
@@ -58,9 +106,12 @@ class NetworkConfig:
     state_dependent_std: bool = False  # continuous actions: log σ from the MLP, not a vector
     value_hidden: tuple[int, ...] | None = None  # the value MLP's layers; None: ``hidden``
     activation: str = "tanh"  # the hidden layers' nonlinearity: tanh, relu or silu
+    squash_actions: bool = False  # bounded actions: c + w·tanh(u) instead of u, clipped
 
     def __post_init__(self):
         check_activation(self.activation)
+        if not isinstance(self.squash_actions, bool):
+            raise ValueError(f"squash_actions must be True or False; got {self.squash_actions!r}")
         if self.value_hidden is not None and not (
                 isinstance(self.value_hidden, tuple | list)
                 and all(isinstance(w, int) and w > 0 for w in self.value_hidden)):
@@ -79,9 +130,19 @@ class ActorCritic:
     obs_ndim: int = 1  # trailing observation dims, flattened for the MLP (e.g. MinAtar's 10×10×C)
     value_hidden: tuple[int, ...] | None = None  # None: the policy's ``hidden``
     activation: str = "tanh"
+    squash_actions: bool = False  # the environment gets c + w·tanh(u), not u (clipped)
 
     def __post_init__(self):
         check_activation(self.activation)
+        if self.squash_actions:
+            if self.space.discrete:
+                raise ValueError("squash_actions applies to continuous (Box) action spaces; "
+                                 f"this one is discrete ({self.space.num_actions} actions)")
+            low, high = self.space.low, self.space.high
+            if low is None or high is None or not np.all(np.isfinite(
+                    np.concatenate([np.ravel(low), np.ravel(high)]).astype(np.float64))):
+                raise ValueError("squash_actions needs finite action bounds; this action "
+                                 f"space has low={self.space.low}, high={self.space.high}")
 
     @property
     def action_dim(self) -> int:
@@ -124,9 +185,59 @@ class ActorCritic:
     def value(self, value_params: Any, obs: jax.Array) -> jax.Array:
         return self._critic().apply(value_params, self._flat(obs))[..., 0]
 
+    def _box(self) -> tuple[jax.Array, jax.Array]:
+        low = jnp.asarray(self.space.low, jnp.float32).reshape(-1)
+        high = jnp.asarray(self.space.high, jnp.float32).reshape(-1)
+        return (low + high) / 2, (high - low) / 2
+
+    def env_action(self, action: jax.Array) -> jax.Array:
+        """What the environment gets for a draw u of ``dist``: c + w·tanh(u) with
+        ``squash_actions``, else u itself (the environment clips it)."""
+        if not self.squash_actions:
+            return action
+        center, half_width = self._box()
+        return center + half_width * jnp.tanh(action)
+
+    def action_dist(self, policy_params: dict[str, Any], obs: jax.Array) -> dist.Distribution:
+        """The distribution of ``env_action(u)``, u ~ ``dist``: with ``squash_actions`` the
+        squashed Gaussian of the module's docstring, else ``dist`` itself (before the
+        environment's clip, which moves the mass beyond the bounds onto them)."""
+        d = self.dist(policy_params, obs)
+        if not self.squash_actions:
+            return d
+        center, half_width = self._box()
+        # numpyro has no tanh transform: c + w·tanh(u) = (c − w) + 2w·sigmoid(2u)
+        transforms = dist.transforms
+        return dist.TransformedDistribution(d, [
+            transforms.AffineTransform(0.0, 2.0), transforms.SigmoidTransform(),
+            transforms.AffineTransform(center - half_width, 2.0 * half_width)])
+
+    def entropy(self, d: dist.Distribution) -> jax.Array:
+        r"""H[π(· | s)] of the action the environment gets, for ``d = dist(params, obs)``.
+
+        Unsquashed: the Gaussian's (or the categorical's) entropy. Squashed (a = c + w·tanh u):
+
+        $$
+        H = \sum_i \Big( \tfrac12 \log(2\pi e \sigma_i^2) + \log w_i
+            + \mathbb E_{u_i \sim \mathcal N(\mu_i, \sigma_i^2)}\big[\log(1 - \tanh^2 u_i)\big] \Big),
+        $$
+
+        the expectation by quadrature (``mean_log_sech2``: deterministic, differentiable in μ
+        and σ, to ~1e-7; brax estimates it from one draw). It penalises saturated actions,
+        which the Gaussian's entropy does not."""
+        base = d.entropy()
+        if not self.squash_actions:
+            return base
+        normal = d.base_dist
+        _, half_width = self._box()
+        expected = mean_log_sech2(normal.loc, normal.scale)
+        return base + jnp.sum(expected + jnp.log(half_width), axis=-1)
+
     def mode(self, policy_params: dict[str, Any], obs: jax.Array) -> jax.Array:
-        """The deterministic action: argmax of the logits, or the Gaussian's mean."""
+        """The deterministic action: argmax of the logits, or the Gaussian's mean as the
+        environment gets it (``env_action(μ)``: squashed, the squashed policy's median, brax's
+        deterministic action)."""
         d = self.dist(policy_params, obs)
         if self.space.discrete:
             return jnp.argmax(d.logits, axis=-1)
-        return d.base_dist.loc
+        return self.env_action(d.base_dist.loc)

@@ -43,10 +43,10 @@ def policy_gradient(policy: ActorCritic, policy_params: Any, obs: jax.Array, act
 
 def entropy_grad(policy: ActorCritic, policy_params: Any, obs: jax.Array,
                  coefficient: float = 1.0) -> tuple[Any, jax.Array]:
-    """∇θ of the mean policy entropy (closed form per state), and that mean. With a zero
+    """∇θ of the mean policy entropy (``ActorCritic.entropy`` per state), and that mean. With a zero
     ``coefficient`` only the mean is computed (the gradient would be multiplied by 0)."""
     def mean_entropy(p):
-        return jnp.mean(policy.dist(p, obs).entropy())
+        return jnp.mean(policy.entropy(policy.dist(p, obs)))
 
     if isinstance(coefficient, float | int) and coefficient == 0:
         return None, mean_entropy(policy_params)

@@ -29,7 +29,7 @@ from scorefn.sampling import sample
 
 class Transition(NamedTuple):
     obs: jax.Array
-    action: jax.Array
+    action: jax.Array  # the policy's draw (squashed actions: u, before c + w·tanh u)
     reward: jax.Array
     terminated: jax.Array
     truncated: jax.Array
@@ -75,7 +75,7 @@ def jax_rollout(env: JaxEnv, policy: ActorCritic, params: dict[str, Any], carry:
         # products with the step (one batched call after the loop was 1.6× slower on CartPole).
         action, log_prob, value = act(policy, params, seen, key_act)
         obs, state, reward, terminated, truncated, final_obs = jax.vmap(env.step)(
-            jax.random.split(key_env, num_envs), carry.state, action)
+            jax.random.split(key_env, num_envs), carry.state, policy.env_action(action))
         next_value = policy.value(params["value"], normalize(final_obs))
         done = jnp.logical_or(terminated, truncated)
         total = carry.episode_return + reward
@@ -104,8 +104,12 @@ class GymnasiumRunner:
         # Fast-compile options: 0.15 s instead of 0.46 s to compile, the same per-call time
         # (dispatch dominates such a small program).
         options = cpu_options(FAST_COMPILE)
-        self._act = jax.jit(lambda p, o, k, t: act(policy, p, o, jax.random.fold_in(k, t)),
-                            compiler_options=options)
+
+        def act_now(params, obs, key, t):  # and the action as the environment gets it
+            action, log_prob, value = act(policy, params, obs, jax.random.fold_in(key, t))
+            return action, policy.env_action(action), log_prob, value
+
+        self._act = jax.jit(act_now, compiler_options=options)
         self._value = jax.jit(lambda p, o: policy.value(p["value"], o), compiler_options=options)
 
     def reset(self, seed: int | None = None) -> None:
@@ -118,10 +122,10 @@ class GymnasiumRunner:
         fields = {name: [] for name in Transition._fields if name != "next_value"}
         finals = {}  # (t, env) -> the observation an episode ended on
         for t in range(num_steps):
-            action, log_prob, value = jax.device_get(
+            action, env_action, log_prob, value = jax.device_get(
                 self._act(params, self.obs, key, np.int32(t)))
             action_np = np.asarray(action)
-            obs, reward, terminated, truncated, final = self.env.step(action_np)
+            obs, reward, terminated, truncated, final = self.env.step(np.asarray(env_action))
             done = np.logical_or(terminated, truncated)
             if self.observations is not None:
                 obs = self.observations(obs)

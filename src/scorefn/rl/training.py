@@ -148,7 +148,7 @@ def make_policy(env, config) -> ActorCritic:
                        state_dependent_std=config.state_dependent_std,
                        log_std_init=config.log_std_init, obs_ndim=len(env.obs_shape),
                        value_hidden=config.value_hidden and tuple(config.value_hidden),
-                       activation=config.activation)
+                       activation=config.activation, squash_actions=config.squash_actions)
 
 
 def _check_policy(env, policy: ActorCritic, params) -> None:

@@ -116,7 +116,7 @@ def update(state: State, batch: Transition, key: jax.Array, policy: ActorCritic,
         value_epoch, (state.params["value"], state.opt_state),
         jax.random.split(key, config.value_epochs))
     metrics = {"policy_loss": -new_surrogate, "value_loss": jnp.mean(losses[-1]), "kl": step_kl,
-               "step_fraction": fraction, "entropy": jnp.mean(old_dist.entropy())}
+               "step_fraction": fraction, "entropy": jnp.mean(policy.entropy(old_dist))}
     return State({"policy": new_policy, "value": value_params}, value_opt_state), metrics
 
 
