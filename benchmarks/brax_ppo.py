@@ -153,7 +153,9 @@ def run_scorefn(name: str, task: Task, evals: int, seed: int, log_dir: str,
              # value loss, 0.5 · vf_loss_coefficient (0.5) · mean squared error
              anneal_lr=False, value_coef=0.25, normalize_observations=True,
              hidden=policy, value_hidden=value, activation=activation,
-             squash_actions=not clip_actions, progress=False, log_dir=log_dir)
+             squash_actions=not clip_actions,
+             # brax computes each minibatch's GAE with the current critic: the nearest here
+             recompute_advantages=True, progress=False, log_dir=log_dir)
 
 
 def side(library: str, name: str, task: Task, evals: int, seed: int, timeout: float,

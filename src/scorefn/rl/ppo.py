@@ -12,9 +12,12 @@ $$
 (``scorefn.rl.actor_critic.loss``), whose policy gradient is the score-function estimate with
 signal ρ Â 1[unclipped]. Options: value clipping (``clip_value``), stopping the epochs once
 the approximate KL(π_old ‖ π_θ) of a minibatch exceeds ``target_kl``, advantage
-standardisation per minibatch, and CleanRL's linear learning-rate annealing (``anneal_lr``):
+standardisation per minibatch, CleanRL's linear learning-rate annealing (``anneal_lr``):
 update i = 0, 1, ... of ``total_updates`` steps at α (1 − i / ``total_updates``), and at 0 past
-the last (``rl.train`` sets ``total_updates`` from ``total_steps``).
+the last (``rl.train`` sets ``total_updates`` from ``total_steps``), and advantages computed
+again with the current critic before each epoch (``recompute_advantages``; Andrychowicz et
+al. 2021, "What Matters in On-Policy Reinforcement Learning?", recommend it; brax's PPO
+computes them with the current critic in every minibatch).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import optax
 from scorefn.rl import actor_critic
 from scorefn.rl.actor_critic import State
 from scorefn.rl.networks import ActorCritic
+from scorefn.rl.returns import gae
 from scorefn.rl.rollout import Transition
 
 
@@ -48,6 +52,7 @@ class Config(actor_critic.Config):
     target_kl: float | None = None
     normalize_advantages: bool = True
     anneal_lr: bool = False
+    recompute_advantages: bool = False  # GAE again with the current critic before each epoch
     total_updates: int = 0  # of the annealing; rl.train fills it in from total_steps
 
     def __post_init__(self):
@@ -104,6 +109,21 @@ def minibatch_step(policy: ActorCritic, config: Config, state: State, minibatch:
     return State(optax.apply_updates(state.params, updates), opt_state), metrics
 
 
+def fresh_advantages(policy: ActorCritic, value_params: Any, batch: Transition,
+                     config: Config) -> dict[str, jax.Array]:
+    """GAE(λ) advantages and targets of ``batch`` under the critic ``value_params``: V(s_t)
+    anew, and V(s'_t) = V(s_{t+1}) anew within an episode; where an episode was truncated
+    and at the window's end, where s' was not kept, the value recorded in the rollout."""
+    values = policy.value(value_params, batch.obs)
+    following = jnp.concatenate([values[1:], batch.next_value[-1:]])
+    within = ~(batch.terminated | batch.truncated)
+    within = within.at[-1].set(False)
+    next_values = jnp.where(within, following, batch.next_value)
+    advantages, targets = gae(batch.reward, values, next_values, batch.terminated,
+                              batch.truncated, config.gamma, config.gae_lambda)
+    return {"advantage": advantages.reshape(-1), "target": targets.reshape(-1)}
+
+
 def update(state: State, batch: Transition, key: jax.Array, policy: ActorCritic,
            config: Config) -> tuple[State, dict]:
     data = actor_critic.rollout_data(batch, config.gamma, config.gae_lambda)
@@ -112,12 +132,16 @@ def update(state: State, batch: Transition, key: jax.Array, policy: ActorCritic,
 
     def epoch(carry, key):
         state, stopped = carry
+        data_now = data
+        if config.recompute_advantages:
+            data_now = {**data, **fresh_advantages(policy, state.params["value"], batch,
+                                                   config)}
         if n == config.minibatch_size:  # the whole batch: its mean loss needs no shuffle
-            shuffled = jax.tree.map(lambda x: x[None], data)
+            shuffled = jax.tree.map(lambda x: x[None], data_now)
         else:
             order = jax.random.permutation(key, n)[: num_minibatches * config.minibatch_size]
             shuffled = jax.tree.map(
-                lambda x: x[order].reshape((num_minibatches, -1) + x.shape[1:]), data)
+                lambda x: x[order].reshape((num_minibatches, -1) + x.shape[1:]), data_now)
 
         def minibatch(carry, mb):
             state, stopped = carry

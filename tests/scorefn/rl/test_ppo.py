@@ -1,6 +1,7 @@
 """PPO's learning-rate annealing (CleanRL's anneal_lr): the schedule, through optax, and its
 place in rl.train."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -53,3 +54,59 @@ def test_train_anneals_over_its_total_steps_and_a_resume_keeps_them(tmp_path):
     with pytest.raises(ValueError, match=r"total_updates=2, now 4"):
         rl.train("CartPole-v1", "ppo", 0, 1024, checkpoint=checkpoint, resume=True,
                  progress=False, anneal_lr=True, num_epochs=1)
+
+
+def test_recomputed_advantages_use_the_current_critic_and_the_kept_bootstraps():
+    """``recompute_advantages``: GAE under the critic now. Under the rollout's own critic it
+    is the rollout's GAE; under another, V(s_t) and V(s_{t+1}) within an episode are the new
+    critic's, and where an episode was truncated (or the window ends) the recorded V(s')
+    stays, its s' not being kept (twin: the new V(s_{t+1}) there gives other advantages)."""
+    from scorefn.rl.actor_critic import rollout_data
+    from scorefn.rl.returns import gae
+    from scorefn.rl.rollout import jax_reset, jax_rollout
+
+    env = rl.make("CartPole-v1")
+    policy = rl.ActorCritic(env.action_space, hidden=(8,))
+    params = policy.init(jax.random.key(0), env.obs_shape)
+    carry = jax_reset(env, jax.random.key(1), 4)
+    _, batch, _ = jax_rollout(env, policy, params, carry, jax.random.key(2), 64)
+    truncated = batch.truncated.at[10, 0].set(True)  # a truncation, mid-episode
+    batch = batch._replace(truncated=truncated, terminated=batch.terminated & ~truncated)
+    config = ppo.Config(gamma=0.97, gae_lambda=0.9)
+    assert bool(batch.terminated.any())
+
+    same = ppo.fresh_advantages(policy, params["value"], batch, config)
+    recorded = rollout_data(batch, config.gamma, config.gae_lambda)
+    for name in ("advantage", "target"):
+        np.testing.assert_allclose(same[name], recorded[name], rtol=1e-5, atol=1e-5)
+
+    other = policy.init(jax.random.key(3), env.obs_shape)["value"]
+    fresh = ppo.fresh_advantages(policy, other, batch, config)
+    values = policy.value(other, batch.obs)
+    following = jnp.concatenate([values[1:], values[-1:]])
+
+    def expected(bootstrap_at_truncation):
+        next_values = np.array(following)
+        next_values[-1] = batch.next_value[-1]
+        if bootstrap_at_truncation == "recorded":
+            next_values[10, 0] = batch.next_value[10, 0]
+        return gae(batch.reward, values, jnp.asarray(next_values), batch.terminated,
+                   batch.truncated, config.gamma, config.gae_lambda)[0].reshape(-1)
+
+    np.testing.assert_allclose(fresh["advantage"], expected("recorded"), rtol=1e-5, atol=1e-5)
+    assert not np.allclose(fresh["advantage"], expected("new"), rtol=1e-5, atol=1e-5)
+    assert not np.allclose(fresh["advantage"], recorded["advantage"], atol=1e-3)
+
+
+def test_ppo_with_recomputed_advantages_trains_otherwise_from_its_second_epoch():
+    base = dict(seed=0, total_steps=512, progress=False, num_epochs=2)
+    plain = rl.train("CartPole-v1", "ppo", **base)
+    fresh = rl.train("CartPole-v1", "ppo", recompute_advantages=True, **base)
+    assert fresh.config.recompute_advantages and np.isfinite(fresh.history[-1]["eval_mean"])
+    assert not all(np.allclose(a, b) for a, b in zip(jax.tree.leaves(plain.params),
+                                                     jax.tree.leaves(fresh.params)))
+    first_epoch = dict(base, num_epochs=1)  # one epoch: the rollout's critic, the same update
+    for a, b in zip(jax.tree.leaves(rl.train("CartPole-v1", "ppo", **first_epoch).params),
+                    jax.tree.leaves(rl.train("CartPole-v1", "ppo", recompute_advantages=True,
+                                             **first_epoch).params)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
