@@ -38,6 +38,15 @@ def _state(rms: RunningMeanStd) -> dict[str, Any]:
     return {"mean": np.asarray(rms.mean), "var": np.asarray(rms.var), "count": float(rms.count)}
 
 
+def _update(rms: RunningMeanStd, batch: np.ndarray) -> None:
+    """``rms.update(batch)``; a batch of one (one environment, every step) has mean x and
+    variance 0 without numpy's reductions, the costliest part of a step's normalisation."""
+    if batch.shape[0] == 1:
+        rms.update_from_moments(batch[0], np.zeros_like(batch[0]), 1)
+    else:
+        rms.update(batch)
+
+
 def _load(rms: RunningMeanStd, state: dict[str, Any]) -> None:
     rms.mean = np.asarray(state["mean"], np.float64).reshape(np.shape(rms.mean))
     rms.var = np.asarray(state["var"], np.float64).reshape(np.shape(rms.var))
@@ -55,7 +64,7 @@ class ObservationNormalizer:
     def __call__(self, obs: np.ndarray, update: bool = True) -> np.ndarray:
         """``obs`` normalised, after adding it to the statistics when ``update``."""
         if update:
-            self.rms.update(np.asarray(obs, np.float64))
+            _update(self.rms, np.asarray(obs, np.float64))
         return np.clip((obs - self.rms.mean) / np.sqrt(self.rms.var + EPSILON), -CLIP,
                        CLIP).astype(np.float32)
 
@@ -78,7 +87,7 @@ class RewardScaler:
     def __call__(self, reward: np.ndarray, done: np.ndarray) -> np.ndarray:
         """This step's rewards scaled; the returns of finished episodes start again at 0."""
         self.returns = self.returns * self.gamma + reward
-        self.rms.update(self.returns)
+        _update(self.rms, self.returns)
         scaled = np.clip(reward / np.sqrt(self.rms.var + EPSILON), -CLIP, CLIP)
         self.returns[done] = 0.0
         return scaled.astype(np.float32)

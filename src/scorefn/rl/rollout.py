@@ -105,11 +105,7 @@ class GymnasiumRunner:
         # (dispatch dominates such a small program).
         options = cpu_options(FAST_COMPILE)
 
-        def act_now(params, obs, key, t):  # and the action as the environment gets it
-            action, log_prob, value = act(policy, params, obs, jax.random.fold_in(key, t))
-            return action, policy.env_action(action), log_prob, value
-
-        self._act = jax.jit(act_now, compiler_options=options)
+        self._act = jax.jit(functools.partial(_act_packed, policy), compiler_options=options)
         self._value = jax.jit(lambda p, o: policy.value(p["value"], o), compiler_options=options)
 
     def reset(self, seed: int | None = None) -> None:
@@ -119,31 +115,44 @@ class GymnasiumRunner:
         self.episode_return = np.zeros(self.env.num_envs, np.float32)
 
     def rollout(self, params: dict[str, Any], key: jax.Array, num_steps: int) -> Transition:
-        fields = {name: [] for name in Transition._fields if name != "next_value"}
+        num_envs, space = self.env.num_envs, self.policy.space
+        action_shape = () if space.discrete else (self.policy.action_dim,)
+        batch = {"obs": np.empty((num_steps,) + self.obs.shape, np.float32),
+                 "action": np.empty((num_steps, num_envs) + action_shape,
+                                    np.int32 if space.discrete else np.float32)}
+        for name in ("reward", "log_prob", "value", "episode_return"):
+            batch[name] = np.empty((num_steps, num_envs), np.float32)
+        for name in ("terminated", "truncated"):
+            batch[name] = np.empty((num_steps, num_envs), bool)
         finals = {}  # (t, env) -> the observation an episode ended on
         for t in range(num_steps):
-            action, env_action, log_prob, value = jax.device_get(
-                self._act(params, self.obs, key, np.int32(t)))
-            action_np = np.asarray(action)
-            obs, reward, terminated, truncated, final = self.env.step(np.asarray(env_action))
-            done = np.logical_or(terminated, truncated)
+            # one array from the device per step: [action, env action, log π, V] per env
+            packed = np.asarray(self._act(params, self.obs, key, np.int32(t)))
+            action, env_action, log_prob, value = _unpacked(packed, self.policy)
+            obs, reward, terminated, truncated, final = self.env.step(env_action)
+            done = terminated | truncated
             if self.observations is not None:
                 obs = self.observations(obs)
-            learner_reward = reward if self.rewards is None else self.rewards(reward, done)
-            for i in np.flatnonzero(done):  # the episode's last observation, as the policy reads it
-                finals[(t, i)] = (final[i] if self.observations is None
-                                  else self.observations(final[i:i + 1], update=False)[0])
+            batch["obs"][t] = self.obs
+            batch["action"][t] = action
+            batch["reward"][t] = reward if self.rewards is None else self.rewards(reward, done)
+            batch["terminated"][t], batch["truncated"][t] = terminated, truncated
+            batch["log_prob"][t], batch["value"][t] = log_prob, value
             total = self.episode_return + reward
-            for name, value_t in zip(fields, (
-                    self.obs, action_np, learner_reward, terminated, truncated,
-                    np.asarray(log_prob), np.asarray(value), np.where(done, total, 0.0))):
-                fields[name].append(value_t)
-            self.episode_return = np.where(done, 0.0, total).astype(np.float32)
+            if done.any():
+                for i in np.flatnonzero(done):  # the last observation, as the policy reads it
+                    finals[(t, i)] = (final[i] if self.observations is None
+                                      else self.observations(final[i:i + 1], update=False)[0])
+                batch["episode_return"][t] = np.where(done, total, 0.0)
+                total = np.where(done, 0.0, total)
+            else:
+                batch["episode_return"][t] = 0.0
+            self.episode_return = total.astype(np.float32)
             self.obs = obs
         # V(s'_t) is the next step's V(s_{t+1}) inside an episode (already computed when
         # acting): only episode ends and the window's last step need the critic again, in
         # one call, instead of one jitted call per step.
-        values = np.stack(fields["value"])
+        values = batch["value"]
         ends = np.zeros((num_steps,) + self.obs.shape, np.float32)
         ends[-1] = self.obs  # the window's last step continues from here
         for (t, i), o in finals.items():
@@ -153,9 +162,30 @@ class GymnasiumRunner:
         next_values = np.concatenate([values[1:], end_values[-1:]])
         for (t, i) in finals:
             next_values[t, i] = end_values[t, i]
-        batch = {name: np.stack(v) for name, v in fields.items()}
         batch["next_value"] = next_values
         return Transition(**{name: jnp.asarray(batch[name]) for name in Transition._fields})
+
+
+def _act_packed(policy: ActorCritic, params: dict[str, Any], obs: jax.Array, key: jax.Array,
+                t: jax.Array) -> jax.Array:
+    """``act``'s results and the action as the environment gets it, as one float32 array
+    [num_envs, 2·action_dim + 2] (a discrete action, an integer below 2²⁴, is exact in it):
+    one transfer from the device per step instead of four."""
+    action, log_prob, value = act(policy, params, obs, jax.random.fold_in(key, t))
+    flat = action.reshape(action.shape[0], -1).astype(jnp.float32)
+    env_flat = policy.env_action(action).reshape(action.shape[0], -1).astype(jnp.float32)
+    return jnp.concatenate([flat, env_flat, log_prob[:, None], value[:, None]], axis=1)
+
+
+def _unpacked(packed: np.ndarray, policy: ActorCritic):
+    """(action, env action, log π, V) from ``_act_packed``'s array."""
+    width = (packed.shape[1] - 2) // 2
+    if policy.space.discrete:
+        action = packed[:, 0].astype(np.int32)
+        return action, action.astype(np.int64), packed[:, -2], packed[:, -1]
+    action = packed[:, :width]
+    env_action = packed[:, width:2 * width].reshape((-1,) + tuple(policy.space.shape))
+    return action, env_action, packed[:, -2], packed[:, -1]
 
 
 def flatten(batch: Transition) -> Transition:
