@@ -9,12 +9,15 @@ them through its ``network_factory``), gradients clipped at norm 0.5, a constant
 and brax's weight of the value loss (0.25 × the mean squared error). One update is
 ``num_envs × 80`` env steps on both sides: brax collects 16 unrolls of 5 steps per
 environment, scorefn 80 steps per environment. Both normalise observations (brax's running
-statistics; scorefn's ``normalize_observations``). What stays each side's own: brax scales
-rewards by 10 (its notebook's setting; scorefn's reward scaling is for gymnasium), its policy
-is a tanh-squashed Gaussian (its scale a free parameter, initially 1), scorefn's a Gaussian
-(a free log-σ, initially 0) whose action is clipped to [-1, 1]; each side keeps its own
-initialisation; brax's GAE runs over each 5-step unroll, scorefn's over the 80 steps, and
-brax does not bootstrap at the time limit (its default), scorefn does.
+statistics; scorefn's ``normalize_observations``), both squash a Gaussian with tanh (brax's
+default; scorefn's ``squash_actions``, or with ``--clip-actions`` a Gaussian clipped to
+[-1, 1]), and both take advantages from the current critic (brax in every minibatch,
+scorefn before each epoch: ``recompute_advantages``). What stays each side's own: brax
+scales rewards by 10 (its notebook's setting; scorefn's reward scaling is for gymnasium);
+brax's scale is softplus of a free parameter (initially 1), scorefn's σ the exponential of
+one (initially 0); each side keeps its own initialisation; brax's GAE runs over each 5-step
+unroll, scorefn's over the 80 steps, and brax does not bootstrap at the time limit (its
+default), scorefn does.
 
 Reported per task: env steps per second of training once compiled (between the second and
 the last evaluation after training began; rollouts and updates, the evaluations (128
@@ -27,7 +30,7 @@ process, bounded by ``--timeout``; a side cut short reports the evaluations it r
 
     python benchmarks/brax_ppo.py --networks brax --out brax.md   # on a GPU
     python benchmarks/brax_ppo.py --quick --out /tmp/brax.md      # small sizes, for a CPU
-    # InvertedPendulum in full on a CPU (about 13 minutes on 2 cores)
+    # InvertedPendulum in full on a CPU (about 14 minutes on 2 cores)
     python benchmarks/brax_ppo.py --tasks inverted_pendulum --networks brax --evals 11 \
         --timeout 600 --seed 0 --out ip.md
 """

@@ -70,25 +70,28 @@ def mean_log_sech2(loc: jax.Array, scale: jax.Array) -> jax.Array:
     expected log-Jacobian, to ~1e-7 for every loc and scale.
 
     log(1 − tanh² u) = 2 log 2 − 2u − 2 softplus(−2u) is analytic but bends within |u| ≲ 1,
-    so Gauss–Hermite quadrature (32 nodes) serves scale < 1 and fails for wide Gaussians.
-    For scale ≥ 1 it is 2 log 2 − 2 E|u| − 2 E[log(1 + e^{−2|u|})], E|u| the folded normal's
+    so Gauss–Hermite quadrature (32 nodes) serves scale ≤ 1 and fails for wide Gaussians.
+    For scale > 1 it is 2 log 2 − 2 E|u| − 2 E[log(1 + e^{−2|u|})], E|u| the folded normal's
     mean (closed form) and the last term, folded onto v = |u| ≥ 0, Gauss–Laguerre (16 nodes)
     with weight e^{−2v}."""
+    # Each branch sees a scale clamped to its own range, so that the one not taken stays
+    # finite, its gradient too (jnp.where passes 0 · NaN = NaN otherwise).
+    wide_scale, narrow_scale = jnp.maximum(scale, 1.0), jnp.minimum(scale, 1.0)
     # narrow: Gauss–Hermite, u = μ + √2 σ x
-    u = loc[..., None] + np.sqrt(2.0) * scale[..., None] * _HERMITE_NODES
+    u = loc[..., None] + np.sqrt(2.0) * narrow_scale[..., None] * _HERMITE_NODES
     narrow = jnp.sum(2.0 * (np.log(2.0) - u - jax.nn.softplus(-2.0 * u)) * _HERMITE_WEIGHTS,
                      axis=-1) / np.sqrt(np.pi)
     # wide: closed-form E|u| and Gauss–Laguerre over v = x / 2
-    z = loc / scale
-    abs_mean = (scale * np.sqrt(2.0 / np.pi) * jnp.exp(-0.5 * z ** 2)
+    z = loc / wide_scale
+    abs_mean = (wide_scale * np.sqrt(2.0 / np.pi) * jnp.exp(-0.5 * z ** 2)
                 + loc * (1.0 - 2.0 * jax.scipy.special.ndtr(-z)))
     v = _LAGUERRE_NODES / 2.0
-    folded = (jax.scipy.stats.norm.pdf(v, loc[..., None], scale[..., None])
-              + jax.scipy.stats.norm.pdf(-v, loc[..., None], scale[..., None]))
+    folded = (jax.scipy.stats.norm.pdf(v, loc[..., None], wide_scale[..., None])
+              + jax.scipy.stats.norm.pdf(-v, loc[..., None], wide_scale[..., None]))
     tail = jnp.sum(_LAGUERRE_WEIGHTS * np.exp(2.0 * v) * np.logaddexp(0.0, -2.0 * v) * folded,
                    axis=-1) / 2.0
     wide = 2.0 * np.log(2.0) - 2.0 * abs_mean - 2.0 * tail
-    return jnp.where(scale < 1.0, narrow, wide)
+    return jnp.where(wide_scale > 1.0, wide, narrow)
 
 
 def check_activation(activation: str) -> None:

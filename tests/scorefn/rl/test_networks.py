@@ -201,3 +201,8 @@ def test_the_expected_log_jacobian_is_exact_for_narrow_and_wide_gaussians():
     hermite = [np.sum(weights * log_sech2(mu + np.sqrt(2) * s * nodes)) / np.sqrt(np.pi)
                for mu, s in grid]
     assert np.max(np.abs(np.array(hermite) - want)) > 1e-2
+    # finite, gradients too, at extreme scales (each branch sees only its own range)
+    for scale in (1e-30, 1e-3, 1.0, 1e3, 1e30):
+        value, grads = jax.value_and_grad(mean_log_sech2, argnums=(0, 1))(
+            jnp.float32(0.5), jnp.float32(scale))
+        assert np.isfinite(value) and np.all(np.isfinite(grads)), scale
