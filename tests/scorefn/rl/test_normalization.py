@@ -31,6 +31,28 @@ def test_observations_are_normalised_by_the_statistics_of_all_seen():
     assert not np.allclose(fresh(batches[-1]), out, atol=1e-2)
 
 
+def test_one_environment_batches_give_gymnasiums_statistics():
+    """A batch of one takes a shortcut (mean x, variance 0): the statistics stay gymnasium's
+    ``RunningMeanStd`` fed the same batches, for observations and for returns."""
+    from gymnasium.wrappers.utils import RunningMeanStd
+
+    rng = np.random.default_rng(2)
+    normalizer, reference = ObservationNormalizer((3,)), RunningMeanStd(shape=(3,))
+    scaler, returns = RewardScaler(1, 0.9), RunningMeanStd(shape=())
+    running = np.zeros(1)
+    for _ in range(40):
+        obs, reward = rng.normal(1.0, 3.0, (1, 3)), rng.normal(0.5, 1.0, 1)
+        normalizer(obs)
+        reference.update(obs)
+        scaler(reward, np.array([False]))
+        running = running * 0.9 + reward
+        returns.update(running)
+    for state, rms in ((normalizer.state(), reference), (scaler.state(), returns)):
+        np.testing.assert_allclose(state["mean"], rms.mean, rtol=1e-12)
+        np.testing.assert_allclose(state["var"], rms.var, rtol=1e-12)
+        assert state["count"] == rms.count
+
+
 def test_rewards_are_divided_by_the_discounted_returns_std():
     rng = np.random.default_rng(1)
     gamma, scaler = 0.9, RewardScaler(2, 0.9)
