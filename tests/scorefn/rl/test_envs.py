@@ -100,3 +100,36 @@ def test_gymnax_before_1_0_is_refused_with_the_fix():
     with pytest.raises(ImportError, match=r"needs gymnax >= 1.0 .*pip install 'gymnax>=1.0'"):
         rl.envs.check_gymnax_version("0.0.9")
     rl.envs.check_gymnax_version("1.0.1")
+
+
+@pytest.mark.parametrize("env_id", ["Pendulum-v1", "CartPole-v1"])  # truncations; terminations
+def test_one_environment_steps_as_gymnasiums_one_copy_vector_env(env_id):
+    """``GymnasiumEnv`` with one copy steps a lone environment (``OneEnv``), not gymnasium's
+    ``SyncVectorEnv``: the same observations, rewards, ends and final observations, episode
+    boundaries included. Twin: gymnasium's vector env seeded otherwise differs."""
+    import gymnasium as gym
+
+    from scorefn.rl.envs import OneEnv
+
+    ours = GymnasiumEnv(env_id, num_envs=1, seed=3)
+    assert isinstance(ours.env, OneEnv)
+    theirs = GymnasiumEnv(env_id, num_envs=2, seed=3)  # gymnasium's; copy 0 is seeded 3
+    other = gym.make_vec(env_id, num_envs=1, vectorization_mode="sync",
+                         vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP})
+    rng = np.random.default_rng(0)
+    first, reference = ours.reset(), theirs.reset()
+    np.testing.assert_array_equal(first[0], reference[0])
+    assert not np.array_equal(first[0], other.reset(seed=4)[0][0])
+    ends = 0
+    for _ in range(450):
+        if ours.action_space.discrete:
+            action = rng.integers(0, 2, 1)
+        else:
+            action = rng.uniform(-2, 2, (1, 1)).astype(np.float32)
+        got = ours.step(action)
+        want = theirs.step(np.concatenate([action, action]))
+        for a, b in zip(got, want):
+            np.testing.assert_array_equal(a[0], b[0])
+        ends += int(got[2][0] or got[3][0])
+    assert ends >= 2
+    ours.close(), theirs.close(), other.close()
