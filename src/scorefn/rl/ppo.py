@@ -32,7 +32,6 @@ import optax
 from scorefn.rl import actor_critic
 from scorefn.rl.actor_critic import State
 from scorefn.rl.networks import ActorCritic
-from scorefn.rl.returns import gae
 from scorefn.rl.rollout import Transition
 
 
@@ -119,9 +118,9 @@ def fresh_advantages(policy: ActorCritic, value_params: Any, batch: Transition,
     within = ~(batch.terminated | batch.truncated)
     within = within.at[-1].set(False)
     next_values = jnp.where(within, following, batch.next_value)
-    advantages, targets = gae(batch.reward, values, next_values, batch.terminated,
-                              batch.truncated, config.gamma, config.gae_lambda)
-    return {"advantage": advantages.reshape(-1), "target": targets.reshape(-1)}
+    data = actor_critic.rollout_data(batch._replace(value=values, next_value=next_values),
+                                     config.gamma, config.gae_lambda)
+    return {"advantage": data["advantage"], "target": data["target"]}
 
 
 def update(state: State, batch: Transition, key: jax.Array, policy: ActorCritic,
