@@ -16,8 +16,9 @@ scorefn before each epoch: ``recompute_advantages``). What stays each side's own
 scales rewards by 10 (its notebook's setting; scorefn's reward scaling is for gymnasium);
 brax's scale is softplus of a free parameter (initially 1), scorefn's σ the exponential of
 one (initially 0); each side keeps its own initialisation; brax's GAE runs over each 5-step
-unroll, scorefn's over the 80 steps, and brax does not bootstrap at the time limit (its
-default), scorefn does.
+unroll, scorefn's over the 80 steps (with ``--unroll-gae`` truncated to 5-step segments as
+brax's: ``gae_horizon=5``), and brax does not bootstrap at the time limit (its default),
+scorefn does.
 
 Reported per task: env steps per second of training once compiled (between the second and
 the last evaluation after training began; rollouts and updates, the evaluations (128
@@ -132,7 +133,7 @@ def run_brax(name: str, task: Task, evals: int, seed: int, networks: str) -> Non
 
 
 def run_scorefn(name: str, task: Task, evals: int, seed: int, log_dir: str,
-                networks: str, clip_actions: bool = False) -> None:
+                networks: str, clip_actions: bool = False, unroll_gae: bool = False) -> None:
     """scorefn's PPO with the same settings; its rows go to ``log_dir/metrics.jsonl``."""
     from scorefn import rl
 
@@ -158,15 +159,17 @@ def run_scorefn(name: str, task: Task, evals: int, seed: int, log_dir: str,
              hidden=policy, value_hidden=value, activation=activation,
              squash_actions=not clip_actions,
              # brax computes each minibatch's GAE with the current critic: the nearest here
-             recompute_advantages=True, progress=False, log_dir=log_dir)
+             recompute_advantages=True, gae_horizon=UNROLL if unroll_gae else None,
+             progress=False, log_dir=log_dir)
 
 
 def side(library: str, name: str, task: Task, evals: int, seed: int, timeout: float,
-         networks: str, clip_actions: bool = False) -> dict:
+         networks: str, clip_actions: bool = False, unroll_gae: bool = False) -> dict:
     """One side in a subprocess: its evaluation rows, status and wall seconds."""
     log_dir = tempfile.mkdtemp(prefix="brax_ppo_")
     command = [sys.executable, __file__, "--worker", library, "--task", name, "--settings",
-               json.dumps([list(task), evals, seed, log_dir, networks, clip_actions])]
+               json.dumps([list(task), evals, seed, log_dir, networks, clip_actions,
+                           unroll_gae])]
     started = time.perf_counter()
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
@@ -231,6 +234,9 @@ def main(argv=None) -> int:
     parser.add_argument("--clip-actions", action="store_true",
                         help="scorefn's policy: a Gaussian clipped to the bounds instead of "
                              "brax's tanh-squashed Gaussian (squash_actions)")
+    parser.add_argument("--unroll-gae", action="store_true",
+                        help="scorefn's GAE truncated to 5-step segments, as brax's over its "
+                             "unrolls (gae_horizon=5), instead of over the 80 steps")
     parser.add_argument("--libraries", default="brax,scorefn",
                         help="the sides to run, comma-separated (one alone: to rerun it)")
     parser.add_argument("--worker", choices=("brax", "scorefn"), help=argparse.SUPPRESS)
@@ -238,11 +244,12 @@ def main(argv=None) -> int:
     parser.add_argument("--settings", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        task, evals, seed, log_dir, networks, clip_actions = json.loads(args.settings)
+        task, evals, seed, log_dir, networks, clip_actions, unroll_gae = json.loads(args.settings)
         if args.worker == "brax":
             run_brax(args.task, Task(*task), evals, seed, networks)
         else:
-            run_scorefn(args.task, Task(*task), evals, seed, log_dir, networks, clip_actions)
+            run_scorefn(args.task, Task(*task), evals, seed, log_dir, networks, clip_actions,
+                        unroll_gae)
         return 0
 
     import jax
@@ -267,7 +274,7 @@ def main(argv=None) -> int:
         summaries = {}
         for library in args.libraries.split(","):
             result = side(library, name, task, evals, args.seed, args.timeout or task.timeout,
-                          args.networks, args.clip_actions)
+                          args.networks, args.clip_actions, args.unroll_gae)
             results[name][library] = result
             s = summaries[library] = summary(result, task.threshold)
             rate = f"{s['rate']:,.0f}" if s["rate"] else "–"

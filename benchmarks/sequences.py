@@ -11,7 +11,11 @@ tunix's GRPOLearner runs the same protocol (``benchmarks/peers/tunix_grpo.py``: 
 Qwen2 at the same size, since tunix ships no GPT-2; its "vanilla" JAX rollout engine).
 
 The runs go seed by seed (scorefn's three, then each peer's), and a ratio is the median over
-seeds of that seed's ratio: this machine's speed drifts by up to 25% over minutes.
+seeds of that seed's ratio: this machine's speed drifts by up to 25% over minutes. Each side
+warm-starts on its own, so their rewards start from different points; TRL then runs a second
+time from scorefn's warm start of the seed (``benchmarks/peers/trl_grpo_from.py``: the same
+weights as GPT-2's state dict, checked against scorefn's logits), so that scorefn's GRPO and
+TRL's compare at equal samples from the same weights.
 
 Reported per run: RL steps/s and completion tokens/s over the whole RL phase (compilation of
 scorefn's step included; TRL: the whole ``trainer.train()``; tunix: ``learner.train()``,
@@ -42,17 +46,56 @@ import re
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PEER = ROOT.parent / "shared" / "peers" / "trl_grpo.py"
 TUNIX_PEER = ROOT / "benchmarks" / "peers" / "tunix_grpo.py"
+TRL_FROM = ROOT / "benchmarks" / "peers" / "trl_grpo_from.py"
 VARIANTS = {"grpo": ("grpo", "sequence_mean"), "rloo": ("rloo", "sequence_sum"),
             "dr_grpo": ("dr_grpo", "constant")}
 
 
-def scorefn_runs(seeds, steps):
+def gpt2_weights(params, path):
+    """scorefn's ``CausalTransformer`` parameters as GPT-2 state-dict arrays in an ``.npz``
+    (transformers' ``GPT2LMHeadModel`` names; its Conv1D weights are [in, out], as flax's
+    kernels; a head's query columns are h·D … h·D + D − 1 in both), with four prompts and
+    answers and the logits scorefn's model gives them, for the peer to check the mapping."""
+    import jax
+    import numpy as np
+
+    from scorefn.sequences import addition
+
+    p = jax.device_get(params)
+    layers = addition.model().num_layers
+    out = {"transformer.wte.weight": p["wte"]["embedding"],
+           "transformer.wpe.weight": p["wpe"]["embedding"]}
+    for i in range(layers):
+        attn, h = p[f"CausalSelfAttention_{i}"], f"transformer.h.{i}."
+        features = attn["out_bias"].shape[0]
+        for name, norm in (("ln_1", p[f"LayerNorm_{2 * i}"]), ("ln_2", p[f"LayerNorm_{2 * i + 1}"])):
+            out[h + name + ".weight"], out[h + name + ".bias"] = norm["scale"], norm["bias"]
+        qkv = ("query", "key", "value")
+        out[h + "attn.c_attn.weight"] = np.concatenate(
+            [attn[f"{n}_kernel"].reshape(features, -1) for n in qkv], axis=1)
+        out[h + "attn.c_attn.bias"] = np.concatenate([attn[f"{n}_bias"].reshape(-1) for n in qkv])
+        out[h + "attn.c_proj.weight"] = attn["out_kernel"].reshape(-1, features)
+        out[h + "attn.c_proj.bias"] = attn["out_bias"]
+        for name, dense in (("c_fc", p[f"Dense_{2 * i}"]), ("c_proj", p[f"Dense_{2 * i + 1}"])):
+            out[h + f"mlp.{name}.weight"], out[h + f"mlp.{name}.bias"] = dense["kernel"], dense["bias"]
+    final = p[f"LayerNorm_{2 * layers}"]
+    out["transformer.ln_f.weight"], out["transformer.ln_f.bias"] = final["scale"], final["bias"]
+    pairs = addition.split(0)[1][:4]
+    tokens = np.concatenate([addition.prompts_of(pairs), addition.answers_of(pairs)[0]], axis=1)
+    np.savez(path, **{k: np.asarray(v, np.float32) for k, v in out.items()},
+             check_tokens=tokens, check_logits=np.asarray(addition.logits_fn(params, tokens)))
+
+
+def scorefn_runs(seeds, steps, weights_dir=None):
+    """scorefn's three estimators from one warm start per seed; with ``weights_dir``, that
+    warm start is also written there as GPT-2 weights (``seed<S>.npz``) for the TRL peer."""
     import jax
 
     from scorefn.sequences import addition
@@ -65,6 +108,8 @@ def scorefn_runs(seeds, steps):
         warm = jax.block_until_ready(addition.warm_start(
             config, jax.random.split(jax.random.key(seed))[0], train_pairs))
         wall_warm = time.perf_counter() - start
+        if weights_dir is not None:
+            gpt2_weights(warm, Path(weights_dir) / f"seed{seed}.npz")
         for name, (advantage, aggregation) in VARIANTS.items():
             out = addition.train(addition.Config(steps=steps, advantage=advantage,
                                                  aggregation=aggregation), seed, params=warm)
@@ -83,22 +128,26 @@ def scorefn_runs(seeds, steps):
     return runs
 
 
-def peer_runs(side, python, script, seeds, steps):
-    """The peer script's runs, one process per seed; its last line holds key=value results."""
+def peer_runs(side, python, script, seeds, steps, extra=()):
+    """The peer script's runs, one process per seed: its line of ``key=value`` results, the
+    versions line before it and, where printed, the per-step rewards (``curve [...]``)."""
     runs = []
     for seed in seeds:
-        completed = subprocess.run([python, str(script), "--steps", str(steps), "--seed", str(seed)],
-                                   capture_output=True, text=True, timeout=1800)
+        completed = subprocess.run([python, str(script), "--steps", str(steps), "--seed", str(seed),
+                                    *extra], capture_output=True, text=True, timeout=1800)
         if completed.returncode:
             raise RuntimeError(f"the {side} peer failed:\n{completed.stderr[-3000:]}")
         lines = completed.stdout.strip().splitlines()
-        fields = dict(re.findall(r"(\w+)=([^\s]+)", lines[-1]))
+        at = max(i for i, line in enumerate(lines) if "steps_per_s=" in line)
+        fields = dict(re.findall(r"(\w+)=([^\s]+)", lines[at]))
+        curve = [json.loads(line[len("curve "):]) for line in lines if line.startswith("curve ")]
         runs.append({"side": side, "variant": "grpo", "seed": seed, "steps": steps,
-                     "versions": lines[-2],
+                     "versions": lines[at - 1],
                      **{k: float(fields[k].rstrip("s")) for k in
                         ("wall_sft", "wall_rl", "steps_per_s", "tokens_per_s", "reward_first",
-                         "reward_last", "greedy_first", "greedy_last")}})
-        print(json.dumps(runs[-1]), flush=True)
+                         "reward_last", "greedy_first", "greedy_last")},
+                     **({"curve": curve[-1]} if curve else {})})
+        print(json.dumps({k: v for k, v in runs[-1].items() if k != "curve"}), flush=True)
     return runs
 
 
@@ -254,10 +303,14 @@ def main():
     # Seed by seed, each side in turn: this machine's speed drifts by up to 25% over minutes,
     # so each seed's ratio compares runs made minutes apart, not a block of runs an hour apart.
     results["runs"] = []
+    weights_dir = tempfile.mkdtemp(prefix="scorefn_gpt2_")
     for seed in args.seeds:
-        results["runs"] += scorefn_runs([seed], args.steps)
+        results["runs"] += scorefn_runs([seed], args.steps, weights_dir)
         if not args.skip_peer:
             results["runs"] += peer_runs("trl", args.peer_python, PEER, [seed], args.steps)
+            # TRL again from scorefn's warm start of this seed: rewards from an equal start
+            results["runs"] += peer_runs("trl_from_scorefn", args.peer_python, TRL_FROM, [seed],
+                                         args.steps, ["--weights", f"{weights_dir}/seed{seed}.npz"])
         if args.tunix_python:
             results["runs"] += peer_runs("tunix", args.tunix_python, TUNIX_PEER, [seed], args.steps)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -271,7 +324,9 @@ def report(results):
     print("\nside     variant   steps/s   steady   tokens/s  reward first→last   greedy first→last"
           "  (median of seeds)")
     peers = [(side, "grpo") for side in ("trl", "tunix") if any(r["side"] == side for r in runs)]
-    for side, variant in [("scorefn", v) for v in VARIANTS] + peers:
+    matched = [r for r in runs if r["side"] == "trl_from_scorefn"]
+    for side, variant in ([("scorefn", v) for v in VARIANTS] + peers
+                          + [("trl_from_scorefn", "grpo")] * bool(matched)):
         rs = [r for r in runs if r["side"] == side and r["variant"] == variant]
         med = {k: statistics.median(r[k] for r in rs) for k in
                ("steps_per_s", "tokens_per_s", "reward_first", "reward_last", "greedy_first", "greedy_last")}
@@ -288,6 +343,16 @@ def report(results):
         print(f"{side:8s} {variant:8s} {med['steps_per_s']:8.2f} {steady:>8s} {med['tokens_per_s']:9.0f}  "
               f"{med['reward_first']:.3f} → {med['reward_last']:.3f}      "
               f"{med['greedy_first']:.3f} → {med['greedy_last']:.3f}{ratio}")
+    if matched:
+        print("\nGRPO from the same weights (scorefn's warm start of the seed): sampled reward, "
+              "first → last 10 steps; greedy reward, before → after (each side's 256 held out)")
+        for m in matched:
+            ours = next(r for r in runs if r["side"] == "scorefn" and r["variant"] == "grpo"
+                        and r["seed"] == m["seed"])
+            print(f"seed {m['seed']}: " + "; ".join(
+                f"{name} {r['reward_first']:.3f} → {r['reward_last']:.3f} "
+                f"({r['greedy_first']:.3f} → {r['greedy_last']:.3f})"
+                for name, r in (("scorefn", ours), ("TRL", m))))
 
 
 def plot(results, path):
@@ -297,15 +362,28 @@ def plot(results, path):
     import matplotlib.pyplot as plt
     import numpy as np
 
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for variant in VARIANTS:
+    def mean_curve(side, variant):
         curves = np.array([r["curve"] for r in results["runs"]
-                           if r["side"] == "scorefn" and r["variant"] == variant])
+                           if r["side"] == side and r["variant"] == variant and "curve" in r])
         smooth = np.array([np.convolve(c, np.ones(10) / 10, mode="valid") for c in curves])
-        ax.plot(smooth.mean(0), label=f"scorefn {variant} (mean of {len(curves)} seeds)")
-    ax.set_xlabel("RL step (16 prompts × 8 completions)")
-    ax.set_ylabel("sampled reward (10-step mean)")
-    ax.legend()
+        return smooth.mean(0), len(curves)
+
+    matched = any(r["side"] == "trl_from_scorefn" for r in results["runs"])
+    fig, axes = plt.subplots(1, 1 + matched, figsize=(7 + 5 * matched, 4), sharey=True,
+                             squeeze=False)
+    for variant in VARIANTS:
+        curve, n = mean_curve("scorefn", variant)
+        axes[0, 0].plot(curve, label=f"scorefn {variant} (mean of {n} seeds)")
+    axes[0, 0].set_title("scorefn's estimators, one warm start per seed")
+    if matched:
+        for side, label in (("scorefn", "scorefn GRPO"), ("trl_from_scorefn", "TRL GRPO")):
+            curve, n = mean_curve(side, "grpo")
+            axes[0, 1].plot(curve, label=f"{label} (mean of {n} seeds)")
+        axes[0, 1].set_title("GRPO from the same weights (scorefn's warm starts)")
+    for ax in axes[0]:
+        ax.set_xlabel("RL step (16 prompts × 8 completions)")
+        ax.legend()
+    axes[0, 0].set_ylabel("sampled reward (10-step mean)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 

@@ -58,7 +58,7 @@ def init(key: jax.Array, policy: ActorCritic, env: Any, config: Config) -> State
 
 def update(state: State, batch: Transition, key: jax.Array, policy: ActorCritic,
            config: Config) -> tuple[State, dict]:
-    data = actor_critic.rollout_data(batch, config.gamma, config.gae_lambda)
+    data = actor_critic.rollout_data(batch, config.gamma, config.gae_lambda, config.gae_horizon)
     (_, metrics), grads = jax.value_and_grad(actor_critic.loss, has_aux=True)(
         state.params, policy, data, clip_eps=None, value_coef=config.value_coef,
         entropy_coef=config.entropy_coef, normalize_advantages=config.normalize_advantages)

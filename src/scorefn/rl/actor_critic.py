@@ -45,10 +45,19 @@ class Config(NetworkConfig):
     num_steps: int = 32
     gamma: float = 0.99
     gae_lambda: float = 0.95
+    gae_horizon: int | None = None  # truncated GAE over segments of this many steps (returns.gae)
     # scorefn.rl.normalization: running observation normalisation (every backend), and
     # rewards scaled by the discounted return's running std (gymnasium environments)
     normalize_observations: bool = False
     scale_rewards: bool = False
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.gae_horizon is not None and not (
+                isinstance(self.gae_horizon, int) and not isinstance(self.gae_horizon, bool)
+                and 1 <= self.gae_horizon <= self.num_steps):
+            raise ValueError(f"gae_horizon must be None or an int from 1 to num_steps "
+                             f"({self.num_steps}), got {self.gae_horizon!r}")
 
 
 class State(NamedTuple):
@@ -65,11 +74,13 @@ def init(key: jax.Array, policy: ActorCritic, env: Any,
     return State(params, optimizer.init(params))
 
 
-def rollout_data(batch: Transition, gamma: float, gae_lambda: float) -> dict[str, jax.Array]:
+def rollout_data(batch: Transition, gamma: float, gae_lambda: float,
+                 gae_horizon: int | None = None) -> dict[str, jax.Array]:
     """A rollout (num_steps, num_envs) as flat arrays: observations, actions, their
-    log-probabilities and values when taken, GAE(λ) advantages and value targets Â + V."""
+    log-probabilities and values when taken, GAE(λ) advantages (truncated to segments of
+    ``gae_horizon`` steps if given) and value targets Â + V."""
     advantages, targets = gae(batch.reward, batch.value, batch.next_value, batch.terminated,
-                              batch.truncated, gamma, gae_lambda)
+                              batch.truncated, gamma, gae_lambda, gae_horizon)
     flat = flatten(batch)
     return {"obs": flat.obs, "action": flat.action, "log_prob": flat.log_prob,
             "value": flat.value, "advantage": advantages.reshape(-1),

@@ -119,13 +119,13 @@ def fresh_advantages(policy: ActorCritic, value_params: Any, batch: Transition,
     within = within.at[-1].set(False)
     next_values = jnp.where(within, following, batch.next_value)
     data = actor_critic.rollout_data(batch._replace(value=values, next_value=next_values),
-                                     config.gamma, config.gae_lambda)
+                                     config.gamma, config.gae_lambda, config.gae_horizon)
     return {"advantage": data["advantage"], "target": data["target"]}
 
 
 def update(state: State, batch: Transition, key: jax.Array, policy: ActorCritic,
            config: Config) -> tuple[State, dict]:
-    data = actor_critic.rollout_data(batch, config.gamma, config.gae_lambda)
+    data = actor_critic.rollout_data(batch, config.gamma, config.gae_lambda, config.gae_horizon)
     n = data["advantage"].shape[0]
     num_minibatches = max(1, n // config.minibatch_size)
 

@@ -12,6 +12,11 @@ Every step records ``next_value`` = V(s'_t), the value of the observation the st
 
       δ_t = r_t + γ (1 - terminated_t) V(s'_t) - V(s_t),    A_t = δ_t + γ λ (1 - d_t) A_{t+1}
 
+  and, with a ``horizon`` n, truncated GAE (the PPO paper's "truncated version of GAE" over
+  segments of n steps; brax's PPO with n its unroll length): the sum stops at the end of
+  each n-step segment of the window, A_t = δ_t + γ λ (1 - d_t)(1 - e_t) A_{t+1} with
+  e_t = 1 where t + 1 is a multiple of n: each A_t sums the δ's to its segment's end only.
+
 A terminated step never bootstraps (the true value after termination is 0); a truncated
 one does, because the episode would have gone on.
 """
@@ -39,9 +44,18 @@ def discounted_returns(rewards: jax.Array, terminated: jax.Array, truncated: jax
 
 
 def gae(rewards: jax.Array, values: jax.Array, next_values: jax.Array, terminated: jax.Array,
-        truncated: jax.Array, gamma: float, lam: float) -> tuple[jax.Array, jax.Array]:
-    """(advantages A_t, value targets A_t + V(s_t)), each (T, ...)."""
+        truncated: jax.Array, gamma: float, lam: float, horizon: int | None = None
+        ) -> tuple[jax.Array, jax.Array]:
+    """(advantages A_t, value targets A_t + V(s_t)), each (T, ...); ``horizon``: truncated
+    GAE over segments of that many steps (module docstring), ``None`` for the whole window."""
+    if horizon is not None and (isinstance(horizon, bool) or not isinstance(horizon, int)
+                                or horizon < 1):
+        raise ValueError(f"horizon must be None or a positive int, got {horizon!r}")
     done = jnp.logical_or(terminated, truncated)
+    if horizon is not None:
+        ends = (jnp.arange(1, rewards.shape[0] + 1) % horizon == 0).reshape(
+            (-1,) + (1,) * (rewards.ndim - 1))
+        done = done | ends
     deltas = rewards + gamma * jnp.where(terminated, 0.0, next_values) - values
 
     def backward(carry, step):

@@ -60,7 +60,7 @@ def init(key: jax.Array, policy: ActorCritic, env: Any, config: Config) -> State
 
 def update(state: State, batch: Transition, key: jax.Array, policy: ActorCritic,
            config: Config) -> tuple[State, dict]:
-    data = actor_critic.rollout_data(batch, config.gamma, config.gae_lambda)
+    data = actor_critic.rollout_data(batch, config.gamma, config.gae_lambda, config.gae_horizon)
     obs, actions, flat_targets = data["obs"], data["action"], data["target"]
     adv = standardized(data["advantage"], ddof=1)  # torch's unbiased std, as SB3
     old = state.params["policy"]

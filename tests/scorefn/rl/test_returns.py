@@ -2,6 +2,7 @@
 
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from scorefn.rl.returns import discounted_returns, gae
 
@@ -49,3 +50,44 @@ def test_gae_bootstraps_truncation_only():
     adv1, _ = gae(REWARDS, 0 * VALUES, bootstrap, TERMINATED, TRUNCATED, GAMMA, 1.0)
     g = discounted_returns(REWARDS, TERMINATED, TRUNCATED, bootstrap, GAMMA)
     np.testing.assert_allclose(np.asarray(adv1), np.asarray(g), rtol=1e-6)
+
+
+def test_truncated_gae_sums_each_segment_alone():
+    """With a horizon n, A_t = Σ_{l=0}^{e-t} (γλ)^l δ_{t+l} up to its segment's last step e (or
+    an episode's end): GAE run on each n-step segment alone. Twin: the untruncated GAE."""
+    lam, n, steps = 0.8, 3, 8   # segments [0, 3), [3, 6), [6, 8): the last one shorter
+    rng = np.random.default_rng(0)
+    rewards, values, next_values = (jnp.asarray(rng.normal(size=(steps, 2)), jnp.float32)
+                                    for _ in range(3))
+    terminated = jnp.zeros((steps, 2), bool).at[4, 1].set(True)
+    truncated = jnp.zeros((steps, 2), bool).at[1, 0].set(True)
+    adv, targets = gae(rewards, values, next_values, terminated, truncated, GAMMA, lam, n)
+    segments = [gae(rewards[a:a + n], values[a:a + n], next_values[a:a + n],
+                    terminated[a:a + n], truncated[a:a + n], GAMMA, lam)[0]
+                for a in range(0, steps, n)]
+    np.testing.assert_allclose(np.asarray(adv), np.concatenate(segments), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(targets), np.asarray(adv + values), rtol=1e-6)
+    # by the formula, env 0 at t = 3 (no episode end in its segment [3, 6))
+    delta = np.asarray(rewards + GAMMA * next_values - values)[:, 0]
+    np.testing.assert_allclose(float(adv[3, 0]), sum((GAMMA * lam) ** k * delta[3 + k]
+                                                     for k in range(3)), rtol=1e-5)
+    whole, _ = gae(rewards, values, next_values, terminated, truncated, GAMMA, lam)
+    assert not np.allclose(np.asarray(whole), np.asarray(adv), rtol=1e-3)
+    # a horizon of the whole window is plain GAE; a horizon of 1 leaves the δ's
+    same, _ = gae(rewards, values, next_values, terminated, truncated, GAMMA, lam, steps)
+    np.testing.assert_allclose(np.asarray(same), np.asarray(whole), rtol=1e-6)
+    ones, _ = gae(rewards, values, next_values, terminated, truncated, GAMMA, lam, 1)
+    np.testing.assert_allclose(np.asarray(ones), np.asarray(
+        rewards + GAMMA * jnp.where(terminated, 0.0, next_values) - values), rtol=1e-6)
+
+
+def test_truncated_gae_horizon_is_checked():
+    from scorefn.rl import ppo
+
+    for bad in (0, -2, 2.5, "5"):
+        with pytest.raises(ValueError, match="horizon must be None or a positive int"):
+            gae(REWARDS, VALUES, NEXT_VALUES, TERMINATED, TRUNCATED, GAMMA, 0.9, bad)
+        with pytest.raises(ValueError, match="gae_horizon must be None or an int from 1"):
+            ppo.Config(num_steps=4, gae_horizon=bad)
+    with pytest.raises(ValueError, match=r"from 1 to num_steps \(4\), got 5"):
+        ppo.Config(num_steps=4, gae_horizon=5)
