@@ -303,16 +303,18 @@ def main():
     # Seed by seed, each side in turn: this machine's speed drifts by up to 25% over minutes,
     # so each seed's ratio compares runs made minutes apart, not a block of runs an hour apart.
     results["runs"] = []
-    weights_dir = tempfile.mkdtemp(prefix="scorefn_gpt2_")
-    for seed in args.seeds:
-        results["runs"] += scorefn_runs([seed], args.steps, weights_dir)
-        if not args.skip_peer:
-            results["runs"] += peer_runs("trl", args.peer_python, PEER, [seed], args.steps)
-            # TRL again from scorefn's warm start of this seed: rewards from an equal start
-            results["runs"] += peer_runs("trl_from_scorefn", args.peer_python, TRL_FROM, [seed],
-                                         args.steps, ["--weights", f"{weights_dir}/seed{seed}.npz"])
-        if args.tunix_python:
-            results["runs"] += peer_runs("tunix", args.tunix_python, TUNIX_PEER, [seed], args.steps)
+    with tempfile.TemporaryDirectory(prefix="scorefn_gpt2_") as weights_dir:
+        for seed in args.seeds:
+            results["runs"] += scorefn_runs([seed], args.steps, weights_dir)
+            if not args.skip_peer:
+                results["runs"] += peer_runs("trl", args.peer_python, PEER, [seed], args.steps)
+                # TRL again from scorefn's warm start of this seed: rewards from an equal start
+                results["runs"] += peer_runs("trl_from_scorefn", args.peer_python, TRL_FROM,
+                                             [seed], args.steps,
+                                             ["--weights", f"{weights_dir}/seed{seed}.npz"])
+            if args.tunix_python:
+                results["runs"] += peer_runs("tunix", args.tunix_python, TUNIX_PEER, [seed],
+                                             args.steps)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=1))
     report(results)
