@@ -164,12 +164,12 @@ def run_scorefn(name: str, task: Task, evals: int, seed: int, log_dir: str,
 
 
 def side(library: str, name: str, task: Task, evals: int, seed: int, timeout: float,
-         networks: str, clip_actions: bool = False, unroll_gae: bool = False) -> dict:
-    """One side in a subprocess: its evaluation rows, status and wall seconds."""
+         networks: str, scorefn_options: dict | None = None) -> dict:
+    """One side in a subprocess: its evaluation rows, status and wall seconds;
+    ``scorefn_options`` are ``run_scorefn``'s keyword arguments (brax's side has none)."""
     log_dir = tempfile.mkdtemp(prefix="brax_ppo_")
     command = [sys.executable, __file__, "--worker", library, "--task", name, "--settings",
-               json.dumps([list(task), evals, seed, log_dir, networks, clip_actions,
-                           unroll_gae])]
+               json.dumps([list(task), evals, seed, log_dir, networks, scorefn_options or {}])]
     started = time.perf_counter()
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
@@ -244,12 +244,12 @@ def main(argv=None) -> int:
     parser.add_argument("--settings", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        task, evals, seed, log_dir, networks, clip_actions, unroll_gae = json.loads(args.settings)
+        task, evals, seed, log_dir, networks, scorefn_options = json.loads(args.settings)
         if args.worker == "brax":
             run_brax(args.task, Task(*task), evals, seed, networks)
         else:
-            run_scorefn(args.task, Task(*task), evals, seed, log_dir, networks, clip_actions,
-                        unroll_gae)
+            run_scorefn(args.task, Task(*task), evals, seed, log_dir, networks,
+                        **scorefn_options)
         return 0
 
     import jax
@@ -274,7 +274,8 @@ def main(argv=None) -> int:
         summaries = {}
         for library in args.libraries.split(","):
             result = side(library, name, task, evals, args.seed, args.timeout or task.timeout,
-                          args.networks, args.clip_actions, args.unroll_gae)
+                          args.networks, {"clip_actions": args.clip_actions,
+                                          "unroll_gae": args.unroll_gae})
             results[name][library] = result
             s = summaries[library] = summary(result, task.threshold)
             rate = f"{s['rate']:,.0f}" if s["rate"] else "–"
