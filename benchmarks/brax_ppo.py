@@ -97,8 +97,47 @@ def _restore_device_put_replicated() -> None:
     jax.device_put_replicated = device_put_replicated
 
 
-def run_brax(name: str, task: Task, evals: int, seed: int, networks: str) -> None:
-    """brax's PPO, printing one JSON row per evaluation as it comes."""
+def fresh_reset_wrap(env, episode_length: int, action_repeat: int, randomization_fn=None):
+    """brax's training wrappers (``brax.envs.training.wrap``) with one change: an ended
+    episode restarts from a fresh initial state, drawn with a key carried in the state,
+    instead of from the environment's first one (``AutoResetWrapper`` keeps each
+    environment's first reset and returns to it), as scorefn's brax environments do."""
+    import jax
+    import jax.numpy as jnp
+    from brax.envs.wrappers import training
+
+    if randomization_fn is not None:
+        raise ValueError("fresh_reset_wrap: domain randomisation is not supported")
+
+    class FreshResetWrapper(training.AutoResetWrapper):
+        def reset(self, rng):
+            state = self.env.reset(rng)
+            state.info["reset_rng"] = rng
+            return state
+
+        def step(self, state, action):
+            state.info.update(steps=jnp.where(state.done, 0.0, state.info["steps"]))
+            state = self.env.step(state.replace(done=jnp.zeros_like(state.done)), action)
+            keys = jax.vmap(jax.random.split)(state.info["reset_rng"])
+            fresh = self.env.reset(keys[:, 1])
+            state.info["reset_rng"] = keys[:, 0]
+
+            def where_done(new, old):
+                return jnp.where(state.done.reshape((-1,) + (1,) * (old.ndim - 1)), new, old)
+
+            return state.replace(
+                pipeline_state=jax.tree.map(where_done, fresh.pipeline_state,
+                                            state.pipeline_state),
+                obs=jax.tree.map(where_done, fresh.obs, state.obs))
+
+    env = training.EpisodeWrapper(training.VmapWrapper(env), episode_length, action_repeat)
+    return FreshResetWrapper(env)
+
+
+def run_brax(name: str, task: Task, evals: int, seed: int, networks: str,
+             fresh_resets: bool = False) -> None:
+    """brax's PPO, printing one JSON row per evaluation as it comes; ``fresh_resets``:
+    its training environments restart from fresh initial states (``fresh_reset_wrap``)."""
     import functools
 
     import flax.linen as nn
@@ -129,7 +168,8 @@ def run_brax(name: str, task: Task, evals: int, seed: int, networks: str) -> Non
               entropy_cost=COMMON["entropy"], max_grad_norm=COMMON["max_grad_norm"],
               normalize_observations=True, reward_scaling=10.0, episode_length=1000,
               num_evals=evals, num_eval_envs=EVAL_EPISODES, deterministic_eval=True,
-              network_factory=network, seed=seed, progress_fn=progress)
+              network_factory=network, seed=seed, progress_fn=progress,
+              wrap_env_fn=fresh_reset_wrap if fresh_resets else None)
 
 
 def run_scorefn(name: str, task: Task, evals: int, seed: int, log_dir: str,
@@ -164,12 +204,12 @@ def run_scorefn(name: str, task: Task, evals: int, seed: int, log_dir: str,
 
 
 def side(library: str, name: str, task: Task, evals: int, seed: int, timeout: float,
-         networks: str, scorefn_options: dict | None = None) -> dict:
+         networks: str, options: dict | None = None) -> dict:
     """One side in a subprocess: its evaluation rows, status and wall seconds;
-    ``scorefn_options`` are ``run_scorefn``'s keyword arguments (brax's side has none)."""
+    ``options`` are the side's own keyword arguments (``run_brax``'s or ``run_scorefn``'s)."""
     log_dir = tempfile.mkdtemp(prefix="brax_ppo_")
     command = [sys.executable, __file__, "--worker", library, "--task", name, "--settings",
-               json.dumps([list(task), evals, seed, log_dir, networks, scorefn_options or {}])]
+               json.dumps([list(task), evals, seed, log_dir, networks, options or {}])]
     started = time.perf_counter()
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
@@ -237,6 +277,11 @@ def main(argv=None) -> int:
     parser.add_argument("--unroll-gae", action="store_true",
                         help="scorefn's GAE truncated to 5-step segments, as brax's over its "
                              "unrolls (gae_horizon=5), instead of over the 80 steps")
+    parser.add_argument("--fresh-resets", action="store_true",
+                        help="brax's training environments restart from fresh initial states "
+                             "(as scorefn's), not from each one's first (brax's AutoReset)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="env steps asked for (default per task: TASKS)")
     parser.add_argument("--libraries", default="brax,scorefn",
                         help="the sides to run, comma-separated (one alone: to rerun it)")
     parser.add_argument("--worker", choices=("brax", "scorefn"), help=argparse.SUPPRESS)
@@ -244,12 +289,11 @@ def main(argv=None) -> int:
     parser.add_argument("--settings", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        task, evals, seed, log_dir, networks, scorefn_options = json.loads(args.settings)
+        task, evals, seed, log_dir, networks, options = json.loads(args.settings)
         if args.worker == "brax":
-            run_brax(args.task, Task(*task), evals, seed, networks)
+            run_brax(args.task, Task(*task), evals, seed, networks, **options)
         else:
-            run_scorefn(args.task, Task(*task), evals, seed, log_dir, networks,
-                        **scorefn_options)
+            run_scorefn(args.task, Task(*task), evals, seed, log_dir, networks, **options)
         return 0
 
     import jax
@@ -262,6 +306,8 @@ def main(argv=None) -> int:
     if not set(args.libraries.split(",")) <= {"brax", "scorefn"}:
         parser.error(f"--libraries: brax, scorefn or both; got {args.libraries!r}")
     evals = args.evals or (4 if args.quick else EVALS)
+    options = {"brax": {"fresh_resets": args.fresh_resets},
+               "scorefn": {"clip_actions": args.clip_actions, "unroll_gae": args.unroll_gae}}
     results = {}
     lines = [f"brax PPO against scorefn PPO ({'quick' if args.quick else 'full'} run), "
              f"{time.strftime('%Y-%m-%d')}, device {jax.devices()[0]}, {versions()}", "",
@@ -269,13 +315,12 @@ def main(argv=None) -> int:
              "call s | first eval ≥ threshold: steps, s | last eval: steps, return | status |",
              "|---|---|---|---|---|---|---|---|---|"]
     for name in names:
-        task = table[name]
+        task = table[name]._replace(steps=args.steps) if args.steps else table[name]
         results[name] = {}
         summaries = {}
         for library in args.libraries.split(","):
             result = side(library, name, task, evals, args.seed, args.timeout or task.timeout,
-                          args.networks, {"clip_actions": args.clip_actions,
-                                          "unroll_gae": args.unroll_gae})
+                          args.networks, options[library])
             results[name][library] = result
             s = summaries[library] = summary(result, task.threshold)
             rate = f"{s['rate']:,.0f}" if s["rate"] else "–"

@@ -20,6 +20,7 @@ check against ``scorefn.rl.policy_gradient.policy_gradient``.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -89,14 +90,25 @@ def rollout_data(batch: Transition, gamma: float, gae_lambda: float,
 
 def loss(params: Any, policy: ActorCritic, data: dict[str, jax.Array], *,
          clip_eps: float | None, value_coef: float, entropy_coef: float,
-         normalize_advantages: bool, clip_value: float | None = None
+         normalize_advantages: bool, clip_value: float | None = None,
+         advantages: Callable[[Any, jax.Array], tuple[jax.Array, jax.Array]] | None = None
          ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """L(θ, φ) above on a minibatch ``data`` (``rollout_data``'s keys), and its parts:
     ``policy_loss`` (−L^CLIP), ``value_loss``, ``entropy``; with ``clip_eps`` (PPO) also
     ``approx_kl`` (Schulman's k3 estimate of KL(π_old ‖ π_θ)) and ``clip_fraction`` (the
-    share of |ρ − 1| > ε, SB3's). ``clip_eps=None``: the on-policy step (A2C), ρ = 1."""
+    share of |ρ − 1| > ε, SB3's). ``clip_eps=None``: the on-policy step (A2C), ρ = 1.
+
+    ``advantages``: None to take Â and V^target from ``data``; else a function of the
+    critic's parameters and its values V_φ(s_n) (both held constant) that returns them, for
+    advantages from the critic being trained (PPO's per-minibatch GAE), its forward pass
+    shared with L^V."""
     dist = policy.dist(params["policy"], data["obs"])
-    advantages = data["advantage"]
+    values = policy.value(params["value"], data["obs"])
+    if advantages is None:
+        advantages, targets = data["advantage"], data["target"]
+    else:
+        advantages, targets = advantages(jax.lax.stop_gradient(params["value"]),
+                                         jax.lax.stop_gradient(values))
     if normalize_advantages:
         advantages = standardized(advantages, ddof=1)  # torch's unbiased std, as SB3
     if clip_eps is None:
@@ -108,11 +120,10 @@ def loss(params: Any, policy: ActorCritic, data: dict[str, jax.Array], *,
         clip = (clip_eps, clip_eps)
     policy_loss = -jnp.mean(clipped_objective(log_ratio, advantages, clip))
 
-    values = policy.value(params["value"], data["obs"])
-    value_loss = (values - data["target"]) ** 2
+    value_loss = (values - targets) ** 2
     if clip_value is not None:
         clipped = data["value"] + jnp.clip(values - data["value"], -clip_value, clip_value)
-        value_loss = jnp.maximum(value_loss, (clipped - data["target"]) ** 2)
+        value_loss = jnp.maximum(value_loss, (clipped - targets) ** 2)
     value_loss = jnp.mean(value_loss)
     entropy = jnp.mean(policy.entropy(dist))
 

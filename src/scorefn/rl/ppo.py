@@ -15,9 +15,12 @@ the approximate KL(π_old ‖ π_θ) of a minibatch exceeds ``target_kl``, advan
 standardisation per minibatch, CleanRL's linear learning-rate annealing (``anneal_lr``):
 update i = 0, 1, ... of ``total_updates`` steps at α (1 − i / ``total_updates``), and at 0 past
 the last (``rl.train`` sets ``total_updates`` from ``total_steps``), and advantages computed
-again with the current critic before each epoch (``recompute_advantages``; Andrychowicz et
-al. 2021, "What Matters in On-Policy Reinforcement Learning?", recommend it; brax's PPO
-computes them with the current critic in every minibatch).
+again with the current critic (``recompute_advantages``; Andrychowicz et al. 2021, "What
+Matters in On-Policy Reinforcement Learning?", recommend it): before each epoch, or, with
+truncated GAE (``gae_horizon`` H), in each minibatch, as brax's PPO does. The minibatches are
+then made of whole H-step segments of one environment each, shuffled, and a minibatch's
+advantages are the segments' GAE under the critic being trained, its values those of the
+loss's own forward pass (one extra value per segment, at the observation that follows it).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import optax
 from scorefn.rl import actor_critic
 from scorefn.rl.actor_critic import State
 from scorefn.rl.networks import ActorCritic
+from scorefn.rl.returns import gae
 from scorefn.rl.rollout import Transition
 
 
@@ -51,7 +55,8 @@ class Config(actor_critic.Config):
     target_kl: float | None = None
     normalize_advantages: bool = True
     anneal_lr: bool = False
-    recompute_advantages: bool = False  # GAE again with the current critic before each epoch
+    # GAE again with the current critic: before each epoch, or per minibatch with gae_horizon
+    recompute_advantages: bool = False
     total_updates: int = 0  # of the annealing; rl.train fills it in from total_steps
 
     def __post_init__(self):
@@ -59,6 +64,12 @@ class Config(actor_critic.Config):
         if self.anneal_lr and self.target_kl is not None:
             raise ValueError("anneal_lr counts optimiser steps (num_epochs × minibatches per "
                              "update), which target_kl's early stop skips: use one or the other")
+        if self.recompute_advantages and self.gae_horizon is not None and (
+                self.num_steps % self.gae_horizon or self.minibatch_size % self.gae_horizon):
+            raise ValueError(
+                "recompute_advantages with gae_horizon computes advantages per minibatch of "
+                f"whole {self.gae_horizon}-step segments: num_steps ({self.num_steps}) and "
+                f"minibatch_size ({self.minibatch_size}) must be multiples of gae_horizon")
 
 
 episodic = False
@@ -97,13 +108,32 @@ def init(key: jax.Array, policy: ActorCritic, env: Any, config: Config) -> State
     return actor_critic.init(key, policy, env, optimizer(config))
 
 
+def per_minibatch(config: Config) -> bool:
+    """Whether the advantages are computed in each minibatch (of whole segments)."""
+    return config.recompute_advantages and config.gae_horizon is not None
+
+
 def minibatch_step(policy: ActorCritic, config: Config, state: State, minibatch: dict
                    ) -> tuple[State, dict]:
-    """One optimiser step on the loss of one minibatch; the loss's parts as metrics."""
+    """One optimiser step on the loss of one minibatch (of steps, or of ``segments``); the
+    loss's parts as metrics."""
+    advantages = None
+    if "end_obs" in minibatch:
+        segment_data = minibatch
+        minibatch = {name: segment_data[name].reshape((-1,) + segment_data[name].shape[2:])
+                     for name in ("obs", "action", "log_prob", "value")}
+
+        def advantages(value_params, values):
+            advantage, target = segment_advantages(
+                policy, value_params, values.reshape(segment_data["reward"].shape),
+                segment_data, config)
+            return advantage.reshape(-1), target.reshape(-1)
+
     (_, metrics), grads = jax.value_and_grad(actor_critic.loss, has_aux=True)(
         state.params, policy, minibatch, clip_eps=config.clip_eps,
         value_coef=config.value_coef, entropy_coef=config.entropy_coef,
-        normalize_advantages=config.normalize_advantages, clip_value=config.clip_value)
+        normalize_advantages=config.normalize_advantages, clip_value=config.clip_value,
+        advantages=advantages)
     updates, opt_state = optimizer(config).update(grads, state.opt_state, state.params)
     return State(optax.apply_updates(state.params, updates), opt_state), metrics
 
@@ -123,22 +153,74 @@ def fresh_advantages(policy: ActorCritic, value_params: Any, batch: Transition,
     return {"advantage": data["advantage"], "target": data["target"]}
 
 
+def segments(batch: Transition, horizon: int) -> dict[str, jax.Array]:
+    """The rollout (T, N) cut into its K·N segments of H = ``horizon`` steps of one
+    environment (K = T / H), as (K·N, H, ...) arrays of the fields the loss and
+    ``segment_advantages`` read; ``end_obs`` (K·N, ...) is the observation after each
+    segment's last step, s_{t+1} of its environment, and ``end_kept`` is False for the
+    window's last segments, whose s_{t+1} the rollout did not keep."""
+    steps, num_envs = batch.reward.shape
+    count = steps // horizon
+
+    def cut(x):
+        x = x.reshape((count, horizon, num_envs) + x.shape[2:])
+        return jnp.moveaxis(x, 2, 1).reshape((count * num_envs, horizon) + x.shape[3:])
+
+    # s_{kH} for the segments k = 1..K-1 follows segment k - 1; the last ones get s_0 as a
+    # stand-in, never read (end_kept)
+    end_obs = jnp.concatenate([batch.obs[horizon::horizon], batch.obs[:1]])
+    end_kept = jnp.broadcast_to((jnp.arange(count) < count - 1)[:, None], (count, num_envs))
+    return {**{name: cut(getattr(batch, name)) for name in (
+                "obs", "action", "log_prob", "value", "reward", "terminated", "truncated",
+                "next_value")},
+            "end_obs": end_obs.reshape((count * num_envs,) + end_obs.shape[2:]),
+            "end_kept": end_kept.reshape(-1)}
+
+
+def segment_advantages(policy: ActorCritic, value_params: Any, values: jax.Array,
+                       data: dict[str, jax.Array], config: Config
+                       ) -> tuple[jax.Array, jax.Array]:
+    """GAE(λ) advantages and targets, (S, H), of S ``segments`` under the critic
+    ``value_params``, whose values V(s_t) there are ``values``: V(s'_t) = V(s_{t+1}) within
+    an episode, V(``end_obs``) after a segment's last step; where an episode was truncated,
+    and at the window's end, the value recorded in the rollout (as ``fresh_advantages``)."""
+    end_values = policy.value(value_params, data["end_obs"])
+    following = jnp.concatenate([values[:, 1:], end_values[:, None]], axis=1)
+    within = ~(data["terminated"] | data["truncated"])
+    within = within.at[:, -1].set(within[:, -1] & data["end_kept"])
+    next_values = jnp.where(within, following, data["next_value"])
+    advantages, targets = gae(data["reward"].T, values.T, next_values.T, data["terminated"].T,
+                              data["truncated"].T, config.gamma, config.gae_lambda)
+    return advantages.T, targets.T
+
+
 def update(state: State, batch: Transition, key: jax.Array, policy: ActorCritic,
            config: Config) -> tuple[State, dict]:
-    data = actor_critic.rollout_data(batch, config.gamma, config.gae_lambda, config.gae_horizon)
-    n = data["advantage"].shape[0]
-    num_minibatches = max(1, n // config.minibatch_size)
+    if per_minibatch(config):  # minibatches of whole segments, advantages in the loss
+        data = segments(batch, config.gae_horizon)
+        size = config.minibatch_size // config.gae_horizon
+    else:
+        data = actor_critic.rollout_data(batch, config.gamma, config.gae_lambda,
+                                         config.gae_horizon)
+        size = config.minibatch_size
+    n = data["obs"].shape[0]
+    num_minibatches = max(1, n // size)
 
-    def epoch(carry, key):
+    def epoch(carry, step):
         state, stopped = carry
+        index, key = step
         data_now = data
-        if config.recompute_advantages:
-            data_now = {**data, **fresh_advantages(policy, state.params["value"], batch,
-                                                   config)}
-        if n == config.minibatch_size:  # the whole batch: its mean loss needs no shuffle
+        if config.recompute_advantages and not per_minibatch(config):
+            # The first epoch's critic is the rollout's, whose advantages ``data`` holds. The
+            # index is the same for every seed, so under vmap this stays a branch.
+            data_now = {**data, **jax.lax.cond(
+                index == 0, lambda _: {name: data[name] for name in ("advantage", "target")},
+                lambda value_params: fresh_advantages(policy, value_params, batch, config),
+                state.params["value"])}
+        if n == size:  # the whole batch: its mean loss needs no shuffle
             shuffled = jax.tree.map(lambda x: x[None], data_now)
         else:
-            order = jax.random.permutation(key, n)[: num_minibatches * config.minibatch_size]
+            order = jax.random.permutation(key, n)[: num_minibatches * size]
             shuffled = jax.tree.map(
                 lambda x: x[order].reshape((num_minibatches, -1) + x.shape[1:]), data_now)
 
@@ -155,8 +237,9 @@ def update(state: State, batch: Transition, key: jax.Array, policy: ActorCritic,
         (state, stopped), metrics = jax.lax.scan(minibatch, (state, stopped), shuffled)
         return (state, stopped), metrics
 
-    (state, stopped), metrics = jax.lax.scan(epoch, (state, jnp.array(False)),
-                                             jax.random.split(key, config.num_epochs))
+    (state, stopped), metrics = jax.lax.scan(
+        epoch, (state, jnp.array(False)),
+        (jnp.arange(config.num_epochs), jax.random.split(key, config.num_epochs)))
     metrics = jax.tree.map(jnp.mean, metrics)
     metrics["early_stopped"] = stopped
     return state, metrics

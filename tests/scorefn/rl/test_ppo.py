@@ -110,3 +110,82 @@ def test_ppo_with_recomputed_advantages_trains_otherwise_from_its_second_epoch()
                     jax.tree.leaves(rl.train("CartPole-v1", "ppo", recompute_advantages=True,
                                              **first_epoch).params)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def _cut(x, horizon, num_envs):
+    """(T·N,) in time-major order → (K·N, H), segment k of environment n at row k·N + n."""
+    x = np.asarray(x).reshape(-1, horizon, num_envs)
+    return x.transpose(0, 2, 1).reshape(-1, horizon)
+
+
+def test_per_minibatch_advantages_are_the_truncated_gae_under_the_critic_being_trained():
+    """With ``gae_horizon`` H, ``recompute_advantages`` computes GAE per segment from the
+    loss's own values: the same as the truncated GAE of the whole rollout under that critic
+    (``fresh_advantages``), cut into segments; truncations, mid-segment and at a segment's
+    end, keep the recorded V(s'). Twin: bootstrapping every segment's end from the recorded
+    V(s'), the rollout's critic, gives other advantages."""
+    from scorefn.rl.actor_critic import rollout_data
+    from scorefn.rl.rollout import jax_reset, jax_rollout
+
+    env = rl.make("CartPole-v1")
+    policy = rl.ActorCritic(env.action_space, hidden=(8,))
+    params = policy.init(jax.random.key(0), env.obs_shape)
+    steps, num_envs, horizon = 64, 4, 8
+    _, batch, _ = jax_rollout(env, policy, params, jax_reset(env, jax.random.key(1), num_envs),
+                              jax.random.key(2), steps)
+    truncated = batch.truncated.at[10, 0].set(True).at[15, 1].set(True)
+    batch = batch._replace(truncated=truncated, terminated=batch.terminated & ~truncated)
+    assert bool(batch.terminated.any())
+    config = ppo.Config(num_envs=num_envs, num_steps=steps, minibatch_size=32, gamma=0.97,
+                        gae_lambda=0.9, gae_horizon=horizon, recompute_advantages=True)
+    data = ppo.segments(batch, horizon)
+    assert data["obs"].shape == (steps // horizon * num_envs, horizon) + env.obs_shape
+    assert int(data["end_kept"].sum()) == (steps // horizon - 1) * num_envs
+
+    def per_segment(value_params, data=data):
+        return ppo.segment_advantages(policy, value_params,
+                                      policy.value(value_params, data["obs"]), data, config)
+
+    # the rollout's critic: the rollout's truncated GAE
+    advantage, target = per_segment(params["value"])
+    recorded = rollout_data(batch, config.gamma, config.gae_lambda, horizon)
+    np.testing.assert_allclose(advantage, _cut(recorded["advantage"], horizon, num_envs),
+                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(target, _cut(recorded["target"], horizon, num_envs),
+                               rtol=1e-5, atol=1e-5)
+    # another critic: the rollout's GAE under it
+    other = policy.init(jax.random.key(3), env.obs_shape)["value"]
+    advantage, target = per_segment(other)
+    fresh = ppo.fresh_advantages(policy, other, batch, config)
+    np.testing.assert_allclose(advantage, _cut(fresh["advantage"], horizon, num_envs),
+                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(target, _cut(fresh["target"], horizon, num_envs),
+                               rtol=1e-5, atol=1e-5)
+    stale_ends, _ = per_segment(other, {**data, "end_kept": jnp.zeros_like(data["end_kept"])})
+    assert not np.allclose(stale_ends, advantage, atol=1e-3)
+
+
+def test_ppo_with_per_minibatch_advantages_is_the_plain_update_in_one_full_epoch():
+    """One epoch on the whole batch: the critic is the rollout's throughout, so per-minibatch
+    advantages give the update of the rollout's truncated GAE; from the second epoch on the
+    critic has moved and the updates differ (twin)."""
+    base = dict(seed=0, total_steps=256, progress=False, num_epochs=1, gae_horizon=8,
+                minibatch_size=256)  # CartPole's 8 environments × 32 steps
+    plain = rl.train("CartPole-v1", "ppo", **base)
+    segmented = rl.train("CartPole-v1", "ppo", recompute_advantages=True, **base)
+    for a, b in zip(jax.tree.leaves(plain.params), jax.tree.leaves(segmented.params)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    two = dict(base, num_epochs=2)
+    plain = rl.train("CartPole-v1", "ppo", **two)
+    segmented = rl.train("CartPole-v1", "ppo", recompute_advantages=True, **two)
+    assert np.isfinite(segmented.history[-1]["eval_mean"])
+    assert not all(np.allclose(a, b, atol=1e-6) for a, b in zip(
+        jax.tree.leaves(plain.params), jax.tree.leaves(segmented.params)))
+
+
+def test_per_minibatch_advantages_need_whole_segments():
+    with pytest.raises(ValueError, match=r"minibatch_size \(30\) must be multiples of gae_"):
+        ppo.Config(num_steps=32, minibatch_size=30, gae_horizon=8, recompute_advantages=True)
+    with pytest.raises(ValueError, match=r"num_steps \(30\)"):
+        ppo.Config(num_steps=30, minibatch_size=32, gae_horizon=8, recompute_advantages=True)
+    ppo.Config(num_steps=30, minibatch_size=32, gae_horizon=8)  # before each epoch: any sizes
