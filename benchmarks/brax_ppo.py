@@ -8,17 +8,19 @@ default ones, a policy of 4 × 32 and a value function of 5 × 256 with silu; br
 them through its ``network_factory``), gradients clipped at norm 0.5, a constant learning rate
 and brax's weight of the value loss (0.25 × the mean squared error). One update is
 ``num_envs × 80`` env steps on both sides: brax collects 16 unrolls of 5 steps per
-environment, scorefn 80 steps per environment. Both normalise observations (brax's running
-statistics; scorefn's ``normalize_observations``), both squash a Gaussian with tanh (brax's
-default; scorefn's ``squash_actions``, or with ``--clip-actions`` a Gaussian clipped to
-[-1, 1]), and both take advantages from the current critic (brax in every minibatch,
-scorefn before each epoch: ``recompute_advantages``). What stays each side's own: brax
-scales rewards by 10 (its notebook's setting; scorefn's reward scaling is for gymnasium);
-brax's scale is softplus of a free parameter (initially 1), scorefn's σ the exponential of
-one (initially 0); each side keeps its own initialisation; brax's GAE runs over each 5-step
-unroll, scorefn's over the 80 steps (with ``--unroll-gae`` truncated to 5-step segments as
-brax's: ``gae_horizon=5``), and brax does not bootstrap at the time limit (its default),
-scorefn does.
+environment, scorefn 80 steps per environment, cut into 16 segments of 5. Both normalise
+observations (running statistics, updated with each batch before the update trains on it),
+both squash a Gaussian with tanh (brax's default; scorefn's ``squash_actions``, or with
+``--clip-actions`` a Gaussian clipped to [-1, 1]), and both compute the advantages in every
+minibatch of whole 5-step segments with the critic being trained (scorefn's
+``recompute_advantages`` with ``gae_horizon=5``; with ``--advantages epoch``, GAE over the
+80 steps, recomputed before each epoch instead). What stays each side's own: brax scales
+rewards by 10 (its notebook's setting; scorefn's reward scaling is for gymnasium); brax's
+scale is softplus of a free parameter (initially 1), scorefn's σ the exponential of one
+(initially 0); each side keeps its own initialisation; brax's policy advantage is
+r_t + γ v_{t+1} − V(s_t) with v the λ-return (V-trace's form), scorefn's GAE; brax resets an
+ended episode to its environment's first initial state (``--fresh-resets``: fresh ones, as
+scorefn's), and does not bootstrap at the time limit (its default), scorefn does.
 
 Reported per task: env steps per second of training once compiled (between the second and
 the last evaluation after training began; rollouts and updates, the evaluations (128
@@ -31,9 +33,9 @@ process, bounded by ``--timeout``; a side cut short reports the evaluations it r
 
     python benchmarks/brax_ppo.py --networks brax --out brax.md   # on a GPU
     python benchmarks/brax_ppo.py --quick --out /tmp/brax.md      # small sizes, for a CPU
-    # InvertedPendulum in full on a CPU (about 14 minutes on 2 cores)
+    # InvertedPendulum on a CPU, an evaluation after each update (about 9 minutes on 2 cores)
     python benchmarks/brax_ppo.py --tasks inverted_pendulum --networks brax --evals 11 \
-        --timeout 600 --seed 0 --out ip.md
+        --steps 1638400 --timeout 600 --seed 0 --out ip.md
 """
 
 from __future__ import annotations
@@ -173,7 +175,8 @@ def run_brax(name: str, task: Task, evals: int, seed: int, networks: str,
 
 
 def run_scorefn(name: str, task: Task, evals: int, seed: int, log_dir: str,
-                networks: str, clip_actions: bool = False, unroll_gae: bool = False) -> None:
+                networks: str, clip_actions: bool = False, advantages: str = "minibatch"
+                ) -> None:
     """scorefn's PPO with the same settings; its rows go to ``log_dir/metrics.jsonl``."""
     from scorefn import rl
 
@@ -198,8 +201,9 @@ def run_scorefn(name: str, task: Task, evals: int, seed: int, log_dir: str,
              anneal_lr=False, value_coef=0.25, normalize_observations=True,
              hidden=policy, value_hidden=value, activation=activation,
              squash_actions=not clip_actions,
-             # brax computes each minibatch's GAE with the current critic: the nearest here
-             recompute_advantages=True, gae_horizon=UNROLL if unroll_gae else None,
+             # brax's: each minibatch's advantages over its 5-step unrolls, current critic
+             recompute_advantages=True,
+             gae_horizon=UNROLL if advantages == "minibatch" else None,
              progress=False, log_dir=log_dir)
 
 
@@ -274,9 +278,9 @@ def main(argv=None) -> int:
     parser.add_argument("--clip-actions", action="store_true",
                         help="scorefn's policy: a Gaussian clipped to the bounds instead of "
                              "brax's tanh-squashed Gaussian (squash_actions)")
-    parser.add_argument("--unroll-gae", action="store_true",
-                        help="scorefn's GAE truncated to 5-step segments, as brax's over its "
-                             "unrolls (gae_horizon=5), instead of over the 80 steps")
+    parser.add_argument("--advantages", choices=("minibatch", "epoch"), default="minibatch",
+                        help="scorefn's advantages: in each minibatch over 5-step segments, "
+                             "as brax's (default), or over the 80 steps before each epoch")
     parser.add_argument("--fresh-resets", action="store_true",
                         help="brax's training environments restart from fresh initial states "
                              "(as scorefn's), not from each one's first (brax's AutoReset)")
@@ -307,7 +311,7 @@ def main(argv=None) -> int:
         parser.error(f"--libraries: brax, scorefn or both; got {args.libraries!r}")
     evals = args.evals or (4 if args.quick else EVALS)
     options = {"brax": {"fresh_resets": args.fresh_resets},
-               "scorefn": {"clip_actions": args.clip_actions, "unroll_gae": args.unroll_gae}}
+               "scorefn": {"clip_actions": args.clip_actions, "advantages": args.advantages}}
     results = {}
     lines = [f"brax PPO against scorefn PPO ({'quick' if args.quick else 'full'} run), "
              f"{time.strftime('%Y-%m-%d')}, device {jax.devices()[0]}, {versions()}", "",

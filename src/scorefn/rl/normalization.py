@@ -17,8 +17,10 @@ nearly the same factor.
 On gymnasium (``ObservationNormalizer``, numpy) the statistics take in each step's
 observations as they come; in a compiled run (``initial_stats``, ``normalized``,
 ``updated_stats``, JAX) they are fixed during a rollout, which the policy reads normalised by
-them, and take in the rollout's observations after it (brax's order). Both keep the same
-statistics, ``{"mean", "var", "count"}``, which checkpoints and evaluation use.
+them, and take in the rollout's observations after it; the update then trains on those
+observations normalised by the new statistics, which the next rollout reads (brax's order).
+Both keep the same statistics, ``{"mean", "var", "count"}``, which checkpoints and evaluation
+use.
 """
 
 from __future__ import annotations

@@ -61,9 +61,11 @@ def jax_rollout(env: JaxEnv, policy: ActorCritic, params: dict[str, Any], carry:
                 key: jax.Array, num_steps: int, obs_stats: dict[str, jax.Array] | None = None
                 ) -> tuple[EnvCarry, Transition, dict[str, jax.Array] | None]:
     """``num_steps`` steps of every environment, inside jit. With ``obs_stats``
-    (``scorefn.rl.normalization``) the policy and the critic read observations normalised by
-    them, as the transitions hold them, and the statistics returned have taken in the
-    rollout's observations; without, the observations are the environment's and None is
+    (``scorefn.rl.normalization``) the policy and the critic act on observations normalised
+    by them; the statistics returned have taken in the rollout's observations, and the
+    transitions hold the observations normalised by these (brax's order: the update trains on
+    what the next rollout will read; ``log_prob``, ``value`` and ``next_value`` stay those
+    computed when acting). Without, the observations are the environment's and None is
     returned."""
     num_envs = carry.obs.shape[0]
     normalize = (lambda o: o) if obs_stats is None else functools.partial(normalized, obs_stats)
@@ -85,7 +87,10 @@ def jax_rollout(env: JaxEnv, policy: ActorCritic, params: dict[str, Any], carry:
         return EnvCarry(state, obs, jnp.where(done, 0.0, total)), (transition, raw)
 
     carry, (transition, raw) = jax.lax.scan(one_step, carry, jax.random.split(key, num_steps))
-    return carry, transition, None if obs_stats is None else updated_stats(obs_stats, raw)
+    if obs_stats is None:
+        return carry, transition, None
+    obs_stats = updated_stats(obs_stats, raw)
+    return carry, transition._replace(obs=normalized(obs_stats, raw)), obs_stats
 
 
 class GymnasiumRunner:

@@ -92,3 +92,34 @@ def test_compiled_statistics_are_those_of_all_observations_taken_in():
     # planted: the last batch alone, as a forgetting update would keep, is far off
     alone = updated_stats(initial_stats((2,)), jnp.asarray(batches[-1]))
     assert not np.allclose(alone["var"], seen.var(0), rtol=0.05)
+
+
+def test_a_compiled_rollout_acts_on_the_old_statistics_and_trains_on_the_new():
+    """A compiled rollout acts on observations normalised by the statistics it was given and
+    hands the update the same observations normalised by the statistics after it, which the
+    next rollout acts on (brax's order): de-normalised by those, they give those statistics
+    again, and the recorded log-probabilities are the policy's at the old normalisation."""
+    import jax
+    import jax.numpy as jnp
+
+    from scorefn import rl
+    from scorefn.rl.rollout import jax_reset, jax_rollout
+    from scorefn.scores import log_prob
+
+    env = rl.make("CartPole-v1")
+    policy = rl.ActorCritic(env.action_space, hidden=(8,))
+    params = policy.init(jax.random.key(0), env.obs_shape)
+    params["policy"] = jax.tree.map(lambda p: 50.0 * p, params["policy"])  # logits of O(1)
+    old = {"mean": jnp.full(4, 0.5), "var": jnp.full(4, 4.0), "count": jnp.asarray(10.0)}
+    _, batch, new = jax_rollout(env, policy, params, jax_reset(env, jax.random.key(1), 4),
+                                jax.random.key(2), 32, old)
+    assert float(np.abs(batch.obs).max()) < 10.0  # no clipping: the map is invertible
+    raw = batch.obs * jnp.sqrt(new["var"] + 1e-8) + new["mean"]
+    again = updated_stats(old, raw)
+    for name in ("mean", "var", "count"):
+        np.testing.assert_allclose(again[name], new[name], rtol=1e-4, atol=1e-5)
+    acted = log_prob(policy.dist(params["policy"], normalized(old, raw)), batch.action)
+    np.testing.assert_allclose(batch.log_prob, acted, rtol=1e-4, atol=1e-5)
+    # twin: at the new normalisation the policy gives other log-probabilities
+    trained = log_prob(policy.dist(params["policy"], batch.obs), batch.action)
+    assert not np.allclose(batch.log_prob, trained, atol=1e-3)
