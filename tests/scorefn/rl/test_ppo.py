@@ -1,5 +1,6 @@
-"""PPO's learning-rate annealing (CleanRL's anneal_lr): the schedule, through optax, and its
-place in rl.train."""
+"""PPO's options: learning-rate annealing (CleanRL's anneal_lr: the schedule, through optax,
+and its place in rl.train) and advantages recomputed with the current critic, before each
+epoch or per minibatch of whole segments (brax's)."""
 
 import jax
 import jax.numpy as jnp
