@@ -5,6 +5,7 @@ import os
 
 import checkpoint_files
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from rounding_bounds import tanh_mlp_error_bound
@@ -99,11 +100,9 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
 
 
 @pytest.mark.parametrize("backend", ["gymnax", "gymnasium"])
-def test_next_value_is_the_value_of_the_observation_before_the_reset(backend):
-    """Inside an episode V(s'_t) = V(s_{t+1}); at an episode end s_{t+1} is the reset
-    observation, and next_value must be the value of the final one instead."""
-    import jax.numpy as jnp
-
+def test_next_value_is_the_next_steps_value_and_zero_after_a_termination(backend):
+    """Inside an episode V(s'_t) = V(s_{t+1}); at a termination s_{t+1} is the reset
+    observation, and next_value must be 0, the terminal state's value, instead."""
     from scorefn.rl.rollout import GymnasiumRunner, jax_reset, jax_rollout
 
     env = rl.make("CartPole-v1", backend, **({"num_envs": 2} if backend == "gymnasium" else {}))
@@ -117,7 +116,7 @@ def test_next_value_is_the_value_of_the_observation_before_the_reset(backend):
     done = np.asarray(batch.terminated | batch.truncated)[:-1]
     following = np.asarray(batch.value)[1:]
     next_value = np.asarray(batch.next_value)[:-1]
-    assert done.sum() >= 4  # a random policy ends several episodes in 200 steps
+    assert done.sum() >= 4 and np.asarray(batch.terminated)[:-1][done].all()
     # Two programs compute V(s_{t+1}); on a GPU one may multiply in TF32 and the other not:
     # each is within the forward-error bound of the exact value at the precision measured.
     obs = np.asarray(batch.obs)[1:]
@@ -125,9 +124,52 @@ def test_next_value_is_the_value_of_the_observation_before_the_reset(backend):
     assert np.all(np.abs(next_value[~done] - following[~done]) <= bound)
     # not vacuous: an off-by-one next_value, V(s_t), breaks the bound
     assert np.any(np.abs(np.asarray(batch.value)[:-1][~done] - following[~done]) > bound)
-    assert np.all(np.abs(next_value[done] - following[done]) > 1e-6)
+    np.testing.assert_array_equal(next_value[done], 0.0)
+    assert np.all(np.abs(following[done]) > 1e-6)  # the reset observation's value is not 0
     recomputed = policy.value(params["value"], jnp.asarray(obs[~done]))
     assert np.all(np.abs(next_value[~done] - recomputed) <= bound)
+
+
+class _Counter:
+    """A JAX environment whose observation counts the steps, (t / 10, 1); each episode is
+    truncated when it reaches t = 3 (its final observation (0.3, 1)), never terminated."""
+
+    backend, id, obs_shape, max_episode_steps = "gymnax", "counter", (2,), 3
+
+    def __init__(self):
+        from scorefn.rl.envs import Space
+
+        self.action_space = Space(True, num_actions=2)
+
+    def reset(self, key):
+        return jnp.array([0.0, 1.0]), jnp.zeros((), jnp.int32)
+
+    def step(self, key, state, action):
+        t = state + 1
+        final = jnp.stack([t / 10.0, 1.0])
+        truncated = t >= 3
+        obs = jnp.where(truncated, jnp.array([0.0, 1.0]), final)
+        return obs, jnp.where(truncated, 0, t), jnp.float32(1.0), jnp.array(False), truncated, final
+
+
+def test_a_truncated_step_records_the_value_of_its_final_observation():
+    """Truncated: next_value is V of the observation reached, (0.3, 1), not of the reset
+    observation that follows it (twin), nor 0; the window's last step continues from s_T."""
+    from scorefn.rl.rollout import jax_reset, jax_rollout
+
+    env = _Counter()
+    policy = rl.ActorCritic(env.action_space, hidden=(8,))
+    params = policy.init(jax.random.key(0), env.obs_shape)
+    carry, batch, _ = jax_rollout(env, policy, params, jax_reset(env, jax.random.key(1), 2),
+                                  jax.random.key(2), 7)
+    truncated = np.asarray(batch.truncated)
+    assert truncated[[2, 5]].all() and truncated.sum() == 4
+    final, reset = (policy.value(params["value"], jnp.array([[x, 1.0]]))[0] for x in (0.3, 0.0))
+    next_value = np.asarray(batch.next_value)
+    np.testing.assert_allclose(next_value[truncated], float(final), rtol=1e-5)
+    assert abs(float(final) - float(reset)) > 1e-4
+    np.testing.assert_allclose(next_value[-1], policy.value(params["value"], carry.obs),
+                               rtol=1e-5)
 
 
 def test_ppo_options_value_clipping_and_kl_early_stop():
