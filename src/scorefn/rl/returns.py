@@ -1,8 +1,7 @@
 r"""Returns and advantages over a rollout of shape (T, num_envs), time first.
 
 Every step records ``next_value`` = V(s'_t), the value of the observation the step reached
-(before any reset), 0 where the step terminated (s'_t is terminal). Then, with
-d_t = terminated_t or truncated_t:
+(before any reset). Then, with d_t = terminated_t or truncated_t:
 
 - discounted reward-to-go, cut at episode ends and bootstrapped where the episode was
   truncated or where the rollout window ends:

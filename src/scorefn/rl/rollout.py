@@ -35,7 +35,7 @@ class Transition(NamedTuple):
     truncated: jax.Array
     log_prob: jax.Array  # log π_old(a | s), for importance ratios
     value: jax.Array  # V(s)
-    next_value: jax.Array  # V(s'), s' the observation reached before any reset; 0 if terminal
+    next_value: jax.Array  # V(s'), s' the observation reached before any reset
     episode_return: jax.Array  # the finished episode's undiscounted return where d, else 0
 
 
@@ -78,25 +78,15 @@ def jax_rollout(env: JaxEnv, policy: ActorCritic, params: dict[str, Any], carry:
         action, log_prob, value = act(policy, params, seen, key_act)
         obs, state, reward, terminated, truncated, final_obs = jax.vmap(env.step)(
             jax.random.split(key_env, num_envs), carry.state, policy.env_action(action))
-        # V(s') inside an episode is the next step's V(s_{t+1}), taken after the loop, and 0
-        # after a termination: the critic reads the final observations only in a step where
-        # an episode was truncated, rare (under vmap over seeds both branches run).
-        truncated_value = jax.lax.cond(
-            jnp.any(truncated), lambda o: policy.value(params["value"], normalize(o)),
-            lambda o: jnp.zeros_like(value), final_obs)
+        next_value = policy.value(params["value"], normalize(final_obs))
         done = jnp.logical_or(terminated, truncated)
         total = carry.episode_return + reward
         transition = Transition(seen, action, reward, terminated, truncated, log_prob, value,
-                                truncated_value, jnp.where(done, total, 0.0))
+                                next_value, jnp.where(done, total, 0.0))
         raw = None if obs_stats is None else carry.obs  # for the statistics, when normalising
         return EnvCarry(state, obs, jnp.where(done, 0.0, total)), (transition, raw)
 
     carry, (transition, raw) = jax.lax.scan(one_step, carry, jax.random.split(key, num_steps))
-    last_value = policy.value(params["value"], normalize(carry.obs))  # V(s_T)
-    following = jnp.concatenate([transition.value[1:], last_value[None]])
-    transition = transition._replace(next_value=jnp.where(
-        transition.terminated, 0.0,
-        jnp.where(transition.truncated, transition.next_value, following)))
     if obs_stats is None:
         return carry, transition, None
     obs_stats = updated_stats(obs_stats, raw)
@@ -154,7 +144,7 @@ class GymnasiumRunner:
             batch["log_prob"][t], batch["value"][t] = log_prob, value
             total = self.episode_return + reward
             if done.any():
-                for i in np.flatnonzero(truncated):  # the last observation, as the policy reads it
+                for i in np.flatnonzero(done):  # the last observation, as the policy reads it
                     finals[(t, i)] = (final[i] if self.observations is None
                                       else self.observations(final[i:i + 1], update=False)[0])
                 batch["episode_return"][t] = np.where(done, total, 0.0)
@@ -164,8 +154,8 @@ class GymnasiumRunner:
             self.episode_return = total.astype(np.float32)
             self.obs = obs
         # V(s'_t) is the next step's V(s_{t+1}) inside an episode (already computed when
-        # acting) and 0 after a termination: only truncations and the window's last step need
-        # the critic again, in one call, instead of one jitted call per step.
+        # acting): only episode ends and the window's last step need the critic again, in
+        # one call, instead of one jitted call per step.
         values = batch["value"]
         ends = np.zeros((num_steps,) + self.obs.shape, np.float32)
         ends[-1] = self.obs  # the window's last step continues from here
@@ -176,7 +166,6 @@ class GymnasiumRunner:
         next_values = np.concatenate([values[1:], end_values[-1:]])
         for (t, i) in finals:
             next_values[t, i] = end_values[t, i]
-        next_values[batch["terminated"]] = 0.0
         batch["next_value"] = next_values
         return Transition(**{name: jnp.asarray(batch[name]) for name in Transition._fields})
 
