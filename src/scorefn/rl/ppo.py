@@ -118,7 +118,7 @@ def minibatch_step(policy: ActorCritic, config: Config, state: State, minibatch:
     """One optimiser step on the loss of one minibatch (of steps, or of ``segments``); the
     loss's parts as metrics."""
     advantages = None
-    if "end_obs" in minibatch:
+    if per_minibatch(config):  # a minibatch of ``segments``, advantages inside the loss
         segment_data = minibatch
         minibatch = {name: segment_data[name].reshape((-1,) + segment_data[name].shape[2:])
                      for name in ("obs", "action", "log_prob", "value")}
@@ -138,16 +138,25 @@ def minibatch_step(policy: ActorCritic, config: Config, state: State, minibatch:
     return State(optax.apply_updates(state.params, updates), opt_state), metrics
 
 
+def _next_values(values: jax.Array, end_values: jax.Array, end_kept: Any,
+                 terminated: jax.Array, truncated: jax.Array, recorded: jax.Array) -> jax.Array:
+    """V(s'_t), time first, under a critic whose values at s_t are ``values``: V(s_{t+1})
+    within an episode, ``end_values`` after the last step where ``end_kept``; where an episode
+    was truncated, and at an end not kept, the ``recorded`` V(s') of the rollout."""
+    following = jnp.concatenate([values[1:], end_values[None]])
+    within = ~(terminated | truncated)
+    within = within.at[-1].set(within[-1] & end_kept)
+    return jnp.where(within, following, recorded)
+
+
 def fresh_advantages(policy: ActorCritic, value_params: Any, batch: Transition,
                      config: Config) -> dict[str, jax.Array]:
     """GAE(λ) advantages and targets of ``batch`` under the critic ``value_params``: V(s_t)
     anew, and V(s'_t) = V(s_{t+1}) anew within an episode; where an episode was truncated
     and at the window's end, where s' was not kept, the value recorded in the rollout."""
     values = policy.value(value_params, batch.obs)
-    following = jnp.concatenate([values[1:], batch.next_value[-1:]])
-    within = ~(batch.terminated | batch.truncated)
-    within = within.at[-1].set(False)
-    next_values = jnp.where(within, following, batch.next_value)
+    next_values = _next_values(values, batch.next_value[-1], False, batch.terminated,
+                               batch.truncated, batch.next_value)
     data = actor_critic.rollout_data(batch._replace(value=values, next_value=next_values),
                                      config.gamma, config.gae_lambda, config.gae_horizon)
     return {"advantage": data["advantage"], "target": data["target"]}
@@ -184,13 +193,13 @@ def segment_advantages(policy: ActorCritic, value_params: Any, values: jax.Array
     ``value_params``, whose values V(s_t) there are ``values``: V(s'_t) = V(s_{t+1}) within
     an episode, V(``end_obs``) after a segment's last step; where an episode was truncated,
     and at the window's end, the value recorded in the rollout (as ``fresh_advantages``)."""
-    end_values = policy.value(value_params, data["end_obs"])
-    following = jnp.concatenate([values[:, 1:], end_values[:, None]], axis=1)
-    within = ~(data["terminated"] | data["truncated"])
-    within = within.at[:, -1].set(within[:, -1] & data["end_kept"])
-    next_values = jnp.where(within, following, data["next_value"])
-    advantages, targets = gae(data["reward"].T, values.T, next_values.T, data["terminated"].T,
-                              data["truncated"].T, config.gamma, config.gae_lambda)
+    # time first, as the rollout: (H, S)
+    values, reward, terminated, truncated, recorded = (x.T for x in (
+        values, data["reward"], data["terminated"], data["truncated"], data["next_value"]))
+    next_values = _next_values(values, policy.value(value_params, data["end_obs"]),
+                               data["end_kept"], terminated, truncated, recorded)
+    advantages, targets = gae(reward, values, next_values, terminated, truncated, config.gamma,
+                              config.gae_lambda)
     return advantages.T, targets.T
 
 
