@@ -2,25 +2,27 @@
 
 Both sides get brax's tuned PPO settings for the task (brax's training notebook: 5-step
 unrolls, 32 minibatches, 4 epochs, Adam at 3e-4, γ 0.97, GAE 0.95, clip 0.3, entropy 1e-2,
-2,048 environments (Ant: 4,096) and batches of 1,024 (2,048) unrolls) and the same
-networks (``--networks``: tanh MLPs of 64 × 64 for the policy and the value, or brax's
-default ones, a policy of 4 × 32 and a value function of 5 × 256 with silu; brax is given
-them through its ``network_factory``), gradients clipped at norm 0.5, a constant learning rate
-and brax's weight of the value loss (0.25 × the mean squared error). One update is
-``num_envs × 80`` env steps on both sides: brax collects 16 unrolls of 5 steps per
-environment, scorefn 80 steps per environment, cut into 16 segments of 5. Both normalise
+2,048 environments (Ant: 4,096) and batches of 1,024 (2,048) unrolls) and the same networks
+(``--networks``: tanh MLPs of 64 × 64 for the policy and the value, or brax's default ones,
+a policy of 4 × 32 and a value function of 5 × 256 with silu; brax is given them through its
+``network_factory``) with brax's state-dependent scale, σ = softplus(x) + 0.001 for the
+policy network's second half of outputs x (scorefn's ``state_dependent_std`` with
+``std_transform="softplus"`` and σ₀ = softplus(0) + 0.001), gradients clipped at norm 0.5, a
+constant learning rate and brax's weight of the value loss (0.25 × the mean squared error).
+One update is ``num_envs × 80`` env steps on both sides: brax collects 16 unrolls of 5 steps
+per environment, scorefn 80 steps per environment, cut into 16 segments of 5. Both normalise
 observations (running statistics, updated with each batch before the update trains on it),
 both squash a Gaussian with tanh (brax's default; scorefn's ``squash_actions``, or with
 ``--clip-actions`` a Gaussian clipped to [-1, 1]), and both compute the advantages in every
 minibatch of whole 5-step segments with the critic being trained (scorefn's
 ``recompute_advantages`` with ``gae_horizon=5``; with ``--advantages epoch``, GAE over the
 80 steps, recomputed before each epoch instead). What stays each side's own: brax scales
-rewards by 10 (its notebook's setting; scorefn's reward scaling is for gymnasium); brax's
-scale is softplus of a free parameter (initially 1), scorefn's σ the exponential of one
-(initially 0); each side keeps its own initialisation; brax's policy advantage is
-r_t + γ v_{t+1} − V(s_t) with v the λ-return (V-trace's form), scorefn's GAE; brax resets an
-ended episode to its environment's first initial state (``--fresh-resets``: fresh ones, as
-scorefn's), and does not bootstrap at the time limit (its default), scorefn does.
+rewards by 10 (its notebook's setting; scorefn's reward scaling is for gymnasium); each side
+keeps its own initialisation (brax's lecun-uniform, scorefn's orthogonal, its policy's last
+layer scaled by 0.01); brax's policy advantage is r_t + γ v_{t+1} − V(s_t) with v the
+λ-return (V-trace's form), scorefn's GAE; brax resets an ended episode to its environment's
+first initial state (``--fresh-resets``: fresh ones, as scorefn's), and does not bootstrap
+at the time limit (its default), scorefn does.
 
 Reported per task: env steps per second of training once compiled (between the second and
 the last evaluation after training began; rollouts and updates, the evaluations (128
@@ -43,6 +45,7 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -201,6 +204,9 @@ def run_scorefn(name: str, task: Task, evals: int, seed: int, log_dir: str,
              anneal_lr=False, value_coef=0.25, normalize_observations=True,
              hidden=policy, value_hidden=value, activation=activation,
              squash_actions=not clip_actions,
+             # brax's σ: softplus of the policy network's second head, plus 0.001
+             state_dependent_std=True, std_transform="softplus",
+             log_std_init=math.log(math.log(2.0) + 0.001),
              # brax's: each minibatch's advantages over its 5-step unrolls, current critic
              recompute_advantages=True,
              gae_horizon=UNROLL if advantages == "minibatch" else None,

@@ -1,9 +1,12 @@
 r"""Policies and value functions: flax MLPs whose policy head is a numpyro distribution.
 
 - discrete actions: Categorical(logits = MLP(s));
-- continuous actions: Normal(MLP(s), exp(log σ)) over the action vector (``to_event(1)``),
-  with log σ a free parameter vector (state-independent, the default) or a second head
-  of the MLP (``state_dependent_std=True``).
+- continuous actions: Normal(MLP(s), σ) over the action vector (``to_event(1)``), σ = g(x)
+  for a free parameter vector x (state-independent, the default) or a second head of the
+  MLP plus a constant (``state_dependent_std=True``), g = exp (``std_transform="exp"``, the
+  default, CleanRL's and SB3's; a head clipped to [−5, 2]) or g(x) = softplus(x) + 10⁻³
+  (``"softplus"``, brax's ``NormalTanhDistribution``), and σ = exp(``log_std_init``) where x
+  (the head) is 0 at the start.
 
 Bounded continuous actions reach the environment in one of two ways. By default the Gaussian's
 draw u is the action, which the environment clips to its box [l, h]; the score is the
@@ -47,6 +50,8 @@ ACTIVATIONS = {"tanh": nn.tanh, "relu": nn.relu, "silu": nn.silu}
 # Quadrature nodes and weights for E_{u ~ N(μ, σ²)}[log(1 − tanh² u)] (``mean_log_sech2``)
 _HERMITE_NODES, _HERMITE_WEIGHTS = np.polynomial.hermite.hermgauss(32)
 _LAGUERRE_NODES, _LAGUERRE_WEIGHTS = np.polynomial.laguerre.laggauss(16)
+STD_TRANSFORMS = ("exp", "softplus")
+MIN_STD = 1e-3  # softplus's σ floor (brax's min_std)
 
 
 class MLP(nn.Module):
@@ -100,19 +105,31 @@ def check_activation(activation: str) -> None:
                          f"got {activation!r}")
 
 
+def check_std(std_transform: str, log_std_init: float) -> None:
+    if std_transform not in STD_TRANSFORMS:
+        raise ValueError(f"std_transform must be one of {', '.join(STD_TRANSFORMS)}; "
+                         f"got {std_transform!r}")
+    if std_transform == "softplus" and not log_std_init > np.log(MIN_STD):
+        raise ValueError(f"log_std_init must exceed log {MIN_STD:g} = {np.log(MIN_STD):.3f} "
+                         f"with std_transform='softplus' (σ = softplus(x) + {MIN_STD:g}); "
+                         f"got {log_std_init!r}")
+
+
 @dataclasses.dataclass(frozen=True)
 class NetworkConfig:
     """The network fields every algorithm's ``Config`` shares (it subclasses this)."""
 
     hidden: tuple[int, ...] = (64, 64)
     log_std_init: float = 0.0  # continuous actions: initial log σ
-    state_dependent_std: bool = False  # continuous actions: log σ from the MLP, not a vector
+    state_dependent_std: bool = False  # continuous actions: σ from the MLP, not a vector
+    std_transform: str = "exp"  # σ = exp(x), or softplus(x) + 1e-3 (brax's)
     value_hidden: tuple[int, ...] | None = None  # the value MLP's layers; None: ``hidden``
     activation: str = "tanh"  # the hidden layers' nonlinearity: tanh, relu or silu
     squash_actions: bool = False  # bounded actions: c + w·tanh(u) instead of u, clipped
 
     def __post_init__(self):
         check_activation(self.activation)
+        check_std(self.std_transform, self.log_std_init)
         if not isinstance(self.squash_actions, bool):
             raise ValueError(f"squash_actions must be True or False; got {self.squash_actions!r}")
         if self.value_hidden is not None and not (
@@ -134,9 +151,11 @@ class ActorCritic:
     value_hidden: tuple[int, ...] | None = None  # None: the policy's ``hidden``
     activation: str = "tanh"
     squash_actions: bool = False  # the environment gets c + w·tanh(u), not u (clipped)
+    std_transform: str = "exp"  # σ = exp(x), or softplus(x) + MIN_STD (brax's)
 
     def __post_init__(self):
         check_activation(self.activation)
+        check_std(self.std_transform, self.log_std_init)
         if self.squash_actions:
             if self.space.discrete:
                 raise ValueError("squash_actions applies to continuous (Box) action spaces; "
@@ -170,7 +189,8 @@ class ActorCritic:
         dummy = self._flat(jnp.zeros(obs_shape, jnp.float32))
         policy = {"net": self._actor().init(k_actor, dummy)}
         if not self.space.discrete and not self.state_dependent_std:
-            policy["log_std"] = jnp.full((self.action_dim,), self.log_std_init, jnp.float32)
+            name = "log_std" if self.std_transform == "exp" else "std_param"
+            policy[name] = jnp.full((self.action_dim,), self._std_offset(), jnp.float32)
         return {"policy": policy, "value": self._critic().init(k_critic, dummy)}
 
     def dist(self, policy_params: dict[str, Any], obs: jax.Array) -> dist.Distribution:
@@ -179,11 +199,21 @@ class ActorCritic:
         if self.space.discrete:
             return dist.Categorical(logits=out)
         if self.state_dependent_std:
-            mean, log_std = jnp.split(out, 2, axis=-1)
-            log_std = jnp.clip(log_std, -5.0, 2.0)
+            mean, head = jnp.split(out, 2, axis=-1)
+            x = head + self._std_offset()
+            if self.std_transform == "exp":
+                x = jnp.clip(x, -5.0, 2.0)
         else:
-            mean, log_std = out, jnp.broadcast_to(policy_params["log_std"], out.shape)
-        return dist.Normal(mean, jnp.exp(log_std)).to_event(1)
+            name = "log_std" if self.std_transform == "exp" else "std_param"
+            mean, x = out, jnp.broadcast_to(policy_params[name], out.shape)
+        scale = jnp.exp(x) if self.std_transform == "exp" else jax.nn.softplus(x) + MIN_STD
+        return dist.Normal(mean, scale).to_event(1)
+
+    def _std_offset(self) -> float:
+        """The x at which σ = exp(``log_std_init``): g⁻¹ of it."""
+        if self.std_transform == "exp":
+            return self.log_std_init
+        return float(np.log(np.expm1(np.exp(self.log_std_init) - MIN_STD)))
 
     def value(self, value_params: Any, obs: jax.Array) -> jax.Array:
         return self._critic().apply(value_params, self._flat(obs))[..., 0]

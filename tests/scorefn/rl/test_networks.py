@@ -1,5 +1,6 @@
 """The squashed Gaussian policy (``squash_actions``): its density and entropy against
-numerical integrals, its score against the Gaussian's, and the action the environment gets."""
+numerical integrals, its score against the Gaussian's, and the action the environment gets;
+the Gaussian's σ under each ``std_transform``."""
 
 import jax
 import jax.numpy as jnp
@@ -206,3 +207,57 @@ def test_the_expected_log_jacobian_is_exact_for_narrow_and_wide_gaussians():
         value, grads = jax.value_and_grad(mean_log_sech2, argnums=(0, 1))(
             jnp.float32(0.5), jnp.float32(scale))
         assert np.isfinite(value) and np.all(np.isfinite(grads)), scale
+
+
+def _softplus_std(x):
+    return np.logaddexp(0.0, x) + 1e-3
+
+
+@pytest.mark.parametrize("state_dependent", [False, True])
+@pytest.mark.parametrize("transform", ["exp", "softplus"])
+def test_sigma_is_the_transform_of_its_parameter_and_starts_at_exp_log_std_init(
+        transform, state_dependent):
+    """σ = g(x + g⁻¹(exp(log_std_init))) for the head x (or the free vector's x), g = exp or
+    softplus(·) + 10⁻³: σ = exp(log_std_init) where x is 0. Twin: the other g at the same x."""
+    log_std_init, x = -0.7, 0.3
+    policy = ActorCritic(BOX, hidden=(4,), log_std_init=log_std_init, std_transform=transform,
+                         state_dependent_std=state_dependent)
+    params = policy.init(jax.random.key(0), (3,))["policy"]
+    net = jax.tree.map(jnp.zeros_like, params["net"])  # σ no longer depends on the state
+    params = {**params, "net": net}
+    obs = jax.random.normal(jax.random.key(1), (5, 3))
+    np.testing.assert_allclose(policy.dist(params, obs).base_dist.scale, np.exp(log_std_init),
+                               rtol=1e-5)
+    if state_dependent:  # the head's bias: [mean, x]
+        net["params"]["Dense_1"]["bias"] = jnp.array([0.0, x])
+    else:
+        name = {"exp": "log_std", "softplus": "std_param"}[transform]
+        params[name] = params[name] + x
+    offset = {"exp": log_std_init,
+              "softplus": np.log(np.expm1(np.exp(log_std_init) - 1e-3))}
+    g = {"exp": np.exp, "softplus": _softplus_std}
+    got = np.asarray(policy.dist(params, obs).base_dist.scale)
+    np.testing.assert_allclose(got, g[transform](x + offset[transform]), rtol=1e-5)
+    other = "softplus" if transform == "exp" else "exp"
+    assert np.all(np.abs(got - g[other](x + offset[other])) > 1e-2)
+
+
+def test_softplus_std_at_brax_initial_sigma_is_brax_parametrisation():
+    """log_std_init = log(softplus(0) + 10⁻³) makes σ = softplus(head) + 10⁻³ exactly, brax's
+    ``NormalTanhDistribution`` over its policy network's second half of outputs."""
+    policy = ActorCritic(BOX, hidden=(4,), std_transform="softplus", state_dependent_std=True,
+                         log_std_init=float(np.log(np.log(2.0) + 1e-3)))
+    params = policy.init(jax.random.key(0), (3,))["policy"]
+    for head in (-3.0, 0.0, 2.0):
+        net = jax.tree.map(jnp.zeros_like, params["net"])
+        net["params"]["Dense_1"]["bias"] = jnp.array([0.0, head])
+        scale = policy.dist({**params, "net": net}, jnp.zeros((1, 3))).base_dist.scale
+        np.testing.assert_allclose(scale, _softplus_std(head), rtol=1e-5)
+
+
+def test_std_transform_and_its_initial_sigma_are_checked():
+    with pytest.raises(ValueError, match="std_transform must be one of exp, softplus"):
+        ppo.Config(std_transform="log")
+    with pytest.raises(ValueError, match="log_std_init must exceed log 0.001"):
+        ActorCritic(BOX, std_transform="softplus", log_std_init=-8.0)
+    ActorCritic(BOX, std_transform="exp", log_std_init=-8.0)  # exp has no floor
