@@ -1,12 +1,12 @@
 r"""Policies and value functions: flax MLPs whose policy head is a numpyro distribution.
 
 - discrete actions: Categorical(logits = MLP(s));
-- continuous actions: Normal(MLP(s), σ) over the action vector (``to_event(1)``), σ = g(x)
-  for a free parameter vector x (state-independent, the default) or a second head of the
-  MLP plus a constant (``state_dependent_std=True``), g = exp (``std_transform="exp"``, the
-  default, CleanRL's and SB3's; a head clipped to [−5, 2]) or g(x) = softplus(x) + 10⁻³
-  (``"softplus"``, brax's ``NormalTanhDistribution``), and σ = exp(``log_std_init``) where x
-  (the head) is 0 at the start.
+- continuous actions: Normal(MLP(s), σ) over the action vector (``to_event(1)``), σ = g(x),
+  with g = exp (``std_transform="exp"``, the default, CleanRL's and SB3's) or g(x) =
+  softplus(x) + 10⁻³ (``"softplus"``, brax's ``NormalTanhDistribution``), and x either a free
+  parameter vector (state-independent, the default) starting at x₀ = g⁻¹(exp(``log_std_init``)),
+  or a second head of the MLP plus x₀ (``state_dependent_std=True``; the head starts near 0,
+  and with exp, x is clipped to [−5, 2]).
 
 Bounded continuous actions reach the environment in one of two ways. By default the Gaussian's
 draw u is the action, which the environment clips to its box [l, h]; the score is the
