@@ -178,13 +178,15 @@ def test_ppo_options_value_clipping_and_kl_early_stop():
     assert all(row["early_stopped"] == 0.0 for row in free.history)
 
 
-@pytest.mark.parametrize("backend,std", [("gymnax", True), ("gymnasium", False)])
-def test_continuous_actions_on_both_paths(backend, std):
+@pytest.mark.parametrize("backend,std,transform", [("gymnax", True, "exp"),
+                                                    ("gymnasium", False, "softplus")])
+def test_continuous_actions_on_both_paths(backend, std, transform):
     result = rl.train("Pendulum-v1", "ppo", seed=0, total_steps=2048, eval_every=2048,
                       backend=backend, progress=False, num_envs=2, num_steps=512,
-                      num_epochs=1, state_dependent_std=std)
+                      num_epochs=1, state_dependent_std=std, std_transform=transform)
     assert np.isfinite(result.eval_mean) and -2000 < result.eval_mean < 0
-    assert ("log_std" in result.params["policy"]) == (not std)
+    free = {"exp": "log_std", "softplus": "std_param"}[transform]
+    assert (free in result.params["policy"]) == (not std)
 
 
 def test_gymnasium_run_checkpoints_resumes_and_keeps_the_best(tmp_path):
