@@ -166,6 +166,15 @@ class ActorCritic:
                 raise ValueError("squash_actions needs finite action bounds; this action "
                                  f"space has low={self.space.low}, high={self.space.high}")
 
+    @classmethod
+    def from_config(cls, space: Space, config: NetworkConfig, obs_ndim: int = 1) -> ActorCritic:
+        """The networks a ``NetworkConfig`` (every algorithm's ``Config``) describes: each of
+        its fields is one of this class's (layer lists, as JSON settings hold them, as tuples)."""
+        fields = {f.name: getattr(config, f.name) for f in dataclasses.fields(NetworkConfig)}
+        fields["hidden"] = tuple(fields["hidden"])
+        fields["value_hidden"] = fields["value_hidden"] and tuple(fields["value_hidden"])
+        return cls(space, obs_ndim=obs_ndim, **fields)
+
     @property
     def action_dim(self) -> int:
         return self.space.num_actions if self.space.discrete else int(np.prod(self.space.shape))
@@ -189,8 +198,7 @@ class ActorCritic:
         dummy = self._flat(jnp.zeros(obs_shape, jnp.float32))
         policy = {"net": self._actor().init(k_actor, dummy)}
         if not self.space.discrete and not self.state_dependent_std:
-            name = "log_std" if self.std_transform == "exp" else "std_param"
-            policy[name] = jnp.full((self.action_dim,), self._std_offset(), jnp.float32)
+            policy[self._std_name] = jnp.full((self.action_dim,), self._std_offset(), jnp.float32)
         return {"policy": policy, "value": self._critic().init(k_critic, dummy)}
 
     def dist(self, policy_params: dict[str, Any], obs: jax.Array) -> dist.Distribution:
@@ -204,10 +212,14 @@ class ActorCritic:
             if self.std_transform == "exp":
                 x = jnp.clip(x, -5.0, 2.0)
         else:
-            name = "log_std" if self.std_transform == "exp" else "std_param"
-            mean, x = out, jnp.broadcast_to(policy_params[name], out.shape)
+            mean, x = out, jnp.broadcast_to(policy_params[self._std_name], out.shape)
         scale = jnp.exp(x) if self.std_transform == "exp" else jax.nn.softplus(x) + MIN_STD
         return dist.Normal(mean, scale).to_event(1)
+
+    @property
+    def _std_name(self) -> str:
+        """The free σ parameter's key in the policy's parameters (x = log σ under exp)."""
+        return "log_std" if self.std_transform == "exp" else "std_param"
 
     def _std_offset(self) -> float:
         """The x at which σ = exp(``log_std_init``): g⁻¹ of it."""

@@ -144,11 +144,7 @@ def _check_hyperparameter_type(algo: str, name: str, value: Any, default: Any) -
 
 def make_policy(env, config) -> ActorCritic:
     """The policy and value networks ``config`` describes, for ``env``'s spaces."""
-    return ActorCritic(env.action_space, hidden=tuple(config.hidden), obs_ndim=len(env.obs_shape),
-                       value_hidden=config.value_hidden and tuple(config.value_hidden),
-                       **{name: getattr(config, name) for name in (
-                           "state_dependent_std", "std_transform", "log_std_init",
-                           "activation", "squash_actions")})
+    return ActorCritic.from_config(env.action_space, config, obs_ndim=len(env.obs_shape))
 
 
 def _check_policy(env, policy: ActorCritic, params) -> None:
