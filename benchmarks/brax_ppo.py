@@ -30,7 +30,8 @@ deterministic episodes on both sides) not counted: brax's ``training/walltime`` 
 scorefn's ``wall_s``), the seconds of the whole call (the process's start, imports,
 compilation and evaluations included), the first evaluation at or above the task's
 threshold with its training seconds (scorefn's include building the environment and the
-networks), and the last evaluation. Each side runs in its own
+networks; both sides compile from scratch, scorefn's compilation caches off), and the last
+evaluation. Each side runs in its own
 process, bounded by ``--timeout``; a side cut short reports the evaluations it reached.
 
     python benchmarks/brax_ppo.py --networks brax --out brax.md   # on a GPU
@@ -222,9 +223,13 @@ def side(library: str, name: str, task: Task, evals: int, seed: int, timeout: fl
     log_dir = tempfile.mkdtemp(prefix="brax_ppo_")
     command = [sys.executable, __file__, "--worker", library, "--task", name, "--settings",
                json.dumps([list(task), evals, seed, log_dir, networks, options or {}])]
+    # Both sides compile from scratch: scorefn's caches of traced and compiled programs (on
+    # by default, keyed by the settings, not the seed) would let a second seed skip it
+    env = dict(os.environ, SCOREFN_COMPILATION_CACHE="0")
     started = time.perf_counter()
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout,
+                              env=env)
         status = "ok" if done.returncode == 0 else f"exit {done.returncode}"
         out, err = done.stdout, done.stderr
     except subprocess.TimeoutExpired as error:

@@ -157,7 +157,9 @@ class BraxEnv(JaxEnv):
                              f"{', '.join('brax:' + n for n in BRAX_ENVS)}")
         self.id = env_id
         self.env = brax.envs.get_environment(name, **({"backend": physics} if physics else {}))
-        self.obs_shape = (int(self.env.observation_size),)
+        # brax's observation_size runs a reset op by op (16 s for Ant on 2 CPU cores, each
+        # op compiled on its own); its shape needs only a trace
+        self.obs_shape = tuple(jax.eval_shape(self.env.reset, jax.random.key(0)).obs.shape)
         size = int(self.env.action_size)
         self.action_space = Space(False, shape=(size,), low=-np.ones(size, np.float32),
                                   high=np.ones(size, np.float32))

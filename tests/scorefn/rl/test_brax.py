@@ -20,6 +20,7 @@ def test_a_time_limit_truncates_and_returns_the_observation_it_reached(short_pen
     env = short_pendulum
     step = jax.jit(env.step)
     obs, state = env.reset(jax.random.key(0))
+    assert env.obs_shape == obs.shape == (4,)  # traced, not run: brax's reset's shape
     brax_state = state[0]
     action = jnp.zeros(1)
     for t in range(3):
