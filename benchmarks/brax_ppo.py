@@ -31,8 +31,8 @@ scorefn's ``wall_s``), the seconds of the whole call (the process's start, impor
 compilation and evaluations included), the first evaluation at or above the task's
 threshold with its training seconds (scorefn's include building the environment and the
 networks; both sides compile from scratch, scorefn's compilation caches off), and the last
-evaluation. Each side runs in its own
-process, bounded by ``--timeout``; a side cut short reports the evaluations it reached.
+evaluation. Each side runs in its own process, bounded by ``--timeout``; a side cut short
+reports the evaluations it reached.
 
     python benchmarks/brax_ppo.py --networks brax --out brax.md   # on a GPU
     python benchmarks/brax_ppo.py --quick --out /tmp/brax.md      # small sizes, for a CPU

@@ -172,7 +172,8 @@ class ActorCritic:
         its fields is one of this class's (layer lists, as JSON settings hold them, as tuples)."""
         fields = {f.name: getattr(config, f.name) for f in dataclasses.fields(NetworkConfig)}
         fields["hidden"] = tuple(fields["hidden"])
-        fields["value_hidden"] = fields["value_hidden"] and tuple(fields["value_hidden"])
+        if fields["value_hidden"] is not None:
+            fields["value_hidden"] = tuple(fields["value_hidden"])
         return cls(space, obs_ndim=obs_ndim, **fields)
 
     @property
