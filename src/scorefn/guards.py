@@ -70,8 +70,10 @@ _ERROR_KINDS = {"ValueError": ValueError, "TypeError": TypeError,
 
 def original_error(error: BaseException) -> Exception | None:
     """The ValueError (or TypeError) a run-time check raised in its host callback, rebuilt
-    from the ``JaxRuntimeError`` that jax wraps it in when the check fires inside a compiled
-    program; None if ``error`` is no such wrapper."""
+    from the error that jax wraps it in when the check fires inside a compiled program (a
+    ``JaxRuntimeError``, or on a jitted function's later calls an error of the callback's
+    type, whose text starts ``INTERNAL: CpuCallback error``); None if ``error`` is no such
+    wrapper."""
     text = str(error)
     if "allback" not in text:  # CpuCallback / CUDA callback errors only
         return None
@@ -97,14 +99,16 @@ def runtime_errors(context: str | None = None):
     call of a jitted function that uses scorefn with it:
 
     ```python
-    with scorefn.validation.runtime_errors():
+    with scorefn.guards.runtime_errors():
         g = jitted_step(params, key)
         g = jax.block_until_ready(g)   # errors surface when the result is ready
     ```
     """
     try:
         yield
-    except jax.errors.JaxRuntimeError as error:
+    # jax's first call of a jitted function raises a JaxRuntimeError; its C++ fast path,
+    # on later calls, the callback's own exception type with the same wrapped text.
+    except (jax.errors.JaxRuntimeError, ValueError, TypeError, FloatingPointError) as error:
         original = original_error(error)
         if original is None:
             raise

@@ -29,6 +29,30 @@ def test_runtime_errors_unwraps_a_check_that_fires_under_jit(caplog):
     assert not [r for r in caplog.records if "callback failed" in r.getMessage()]
 
 
+def test_runtime_errors_unwraps_the_fast_path_form_of_a_later_call():
+    """Once a jitted function has run, jax's C++ fast path raises a check's error with the
+    callback's own type (ValueError) and jax's wrapped text: runtime_errors unwraps it too,
+    so a loop whose step fails after good steps gets scorefn's message, not jax's."""
+    def dist_fn(p):
+        return dist.Normal(p["mu"], 1.0)
+
+    step = jax.jit(lambda p, k, c: scorefn.grad(lambda x: jnp.log(jnp.abs(x) + c), dist_fn, p,
+                                                k, 64))
+    params, key = {"mu": jnp.asarray(0.0)}, jax.random.key(0)
+    for _ in range(2):
+        jax.block_until_ready(step(params, key, jnp.asarray(1.0)))
+    with pytest.raises(ValueError, match="CpuCallback error"):  # what jax raises there
+        jax.block_until_ready(step(params, key, jnp.asarray(-1e9)))
+    with pytest.raises(ValueError, match="^step 3: f returned 64 non-finite") as caught:
+        with scorefn.guards.runtime_errors("step 3"):
+            jax.block_until_ready(step(params, key, jnp.asarray(-1e9)))
+    assert "CpuCallback" not in str(caught.value)
+    # another ValueError passes through unchanged
+    with pytest.raises(ValueError, match="^not a check$"):
+        with scorefn.guards.runtime_errors("step 3"):
+            raise ValueError("not a check")
+
+
 @pytest.mark.parametrize("text", [
     # the CPU's form: the host traceback, then the exception's line
     "INTERNAL: CpuCallback error calling callback: Traceback (most recent call last):\n"

@@ -55,6 +55,22 @@ def test_log_density_nan_names_the_site(key):
         vi.fit(bad, None, (1.0,), key, estimator="score", num_samples=16, steps=10, progress=False)
 
 
+def test_a_check_that_fires_after_good_steps_is_still_scorefns_error(key):
+    """The replayed step that fails is not the compiled step's first call (jax then raises
+    its wrapped text as a plain ValueError): the error still names the step and the site."""
+    import optax
+
+    def bad(x):
+        z = numpyro.sample("z", dist.Normal(0.0, 1.0))
+        numpyro.sample("x", dist.Normal(jnp.sqrt(z + 5.0), 1.0), obs=x)  # NaN for z < -5
+
+    # Adam at 100 moves the guide's location to about -100 in one step
+    with pytest.raises(ValueError, match=r"^fit step 1: term 'model/x' .*is NaN") as caught:
+        vi.fit(bad, None, (-10.0,), key, estimator="score", num_samples=16, steps=10,
+               optimizer=optax.adam(100.0), progress=False)
+    assert "CpuCallback" not in str(caught.value)
+
+
 @pytest.mark.parametrize("estimator", ["score", "score_rb", "pathwise", "mixed", "iwae", "vimco"])
 def test_one_runtime_check_per_objective(key, estimator):
     """Every term is checked by one guard, so the message cannot depend on which of several
