@@ -69,6 +69,24 @@ def check_int(value: Any, name: str, minimum: int = 1) -> int:
     return int(value)
 
 
+def check_real(value: Any, name: str, low: float = -np.inf, high: float = np.inf, *,
+               low_open: bool = False, high_open: bool = False) -> float:
+    """``value`` as a Python float if it is a finite real number (not a bool) in the interval
+    from ``low`` to ``high``, an end included unless ``low_open``/``high_open``; else a
+    ValueError naming ``name`` and the interval: "gamma must be a number in [0, 1], got 1.5"."""
+    ok = (isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool)
+          and np.isfinite(value)
+          and (value > low if low_open else value >= low)
+          and (value < high if high_open else value <= high))
+    if not ok:
+        left, right = "(" if low_open or low == -np.inf else "[", \
+            ")" if high_open or high == np.inf else "]"
+        bound = "" if low == -np.inf and high == np.inf else \
+            f" in {left}{low:g}, {high:g}{right}".replace("inf", "∞")
+        raise ValueError(f"{name} must be a finite number{bound}, got {value!r}")
+    return float(value)
+
+
 def leaf_names(tree: Any, root: str = "params") -> list[str]:
     return [root + keystr(path) for path, _ in tree_flatten_with_path(tree)[0]]
 

@@ -221,3 +221,18 @@ def test_one_list_of_nan_policies():
                                          r"got 'drop'"):
         scorefn.validation.check_nan_policy("drop", ("penalize", "raise"))
     assert set(scorefn.validation.NAN_POLICIES) == {"raise", "drop", "penalize"}
+
+
+def test_check_real_names_the_argument_and_its_interval():
+    from scorefn.validation import check_real
+
+    assert check_real(np.float32(0.5), "gamma", 0.0, 1.0) == 0.5
+    assert check_real(1, "gamma", 0.0, 1.0) == 1.0  # a closed end is inside
+    cases = [((1.5, "gamma", 0.0, 1.0), {}, r"gamma must be a finite number in \[0, 1\], got 1.5"),
+             ((0.0, "lr", 0.0), {"low_open": True}, r"lr must be a finite number in \(0, ∞\), "),
+             ((1.0, "decay", 0.0, 1.0), {"high_open": True}, r"in \[0, 1\), got 1.0"),
+             ((float("nan"), "x"), {}, r"^x must be a finite number, got nan"),
+             ((True, "x"), {}, "got True"), (("0.5", "x"), {}, "got '0.5'")]
+    for args, options, match in cases:
+        with pytest.raises(ValueError, match=match):
+            check_real(*args, **options)

@@ -521,6 +521,9 @@ def _main(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list[
         return 130
     except (CommandError, ImportError) as error:
         parser.exit(2, f"{name}: error: {error}\n")
+    except FloatingPointError as error:  # a run that diverged: its message, not a traceback
+        print(f"{name}: error: {error}", file=sys.stderr)
+        return 1
     except ValueError as error:
         from scorefn.runs.checkpoints import CheckpointError
 

@@ -143,6 +143,14 @@ def minimize(
     """
     if not (np.ndim(sigma0) == 0 and np.isfinite(sigma0) and sigma0 > 0):
         raise ValueError(f"sigma0 must be a positive finite number, got {sigma0!r}")
+    # a budget or a call size of 0 would stop at x0 (or loop forever) without a word
+    validation.check_int(max_evaluations, "max_evaluations")
+    validation.check_int(generations_per_call, "generations_per_call")
+    if stagnation is not None:
+        validation.check_int(stagnation, "stagnation")
+    for name, value in (("target_f", target_f), ("tol_x", tol_x), ("tol_f", tol_f)):
+        if value is not None or name != "target_f":
+            validation.check_real(value, name)
     if restarts < 0 or popsize_factor < 1:
         raise ValueError(f"restarts must be >= 0 and popsize_factor >= 1, got {restarts}, "
                          f"{popsize_factor}")

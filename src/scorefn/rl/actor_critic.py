@@ -33,6 +33,7 @@ from scorefn.rl.networks import ActorCritic, NetworkConfig
 from scorefn.rl.returns import gae
 from scorefn.rl.rollout import Transition, flatten
 from scorefn.scores import log_prob
+from scorefn.validation import check_int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +55,7 @@ class Config(NetworkConfig):
 
     def __post_init__(self):
         super().__post_init__()
+        check_int(self.num_steps, "num_steps")
         if self.gae_horizon is not None and not (
                 isinstance(self.gae_horizon, int) and not isinstance(self.gae_horizon, bool)
                 and 1 <= self.gae_horizon <= self.num_steps):

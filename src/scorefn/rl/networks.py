@@ -43,6 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro.distributions as dist
 
+from scorefn.rl import hyperparameters
 from scorefn.rl.envs import Space
 
 # The hidden layers' nonlinearities, by name (silu is brax's "swish")
@@ -128,6 +129,7 @@ class NetworkConfig:
     squash_actions: bool = False  # bounded actions: c + w·tanh(u) instead of u, clipped
 
     def __post_init__(self):
+        hyperparameters.check(self)
         check_activation(self.activation)
         check_std(self.std_transform, self.log_std_init)
         if not isinstance(self.squash_actions, bool):

@@ -126,6 +126,22 @@ def test_out_of_range_numbers_are_argparse_errors(argv, message, capsys):
     assert message in capsys.readouterr().err
 
 
+def test_out_of_range_hyperparameters_and_a_diverged_run_are_error_lines(tmp_path, capsys,
+                                                                          cli_error):
+    """A hyperparameter out of its range is a usage error naming it (exit 2); a run that
+    diverges ends with its message on one line and exit status 1, not a traceback."""
+    assert "gamma must be a finite number in [0, 1], got 1.5" in cli_error(
+        ["rl", "train", "--set", "gamma=1.5", "--total-steps", "1000", "--json"])
+    capsys.readouterr()
+    assert main(["rl", "train", "--env", "CartPole-v1", "--algo", "a2c", "--total-steps", "800",
+                 "--log-dir", str(tmp_path / "run"), "--set", "learning_rate=1e38",
+                 "--json"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert re.search(r"^scorefn rl train: error: a2c on CartPole-v1: a loss or the parameters "
+                     r"became NaN/inf after \d+ env steps", err, re.M)
+
+
 def test_version_and_hyperparameter_types(capsys, cli_error):
     with pytest.raises(SystemExit):
         main(["--version"])

@@ -184,6 +184,16 @@ def test_bad_input_errors():
             es.minimize(es.sphere, X0, sigma0=sigma0)
     with pytest.raises(ValueError, match="sigma0 must be a positive finite number"):
         es.minimize(es.sphere, X0, "snes", sigma0=-1.0, restarts=2)
+    # a budget of 0 stopped at x0 and a call of 0 generations looped forever, without a word
+    for options, match in [({"max_evaluations": 0}, "max_evaluations must be an int >= 1"),
+                           ({"max_evaluations": 2.5}, "max_evaluations must be an int"),
+                           ({"generations_per_call": 0}, "generations_per_call must be an int"),
+                           ({"stagnation": 0}, "stagnation must be an int >= 1"),
+                           ({"target_f": float("nan")}, "target_f must be a finite number"),
+                           ({"tol_x": float("nan")}, "tol_x must be a finite number"),
+                           ({"tol_f": float("inf")}, "tol_f must be a finite number")]:
+        with pytest.raises(ValueError, match=match):
+            es.minimize(es.sphere, X0, "snes", **options)
 
 
 def test_nan_fitness_is_penalised_or_raises():

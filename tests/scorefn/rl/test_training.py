@@ -89,13 +89,14 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     path = str(tmp_path / "run.ckpt")
     rl.train("CartPole-v1", "a2c", seed=0, total_steps=800, eval_every=400, progress=False,
              checkpoint=path)
-    # A resume refuses other hyperparameters: record the NaN learning rate in the checkpoint,
-    # so that the resumed run is accepted and diverges on its first update.
+    # A resume refuses other hyperparameters: record the diverging learning rate in the
+    # checkpoint, so that the resumed run is accepted and diverges in its first chunk.
     checkpoint_files.edit(path, lambda payload: payload["settings"].update(
-        learning_rate=float("nan")))  # the hyperparameters
-    with pytest.raises(FloatingPointError, match="NaN/inf.*last good checkpoint.*800 env steps"):
+        learning_rate=1e38))  # the hyperparameters
+    with pytest.raises(FloatingPointError, match="NaN/inf after 1,200 env steps.*last good "
+                                                 "checkpoint.*800 env steps"):
         rl.train("CartPole-v1", "a2c", seed=0, total_steps=2000, eval_every=400, progress=False,
-                 checkpoint=path, resume=True, learning_rate=float("nan"))
+                 checkpoint=path, resume=True, learning_rate=1e38)
     assert rl.load_checkpoint(path).env_steps == 800
 
 
