@@ -211,8 +211,7 @@ def _checked_inputs(dist_fn, params, samples, values, *, baseline, control_varia
     if standardize and num_samples < 2:
         raise ValueError("standardize=True divides by the standard deviation of the N values, "
                          f"which needs num_samples >= 2; got {num_samples}")
-    if per_sample and max_norm is not None:
-        raise ValueError("max_norm clips the averaged estimate; it cannot be used with per_sample")
+    _check_max_norm(max_norm, per_sample)
     baseline = as_baseline(baseline)
     if baseline is not None and num_samples < baseline.min_samples:
         raise ValueError(f"the {baseline.name} baseline needs num_samples >= "
@@ -358,8 +357,7 @@ def pathwise_grad(
             f"{type(d).__name__}, which has none (has_rsample=False; discrete distributions never "
             "do). Use estimator='score'."
         )
-    if per_sample and max_norm is not None:
-        raise ValueError("max_norm clips the averaged estimate; it cannot be used with per_sample")
+    _check_max_norm(max_norm, per_sample)
 
     def values_of(p, fn=f):
         x = dist_fn(p).rsample(key, (num_samples,))
@@ -402,6 +400,17 @@ def pathwise_grad(
     if max_norm is not None:
         estimate, _ = optax.clip_by_global_norm(max_norm).update(estimate, optax.EmptyState())
     return estimate
+
+
+def _check_max_norm(max_norm: Any, per_sample: bool) -> None:
+    """max_norm: None or a positive number (a traced one is the caller's to keep positive).
+    A zero would return a zero gradient, a negative one flip its sign, NaN make it NaN."""
+    if max_norm is None:
+        return
+    if per_sample:
+        raise ValueError("max_norm clips the averaged estimate; it cannot be used with per_sample")
+    if not validation.is_traced(max_norm):
+        validation.check_real(max_norm, "max_norm", 0.0, low_open=True)
 
 
 def _per_sample_jacobian(values_of: Callable, params: Any, num_samples: int) -> Any:

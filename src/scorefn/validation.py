@@ -71,13 +71,17 @@ def check_int(value: Any, name: str, minimum: int = 1) -> int:
 
 def check_real(value: Any, name: str, low: float = -np.inf, high: float = np.inf, *,
                low_open: bool = False, high_open: bool = False) -> float:
-    """``value`` as a Python float if it is a finite real number (not a bool) in the interval
-    from ``low`` to ``high``, an end included unless ``low_open``/``high_open``; else a
-    ValueError naming ``name`` and the interval: "gamma must be a number in [0, 1], got 1.5"."""
-    ok = (isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool)
-          and np.isfinite(value)
-          and (value > low if low_open else value >= low)
-          and (value < high if high_open else value <= high))
+    """``value`` as a Python float if it is a finite real number (not a bool; a 0-d concrete
+    array too) in the interval from ``low`` to ``high``, an end included unless ``low_open``
+    or ``high_open``; else a ValueError naming ``name`` and the interval: "gamma must be a
+    finite number in [0, 1], got 1.5"."""
+    number = not isinstance(value, bool | np.bool_) and (
+        isinstance(value, int | float | np.integer | np.floating)
+        or (isinstance(value, np.ndarray | jax.Array) and not is_traced(value) and value.ndim == 0
+            and (jnp.issubdtype(value.dtype, jnp.integer) or jnp.issubdtype(value.dtype, jnp.floating))))
+    ok = number and np.isfinite(float(value)) and (
+        (float(value) > low if low_open else float(value) >= low)
+        and (float(value) < high if high_open else float(value) <= high))
     if not ok:
         left, right = "(" if low_open or low == -np.inf else "[", \
             ")" if high_open or high == np.inf else "]"

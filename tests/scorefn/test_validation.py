@@ -168,6 +168,20 @@ def test_max_norm_with_per_sample_is_refused(problem, key):
                      per_sample=True)
 
 
+@pytest.mark.parametrize("estimator", ["score", "pathwise"])
+def test_max_norm_must_be_positive(problem, key, estimator):
+    """0 returned a zero gradient, -1 flipped its sign and NaN made it NaN, without a word."""
+    for max_norm in (0.0, -1.0, float("nan"), jnp.asarray(-1.0)):
+        with pytest.raises(ValueError, match="max_norm must be a finite number in \\(0, ∞\\)"):
+            scorefn.grad(problem.f, problem.dist_fn, problem.params, key, 8, max_norm=max_norm,
+                         estimator=estimator)
+    scorefn.grad(problem.f, problem.dist_fn, problem.params, key, 8, max_norm=jnp.asarray(1.0),
+                 estimator=estimator)
+    # a traced bound is the caller's: it still compiles
+    jax.jit(lambda m: scorefn.grad(problem.f, problem.dist_fn, problem.params, key, 8,
+                                   max_norm=m, estimator=estimator))(1.0)
+
+
 def test_compilation_cache_respects_an_existing_folder_and_the_opt_out(monkeypatch, tmp_path):
     import jax
 
