@@ -45,7 +45,7 @@ from scorefn.numerics import full_precision, solve_small_systems
 from scorefn.sampling import sample
 from scorefn.scores import flatten_per_sample, joint_log_prob, log_prob, per_sample_scores
 from scorefn.types import DistFn
-from scorefn.validation import check_int, check_key
+from scorefn.validation import check_int, check_key, check_real
 
 
 def unravel_like(tree: Any, flat: jax.Array) -> Any:
@@ -313,7 +313,12 @@ def natural_gradient(
     """
     if method not in ("exact", "empirical", "cg"):
         raise ValueError(f"method must be 'exact', 'empirical' or 'cg', got {method!r}")
+    # a negative λ can make I + λ·1 singular or indefinite, a NaN the update NaN
+    check_real(damping, "damping", 0.0)
+    if method == "cg":
+        check_int(maxiter, "maxiter")
     if method != "exact":
+        check_int(num_samples, "num_samples")
         if key is None:
             raise ValueError(f"method={method!r} samples from p_θ: pass key=jax.random.key(...)")
         check_key(key)

@@ -261,6 +261,8 @@ def is_score_grad(
         raise ValueError(f"on_low_ess must be one of {ESS_POLICIES}, got {on_low_ess!r}")
     if weighting == "truncated" and not truncation > 0:
         raise ValueError(f"truncation must be positive, got {truncation}")
+    if ess_threshold is not None:  # a fraction of N: above 1 every call would be reported
+        validation.check_real(ess_threshold, "ess_threshold", 0.0, 1.0)
     d = dist_fn(params)
     num_samples = validation.check_samples_shape(d, samples)
     values = validation.check_values_shape(values, num_samples).astype(jnp.result_type(float))

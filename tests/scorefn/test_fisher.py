@@ -285,6 +285,14 @@ def test_natural_gradient_transformation_errors():
         scorefn.natural_gradient(normal_fn, method="kfac")
     with pytest.raises(ValueError, match="pass key"):
         scorefn.natural_gradient(normal_fn, method="cg")
+    for damping in (-1.0, float("nan")):
+        with pytest.raises(ValueError, match=r"damping must be a finite number in \[0, ∞\)"):
+            scorefn.natural_gradient(normal_fn, damping=damping)
+    key = jax.random.key(0)
+    with pytest.raises(ValueError, match="maxiter must be an int >= 1, got 0"):
+        scorefn.natural_gradient(normal_fn, method="cg", key=key, maxiter=0)
+    with pytest.raises(ValueError, match="num_samples must be an int >= 1, got 0"):
+        scorefn.natural_gradient(normal_fn, method="empirical", key=key, num_samples=0)
     tx = scorefn.natural_gradient(normal_fn)
     with pytest.raises(ValueError, match="needs params"):
         tx.update({"loc": jnp.zeros(())}, tx.init(None))

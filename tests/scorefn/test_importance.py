@@ -192,6 +192,10 @@ def test_argument_errors(key):
     with pytest.raises(ValueError, match="on_low_ess must be one of"):
         importance.is_score_grad(problem.dist_fn, problem.params, x, values, behaviour,
                                  on_low_ess="log")
+    for threshold in (2.0, -0.1, float("nan")):  # a fraction of N
+        with pytest.raises(ValueError, match=r"ess_threshold must be a finite number in \[0, 1\]"):
+            importance.is_score_grad(problem.dist_fn, problem.params, x, values, behaviour,
+                                     ess_threshold=threshold)
 
 
 @pytest.mark.parametrize("heuristic", ["balance", "power"])

@@ -66,6 +66,8 @@ def group_advantages(rewards: jax.Array, group_size: int, advantage: str = "rloo
     A group whose rewards are all equal gets A = 0 under every choice but ``"none"`` (no NaN).
     """
     rewards = jnp.asarray(rewards)
+    if not validation.is_traced(std_eps):  # a negative ε can divide by zero, a NaN spreads
+        validation.check_real(std_eps, "std_eps", 0.0)
     if advantage == "none":
         return rewards
     grouped = _grouped(rewards, group_size)
@@ -115,8 +117,10 @@ def token_weights(mask: jax.Array, group_size: int, aggregation: str = "sequence
 
 
 def _check_options(advantage, aggregation, ratio, clip, kl_estimator, kl_in, group_size, rows,
-                   ref_logp, kl_coef):
+                   ref_logp, kl_coef, entropy_coef):
     validation.check_int(group_size, "group_size")
+    if not validation.is_traced(entropy_coef):  # a NaN would make the loss NaN
+        validation.check_real(entropy_coef, "entropy_coef")
     if rows % group_size:
         raise ValueError(f"the batch has {rows} sequences, not a multiple of group_size="
                          f"{group_size}")
@@ -140,8 +144,7 @@ def _check_options(advantage, aggregation, ratio, clip, kl_estimator, kl_in, gro
         raise ValueError(f"kl_estimator must be one of {KL_ESTIMATORS}, got {kl_estimator!r}")
     if kl_in not in KL_PLACES:
         raise ValueError(f"kl_in must be one of {KL_PLACES}, got {kl_in!r}")
-    if not isinstance(kl_coef, (int, float)) or kl_coef < 0:
-        raise ValueError(f"kl_coef must be a number >= 0, got {kl_coef!r}")
+    validation.check_real(kl_coef, "kl_coef", 0.0)
     if kl_coef > 0 and ref_logp is None:
         raise ValueError("kl_coef > 0 needs ref_logp, the reference policy's log-probabilities "
                          "of the same tokens")
@@ -191,7 +194,7 @@ def loss_and_metrics(
     rewards = _check_array("rewards", rewards, (rows,))
     mask = _check_array("mask", mask, (rows, steps))
     _check_options(advantage, aggregation, ratio, clip, kl_estimator, kl_in, group_size, rows,
-                   ref_logp, kl_coef)
+                   ref_logp, kl_coef, entropy_coef)
     on = mask.astype(bool)
     zero = jnp.zeros((), logp.dtype)
 
