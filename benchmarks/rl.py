@@ -124,7 +124,7 @@ def update_equivalence(algo, num_updates=5, seed=0):
     from stable_baselines3 import A2C, PPO
     from stable_baselines3.common.env_util import make_vec_env
 
-    from scorefn.rl import training
+    from scorefn.rl import defaults, training
     from scorefn.rl.envs import make
     from scorefn.rl.registry import algorithm
     from scorefn.rl.rollout import Transition
@@ -146,7 +146,7 @@ def update_equivalence(algo, num_updates=5, seed=0):
                                        sb3.action_net])},
                 "value": net([extractor.value_net[0], extractor.value_net[2], sb3.value_net])}
 
-    config = training.make_config(algo, "CartPole-v1")
+    config = defaults.make_config(algo, "CartPole-v1")
     module = algorithm(algo).module
     policy = training.make_policy(make("CartPole-v1", "gymnax"), config)
     params = weights()

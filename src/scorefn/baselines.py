@@ -22,7 +22,9 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from scorefn import validation
 from scorefn.numerics import ratio_or_zero
 
 
@@ -91,6 +93,10 @@ class Constant(Baseline):
 
     value: Any = 0.0
     name: str = "constant"
+
+    def __post_init__(self):
+        if not validation.is_traced(self.value) and not np.all(np.isfinite(self.value)):
+            raise ValueError(f"the constant baseline must be finite, got {self.value!r}")
 
     def __call__(self, values: jax.Array, scores: Any = None) -> jax.Array:
         return jnp.broadcast_to(jnp.asarray(self.value, values.dtype), values.shape)

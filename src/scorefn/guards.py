@@ -264,6 +264,21 @@ def nonfinite_values_message(values: np.ndarray) -> str | None:
     )
 
 
+def nonfinite_estimate_message(estimate: np.ndarray) -> str | None:
+    """For an estimate (its leaves raveled into one vector) checked after f's values, the
+    distribution's arguments and log p: what is left to blame when it is not finite."""
+    bad = ~np.isfinite(estimate)
+    if not bad.any():
+        return None
+    return (
+        f"the gradient estimate has {int(bad.sum())} non-finite coordinate(s) (NaN or inf) of "
+        f"{estimate.size} although f's values are finite: the baseline or the control variate "
+        "gave a non-finite value (a NaN constant, an EMA state that became NaN, a NaN "
+        "coefficient), or (f - b)·∇θ log p overflowed (or, with validate=False, which skips "
+        "that check, a sample lies outside the support)"
+    )
+
+
 def neg_inf_log_prob_message(log_prob: np.ndarray) -> str | None:
     bad = ~np.isfinite(log_prob)
     if not bad.any():

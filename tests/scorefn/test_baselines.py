@@ -203,6 +203,33 @@ def test_variance_check_fails_when_variance_is_not_lower(gaussian_variance_runs)
     assert math.isfinite(float(np.max(z)))
 
 
+def test_a_non_finite_baseline_is_an_error_not_a_nan_gradient(key):
+    """A NaN baseline with finite f made the estimate NaN without a word. A constant says so
+    when it is built; any other (an EMA state gone NaN inside the user's jit) at run time."""
+    problem = normal_square()
+    with pytest.raises(ValueError, match="the constant baseline must be finite, got nan"):
+        baselines.constant(float("nan"))
+    with pytest.raises(ValueError, match="the constant baseline must be finite"):
+        scorefn.grad(problem.f, problem.dist_fn, problem.params, key, 16, baseline=np.inf)
+    state = baselines.ema(0.9).update(jnp.array([2.5]), baselines.ema(0.9).init())
+
+    @jax.jit
+    def step(state):
+        return scorefn.grad(problem.f, problem.dist_fn, problem.params, key, 16, baseline=state)
+
+    jax.block_until_ready(step(state))
+    nan_state = jax.tree.map(lambda x: jnp.full_like(x, jnp.nan)
+                             if jnp.issubdtype(x.dtype, jnp.floating) else x, state)
+    with pytest.raises(ValueError, match="^the gradient estimate has 6 non-finite coordinate.*"
+                                         "the baseline or the control variate"):
+        with scorefn.guards.runtime_errors():
+            jax.block_until_ready(step(nan_state))
+    # the same with the run-time checks off: a NaN, as asked (the caller checks its outputs)
+    unchecked = jax.jit(lambda b: scorefn.grad(problem.f, problem.dist_fn, problem.params, key,
+                                               16, baseline=b, runtime_checks=False))(jnp.nan)
+    assert np.isnan(unchecked["loc"]).all()
+
+
 def test_as_baseline_errors():
     with pytest.raises(TypeError, match="pass its state"):
         baselines.as_baseline(baselines.ema(0.9))

@@ -22,6 +22,8 @@ def penalized(f: Callable, x0: Any, bounds: tuple[Any, Any], penalty: float,
     except (TypeError, ValueError) as error:
         raise ValueError(
             f"bounds must be (low, high), each a number or an array of shape {x0.shape}") from error
+    if np.any(np.isnan(low) | np.isnan(high)):  # an infinite end is a one-sided bound
+        raise ValueError("bounds must not be NaN")
     if np.any(low >= high):
         raise ValueError("bounds must have low < high in every coordinate")
     outside = np.flatnonzero((x0 < low) | (x0 > high))

@@ -36,6 +36,7 @@ class CategoricalNES(LogitsSearch):
     distribution: Any = dataclasses.field(default=_categorical, repr=False, compare=False)
 
     def __post_init__(self):
+        super().__post_init__()
         if self.num_categories < 2:
             raise ValueError(f"num_categories must be >= 2, got {self.num_categories}")
 

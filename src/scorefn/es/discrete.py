@@ -20,7 +20,7 @@ import numpyro.distributions as dist
 
 from scorefn import fisher
 from scorefn.es.fitness_shaping import nes_utilities
-from scorefn.es.strategy import NES
+from scorefn.es.strategy import NES, check_options
 from scorefn.estimators import score_grad
 
 
@@ -42,6 +42,9 @@ class LogitsSearch(NES):
 
     distribution: Callable[[jax.Array], dist.Distribution] = dataclasses.field(
         default=None, repr=False, compare=False)
+
+    def __post_init__(self):
+        check_options(self, positive=("learning_rate", "max_logit"), nonnegative=("damping",))
 
     def default_popsize(self, logits: jax.Array) -> int:
         """4 + ⌊3 ln n⌋ for n logits (d bits, or d positions × K categories)."""

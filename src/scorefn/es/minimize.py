@@ -151,9 +151,9 @@ def minimize(
     for name, value in (("target_f", target_f), ("tol_x", tol_x), ("tol_f", tol_f)):
         if value is not None or name != "target_f":
             validation.check_real(value, name)
-    if restarts < 0 or popsize_factor < 1:
-        raise ValueError(f"restarts must be >= 0 and popsize_factor >= 1, got {restarts}, "
-                         f"{popsize_factor}")
+    validation.check_int(restarts, "restarts", 0)
+    validation.check_real(popsize_factor, "popsize_factor", 1.0)
+    validation.check_real(bound_penalty, "bound_penalty", 0.0)
     strat = _strategy(strategy)
     x = jnp.asarray(x0, jnp.result_type(float))
     if x.ndim != 1 or x.shape[0] < 1:

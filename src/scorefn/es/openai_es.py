@@ -26,7 +26,7 @@ import optax
 from scorefn import fisher
 from scorefn.es.fitness_shaping import centered_ranks
 from scorefn.es.noise import standard_normal
-from scorefn.es.strategy import NES
+from scorefn.es.strategy import NES, check_options
 from scorefn.estimators import score_grad
 
 
@@ -53,6 +53,9 @@ class OpenAIES(NES):
     def __post_init__(self):
         if self.popsize < 2 or self.popsize % 2:
             raise ValueError(f"popsize must be even (mirrored sampling) and >= 2, got {self.popsize}")
+        check_options(self, positive=("sigma_decay",), nonnegative=("weight_decay", "sigma_min"))
+        if not callable(self.learning_rate):  # else an optax schedule
+            check_options(self, positive=("learning_rate",))
 
     def _tx(self) -> optax.GradientTransformation:
         optimizer = self.optimizer or optax.adam(self.learning_rate)

@@ -36,7 +36,7 @@ import numpyro.distributions as dist
 from scorefn import fisher
 from scorefn.es.fitness_shaping import nes_utilities
 from scorefn.es.noise import standard_normal
-from scorefn.es.strategy import NES
+from scorefn.es.strategy import NES, check_options
 from scorefn.estimators import score_grad
 
 
@@ -65,6 +65,9 @@ class SNES(NES):
     lr_scale: float | None = None
     mirrored: bool = False
     name: str = "snes"
+
+    def __post_init__(self):
+        check_options(self, positive=("lr_mean", "lr_scale"))
 
     def sizes(self, dim: int) -> tuple[int, float, float]:
         popsize = self.popsize or 4 + int(3 * math.log(dim))

@@ -27,6 +27,23 @@ from typing import Any
 
 import jax
 
+from scorefn import validation
+
+
+def check_options(strategy: Any, *, positive: tuple[str, ...] = (),
+                  nonnegative: tuple[str, ...] = ()) -> None:
+    """ValueError naming the first option of ``strategy`` out of its range: ``popsize`` None
+    or an int >= 2 (ranking needs two candidates: with one, every utility is 0 and the search
+    never moves), each option in ``positive`` None or a positive number, each in
+    ``nonnegative`` a number >= 0. A strategy's ``__post_init__`` calls it."""
+    if strategy.popsize is not None:
+        validation.check_int(strategy.popsize, "popsize", 2)
+    for names, low_open in ((positive, True), (nonnegative, False)):
+        for name in names:
+            value = getattr(strategy, name)
+            if value is not None and not validation.is_traced(value):
+                validation.check_real(value, name, 0.0, low_open=low_open)
+
 
 class Strategy(abc.ABC):
     """Base class of the strategies that ``scorefn.es.minimize`` runs (see the module)."""

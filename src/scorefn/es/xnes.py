@@ -44,7 +44,7 @@ import numpyro.distributions as dist
 from scorefn import fisher, importance
 from scorefn.es.fitness_shaping import nes_utilities, ranks
 from scorefn.es.noise import standard_normal
-from scorefn.es.strategy import NES
+from scorefn.es.strategy import NES, check_options
 from scorefn.estimators import score_grad
 from scorefn.numerics import full_precision
 
@@ -101,6 +101,9 @@ class XNES(NES):
     adaptation_sampling: bool = True
     mirrored: bool = True
     name: str = "xnes"
+
+    def __post_init__(self):
+        check_options(self, positive=("lr_mean", "lr_sigma", "lr_b"))
 
     def sizes(self, dim: int) -> tuple[int, float, float, float]:
         popsize = self.popsize or 4 + int(3 * math.log(dim))

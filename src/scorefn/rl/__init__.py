@@ -26,6 +26,7 @@ except ImportError as error:  # pragma: no cover - the extra is part of the test
 
 
 from scorefn.rl import a2c, defaults, envs, ppo, reinforce, returns, trpo  # noqa: E402
+from scorefn.rl.defaults import make_config  # noqa: E402
 from scorefn.rl.envs import (  # noqa: E402
     THRESHOLDS,
     check_gymnax_version,
@@ -41,7 +42,6 @@ from scorefn.rl.training import (  # noqa: E402
     best_checkpoint_path,
     evaluate,
     load_checkpoint,
-    make_config,
     train,
 )
 from scorefn.rl.video import record_video  # noqa: E402

@@ -19,7 +19,10 @@ budget used when ``total_steps`` is not given.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
+
+from scorefn.rl import registry
 
 # CleanRL's ppo_continuous_action (https://docs.cleanrl.dev/rl-algorithms/ppo/), per task.
 _MUJOCO_PPO = {"num_envs": 1, "num_steps": 2048, "num_epochs": 10, "minibatch_size": 64,
@@ -107,3 +110,42 @@ def defaults(algo: str, env_id: str) -> dict[str, Any]:
 
 def total_steps(algo: str, env_id: str) -> int:
     return TOTAL_STEPS.get(algo, {}).get(env_id, DEFAULT_TOTAL_STEPS)
+
+
+def make_config(algo: str, env_id: str, **hyperparameters: Any):
+    """The algorithm's Config with the per-environment defaults and the overrides."""
+    registered = registry.algorithm(algo)
+    module = registered.module
+    fields = {f.name for f in dataclasses.fields(module.Config)}
+    unknown = sorted(set(hyperparameters) - fields)
+    if unknown:
+        raise ValueError(f"unknown hyperparameter(s) {unknown} for {algo}; known: {sorted(fields)}")
+    # What the Config gets without overrides: its fields' defaults, the algorithm's, the
+    # environment's. An override is checked against the value it replaces.
+    chosen = {**registered.config_overrides, **defaults(algo, env_id)}
+    replaced = {**{f.name: f.default for f in dataclasses.fields(module.Config)}, **chosen}
+    for name, value in hyperparameters.items():
+        _check_hyperparameter_type(algo, name, value, replaced.get(name, dataclasses.MISSING))
+    return module.Config(**{**chosen, **hyperparameters})
+
+
+def _check_hyperparameter_type(algo: str, name: str, value: Any, default: Any) -> None:
+    """An override must have its default's type (an int may stand for a float), so that
+    ``--set num_envs=abc`` is an error here, not a traceback deep in the algorithm."""
+    if default is dataclasses.MISSING or default is None or value is None:
+        return
+    if isinstance(default, bool):
+        ok, kind = isinstance(value, bool), "a bool (true or false)"
+    elif isinstance(default, int):
+        ok, kind = isinstance(value, int) and not isinstance(value, bool), "an int"
+    elif isinstance(default, float):
+        ok, kind = isinstance(value, int | float) and not isinstance(value, bool), "a number"
+    elif isinstance(default, tuple | list):
+        ok, kind = isinstance(value, tuple | list), "a list, e.g. [64, 64]"
+    elif isinstance(default, str):
+        ok, kind = isinstance(value, str), "a string"
+    else:
+        return
+    if not ok:
+        raise ValueError(f"hyperparameter {name} of {algo} must be {kind} (its default is "
+                         f"{default!r}); got {value!r}")

@@ -41,6 +41,7 @@ from scorefn.runs.compiler_options import BACKEND_O2, FAST_COMPILE
 from scorefn.runs.devices import mesh_of, on_mesh, split
 from scorefn.runs.export_cache import cached_jit
 from scorefn.runs.processes import to_host
+from scorefn.validation import check_int
 
 CHECKPOINT_VERSION = 4  # 3: the hyperparameters as the run's settings; 4: data only
 
@@ -103,48 +104,17 @@ class TrainResult:
                 ax.legend()
 
 
-def make_config(algo: str, env_id: str, **hyperparameters: Any):
-    """The algorithm's Config with the per-environment defaults and the overrides."""
-    registered = algorithm(algo)
-    module = registered.module
-    fields = {f.name for f in dataclasses.fields(module.Config)}
-    unknown = sorted(set(hyperparameters) - fields)
-    if unknown:
-        raise ValueError(f"unknown hyperparameter(s) {unknown} for {algo}; known: {sorted(fields)}")
-    # What the Config gets without overrides: its fields' defaults, the algorithm's, the
-    # environment's. An override is checked against the value it replaces.
-    chosen = {**registered.config_overrides, **defaults.defaults(algo, env_id)}
-    replaced = {**{f.name: f.default for f in dataclasses.fields(module.Config)}, **chosen}
-    for name, value in hyperparameters.items():
-        _check_hyperparameter_type(algo, name, value, replaced.get(name, dataclasses.MISSING))
-    return module.Config(**{**chosen, **hyperparameters})
-
-
-def _check_hyperparameter_type(algo: str, name: str, value: Any, default: Any) -> None:
-    """An override must have its default's type (an int may stand for a float), so that
-    ``--set num_envs=abc`` is an error here, not a traceback deep in the algorithm."""
-    if default is dataclasses.MISSING or default is None or value is None:
-        return
-    if isinstance(default, bool):
-        ok, kind = isinstance(value, bool), "a bool (true or false)"
-    elif isinstance(default, int):
-        ok, kind = isinstance(value, int) and not isinstance(value, bool), "an int"
-    elif isinstance(default, float):
-        ok, kind = isinstance(value, int | float) and not isinstance(value, bool), "a number"
-    elif isinstance(default, tuple | list):
-        ok, kind = isinstance(value, tuple | list), "a list, e.g. [64, 64]"
-    elif isinstance(default, str):
-        ok, kind = isinstance(value, str), "a string"
-    else:
-        return
-    if not ok:
-        raise ValueError(f"hyperparameter {name} of {algo} must be {kind} (its default is "
-                         f"{default!r}); got {value!r}")
-
-
 def make_policy(env, config) -> ActorCritic:
     """The policy and value networks ``config`` describes, for ``env``'s spaces."""
     return ActorCritic.from_config(env.action_space, config, obs_ndim=len(env.obs_shape))
+
+
+def _checked_seeds(seed: int, seeds: Any) -> list[int]:
+    """``seeds`` as a list of distinct ints (one run each), or ``[seed]``."""
+    seeds = [seed] if seeds is None else list(seeds)
+    if not seeds or len(set(seeds)) < len(seeds):
+        raise ValueError(f"seeds must be distinct ints, at least one; got {seeds}")
+    return [check_int(s, "seed", 0) for s in seeds]
 
 
 def _check_policy(env, policy: ActorCritic, params) -> None:
@@ -189,6 +159,7 @@ def evaluate(result_or_env: Any, params: Any = None, *, policy: ActorCritic | No
              observation_stats: dict | None = None) -> float:
     """Deterministic evaluation: ``evaluate(result)`` or ``evaluate(env_id, params, policy=...)``
     (``observation_stats``: a run's normalisation statistics; a ``TrainResult`` brings its own)."""
+    check_int(episodes, "episodes")
     if isinstance(result_or_env, TrainResult):
         env_id, params, policy = result_or_env.env_id, result_or_env.params, result_or_env.policy
         observation_stats = result_or_env.observation_stats
@@ -270,10 +241,14 @@ def train(
     setup_started = time.perf_counter()
     if resume and checkpoint is None:
         raise ValueError("resume=True needs checkpoint=<path of an earlier run's checkpoint>")
-    config = make_config(algo, env, **hyperparameters)
+    config = defaults.make_config(algo, env, **hyperparameters)
     module = algorithm(algo).module
-    seeds = list(seeds) if seeds is not None else [seed]
-    total_steps = total_steps or defaults.total_steps(algo, env)
+    seeds = _checked_seeds(seed, seeds)
+    # 0 is an error, not "the default": only None asks for the default
+    total_steps = (defaults.total_steps(algo, env) if total_steps is None
+                   else check_int(total_steps, "total_steps"))
+    eval_every = None if eval_every is None else check_int(eval_every, "eval_every")
+    check_int(eval_episodes, "eval_episodes")
     if getattr(config, "anneal_lr", False) and not config.total_updates:
         # The updates the loop runs for total_steps (it runs whole updates).
         config = dataclasses.replace(config, total_updates=-(-total_steps // (

@@ -208,6 +208,7 @@ def fit(
     validation.check_key(key)
     estimator = estimator_name(estimator)
     validation.check_int(steps, "steps")
+    validation.check_int(chunk_size, "chunk_size")  # 0 would loop without end
     enable_compilation_cache()
     model, guide = _resolve(model, guide, data)
     # The default is flattened into one vector (the same steps; a smaller program to compile).

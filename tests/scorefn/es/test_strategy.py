@@ -78,3 +78,41 @@ def test_a_strategy_that_is_not_one_is_a_clear_type_error():
         es.minimize(es.sphere, jnp.ones(3), Duck())
     with pytest.raises(TypeError, match="abstract"):
         type("Incomplete", (es.Strategy,), {})()
+
+
+@pytest.mark.parametrize("make, options, match", [
+    (es.xnes, {"popsize": 1}, "popsize must be an int >= 2, got 1"),  # every utility 0
+    (es.snes, {"popsize": 0}, "popsize must be an int >= 2"),
+    (es.bernoulli, {"popsize": 2.5}, "popsize must be an int >= 2"),
+    (es.xnes, {"lr_mean": 0.0}, r"lr_mean must be a finite number in \(0, ∞\)"),
+    (es.xnes, {"lr_b": float("nan")}, "lr_b must be a finite number"),
+    (es.snes, {"lr_scale": -0.1}, "lr_scale must be a finite number"),
+    (es.bernoulli, {"learning_rate": -1.0}, "learning_rate must be a finite number"),
+    (es.categorical, {"damping": -1e-3}, r"damping must be a finite number in \[0, ∞\)"),
+    (es.openai_es, {"learning_rate": float("nan")}, "learning_rate must be a finite number"),
+    (es.openai_es, {"sigma_decay": 0.0}, "sigma_decay must be a finite number"),
+    (es.openai_es, {"weight_decay": -0.5}, "weight_decay must be a finite number"),
+])
+def test_options_out_of_range_are_errors_naming_them(make, options, match):
+    with pytest.raises(ValueError, match=match):
+        make(**options)
+
+
+def test_an_optax_schedule_is_a_learning_rate():
+    import optax
+
+    es.openai_es(learning_rate=optax.linear_schedule(0.1, 0.01, 100))
+
+
+def test_minimize_checks_its_restarts_and_box():
+    x0 = jnp.zeros(3)
+    for options, match in [({"restarts": 1.5}, "restarts must be an int >= 0"),
+                           ({"restarts": 1, "popsize_factor": float("nan")}, "popsize_factor"),
+                           ({"bounds": (-1.0, 1.0), "bound_penalty": -1.0}, "bound_penalty must"),
+                           ({"bounds": (float("nan"), 1.0)}, "bounds must not be NaN")]:
+        with pytest.raises(ValueError, match=match):
+            es.minimize(es.sphere, x0, "snes", max_evaluations=50, **options)
+    # an infinite end is a one-sided box
+    result = es.minimize(es.sphere, x0, "snes", max_evaluations=200, bounds=(-jnp.inf, 1.0),
+                         progress=False)
+    assert result.evaluations > 0

@@ -8,7 +8,6 @@ import pytest
 
 from scorefn import rl
 from scorefn.rl import defaults, hyperparameters, registry
-from scorefn.rl.training import make_config
 
 
 def _outside(allowed: hyperparameters.Range) -> list:
@@ -77,9 +76,27 @@ def test_the_layer_widths_are_positive_ints():
 def test_every_shipped_default_is_in_range():
     for algo, envs in defaults.OVERRIDES.items():
         for env_id in envs:
-            make_config(algo, env_id)
+            defaults.make_config(algo, env_id)
 
 
 def test_train_refuses_before_building_anything():
     with pytest.raises(ValueError, match="gae_lambda must be a finite number in \\[0, 1\\], got 2"):
         rl.train("CartPole-v1", "ppo", total_steps=1000, progress=False, gae_lambda=2.0)
+
+
+@pytest.mark.parametrize("options, match", [
+    ({"total_steps": 0}, "total_steps must be an int >= 1, got 0"),  # was: the default
+    ({"eval_every": 0}, "eval_every must be an int >= 1, got 0"),  # was: the default
+    ({"eval_episodes": 0}, "eval_episodes must be an int >= 1"),  # was: ZeroDivisionError
+    ({"seeds": []}, r"seeds must be distinct ints, at least one; got \[\]"),  # was: IndexError
+    ({"seeds": [3, 3]}, r"seeds must be distinct ints"),  # the same run twice
+    ({"seed": -1}, "seed must be an int >= 0, got -1"),
+])
+def test_train_checks_its_run_arguments(options, match):
+    with pytest.raises(ValueError, match=match):
+        rl.train("CartPole-v1", "ppo", **{"total_steps": 1000, **options}, progress=False)
+
+
+def test_evaluate_needs_an_episode():
+    with pytest.raises(ValueError, match="episodes must be an int >= 1, got 0"):
+        rl.evaluate("CartPole-v1", {}, policy=None, episodes=0)

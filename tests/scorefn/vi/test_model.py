@@ -126,6 +126,8 @@ def test_a_log_joint_passed_as_a_numpyro_model():
 def test_bad_fit_arguments(key):
     with pytest.raises(ValueError, match="steps must be an int >= 1"):
         vi.fit(normal_normal, None, (X,), key, steps=0)
+    with pytest.raises(ValueError, match="chunk_size must be an int >= 1, got 0"):
+        vi.fit(normal_normal, None, (X,), key, steps=5, chunk_size=0)  # looped without end
     with pytest.raises(ValueError, match="resume=True needs checkpoint"):
         vi.fit(normal_normal, None, (X,), key, resume=True)
     with pytest.raises(TypeError, match="key"):
