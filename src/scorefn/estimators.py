@@ -173,9 +173,10 @@ def score_grad(
     guard = _runtime_guard(checked.distribution, dist_fn, params, samples, values, finite_log_prob,
                            estimate, check_values=nan_policy == "raise", validate=validate,
                            external_samples=not samples_from_dist, enabled=runtime_checks)
-    estimate = _with_guard(estimate, guard)
-    if per_sample:
-        contributions = _with_guard(contributions, guard)
+    if guard is not None:
+        estimate = _with_guard(estimate, guard)
+        if per_sample:
+            contributions = _with_guard(contributions, guard)
     if per_sample:
         return contributions
     if max_norm is not None:
@@ -238,11 +239,12 @@ def _checked_inputs(dist_fn, params, samples, values, *, baseline, control_varia
 
 def _runtime_guard(d, dist_fn, params, samples, values, finite_log_prob, estimate, *,
                    check_values: bool, validate: bool, external_samples: bool,
-                   enabled: bool) -> jax.Array:
+                   enabled: bool) -> jax.Array | None:
     """The one run-time check of ``score_grad`` (a zero, or a ValueError from the host when
     it fails; see ``guards.finite_guard``). Last, the estimate itself: with finite values,
     valid arguments and finite log p, a non-finite estimate comes from the baseline or the
-    control variate (or an overflow), which would otherwise return NaN quietly."""
+    control variate (or an overflow), which would otherwise return NaN quietly. None when
+    nothing is checked."""
     ok = jnp.all(jnp.isfinite(values))
     checks = [(values, guards.nonfinite_values_message)] if check_values else []
     if validate:
@@ -261,10 +263,11 @@ def _runtime_guard(d, dist_fn, params, samples, values, finite_log_prob, estimat
 
         checks.append((log_prob_with_mask, guards.neg_inf_log_prob_message))
     leaves = jax.tree.leaves(estimate)
-    ok = ok & jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in leaves]))
-    checks.append((lambda: jnp.concatenate([jnp.ravel(leaf) for leaf in leaves]),
-                   guards.nonfinite_estimate_message))
-    return guards.finite_guard(*checks, ok=ok, enabled=enabled)
+    if leaves:
+        ok = ok & jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in leaves]))
+        checks.append((lambda: jnp.concatenate([jnp.ravel(leaf) for leaf in leaves]),
+                       guards.nonfinite_estimate_message))
+    return guards.finite_guard(*checks, ok=ok, enabled=enabled) if checks else None
 
 
 def _with_guard(tree: Any, guard: jax.Array) -> Any:

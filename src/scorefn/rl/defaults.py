@@ -14,7 +14,9 @@ RMSprop at 7e-4, GAE λ 1), TRPO sb3-contrib's with rl-zoo's tuned settings (2
 environments of 1,024 steps, KL bound 0.01 (HalfCheetah 0.04), 25 conjugate-gradient
 iterations with damping 0.1, the critic 20 epochs of minibatches of 128 at 1e-3), both with
 observations normalised and rewards scaled, over 1M steps. ``TOTAL_STEPS`` is the training
-budget used when ``total_steps`` is not given.
+budget used when ``total_steps`` is not given. ``make_config`` builds an algorithm's Config
+from these and the user's overrides (their types checked here, their ranges by the Config:
+``scorefn.rl.hyperparameters``).
 """
 
 from __future__ import annotations

@@ -111,10 +111,10 @@ def make_policy(env, config) -> ActorCritic:
 
 def _checked_seeds(seed: int, seeds: Any) -> list[int]:
     """``seeds`` as a list of distinct ints (one run each), or ``[seed]``."""
-    seeds = [seed] if seeds is None else list(seeds)
+    seeds = [check_int(s, "seed", 0) for s in ([seed] if seeds is None else seeds)]
     if not seeds or len(set(seeds)) < len(seeds):
         raise ValueError(f"seeds must be distinct ints, at least one; got {seeds}")
-    return [check_int(s, "seed", 0) for s in seeds]
+    return seeds
 
 
 def _check_policy(env, policy: ActorCritic, params) -> None:
