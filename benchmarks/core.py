@@ -15,6 +15,9 @@ Then the variance of each baseline on a Gaussian and a Bernoulli problem.
 
     python benchmarks/core.py                 # the full grid (about 10 minutes)
     python benchmarks/core.py --quick         # d, N in {10, 100} only
+    # some cells only, no variances: e.g. one commit against another, each from its checkout
+    PYTHONPATH=../old/src python benchmarks/core.py --no-torch --timings-only \
+        --sizes 100:1000,100:10000,1000:1000
 """
 
 from __future__ import annotations
@@ -101,45 +104,44 @@ def seconds_per_call(fn, keys, block) -> float:
     return (time.perf_counter() - start) / len(keys)
 
 
-def time_grid(dims, sizes, rounds, console, include_torch=True):
+def time_grid(cells, rounds, console, include_torch=True):
     rows = []
-    for d in dims:
-        for n in sizes:
-            params = make_params(d)
-            calls = max(3, min(200, int(2e6 // (n * d))))
-            keys = list(jax.random.split(jax.random.key(0), calls))
-            runners = {
-                "scorefn": (scorefn_estimator(params, n), jax.block_until_ready),
-                "checks_off": (scorefn_estimator(params, n, checks=False), jax.block_until_ready),
-                "jax": (hand_written_estimator(params, n), jax.block_until_ready),
-            }
-            if include_torch:
-                runners["torch"] = (torch_estimator(d, n), lambda out: out)
-            for fn, block in runners.values():  # compile and warm up
-                block(fn(keys[0]))
-                seconds_per_call(fn, keys[:3], block)
-            samples = {name: [] for name in runners}
-            names = list(runners)
-            for r in range(rounds):
-                # Rotate the order: whoever runs right after torch's threads pays for it.
-                for name in names[r % len(names):] + names[: r % len(names)]:
-                    fn, block = runners[name]
-                    samples[name].append(seconds_per_call(fn, keys, block))
-            med = {name: statistics.median(t) for name, t in samples.items()}
-            row = {"d": d, "N": n, **{f"{k}_us": v * 1e6 for k, v in med.items()},
-                   "scorefn_over_jax": med["scorefn"] / med["jax"],
-                   "checks_off_over_jax": med["checks_off"] / med["jax"]}
-            if include_torch:
-                row["torch_over_scorefn"] = med["torch"] / med["scorefn"]
-            rows.append(row)
-            console.print(
-                f"d={d:5d} N={n:6d}  scorefn {row['scorefn_us']:9.1f} µs  checks off "
-                f"{row['checks_off_us']:9.1f} µs  jax {row['jax_us']:9.1f} µs"
-                + (f"  torch {row['torch_us']:9.1f} µs" if include_torch else "")
-                + f"  scorefn/jax {row['scorefn_over_jax']:.2f}"
-                + f"  checks off/jax {row['checks_off_over_jax']:.2f}"
-                + (f"  torch/scorefn {row['torch_over_scorefn']:.1f}" if include_torch else "")
-            )
+    for d, n in cells:
+        params = make_params(d)
+        calls = max(3, min(200, int(2e6 // (n * d))))
+        keys = list(jax.random.split(jax.random.key(0), calls))
+        runners = {
+            "scorefn": (scorefn_estimator(params, n), jax.block_until_ready),
+            "checks_off": (scorefn_estimator(params, n, checks=False), jax.block_until_ready),
+            "jax": (hand_written_estimator(params, n), jax.block_until_ready),
+        }
+        if include_torch:
+            runners["torch"] = (torch_estimator(d, n), lambda out: out)
+        for fn, block in runners.values():  # compile and warm up
+            block(fn(keys[0]))
+            seconds_per_call(fn, keys[:3], block)
+        samples = {name: [] for name in runners}
+        names = list(runners)
+        for r in range(rounds):
+            # Rotate the order: whoever runs right after torch's threads pays for it.
+            for name in names[r % len(names):] + names[: r % len(names)]:
+                fn, block = runners[name]
+                samples[name].append(seconds_per_call(fn, keys, block))
+        med = {name: statistics.median(t) for name, t in samples.items()}
+        row = {"d": d, "N": n, **{f"{k}_us": v * 1e6 for k, v in med.items()},
+               "scorefn_over_jax": med["scorefn"] / med["jax"],
+               "checks_off_over_jax": med["checks_off"] / med["jax"]}
+        if include_torch:
+            row["torch_over_scorefn"] = med["torch"] / med["scorefn"]
+        rows.append(row)
+        console.print(
+            f"d={d:5d} N={n:6d}  scorefn {row['scorefn_us']:9.1f} µs  checks off "
+            f"{row['checks_off_us']:9.1f} µs  jax {row['jax_us']:9.1f} µs"
+            + (f"  torch {row['torch_us']:9.1f} µs" if include_torch else "")
+            + f"  scorefn/jax {row['scorefn_over_jax']:.2f}"
+            + f"  checks off/jax {row['checks_off_over_jax']:.2f}"
+            + (f"  torch/scorefn {row['torch_over_scorefn']:.1f}" if include_torch else "")
+        )
     return rows
 
 
@@ -216,10 +218,21 @@ def main():
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--no-torch", action="store_true")
     parser.add_argument("--markdown", help="also write the tables to this file")
+    parser.add_argument("--sizes", help="the cells d:N to time, comma-separated (default: the "
+                                        "grid of d in {10, 100, 1000}, N in {100, 1000, 10000})")
+    parser.add_argument("--timings-only", action="store_true", help="no variance tables")
     args = parser.parse_args()
     console = Console(width=max(Console().width, 120))
     dims = (10, 100) if args.quick else (10, 100, 1000)
     sizes = (100, 1000) if args.quick else (100, 1000, 10000)
+    cells = [(d, n) for d in dims for n in sizes]
+    if args.sizes:
+        try:
+            cells = [tuple(int(v) for v in cell.split(":")) for cell in args.sizes.split(",")]
+        except ValueError:
+            parser.error(f"--sizes takes d:N pairs, e.g. 100:1000,10:100; got {args.sizes!r}")
+        if not all(len(cell) == 2 and min(cell) >= 1 for cell in cells):
+            parser.error(f"--sizes takes d:N pairs of positive ints; got {args.sizes!r}")
     rounds = 3 if args.quick else args.rounds
     include_torch = not args.no_torch
     versions = f"jax {jax.__version__}, numpyro {numpyro.__version__}"
@@ -230,10 +243,11 @@ def main():
     machine = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
                f"Python {platform.python_version()}")
     console.print(f"[bold]machine[/bold] {machine}; {versions}")
-    rows = time_grid(dims, sizes, rounds, console, include_torch)
+    rows = time_grid(cells, rounds, console, include_torch)
     timing = timing_markdown(rows, include_torch)
     console.print(timing)
-    variance = variance_tables(100, 400 if args.quick else 1000, console)
+    variance = "" if args.timings_only else variance_tables(100, 400 if args.quick else 1000,
+                                                            console)
     if args.markdown:
         with open(args.markdown, "w") as fh:
             fh.write(f"machine: {machine}; {versions}\n\n{timing}\n\n{variance}\n")
