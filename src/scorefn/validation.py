@@ -83,10 +83,11 @@ def check_real(value: Any, name: str, low: float = -np.inf, high: float = np.inf
         (float(value) > low if low_open else float(value) >= low)
         and (float(value) < high if high_open else float(value) <= high))
     if not ok:
-        left, right = "(" if low_open or low == -np.inf else "[", \
-            ")" if high_open or high == np.inf else "]"
-        bound = "" if low == -np.inf and high == np.inf else \
-            f" in {left}{low:g}, {high:g}{right}".replace("inf", "∞")
+        left = "(" if low_open or low == -np.inf else "["
+        right = ")" if high_open or high == np.inf else "]"
+        bound = f" in {left}{low:g}, {high:g}{right}".replace("inf", "∞")
+        if low == -np.inf and high == np.inf:
+            bound = ""
         raise ValueError(f"{name} must be a finite number{bound}, got {value!r}")
     return float(value)
 
