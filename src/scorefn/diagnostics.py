@@ -335,6 +335,7 @@ def compare(
     """
     validation.check_key(key)
     num_samples = validation.check_int(num_samples, "num_samples", 2)
+    validation.check_int(num_repeats, "num_repeats", 2)  # a variance needs two estimates
     if estimators is None:
         estimators = default_estimators(f, dist_fn, params)
     ref_key, key = jax.random.split(key)

@@ -95,3 +95,6 @@ def test_compare_reports_bad_problems_clearly():
     with pytest.raises(ValueError, match="num_samples must be an int >= 2"):
         scorefn.compare(problem.f, problem.dist_fn, problem.params, jax.random.key(0),
                         num_samples=1)
+    with pytest.raises(ValueError, match="num_repeats must be an int >= 2, got 0"):  # was: 1/0
+        scorefn.compare(problem.f, problem.dist_fn, problem.params, jax.random.key(0),
+                        num_repeats=0)

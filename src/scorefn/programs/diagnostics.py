@@ -146,6 +146,7 @@ def compare(
     z-scores.
     """
     validation.check_key(key)
+    validation.check_int(num_repeats, "num_repeats", 2)  # a variance needs two estimates
     if not choices:
         raise ValueError("choices is empty: give at least one {name: options}")
     planned = {name: _planned(program, params, args, options) for name, options in choices.items()}

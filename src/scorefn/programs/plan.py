@@ -119,6 +119,7 @@ def plan(
     name = getattr(program, "__name__", repr(program))
     if not callable(program):
         raise TypeError(f"program must be a function program(params, *args); got {type(program).__name__}")
+    validation.check_int(max_enumeration, "max_enumeration")
     sites = inspect_sites(program, params, args)
     terms = tuple(sorted(n for n, s in sites.items() if s.is_term))
     latents = sorted(n for n, s in sites.items() if not s.is_term)

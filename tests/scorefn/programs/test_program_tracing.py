@@ -174,6 +174,11 @@ def test_bad_baselines_and_calls():
                               baselines={"b": scorefn.baselines.leave_one_out()})
     with pytest.raises(ValueError, match="num_particles must be an int >= 1"):
         scorefn.programs.grad(three_site, THREE_SITE_PARAMS, KEY, num_particles=0)
+    with pytest.raises(ValueError, match="max_enumeration must be an int >= 1, got 0"):
+        scorefn.programs.grad(three_site, THREE_SITE_PARAMS, KEY, max_enumeration=0)
+    with pytest.raises(ValueError, match="num_repeats must be an int >= 2, got 0"):  # was: 1/0
+        scorefn.programs.compare(three_site, THREE_SITE_PARAMS, KEY, choices={"default": {}},
+                                 num_repeats=0, print_table=False)
     with pytest.raises(TypeError, match="key must be a JAX PRNG key"):
         scorefn.programs.grad(three_site, THREE_SITE_PARAMS, 0)
     with pytest.raises(TypeError, match=r"params\['a'\] must be a floating-point array"):
