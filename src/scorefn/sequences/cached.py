@@ -31,6 +31,7 @@ import jax.numpy as jnp
 from scorefn.sequences.sampling import (
     LogitsFn,
     Rollout,
+    check_eos_in_vocab,
     check_prompts,
     chosen_log_probs,
     finish,
@@ -97,6 +98,7 @@ def _sample_cached(model, params, prompts, key, max_new_tokens, num_samples, tem
     pad_id = 0 if eos_id is None else eos_id
     cache, logits = _prefill(model, params, prompts, num_samples,
                              prompts.shape[1] + max_new_tokens)
+    check_eos_in_vocab(eos_id, logits.shape[-1])
 
     def draw(logits, done, step_key):
         token, logp = next_token(logits, step_key, temperature)

@@ -91,6 +91,14 @@ def check_logits(logits: jax.Array, tokens: jax.Array) -> None:
             f"(B, L, vocab_size); got shape {logits.shape}")
 
 
+def check_eos_in_vocab(eos_id: int | None, vocab_size: int) -> None:
+    """An eos_id outside the vocabulary is never sampled: every completion would run to
+    max_new_tokens without a word."""
+    if eos_id is not None and eos_id >= vocab_size:
+        raise ValueError(f"eos_id {eos_id} is not a token of this vocabulary (logits_fn's "
+                         f"vocab_size is {vocab_size}): no completion would end")
+
+
 def upcast(logits: jax.Array) -> jax.Array:
     """bfloat16/float16 logits to float32 before the softmax; float32 and float64 kept."""
     return logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
@@ -128,7 +136,9 @@ def _sample(logits_fn, params, prompts, key, max_new_tokens, num_samples, temper
     rows = jnp.repeat(prompts, num_samples, axis=0)
     buffer = jnp.concatenate(
         [rows, jnp.full((rows.shape[0], max_new_tokens), pad_id, rows.dtype)], axis=1)
-    check_logits(jax.eval_shape(logits_fn, params, buffer), buffer)
+    shape = jax.eval_shape(logits_fn, params, buffer)
+    check_logits(shape, buffer)
+    check_eos_in_vocab(eos_id, shape.shape[-1])
 
     def step(carry, inputs):
         buffer, done = carry

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpyro.distributions as dist
 from numpyro.distributions import Distribution, constraints
 
+from scorefn import validation
 from scorefn.sampling import sample
 from scorefn.scores import log_prob, per_sample_sum
 from scorefn.types import DistFn
@@ -178,6 +179,7 @@ def mean_field(model: Model | None = None, families: dict[str, Any] | None = Non
         a ``scorefn.vi.LogJoint`` model this defines the latents.
       init_scale: the automatic Normal's initial standard deviation (its loc starts at 0).
     """
+    validation.check_real(init_scale, "init_scale", 0.0, low_open=True)
     families = dict(families or {})
     blocks = {}
     for name, entry in families.items():
@@ -198,6 +200,7 @@ def full_rank(model: Model, *, init_scale: float = 0.1) -> Guide:
     r"""MultivariateNormal(loc, scale_tril = L) over all continuous latents, flattened, with
     L lower triangular and a softplus diagonal (so q is never degenerate); discrete latents
     get the automatic mean-field blocks. One factor for the whole continuous block."""
+    validation.check_real(init_scale, "init_scale", 0.0, low_open=True)
     continuous = [s for s in model.latents.values() if not s.discrete]
     blocks = {s.name: _discrete_block(s) for s in model.latents.values() if s.discrete}
     if continuous:

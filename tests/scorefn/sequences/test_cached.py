@@ -136,6 +136,9 @@ def test_errors(transformer):
     with pytest.raises(ValueError, match="eos_id must be None or a token id"):
         sequences.sample_cached(model, params, prompts, jax.random.key(0), max_new_tokens=2,
                                 eos_id=1.5)
+    with pytest.raises(ValueError, match="eos_id 12 is not a token of this vocabulary"):
+        sequences.sample_cached(model, params, prompts, jax.random.key(0), max_new_tokens=2,
+                                eos_id=12)  # vocab_size 12: it would never be drawn
 
 
 def test_log_probs_cached_equals_the_teacher_forced_pass(transformer):

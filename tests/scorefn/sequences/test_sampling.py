@@ -108,6 +108,7 @@ def test_a_rollout_is_scored_at_its_own_temperature(world):
     (dict(temperature=0.0), "temperature must be finite and > 0"),
     (dict(temperature=jnp.array(1.0)), "temperature must be a Python number"),
     (dict(eos_id=-1), "eos_id must be None or a token id"),
+    (dict(eos_id=3), "eos_id 3 is not a token of this vocabulary .*vocab_size is 3"),
     (dict(logits_fn=lambda p, t: p[t][:, -1]), "logits_fn must map tokens of shape"),
 ])
 def test_sample_errors_name_the_argument(world, change, message):

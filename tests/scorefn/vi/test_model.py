@@ -100,6 +100,15 @@ def test_guide_with_the_wrong_shape():
         guide.check(model)
 
 
+@pytest.mark.parametrize("kind", ["mean_field", "full_rank"])
+def test_the_initial_scale_must_be_positive(kind):
+    """0 ended in "math domain error" (the inverse softplus of 0)."""
+    model = vi.as_model(normal_normal, (X,))
+    for scale in (0.0, -0.1, float("nan")):
+        with pytest.raises(ValueError, match=r"init_scale must be a finite number in \(0, ∞\)"):
+            vi.auto_guide(model, kind, init_scale=scale)
+
+
 def test_unknown_estimator_and_impossible_combinations(key):
     x, _ = vi.examples.mixture_data(num_points=10)
     model = vi.as_model(vi.examples.gaussian_mixture, (x,))
