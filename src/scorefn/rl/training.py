@@ -207,7 +207,7 @@ def train(
         end) or gymnasium's.
       algo: ``"reinforce"``, ``"a2c"``, ``"ppo"``, ``"trpo"`` or ``"npg"``.
       seed: the seed of one run.
-      seeds: several seeds trained at once (vmap; gymnax and brax), instead of ``seed``.
+      seeds: several distinct seeds trained at once (vmap; gymnax and brax), instead of ``seed``.
       total_steps: environment steps (default per algorithm and env, ``scorefn.rl.defaults``).
       eval_every: env steps between deterministic evaluations (default ~ total / 20).
       devices: split the compiled run (gymnax, brax) across devices: a count, a list of
