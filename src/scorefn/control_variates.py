@@ -29,12 +29,14 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from numpyro.distributions import Distribution
 
 from scorefn.baselines import leave_one_out_ratio
 from scorefn.discrete import base_distribution
 from scorefn.numerics import full_precision, ratio_or_zero
 from scorefn.types import DistFn
+from scorefn.validation import is_traced
 
 HFn = Callable[[jax.Array], jax.Array]
 
@@ -63,6 +65,10 @@ class ControlVariate:
                 "coefficient must be 'optimal', 'optimal_batch' or a number, "
                 f"got {self.coefficient!r}"
             )
+        if (not isinstance(self.coefficient, str) and not is_traced(self.coefficient)
+                and not np.all(np.isfinite(self.coefficient))):
+            # a NaN β makes every estimate NaN
+            raise ValueError(f"coefficient must be finite, got {self.coefficient!r}")
 
     @property
     def unbiased(self) -> bool:

@@ -329,6 +329,8 @@ def mis_score_grad(
     """
     if heuristic not in ("balance", "power"):
         raise ValueError(f"heuristic must be 'balance' or 'power', got {heuristic!r}")
+    if heuristic == "power":  # any finite β keeps the weights summing to one
+        validation.check_real(power, "power")
     if not (len(samples) == len(values) == len(proposals)) or not proposals:
         raise ValueError(
             "samples, values and proposals must be sequences of the same non-zero length, one "

@@ -201,3 +201,8 @@ def test_coefficient_names():
         cv.generic(lambda x: jnp.sum(x), lambda d: jnp.sum(d.mean), "optimal-batch")
     with pytest.raises(ValueError, match="coefficient must be 'optimal', 'optimal_batch' or a number"):
         cv.generic(lambda x: jnp.sum(x), lambda d: jnp.sum(d.mean), "best")
+    for bad in (float("nan"), float("inf"), jnp.array([1.0, jnp.nan])):  # every estimate NaN
+        with pytest.raises(ValueError, match="coefficient must be finite"):
+            cv.generic(lambda x: jnp.sum(x), lambda d: jnp.sum(d.mean), bad)
+        with pytest.raises(ValueError, match="coefficient must be finite"):
+            cv.delta_method(lambda x: jnp.sum(x), bad)

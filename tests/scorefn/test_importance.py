@@ -198,6 +198,16 @@ def test_argument_errors(key):
                                      ess_threshold=threshold)
 
 
+def test_the_power_heuristic_needs_a_finite_power(key):
+    """A NaN β was reported as proposals that do not cover p_θ."""
+    problem, behaviour = _gaussian_case()
+    x = behaviour.sample(key, (8,))
+    values = jax.vmap(problem.f)(x)
+    with pytest.raises(ValueError, match="power must be a finite number, got nan"):
+        importance.mis_score_grad(problem.dist_fn, problem.params, [x, x], [values, values],
+                                  [behaviour, behaviour], heuristic="power", power=float("nan"))
+
+
 @pytest.mark.parametrize("heuristic", ["balance", "power"])
 def test_multiple_importance_sampling_is_unbiased_and_beats_the_worse_proposal(heuristic):
     problem = normal_square()
