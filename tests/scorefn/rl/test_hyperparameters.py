@@ -74,9 +74,14 @@ def test_the_layer_widths_are_positive_ints():
 
 
 def test_every_shipped_default_is_in_range():
+    """Each per-environment default builds (its Config checks the ranges) and is kept."""
+    built = 0
     for algo, envs in defaults.OVERRIDES.items():
-        for env_id in envs:
-            defaults.make_config(algo, env_id)
+        for env_id, overrides in envs.items():
+            config = defaults.make_config(algo, env_id)
+            assert {k: getattr(config, k) for k in overrides} == overrides
+            built += 1
+    assert built >= 20
 
 
 def test_train_refuses_before_building_anything():
