@@ -65,14 +65,23 @@ RANGES: dict[str, Range] = {
 }
 
 
+def _layer_widths(value: Any) -> bool:
+    return isinstance(value, tuple | list) and all(
+        isinstance(w, int) and not isinstance(w, bool) and w > 0 for w in value)
+
+
 def check(config: Any) -> None:
     """ValueError naming the first field of the dataclass ``config`` outside its ``RANGES``
-    entry; the policy's layer widths (``hidden``) must be positive ints."""
+    entry; the layer widths (``hidden``, and ``value_hidden`` unless None) must be positive
+    ints."""
     hidden = getattr(config, "hidden", ())
-    if not (isinstance(hidden, tuple | list)
-            and all(isinstance(w, int) and not isinstance(w, bool) and w > 0 for w in hidden)):
+    if not _layer_widths(hidden):
         raise ValueError(f"hidden must be a list of positive layer widths, e.g. [64, 64]; "
                          f"got {hidden!r}")
+    value_hidden = getattr(config, "value_hidden", None)
+    if value_hidden is not None and not _layer_widths(value_hidden):
+        raise ValueError("value_hidden must be None (the policy's layers) or a list of "
+                         f"positive layer widths, e.g. [256, 256]; got {value_hidden!r}")
     for field in dataclasses.fields(config):
         allowed = RANGES.get(field.name)
         value = getattr(config, field.name)

@@ -134,11 +134,6 @@ class NetworkConfig:
         check_std(self.std_transform, self.log_std_init)
         if not isinstance(self.squash_actions, bool):
             raise ValueError(f"squash_actions must be True or False; got {self.squash_actions!r}")
-        if self.value_hidden is not None and not (
-                isinstance(self.value_hidden, tuple | list)
-                and all(isinstance(w, int) and w > 0 for w in self.value_hidden)):
-            raise ValueError("value_hidden must be None (the policy's layers) or a list of "
-                             f"positive layer widths, e.g. [256, 256]; got {self.value_hidden!r}")
 
 
 @dataclasses.dataclass(frozen=True)
